@@ -1,0 +1,120 @@
+"""One settings object for every part of kernel-magics.
+
+Each field has a default, an environment variable ``KERNEL_MAGICS_<FIELD>`` that overrides it, and
+(in a notebook) a ``%config KernelMagics.<field>`` trait that overrides both for that kernel.
+The inference process reads the same object, so it never needs IPython to know where things are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_HOME = Path.home() / ".kernel-magics"
+EXPERIMENT_NAME = "kernel-magics"
+DEPLOYMENTS_EXPERIMENT_NAME = "kernel-magics-deployments"
+LIVE_ALIAS = "production"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the store lives and how the inference process listens.
+
+    ``tracking_uri`` empty means the embedded default store: SQLite plus an artifact folder,
+    both inside ``home``. Any MLflow tracking URI works instead.
+    """
+
+    home: Path = field(default_factory=lambda: DEFAULT_HOME)
+    tracking_uri: str = ""
+    host: str = "127.0.0.1"
+    port: int = 0
+    workers: int = 1
+    max_batch_size: int = 64
+    max_wait_ms: float = 1.0
+    torch_threads: int = 1
+    predict_requires_token: bool = True
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_rows: int = 65536
+    request_timeout_s: float = 30.0
+
+    # -- derived paths -----------------------------------------------------------------------
+    @property
+    def store_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def state_file(self) -> Path:
+        """Written by the running inference process: url, pid, port; a new kernel reads it."""
+        return self.home / "server.json"
+
+    @property
+    def token_file(self) -> Path:
+        return self.home / "token"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "logs" / "server.log"
+
+    @property
+    def run_dir(self) -> Path:
+        """Unix sockets of the supervisor and its workers."""
+        return self.home / "run"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.run_dir / "control.sock"
+
+    @property
+    def lock_dir(self) -> Path:
+        return self.home / "locks"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Local copies of artifacts that live on a remote artifact store."""
+        return self.home / "cache"
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def as_env(self) -> dict[str, str]:
+        """Environment that gives a child process exactly these settings."""
+        env = {}
+        for f in dataclasses.fields(self):
+            env[f"KERNEL_MAGICS_{f.name.upper()}"] = str(getattr(self, f.name))
+        return env
+
+
+def _coerce(kind: type | str, raw: str) -> object:
+    kind_name = kind if isinstance(kind, str) else kind.__name__
+    if "Path" in kind_name:
+        return Path(raw).expanduser()
+    if "bool" in kind_name:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if "int" in kind_name:
+        return int(raw)
+    if "float" in kind_name:
+        return float(raw)
+    return raw
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Defaults, then ``KERNEL_MAGICS_*`` (and ``MLFLOW_TRACKING_URI``), then ``overrides``."""
+    values: dict[str, object] = {}
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        values["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
+    for f in dataclasses.fields(Settings):
+        raw = os.environ.get(f"KERNEL_MAGICS_{f.name.upper()}")
+        if raw is not None and raw != "":
+            values[f.name] = _coerce(f.type, raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "home" in values:
+        values["home"] = Path(str(values["home"])).expanduser().resolve()
+    return Settings(**values)  # type: ignore[arg-type]

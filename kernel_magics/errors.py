@@ -1,0 +1,50 @@
+"""Errors every front end can show as one line.
+
+Each message is written for the person who typed the command: what went wrong and, where
+possible, what to do. Magics turn any of these into IPython's ``UsageError`` (no traceback), the
+CLI prints them to stderr with exit code 2, and the inference process maps them to 4xx bodies.
+"""
+
+from __future__ import annotations
+
+
+class KernelMagicsError(Exception):
+    """Base class: ``str(err)`` is a complete one-line message for the user."""
+
+    http_status = 400
+
+
+class InvalidInput(KernelMagicsError):
+    """Arguments, data or a request body that cannot be used as given."""
+
+
+class NotFound(KernelMagicsError):
+    """Unknown model, version, alias or run."""
+
+    http_status = 404
+
+
+class DeployFailed(KernelMagicsError):
+    """A version could not be loaded or warmed; whatever was live keeps serving."""
+
+    http_status = 409
+
+
+class IntegrityError(DeployFailed):
+    """A model artifact's bytes differ from the hash recorded when it was registered."""
+
+
+class ServiceUnavailable(KernelMagicsError):
+    """The inference process is not running, starting or restarting."""
+
+    http_status = 503
+
+
+class TrainingInterrupted(KernelMagicsError):
+    """Training stopped by a kernel interrupt; the run is recorded as killed, nothing registered."""
+
+
+class StoreError(KernelMagicsError):
+    """The MLflow store could not be read or written (unreachable, full, locked)."""
+
+    http_status = 503
