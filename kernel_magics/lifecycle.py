@@ -1,0 +1,131 @@
+"""Deployment state transitions: what deploy, rollback and undeploy mean against the store.
+
+The supervisor of the inference process runs these, one model at a time under its per-model
+lock, in two steps around loading: ``plan`` resolves and verifies the target version (nothing
+changes yet), the workers load and warm it, then ``commit`` moves the live alias and appends the
+history event. A version that fails to load is never committed, so the store and the process
+agree on what is live. ``live_specs`` rebuilds what a restarted process must serve from the
+store alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from kernel_magics.config import Settings
+from kernel_magics.errors import IntegrityError, InvalidInput, KernelMagicsError, NotFound
+from kernel_magics.store import Store, VersionInfo, hash_model_dir, validate_name
+
+log = logging.getLogger(__name__)
+ACTIONS = ("deploy", "rollback", "undeploy")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a worker needs to load one version (JSON-serializable with ``asdict``)."""
+
+    name: str
+    version: int
+    path: str
+    sha256: str
+    task: str | None = None
+    max_batch_size: int | None = None
+    max_wait_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    action: str
+    spec: ModelSpec | None
+    from_version: int | None
+    to_version: int | None
+
+
+class Lifecycle:
+    def __init__(self, settings: Settings, store: Store | None = None):
+        self.settings = settings
+        self.store = store or Store(settings)
+
+    def spec_for(self, info: VersionInfo, **options: object) -> ModelSpec:
+        """Local path of a version, verified against the hash recorded at registration."""
+        path = self.store.local_path(info)
+        expected = info.sha256
+        if not expected:
+            raise IntegrityError(
+                f"{info.name} v{info.version} has no recorded content hash "
+                "(not registered by kernel-magics); refusing to load it"
+            )
+        try:
+            actual = hash_model_dir(path)
+        except NotFound:
+            raise IntegrityError(
+                f"{info.name} v{info.version}: model files are missing from the store ({path})"
+            ) from None
+        if actual != expected:
+            raise IntegrityError(
+                f"{info.name} v{info.version}: model files changed since registration "
+                f"(hash {actual[:12]}… ≠ recorded {expected[:12]}…); refusing to load them"
+            )
+        batch = options.get("max_batch_size")
+        wait = options.get("max_wait_ms")
+        return ModelSpec(
+            name=info.name,
+            version=info.version,
+            path=str(path),
+            sha256=expected,
+            task=info.task,
+            max_batch_size=int(batch) if batch is not None else None,
+            max_wait_ms=float(wait) if wait is not None else None,
+        )
+
+    def rollback_target(self, name: str, live: int | None) -> int:
+        """The version that was live before the current one (the newest event that made the
+        current version live names it); rolling back twice therefore returns to where it began."""
+        if live is None:
+            raise InvalidInput(f"{name} is not deployed; nothing to roll back")
+        for event in reversed(self.store.history(name)):
+            if event["to_version"] == live and event["from_version"] is not None:
+                return event["from_version"]
+        raise InvalidInput(
+            f"{name} has no earlier live version to roll back to; use --to VERSION"
+        )
+
+    def plan(self, name: str, action: str, ref: str | int | None = None, **options: object) -> Plan:
+        validate_name(name)
+        if action not in ACTIONS:
+            raise InvalidInput(f"unknown action {action!r} (one of {', '.join(ACTIONS)})")
+        live = self.store.live_version(name) if self.store.model_exists(name) else None
+        if action == "undeploy":
+            if not self.store.model_exists(name):
+                raise NotFound(f"no registered model named {name!r}")
+            if live is None:
+                raise InvalidInput(f"{name} is not deployed")
+            return Plan(name, action, None, live, None)
+        if action == "rollback":
+            if not self.store.model_exists(name):
+                raise NotFound(f"no registered model named {name!r}")
+            target = int(ref) if ref is not None else self.rollback_target(name, live)
+            info = self.store.resolve(name, target)
+        else:
+            info = self.store.resolve(name, ref)
+        return Plan(name, action, self.spec_for(info, **options), live, info.version)
+
+    def commit(self, plan: Plan) -> list[dict]:
+        self.store.record_transition(plan.name, plan.action, plan.from_version, plan.to_version)
+        return self.store.history(plan.name)
+
+    def live_specs(self) -> list[ModelSpec]:
+        """What a (re)started inference process must serve. A version that fails its hash check
+        is left out (and reported by the caller) rather than stopping every other model."""
+        specs = []
+        for name, version in sorted(self.store.live_models().items()):
+            try:
+                specs.append(self.spec_for(self.store.resolve(name, version)))
+            except KernelMagicsError as err:
+                log.error("not restoring %s v%s: %s", name, version, err)
+        return specs
+
+    def history(self, name: str) -> list[dict]:
+        return self.store.history(validate_name(name))

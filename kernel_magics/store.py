@@ -1,0 +1,339 @@
+"""The MLflow store behind kernel-magics: runs, registered versions, the live alias, history.
+
+MLflow is the source of truth. A version is "live" when the registry alias ``production`` points
+at it; every deploy, rollback and undeploy is also appended to a deployment history kept as runs
+of the experiment ``kernel-magics-deployments`` (one run per event, tagged ``km.*``), so the
+MLflow UI shows it next to the training runs. Nothing here talks to the inference process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kernel_magics.config import (
+    DEPLOYMENTS_EXPERIMENT_NAME,
+    EXPERIMENT_NAME,
+    LIVE_ALIAS,
+    Settings,
+)
+from kernel_magics.errors import InvalidInput, NotFound, StoreError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+# Tags written on every model version at registration.
+TAG_SHA256 = "km.sha256"
+TAG_TASK = "km.task"
+TAG_CLASSES = "km.classes"
+TAG_FORMAT = "km.format"
+HISTORY_TAGS = ("km.model", "km.action", "km.from_version", "km.to_version", "km.time")
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def validate_name(name: str) -> str:
+    """Model names travel in URLs and file paths: letters, digits, '-', '_', '.' only."""
+    if not name or len(name) > 128 or not set(name) <= _NAME_CHARS or name.startswith("."):
+        raise InvalidInput(
+            f"invalid model name {name!r}: use letters, digits, '-', '_' and '.' "
+            "(not starting with '.', at most 128 characters)"
+        )
+    return name
+
+
+def parse_ref(text: str) -> tuple[str, str | None]:
+    """``digits`` → (digits, None); ``digits@2`` → (digits, "2"); ``digits@production``."""
+    name, _, ref = text.partition("@")
+    validate_name(name)
+    if "@" in text and not ref:
+        raise InvalidInput(f"{text!r}: nothing after '@' (use NAME@VERSION or NAME@ALIAS)")
+    return name, ref or None
+
+
+def hash_model_dir(path: str | os.PathLike[str]) -> str:
+    """SHA-256 over every file of a model folder (relative path and bytes, in sorted order)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise NotFound(f"model folder {root} does not exist")
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: int
+    run_id: str | None
+    source: str
+    created: float  # seconds since the epoch
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+
+    @property
+    def task(self) -> str | None:
+        return self.tags.get(TAG_TASK)
+
+    @property
+    def classes(self) -> list | None:
+        raw = self.tags.get(TAG_CLASSES)
+        return json.loads(raw) if raw else None
+
+    @property
+    def sha256(self) -> str | None:
+        return self.tags.get(TAG_SHA256)
+
+
+class Store:
+    """A thin, typed facade over ``MlflowClient`` for one tracking URI."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._client: MlflowClient | None = None
+        self._experiment_ids: dict[str, str] = {}
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @property
+    def uri(self) -> str:
+        return self.settings.store_uri
+
+    @property
+    def is_embedded(self) -> bool:
+        return not self.settings.tracking_uri
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            if self.is_embedded:
+                self.settings.home.mkdir(parents=True, exist_ok=True)
+            with self.write_lock():
+                self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        return self._client
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Serialize writes to an embedded SQLite store across processes.
+
+        SQLite allows one writer; parallel papermill runs or two kernels otherwise surface
+        "database is locked". A file lock in the home folder queues them instead.
+        """
+        if not self.uri.startswith("sqlite:"):
+            yield
+            return
+        from filelock import FileLock
+
+        self.settings.lock_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.settings.lock_dir / "store.lock"), timeout=120):
+            yield
+
+    @contextlib.contextmanager
+    def tracking(self) -> Iterator[None]:
+        """Point MLflow's fluent API (start_run, log_model) at this store, then restore."""
+        import mlflow
+
+        previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+        previous_registry = os.environ.get("MLFLOW_REGISTRY_URI")
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous or "")
+            mlflow.set_registry_uri(previous_registry or "")
+
+    def experiment_id(self, name: str = EXPERIMENT_NAME) -> str:
+        if name not in self._experiment_ids:
+            with self.write_lock():
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    location = None
+                    if self.is_embedded:
+                        location = (self.settings.artifact_root / name).as_uri()
+                    try:
+                        exp_id = self.client.create_experiment(name, artifact_location=location)
+                    except Exception:  # a parallel process created it first
+                        exp = self.client.get_experiment_by_name(name)
+                        if exp is None:
+                            raise
+                        exp_id = exp.experiment_id
+                else:
+                    exp_id = exp.experiment_id
+            self._experiment_ids[name] = exp_id
+        return self._experiment_ids[name]
+
+    # -- versions ------------------------------------------------------------------------------
+    def _info(self, mv: Any) -> VersionInfo:
+        return VersionInfo(
+            name=mv.name,
+            version=int(mv.version),
+            run_id=mv.run_id,
+            source=mv.source,
+            created=(mv.creation_timestamp or 0) / 1000.0,
+            tags=dict(mv.tags or {}),
+            aliases=tuple(getattr(mv, "aliases", None) or ()),
+        )
+
+    def model_exists(self, name: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+            return True
+        except MlflowException:
+            return False
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        validate_name(name)
+        found = self.client.search_model_versions(f"name = '{name}'")
+        return sorted((self._info(mv) for mv in found), key=lambda v: v.version)
+
+    def resolve(self, name: str, ref: str | int | None = None) -> VersionInfo:
+        """A version by number, by alias, or (ref None) the newest one."""
+        from mlflow.exceptions import MlflowException
+
+        validate_name(name)
+        if not self.model_exists(name):
+            known = ", ".join(self.model_names()) or "none yet"
+            raise NotFound(f"no registered model named {name!r} (registered: {known})")
+        try:
+            if ref is None or ref == "latest":
+                versions = self.versions(name)
+                if not versions:
+                    raise NotFound(f"model {name!r} has no versions")
+                return versions[-1]
+            if isinstance(ref, int) or str(ref).isdigit():
+                return self._info(self.client.get_model_version(name, str(int(ref))))
+            return self._info(self.client.get_model_version_by_alias(name, str(ref)))
+        except MlflowException:
+            what = f"version {ref}" if str(ref).isdigit() else f"alias {ref!r}"
+            have = ", ".join(str(v.version) for v in self.versions(name))
+            raise NotFound(f"model {name!r} has no {what} (versions: {have})") from None
+
+    def model_names(self) -> list[str]:
+        return sorted(rm.name for rm in self.client.search_registered_models())
+
+    def local_path(self, info: VersionInfo) -> str:
+        """A local folder holding the version's MLflow model (downloaded when remote)."""
+        import mlflow
+
+        dest = None
+        if not self.is_embedded:
+            dest = self.settings.cache_dir / info.name / str(info.version)
+            if dest.is_dir() and any(dest.iterdir()):
+                return str(next(dest.iterdir()) if len(list(dest.iterdir())) == 1 else dest)
+            dest.mkdir(parents=True, exist_ok=True)
+        with self.tracking():
+            return mlflow.artifacts.download_artifacts(
+                artifact_uri=info.source, dst_path=str(dest) if dest else None
+            )
+
+    # -- live alias and deployment history ------------------------------------------------------
+    def live_version(self, name: str) -> int | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return int(self.client.get_model_version_by_alias(name, LIVE_ALIAS).version)
+        except MlflowException:
+            return None
+
+    def live_models(self) -> dict[str, int]:
+        live = {}
+        for rm in self.client.search_registered_models():
+            aliases = getattr(rm, "aliases", None) or {}
+            if LIVE_ALIAS in aliases:
+                live[rm.name] = int(aliases[LIVE_ALIAS])
+        return live
+
+    def record_transition(
+        self, name: str, action: str, from_version: int | None, to_version: int | None
+    ) -> None:
+        """Move the live alias and append the event to the history, under the write lock."""
+        exp_id = self.experiment_id(DEPLOYMENTS_EXPERIMENT_NAME)
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
+        arrow = f"v{from_version or '-'} → v{to_version or '-'}"
+        with self.write_lock():
+            if to_version is None:
+                with contextlib.suppress(Exception):
+                    self.client.delete_registered_model_alias(name, LIVE_ALIAS)
+            else:
+                self.client.set_registered_model_alias(name, LIVE_ALIAS, str(to_version))
+            run = self.client.create_run(
+                exp_id,
+                run_name=f"{name}: {action} {arrow}",
+                tags={
+                    "km.model": name,
+                    "km.action": action,
+                    "km.from_version": str(from_version or ""),
+                    "km.to_version": str(to_version or ""),
+                    "km.time": now,
+                },
+            )
+            self.client.set_terminated(run.info.run_id, "FINISHED")
+
+    def history(self, name: str) -> list[dict]:
+        """Deployment events of one model, oldest first."""
+        exp_id = self.experiment_id(DEPLOYMENTS_EXPERIMENT_NAME)
+        runs = self.client.search_runs(
+            [exp_id], filter_string=f"tags.`km.model` = '{name}'", max_results=5000
+        )
+        events = []
+        for run in runs:
+            tags = run.data.tags
+            events.append(
+                {
+                    "time": tags.get("km.time", ""),
+                    "action": tags.get("km.action", ""),
+                    "from_version": int(tags["km.from_version"])
+                    if tags.get("km.from_version")
+                    else None,
+                    "to_version": int(tags["km.to_version"]) if tags.get("km.to_version") else None,
+                }
+            )
+        return sorted(events, key=lambda e: e["time"])
+
+    def run_metrics(self, run_ids: list[str]) -> dict[str, dict[str, float]]:
+        """Latest metrics of each run, in one query per experiment."""
+        if not run_ids:
+            return {}
+        out: dict[str, dict[str, float]] = {}
+        wanted = set(run_ids)
+        runs = self.client.search_runs(
+            [self.experiment_id()],
+            filter_string="",
+            max_results=50000,
+        )
+        for run in runs:
+            if run.info.run_id in wanted:
+                out[run.info.run_id] = dict(run.data.metrics)
+        return out
+
+
+def retry_locked(fn: Any, *args: Any, attempts: int = 8, **kwargs: Any) -> Any:
+    """Call ``fn``; retry with backoff while SQLite reports a lock held by another process."""
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # MlflowException wraps sqlalchemy's OperationalError
+            if "database is locked" not in str(err) or attempt == attempts - 1:
+                if "database is locked" in str(err):
+                    raise StoreError("the model store stayed locked by another process") from err
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    raise AssertionError("unreachable")
