@@ -88,9 +88,7 @@ class Lifecycle:
         for event in reversed(self.store.history(name)):
             if event["to_version"] == live and event["from_version"] is not None:
                 return event["from_version"]
-        raise InvalidInput(
-            f"{name} has no earlier live version to roll back to; use --to VERSION"
-        )
+        raise InvalidInput(f"{name} has no earlier live version to roll back to; use --to VERSION")
 
     def plan(self, name: str, action: str, ref: str | int | None = None, **options: object) -> Plan:
         validate_name(name)
