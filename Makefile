@@ -1,0 +1,56 @@
+# Two commands on a fresh machine: `make demo` and `make test` (both set up .venv first).
+PYTHON      ?= python3
+VENV        ?= .venv
+# torch goes in first and pinned: any other spec pulls a multi-GB CUDA build here.
+TORCH_SPEC  ?= torch==2.13.0
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.kernel-magics-installed
+DEMO_OUT    ?= .demo
+# The demo uses the embedded default store (KERNEL_MAGICS_HOME, default ~/.kernel-magics).
+DEMO_HOME   ?= $(or $(KERNEL_MAGICS_HOME),$(HOME)/.kernel-magics)
+TEST_HOME   ?= $(shell mktemp -d -u /tmp/kernel-magics-nbval.XXXXXX)
+
+.PHONY: setup demo test test-py test-notebooks lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	@mkdir -p $(DEMO_OUT)
+	KERNEL_MAGICS_HOME=$(DEMO_HOME) KERNEL_MAGICS_PROGRESS=text \
+		$(BIN)/papermill notebooks/quickstart.ipynb $(DEMO_OUT)/quickstart.out.ipynb \
+		--kernel python3 --log-output --no-progress-bar
+	@echo
+	@echo "executed notebook : $(abspath $(DEMO_OUT))/quickstart.out.ipynb"
+	@echo "store (home)      : $(DEMO_HOME)  (mlflow.db + artifacts/)"
+	@echo "inference process : $$(KERNEL_MAGICS_HOME=$(DEMO_HOME) $(BIN)/kernel-magics serve status --json)"
+	@echo "open the MLflow UI: $(abspath $(BIN))/mlflow ui --backend-store-uri sqlite:///$(DEMO_HOME)/mlflow.db --port 5000"
+
+test: setup test-py test-notebooks
+
+test-py: setup
+	$(BIN)/ruff check kernel_magics tests bench
+	$(BIN)/pytest tests -q -p no:cacheprovider
+
+# nbval runs the quickstart in a fresh kernel against a throwaway home, then stops the
+# inference process it started there (only that one: it is found through that home's state file).
+test-notebooks: setup
+	KERNEL_MAGICS_HOME=$(TEST_HOME) KERNEL_MAGICS_PROGRESS=text \
+		$(BIN)/pytest --nbval-lax notebooks/quickstart.ipynb -q -p no:cacheprovider; \
+	status=$$?; KERNEL_MAGICS_HOME=$(TEST_HOME) $(BIN)/kernel-magics serve stop >/dev/null 2>&1; \
+	rm -rf $(TEST_HOME); exit $$status
+
+lint: setup
+	$(BIN)/ruff check kernel_magics tests bench
+	$(BIN)/ruff format --check kernel_magics tests bench
+
+bench: setup
+	$(BIN)/python bench/serving.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info
