@@ -104,6 +104,7 @@ class Store:
         self.settings = settings
         self._client: MlflowClient | None = None
         self._experiment_ids: dict[str, str] = {}
+        self._lock: Any = None
 
     # -- plumbing ------------------------------------------------------------------------------
     @property
@@ -135,10 +136,14 @@ class Store:
         if not self.uri.startswith("sqlite:"):
             yield
             return
-        from filelock import FileLock
+        if self._lock is None:
+            from filelock import FileLock
 
-        self.settings.lock_dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.settings.lock_dir / "store.lock"), timeout=120):
+            self.settings.lock_dir.mkdir(parents=True, exist_ok=True)
+            # One instance per Store: FileLock counts nested acquisitions of the same object,
+            # so a locked method may call another locked method.
+            self._lock = FileLock(str(self.settings.lock_dir / "store.lock"), timeout=120)
+        with self._lock:
             yield
 
     @contextlib.contextmanager
