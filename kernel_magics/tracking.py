@@ -9,9 +9,11 @@ failed training ends its run as KILLED/FAILED and registers nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -100,15 +102,11 @@ def run_training(
     import mlflow
 
     validate_name(name)
-    try:
+    with _store_errors(f"cannot open the model store at {store.uri}"):
         experiment_id = store.experiment_id()
-    except KernelMagicsError:
-        raise
-    except Exception as err:
-        raise StoreError(f"cannot open the model store at {store.uri}: {err}") from err
 
     with store.tracking():
-        with store.write_lock():
+        with store.write_lock(), _store_errors("cannot start a run in the model store"):
             run = mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-train")
         try:
             with store.write_lock():
@@ -118,12 +116,12 @@ def run_training(
             def on_epoch(result: Any) -> None:
                 values = {"train_loss": result.train_loss, "val_loss": result.val_loss}
                 values.update(result.metrics)
-                with store.write_lock():
+                with store.write_lock(), _store_errors("could not log metrics to the store"):
                     retry_locked(mlflow.log_metrics, values, step=result.epoch)
 
             fitted: FitResult = fit_fn(on_epoch=on_epoch)
             started = time.perf_counter()
-            with store.write_lock():
+            with store.write_lock(), _store_errors("could not save the model to the store"):
                 info, fmt, notes = _log_model(model, data.input_example)
                 local = mlflow.artifacts.download_artifacts(info.model_uri)
                 tags = {TAG_SHA256: hash_model_dir(local), TAG_TASK: data.task, TAG_FORMAT: fmt}
@@ -174,6 +172,18 @@ def _register(store: Store, name: str, info: Any, run_id: str, tags: dict) -> An
         tags=tags,
         model_id=getattr(info, "model_id", None),
     )
+
+
+@contextlib.contextmanager
+def _store_errors(what: str) -> Iterator[None]:
+    """Turn I/O and database failures (disk full, store gone) into one clear line."""
+    try:
+        yield
+    except KernelMagicsError:
+        raise
+    except Exception as err:
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise StoreError(f"{what}: {type(err).__name__}: {detail}") from err
 
 
 def _end_run(status: str, store: Store) -> None:

@@ -1,0 +1,117 @@
+"""Store faults: parallel writers on one SQLite store, an unreachable store, a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kernel_magics.config import load_settings
+from kernel_magics.store import Store
+
+# One training run in a child process: what a parallel papermill run does.
+TRAIN_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, numpy as np, torch
+    from kernel_magics import api
+    from kernel_magics.errors import KernelMagicsError
+    seed = int(sys.argv[1])
+    rng = np.random.default_rng(seed)
+    X = rng.random((120, 6), dtype=np.float32)
+    y = (X[:, 0] > 0.5).astype(int)
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    try:
+        r = api.train(net, X, y, name=sys.argv[2], epochs=2, progress="none", seed=seed)
+    except KernelMagicsError as err:
+        print(json.dumps({"error": str(err), "kind": type(err).__name__}))
+        sys.exit(3)
+    print(json.dumps({"version": r.version, "run_id": r.run_id}))
+    """
+)
+
+
+def _child_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_MAGICS_", "MLFLOW_"))}
+    env.update({"KERNEL_MAGICS_HOME": str(home), "KERNEL_MAGICS_PROGRESS": "none", **extra})
+    return env
+
+
+def _last_json(stdout: str) -> dict:
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def test_four_parallel_trainings_lose_nothing(tmp_path: Path) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TRAIN_SCRIPT, str(seed), "shared"],
+            env=_child_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(4)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+        assert "database is locked" not in out + err
+        results.append(_last_json(out))
+    store = Store(load_settings(home=tmp_path, tracking_uri=""))
+    versions = store.versions("shared")
+    assert sorted(v.version for v in versions) == [1, 2, 3, 4]
+    assert sorted(r["version"] for r in results) == [1, 2, 3, 4]
+    assert {v.run_id for v in versions} == {r["run_id"] for r in results}
+    assert all(v.sha256 for v in versions)
+
+
+def test_unreachable_store_is_a_clear_error(tmp_path: Path) -> None:
+    # A tracking server that is not there: nothing listens on port 9 (discard) on loopback.
+    env = _child_env(
+        tmp_path,
+        MLFLOW_TRACKING_URI="http://127.0.0.1:9",
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+        MLFLOW_HTTP_REQUEST_TIMEOUT="5",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", TRAIN_SCRIPT, "0", "remote"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    answer = _last_json(proc.stdout)
+    assert answer["kind"] == "StoreError"
+    assert "model store" in answer["error"] and "\n" not in answer["error"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE semantics are Linux's")
+def test_full_disk_registers_nothing(tmp_path: Path) -> None:
+    # The store is created first; then a child whose file writes stop at a few KB (the kernel
+    # answers EFBIG, like ENOSPC on a full disk) tries to train and log its model.
+    store = Store(load_settings(home=tmp_path, tracking_uri=""))
+    store.experiment_id()
+    size = (tmp_path / "mlflow.db").stat().st_size
+    limiter = (
+        "import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size + 4096}, {size + 4096}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", limiter + TRAIN_SCRIPT, "0", "full"],
+        env=_child_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode != 0
+    assert not store.model_exists("full") or store.versions("full") == []
+    # the store is still usable afterwards
+    assert store.model_names() == [] or "full" in store.model_names()
