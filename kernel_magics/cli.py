@@ -1,0 +1,222 @@
+"""The ``kernel-magics`` console script: the lifecycle operations that need no notebook objects.
+
+    kernel-magics [--home DIR] deploy NAME[@VERSION|@ALIAS] [--max-batch-size N] [--max-wait-ms F]
+    kernel-magics rollback NAME [--to VERSION]
+    kernel-magics undeploy NAME
+    kernel-magics models [--json]
+    kernel-magics history NAME [--json]
+    kernel-magics predict NAME --input FILE.json|FILE.csv|FILE.npy [--raw] [--json]
+    kernel-magics serve start [--workers N] | status [--json] | stop | logs [--lines N] | token
+
+Exit codes: 0 done; 1 ``serve status`` found no running inference process (with ``--json`` it
+prints ``{"running": false}``; when running, ``{"running": true, "url", "pid", "workers",
+"status", "models"}``); 2 any error, reported as one line on stderr. Like the magics, this only
+parses, calls ``kernel_magics.api`` and prints what ``kernel_magics.display`` renders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kernel_magics import __version__, api, display
+from kernel_magics.config import Settings, load_settings
+from kernel_magics.errors import InvalidInput, KernelMagicsError
+
+EXIT_OK, EXIT_NOT_RUNNING, EXIT_ERROR = 0, 1, 2
+
+
+# -- argument types shared with the magics ------------------------------------------------------
+def number(
+    kind: type, minimum: float, *, inclusive: bool = True, below: float | None = None
+) -> Callable[[str], Any]:
+    """An argparse type that rejects out-of-range values (``--epochs -1``) at parse time."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if (value < minimum if inclusive else value <= minimum) or (
+            below is not None and value >= below
+        ):
+            bound = f"{'>=' if inclusive else '>'} {minimum}"
+            bound += f" and < {below}" if below is not None else ""
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return convert
+
+
+positive_int = number(int, 1)
+non_negative_float = number(float, 0)
+
+
+def version(text: str) -> int:
+    """A version number, written ``2`` or ``v2``."""
+    return positive_int(text.removeprefix("v"))
+
+
+# -- input files --------------------------------------------------------------------------------
+def read_input(path: Path) -> Any:
+    """Rows to predict from .npy, .json (a list of rows or records, or an object with
+    "instances" or "inputs", as the HTTP API takes) or .csv (a header row is optional)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            import numpy as np
+
+            return np.load(path, allow_pickle=False)
+        if suffix == ".json":
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                if "instances" not in data and "inputs" not in data:
+                    raise InvalidInput(f'{path}: expected a list or "instances"/"inputs"')
+                data = data.get("instances", data.get("inputs"))
+            if isinstance(data, list) and data and isinstance(data[0], dict):
+                import pandas as pd
+
+                data = pd.DataFrame.from_records(data)
+            return data
+        if suffix == ".csv":
+            import pandas as pd
+
+            frame = pd.read_csv(path, header=None)
+            # A first row that is not numeric is a header.
+            if pd.to_numeric(frame.iloc[0], errors="coerce").isna().any():
+                frame = pd.read_csv(path)
+            return frame
+    except (OSError, ValueError) as err:
+        raise InvalidInput(f"cannot read {path}: {display.one_line(err)}") from None
+    raise InvalidInput(f"{path}: unsupported input type {suffix or '(none)'} (.json, .csv, .npy)")
+
+
+# -- commands -----------------------------------------------------------------------------------
+def _print_transition(result: dict, args: argparse.Namespace) -> int:
+    print(display.to_json(result) if args.json else display.transition_line(result))
+    return EXIT_OK
+
+
+def _deploy(args: argparse.Namespace, settings: Settings) -> int:
+    result = api.deploy(
+        args.target,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        settings=settings,
+    )
+    return _print_transition(result, args)
+
+
+def _rollback(args: argparse.Namespace, settings: Settings) -> int:
+    return _print_transition(api.rollback(args.name, to=args.to, settings=settings), args)
+
+
+def _undeploy(args: argparse.Namespace, settings: Settings) -> int:
+    return _print_transition(api.undeploy(args.name, settings=settings), args)
+
+
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    summaries = api.models(settings=settings)
+    print(display.to_json(summaries) if args.json else display.models_text(summaries))
+    return EXIT_OK
+
+
+def _history(args: argparse.Namespace, settings: Settings) -> int:
+    events = api.history(args.name, settings=settings)
+    print(display.to_json(events) if args.json else display.history_text(args.name, events))
+    return EXIT_OK
+
+
+def _predict(args: argparse.Namespace, settings: Settings) -> int:
+    result = api.predict(args.name, read_input(args.input), raw=args.raw, settings=settings)
+    if args.json:
+        print(display.to_json({"predictions": result}))
+    else:
+        print(display.predictions_text(result))
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "status":
+        status = api.server_status(settings=settings)
+        if args.json:
+            print(display.to_json({"running": True, **status} if status else {"running": False}))
+        else:
+            print(display.status_text(status))
+        return EXIT_OK if status else EXIT_NOT_RUNNING
+    if args.action == "start":
+        print(display.status_text(api.server_start(workers=args.workers, settings=settings)))
+    elif args.action == "stop":
+        print(display.stopped_line(api.server_stop(settings=settings)))
+    elif args.action == "logs":
+        print(api.server_logs(args.lines, settings=settings))
+    else:
+        print(api.server_token(settings=settings))
+    return EXIT_OK
+
+
+# -- parser -------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr and exit code 2, like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="kernel-magics",
+        description="Deploy, roll back, serve and query models trained with kernel-magics.",
+    )
+    parser.add_argument("--home", help="home folder of the store and the inference process")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable, help_text: str, *, json_flag: bool = True) -> Any:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    p = command("deploy", _deploy, "make a version live (newest unless @VERSION or @ALIAS)")
+    p.add_argument("target", metavar="NAME[@VERSION|@ALIAS]")
+    p.add_argument("--max-batch-size", type=positive_int)
+    p.add_argument("--max-wait-ms", type=non_negative_float)
+    p = command("rollback", _rollback, "make the previously live version (or --to) live again")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--to", type=version, metavar="VERSION")
+    p = command("undeploy", _undeploy, "stop serving a model")
+    p.add_argument("name", metavar="NAME")
+    command("models", _models, "registered models, versions, metrics, what is live")
+    p = command("history", _history, "deployment history of a model, oldest first")
+    p.add_argument("name", metavar="NAME")
+    p = command("predict", _predict, "predict with the live version of a model")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--input", type=Path, required=True, metavar="FILE", help=".json, .csv or .npy")
+    p.add_argument("--raw", action="store_true", help="model outputs instead of class labels")
+    p = command("serve", _serve, "the inference process", json_flag=False)
+    p.add_argument("action", choices=("start", "status", "stop", "logs", "token"))
+    p.add_argument("--workers", type=positive_int, help="start: worker processes")
+    p.add_argument("--lines", type=positive_int, default=50, help="logs: how many lines")
+    p.add_argument("--json", action="store_true", help="status: print JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, load_settings(home=args.home))
+    except KernelMagicsError as err:
+        print(f"kernel-magics: error: {display.one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

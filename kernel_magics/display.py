@@ -1,0 +1,320 @@
+"""Every message and rendering the front ends show, in one place.
+
+Each view comes as plain text (terminals, the CLI, logs, papermill's text outputs) and, where a
+notebook can do better, as HTML. ``show`` picks: inside a Jupyter kernel (``ZMQInteractiveShell``)
+it sends both as one display bundle; anywhere else it prints the text. Nothing here calls the
+core API: callers pass in what it returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import html
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+# The metrics worth a column, per task, best first; training may log them with a "val_" prefix.
+KEY_METRICS = {
+    "classification": ("accuracy", "f1_macro"),
+    "regression": ("mse", "r2"),
+}
+_BADGE = (
+    '<span style="background:#1a7f37;color:#fff;border-radius:4px;padding:0 6px;'
+    'font-size:0.85em;font-weight:600">LIVE</span>'
+)
+
+
+# -- output -------------------------------------------------------------------------------------
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel, where HTML renders; False in a terminal or a script."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+def show(text: str, html_text: str | None = None) -> None:
+    """Show one view: an HTML + text bundle in a notebook, the text elsewhere."""
+    if in_notebook():
+        from IPython.display import display
+
+        bundle = {"text/plain": text}
+        if html_text is not None:
+            bundle["text/html"] = html_text
+        display(bundle, raw=True)
+    else:
+        print(text)
+
+
+def one_line(err: BaseException | str) -> str:
+    """The first non-empty line of an error (our errors already are one line; others may not)."""
+    text = str(err).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    if not first and isinstance(err, BaseException):
+        return type(err).__name__
+    return first
+
+
+def to_json(value: Any) -> str:
+    """JSON for scripts: dataclasses become objects, numpy values become lists and numbers."""
+
+    def default(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return dataclasses.asdict(obj)
+        if hasattr(obj, "tolist"):
+            return obj.tolist()
+        if isinstance(obj, set | frozenset | tuple):
+            return list(obj)
+        return str(obj)
+
+    return json.dumps(value, default=default, indent=None, sort_keys=False)
+
+
+# -- tables -------------------------------------------------------------------------------------
+def _text_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    rows = [list(map(str, r)) for r in rows]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _html_table(
+    headers: Sequence[str], rows: Iterable[Sequence[str]], *, escaped: bool = False
+) -> str:
+    """``escaped`` rows already hold safe HTML (badges); otherwise every cell is escaped."""
+    cell = (lambda c: c) if escaped else (lambda c: html.escape(str(c)))
+    head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td style='text-align:left'>{cell(c)}</td>" for c in r) + "</tr>"
+        for r in rows
+    )
+    return (
+        f"<table class='kernel-magics'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def _when(seconds: float | None) -> str:
+    if not seconds:
+        return ""
+    return _dt.datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M")
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+
+def key_metrics(metrics: dict[str, float], task: str | None) -> list[tuple[str, float]]:
+    """The metrics a table shows for a version: accuracy/f1_macro or mse/r2, else val_loss."""
+    found = []
+    for key in KEY_METRICS.get(
+        task or "", KEY_METRICS["classification"] + KEY_METRICS["regression"]
+    ):
+        for name in (f"val_{key}", key):
+            if name in metrics:
+                found.append((key, metrics[name]))
+                break
+    if not found and "val_loss" in metrics:
+        found.append(("val_loss", metrics["val_loss"]))
+    return found
+
+
+def _metrics_text(metrics: dict[str, float], task: str | None) -> str:
+    return " ".join(f"{k}={_number(v)}" for k, v in key_metrics(metrics, task))
+
+
+# -- models -------------------------------------------------------------------------------------
+MODEL_HEADERS = ("model", "version", "created", "task", "metrics", "format", "live", "served")
+NO_MODELS = "No registered models yet: train one with %train (or kernel_magics.api.train)."
+
+
+LIVE_COLUMN, SERVED_COLUMN = 6, 7
+
+
+def _model_rows(summaries: Sequence[Any]) -> list[list[str]]:
+    rows = []
+    for s in summaries:
+        for v in reversed(s.versions):  # newest first: what was just trained is on top
+            rows.append(
+                [
+                    s.name,
+                    f"v{v.version}",
+                    _when(v.created),
+                    v.task or "",
+                    _metrics_text(v.metrics, v.task),
+                    v.format or "",
+                    "LIVE" if v.live else "",
+                    "served" if s.served_version == v.version else "",
+                ]
+            )
+    return rows
+
+
+def _served_note(summaries: Sequence[Any]) -> str:
+    """Say when the process serves something other than the live alias (it was not running,
+    or a deploy is in flight), since that is exactly what a user checks %models for."""
+    notes = []
+    for s in summaries:
+        if s.live_version is not None and s.served_version != s.live_version:
+            served = f"v{s.served_version}" if s.served_version is not None else "nothing"
+            notes.append(
+                f"{s.name}: v{s.live_version} is live but the inference process serves {served}"
+            )
+    return "\n".join(notes)
+
+
+def models_text(summaries: Sequence[Any]) -> str:
+    if not summaries:
+        return NO_MODELS
+    table = _text_table(MODEL_HEADERS, _model_rows(summaries))
+    note = _served_note(summaries)
+    return f"{table}\n{note}" if note else table
+
+
+def models_html(summaries: Sequence[Any]) -> str:
+    if not summaries:
+        return f"<p>{html.escape(NO_MODELS)}</p>"
+    rows = []
+    for row in _model_rows(summaries):
+        cells = [html.escape(c) for c in row]
+        cells[LIVE_COLUMN] = _BADGE if row[LIVE_COLUMN] else ""
+        cells[SERVED_COLUMN] = "&#9679; served" if row[SERVED_COLUMN] else ""
+        rows.append(cells)
+    note = _served_note(summaries)
+    note_html = f"<p style='color:#9a6700'>{html.escape(note)}</p>" if note else ""
+    return _html_table(MODEL_HEADERS, rows, escaped=True) + note_html
+
+
+# -- training -----------------------------------------------------------------------------------
+def _train_fields(result: Any) -> list[tuple[str, str]]:
+    fields = [
+        ("model", f"{result.name} v{result.version}"),
+        ("run id", result.run_id),
+        ("format", result.format),
+        *((k, _number(v)) for k, v in sorted(result.metrics.items())),
+        ("training", f"{result.train_seconds:.2f} s"),
+        ("bookkeeping", f"{result.bookkeeping_seconds:.2f} s (log + register)"),
+    ]
+    return fields + [("note", n) for n in result.notes]
+
+
+def train_result_text(result: Any) -> str:
+    title = f"{result.name} v{result.version} registered"
+    return "\n".join([title, *(f"  {k:<12} {v}" for k, v in _train_fields(result)[1:])])
+
+
+def train_result_html(result: Any) -> str:
+    rows = "".join(
+        f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+        f"<td style='text-align:left'>{html.escape(v)}</td></tr>"
+        for k, v in _train_fields(result)
+    )
+    return f"<table class='kernel-magics'>{rows}</table>"
+
+
+# -- deployment ---------------------------------------------------------------------------------
+def transition_line(result: dict) -> str:
+    """One line for a deploy / rollback / undeploy answer of the core API."""
+    name = result.get("name", "?")
+    action = result.get("action", "deploy")
+    previous = result.get("previous_version")
+    was = f"was v{previous}" if previous is not None else "nothing was live"
+    if action == "undeploy" or result.get("version") is None:
+        return f"{name} is no longer served ({was})"
+    verb = "is live again" if action == "rollback" else "is live"
+    line = f"{name} v{result['version']} {verb} ({was})"
+    if result.get("url"):
+        line += f" at {result['url']}"
+    if result.get("load_ms") is not None:
+        line += f" — loaded in {result['load_ms']:.0f} ms"
+    return line
+
+
+HISTORY_HEADERS = ("time", "action", "from", "to")
+
+
+def _history_rows(events: Sequence[dict]) -> list[list[str]]:
+    def version(v: Any) -> str:
+        return f"v{v}" if v is not None else "-"
+
+    return [
+        [
+            str(e.get("time", ""))[:19].replace("T", " "),
+            e.get("action", ""),
+            version(e.get("from_version")),
+            version(e.get("to_version")),
+        ]
+        for e in events
+    ]
+
+
+def history_text(name: str, events: Sequence[dict]) -> str:
+    if not events:
+        return f"{name} has never been deployed."
+    return _text_table(HISTORY_HEADERS, _history_rows(events))
+
+
+def history_html(name: str, events: Sequence[dict]) -> str:
+    if not events:
+        return f"<p>{html.escape(history_text(name, events))}</p>"
+    return _html_table(HISTORY_HEADERS, _history_rows(events))
+
+
+def predictions_text(values: Any) -> str:
+    """Predictions for a terminal: one row per line (labels, or space-separated outputs)."""
+    rows = values.tolist() if hasattr(values, "tolist") else list(values)
+    return "\n".join(" ".join(map(str, r)) if isinstance(r, list) else str(r) for r in rows)
+
+
+# -- the inference process ----------------------------------------------------------------------
+NOT_RUNNING = "The inference process is not running (the first deploy starts it)."
+
+
+def _served(status: dict) -> list[tuple[str, str]]:
+    out = []
+    for name, state in sorted((status.get("models") or {}).items()):
+        if isinstance(state, dict):
+            version = state.get("version")
+            extra = state.get("state") or state.get("status") or ""
+        else:
+            version, extra = state, ""
+        out.append((name, f"v{version}" + (f" ({extra})" if extra else "")))
+    return out
+
+
+def status_line(status: dict | None) -> str:
+    if not status:
+        return NOT_RUNNING
+    workers = status.get("workers")
+    parts = [f"pid {status.get('pid')}"]
+    if workers is not None:
+        parts.append(f"{workers} worker{'s' if workers != 1 else ''}")
+    if status.get("status"):
+        parts.append(str(status["status"]))
+    return f"Inference process at {status.get('url')} ({', '.join(parts)})"
+
+
+def status_text(status: dict | None) -> str:
+    if not status:
+        return NOT_RUNNING
+    served = _served(status)
+    lines = [status_line(status)]
+    lines += [f"  {name:<20} {version}" for name, version in served] or ["  serving no models"]
+    return "\n".join(lines)
+
+
+def status_html(status: dict | None) -> str:
+    if not status:
+        return f"<p>{html.escape(NOT_RUNNING)}</p>"
+    table = _html_table(("model", "serving"), _served(status)) if _served(status) else ""
+    return f"<p>{html.escape(status_line(status))}</p>{table}"
+
+
+def stopped_line(was_running: bool) -> str:
+    return "Inference process stopped." if was_running else "The inference process was not running."
