@@ -1,0 +1,337 @@
+"""Turn what a notebook user has (arrays, tensors, DataFrames) into tensors ready to train on.
+
+Every problem with the data is found here, before an MLflow run exists, and reported as one
+``InvalidInput`` line that names what to fix.
+
+Task inference (``task=None``): a float target is regression. A bool, string, object or
+categorical target is classification. An integer target is classification when it has at most
+``MAX_INFERRED_CLASSES`` (50) distinct values and at most 20% of the rows are distinct values (a
+target with only 2 distinct values always counts), otherwise regression (counts, years, prices
+in cents). Pass ``task=`` to override.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kernel_magics.errors import InvalidInput
+
+TASKS = ("classification", "regression")
+MAX_INFERRED_CLASSES = 50
+MAX_CLASS_FRACTION = 0.2
+
+
+@dataclass
+class PreparedData:
+    X_train: torch.Tensor
+    y_train: torch.Tensor
+    X_val: torch.Tensor
+    y_val: torch.Tensor
+    task: str  # "classification" | "regression"
+    n_features: int
+    n_outputs: int  # classes for classification, target columns for regression
+    classes: list | None  # original label values in index order (classification)
+    feature_names: list[str] | None
+    input_example: np.ndarray  # first 5 rows of the features, float32
+    # "validation", or "train" when val_split=0 left no validation set: then val_loss and the
+    # metrics are computed on the training rows.
+    metrics_on: str = "validation"
+    stratified: bool = False  # whether the split kept the class proportions
+    target_name: str | None = None
+
+
+def prepare_data(
+    X: Any,
+    y: Any = None,
+    *,
+    task: str | None = None,
+    val_split: float = 0.2,
+    seed: int = 0,
+) -> PreparedData:
+    """Validate and convert (X, y), infer the task, and make a seeded train/validation split.
+
+    ``y`` may be the name of a column of the DataFrame ``X``; that column becomes the target and
+    is dropped from the features.
+    """
+    _check_options(task, val_split, seed)
+    target_name = None
+    if isinstance(y, str):
+        X, y, target_name = _split_target_column(X, y)
+    elif y is None:
+        raise InvalidInput(
+            "y is missing: pass the targets, or the name of a target column of the DataFrame X"
+        )
+    elif isinstance(y, pd.Series) and y.name is not None:
+        target_name = str(y.name)
+
+    features, feature_names = _features(X)
+    target = _target_frame(y)
+    if len(target) != len(features):
+        raise InvalidInput(f"X has {len(features)} rows but y has {len(target)}")
+    if len(features) < 2:
+        raise InvalidInput(f"X has {len(features)} row(s): training needs at least 2")
+
+    task = task or _infer_task(target)
+    if task == "classification":
+        y_all, classes = _class_indices(target)
+        n_outputs = len(classes)
+    else:
+        y_all, classes = _regression_targets(target), None
+        n_outputs = y_all.shape[1]
+
+    train_idx, val_idx, stratified = _split(len(features), y_all, task, val_split, seed)
+    X_all = torch.from_numpy(features)
+    y_tensor = torch.from_numpy(y_all)
+    train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+    metrics_on = "validation" if len(val_idx) else "train"
+    return PreparedData(
+        X_train=X_all[train_idx],
+        y_train=y_tensor[train_idx],
+        X_val=X_all[val_idx],
+        y_val=y_tensor[val_idx],
+        task=task,
+        n_features=features.shape[1],
+        n_outputs=n_outputs,
+        classes=classes,
+        feature_names=feature_names,
+        input_example=features[:5].copy(),
+        metrics_on=metrics_on,
+        stratified=stratified,
+        target_name=target_name,
+    )
+
+
+# -- arguments ----------------------------------------------------------------------------------
+def _check_options(task: str | None, val_split: float, seed: int) -> None:
+    if task is not None and task not in TASKS:
+        raise InvalidInput(f"task must be 'classification' or 'regression', got {task!r}")
+    if isinstance(val_split, bool) or not isinstance(val_split, int | float):
+        raise InvalidInput(f"val_split must be a number in [0, 0.9), got {val_split!r}")
+    if not 0 <= val_split < 0.9:  # also rejects NaN
+        raise InvalidInput(f"val_split must be in [0, 0.9), got {val_split}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise InvalidInput(f"seed must be an integer, got {seed!r}")
+
+
+def _split_target_column(X: Any, column: str) -> tuple[pd.DataFrame, pd.Series, str]:
+    if not isinstance(X, pd.DataFrame):
+        raise InvalidInput(
+            f"y={column!r} names a column, but X is a {type(X).__name__}, not a DataFrame"
+        )
+    if column not in X.columns:
+        raise InvalidInput(f"X has no column {column!r}; its columns are {_names(X.columns)}")
+    target = X[column]
+    if isinstance(target, pd.DataFrame):
+        raise InvalidInput(f"X has more than one column named {column!r}")
+    return X.drop(columns=[column]), target, column
+
+
+# -- features -----------------------------------------------------------------------------------
+def _features(X: Any) -> tuple[np.ndarray, list[str] | None]:
+    """Features as a C-contiguous float32 (rows, features) array, plus column names if any."""
+    names = None
+    if isinstance(X, pd.Series):
+        X = X.to_frame()
+    if isinstance(X, pd.DataFrame):
+        bad = [c for c in X.columns if not _numeric_dtype(X[c].dtype)]
+        if bad:
+            raise InvalidInput(
+                f"X has non-numeric columns {_names(bad)}: encode them as numbers first "
+                "(e.g. pandas.get_dummies)"
+            )
+        names = [str(c) for c in X.columns]
+        array = X.to_numpy(dtype=np.float32, na_value=np.nan)
+    else:
+        array = _as_numpy(X, "X")
+        if array.dtype.kind not in "biuf":
+            try:
+                array = array.astype(np.float32)
+            except (TypeError, ValueError):
+                raise InvalidInput(
+                    f"X has non-numeric values (dtype {array.dtype}): convert it to numbers first"
+                ) from None
+    if array.ndim == 1:  # one feature
+        array = array.reshape(-1, 1)
+    if array.ndim != 2:
+        raise InvalidInput(
+            f"X must be 2-D (rows x features), got {array.ndim}-D with shape "
+            f"{tuple(array.shape)}: flatten each row first, e.g. X.reshape(len(X), -1)"
+        )
+    if array.shape[0] == 0:
+        raise InvalidInput("X is empty: it has no rows")
+    if array.shape[1] == 0:
+        raise InvalidInput("X has no feature columns")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    _check_finite(array, "X", names)
+    return array, names
+
+
+def _numeric_dtype(dtype: Any) -> bool:
+    return pd.api.types.is_bool_dtype(dtype) or (
+        pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype)
+    )
+
+
+def _as_numpy(value: Any, what: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.is_complex():
+            raise InvalidInput(f"{what} is a complex tensor: use real numbers")
+        if value.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
+            value = value.float()
+        return value.resolve_conj().resolve_neg().numpy()
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged nested lists
+        raise InvalidInput(f"{what} cannot be read as an array: {_first_line(exc)}") from None
+    if array.dtype.kind == "c":
+        raise InvalidInput(f"{what} has complex numbers: use real numbers")
+    if array.ndim == 0:
+        raise InvalidInput(f"{what} is a single value, not a list of rows")
+    return array
+
+
+def _check_finite(array: np.ndarray, what: str, names: list[str] | None) -> None:
+    """float32 conversion can overflow to inf, so this runs on the converted array."""
+    bad = ~np.isfinite(array)
+    if not bad.any():
+        return
+    count = int(bad.sum())
+    if array.ndim == 1:
+        array, bad = array.reshape(-1, 1), bad.reshape(-1, 1)
+    columns = np.flatnonzero(bad.any(axis=0))
+    where = (
+        f"in columns {_names([names[i] for i in columns])}"
+        if names is not None
+        else f"first at row {int(np.argwhere(bad)[0][0])}"
+    )
+    raise InvalidInput(f"{what} has {count} NaN or infinite value(s) {where}: drop or fill them")
+
+
+# -- target -------------------------------------------------------------------------------------
+def _target_frame(y: Any) -> pd.DataFrame:
+    """The target as a DataFrame of 1+ columns, keeping pandas dtypes (categorical, strings)."""
+    if isinstance(y, pd.Series):
+        frame = y.to_frame()
+    elif isinstance(y, pd.DataFrame):
+        frame = y
+    else:
+        array = _as_numpy(y, "y")
+        if array.ndim > 2:
+            raise InvalidInput(f"y must be 1-D or 2-D, got shape {tuple(array.shape)}")
+        frame = pd.DataFrame(array.reshape(len(array), -1))
+    frame = frame.reset_index(drop=True)
+    if frame.shape[1] == 0:
+        raise InvalidInput("y has no columns")
+    if len(frame) == 0:
+        raise InvalidInput("y is empty")
+    missing = int(frame.isna().to_numpy().sum())
+    if missing:
+        raise InvalidInput(f"y has {missing} missing (NaN/None) value(s): drop or fill them")
+    for name in frame.columns:
+        if pd.api.types.is_float_dtype(frame[name].dtype):
+            _check_finite(frame[name].to_numpy(dtype=np.float64), "y", None)
+    return frame
+
+
+def _infer_task(target: pd.DataFrame) -> str:
+    if target.shape[1] > 1:
+        return "regression"
+    column = target.iloc[:, 0]
+    dtype = column.dtype
+    if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
+        return "classification"
+    if pd.api.types.is_float_dtype(dtype):
+        return "regression"
+    distinct = column.nunique()
+    few = distinct <= MAX_INFERRED_CLASSES and distinct <= max(2, MAX_CLASS_FRACTION * len(column))
+    return "classification" if few else "regression"
+
+
+def _class_indices(target: pd.DataFrame) -> tuple[np.ndarray, list]:
+    if target.shape[1] != 1:
+        raise InvalidInput(
+            f"classification needs one target column, y has {target.shape[1]}; "
+            "pass task='regression' for several numeric targets"
+        )
+    column = target.iloc[:, 0]
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.cat.remove_unused_categories()  # unused categories would be dead outputs
+        classes = list(column.cat.categories)
+        codes = column.cat.codes.to_numpy()
+    else:
+        values = column.to_numpy()
+        try:
+            classes_arr, codes = np.unique(values, return_inverse=True)
+            classes = list(classes_arr)
+        except TypeError:  # mixed types (e.g. 1 and "a") do not sort: keep first-seen order
+            codes, uniques = pd.factorize(column)
+            classes = list(uniques)
+    classes = [_plain(c) for c in classes]
+    if len(classes) < 2:
+        raise InvalidInput(
+            f"y has only one distinct value ({classes[0]!r}): classification needs at least 2"
+        )
+    return np.asarray(codes, dtype=np.int64).reshape(-1), classes
+
+
+def _regression_targets(target: pd.DataFrame) -> np.ndarray:
+    bad = [c for c in target.columns if not _numeric_dtype(target[c].dtype)]
+    if bad:
+        raise InvalidInput(
+            "task 'regression' needs numeric targets, but y has non-numeric values; "
+            "use task='classification' for labels"
+        )
+    array = np.ascontiguousarray(target.to_numpy(dtype=np.float32))
+    _check_finite(array, "y", None)
+    return array
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars become Python ones so class labels compare, print and JSON-encode simply."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# -- split --------------------------------------------------------------------------------------
+def _split(
+    n: int, y: np.ndarray, task: str, val_split: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Seeded train/validation indices; stratified when every class can appear on both sides."""
+    from sklearn.model_selection import train_test_split
+
+    everything = np.arange(n)
+    if val_split == 0:
+        return everything, everything[:0], False
+    n_val = math.ceil(val_split * n)
+    if n_val >= n:
+        raise InvalidInput(
+            f"val_split={val_split} leaves no training rows out of {n}: lower it or pass 0"
+        )
+    stratify = None
+    if task == "classification":
+        counts = np.bincount(y)
+        k = len(counts)
+        if counts.min() >= 2 and n_val >= k and n - n_val >= k:
+            stratify = y
+    train_idx, val_idx = train_test_split(
+        everything, test_size=n_val, random_state=seed, stratify=stratify
+    )
+    return np.sort(train_idx), np.sort(val_idx), stratify is not None
+
+
+# -- messages -----------------------------------------------------------------------------------
+def _names(columns: Any, limit: int = 8) -> str:
+    shown = [repr(str(c)) for c in list(columns)[:limit]]
+    more = len(list(columns)) - limit
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

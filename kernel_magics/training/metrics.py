@@ -1,0 +1,90 @@
+"""Per-epoch metrics, computed with scikit-learn so they match what users compute themselves."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+CLASSIFICATION_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+REGRESSION_METRICS = ("mse", "mae", "r2")
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return (
+            value.detach().cpu().float().numpy()
+            if value.is_floating_point()
+            else (value.detach().cpu().numpy())
+        )
+    return np.asarray(value)
+
+
+def classification_metrics(y_true: Any, logits: Any) -> dict[str, float]:
+    """Accuracy and macro precision/recall/F1 of ``argmax(logits)`` against class indices.
+
+    ``logits`` is (rows, classes); a 1-D array is taken as predicted class indices.
+    """
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    truth = _numpy(y_true).reshape(-1)
+    scores = _numpy(logits)
+    predicted = scores.argmax(axis=1) if scores.ndim == 2 else scores.reshape(-1)
+    if len(truth) == 0:
+        return {name: math.nan for name in CLASSIFICATION_METRICS}
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        truth, predicted, average="macro", zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "precision_macro": float(precision),
+        "recall_macro": float(recall),
+        "f1_macro": float(f1),
+    }
+
+
+def regression_metrics(y_true: Any, pred: Any) -> dict[str, float]:
+    """MSE, MAE and R² (averaged over target columns); R² is NaN with fewer than 2 rows."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    truth = _numpy(y_true).astype(np.float64)
+    predicted = _numpy(pred).astype(np.float64)
+    truth = truth.reshape(len(truth), -1)
+    predicted = predicted.reshape(len(predicted), -1)
+    if len(truth) == 0:
+        return {name: math.nan for name in REGRESSION_METRICS}
+    with warnings.catch_warnings():  # R² on one row warns and returns NaN: NaN is the answer
+        warnings.simplefilter("ignore")
+        r2 = float(r2_score(truth, predicted)) if len(truth) >= 2 else math.nan
+    return {
+        "mse": float(mean_squared_error(truth, predicted)),
+        "mae": float(mean_absolute_error(truth, predicted)),
+        "r2": r2,
+    }
+
+
+def task_metrics(task: str, y_true: Any, output: Any) -> dict[str, float]:
+    """The metrics for ``task`` ("classification" or "regression") from the model's output."""
+    if task == "classification":
+        return classification_metrics(y_true, output)
+    return regression_metrics(y_true, output)
+
+
+# The metrics worth showing in a one-line summary, per task, best first.
+KEY_METRICS = {"classification": ("accuracy", "f1_macro"), "regression": ("mse", "mae", "r2")}
+
+
+def format_value(value: float) -> str:
+    """Three decimals for losses and scores; large errors (MSE on raw prices) without noise."""
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.3f}" if abs(value) < 1000 else f"{value:.1f}"
+
+
+def key_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The headline metrics present in ``metrics`` (all of them if none is a known one)."""
+    keys = [k for keys in KEY_METRICS.values() for k in keys if k in metrics]
+    return {k: metrics[k] for k in keys} if keys else dict(metrics)
