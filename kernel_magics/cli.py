@@ -31,9 +31,7 @@ EXIT_OK, EXIT_NOT_RUNNING, EXIT_ERROR = 0, 1, 2
 
 
 # -- argument types shared with the magics ------------------------------------------------------
-def number(
-    kind: type, minimum: float, *, inclusive: bool = True, below: float | None = None
-) -> Callable[[str], Any]:
+def number(kind: type, minimum: float, *, inclusive: bool = True) -> Callable[[str], Any]:
     """An argparse type that rejects out-of-range values (``--epochs -1``) at parse time."""
 
     def convert(text: str) -> Any:
@@ -41,12 +39,10 @@ def number(
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if (value < minimum if inclusive else value <= minimum) or (
-            below is not None and value >= below
-        ):
-            bound = f"{'>=' if inclusive else '>'} {minimum}"
-            bound += f" and < {below}" if below is not None else ""
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        if value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(
+                f"must be {'>=' if inclusive else '>'} {minimum}, got {text}"
+            )
         return value
 
     return convert

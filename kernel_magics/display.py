@@ -239,13 +239,21 @@ def transition_line(result: dict) -> str:
 HISTORY_HEADERS = ("time", "action", "from", "to")
 
 
+def _local_time(iso: str) -> str:
+    """History times are stored in UTC (ISO 8601); show them in local time like `created`."""
+    try:
+        return _dt.datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return iso
+
+
 def _history_rows(events: Sequence[dict]) -> list[list[str]]:
     def version(v: Any) -> str:
         return f"v{v}" if v is not None else "-"
 
     return [
         [
-            str(e.get("time", ""))[:19].replace("T", " "),
+            _local_time(str(e.get("time", ""))),
             e.get("action", ""),
             version(e.get("from_version")),
             version(e.get("to_version")),

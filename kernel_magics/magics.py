@@ -32,7 +32,6 @@ from kernel_magics.tracking import TrainResult
 
 _DEFAULTS = Settings(home=DEFAULT_HOME)
 _POSITIVE_FLOAT = number(float, 0, inclusive=False)
-_FRACTION = number(float, 0, below=1)
 _OPENING, _CLOSING, _QUOTES = "([{", ")]}", "'\""
 
 
@@ -155,6 +154,8 @@ class KernelMagics(Magics, Configurable):
             raise UsageError(f"cannot evaluate {what} `{expr}`: {display.one_line(err)}") from None
 
     # -- training -------------------------------------------------------------------------------
+    # Ranges are checked while parsing where a bad value would otherwise only fail after an
+    # MLflow run was opened; val-split's bounds are the training code's to decide.
     @line_magic
     @magic_arguments()
     @argument("model", metavar="MODEL_EXPR", help="an nn.Module expression: Net(), model")
@@ -166,7 +167,7 @@ class KernelMagics(Magics, Configurable):
     @argument("--batch-size", type=positive_int, default=64, help="default: %(default)s")
     @argument("--optimizer", type=_word, default="adam", help="default: %(default)s")
     @argument("--weight-decay", type=non_negative_float, default=0.0, help="default: %(default)s")
-    @argument("--val-split", type=_FRACTION, default=0.2, help="held out, default %(default)s")
+    @argument("--val-split", type=float, default=0.2, help="held out, default %(default)s")
     @argument("--seed", type=int, default=0, help="default: %(default)s")
     @argument("--task", choices=("classification", "regression"), help="default: inferred")
     @_front_end

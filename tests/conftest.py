@@ -1,0 +1,131 @@
+"""Shared fixtures: a throwaway home per test module, the real IPython shell with the extension
+loaded, the digits data, and clean-up of any inference process a module started."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kernel_magics import api
+from kernel_magics.config import load_settings
+
+
+def _state_pids(state_file: Path) -> set[int]:
+    """Every PID the state file names (supervisor and, if listed, workers)."""
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return set()
+    pids: set[int] = set()
+
+    def collect(value: Any, key: str = "") -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                collect(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                collect(v, key)
+        elif isinstance(value, int) and not isinstance(value, bool) and "pid" in key:
+            pids.add(value)
+
+    collect(state)
+    return pids
+
+
+def _ours(pid: int) -> bool:
+    """Alive and running kernel_magics code: never signal a recycled PID."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"kernel_magics" in cmdline or b"kernel-magics" in cmdline
+
+
+def stop_inference_process(home: Path) -> None:
+    """Stop what this home's tests started: politely through the API, then, as a last resort,
+    the PIDs its state file named (and only those)."""
+    settings = load_settings(home=home)
+    pids = _state_pids(settings.state_file)
+    with contextlib.suppress(Exception):
+        api.server_stop(settings=settings)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = [pid for pid in pids if _ours(pid)]
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 5
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [pid for pid in alive if _ours(pid)]
+        if not alive:
+            return
+
+
+@pytest.fixture(scope="module")
+def km_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh home folder (embedded SQLite store) for one test module, set through the
+    environment exactly as a user would; no MLFLOW_TRACKING_URI. Whatever inference process
+    the module started there is stopped at the end."""
+    home = tmp_path_factory.mktemp("km-home")
+    with pytest.MonkeyPatch.context() as mp:
+        for key in list(os.environ):
+            if key.startswith(("KERNEL_MAGICS_", "MLFLOW_")):
+                mp.delenv(key)
+        mp.setenv("KERNEL_MAGICS_HOME", str(home))
+        mp.setenv("KERNEL_MAGICS_PROGRESS", "none")
+        try:
+            yield home
+        finally:
+            stop_inference_process(home)
+
+
+@pytest.fixture(scope="module")
+def ip(km_home: Path) -> Iterator[Any]:
+    """The real InteractiveShell with ``%load_ext kernel_magics`` (unloaded after the module)."""
+    from IPython.core.history import HistoryAccessor
+
+    HistoryAccessor.enabled = False  # no SQLite history file for a throwaway shell
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "kernel_magics")
+    yield shell
+    shell.run_line_magic("unload_ext", "kernel_magics")
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8×8 digits (no download), scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    return (X / 16.0).astype(np.float32), y
+
+
+def run_cell(shell: Any, code: str) -> Any:
+    """Run a cell like a notebook does; re-raise what it raised so a test sees it."""
+    result = shell.run_cell(code)
+    result.raise_error()
+    return result.result
+
+
+NET_CELL = """
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self, hidden=32):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, x):
+        return self.layers(x)
+"""
