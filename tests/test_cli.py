@@ -1,0 +1,143 @@
+"""The ``kernel-magics`` console script, run as a real subprocess against a real store and the
+real inference process (one per module, started by the CLI's own ``deploy``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from kernel_magics import api
+from kernel_magics.tracking import TrainResult
+
+SCRIPT = Path(sys.executable).with_name("kernel-magics")
+
+
+def cli(*args: str, ok: int | None = 0) -> subprocess.CompletedProcess:
+    """Run the console script (the installed entry point when present) in the module's home."""
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "kernel_magics.cli"]
+    done = subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+    )
+    if ok is not None:
+        assert done.returncode == ok, (args, done.returncode, done.stdout, done.stderr)
+    return done
+
+
+@pytest.fixture(scope="module")
+def versions(km_home: Path, digits: tuple[np.ndarray, np.ndarray]) -> dict[int, TrainResult]:
+    X, y = digits
+    out = {}
+    for version, hidden in ((1, 16), (2, 24)):
+        torch.manual_seed(version)
+        net = torch.nn.Sequential(
+            torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10)
+        )
+        out[version] = api.train(net, X, y, name="digits", epochs=1, lr=1e-2, progress="none")
+    assert [r.version for r in out.values()] == [1, 2]
+    return out
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory, digits: tuple) -> dict[str, Any]:
+    X = digits[0][:8]
+    folder = tmp_path_factory.mktemp("inputs")
+    (folder / "x.json").write_text(json.dumps(X.tolist()))
+    (folder / "instances.json").write_text(json.dumps({"instances": X.tolist()}))
+    np.save(folder / "x.npy", X)
+    header = ",".join(f"p{i}" for i in range(64))
+    np.savetxt(folder / "x.csv", X, delimiter=",", header=header, comments="", fmt="%.9g")
+    (folder / "narrow.json").write_text(json.dumps(X[:, :5].tolist()))
+    return {"X": X, "folder": folder}
+
+
+def local(result: TrainResult, X: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return result.model(torch.from_numpy(X)).numpy()
+
+
+def test_help_lists_the_commands() -> None:
+    out = cli("--help").stdout
+    for command in ("deploy", "rollback", "undeploy", "models", "history", "predict", "serve"):
+        assert command in out
+
+
+def test_before_anything_is_served(versions: dict) -> None:
+    models = json.loads(cli("models", "--json").stdout)
+    assert [(m["name"], m["live_version"]) for m in models] == [("digits", None)]
+    assert [v["version"] for v in models[0]["versions"]] == [1, 2]
+    status = cli("serve", "status", "--json", ok=1)
+    assert json.loads(status.stdout) == {"running": False}
+
+
+def test_deploy_then_status(versions: dict) -> None:
+    out = cli("deploy", "digits@1").stdout.strip()
+    assert out.startswith("digits v1 is live (nothing was live) at http://127.0.0.1:")
+    status = json.loads(cli("serve", "status", "--json").stdout)
+    assert status["running"] is True and status["pid"] > 0
+    assert status["url"].startswith("http://127.0.0.1:")
+    served = status["models"]["digits"]
+    assert (served["version"] if isinstance(served, dict) else served) == 1
+
+
+@pytest.mark.parametrize("file", ["x.json", "instances.json", "x.csv", "x.npy"])
+def test_predict_from_files(versions: dict, inputs: dict, file: str) -> None:
+    expected = local(versions[1], inputs["X"])
+    path = str(inputs["folder"] / file)
+    raw = json.loads(cli("predict", "digits", "--input", path, "--raw", "--json").stdout)
+    np.testing.assert_allclose(np.array(raw["predictions"]), expected, rtol=1e-5, atol=1e-5)
+    if file == "x.json":  # labels, one per line
+        labels = cli("predict", "digits", "--input", path).stdout.split()
+        assert [int(v) for v in labels] == expected.argmax(axis=1).tolist()
+
+
+def test_deploy_rollback_history(versions: dict) -> None:
+    assert cli("deploy", "digits").stdout.startswith("digits v2 is live (was v1)")
+    result = json.loads(cli("rollback", "digits", "--json").stdout)
+    assert (result["version"], result["previous_version"]) == (1, 2)
+    events = json.loads(cli("history", "digits", "--json").stdout)
+    assert [(e["action"], e["from_version"], e["to_version"]) for e in events] == [
+        ("deploy", None, 1),
+        ("deploy", 1, 2),
+        ("rollback", 2, 1),
+    ]
+    assert api.models()[0].served_version == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("deploy", "nope"), "no registered model named 'nope'"),
+        (("deploy", "digits@99"), "no version 99"),
+        (("deploy",), "required"),
+        (("rollback", "digits", "--to", "x"), "--to"),
+        (("predict", "digits", "--input", "missing.json"), "missing.json"),
+        (("predict", "digits", "--input", "{folder}/narrow.json"), "5"),
+        (("serve", "restart"), "invalid choice"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(
+    versions: dict, inputs: dict, args: tuple, expected: str
+) -> None:
+    done = cli(*(a.format(folder=inputs["folder"]) for a in args), ok=2)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kernel-magics") and expected in lines[0]
+    assert api.models()[0].live_version == 1  # nothing changed
+
+
+def test_home_option_points_elsewhere(tmp_path: Path) -> None:
+    assert json.loads(cli("--home", str(tmp_path), "models", "--json").stdout) == []
+
+
+def test_serve_token_logs_and_stop(versions: dict) -> None:
+    assert cli("serve", "token").stdout.strip() == api.server_token()
+    cli("serve", "logs", "--lines", "3")
+    assert cli("serve", "stop").stdout.strip() == "Inference process stopped."
+    cli("serve", "status", ok=1)
