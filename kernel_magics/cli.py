@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -204,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # MLflow logs INFO lines to stderr (e.g. when it creates a store's tables); stderr is for
+    # our one-line errors. A level the user chose is kept.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args, load_settings(home=args.home))

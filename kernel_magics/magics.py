@@ -30,7 +30,7 @@ from kernel_magics.config import DEFAULT_HOME, Settings, load_settings
 from kernel_magics.errors import KernelMagicsError
 from kernel_magics.tracking import TrainResult
 
-_DEFAULTS = Settings(home=DEFAULT_HOME)
+_DEFAULTS = Settings()
 _POSITIVE_FLOAT = number(float, 0, inclusive=False)
 _OPENING, _CLOSING, _QUOTES = "([{", ")]}", "'\""
 
