@@ -15,7 +15,8 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-# The metrics worth a column, per task, best first; training may log them with a "val_" prefix.
+# The metrics worth a column, per task, best first (training logs validation metrics by these
+# names; kernel_magics.training.metrics has its own list but imports torch, too heavy here).
 KEY_METRICS = {
     "classification": ("accuracy", "f1_macro"),
     "regression": ("mse", "r2"),
@@ -112,16 +113,10 @@ def _number(value: Any) -> str:
 
 def key_metrics(metrics: dict[str, float], task: str | None) -> list[tuple[str, float]]:
     """The metrics a table shows for a version: accuracy/f1_macro or mse/r2, else val_loss."""
-    found = []
-    for key in KEY_METRICS.get(
-        task or "", KEY_METRICS["classification"] + KEY_METRICS["regression"]
-    ):
-        for name in (f"val_{key}", key):
-            if name in metrics:
-                found.append((key, metrics[name]))
-                break
+    keys = KEY_METRICS.get(task or "") or KEY_METRICS["classification"] + KEY_METRICS["regression"]
+    found = [(key, metrics[key]) for key in keys if key in metrics]
     if not found and "val_loss" in metrics:
-        found.append(("val_loss", metrics["val_loss"]))
+        found = [("val_loss", metrics["val_loss"])]
     return found
 
 
@@ -132,8 +127,6 @@ def _metrics_text(metrics: dict[str, float], task: str | None) -> str:
 # -- models -------------------------------------------------------------------------------------
 MODEL_HEADERS = ("model", "version", "created", "task", "metrics", "format", "live", "served")
 NO_MODELS = "No registered models yet: train one with %train (or kernel_magics.api.train)."
-
-
 LIVE_COLUMN, SERVED_COLUMN = 6, 7
 
 
