@@ -1,7 +1,10 @@
 """Training in the notebook kernel: ``prepare_data`` checks and splits, ``fit`` trains.
 
-Names are re-exported lazily so ``import kernel_magics.training`` costs nothing until used
-(and never imports ipywidgets: progress widgets load only when one is built).
+Use ``from kernel_magics.training.fit import fit``: the function is deliberately not re-exported
+here, because a package attribute ``fit`` would shadow the submodule of the same name (breaking
+``import kernel_magics.training.fit as m`` and monkeypatching by dotted path). The other names
+are re-exported lazily, so importing this package costs nothing until one is used (and never
+imports ipywidgets: progress widgets load only when one is built).
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ _EXPORTS = {
     "prepare_data": "kernel_magics.training.data",
     "EpochResult": "kernel_magics.training.fit",
     "FitResult": "kernel_magics.training.fit",
-    "fit": "kernel_magics.training.fit",
     "classification_metrics": "kernel_magics.training.metrics",
     "regression_metrics": "kernel_magics.training.metrics",
 }

@@ -70,6 +70,15 @@ def prepare_data(
     elif isinstance(y, pd.Series) and y.name is not None:
         target_name = str(y.name)
 
+    # Values too large for float32 become inf; the finiteness check reports them, so numpy's
+    # overflow warning would only repeat it less clearly.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _prepare(X, y, task, val_split, seed, target_name)
+
+
+def _prepare(
+    X: Any, y: Any, task: str | None, val_split: float, seed: int, target_name: str | None
+) -> PreparedData:
     features, feature_names = _features(X)
     target = _target_frame(y)
     if len(target) != len(features):
