@@ -167,6 +167,8 @@ class WidgetProgress:
         display(self.box)
 
     def step(self, loss: float) -> None:
+        if self._epoch_steps >= self.steps_per_epoch:  # a new epoch began without epoch_end
+            self._epoch_loss, self._epoch_steps = 0.0, 0
         self.done += 1
         self._epoch_loss += loss
         self._epoch_steps += 1
