@@ -15,11 +15,9 @@ REGRESSION_METRICS = ("mse", "mae", "r2")
 
 def _numpy(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        return (
-            value.detach().cpu().float().numpy()
-            if value.is_floating_point()
-            else (value.detach().cpu().numpy())
-        )
+        value = value.detach().cpu()
+        # float() first: numpy has no bfloat16, and half precision would blur the metrics.
+        return (value.float() if value.is_floating_point() else value).numpy()
     return np.asarray(value)
 
 
