@@ -1,0 +1,7 @@
+"""``python -m kernel_magics.serving``: run the supervisor of the inference process."""
+
+import sys
+
+from kernel_magics.serving.supervisor import main
+
+sys.exit(main())

@@ -1,0 +1,386 @@
+"""Request handlers of a worker: the public API and the supervisor's control routes.
+
+Everything here runs on the event loop thread except model loading (a loader thread) and
+forwards (the inference thread). Routing is a prefix test and one ``partition`` per request;
+static routes are a dict lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from kernel_magics.config import Settings
+from kernel_magics.errors import DeployFailed, InvalidInput, KernelMagicsError
+from kernel_magics.serving import control, invocations, metrics
+from kernel_magics.serving.batcher import Batcher, InferenceThread, Item
+from kernel_magics.serving.codecs import (
+    NPY,
+    UnsupportedMediaType,
+    json_rows,
+    media_type,
+    npy_decode,
+    npy_encode,
+    predictions_json,
+    wants_npy,
+)
+from kernel_magics.serving.model_table import LoadedModel, ModelTable, model_from_spec
+from kernel_magics.serving.protocol import Connection, Request, error_body
+
+log = logging.getLogger(__name__)
+_MODELS = b"/v1/models"
+_MODELS_SLASH = b"/v1/models/"
+_ACTIONS = (b"deploy", b"rollback", b"undeploy")
+_RELAY_TIMEOUT = 600.0  # a deploy loads and warms in every worker; big models take a while
+_AUTH_HINT = b'www-authenticate: Bearer realm="kernel-magics"\r\n'
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+class WorkerApp:
+    def __init__(self, settings: Settings, index: int, loop: asyncio.AbstractEventLoop):
+        self.settings = settings
+        self.index = index
+        self.loop = loop
+        self.table = ModelTable()
+        self.engine = InferenceThread(loop)
+        self.loader = ThreadPoolExecutor(1, thread_name_prefix="loader")
+        self.max_rows = settings.max_rows
+        self.predict_auth = settings.predict_requires_token
+        try:
+            token = settings.token_file.read_text().strip()
+        except OSError:
+            token = ""
+        # An empty token would make "Bearer " valid; refuse everything instead.
+        self.expected = b"Bearer " + token.encode() if token else None
+        self.unknown_errors = metrics.unknown_model_errors()
+        self._openapi: bytes | None = None
+        self.static: dict[bytes, tuple[bytes, Callable[[Request, Connection], None]]] = {
+            b"/ping": (b"GET", self.ping),
+            b"/health": (b"GET", self.health),
+            b"/metrics": (b"GET", self.metrics),
+            b"/openapi.json": (b"GET", self.openapi),
+            _MODELS: (b"GET", self.list_models),
+            _MODELS_SLASH: (b"GET", self.list_models),
+        }
+        self.control_routes: dict[bytes, tuple[bytes, Callable[[Request, Connection], None]]] = {
+            b"/_control/load": (b"POST", self.c_load),
+            b"/_control/activate": (b"POST", self.c_activate),
+            b"/_control/discard": (b"POST", self.c_discard),
+            b"/_control/unload": (b"POST", self.c_unload),
+            b"/_control/state": (b"GET", self.c_state),
+        }
+
+    def close(self) -> None:
+        self.engine.stop()
+        self.loader.shutdown(wait=False, cancel_futures=True)
+
+    # -- routing ------------------------------------------------------------------------------
+    def handle_public(self, req: Request, conn: Connection) -> None:
+        path = req.path
+        if path.startswith(_MODELS_SLASH) and len(path) > 11:
+            rest = path[11:]
+            name, slash, action = rest.partition(b"/")
+            if slash:
+                if action == b"invocations":
+                    if self._method(req, conn, b"POST"):
+                        self.invocations(req, conn, name)
+                elif action in _ACTIONS:
+                    if self._method(req, conn, b"POST"):
+                        self.manage(req, conn, name, action)
+                else:
+                    self._not_found(req, conn)
+            elif rest.endswith(b":predict"):
+                if self._method(req, conn, b"POST"):
+                    self.predict(req, conn, rest[:-8])
+            elif self._method(req, conn, b"GET"):
+                self.model_info(req, conn, rest)
+            return
+        route = self.static.get(path)
+        if route is None:
+            self._not_found(req, conn)
+        elif self._method(req, conn, route[0]):
+            route[1](req, conn)
+
+    def handle_control(self, req: Request, conn: Connection) -> None:
+        route = self.control_routes.get(req.path)
+        if route is None:
+            self._not_found(req, conn)
+        elif self._method(req, conn, route[0]):
+            route[1](req, conn)
+
+    def _method(self, req: Request, conn: Connection, allowed: bytes) -> bool:
+        if req.method == allowed:
+            return True
+        msg = f"method {req.method.decode()} is not allowed on {req.path.decode('latin-1')}"
+        conn.send(
+            405,
+            error_body(f"{msg}; use {allowed.decode()}"),
+            extra_headers=b"allow: " + allowed + b"\r\n",
+            req=req,
+        )
+        return False
+
+    def _not_found(self, req: Request, conn: Connection) -> None:
+        conn.send(404, error_body(f"no route {req.path.decode('latin-1')[:200]}"), req=req)
+
+    def _authorized(self, req: Request) -> bool:
+        got = req.headers.get(b"authorization")
+        return bool(got and self.expected and hmac.compare_digest(got, self.expected))
+
+    def _unauthorized(self, req: Request, conn: Connection) -> None:
+        msg = (
+            "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
+            f"(the token is in {self.settings.token_file})"
+        )
+        conn.send(401, error_body(msg), extra_headers=_AUTH_HINT, req=req)
+
+    def _model(self, req: Request, conn: Connection, raw: bytes) -> LoadedModel | None:
+        model = self.table.live.get(raw.decode("latin-1"))
+        if model is None:
+            self.unknown_errors.inc()
+            conn.send(
+                404, error_body(f"model {raw.decode('latin-1')[:200]!r} is not deployed"), req=req
+            )
+        return model
+
+    # -- predictions --------------------------------------------------------------------------
+    def predict(self, req: Request, conn: Connection, raw_name: bytes) -> None:
+        if self.predict_auth and not self._authorized(req):
+            return self._unauthorized(req, conn)
+        model = self._model(req, conn, raw_name)
+        if model is None:
+            return
+        stats = model.stats
+        ctype = media_type(req.headers.get(b"content-type", b""))
+        try:
+            if ctype == NPY:
+                array, npy_out = npy_decode(req.body), True
+            elif ctype == b"application/json" or not ctype:
+                array = json_rows(req.body)
+                npy_out = wants_npy(req.headers.get(b"accept", b""))
+            else:
+                raise UnsupportedMediaType(
+                    f"unsupported Content-Type {ctype.decode('latin-1')[:100]!r}: "
+                    "use application/json or application/x-npy"
+                )
+            array = model.check(array, self.max_rows)
+        except InvalidInput as err:
+            stats.errors.inc()
+            conn.send(err.http_status, error_body(str(err)), req=req)
+            return
+        headers = model.response_headers
+
+        def done(out: Any, err: BaseException | None) -> None:
+            if err is not None:
+                stats.errors.inc()
+                conn.send(400, error_body(_model_error(err)), extra_headers=headers, req=req)
+            elif npy_out:
+                conn.send(200, npy_encode(out), NPY, headers, req)
+            else:
+                conn.send(200, predictions_json(out), extra_headers=headers, req=req)
+            stats.requests.inc()
+            stats.latency.observe(time.perf_counter() - req.t0)
+
+        self.engine.submit(model.batcher, Item(array, done))
+
+    def invocations(self, req: Request, conn: Connection, raw_name: bytes) -> None:
+        if self.predict_auth and not self._authorized(req):
+            return self._unauthorized(req, conn)
+        model = self._model(req, conn, raw_name)
+        if model is None:
+            return
+        stats = model.stats
+        try:
+            parsed = invocations.parse(req.body, req.headers.get(b"content-type"), model)
+            if parsed.array.shape[0] > self.max_rows:
+                raise InvalidInput(
+                    f"{parsed.array.shape[0]} rows is over the limit of {self.max_rows}"
+                )
+        except InvalidInput as err:
+            stats.errors.inc()
+            conn.send(err.http_status, error_body(str(err)), req=req)
+            return
+        except Exception as err:  # pandas can fail in many ways on odd input
+            stats.errors.inc()
+            conn.send(400, error_body(f"Invalid input: {type(err).__name__}: {err}"[:500]), req=req)
+            return
+        headers = model.response_headers
+
+        def done(out: Any, err: BaseException | None) -> None:
+            if err is not None:
+                stats.errors.inc()
+                conn.send(400, error_body(_model_error(err)), extra_headers=headers, req=req)
+            else:
+                conn.send(200, invocations.answer(out, parsed), extra_headers=headers, req=req)
+            stats.requests.inc()
+            stats.latency.observe(time.perf_counter() - req.t0)
+
+        self.engine.submit(model.batcher, Item(parsed.array, done, raw=True))
+
+    # -- management, relayed to the supervisor ------------------------------------------------
+    def manage(self, req: Request, conn: Connection, name: bytes, action: bytes) -> None:
+        if not self._authorized(req):
+            return self._unauthorized(req, conn)
+        self.loop.create_task(self._relay(req, conn, name.decode("latin-1"), action.decode()))
+
+    async def _relay(self, req: Request, conn: Connection, name: str, action: str) -> None:
+        target = f"/v1/models/{name}/{action}"
+        try:
+            status, body = await control.request(
+                str(self.settings.control_socket), "POST", target, bytes(req.body), _RELAY_TIMEOUT
+            )
+        except (ConnectionError, TimeoutError, OSError) as err:
+            log.warning("relay %s failed: %s", target, err)
+            status, body = (
+                503,
+                error_body("the supervisor is not reachable; retry in a few seconds"),
+            )
+        conn.send(status, body, req=req)
+
+    # -- introspection ------------------------------------------------------------------------
+    def ping(self, req: Request, conn: Connection) -> None:
+        conn.send(200, b"pong", b"text/plain", req=req)
+
+    def health(self, req: Request, conn: Connection) -> None:
+        models = {name: m.version for name, m in self.table.live.items()}
+        conn.send(200, _dumps({"status": "ok", "models": models}), req=req)
+
+    def metrics(self, req: Request, conn: Connection) -> None:
+        conn.send(200, metrics.render(), metrics.CONTENT_TYPE, req=req)
+
+    def openapi(self, req: Request, conn: Connection) -> None:
+        if self._openapi is None:
+            from kernel_magics.serving.openapi import document
+
+            self._openapi = _dumps(document())
+        conn.send(200, self._openapi, req=req)
+
+    def list_models(self, req: Request, conn: Connection) -> None:
+        models = [self.table.describe(name) for name in sorted(self.table.live)]
+        conn.send(200, _dumps({"models": models}), req=req)
+
+    def model_info(self, req: Request, conn: Connection, raw: bytes) -> None:
+        name = raw.decode("latin-1")
+        if name not in self.table.live:
+            conn.send(404, error_body(f"model {name[:200]!r} is not deployed"), req=req)
+            return
+        conn.send(200, _dumps(self.table.describe(name)), req=req)
+
+    # -- control routes (supervisor only, unix socket) ----------------------------------------
+    def _body(self, req: Request, conn: Connection) -> dict | None:
+        try:
+            doc = orjson.loads(req.body) if req.body else {}
+        except orjson.JSONDecodeError as err:
+            conn.send(400, error_body(f"body is not valid JSON: {err}"), req=req)
+            return None
+        if not isinstance(doc, dict):
+            conn.send(400, error_body("body must be a JSON object"), req=req)
+            return None
+        return doc
+
+    def c_load(self, req: Request, conn: Connection) -> None:
+        spec = self._body(req, conn)
+        if spec is not None:
+            self.loop.create_task(self._load(spec, req, conn))
+
+    async def _load(self, spec: dict, req: Request, conn: Connection) -> None:
+        s = self.settings
+        try:
+            reused = self.table.reusable(spec, s.max_batch_size, s.max_wait_ms)
+            if reused is not None:
+                self.table.stage(reused)
+                conn.send(200, _dumps({"load_ms": 0.0, "warm_ms": 0.0, "reused": True}), req=req)
+                return
+            model = model_from_spec(spec, s.max_batch_size, s.max_wait_ms)
+            await self.loop.run_in_executor(self.loader, _load_and_warm, model)
+        except KernelMagicsError as err:
+            status = 409 if isinstance(err, DeployFailed) else err.http_status
+            conn.send(status, error_body(str(err)), req=req)
+            return
+        except Exception as err:
+            log.exception("loading %s failed", spec.get("name"))
+            conn.send(
+                409, error_body(f"loading failed: {type(err).__name__}: {err}"[:1000]), req=req
+            )
+            return
+        model.stats = metrics.ModelStats(model.name, model.version)
+        model.batcher = Batcher(model, model.max_batch_size, model.max_wait_ms, model.stats)
+        metrics.LOADS.labels(model.name, str(model.version)).inc()
+        self.table.stage(model)
+        log.info(
+            "staged %s v%s (%s%s): load %.0f ms, warm %.0f ms",
+            model.name,
+            model.version,
+            model.fmt,
+            ", direct graph call" if model.fast_path else "",
+            model.load_ms,
+            model.warm_ms,
+        )
+        body = {
+            "load_ms": round(model.load_ms, 2),
+            "warm_ms": round(model.warm_ms, 2),
+            "reused": False,
+        }
+        conn.send(200, _dumps(body), req=req)
+
+    def c_activate(self, req: Request, conn: Connection) -> None:
+        doc = self._body(req, conn)
+        if doc is None:
+            return
+        try:
+            name, version = str(doc["name"]), int(doc["version"])
+            previous = self.table.activate(name, version, doc.get("history"))
+        except (KeyError, TypeError, ValueError) as err:
+            conn.send(404, error_body(str(err).strip("'\"")), req=req)
+            return
+        log.info("activated %s v%s (was v%s)", name, version, previous)
+        conn.send(
+            200, _dumps({"name": name, "version": version, "previous_version": previous}), req=req
+        )
+
+    def c_discard(self, req: Request, conn: Connection) -> None:
+        doc = self._body(req, conn)
+        if doc is not None:
+            version = doc.get("version")
+            n = self.table.discard(
+                str(doc.get("name")), int(version) if version is not None else None
+            )
+            conn.send(200, _dumps({"discarded": n}), req=req)
+
+    def c_unload(self, req: Request, conn: Connection) -> None:
+        doc = self._body(req, conn)
+        if doc is not None:
+            name = str(doc.get("name"))
+            previous = self.table.unload(name, doc.get("history"))
+            log.info("unloaded %s (was v%s)", name, previous)
+            conn.send(200, _dumps({"name": name, "previous_version": previous}), req=req)
+
+    def c_state(self, req: Request, conn: Connection) -> None:
+        state = {
+            "pid": os.getpid(),
+            "index": self.index,
+            "models": {name: m.version for name, m in self.table.live.items()},
+            "staged": [list(key) for key in self.table.staged],
+        }
+        conn.send(200, _dumps(state), req=req)
+
+
+def _load_and_warm(model: LoadedModel) -> None:
+    model.load()
+    model.warm()
+
+
+def _model_error(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+    return f"the model failed on this input: {type(err).__name__}: {text}"

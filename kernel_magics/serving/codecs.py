@@ -1,0 +1,153 @@
+"""Request bodies in, response bodies out: JSON rows and .npy arrays, straight to/from numpy.
+
+Nothing from a request is ever unpickled: .npy headers are parsed with ``ast.literal_eval`` (as
+numpy itself does) and object dtypes are refused before any data is touched.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+
+import numpy as np
+import orjson
+
+from kernel_magics.errors import InvalidInput
+
+NPY = b"application/x-npy"
+_MAGIC = b"\x93NUMPY"
+_NUMERIC_KINDS = frozenset("fiu")
+_header_cache: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
+_encode_cache: dict[tuple[str, tuple[int, ...]], bytes] = {}
+
+
+class PayloadTooLarge(InvalidInput):
+    http_status = 413
+
+
+class UnsupportedMediaType(InvalidInput):
+    http_status = 415
+
+
+def media_type(value: bytes) -> bytes:
+    """``application/json; charset=utf-8`` → ``application/json``."""
+    return value.split(b";", 1)[0].strip().lower()
+
+
+def wants_npy(accept: bytes) -> bool:
+    return NPY in accept.lower() if accept else False
+
+
+# -- JSON ---------------------------------------------------------------------------------------
+def json_rows(body: bytes) -> np.ndarray:
+    """``{"instances": [[...], ...]}`` or ``{"inputs": ...}`` → a numeric array (not yet cast)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise InvalidInput(f"body is not valid JSON: {err}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput('body must be a JSON object like {"instances": [[...], ...]}')
+    rows = doc.get("instances")
+    if rows is None:
+        rows = doc.get("inputs")
+        if rows is None:
+            raise InvalidInput('body needs an "instances" or "inputs" key holding a list of rows')
+    elif "inputs" in doc:
+        raise InvalidInput('give either "instances" or "inputs", not both')
+    if not isinstance(rows, list):
+        raise InvalidInput('"instances" must be a list of rows')
+    if not rows:
+        raise InvalidInput("empty batch: send at least one row")
+    return as_numeric(rows)
+
+
+def as_numeric(rows: list) -> np.ndarray:
+    try:
+        array = np.array(rows)
+    except (ValueError, TypeError, OverflowError):
+        raise InvalidInput(
+            "rows must all have the same length and hold only numbers (ragged or nested input)"
+        ) from None
+    if array.dtype.kind not in _NUMERIC_KINDS:
+        if array.dtype.kind == "b":
+            raise InvalidInput("input holds booleans; send numbers")
+        raise InvalidInput("input holds non-numeric values (strings, null or objects)")
+    return array
+
+
+# -- .npy ---------------------------------------------------------------------------------------
+def _parse_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
+    cached = _header_cache.get(header)
+    if cached is not None:
+        return cached
+    try:
+        meta = ast.literal_eval(header.decode("latin-1"))
+        descr, fortran, shape = meta["descr"], meta["fortran_order"], meta["shape"]
+        if not isinstance(descr, str):
+            raise ValueError("structured dtypes are not supported")
+        dtype = np.dtype(descr)
+        if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ValueError(f"bad shape {shape!r}")
+    except Exception as err:
+        raise InvalidInput(f"malformed .npy header: {err}") from None
+    if dtype.hasobject or dtype.kind not in _NUMERIC_KINDS | {"b"}:
+        raise InvalidInput(f".npy dtype {dtype} is not numeric")
+    parsed = (dtype, shape, bool(fortran))
+    if len(_header_cache) < 1024:
+        _header_cache[header] = parsed
+    return parsed
+
+
+def npy_decode(body: bytes) -> np.ndarray:
+    if body[:6] != _MAGIC or len(body) < 10:
+        raise InvalidInput("body is not an .npy array (missing the \\x93NUMPY magic)")
+    major = body[6]
+    if major == 1:
+        hlen, start = int.from_bytes(body[8:10], "little"), 10
+    elif major in (2, 3):
+        hlen, start = int.from_bytes(body[8:12], "little"), 12
+    else:
+        raise InvalidInput(f"unsupported .npy format version {major}")
+    dtype, shape, fortran = _parse_header(bytes(body[start : start + hlen]))
+    offset = start + hlen
+    count = math.prod(shape)
+    if len(body) - offset != count * dtype.itemsize:
+        raise InvalidInput(
+            f".npy body holds {len(body) - offset} data bytes; shape {shape} of {dtype} "
+            f"needs {count * dtype.itemsize}"
+        )
+    array = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
+    array = array.reshape(shape, order="F" if fortran else "C")
+    if dtype.kind == "b":
+        raise InvalidInput("input holds booleans; send numbers")
+    return array
+
+
+def npy_encode(array: np.ndarray) -> bytes:
+    """Version 1.0 .npy bytes; the header for a (dtype, shape) pair is built once."""
+    array = np.ascontiguousarray(array)
+    key = (array.dtype.str, array.shape)
+    header = _encode_cache.get(key)
+    if header is None:
+        text = f"{{'descr': '{array.dtype.str}', 'fortran_order': False, 'shape': {array.shape}, }}"
+        pad = 64 - (10 + len(text) + 1) % 64
+        text = text + " " * (pad % 64) + "\n"
+        header = _MAGIC + b"\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin-1")
+        if len(_encode_cache) < 1024:
+            _encode_cache[key] = header
+    return header + array.tobytes()
+
+
+# -- responses ----------------------------------------------------------------------------------
+_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def predictions_json(outputs: np.ndarray) -> bytes:
+    """``{"predictions": outputs.tolist()}``: float32 goes out as the float64 ``tolist`` gives,
+    so a client that parses it and casts back gets the exact float32 values."""
+    if outputs.dtype == np.float32 or outputs.dtype == np.float16:
+        outputs = outputs.astype(np.float64)
+    try:
+        return orjson.dumps({"predictions": outputs}, option=_OPTS)
+    except TypeError:  # a dtype orjson does not serialize natively
+        return orjson.dumps({"predictions": outputs.tolist()})

@@ -1,0 +1,88 @@
+"""Prometheus metrics of a worker, labelled by model and version.
+
+With one worker the default registry is exposed as is. With several, ``/metrics`` on any worker
+must show them all, so the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` (a folder under the run
+dir, wiped at start) before the workers import prometheus_client, and ``/metrics`` aggregates the
+per-process files with ``MultiProcessCollector``. Label children are resolved once per model
+version (``ModelStats``) so the hot path only calls ``inc``/``observe``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
+_LABELS = ("model", "version")
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
+
+REQUESTS = Counter("km_requests", "Prediction requests answered", _LABELS)
+ERRORS = Counter("km_request_errors", "Prediction requests answered with an error", _LABELS)
+LATENCY = Histogram(
+    "km_request_latency_seconds",
+    "Time from a prediction request being parsed to its answer being written",
+    _LABELS,
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH = Histogram(
+    "km_batch_size", "Rows per forward pass of the dynamic batcher", _LABELS, buckets=_BATCH_BUCKETS
+)
+QUEUE = Gauge(
+    "km_queue_depth",
+    "Requests waiting for a forward pass",
+    _LABELS,
+    multiprocess_mode="livesum",
+)
+LOADS = Counter("km_model_loads", "Model versions loaded into a worker", _LABELS)
+
+
+class ModelStats:
+    __slots__ = ("requests", "errors", "latency", "batch", "queue")
+
+    def __init__(self, model: str, version: int):
+        labels = (model, str(version))
+        self.requests = REQUESTS.labels(*labels)
+        self.errors = ERRORS.labels(*labels)
+        self.latency = LATENCY.labels(*labels)
+        self.batch = BATCH.labels(*labels)
+        self.queue = QUEUE.labels(*labels)
+
+
+def unknown_model_errors() -> Counter:
+    """Errors for names that are not deployed go to one series, not one per attacker string."""
+    return ERRORS.labels("", "")
+
+
+def render() -> bytes:
+    folder = os.environ.get(MULTIPROC_ENV)
+    if folder:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=folder)
+        return generate_latest(registry)
+    return generate_latest()

@@ -1,0 +1,328 @@
+"""The OpenAPI 3 document of the public HTTP API (served at ``/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_REF = "#/components/schemas/"
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "Registered model name",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"},
+}
+_SECURED = [{"bearer": []}]
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": _REF + name}
+
+
+def _json(schema: dict, description: str = "") -> dict:
+    return {"description": description or "OK", "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict:
+    words = {
+        400: "Bad input (malformed body, wrong shape, non-numeric values, NaN or infinity)",
+        401: "Missing or wrong bearer token",
+        404: "Model not deployed, or unknown version",
+        409: "The version could not be loaded or warmed; the live version keeps serving",
+        413: "Body or row count over the limit",
+        415: "Unsupported Content-Type",
+        503: "The inference process or its store is not available; retry",
+    }
+    return {str(c): _json(_ref("Error"), words[c]) for c in codes}
+
+
+_ROWS = {
+    "type": "array",
+    "minItems": 1,
+    "description": "Rows; each row matches the model's input signature",
+    "items": {"type": "array", "items": {"type": "number"}},
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "One line naming the problem"}},
+    },
+    "PredictRequest": {
+        "type": "object",
+        "description": 'Exactly one of "instances" or "inputs"',
+        "oneOf": [
+            {"required": ["instances"], "properties": {"instances": _ROWS}},
+            {"required": ["inputs"], "properties": {"inputs": _ROWS}},
+        ],
+    },
+    "PredictResponse": {
+        "type": "object",
+        "required": ["predictions"],
+        "properties": {"predictions": {"type": "array", "description": "Raw model outputs"}},
+    },
+    "InvocationsRequest": {
+        "type": "object",
+        "description": "MLflow scoring protocol: exactly one of these keys",
+        "properties": {
+            "dataframe_split": {
+                "type": "object",
+                "properties": {
+                    "columns": {"type": "array"},
+                    "index": {"type": "array"},
+                    "data": {"type": "array"},
+                },
+                "required": ["data"],
+            },
+            "dataframe_records": {"type": "array", "items": {"type": "object"}},
+            "instances": {"type": "array"},
+            "inputs": {"type": "array"},
+            "params": {"type": "object"},
+        },
+    },
+    "History": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "time": {"type": "string"},
+                "action": {"type": "string"},
+                "from_version": {"type": "integer", "nullable": True},
+                "to_version": {"type": "integer", "nullable": True},
+            },
+        },
+    },
+    "TensorSpec": {
+        "type": "object",
+        "nullable": True,
+        "properties": {
+            "dtype": {"type": "string", "nullable": True},
+            "shape": {"type": "array", "items": {"type": "integer"}},
+        },
+    },
+    "ModelInfo": {
+        "type": "object",
+        "required": ["name", "version", "state"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "integer"},
+            "state": {"type": "string", "enum": ["live"]},
+            "loaded_at": {"type": "string"},
+            "task": {"type": "string", "nullable": True},
+            "format": {"type": "string"},
+            "fast_path": {"type": "boolean"},
+            "fixed_batch": {"type": "integer", "nullable": True},
+            "max_batch_size": {"type": "integer"},
+            "max_wait_ms": {"type": "number"},
+            "load_ms": {"type": "number"},
+            "warm_ms": {"type": "number"},
+            "input": _ref("TensorSpec"),
+            "output": _ref("TensorSpec"),
+            "history": _ref("History"),
+        },
+    },
+    "DeployRequest": {
+        "type": "object",
+        "properties": {
+            "ref": {
+                "type": "string",
+                "nullable": True,
+                "description": "Version number or alias; null = newest version",
+            },
+            "max_batch_size": {"type": "integer", "minimum": 1, "nullable": True},
+            "max_wait_ms": {"type": "number", "minimum": 0, "nullable": True},
+        },
+    },
+    "RollbackRequest": {
+        "type": "object",
+        "properties": {
+            "to": {
+                "type": "integer",
+                "nullable": True,
+                "description": "Version to make live; null = the one live before this one",
+            }
+        },
+    },
+    "ManageResponse": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "integer", "nullable": True},
+            "previous_version": {"type": "integer", "nullable": True},
+            "action": {"type": "string", "enum": ["deploy", "rollback", "undeploy"]},
+            "load_ms": {"type": "number", "nullable": True},
+            "history": _ref("History"),
+        },
+    },
+}
+
+
+def _manage(action: str, body: str | None, summary: str) -> dict:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "operationId": action,
+        "security": _SECURED,
+        "parameters": [_NAME],
+        "responses": {
+            "200": _json(_ref("ManageResponse")),
+            **_errors(400, 401, 404, 409, 413, 503),
+        },
+    }
+    if body:
+        op["requestBody"] = {
+            "required": False,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    return {"post": op}
+
+
+def document() -> dict:
+    npy = {"application/x-npy": {"schema": {"type": "string", "format": "binary"}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "kernel-magics inference API",
+            "version": "1",
+            "description": "Predictions, MLflow-compatible invocations and zero-downtime "
+            "deployment of registered PyTorch models.",
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/ping": {
+                "get": {
+                    "summary": "Liveness",
+                    "operationId": "ping",
+                    "responses": {
+                        "200": {
+                            "description": "Alive",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Status and the version live for each model",
+                    "operationId": "health",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["status", "models"],
+                                "properties": {
+                                    "status": {"type": "string"},
+                                    "models": {
+                                        "type": "object",
+                                        "additionalProperties": {"type": "integer"},
+                                    },
+                                },
+                            }
+                        )
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "operationId": "metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {"200": _json({"type": "object"})},
+                }
+            },
+            "/v1/models": {
+                "get": {
+                    "summary": "Live models",
+                    "operationId": "listModels",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["models"],
+                                "properties": {
+                                    "models": {"type": "array", "items": _ref("ModelInfo")}
+                                },
+                            }
+                        )
+                    },
+                }
+            },
+            "/v1/models/{name}": {
+                "get": {
+                    "summary": "One live model: version, batching, signature, history",
+                    "operationId": "getModel",
+                    "parameters": [_NAME],
+                    "responses": {"200": _json(_ref("ModelInfo")), **_errors(404)},
+                }
+            },
+            "/v1/models/{name}:predict": {
+                "post": {
+                    "summary": "Predict (JSON rows or an .npy array; answers .npy on request)",
+                    "operationId": "predict",
+                    "security": _SECURED,
+                    "parameters": [_NAME],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": _ref("PredictRequest")},
+                            **npy,
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "Model outputs; headers name the version",
+                            "headers": {
+                                "X-Model-Version": {"schema": {"type": "integer"}},
+                                "X-Model-Name": {"schema": {"type": "string"}},
+                            },
+                            "content": {
+                                "application/json": {"schema": _ref("PredictResponse")},
+                                **npy,
+                            },
+                        },
+                        **_errors(400, 401, 404, 413, 415),
+                    },
+                }
+            },
+            "/v1/models/{name}/invocations": {
+                "post": {
+                    "summary": "MLflow scoring protocol (same answers as `mlflow models serve`)",
+                    "operationId": "invocations",
+                    "security": _SECURED,
+                    "parameters": [_NAME],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": _ref("InvocationsRequest")},
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "responses": {
+                        "200": _json(_ref("PredictResponse")),
+                        **_errors(400, 401, 404, 413, 415),
+                    },
+                }
+            },
+            "/v1/models/{name}/deploy": _manage(
+                "deploy", "DeployRequest", "Load, warm and swap in a version (zero downtime)"
+            ),
+            "/v1/models/{name}/rollback": _manage(
+                "rollback", "RollbackRequest", "Swap back to the previous (or a given) version"
+            ),
+            "/v1/models/{name}/undeploy": _manage("undeploy", None, "Stop serving a model"),
+        },
+    }

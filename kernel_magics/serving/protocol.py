@@ -1,0 +1,262 @@
+"""HTTP/1.1 server side: an asyncio Protocol driving httptools' parser, no framework.
+
+One ``Connection`` per TCP (or unix) connection. Requests are parsed as bytes arrive; complete
+ones queue per connection and are handed to the application one at a time, so pipelined
+requests are answered in order. The application answers through ``Connection.send`` exactly
+once per request, synchronously or later (after a batched forward or a relayed call).
+Bodies above the size limit are drained and answered 413 rather than buffered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+import orjson
+
+log = logging.getLogger(__name__)
+
+JSON = b"application/json"
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+_KEEP = b"connection: keep-alive\r\n"
+_CLOSE = b"connection: close\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_MAX_QUEUED = 32  # pipelined requests held per connection before we stop reading from it
+_DRAIN_FACTOR = 4  # a declared body this many times over the limit is refused without draining
+
+
+class Request:
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "too_large", "t0")
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.path = b""
+        self.query = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.body = b""
+        self.keep_alive = True
+        self.too_large = False
+        self.t0 = 0.0
+
+    def header(self, name: bytes, default: bytes = b"") -> bytes:
+        return self.headers.get(name, default)
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+class Connection(asyncio.Protocol):
+    """``handler(request, connection)`` must call ``connection.send`` once per request."""
+
+    __slots__ = (
+        "handler",
+        "max_body",
+        "transport",
+        "parser",
+        "queue",
+        "busy",
+        "_dispatching",
+        "_req",
+        "_url",
+        "_chunks",
+        "_size",
+        "_paused",
+        "_early",
+        "closed",
+    )
+
+    def __init__(self, handler: Callable[[Request, Connection], Any], max_body: int):
+        self.handler = handler
+        self.max_body = max_body
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Request] = deque()
+        self.busy = False
+        self._dispatching = False
+        self._req = Request()
+        self._url = b""
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._paused = False
+        self._early = False
+        self.closed = False
+
+    # -- transport callbacks ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        self.queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as err:
+            self._fail(400, f"malformed HTTP request: {err}")
+
+    # -- parser callbacks -------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._req = Request()
+        self._req.t0 = time.perf_counter()
+        self._url = b""
+        self._chunks = []
+        self._size = 0
+        self._early = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.lower()
+        headers = self._req.headers
+        if key in headers:  # repeated header: comma-join as RFC 9110 allows
+            headers[key] += b"," + value
+        else:
+            headers[key] = value
+
+    def on_headers_complete(self) -> None:
+        req = self._req
+        req.method = self.parser.get_method()
+        path, _, req.query = self._url.partition(b"?")
+        req.path = path
+        req.keep_alive = self.parser.should_keep_alive()
+        declared = req.headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            req.too_large = True
+            if int(declared) > self.max_body * _DRAIN_FACTOR:
+                req.keep_alive = False
+                self._answer_early(req)
+                return
+        if req.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport:
+            if req.too_large:
+                req.keep_alive = False
+                self._answer_early(req)
+                return
+            self.transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        req = self._req
+        if req.too_large:
+            return
+        self._size += len(body)
+        if self._size > self.max_body:
+            req.too_large = True
+            self._chunks = []
+            return
+        self._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._early:  # already refused in on_headers_complete
+            return
+        req = self._req
+        if not req.too_large:
+            chunks = self._chunks
+            req.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        self.queue.append(req)
+        if len(self.queue) > _MAX_QUEUED and self.transport and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        self._dispatch()
+
+    # -- answering --------------------------------------------------------------------------
+    def _answer_early(self, req: Request) -> None:
+        """Refuse an oversized body before reading it; the connection closes after."""
+        self._early = True
+        self.queue.append(req)
+        self._dispatch()
+        if self.transport:
+            self.transport.pause_reading()
+
+    def _dispatch(self) -> None:
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self.queue and not self.busy and not self.closed:
+                req = self.queue.popleft()
+                self.busy = True
+                if req.too_large:
+                    req.keep_alive = False
+                    self.send(
+                        413,
+                        error_body(f"request body over the limit of {self.max_body} bytes"),
+                        req=req,
+                    )
+                    continue
+                try:
+                    self.handler(req, self)
+                except Exception as err:  # a bug: answer it, keep the process serving
+                    log.exception("unhandled error on %s %s", req.method, req.path)
+                    if self.busy:
+                        self.send(500, error_body(f"internal error: {type(err).__name__}"), req=req)
+            if self._paused and len(self.queue) < _MAX_QUEUED // 2 and self.transport:
+                self._paused = False
+                self.transport.resume_reading()
+        finally:
+            self._dispatching = False
+
+    def send(
+        self,
+        status: int,
+        body: bytes | bytearray | memoryview,
+        content_type: bytes = JSON,
+        extra_headers: bytes = b"",
+        req: Request | None = None,
+        keep_alive: bool = True,
+    ) -> None:
+        """Write one response. ``keep_alive=False`` or the request's own wish closes after it."""
+        if not self.busy:
+            return  # already answered (a late callback after an early error)
+        self.busy = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        keep = keep_alive and (req is None or req.keep_alive)
+        head = b"".join(
+            (
+                _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status,
+                b"content-type: ",
+                content_type,
+                b"\r\ncontent-length: %d\r\n" % len(body),
+                extra_headers,
+                _KEEP if keep else _CLOSE,
+                b"\r\n",
+            )
+        )
+        if len(body) < 65536:
+            transport.write(head + bytes(body))
+        else:  # large bodies: no concatenation copy
+            transport.writelines((head, body))
+        if not keep:
+            transport.close()
+            self.closed = True
+            return
+        if self.queue and not self._dispatching:
+            self._dispatch()
+
+    def _fail(self, status: int, message: str) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        body = error_body(message)
+        transport.write(
+            (_STATUS_LINES.get(status) or b"HTTP/1.1 400 Bad Request\r\n")
+            + b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
+            + _CLOSE
+            + b"\r\n"
+            + body
+        )
+        transport.close()
+        self.closed = True

@@ -1,0 +1,131 @@
+"""Helpers for the serving tests: small real models logged like kernel-magics logs them, raw
+HTTP, clean-up by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kernel_magics.config import Settings
+from kernel_magics.serving.client import ServingClient, pid_alive
+from kernel_magics.store import TAG_FORMAT, TAG_SHA256, TAG_TASK, Store, hash_model_dir
+
+N_FEATURES = 32
+
+
+class MLP(torch.nn.Module):
+    def __init__(self, features: int = N_FEATURES, hidden: int = 64, out: int = 10, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(features, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, out)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclass
+class Logged:
+    name: str
+    version: int
+    path: str
+    model: torch.nn.Module
+
+    def expected(self, X: np.ndarray) -> np.ndarray:
+        """What the logged artifact computes in this process (the reference for exactness)."""
+        pt2 = Path(self.path) / "data" / "model.pt2"
+        with torch.inference_mode():
+            if pt2.is_file():
+                return torch.export.load(str(pt2)).module()(torch.from_numpy(X)).numpy()
+            return self.model(torch.from_numpy(X)).numpy()
+
+
+def log_model(
+    settings: Settings,
+    name: str,
+    model: torch.nn.Module,
+    example: np.ndarray,
+    task: str | None = "classification",
+    serialization_format: str = "pt2",
+) -> Logged:
+    """Log and register like kernel-magics does: pt2 (or pickle), with the content-hash tag."""
+    import mlflow
+
+    store = Store(settings)
+    experiment = store.experiment_id()
+    extra = {} if serialization_format == "pt2" else {"serialization_format": "pickle"}
+    with store.tracking(), store.write_lock():
+        with mlflow.start_run(experiment_id=experiment) as run:
+            info = mlflow.pytorch.log_model(
+                model,
+                name="model",
+                input_example=example,
+                pip_requirements=["torch==2.13.0"],
+                **extra,
+            )
+        local = mlflow.artifacts.download_artifacts(info.model_uri)
+        if not store.model_exists(name):
+            store.client.create_registered_model(name)
+        tags = {TAG_SHA256: hash_model_dir(local), TAG_FORMAT: serialization_format}
+        if task:
+            tags[TAG_TASK] = task
+        mv = store.client.create_model_version(
+            name, info.model_uri, run.info.run_id, tags=tags, model_id=info.model_id
+        )
+    return Logged(name, int(mv.version), local, model)
+
+
+def rows(n: int, seed: int = 0, features: int = N_FEATURES) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, features)).astype(np.float32)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_state_pids(settings: Settings) -> None:
+    """Last resort after a failed stop: the PIDs the state file names, and only ours."""
+    try:
+        state = json.loads(settings.state_file.read_text())
+    except (OSError, ValueError):
+        return
+    for pid in [state.get("pid"), *(state.get("workers") or [])]:
+        if isinstance(pid, int) and pid_alive(pid):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"kernel_magics" in cmdline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def raw_http(port: int, data: bytes, read_until_close: bool = True, timeout: float = 10) -> bytes:
+    """Send bytes on a fresh TCP connection; return what comes back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        if not read_until_close:
+            return s.recv(1 << 20)
+        chunks = []
+        while True:
+            try:
+                chunk = s.recv(1 << 20)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def auth(client: ServingClient) -> dict[str, Any]:
+    return {"Authorization": f"Bearer {client.token()}"}
