@@ -88,7 +88,7 @@ class Load:
         c.out = memoryview(self.request)
         c.buf.clear()
         c.need = -1
-        c.sent_at = now
+        c.sent_at = time.monotonic()
         assert c.sock is not None
         self.sel.modify(c.sock, selectors.EVENT_WRITE, c)
 
@@ -175,8 +175,12 @@ class Load:
             for c in self.conns:
                 if c.sock is None and now >= c.retry_at:
                     self._open(c, now)
-            for key, mask in self.sel.select(timeout=min(0.05, deadline - now)):
-                now = time.monotonic()
+            ready = self.sel.select(timeout=min(0.05, deadline - now))
+            # One stamp per wake-up: the data of every ready socket had arrived by then, so it is
+            # the tightest receive time this loop can know (later events are not stamped later
+            # just because they were handled after others).
+            now = time.monotonic()
+            for key, mask in ready:
                 c = key.data
                 if c is None:  # stdin: parent closed it
                     stopped = True

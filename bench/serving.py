@@ -596,9 +596,23 @@ class Ours:
         return {
             "first_200_s": first - t0,
             "deploy_call_s": t_call - t0,
-            **load_warm(answer),
+            **self.load_warm(answer),
             "port": port,
         }
+
+    def load_warm(self, answer: dict) -> dict:
+        """``load_warm(answer)``; a ``warm_ms`` the answer lacks is taken from the live model's
+        description in the status (``GET /v1/models``), when it is the version just made live."""
+        out = load_warm(answer)
+        if out["warm_ms"] is None:
+            with contextlib.suppress(Exception):
+                status = self.api.server_status(settings=self.s) or {}
+                live = (status.get("models") or {}).get(NAME) or {}
+                if str(live.get("version")) == str(answer.get("version")):
+                    if isinstance(live.get("warm_ms"), int | float):
+                        out["warm_ms"] = live["warm_ms"]
+                        out["warm_from"] = "status"
+        return out
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -742,6 +756,7 @@ def swap_under_load(ours: Ours, port: int, body_file: str, tmp: Path, phase_s: f
             answer = fn()
             returned = time.monotonic()
             calls[key] = {"called": called, "returned": returned, "answer": answer}
+            calls[key]["lw"] = ours.load_warm(answer)  # after the timing: one status request
             time.sleep(phase_s)
         proc.stdin.close()
         proc.wait(timeout=30)
@@ -768,8 +783,9 @@ def swap_under_load(ours: Ours, port: int, body_file: str, tmp: Path, phase_s: f
         answer = call["answer"]
         want = version_of(answer)
         lo, hi = windows[key]
-        after = [v.lstrip("v") for t, status, v in events if lo < t < hi and status == 200]
-        lw = load_warm(answer)
+        after = [(t, v.lstrip("v")) for t, status, v in events if lo < t < hi and status == 200]
+        stale = [t - lo for t, v in after if v != want]
+        lw = call["lw"]
         load_ms, warm_ms = lw["load_ms"], lw["warm_ms"]
         call_ms = (call["returned"] - call["called"]) * 1e3
         known = [x for x in (load_ms, warm_ms) if isinstance(x, int | float)]
@@ -780,8 +796,9 @@ def swap_under_load(ours: Ours, port: int, body_file: str, tmp: Path, phase_s: f
             "warm_ms": warm_ms,
             "overhead_ms": call_ms - sum(known) if known else None,
             "responses_after": len(after),
-            "stale_after": sum(1 for v in after if v != want),
-            "versions_after": sorted(set(after)),
+            "stale_after": len(stale),
+            "stale_last_ms": max(stale) * 1e3 if stale else None,
+            "versions_after": sorted({v for _, v in after}),
         }
         o = out[key]
         log(
@@ -978,7 +995,8 @@ def build_table(r: dict) -> str:
     ]
     if m.get("reused"):
         notes.append(
-            f"mlflow figures reused from {m.get('measured', 'an earlier run')} (--skip-mlflow)."
+            f"mlflow figures reused from {m.get('measured', 'an earlier run')} "
+            f"({m.get('measured_with', 'unknown load generator')}; --skip-mlflow)."
         )
     if o.get("server"):
         notes.append(
@@ -1098,6 +1116,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 results["mlflow"] = bench_mlflow(paths[1], bodies, loader, tmp, seconds, model)
                 results["mlflow"]["measured"] = results["meta"]["date"]
+                results["mlflow"]["measured_with"] = (
+                    f"{loader.tool}, {seconds:g} s per scenario"
+                    + (", --quick" if args.quick else "")
+                )
             except OutOfTime:
                 raise
             except Exception as err:
