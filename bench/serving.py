@@ -804,6 +804,7 @@ def swap_under_load(ours: Ours, port: int, body_file: str, tmp: Path, phase_s: f
         log(
             f"ours: {key} → v{want}: call {call_ms:.0f} ms (load {load_ms}, warm {warm_ms}), "
             f"{o['responses_after']} responses after it returned, {o['stale_after']} stale"
+            + (f" (last {o['stale_last_ms']:.1f} ms after)" if o["stale_after"] else "")
         )
     log(f"ours: swap window: {out['responses']} responses, {out['failed']} failed")
     return out
@@ -1021,6 +1022,13 @@ def build_table(r: dict) -> str:
             + ", ".join(c for c in checks if c)
             + "."
         )
+    for k in ("deploy", "rollback"):
+        if _get(o, "swap", k, "stale_after"):
+            notes.append(
+                f"Swap {k}: {_get(o, 'swap', k, 'stale_after')} response(s) from the old version "
+                f"arrived after the call returned, the last "
+                f"{_get(o, 'swap', k, 'stale_last_ms'):.1f} ms after (requests already in flight)."
+            )
     errs = [
         f"{who} {k}: {_get(d, k, 'errors')}"
         for who, d in (("mlflow", m), ("ours", o))
