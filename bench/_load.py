@@ -5,8 +5,8 @@ Two uses in the serving benchmark:
 * the fallback load generator when ``wrk`` is not on PATH (``run(...)``);
 * the swap-under-load recorder (``python bench/_load.py ...`` as a subprocess): it keeps
   ``--conns`` connections busy until its stdin closes (or ``--max-seconds``), records every
-  response's receive time (``time.monotonic()``, comparable across processes on Linux), status
-  and ``X-Model-Version`` header (status 0 = connection error), then writes them as JSON.
+  response's send and receive times (``time.monotonic()``, comparable across processes on Linux),
+  status and ``X-Model-Version`` header (status 0 = connection error), then writes them as JSON.
 
 Each connection sends one request, waits for the whole response, then sends the next one
 (closed loop, like wrk). Responses must carry ``Content-Length`` (both servers under test do).
@@ -65,7 +65,8 @@ class Load:
         self.latencies: list[float] = []
         self.statuses: dict[int, int] = {}
         self.conn_errors = 0
-        self.events: list[tuple[float, int, str]] = []  # (receive time, status, version)
+        # (send time, receive time, status, version); a connection error has status 0
+        self.events: list[tuple[float, float, int, str]] = []
 
     # -- connection handling -----------------------------------------------------------------
     def _open(self, c: _Conn, now: float) -> None:
@@ -95,7 +96,7 @@ class Load:
     def _fail(self, c: _Conn, now: float, opened: bool = True) -> None:
         self.conn_errors += 1
         if self.record:
-            self.events.append((now, 0, ""))
+            self.events.append((c.sent_at, now, 0, ""))
         if c.sock is not None:
             try:
                 self.sel.unregister(c.sock)
@@ -155,7 +156,7 @@ class Load:
         self.latencies.append(now - c.sent_at)
         self.statuses[c.status] = self.statuses.get(c.status, 0) + 1
         if self.record:
-            self.events.append((now, c.status, c.version))
+            self.events.append((c.sent_at, now, c.status, c.version))
         self._send(c, now)
 
     # -- the loop ------------------------------------------------------------------------------

@@ -772,7 +772,7 @@ def swap_under_load(ours: Ours, port: int, body_file: str, tmp: Path, phase_s: f
 
     out: dict[str, Any] = {
         "responses": len(events),
-        "failed": sum(1 for _, status, _ in events if status != 200),
+        "failed": sum(1 for _, _, status, _ in events if status != 200),
         "load_p99_ms": rec.get("p99_ms"),
     }
     windows = {
@@ -783,8 +783,10 @@ def swap_under_load(ours: Ours, port: int, body_file: str, tmp: Path, phase_s: f
         answer = call["answer"]
         want = version_of(answer)
         lo, hi = windows[key]
-        after = [(t, v.lstrip("v")) for t, status, v in events if lo < t < hi and status == 200]
-        stale = [t - lo for t, v in after if v != want]
+        after = [(ts, t, v.lstrip("v")) for ts, t, st, v in events if lo < t < hi and st == 200]
+        stale = [t - lo for _, t, v in after if v != want]
+        # causal view: requests *sent* after the call returned (none was in flight at the swap)
+        sent_after = [v for ts, _, v in after if ts > lo]
         lw = call["lw"]
         load_ms, warm_ms = lw["load_ms"], lw["warm_ms"]
         call_ms = (call["returned"] - call["called"]) * 1e3
@@ -798,7 +800,9 @@ def swap_under_load(ours: Ours, port: int, body_file: str, tmp: Path, phase_s: f
             "responses_after": len(after),
             "stale_after": len(stale),
             "stale_last_ms": max(stale) * 1e3 if stale else None,
-            "versions_after": sorted({v for _, v in after}),
+            "versions_after": sorted({v for _, _, v in after}),
+            "sent_after": len(sent_after),
+            "stale_sent_after": sum(1 for v in sent_after if v != want),
         }
         o = out[key]
         log(
@@ -987,7 +991,9 @@ def build_table(r: dict) -> str:
         f"Loopback on {meta.get('cores')} cores shared by client and server (no isolation); "
         f"load: {meta.get('tool')}; {meta.get('duration_s')} s per scenario"
         + (" (--quick: smoke figures)" if meta.get("quick") else "")
-        + ".",
+        + f"; 1-min load average {meta.get('loadavg_start')} before the run, "
+        f"{meta.get('loadavg_end')} after it (above ~0.5 before: other work competed for the "
+        "cores, and every figure, the in-process one too, is below what the machine can do).",
         "In-process forward (eager, torch.set_num_threads(1), inference_mode): "
         f"1 row {_num(ip.get('eager_1_us'), '.1f', ' µs')}, 256 rows "
         f"{_num(ip.get('eager_256_us'), '.0f', ' µs')} ({_num(inproc)} rows/s); the pt2 artifact "
@@ -1023,11 +1029,26 @@ def build_table(r: dict) -> str:
             + "."
         )
     for k in ("deploy", "rollback"):
-        if _get(o, "swap", k, "stale_after"):
+        c = _get(o, "swap", k)
+        if c:
             notes.append(
-                f"Swap {k}: {_get(o, 'swap', k, 'stale_after')} response(s) from the old version "
-                f"arrived after the call returned, the last "
-                f"{_get(o, 'swap', k, 'stale_last_ms'):.1f} ms after (requests already in flight)."
+                f"Swap {k} → v{c['to_version']} under load: call {c['call_ms']:.0f} ms = load "
+                f"{_num(c['load_ms'], '.0f', ' ms')} (deploy answer, slowest worker) + warm "
+                f"{_num(c['warm_ms'], '.1f', ' ms')} (live model's status) + the rest "
+                "(store lookups, hash check, commit to MLflow, activation)."
+            )
+        if c and c.get("stale_after"):
+            causal = c.get("stale_sent_after") or 0
+            notes.append(
+                f"Swap {k}: {c['stale_after']} response(s) from the old version arrived after the "
+                f"call returned, the last {c['stale_last_ms']:.1f} ms after; of the "
+                f"{c.get('sent_after')} requests sent after it returned, {causal} got the old "
+                "version"
+                + (
+                    " (the stale ones were requests already in flight at the swap)."
+                    if not causal
+                    else "."
+                )
             )
     errs = [
         f"{who} {k}: {_get(d, k, 'errors')}"
@@ -1163,6 +1184,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.alarm(0)
         stop_children()
         results["meta"]["wall_s"] = round(time.monotonic() - started, 1)
+        results["meta"]["loadavg_end"] = round(os.getloadavg()[0], 2)
         if not args.keep_home:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
