@@ -69,6 +69,10 @@ def _alarm(signum: int, frame: Any) -> None:
     raise OutOfTime(f"the benchmark ran past its {TOTAL_BUDGET_S} s budget")
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -158,6 +162,33 @@ def stop_children() -> None:
             stop_pid(proc.pid, group=True)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=2)
+
+
+def _is_inference_process(pid: int) -> bool:
+    """Alive and a kernel-magics inference process (a remembered PID may have been reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"kernel_magics.serving" in cmdline and _alive(pid)
+
+
+def stop_leftover_server(home: Path) -> None:
+    """Last resort (the run was cut short mid-stop): the inference process of the benchmark's
+    own home, found through its state file, is stopped by PID, workers first."""
+    try:
+        state = json.loads((home / "server.json").read_text())
+    except (OSError, ValueError):
+        return
+    pids = [
+        p for p in (state.get("worker_pids") or state.get("workers") or []) if isinstance(p, int)
+    ]
+    if isinstance(state.get("pid"), int):
+        pids.append(state["pid"])
+    for pid in pids:
+        if _is_inference_process(pid):
+            log(f"stopping leftover inference process PID {pid}")
+            stop_pid(pid)
 
 
 def spawn(cmd: list[str], **kw: Any) -> subprocess.Popen:
@@ -580,7 +611,7 @@ class Ours:
         answer = self.api.deploy(ref, settings=self.s)
         t_call = time.perf_counter()
         port = _port_of(answer["url"])
-        self.token = self.token or self.api.server_token(settings=self.s)
+        self.token = self.api.server_token(settings=self.s)  # a file read
         first = wait_200(
             port,
             self.predict_path(),
@@ -620,7 +651,7 @@ class Ours:
         with contextlib.suppress(Exception):
             self.api.server_stop(settings=self.s)
         for pid in sorted(self.pids):  # anything the product's stop left behind
-            if _alive(pid):
+            if _is_inference_process(pid):
                 log(f"ours: PID {pid} still alive after server_stop; stopping it")
                 stop_pid(pid)
         self.pids.clear()
@@ -1066,7 +1097,7 @@ def build_table(r: dict) -> str:
 # -- main -----------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="kernel-magics serving benchmark (≤ 3 minutes)")
-    p.add_argument("--duration", type=float, default=8.0, help="seconds per scenario (≤ 12)")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per scenario (≤ 10)")
     p.add_argument("--quick", action="store_true", help="2 s scenarios: a smoke check")
     p.add_argument(
         "--skip-mlflow",
@@ -1076,13 +1107,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python-client", action="store_true", help="do not use wrk even if present")
     p.add_argument("--keep-home", action="store_true", help="keep the temporary home folder")
     args = p.parse_args(argv)
-    seconds = 2.0 if args.quick else min(max(args.duration, 1.0), 12.0)
+    seconds = 2.0 if args.quick else min(max(args.duration, 1.0), 10.0)
     swap_phase_s = 0.75 if args.quick else 1.5
 
     started = time.monotonic()
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(TOTAL_BUDGET_S)
-    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _terminated)
 
     tmp = Path(tempfile.mkdtemp(prefix="km-bench-"))
     home = tmp / "home"
@@ -1183,6 +1214,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.alarm(0)
         stop_children()
+        stop_leftover_server(home)
         results["meta"]["wall_s"] = round(time.monotonic() - started, 1)
         results["meta"]["loadavg_end"] = round(os.getloadavg()[0], 2)
         if not args.keep_home:
