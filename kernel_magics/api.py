@@ -17,7 +17,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kernel_magics.config import LIVE_ALIAS, Settings, load_settings
+from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput, ServiceUnavailable
 from kernel_magics.store import Store, parse_ref, validate_name
 from kernel_magics.tracking import TrainResult, run_training
@@ -283,7 +283,8 @@ def models(*, settings: Settings | None = None) -> list[ModelSummary]:
                 format=v.tags.get("km.format"),
                 metrics=metrics.get(v.run_id or "", {}),
                 aliases=v.aliases,
-                live=LIVE_ALIAS in v.aliases,
+                # search results carry no aliases on every backend: compare numbers
+                live=v.version == live,
             )
             for v in versions
         ]
