@@ -142,8 +142,7 @@ def _model_rows(summaries: Sequence[Any]) -> list[list[str]]:
                     v.task or "",
                     _metrics_text(v.metrics, v.task),
                     v.format or "",
-                    # From the summary, not VersionRow.live: MLflow's version search
-                    # leaves aliases empty, so that flag can miss the live version.
+                    # The summary's live version is the one alias lookup; rows follow it.
                     "LIVE" if s.live_version == v.version else "",
                     "served" if s.served_version == v.version else "",
                 ]

@@ -242,7 +242,7 @@ def _summaries() -> list[api.ModelSummary]:
 
 def test_models_views() -> None:
     summaries = _summaries()
-    summaries[0].versions[0].live = False  # what MLflow's search gives: the summary decides
+    summaries[0].versions[0].live = False  # the summary's live_version decides
     text = display.models_text(summaries)
     lines = text.splitlines()
     assert lines[0].split() == list(display.MODEL_HEADERS)
