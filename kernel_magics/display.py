@@ -200,7 +200,9 @@ def _train_fields(result: Any) -> list[tuple[str, str]]:
 
 def train_result_text(result: Any) -> str:
     title = f"{result.name} v{result.version} registered"
-    return "\n".join([title, *(f"  {k:<12} {v}" for k, v in _train_fields(result)[1:])])
+    fields = _train_fields(result)[1:]
+    width = max(len(k) for k, _ in fields)
+    return "\n".join([title, *(f"  {k:<{width}}  {v}" for k, v in fields)])
 
 
 def train_result_html(result: Any) -> str:
@@ -294,9 +296,10 @@ def status_line(status: dict | None) -> str:
     if not status:
         return NOT_RUNNING
     workers = status.get("workers")
+    count = len(workers) if isinstance(workers, list) else workers  # a list of worker PIDs
     parts = [f"pid {status.get('pid')}"]
-    if workers is not None:
-        parts.append(f"{workers} worker{'s' if workers != 1 else ''}")
+    if count is not None:
+        parts.append(f"{count} worker{'s' if count != 1 else ''}")
     if status.get("status"):
         parts.append(str(status["status"]))
     return f"Inference process at {status.get('url')} ({', '.join(parts)})"

@@ -18,9 +18,11 @@ import pytest
 from kernel_magics import api
 from kernel_magics.config import load_settings
 
+PID_KEYS = ("pid", "workers", "worker_pids")
+
 
 def _state_pids(state_file: Path) -> set[int]:
-    """Every PID the state file names (supervisor and, if listed, workers)."""
+    """Every PID the state file names: the supervisor's and its workers'."""
     try:
         state = json.loads(state_file.read_text())
     except (OSError, ValueError):
@@ -34,7 +36,7 @@ def _state_pids(state_file: Path) -> set[int]:
         elif isinstance(value, list):
             for v in value:
                 collect(v, key)
-        elif isinstance(value, int) and not isinstance(value, bool) and "pid" in key:
+        elif isinstance(value, int) and not isinstance(value, bool) and key in PID_KEYS:
             pids.add(value)
 
     collect(state)

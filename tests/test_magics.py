@@ -271,7 +271,7 @@ def test_transition_lines() -> None:
 
 
 def test_status_history_and_predictions_views() -> None:
-    status = {"url": "http://127.0.0.1:5000", "pid": 42, "workers": 2, "status": "ready"}
+    status = {"url": "http://127.0.0.1:5000", "pid": 42, "workers": [43, 44], "status": "ready"}
     status["models"] = {"digits": {"version": 3, "state": "ready"}, "prices": 1}
     text = display.status_text(status)
     assert (
