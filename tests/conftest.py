@@ -113,11 +113,20 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return (X / 16.0).astype(np.float32), y
 
 
-def run_cell(shell: Any, code: str) -> Any:
-    """Run a cell like a notebook does; re-raise what it raised so a test sees it."""
+def _run_cell(shell: Any, code: str) -> Any:
     result = shell.run_cell(code)
     result.raise_error()
     return result.result
+
+
+@pytest.fixture(scope="session")
+def run_cell() -> Any:
+    """``run_cell(shell, code)``: run a cell like a notebook does and re-raise what it raised.
+
+    A fixture rather than an importable helper: tests/serving has a conftest of its own, so
+    ``from conftest import ...`` would find whichever was imported first.
+    """
+    return _run_cell
 
 
 NET_CELL = """
@@ -131,3 +140,13 @@ class Net(nn.Module):
     def forward(self, x):
         return self.layers(x)
 """
+
+
+@pytest.fixture(scope="module")
+def ns(ip: Any, digits: tuple[np.ndarray, np.ndarray]) -> Any:
+    """The shell after a notebook's first cells: X and y loaded, ``Net`` defined in a cell
+    (so the class lives in ``__main__``, as in a real notebook)."""
+    X, y = digits
+    ip.user_ns.update(X=X, y=y)
+    _run_cell(ip, NET_CELL)
+    return ip

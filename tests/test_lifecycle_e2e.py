@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import NET_CELL, run_cell
 from IPython.core.error import UsageError
 
 from kernel_magics import api
@@ -29,15 +28,7 @@ ROWS = 64  # enough rows that the batcher and the exported model's dynamic batch
 
 
 @pytest.fixture(scope="module")
-def ns(ip: Any, digits: tuple[np.ndarray, np.ndarray]) -> Any:
-    X, y = digits
-    ip.user_ns.update(X=X, y=y)
-    run_cell(ip, NET_CELL)
-    return ip
-
-
-@pytest.fixture(scope="module")
-def versions(ns: Any) -> dict[int, TrainResult]:
+def versions(ns: Any, run_cell: Any) -> dict[int, TrainResult]:
     """digits v1 and v2, trained by %train the way a notebook writes it (``r = %train ...``)."""
     run_cell(ns, "r1 = %train Net() --data X y --epochs 1 --lr 1e-2 --name digits")
     run_cell(ns, "r2 = %train Net(hidden=48) --data X y --epochs 2 --lr 1e-2 --name digits")

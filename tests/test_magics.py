@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import NET_CELL, run_cell
 from IPython.core.error import UsageError
 
 from kernel_magics import api, display
@@ -30,14 +29,6 @@ MAGICS = ("train", "deploy", "rollback", "undeploy", "predict", "models", "histo
 def magics(ip: Any) -> KernelMagics:
     (found,) = [c for c in ip.configurables if isinstance(c, KernelMagics)]
     return found
-
-
-@pytest.fixture(scope="module")
-def ns(ip: Any, digits: tuple[np.ndarray, np.ndarray]) -> Any:
-    X, y = digits
-    ip.user_ns.update(X=X[:300], y=y[:300])
-    run_cell(ip, NET_CELL)
-    return ip
 
 
 def usage_error(ip: Any, magic: str, line: str) -> str:
@@ -169,7 +160,7 @@ def test_usage_error_shows_without_traceback(ns: Any, capsys: pytest.CaptureFixt
     assert "Traceback" not in err
 
 
-def test_interrupted_training_is_one_line_and_registers_nothing(ns: Any) -> None:
+def test_interrupted_training_is_one_line_and_registers_nothing(ns: Any, run_cell: Any) -> None:
     run_cell(
         ns,
         "class Stopper(Net):\n"
@@ -186,7 +177,7 @@ def test_interrupted_training_is_one_line_and_registers_nothing(ns: Any) -> None
 
 
 # -- training through the magic -----------------------------------------------------------------
-def test_train_returns_the_result(ns: Any, capsys: pytest.CaptureFixture) -> None:
+def test_train_returns_the_result(ns: Any, run_cell: Any, capsys: pytest.CaptureFixture) -> None:
     r = run_cell(ns, "r = %train Net() --data X y --epochs 1 --lr 1e-2 --seed 1\nr")
     assert isinstance(r, TrainResult) and ns.user_ns["r"] is r
     assert (r.name, r.version) == ("net", 1)  # default name: the class name, lowercased
