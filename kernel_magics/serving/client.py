@@ -283,7 +283,9 @@ class ServingClient:
                 raise ServiceUnavailable(RESTARTING) from None
         raise ServiceUnavailable(RESTARTING)
 
-    def _json(self, method: str, path: str, payload: Any = None, timeout: float | None = None) -> Any:
+    def _json(
+        self, method: str, path: str, payload: Any = None, timeout: float | None = None
+    ) -> Any:
         body = None if payload is None else json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"}
         status, _, data = self.request(method, path, body, headers, timeout)

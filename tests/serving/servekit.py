@@ -129,3 +129,34 @@ def raw_http(port: int, data: bytes, read_until_close: bool = True, timeout: flo
 
 def auth(client: ServingClient) -> dict[str, Any]:
     return {"Authorization": f"Bearer {client.token()}"}
+
+
+class FailsOnBigBatches(MLP):
+    """Logs fine (4-row example), then fails the warm-up forward at the largest batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 8:
+            raise ValueError("this model cannot take more than 8 rows")
+        return self.net(x)
+
+
+class Branchy(MLP):
+    """Data-dependent control flow: torch.export cannot trace it; MLflow's pickle format can."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if out.sum() > 1e9:
+            return out * 0
+        return out
+
+
+def log_pickled(
+    settings: Settings, name: str, model: torch.nn.Module, example: np.ndarray
+) -> Logged:
+    """Pickle format; this helper module travels by value, as a notebook's classes would."""
+    import sys
+
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return log_model(settings, name, model, example, serialization_format="pickle")

@@ -1,0 +1,156 @@
+"""``/v1/models/{name}/invocations`` answers what the real ``mlflow models serve`` answers.
+
+One ``mlflow models serve`` (≈7 s to start) runs for the whole module on the same model folder;
+every request goes to both and the parsed JSON (or the status class, for errors) must agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from servekit import MLP, Logged, auth, free_port, log_model, rows
+
+from kernel_magics.config import Settings
+from kernel_magics.serving.client import ServingClient
+
+X = rows(3, seed=21)
+COLS = [str(i) for i in range(32)]
+
+
+@pytest.fixture(scope="module")
+def logged(settings: Settings) -> Logged:
+    return log_model(settings, "parity", MLP(seed=3), rows(4, seed=20))
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(
+    logged: Logged, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("mlflow-serve") / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", logged.path,
+         "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: uvicorn's children go with it
+        # uvicorn is started by name: the venv's bin must be on PATH
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        request.getfixturevalue("client")  # start ours while mlflow's starts
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, Path(log.name).read_text()[-2000:]
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/ping", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail("mlflow models serve did not start")
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # the group of the PID we started
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def ours(client: ServingClient, logged: Logged) -> str:
+    client.deploy("parity")
+    return f"{client.url}/v1/models/parity/invocations"
+
+
+def _json(body: object) -> bytes:
+    return json.dumps(body).encode()
+
+
+CASES: list[tuple[str, bytes, str]] = [
+    ("split", _json({"dataframe_split": {"columns": COLS, "data": X.tolist()}}),
+     "application/json"),
+    ("split no columns", _json({"dataframe_split": {"data": X.tolist()}}), "application/json"),
+    ("split index", _json({"dataframe_split": {"index": [5, 6, 7], "data": X.tolist()}}),
+     "application/json"),
+    ("split list column", _json({"dataframe_split": {"columns": ["x"], "data": [[r] for r in
+                                 X.tolist()]}}), "application/json"),
+    ("records", _json({"dataframe_records": [dict(zip(COLS, r, strict=True)) for r in
+                                             X.tolist()]}), "application/json"),
+    ("records missing value", _json({"dataframe_records": [dict(zip(COLS, r, strict=True)) for r
+                                     in X.tolist()] + [{"0": 1.0}]}), "application/json"),
+    ("instances", _json({"instances": X.tolist()}), "application/json"),
+    ("inputs", _json({"inputs": X.tolist()}), "application/json"),
+    ("inputs one row", _json({"inputs": X[:1].tolist()}), "application/json"),
+    ("inputs ints", _json({"inputs": [[1] * 32, [2] * 32]}), "application/json"),
+    ("inputs numeric strings", _json({"inputs": [["1.5"] * 32]}), "application/json"),
+    ("inputs with params", _json({"inputs": X.tolist(), "params": {"a": 1}}), "application/json"),
+    ("charset", _json({"inputs": X.tolist()}), "application/json; charset=utf-8"),
+    ("NaN token", b'{"inputs": [[NaN' + b", 1" * 31 + b"]]}", "application/json"),
+    ("csv", ("\n".join([",".join(COLS)] + [",".join(map(str, r)) for r in X.tolist()])).encode(),
+     "text/csv"),
+    ("wrong features", _json({"inputs": [[1.0] * 10]}), "application/json"),
+    ("ragged", _json({"inputs": [[1.0] * 32, [1.0] * 31]}), "application/json"),
+    ("strings", _json({"inputs": [["a"] * 32]}), "application/json"),
+    ("empty", _json({"inputs": []}), "application/json"),
+    ("empty split", _json({"dataframe_split": {"data": []}}), "application/json"),
+    ("1-D", _json({"inputs": X[0].tolist()}), "application/json"),
+    ("dict inputs", _json({"inputs": {"a": X.tolist()}}), "application/json"),
+    ("two keys", _json({"inputs": X.tolist(), "instances": X.tolist()}), "application/json"),
+    ("no key", _json({"foo": 1}), "application/json"),
+    ("list body", b"[1, 2]", "application/json"),
+    ("not json", b"{oops", "application/json"),
+    ("records not list", _json({"dataframe_records": {"a": 1}}), "application/json"),
+    ("split bad key", _json({"dataframe_split": {"data": [[1]], "x": 1}}), "application/json"),
+    ("text/plain", _json({"inputs": X.tolist()}), "text/plain"),
+    ("latin-1", _json({"inputs": X.tolist()}), "application/json; charset=latin-1"),
+    ("odd parameter", _json({"inputs": X.tolist()}), "application/json; foo=bar"),
+]  # fmt: skip
+
+
+def _same(a: object, b: object) -> bool:
+    """JSON equality where NaN equals NaN (MLflow emits NaN tokens)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b):
+        return True
+    return a == b and type(a) is type(b)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_invocations_parity(case, mlflow_url, ours, client):
+    _, body, ctype = case
+    theirs = requests.post(f"{mlflow_url}/invocations", data=body,
+                           headers={"Content-Type": ctype}, timeout=30)  # fmt: skip
+    mine = requests.post(ours, data=body, headers={"Content-Type": ctype, **auth(client)},
+                         timeout=30)  # fmt: skip
+    assert mine.status_code // 100 == theirs.status_code // 100, (
+        f"mlflow {theirs.status_code} {theirs.text[:300]} / ours {mine.status_code} {mine.text}"
+    )
+    assert mine.status_code < 500
+    if theirs.status_code == 200:
+        assert _same(json.loads(mine.text), json.loads(theirs.text)), (mine.text, theirs.text)
+    else:
+        assert mine.json()["error"]
+
+
+def test_invocations_through_the_client(client, ours, logged):
+    out = client.invocations("parity", {"inputs": X.tolist()})
+    np.testing.assert_array_equal(np.asarray(out["predictions"], dtype=np.float32),
+                                  logged.expected(X))  # fmt: skip

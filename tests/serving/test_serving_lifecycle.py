@@ -1,0 +1,212 @@
+"""Deploy, rollback, undeploy, failed deploys, hot swap under load, worker crash and restart,
+through the real supervisor and the kernel-side client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from servekit import MLP, Branchy, FailsOnBigBatches, Logged, auth, log_model, log_pickled, rows
+
+from kernel_magics.config import Settings
+from kernel_magics.errors import DeployFailed, InvalidInput, NotFound, ServiceUnavailable
+from kernel_magics.serving.client import ServingClient, pid_alive
+from kernel_magics.store import Store
+
+
+@pytest.fixture(scope="module")
+def versions(settings: Settings, client: ServingClient) -> list[Logged]:
+    return [log_model(settings, "swap", MLP(seed=s), rows(4, seed=s)) for s in (1, 2, 3)]
+
+
+def served(client: ServingClient, name: str, X: np.ndarray) -> tuple[np.ndarray, int]:
+    return client.predict(name, X)
+
+
+def test_deploy_rollback_undeploy(client, versions, settings):
+    v1, v2, v3 = versions
+    X = rows(6, seed=30)
+    r = client.deploy("swap", "1")
+    assert (r["version"], r["previous_version"], r["action"]) == (1, None, "deploy")
+    out, version = served(client, "swap", X)
+    assert version == 1
+    np.testing.assert_array_equal(out, v1.expected(X))
+    r = client.deploy("swap")  # newest
+    assert (r["version"], r["previous_version"]) == (3, 1)
+    np.testing.assert_array_equal(served(client, "swap", X)[0], v3.expected(X))
+    r = client.rollback("swap")
+    assert (r["version"], r["previous_version"], r["action"]) == (1, 3, "rollback")
+    assert served(client, "swap", X)[1] == 1
+    r = client.rollback("swap", to=2)
+    assert r["version"] == 2
+    np.testing.assert_array_equal(served(client, "swap", X)[0], v2.expected(X))
+    info = client.model("swap")
+    assert [e["to_version"] for e in info["history"]] == [1, 3, 1, 2]
+    assert Store(settings).live_version("swap") == 2
+    r = client.undeploy("swap")
+    assert (r["version"], r["previous_version"], r["action"]) == (None, 2, "undeploy")
+    with pytest.raises(NotFound, match="not deployed"):
+        served(client, "swap", X)
+    assert Store(settings).live_version("swap") is None
+    with pytest.raises(InvalidInput, match="not deployed"):
+        client.undeploy("swap")
+    client.deploy("swap", "2")
+    assert served(client, "swap", X)[1] == 2
+
+
+def test_unknown_models_versions_and_bad_bodies(client, versions):
+    with pytest.raises(NotFound):
+        client.deploy("no-such-model")
+    with pytest.raises(NotFound):
+        client.deploy("swap", "99")
+    with pytest.raises(InvalidInput, match="unknown deploy option"):
+        client.deploy("swap", "1", colour="red")
+    url = f"{client.url}/v1/models/swap/deploy"
+    r = requests.post(url, data=b"{nope", headers=auth(client))
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    r = requests.post(url, json={"max_batch_size": 0}, headers=auth(client))
+    assert r.status_code == 400
+    r = requests.post(f"{client.url}/v1/models/swap/rollback", json={"to": "x"},
+                      headers=auth(client))  # fmt: skip
+    assert r.status_code == 400
+
+
+def test_failed_deploy_keeps_the_old_version(client, settings, versions):
+    X = rows(3, seed=31)
+    before = served(client, "swap", X)
+    bad = log_pickled(settings, "swap", FailsOnBigBatches(seed=9), rows(4))
+    with pytest.raises(DeployFailed, match="warm-up forward"):
+        client.deploy("swap", str(bad.version))
+    after = served(client, "swap", X)
+    assert after[1] == before[1]
+    np.testing.assert_array_equal(after[0], before[0])
+    # Tampered files: the hash check refuses them before any worker loads them.
+    tampered = log_model(settings, "swap", MLP(seed=8), rows(4))
+    with open(Path(tampered.path) / "data" / "model.pt2", "ab") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(DeployFailed, match="changed since registration"):
+        client.deploy("swap", str(tampered.version))
+    assert served(client, "swap", X)[1] == before[1]
+    assert Store(settings).live_version("swap") == before[1]
+
+
+def test_pickle_format_and_fixed_batch_models(client, settings):
+    branchy = log_pickled(settings, "branchy", Branchy(seed=4), rows(4))
+    client.deploy("branchy")
+    X = rows(5, seed=32)
+    out, _ = served(client, "branchy", X)
+    np.testing.assert_allclose(out, branchy.expected(X), rtol=1e-5, atol=1e-6)
+    assert client.model("branchy")["format"] == "pickle"
+    # A one-row input example fixes the exported batch at 1: rows are forwarded one at a time.
+    single = log_model(settings, "single", MLP(seed=5), rows(1))
+    client.deploy("single")
+    assert client.model("single")["fixed_batch"] == 1
+    out, _ = served(client, "single", X)
+    one_by_one = np.concatenate([single.expected(X[i : i + 1]) for i in range(len(X))])
+    np.testing.assert_array_equal(out, one_by_one)
+
+
+def _hammer(client: ServingClient, stop: threading.Event, log: list, errors: list) -> None:
+    host, port = client.url.split("//")[1].split(":")
+    headers = {"Content-Type": "application/json", **auth(client)}
+    body = json.dumps({"instances": rows(1).tolist()})
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    while not stop.is_set():
+        sent = time.monotonic()
+        try:
+            conn.request("POST", "/v1/models/swap:predict", body, headers)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                errors.append(resp.status)
+            log.append((sent, int(resp.getheader("X-Model-Version", "0"))))
+        except (OSError, http.client.HTTPException) as err:
+            errors.append(err)
+            conn.close()
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.close()
+
+
+def test_swap_under_load_loses_nothing(client, versions):
+    client.deploy("swap", "1")
+    stop, log, errors = threading.Event(), [], []
+    threads = [threading.Thread(target=_hammer, args=(client, stop, log, errors)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    client.deploy("swap", "3")
+    swapped = time.monotonic()
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert {v for _, v in log} == {1, 3}
+    late = [v for sent, v in log if sent > swapped]
+    assert late and set(late) == {3}, "a request sent after the swap got the old version"
+
+
+def test_racing_deploys_stay_consistent(client, settings, versions):
+    results: list = []
+
+    def go(ref: str) -> None:
+        results.append(client.deploy("swap", ref))
+
+    threads = [threading.Thread(target=go, args=(ref,)) for ref in ("1", "2", "3", "2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4
+    live = Store(settings).live_version("swap")
+    history = Store(settings).history("swap")
+    assert history[-1]["to_version"] == live
+    assert served(client, "swap", rows(1))[1] == live == client.model("swap")["version"]
+
+
+def test_sigkilled_worker_is_respawned_and_reloaded(client, settings):
+    before = served(client, "swap", rows(2))[1]
+    state = json.loads(settings.state_file.read_text())
+    old = state["workers"][0]
+    os.kill(old, signal.SIGKILL)
+    killed = time.monotonic()
+    deadline = killed + 60
+    while time.monotonic() < deadline:
+        try:
+            out, version = served(client, "swap", rows(2))
+            state = json.loads(settings.state_file.read_text())
+            if state["workers"][0] != old:
+                break
+        except ServiceUnavailable:
+            pass
+        time.sleep(0.05)
+    else:
+        pytest.fail("the worker was not respawned")
+    print(f"back serving {time.monotonic() - killed:.2f} s after SIGKILL")
+    assert version == before and state["status"] == "ready"
+    assert state["pid"] == client.status()["pid"]
+    assert not pid_alive(old)
+    assert served(client, "branchy", rows(2))[1] >= 1
+
+
+def test_restart_restores_live_models_and_stop_cleans_up(client, settings):
+    live = {m["name"]: m["version"] for m in client.models()["models"]}
+    state = json.loads(settings.state_file.read_text())
+    pids = [state["pid"], *state["workers"]]
+    assert client.stop() is True
+    assert not settings.state_file.exists()
+    assert not any(pid_alive(p) for p in pids)
+    with pytest.raises(ServiceUnavailable):
+        client.predict("swap", rows(1))
+    url = client.ensure_running(timeout=90)
+    restored = {name: m["version"] for name, m in client.status()["models"].items()}
+    assert restored == live
+    assert url.startswith("http://127.0.0.1:")
