@@ -99,10 +99,10 @@ def test_full_disk_registers_nothing(tmp_path: Path) -> None:
     # answers EFBIG, like ENOSPC on a full disk) tries to train and log its model.
     store = Store(load_settings(home=tmp_path, tracking_uri=""))
     store.experiment_id()
-    size = (tmp_path / "mlflow.db").stat().st_size
+    # 16 KiB per file: the pt2 model file (~30 KiB) cannot be written, nor can the database grow.
     limiter = (
         "import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size + 4096}, {size + 4096}))\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", limiter + TRAIN_SCRIPT, "0", "full"],
@@ -111,7 +111,9 @@ def test_full_disk_registers_nothing(tmp_path: Path) -> None:
         text=True,
         timeout=180,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    answer = _last_json(proc.stdout)
+    assert answer["kind"] == "StoreError" and "\n" not in answer["error"]
     assert not store.model_exists("full") or store.versions("full") == []
     # the store is still usable afterwards
     assert store.model_names() == [] or "full" in store.model_names()
