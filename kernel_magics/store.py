@@ -12,6 +12,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -119,6 +120,9 @@ class Store:
     def client(self) -> MlflowClient:
         if self._client is None:
             from mlflow import MlflowClient
+
+            # "Creating initial MLflow database tables..." is noise in a notebook cell.
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
             if self.is_embedded:
                 self.settings.home.mkdir(parents=True, exist_ok=True)
