@@ -480,8 +480,9 @@ def fmt_load(r: dict) -> str:
 
 # -- mlflow models serve ---------------------------------------------------------------------
 def bench_mlflow(
-    local_dir: str, bodies: dict, loader: Loader, tmp: Path, seconds: float, model: Any
+    out: dict, local_dir: str, bodies: dict, loader: Loader, tmp: Path, seconds: float, model: Any
 ) -> dict:
+    """Fills ``out`` as it goes, so a run cut short keeps what it measured."""
     port = free_port()
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     logfile = (tmp / "mlflow-serve.log").open("wb")
@@ -492,7 +493,7 @@ def bench_mlflow(
     headers = {"Content-Type": "application/json"}
     t0 = time.perf_counter()
     proc = spawn(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env, cwd=str(tmp))
-    out: dict[str, Any] = {"cmd": " ".join(cmd[1:])}
+    out["cmd"] = " ".join(cmd[1:])
     try:
         first = wait_200(
             port,
@@ -673,6 +674,7 @@ class Ours:
 
 
 def bench_ours(
+    out: dict,
     settings: Any,
     bodies: dict,
     loader: Loader,
@@ -681,8 +683,8 @@ def bench_ours(
     model: Any,
     swap_phase_s: float,
 ) -> dict:
+    """Fills ``out`` as it goes, so a run cut short keeps what it measured."""
     ours = Ours(settings)
-    out: dict[str, Any] = {}
     body1 = bodies["bytes"]["ours_1"]
     try:
         if ours.api.server_status(settings=settings):
@@ -1174,12 +1176,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.skip_mlflow:
                 log("mlflow: --skip-mlflow but no earlier figures; measuring")
             try:
-                results["mlflow"] = bench_mlflow(paths[1], bodies, loader, tmp, seconds, model)
-                results["mlflow"]["measured"] = results["meta"]["date"]
-                results["mlflow"]["measured_with"] = (
-                    f"{loader.tool}, {seconds:g} s per scenario"
-                    + (", --quick" if args.quick else "")
-                )
+                results["mlflow"] = {
+                    "measured": results["meta"]["date"],
+                    "measured_with": f"{loader.tool}, {seconds:g} s per scenario"
+                    + (", --quick" if args.quick else ""),
+                }
+                bench_mlflow(results["mlflow"], paths[1], bodies, loader, tmp, seconds, model)
             except OutOfTime:
                 raise
             except Exception as err:
@@ -1195,8 +1197,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"ours: serving not available: {err}")
         else:
             try:
-                results["ours"] = bench_ours(
-                    settings, bodies, loader, tmp, seconds, model, swap_phase_s
+                results["ours"] = {}
+                bench_ours(
+                    results["ours"], settings, bodies, loader, tmp, seconds, model, swap_phase_s
                 )
             except OutOfTime:
                 raise
@@ -1227,8 +1230,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     RESULTS_MD.write_text(table)
-    if "mlflow" not in results and previous.get("mlflow"):
-        results["mlflow"] = previous["mlflow"]  # keep the last figures for --skip-mlflow
+
+    def complete(m: Any) -> bool:
+        return isinstance(m, dict) and all(k in m for k in ("start_s", "single", "batch"))
+
+    if not complete(results.get("mlflow")) and complete(previous.get("mlflow")):
+        # keep the last complete figures for --skip-mlflow; this run's partial ones beside them
+        results["mlflow_this_run"] = results.get("mlflow")
+        results["mlflow"] = previous["mlflow"]
     RESULTS_JSON.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return code
 
