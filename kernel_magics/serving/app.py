@@ -65,6 +65,7 @@ class WorkerApp:
         self.expected = b"Bearer " + token.encode() if token else None
         self.unknown_errors = metrics.unknown_model_errors()
         self._openapi: bytes | None = None
+        self.serve_public: Callable[[], Any] | None = None  # set by worker.main
         self.static: dict[bytes, tuple[bytes, Callable[[Request, Connection], None]]] = {
             b"/ping": (b"GET", self.ping),
             b"/health": (b"GET", self.health),
@@ -79,6 +80,7 @@ class WorkerApp:
             b"/_control/discard": (b"POST", self.c_discard),
             b"/_control/unload": (b"POST", self.c_unload),
             b"/_control/state": (b"GET", self.c_state),
+            b"/_control/serve": (b"POST", self.c_serve),
         }
 
     def close(self) -> None:
@@ -365,6 +367,21 @@ class WorkerApp:
             previous = self.table.unload(name, doc.get("history"))
             log.info("unloaded %s (was v%s)", name, previous)
             conn.send(200, _dumps({"name": name, "previous_version": previous}), req=req)
+
+    def c_serve(self, req: Request, conn: Connection) -> None:
+        """Start accepting on the public socket (after the supervisor restored the models)."""
+
+        async def go() -> None:
+            try:
+                if self.serve_public is not None:
+                    await self.serve_public()
+            except Exception as err:
+                log.exception("cannot serve the public socket")
+                conn.send(503, error_body(f"cannot serve: {err}"), req=req)
+                return
+            conn.send(200, b'{"serving": true}', req=req)
+
+        self.loop.create_task(go())
 
     def c_state(self, req: Request, conn: Connection) -> None:
         state = {

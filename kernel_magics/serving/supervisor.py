@@ -126,7 +126,9 @@ class Supervisor:
                 return 1
             await self._restore_from_store()
             for w in self.workers:
-                w.ready = True
+                w.ready = await self._serve(w)
+            if not all(w.ready for w in self.workers):
+                return 1
             self._write_state()
             log.info("ready at %s in %.2f s", self.url, time.perf_counter() - started)
             await self.stop_event.wait()
@@ -230,6 +232,7 @@ class Supervisor:
 
     def _exited(self, w: Worker, proc: subprocess.Popen) -> None:
         if self.stopping or w.proc is not proc:
+            log.info("worker %d (pid %d) exited with %s", w.index, proc.pid, proc.returncode)
             return
         log.error(
             "worker %d (pid %d) exited with %s; respawning", w.index, proc.pid, proc.returncode
@@ -261,6 +264,8 @@ class Supervisor:
             return  # its exit is handled by _exited
         for name in sorted(self.live):
             await self._restore(name, [w])
+        if not await self._serve(w):
+            return
         w.ready = True
         self._write_state()
         log.info("worker %d back in %.2f s", w.index, time.perf_counter() - started)
@@ -282,6 +287,12 @@ class Supervisor:
         if proc is not None:
             proc.kill()
         return False
+
+    async def _serve(self, w: Worker) -> bool:
+        status, body = await self._call(w, "/_control/serve")
+        if status != 200:
+            log.error("worker %d cannot serve: %s", w.index, body.get("error"))
+        return status == 200
 
     async def _call(
         self, w: Worker, target: str, body: Any = None, timeout: float = 30.0

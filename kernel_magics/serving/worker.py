@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     log = logging.getLogger("kernel_magics.serving.worker")
+    faulthandler.enable()  # a crash in native code leaves its stack in the log
     parent = os.getppid()
     _die_with_parent()
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
@@ -95,13 +97,21 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(FileNotFoundError):
         control_path.unlink()
 
-    public = loop.run_until_complete(
-        loop.create_server(
-            lambda: Connection(app.handle_public, settings.max_body_bytes),
-            sock=listen,
-            backlog=1024,
-        )
-    )
+    servers: list[asyncio.AbstractServer] = []
+
+    async def serve_public() -> None:
+        """Called by the supervisor once the live models are loaded: accepting earlier would
+        answer 404 to requests that are only waiting for the restore."""
+        if not servers:
+            servers.append(
+                await loop.create_server(
+                    lambda: Connection(app.handle_public, settings.max_body_bytes),
+                    sock=listen,
+                    backlog=1024,
+                )
+            )
+
+    app.serve_public = serve_public
     control = loop.run_until_complete(
         loop.create_unix_server(
             lambda: Connection(app.handle_control, settings.max_body_bytes), path=str(control_path)
@@ -118,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loop.run_until_complete(stop.wait())
     finally:
-        public.close()
+        for server in servers:
+            server.close()
         control.close()
         app.close()
         with contextlib.suppress(FileNotFoundError):
