@@ -41,6 +41,10 @@ class Plan:
     spec: ModelSpec | None
     from_version: int | None
     to_version: int | None
+    # History as it stood when planned. The supervisor holds the model's lock from plan to
+    # commit, so commit can append its event without reading the store again: that keeps the
+    # time between "loaded and warm" and "live" short.
+    history: tuple[dict, ...] = ()
 
 
 class Lifecycle:
@@ -80,12 +84,12 @@ class Lifecycle:
             max_wait_ms=float(wait) if wait is not None else None,
         )
 
-    def rollback_target(self, name: str, live: int | None) -> int:
+    def rollback_target(self, name: str, live: int | None, history: list[dict]) -> int:
         """The version that was live before the current one (the newest event that made the
         current version live names it); rolling back twice therefore returns to where it began."""
         if live is None:
             raise InvalidInput(f"{name} is not deployed; nothing to roll back")
-        for event in reversed(self.store.history(name)):
+        for event in reversed(history):
             if event["to_version"] == live and event["from_version"] is not None:
                 return event["from_version"]
         raise InvalidInput(f"{name} has no earlier live version to roll back to; use --to VERSION")
@@ -100,19 +104,24 @@ class Lifecycle:
                 raise NotFound(f"no registered model named {name!r}")
             if live is None:
                 raise InvalidInput(f"{name} is not deployed")
-            return Plan(name, action, None, live, None)
+            return Plan(name, action, None, live, None, tuple(self.store.history(name)))
         if action == "rollback":
             if not self.store.model_exists(name):
                 raise NotFound(f"no registered model named {name!r}")
-            target = int(ref) if ref is not None else self.rollback_target(name, live)
+            history = self.store.history(name)
+            target = int(ref) if ref is not None else self.rollback_target(name, live, history)
             info = self.store.resolve(name, target)
         else:
             info = self.store.resolve(name, ref)
-        return Plan(name, action, self.spec_for(info, **options), live, info.version)
+            history = self.store.history(name)
+        spec = self.spec_for(info, **options)
+        return Plan(name, action, spec, live, info.version, tuple(history))
 
     def commit(self, plan: Plan) -> list[dict]:
-        self.store.record_transition(plan.name, plan.action, plan.from_version, plan.to_version)
-        return self.store.history(plan.name)
+        event = self.store.record_transition(
+            plan.name, plan.action, plan.from_version, plan.to_version
+        )
+        return [*plan.history, event]
 
     def live_specs(self) -> list[ModelSpec]:
         """What a (re)started inference process must serve. A version that fails its hash check

@@ -270,8 +270,9 @@ class Store:
 
     def record_transition(
         self, name: str, action: str, from_version: int | None, to_version: int | None
-    ) -> None:
-        """Move the live alias and append the event to the history, under the write lock."""
+    ) -> dict:
+        """Move the live alias and append the event to the history, under the write lock.
+        Returns the event as ``history`` lists it."""
         exp_id = self.experiment_id(DEPLOYMENTS_EXPERIMENT_NAME)
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
         arrow = f"v{from_version or '-'} → v{to_version or '-'}"
@@ -293,6 +294,12 @@ class Store:
                 },
             )
             self.client.set_terminated(run.info.run_id, "FINISHED")
+        return {
+            "time": now,
+            "action": action,
+            "from_version": from_version,
+            "to_version": to_version,
+        }
 
     def history(self, name: str) -> list[dict]:
         """Deployment events of one model, oldest first."""
