@@ -265,7 +265,8 @@ class WorkerApp:
         if self._openapi is None:
             from kernel_magics.serving.openapi import document
 
-            self._openapi = _dumps(document())
+            models = [m.describe() for m in self.table.live.values()]
+            self._openapi = _dumps(document(models, self.max_rows))
         conn.send(200, self._openapi, req=req)
 
     def list_models(self, req: Request, conn: Connection) -> None:
@@ -343,6 +344,7 @@ class WorkerApp:
         try:
             name, version = str(doc["name"]), int(doc["version"])
             previous = self.table.activate(name, version, doc.get("history"))
+            self._openapi = None
         except (KeyError, TypeError, ValueError) as err:
             conn.send(404, error_body(str(err).strip("'\"")), req=req)
             return
@@ -365,6 +367,7 @@ class WorkerApp:
         if doc is not None:
             name = str(doc.get("name"))
             previous = self.table.unload(name, doc.get("history"))
+            self._openapi = None
             log.info("unloaded %s (was v%s)", name, previous)
             conn.send(200, _dumps({"name": name, "previous_version": previous}), req=req)
 

@@ -52,8 +52,12 @@ def json_rows(body: bytes) -> np.ndarray:
         rows = doc.get("inputs")
         if rows is None:
             raise InvalidInput('body needs an "instances" or "inputs" key holding a list of rows')
-    elif "inputs" in doc:
-        raise InvalidInput('give either "instances" or "inputs", not both')
+    if len(doc) != 1:
+        extra = ", ".join(repr(k) for k in doc if k not in ("instances", "inputs"))
+        raise InvalidInput(
+            'give exactly one of "instances" or "inputs"'
+            + (f"; unknown key(s) {extra}" if extra else "")
+        )
     if not isinstance(rows, list):
         raise InvalidInput('"instances" must be a list of rows')
     if not rows:

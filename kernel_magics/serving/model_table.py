@@ -36,7 +36,8 @@ class Signature:
 
     def describe(self) -> dict:
         return {
-            "input": {"dtype": self.dtype.name, "shape": list(self.shape)},
+            "input": {"dtype": self.dtype.name, "shape": list(self.shape)}
+            | ({"columns": self.columns} if self.columns else {}),
             "output": {"dtype": self.output_dtype, "shape": list(self.output_shape or ())}
             if self.output_shape is not None
             else None,

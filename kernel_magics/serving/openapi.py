@@ -53,8 +53,16 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": 'Exactly one of "instances" or "inputs"',
         "oneOf": [
-            {"required": ["instances"], "properties": {"instances": _ROWS}},
-            {"required": ["inputs"], "properties": {"inputs": _ROWS}},
+            {
+                "required": ["instances"],
+                "additionalProperties": False,
+                "properties": {"instances": _ROWS},
+            },
+            {
+                "required": ["inputs"],
+                "additionalProperties": False,
+                "properties": {"inputs": _ROWS},
+            },
         ],
     },
     "PredictResponse": {
@@ -124,21 +132,31 @@ SCHEMAS: dict[str, Any] = {
     },
     "DeployRequest": {
         "type": "object",
+        "additionalProperties": False,
         "properties": {
             "ref": {
                 "type": "string",
+                "minLength": 1,
                 "nullable": True,
                 "description": "Version number or alias; null = newest version",
             },
-            "max_batch_size": {"type": "integer", "minimum": 1, "nullable": True},
-            "max_wait_ms": {"type": "number", "minimum": 0, "nullable": True},
+            "max_batch_size": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 1 << 20,
+                "nullable": True,
+            },
+            "max_wait_ms": {"type": "number", "minimum": 0, "maximum": 10000, "nullable": True},
         },
     },
     "RollbackRequest": {
         "type": "object",
+        "additionalProperties": False,
         "properties": {
             "to": {
                 "type": "integer",
+                "minimum": 1,
+                "maximum": 2**31 - 1,
                 "nullable": True,
                 "description": "Version to make live; null = the one live before this one",
             }
@@ -177,7 +195,70 @@ def _manage(action: str, body: str | None, summary: str) -> dict:
     return {"post": op}
 
 
-def document() -> dict:
+_FLOAT32_MAX = 3.4e38  # larger JSON numbers overflow float32 to infinity: refused
+
+
+def _row_schema(shape: list[int], dtype: str) -> dict:
+    """JSON schema of one row of a model's input (shape without the batch dimension)."""
+    if dtype.startswith(("int", "uint")):
+        item: dict = {"type": "integer"}
+    else:
+        item = {"type": "number", "minimum": -_FLOAT32_MAX, "maximum": _FLOAT32_MAX}
+    for size in reversed(shape):
+        item = {"type": "array", "items": item}
+        if size != -1:
+            item.update(minItems=size, maxItems=size)
+    return item
+
+
+def _model_paths(model: dict, max_rows: int) -> dict:
+    """Concrete paths for one live model, with its exact row shape: a client (or a fuzzer) can
+    build valid requests from the document alone. They take precedence over the templates."""
+    name, spec = model["name"], model.get("input") or {}
+    shape, dtype = list(spec.get("shape") or [-1]), str(spec.get("dtype") or "float32")
+    rows = {"type": "array", "minItems": 1, "maxItems": min(max_rows, 1024)}
+    rows["items"] = _row_schema(shape[1:], dtype)
+    one_of = [
+        {"type": "object", "required": [key], "additionalProperties": False,
+         "properties": {key: rows}}
+        for key in ("instances", "inputs")
+    ]  # fmt: skip
+    body = {"required": True, "content": {"application/json": {"schema": {"oneOf": one_of}}}}
+    # MLflow's protocol ignores keys it does not know ("params" among them): so do we there.
+    loose = [{k: v for k, v in alt.items() if k != "additionalProperties"} for alt in one_of]
+    inv_content: dict = {"application/json": {"schema": {"oneOf": loose}}}
+    if spec.get("columns"):
+        inv_content["text/csv"] = {"schema": {"type": "string"}}
+    inv_body = {"required": True, "content": inv_content}
+    predict = document_template()["paths"]["/v1/models/{name}:predict"]["post"]
+    invocations = document_template()["paths"]["/v1/models/{name}/invocations"]["post"]
+    info = document_template()["paths"]["/v1/models/{name}"]["get"]
+    strip = {"parameters": []}
+    return {
+        f"/v1/models/{name}:predict": {
+            "post": {**predict, **strip, "operationId": f"predict_{name}", "requestBody": body}
+        },
+        f"/v1/models/{name}/invocations": {
+            "post": {
+                **invocations,
+                **strip,
+                "operationId": f"invocations_{name}",
+                "requestBody": inv_body,
+            }
+        },
+        f"/v1/models/{name}": {"get": {**info, **strip, "operationId": f"getModel_{name}"}},
+    }
+
+
+def document(models: list[dict] | None = None, max_rows: int = 65536) -> dict:
+    """The API, plus one set of concrete paths per live model (regenerated on every swap)."""
+    doc = document_template()
+    for model in models or []:
+        doc["paths"].update(_model_paths(model, max_rows))
+    return doc
+
+
+def document_template() -> dict:
     npy = {"application/x-npy": {"schema": {"type": "string", "format": "binary"}}}
     return {
         "openapi": "3.0.3",
@@ -308,7 +389,6 @@ def document() -> dict:
                         "required": True,
                         "content": {
                             "application/json": {"schema": _ref("InvocationsRequest")},
-                            "text/csv": {"schema": {"type": "string"}},
                         },
                     },
                     "responses": {

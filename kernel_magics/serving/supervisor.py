@@ -460,13 +460,15 @@ def _parse_manage_body(action: str, raw: bytes) -> tuple[Any, dict]:
         doc = orjson.loads(raw) if raw and raw.strip() else {}
     except orjson.JSONDecodeError as err:
         raise InvalidInput(f"body is not valid JSON: {err}") from None
-    if doc is None:
-        doc = {}
     if not isinstance(doc, dict):
         raise InvalidInput("body must be a JSON object")
     if action == "undeploy":
         return None, {}
     if action == "rollback":
+        if set(doc) - {"to"}:
+            raise InvalidInput(
+                f"unknown rollback option(s): {', '.join(sorted(set(doc) - {'to'}))}"
+            )
         to = doc.get("to")
         if to is not None and (isinstance(to, bool) or not isinstance(to, int | str)):
             raise InvalidInput('"to" must be a version number or null')

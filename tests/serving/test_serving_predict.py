@@ -135,6 +135,8 @@ BAD_INPUTS = [
     ("not json", b"{not json", "application/json", 400, "not valid JSON"),
     ("no key", b'{"foo": [[1]]}', "application/json", 400, '"instances" or "inputs"'),
     ("list body", b"[[1, 2]]", "application/json", 400, "JSON object"),
+    ("extra key", b'{"inputs": [[1]], "x": 1}', "application/json", 400, "unknown key"),
+    ("both keys", b'{"inputs": [[1]], "instances": [[1]]}', "application/json", 400, "exactly one"),
     ("ragged", b'{"instances": [[1, 2], [1]]}', "application/json", 400, "same length"),
     (
         "features",
@@ -234,6 +236,10 @@ def test_routes_methods_and_tokens(client, mlp):
     assert health["status"] == "ok" and health["models"]["mlp"] == mlp.version
     doc = requests.get(f"{url}/openapi.json").json()
     assert doc["openapi"].startswith("3.") and "/v1/models/{name}:predict" in doc["paths"]
+    # Each live model gets concrete paths with its exact row shape.
+    body = doc["paths"]["/v1/models/mlp:predict"]["post"]["requestBody"]
+    row = body["content"]["application/json"]["schema"]["oneOf"][0]["properties"]["instances"]
+    assert row["items"]["minItems"] == row["items"]["maxItems"] == 32
     r = requests.post(
         f"{url}/v1/models/nope:predict", json={"instances": [[1]]}, headers=auth(client)
     )
