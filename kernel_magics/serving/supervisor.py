@@ -305,7 +305,9 @@ class Supervisor:
     def _write_state(self) -> None:
         if self.stopping:
             return
-        ready = all(w.ready for w in self.workers)
+        # "restarting" only while no worker serves: with several workers the others keep
+        # answering while one is respawned ("workers_ready" tells the difference).
+        serving = sum(w.ready for w in self.workers)
         pids = [w.proc.pid for w in self.workers if w.proc is not None]
         state = {
             "url": self.url,
@@ -314,7 +316,8 @@ class Supervisor:
             "host": self.settings.host,
             "workers": pids,
             "worker_pids": pids,
-            "status": "ready" if ready else "restarting",
+            "status": "ready" if serving else "restarting",
+            "workers_ready": serving,
             "started_at": self.started_at,
         }
         write_json_atomic(self.settings.state_file, state)
