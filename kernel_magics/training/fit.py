@@ -17,6 +17,7 @@ import torch
 from kernel_magics.errors import InvalidInput, TrainingInterrupted
 from kernel_magics.training.data import PreparedData
 from kernel_magics.training.metrics import format_value, key_metrics, task_metrics
+from kernel_magics.widgets.progress import NullProgress
 
 if TYPE_CHECKING:  # the widgets module is only needed for the type, never at import time
     from kernel_magics.widgets.progress import Progress
@@ -72,7 +73,7 @@ def fit(
     except KeyboardInterrupt as exc:
         raise TrainingInterrupted("training interrupted before the first epoch") from exc
 
-    reporter = progress if progress is not None else _Silent()
+    reporter = progress if progress is not None else NullProgress()
     sizes = _batch_sizes(len(data.X_train), batch_size)
     loss_fn = _loss(data.task)
     history: list[EpochResult] = []
@@ -313,22 +314,6 @@ def _settle(model: torch.nn.Module) -> None:
 
 
 # -- reporting ----------------------------------------------------------------------------------
-class _Silent:
-    """The progress reporter when none is given."""
-
-    def start(self, epochs: int, steps_per_epoch: int, title: str) -> None:
-        pass
-
-    def step(self, loss: float) -> None:
-        pass
-
-    def epoch_end(self, result: EpochResult) -> None:
-        pass
-
-    def finish(self, status: str, message: str) -> None:
-        pass
-
-
 def _summary(epochs: int, seconds: float, last: EpochResult) -> str:
     shown = ", ".join(f"{k} {format_value(v)}" for k, v in key_metrics(last.metrics).items())
     where = "validation" if last.metrics_on == "validation" else "training set, no validation"
