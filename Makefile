@@ -49,7 +49,10 @@ lint: setup
 	$(BIN)/ruff check kernel_magics tests bench
 	$(BIN)/ruff format --check kernel_magics tests bench
 
+# wrk (Debian) is the load generator; without it the benchmark uses its bounded Python client.
 bench: setup
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 || \
+		echo "wrk not installed: the benchmark falls back to its Python load client"
 	$(BIN)/python bench/serving.py
 
 clean:

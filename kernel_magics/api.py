@@ -13,7 +13,10 @@ and only render what they return. Every failure a user can cause raises a
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -144,14 +147,12 @@ def deploy(
     name, ref = parse_ref(target)
     ref = str(version) if version is not None else ref
     s = _settings(settings)
-    _store(s).resolve(name, ref)  # fail fast, before any process starts, on an unknown ref
     options = {
         k: v
         for k, v in (("max_batch_size", max_batch_size), ("max_wait_ms", max_wait_ms))
         if v is not None
     }
-    client = _client(s)
-    client.ensure_running()
+    client = _running_client(s, lambda: _store(s).resolve(name, ref))
     return {**client.deploy(name, ref, **options), "url": client.url}
 
 
@@ -159,11 +160,31 @@ def rollback(name: str, to: int | None = None, *, settings: Settings | None = No
     """Make the previously live version (or version ``to``) live again, same hot swap."""
     validate_name(name)
     s = _settings(settings)
-    if to is not None:
-        _store(s).resolve(name, int(to))
-    client = _client(s)
-    client.ensure_running()
+    check = (lambda: _store(s).resolve(name, int(to))) if to is not None else (lambda: None)
+    client = _running_client(s, check)
     return {**client.rollback(name, to), "url": client.url}
+
+
+def _running_client(settings: Settings, check: Callable[[], object]) -> ServingClient:
+    """The client of a running inference process. A process that must start (≈3 s of imports)
+    starts while ``check`` validates the request in the kernel (an unknown model or version
+    fails at once, without waiting for the start)."""
+    client = _client(settings)
+    if client.is_ready():
+        check()
+        return client
+    starting: concurrent.futures.Future = concurrent.futures.Future()
+
+    def start() -> None:
+        try:
+            starting.set_result(client.ensure_running())
+        except BaseException as err:
+            starting.set_exception(err)
+
+    threading.Thread(target=start, name="kernel-magics-start", daemon=True).start()
+    check()
+    starting.result()
+    return client
 
 
 def undeploy(name: str, *, settings: Settings | None = None) -> dict:
@@ -177,7 +198,9 @@ def undeploy(name: str, *, settings: Settings | None = None) -> dict:
 def history(name: str, *, settings: Settings | None = None) -> list[dict]:
     """Deployment events of ``name``, oldest first: time, action, from_version, to_version."""
     validate_name(name)
-    return _store(_settings(settings)).history(name)
+    s = _settings(settings)
+    _client(s).settle(name)
+    return _store(s).history(name)
 
 
 # -- inference ----------------------------------------------------------------------------------

@@ -31,6 +31,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 0
     workers: int = 1
+    # %load_ext starts (or reattaches to) the inference process in the background, so the
+    # first %deploy finds it warm instead of paying ~3 s of torch imports.
+    autostart: bool = True
     max_batch_size: int = 64
     max_wait_ms: float = 1.0
     torch_threads: int = 1

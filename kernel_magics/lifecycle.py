@@ -1,11 +1,12 @@
 """Deployment state transitions: what deploy, rollback and undeploy mean against the store.
 
 The supervisor of the inference process runs these, one model at a time under its per-model
-lock, in two steps around loading: ``plan`` resolves and verifies the target version (nothing
-changes yet), the workers load and warm it, then ``commit`` moves the live alias and appends the
-history event. A version that fails to load is never committed, so the store and the process
-agree on what is live. ``live_specs`` rebuilds what a restarted process must serve from the
-store alone.
+lock, in steps around loading: ``plan`` resolves and verifies the target version (nothing
+changes yet), the workers load and warm it, ``make_live`` moves the live alias, the workers
+activate it, and ``record`` appends the history event (after the caller has its answer: the
+model's lock is held until it is written, so the next transition sees it). A version that fails
+to load is never made live, so the store and the process agree on what is live.
+``live_specs`` rebuilds what a restarted process must serve from the store alone.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from dataclasses import dataclass
 
 from kernel_magics.config import Settings
 from kernel_magics.errors import IntegrityError, InvalidInput, KernelMagicsError, NotFound
-from kernel_magics.store import Store, VersionInfo, hash_model_dir, validate_name
+from kernel_magics.store import (
+    Store,
+    VersionInfo,
+    hash_model_dir,
+    transition_event,
+    validate_name,
+)
 
 log = logging.getLogger(__name__)
 ACTIONS = ("deploy", "rollback", "undeploy")
@@ -117,11 +124,22 @@ class Lifecycle:
         spec = self.spec_for(info, **options)
         return Plan(name, action, spec, live, info.version, tuple(history))
 
+    def make_live(self, plan: Plan) -> tuple[dict, list[dict]]:
+        """Move the live alias (the source of truth a restarted process rebuilds from).
+        Returns the event and the history including it; ``record`` writes the event later."""
+        self.store.set_live(plan.name, plan.to_version)
+        event = transition_event(plan.action, plan.from_version, plan.to_version)
+        return event, [*plan.history, event]
+
+    def record(self, plan: Plan, event: dict) -> None:
+        """Append the event to the deployment history in the store."""
+        self.store.append_event(plan.name, event)
+
     def commit(self, plan: Plan) -> list[dict]:
-        event = self.store.record_transition(
-            plan.name, plan.action, plan.from_version, plan.to_version
-        )
-        return [*plan.history, event]
+        """``make_live`` then ``record``: the whole transition in one call."""
+        event, history = self.make_live(plan)
+        self.record(plan, event)
+        return history
 
     def live_specs(self) -> list[ModelSpec]:
         """What a (re)started inference process must serve. A version that fails its hash check

@@ -123,6 +123,7 @@ class KernelMagics(Magics, Configurable):
     host = _setting(Unicode, "host", "address the inference process listens on")
     port = _setting(Int, "port", "port of the inference process (0: any free port)")
     workers = _setting(Int, "workers", "worker processes of the inference process")
+    autostart = _setting(Bool, "autostart", "%load_ext starts the inference process")
     max_batch_size = _setting(Int, "max_batch_size", "largest batch the batcher forms")
     max_wait_ms = _setting(Float, "max_wait_ms", "how long the batcher waits to fill a batch")
     torch_threads = _setting(Int, "torch_threads", "torch threads per worker")
@@ -385,7 +386,7 @@ def _pretty_train_result(result: TrainResult, printer: Any, cycle: bool) -> None
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext kernel_magics``: register the magics and their %config traits."""
-    from kernel_magics.warmup import start_warmup
+    from kernel_magics.warmup import start_server, start_warmup
 
     magics = KernelMagics(shell=ipython)  # Magics.__init__ adds it to ipython.configurables
     if magics not in ipython.configurables:
@@ -393,7 +394,10 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(magics)
     # Terminals and papermill's text output get a short summary instead of the dataclass repr.
     ipython.display_formatter.formatters["text/plain"].for_type(TrainResult, _pretty_train_result)
-    start_warmup(magics.settings())
+    settings = magics.settings()
+    start_warmup(settings)
+    if settings.autostart:
+        start_server(settings)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

@@ -268,38 +268,34 @@ class Store:
                 live[rm.name] = int(aliases[LIVE_ALIAS])
         return live
 
-    def record_transition(
-        self, name: str, action: str, from_version: int | None, to_version: int | None
-    ) -> dict:
-        """Move the live alias and append the event to the history, under the write lock.
-        Returns the event as ``history`` lists it."""
-        exp_id = self.experiment_id(DEPLOYMENTS_EXPERIMENT_NAME)
-        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
-        arrow = f"v{from_version or '-'} → v{to_version or '-'}"
+    def set_live(self, name: str, version: int | None) -> None:
+        """Point the live alias at ``version`` (``None`` removes it), under the write lock."""
         with self.write_lock():
-            if to_version is None:
+            if version is None:
                 with contextlib.suppress(Exception):
                     self.client.delete_registered_model_alias(name, LIVE_ALIAS)
             else:
-                self.client.set_registered_model_alias(name, LIVE_ALIAS, str(to_version))
+                self.client.set_registered_model_alias(name, LIVE_ALIAS, str(version))
+
+    def append_event(self, name: str, event: dict) -> None:
+        """Append one deployment event (as ``transition_event`` builds it) to the history: a
+        finished run in the deployments experiment, so the MLflow UI lists it too."""
+        exp_id = self.experiment_id(DEPLOYMENTS_EXPERIMENT_NAME)
+        before, after = event["from_version"], event["to_version"]
+        arrow = f"v{before or '-'} → v{after or '-'}"
+        with self.write_lock():
             run = self.client.create_run(
                 exp_id,
-                run_name=f"{name}: {action} {arrow}",
+                run_name=f"{name}: {event['action']} {arrow}",
                 tags={
                     "km.model": name,
-                    "km.action": action,
-                    "km.from_version": str(from_version or ""),
-                    "km.to_version": str(to_version or ""),
-                    "km.time": now,
+                    "km.action": event["action"],
+                    "km.from_version": str(before or ""),
+                    "km.to_version": str(after or ""),
+                    "km.time": event["time"],
                 },
             )
             self.client.set_terminated(run.info.run_id, "FINISHED")
-        return {
-            "time": now,
-            "action": action,
-            "from_version": from_version,
-            "to_version": to_version,
-        }
 
     def history(self, name: str) -> list[dict]:
         """Deployment events of one model, oldest first."""
@@ -337,6 +333,16 @@ class Store:
             if run.info.run_id in wanted:
                 out[run.info.run_id] = dict(run.data.metrics)
         return out
+
+
+def transition_event(action: str, from_version: int | None, to_version: int | None) -> dict:
+    """One deployment event as ``Store.history`` lists it, stamped now (UTC)."""
+    return {
+        "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
+        "action": action,
+        "from_version": from_version,
+        "to_version": to_version,
+    }
 
 
 def retry_locked(fn: Any, *args: Any, attempts: int = 8, **kwargs: Any) -> Any:

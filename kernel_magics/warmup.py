@@ -4,6 +4,7 @@ In a fresh kernel the first ``log_model`` takes ~4 s (imports, the exporter's fi
 signature inference) against ~0.15 s afterwards, and the first store access creates the SQLite
 schema (~1 s). ``%load_ext kernel_magics`` starts this warm-up in a daemon thread so the end of
 the first ``%train`` (last epoch → registered version) stays well under a second.
+``start_server`` does the same for the inference process (``autostart``, on by default).
 """
 
 from __future__ import annotations
@@ -48,3 +49,21 @@ def start_warmup(settings: Settings) -> threading.Thread:
             )
             _started.start()
         return _started
+
+
+def start_server(settings: Settings) -> threading.Thread:
+    """Start (or reattach to) the inference process in a daemon thread: a cold worker spends
+    ~3 s importing torch and the pt2 loader, which the user would otherwise wait for at the
+    first %deploy. Failures stay quiet here; %deploy reports them when it needs the process."""
+
+    def run() -> None:
+        try:
+            from kernel_magics.serving.client import ServingClient
+
+            ServingClient(settings).ensure_running()
+        except Exception as err:
+            log.debug("autostart of the inference process skipped: %s", err)
+
+    thread = threading.Thread(target=run, name="kernel-magics-autostart", daemon=True)
+    thread.start()
+    return thread

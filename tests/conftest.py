@@ -84,6 +84,9 @@ def km_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 mp.delenv(key)
         mp.setenv("KERNEL_MAGICS_HOME", str(home))
         mp.setenv("KERNEL_MAGICS_PROGRESS", "none")
+        # Tests start the inference process when they need it (tests/test_autostart.py covers
+        # the default, where %load_ext starts it): a process per module would only cost CPU.
+        mp.setenv("KERNEL_MAGICS_AUTOSTART", "0")
         try:
             yield home
         finally:

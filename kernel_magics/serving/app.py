@@ -303,7 +303,8 @@ class WorkerApp:
             reused = self.table.reusable(spec, s.max_batch_size, s.max_wait_ms)
             if reused is not None:
                 self.table.stage(reused)
-                conn.send(200, _dumps({"load_ms": 0.0, "warm_ms": 0.0, "reused": True}), req=req)
+                body = {"load_ms": 0.0, "warm_ms": 0.0, "reused": True, "ready_at": time.time()}
+                conn.send(200, _dumps(body), req=req)
                 return
             model = model_from_spec(spec, s.max_batch_size, s.max_wait_ms)
             await self.loop.run_in_executor(self.loader, _load_and_warm, model)
@@ -334,6 +335,9 @@ class WorkerApp:
             "load_ms": round(model.load_ms, 2),
             "warm_ms": round(model.warm_ms, 2),
             "reused": False,
+            # wall clock (shared by every process on the machine) when it was loaded and warm:
+            # the supervisor reports the latest one, so a caller can time the swap after it
+            "ready_at": time.time(),
         }
         conn.send(200, _dumps(body), req=req)
 

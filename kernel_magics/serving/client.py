@@ -125,6 +125,11 @@ class ServingClient:
             return False
 
     # -- lifecycle of the process -----------------------------------------------------------------
+    def is_ready(self) -> bool:
+        """A process serves this home and answers (a state-file read and one ping)."""
+        state = self._state()
+        return bool(state and state.get("status") == "ready" and self._ping(state["url"]))
+
     def ensure_running(self, timeout: float = 60) -> str:
         state = self._state()
         if state and state.get("status") == "ready" and self._ping(state["url"]):
@@ -217,6 +222,15 @@ class ServingClient:
                 return True
             time.sleep(0.05)
         return not pid_alive(pid)
+
+    def settle(self, name: str, timeout: float = 30) -> None:
+        """Wait until a running inference process has written every transition of ``name`` to
+        the store (it answers a deploy before its history write). No process: nothing to wait."""
+        if self._state() is None:
+            return
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            path = str(self.settings.control_socket)
+            control.request_sync(path, "POST", f"/settle/{name}", timeout=timeout)
 
     def logs(self, lines: int = 50) -> str:
         try:

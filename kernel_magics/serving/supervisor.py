@@ -31,14 +31,12 @@ from typing import Any
 import orjson
 
 from kernel_magics.config import Settings, load_settings
-from kernel_magics.errors import InvalidInput, KernelMagicsError
 from kernel_magics.serving import control
 from kernel_magics.serving.protocol import Connection, Request, error_body
+from kernel_magics.serving.transitions import LOAD_TIMEOUT, run_transition
 
 log = logging.getLogger("kernel_magics.serving.supervisor")
 _READY_TIMEOUT = 180.0
-_LOAD_TIMEOUT = 600.0
-_OPTIONS = ("max_batch_size", "max_wait_ms")
 
 
 def ensure_token(settings: Settings) -> str:
@@ -197,19 +195,19 @@ class Supervisor:
             await self._restore(name, self.workers)
 
     async def _restore(self, name: str, workers: list[Worker]) -> None:
-        async with self._lock(name):
+        async with self.lock(name):
             if name not in self.live:
                 return
             spec, history = self.live[name]
             for w in workers:
-                status, body = await self._call(w, "/_control/load", spec, _LOAD_TIMEOUT)
+                status, body = await self.call(w, "/_control/load", spec, LOAD_TIMEOUT)
                 if status != 200:
                     log.error(
                         "restoring %s v%s failed: %s", name, spec["version"], body.get("error")
                     )
                     continue
                 body = {"name": name, "version": spec["version"], "history": history}
-                await self._call(w, "/_control/activate", body)
+                await self.call(w, "/_control/activate", body)
             log.info("restored %s v%s", name, spec["version"])
 
     # -- workers ------------------------------------------------------------------------------
@@ -289,12 +287,12 @@ class Supervisor:
         return False
 
     async def _serve(self, w: Worker) -> bool:
-        status, body = await self._call(w, "/_control/serve")
+        status, body = await self.call(w, "/_control/serve")
         if status != 200:
             log.error("worker %d cannot serve: %s", w.index, body.get("error"))
         return status == 200
 
-    async def _call(
+    async def call(
         self, w: Worker, target: str, body: Any = None, timeout: float = 30.0
     ) -> tuple[int, dict]:
         try:
@@ -333,6 +331,8 @@ class Supervisor:
                 conn.send(405, error_body("use POST"), extra_headers=b"allow: POST\r\n", req=req)
             else:
                 self.loop.create_task(self._manage_http(req, conn, name, action))
+        elif path.startswith(b"/settle/") and req.method == b"POST":
+            self.loop.create_task(self._settle(req, conn, path[8:].decode("latin-1")))
         elif path == b"/shutdown" and req.method == b"POST":
             conn.send(200, b'{"stopping": true}', req=req, keep_alive=False)
             self.loop.call_later(0.05, self.stop_event.set)
@@ -353,83 +353,28 @@ class Supervisor:
             )
 
     async def _manage_http(self, req: Request, conn: Connection, name: str, action: str) -> None:
+        answered = False
+
+        def answer(status: int, body: dict) -> None:
+            nonlocal answered
+            answered = True
+            conn.send(status, orjson.dumps(body), req=req)
+
         try:
-            status, body = await self.manage(name, action, req.body)
+            await run_transition(self, name, action, req.body, answer)
         except Exception as err:  # never leave a relayed call unanswered
             log.exception("%s %s failed", action, name)
-            status, body = 503, {"error": f"{action} failed: {type(err).__name__}: {err}"[:500]}
-        conn.send(status, orjson.dumps(body), req=req)
+            if not answered:
+                answer(503, {"error": f"{action} failed: {type(err).__name__}: {err}"[:500]})
 
-    async def manage(self, name: str, action: str, raw: bytes) -> tuple[int, dict]:
-        try:
-            ref, options = _parse_manage_body(action, raw)
-            lifecycle = await self.lifecycle()
-        except KernelMagicsError as err:
-            return err.http_status, {"error": str(err)}
-        async with self._lock(name):
-            try:
-                plan = await asyncio.to_thread(lifecycle.plan, name, action, ref, **options)
-            except KernelMagicsError as err:
-                return err.http_status, {"error": str(err)}
-            workers = [w for w in self.workers if w.ready]
-            if not workers:
-                return 503, {"error": "inference process is restarting; retry in a few seconds"}
-            spec = asdict(plan.spec) if plan.spec is not None else None
-            load_ms = None
-            if spec is not None:
-                results = await asyncio.gather(
-                    *(self._call(w, "/_control/load", spec, _LOAD_TIMEOUT) for w in workers)
-                )
-                failed = [
-                    (w, body)
-                    for w, (status, body) in zip(workers, results, strict=True)
-                    if status != 200
-                ]
-                if failed:
-                    discard = {"name": name, "version": spec["version"]}
-                    await asyncio.gather(
-                        *(self._call(w, "/_control/discard", discard) for w in workers)
-                    )
-                    why = failed[0][1].get("error") or "load failed"
-                    log.warning("%s %s v%s failed: %s", action, name, spec["version"], why)
-                    return 409, {"error": why}
-                load_ms = max(float(body.get("load_ms") or 0) for _, body in results)
-            try:
-                history = await asyncio.to_thread(lifecycle.commit, plan)
-            except Exception as err:
-                if spec is not None:
-                    discard = {"name": name, "version": spec["version"]}
-                    await asyncio.gather(
-                        *(self._call(w, "/_control/discard", discard) for w in workers)
-                    )
-                status = err.http_status if isinstance(err, KernelMagicsError) else 503
-                return status, {"error": f"could not record the {action} in the store: {err}"}
-            if spec is not None:
-                self.live[name] = (spec, history)
-                body = {"name": name, "version": spec["version"], "history": history}
-                results = await asyncio.gather(
-                    *(self._call(w, "/_control/activate", body) for w in workers)
-                )
-            else:
-                self.live.pop(name, None)
-                body = {"name": name, "history": history}
-                results = await asyncio.gather(
-                    *(self._call(w, "/_control/unload", body) for w in workers)
-                )
-            for w, (status, answer) in zip(workers, results, strict=True):
-                if status != 200:  # it died in between: its respawn restores from self.live
-                    log.error("worker %d: %s", w.index, answer.get("error"))
-            log.info("%s %s: v%s → v%s", action, name, plan.from_version, plan.to_version)
-            return 200, {
-                "name": name,
-                "version": plan.to_version,
-                "previous_version": plan.from_version,
-                "action": action,
-                "load_ms": load_ms,
-                "history": history,
-            }
+    async def _settle(self, req: Request, conn: Connection, name: str) -> None:
+        """Answer once no transition of ``name`` is running: its history write is then in the
+        store (transitions answer before that write, see transitions.py)."""
+        async with self.lock(name):
+            conn.send(200, b"{}", req=req)
 
-    def _lock(self, name: str) -> asyncio.Lock:
+    def lock(self, name: str) -> asyncio.Lock:
+        """Management of one model runs one call at a time (plan to history write)."""
         lock = self.locks.get(name)
         if lock is None:
             lock = self.locks[name] = asyncio.Lock()
@@ -456,47 +401,6 @@ class Supervisor:
         if self.sock is not None:
             self.sock.close()
         log.info("stopped")
-
-
-def _parse_manage_body(action: str, raw: bytes) -> tuple[Any, dict]:
-    try:
-        doc = orjson.loads(raw) if raw and raw.strip() else {}
-    except orjson.JSONDecodeError as err:
-        raise InvalidInput(f"body is not valid JSON: {err}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput("body must be a JSON object")
-    if action == "undeploy":
-        return None, {}
-    if action == "rollback":
-        if set(doc) - {"to"}:
-            raise InvalidInput(
-                f"unknown rollback option(s): {', '.join(sorted(set(doc) - {'to'}))}"
-            )
-        to = doc.get("to")
-        if to is not None and (isinstance(to, bool) or not isinstance(to, int | str)):
-            raise InvalidInput('"to" must be a version number or null')
-        if isinstance(to, str) and not to.isdigit():
-            raise InvalidInput(f'"to" must be a version number, got {to!r}')
-        return (int(to) if to is not None else None), {}
-    ref = doc.get("ref")
-    if ref is not None:
-        if isinstance(ref, bool) or not isinstance(ref, int | str) or ref == "":
-            raise InvalidInput('"ref" must be a version number, an alias or null')
-        ref = str(ref)
-    unknown = set(doc) - {"ref", *_OPTIONS}
-    if unknown:
-        raise InvalidInput(f"unknown deploy option(s): {', '.join(sorted(unknown))}")
-    options: dict[str, Any] = {}
-    batch, wait = doc.get("max_batch_size"), doc.get("max_wait_ms")
-    if batch is not None:
-        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 1 << 20:
-            raise InvalidInput("max_batch_size must be a whole number ≥ 1")
-        options["max_batch_size"] = batch
-    if wait is not None:
-        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 10_000:
-            raise InvalidInput("max_wait_ms must be a number between 0 and 10000")
-        options["max_wait_ms"] = float(wait)
-    return ref, options
 
 
 def main() -> int:

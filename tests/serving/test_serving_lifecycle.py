@@ -166,6 +166,8 @@ def test_racing_deploys_stay_consistent(client, settings, versions):
     for t in threads:
         t.join()
     assert len(results) == 4
+    # every call has answered; the last history write may still be under way until settled
+    client.settle("swap")
     live = Store(settings).live_version("swap")
     history = Store(settings).history("swap")
     assert history[-1]["to_version"] == live

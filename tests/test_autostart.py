@@ -1,0 +1,45 @@
+"""``%load_ext kernel_magics`` starts the inference process in the background (the default), so
+the first ``%deploy`` finds it running; a second load reattaches instead of starting another."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from kernel_magics import api
+
+
+def _wait_ready(timeout: float = 90.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = api.server_status()
+        if status and status.get("status") == "ready":
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"no ready inference process {timeout:.0f} s after %load_ext")
+
+
+def test_load_ext_starts_the_inference_process(
+    km_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from IPython.core.history import HistoryAccessor
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.setenv("KERNEL_MAGICS_AUTOSTART", "1")
+    HistoryAccessor.enabled = False
+    shell = InteractiveShell.instance()
+    assert api.server_status() is None
+    shell.run_line_magic("load_ext", "kernel_magics")
+    try:
+        status = _wait_ready()
+        assert status["models"] == {}
+        assert (km_home / "server.json").is_file()
+        # Loading again (a second notebook on the same home) reattaches to the same process.
+        shell.run_line_magic("unload_ext", "kernel_magics")
+        shell.run_line_magic("load_ext", "kernel_magics")
+        time.sleep(1.0)  # give a (wrong) second start the time to replace the state file
+        assert _wait_ready()["pid"] == status["pid"]
+    finally:
+        shell.run_line_magic("unload_ext", "kernel_magics")
