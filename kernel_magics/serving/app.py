@@ -396,6 +396,7 @@ class WorkerApp:
             "index": self.index,
             "models": {name: m.version for name, m in self.table.live.items()},
             "staged": [list(key) for key in self.table.staged],
+            "standby": {name: m.version for name, m in self.table.standby.items()},
         }
         conn.send(200, _dumps(state), req=req)
 

@@ -348,6 +348,9 @@ class ModelTable:
     def __init__(self) -> None:
         self.live: dict[str, LoadedModel] = {}
         self.staged: dict[tuple[str, int], LoadedModel] = {}
+        # The version each model served before its live one, still loaded and warm: a rollback
+        # to it (the common one) is a dict swap with no load. One per model bounds the memory.
+        self.standby: dict[str, LoadedModel] = {}
         self.history: dict[str, list] = {}
 
     def stage(self, model: LoadedModel) -> None:
@@ -362,6 +365,10 @@ class ModelTable:
             model = current
         previous = self.live.get(name)
         self.live[name] = model
+        if previous is not None and previous is not model:
+            self.standby[name] = previous
+        elif self.standby.get(name) is model:
+            del self.standby[name]
         if history is not None:
             self.history[name] = history
         return previous.version if previous else None
@@ -374,24 +381,26 @@ class ModelTable:
 
     def unload(self, name: str, history: list | None) -> int | None:
         model = self.live.pop(name, None)
+        self.standby.pop(name, None)
         if history is not None:
             self.history[name] = history
         return model.version if model else None
 
     def reusable(self, spec: dict, batch: int, wait_ms: float) -> LoadedModel | None:
-        """The live model itself when a deploy names the version already serving, unchanged."""
-        current = self.live.get(str(spec.get("name")))
-        if current is None:
-            return None
+        """A loaded model that is exactly what ``spec`` asks for: the live one (a deploy of the
+        version already serving) or the standby one (a rollback), else None."""
+        name = str(spec.get("name"))
         wanted = model_from_spec(spec, batch, wait_ms)
-        same = (
-            current.version == wanted.version
-            and current.sha256 == wanted.sha256
-            and current.path == wanted.path
-            and current.max_batch_size == wanted.max_batch_size
-            and current.max_wait_ms == wanted.max_wait_ms
-        )
-        return current if same else None
+        for current in (self.live.get(name), self.standby.get(name)):
+            if current is not None and (
+                current.version == wanted.version
+                and current.sha256 == wanted.sha256
+                and current.path == wanted.path
+                and current.max_batch_size == wanted.max_batch_size
+                and current.max_wait_ms == wanted.max_wait_ms
+            ):
+                return current
+        return None
 
     def describe(self, name: str) -> dict:
         return {**self.live[name].describe(), "history": self.history.get(name, [])}

@@ -44,7 +44,10 @@ def test_deploy_rollback_undeploy(client, versions, settings):
     np.testing.assert_array_equal(served(client, "swap", X)[0], v3.expected(X))
     r = client.rollback("swap")
     assert (r["version"], r["previous_version"], r["action"]) == (1, 3, "rollback")
-    assert served(client, "swap", X)[1] == 1
+    assert r["load_ms"] == 0.0, "v1 was kept loaded beside v3: rolling back to it loads nothing"
+    out, version = served(client, "swap", X)
+    assert version == 1
+    np.testing.assert_array_equal(out, v1.expected(X))
     r = client.rollback("swap", to=2)
     assert r["version"] == 2
     np.testing.assert_array_equal(served(client, "swap", X)[0], v2.expected(X))
