@@ -70,6 +70,7 @@ class ServingClient:
         self._local = threading.local()  # one keep-alive connection per thread
         self._proc: subprocess.Popen | None = None
         self._token: str | None = None
+        self._restarter: threading.Thread | None = None
 
     # -- discovery ------------------------------------------------------------------------------
     def _state(self) -> dict | None:
@@ -125,6 +126,28 @@ class ServingClient:
             return False
 
     # -- lifecycle of the process -----------------------------------------------------------------
+    def _crashed(self) -> bool:
+        """A state file whose supervisor is gone: it died without its clean stop, which removes
+        the file (the supervisor itself SIGKILLed; its workers die with it)."""
+        try:
+            state = json.loads(self.settings.state_file.read_text())
+            return not pid_alive(int(state.get("pid") or 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return False
+
+    def _restart_in_background(self) -> None:
+        """Bring a crashed process back from the store (it restores every live version) while
+        the caller gets "restarting"; the server lock makes concurrent callers start one."""
+        if self._restarter is not None and self._restarter.is_alive():
+            return
+
+        def run() -> None:
+            with contextlib.suppress(Exception):
+                self.ensure_running()
+
+        self._restarter = threading.Thread(target=run, name="kernel-magics-restart", daemon=True)
+        self._restarter.start()
+
     def is_ready(self) -> bool:
         """A process serves this home and answers (a state-file read and one ping)."""
         state = self._state()
@@ -247,6 +270,10 @@ class ServingClient:
     def _conn(self, timeout: float) -> http.client.HTTPConnection:
         state = self._state()
         if state is None:
+            restarting = self._restarter is not None and self._restarter.is_alive()
+            if restarting or self._crashed():
+                self._restart_in_background()
+                raise ServiceUnavailable(RESTARTING)
             raise ServiceUnavailable("the inference process is not running; start it first")
         if state.get("status") != "ready":
             raise ServiceUnavailable(RESTARTING)

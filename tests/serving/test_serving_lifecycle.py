@@ -215,3 +215,32 @@ def test_restart_restores_live_models_and_stop_cleans_up(client, settings):
     restored = {name: m["version"] for name, m in client.status()["models"].items()}
     assert restored == live
     assert url.startswith("http://127.0.0.1:")
+
+
+def test_sigkilled_supervisor_comes_back_on_the_next_call(client, settings):
+    """The whole process tree gone (supervisor SIGKILLed, its workers die with it): the next
+    kernel-side call answers "restarting" at once and starts it again, which restores every
+    live version from the store alone."""
+    live = {m["name"]: m["version"] for m in client.models()["models"]}
+    assert live, "the tests above leave models deployed"
+    state = json.loads(settings.state_file.read_text())
+    os.kill(state["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pid_alive(state["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(ServiceUnavailable, match="restarting"):
+        client.predict("swap", rows(1))
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            served(client, "swap", rows(1))
+            break
+        except ServiceUnavailable as err:
+            assert "restarting" in str(err)
+            time.sleep(0.1)
+    else:
+        pytest.fail("the inference process did not come back")
+    new = json.loads(settings.state_file.read_text())
+    assert new["pid"] != state["pid"]
+    assert {name: m["version"] for name, m in client.status()["models"].items()} == live
+    assert not any(pid_alive(p) for p in state["workers"])
