@@ -8,7 +8,6 @@ STAMP       := $(VENV)/.kernel-magics-installed
 DEMO_OUT    ?= .demo
 # The demo uses the embedded default store (KERNEL_MAGICS_HOME, default ~/.kernel-magics).
 DEMO_HOME   ?= $(or $(KERNEL_MAGICS_HOME),$(HOME)/.kernel-magics)
-TEST_HOME   ?= $(shell mktemp -d -u /tmp/kernel-magics-nbval.XXXXXX)
 
 .PHONY: setup demo test test-py test-notebooks lint bench clean
 
@@ -40,10 +39,11 @@ test-py: setup
 # nbval runs the quickstart in a fresh kernel against a throwaway home, then stops the
 # inference process it started there (only that one: it is found through that home's state file).
 test-notebooks: setup
-	KERNEL_MAGICS_HOME=$(TEST_HOME) KERNEL_MAGICS_PROGRESS=text \
+	home=$$(mktemp -d /tmp/kernel-magics-nbval.XXXXXX); \
+	KERNEL_MAGICS_HOME=$$home KERNEL_MAGICS_PROGRESS=text \
 		$(BIN)/pytest --nbval-lax notebooks/quickstart.ipynb -q -p no:cacheprovider; \
-	status=$$?; KERNEL_MAGICS_HOME=$(TEST_HOME) $(BIN)/kernel-magics serve stop >/dev/null 2>&1; \
-	rm -rf $(TEST_HOME); exit $$status
+	status=$$?; KERNEL_MAGICS_HOME=$$home $(BIN)/kernel-magics serve stop >/dev/null 2>&1; \
+	rm -rf $$home; exit $$status
 
 lint: setup
 	$(BIN)/ruff check kernel_magics tests bench

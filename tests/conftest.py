@@ -17,6 +17,7 @@ import pytest
 
 from kernel_magics import api
 from kernel_magics.config import load_settings
+from kernel_magics.serving.client import ServingClient
 
 PID_KEYS = ("pid", "workers", "worker_pids")
 
@@ -56,6 +57,9 @@ def stop_inference_process(home: Path) -> None:
     """Stop what this home's tests started: politely through the API, then, as a last resort,
     the PIDs its state file named (and only those)."""
     settings = load_settings(home=home)
+    # A start still under way (`%deploy nope` starts the process while the kernel checks the
+    # name) holds the start lock until its state file is written: wait for it first.
+    ServingClient(settings)._wait_for_start(timeout=90)
     pids = _state_pids(settings.state_file)
     with contextlib.suppress(Exception):
         api.server_stop(settings=settings)

@@ -201,6 +201,9 @@ def test_train_on_a_dataframe_target_column(ns: Any, digits: tuple[np.ndarray, n
 
 
 def test_models_and_status_without_a_server(ns: Any, capsys: pytest.CaptureFixture) -> None:
+    # `%deploy nope` above started the process while it checked the name: stop waits for it.
+    ns.run_line_magic("serve", "stop")
+    capsys.readouterr()
     assert ns.run_line_magic("models", "") is None
     out = capsys.readouterr().out
     assert "net" in out and "v1" in out and "LIVE" not in out

@@ -161,7 +161,7 @@ class ServingClient:
 
         self.settings.lock_dir.mkdir(parents=True, exist_ok=True)
         try:
-            with FileLock(str(self.settings.lock_dir / "server.lock"), timeout=timeout):
+            with FileLock(self._start_lock, timeout=timeout):
                 state = self._state()  # someone may have started it while we waited
                 if state and self._wait_ready(state["pid"], min(timeout, 30)):
                     return self._state()["url"]  # type: ignore[index]
@@ -220,6 +220,7 @@ class ServingClient:
         return False
 
     def stop(self, timeout: float = 10) -> bool:
+        self._wait_for_start(timeout=60)
         state = self._state()
         if state is None:
             return False
@@ -235,6 +236,19 @@ class ServingClient:
                 self._wait_exit(pid, 2)
         self._close()
         return True
+
+    def _wait_for_start(self, timeout: float) -> None:
+        """A start under way (another thread or kernel) holds the server lock until its state
+        file is written; stopping before that would miss the process it is starting."""
+        from filelock import FileLock, Timeout
+
+        self.settings.lock_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(Timeout), FileLock(self._start_lock, timeout=timeout):
+            pass
+
+    @property
+    def _start_lock(self) -> str:
+        return str(self.settings.lock_dir / "server.lock")
 
     def _wait_exit(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
