@@ -52,6 +52,8 @@ class Plan:
     # commit, so commit can append its event without reading the store again: that keeps the
     # time between "loaded and warm" and "live" short.
     history: tuple[dict, ...] = ()
+    # Serving options given explicitly to this deploy (recorded on the version at make_live).
+    options: tuple[tuple[str, object], ...] = ()
 
 
 class Lifecycle:
@@ -79,8 +81,10 @@ class Lifecycle:
                 f"{info.name} v{info.version}: model files changed since registration "
                 f"(hash {actual[:12]}… ≠ recorded {expected[:12]}…); refusing to load them"
             )
-        batch = options.get("max_batch_size")
-        wait = options.get("max_wait_ms")
+        # explicit options win; else what the version's last deploy asked for; else defaults
+        recorded = info.serve_options
+        batch = options.get("max_batch_size", recorded.get("max_batch_size"))
+        wait = options.get("max_wait_ms", recorded.get("max_wait_ms"))
         return ModelSpec(
             name=info.name,
             version=info.version,
@@ -122,11 +126,16 @@ class Lifecycle:
             info = self.store.resolve(name, ref)
             history = self.store.history(name)
         spec = self.spec_for(info, **options)
-        return Plan(name, action, spec, live, info.version, tuple(history))
+        changed = tuple(
+            (k, v) for k, v in sorted(options.items()) if info.serve_options.get(k) != v
+        )
+        return Plan(name, action, spec, live, info.version, tuple(history), changed)
 
     def make_live(self, plan: Plan) -> tuple[dict, list[dict]]:
         """Move the live alias (the source of truth a restarted process rebuilds from).
         Returns the event and the history including it; ``record`` writes the event later."""
+        if plan.options and plan.to_version is not None:
+            self.store.set_serve_options(plan.name, plan.to_version, dict(plan.options))
         self.store.set_live(plan.name, plan.to_version)
         event = transition_event(plan.action, plan.from_version, plan.to_version)
         return event, [*plan.history, event]

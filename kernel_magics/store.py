@@ -36,6 +36,10 @@ TAG_SHA256 = "km.sha256"
 TAG_TASK = "km.task"
 TAG_CLASSES = "km.classes"
 TAG_FORMAT = "km.format"
+# Serving options a deploy asked for, kept on the version so that a rollback to it and a
+# restarted process serve it the same way (explicit options on a later deploy replace them).
+TAG_SERVE_PREFIX = "km.serve."
+SERVE_OPTIONS = ("max_batch_size", "max_wait_ms")
 HISTORY_TAGS = ("km.model", "km.action", "km.from_version", "km.to_version", "km.time")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -96,6 +100,16 @@ class VersionInfo:
     @property
     def sha256(self) -> str | None:
         return self.tags.get(TAG_SHA256)
+
+    @property
+    def serve_options(self) -> dict[str, float]:
+        """The serving options the last deploy of this version asked for (may be empty)."""
+        out: dict[str, float] = {}
+        for key in SERVE_OPTIONS:
+            raw = self.tags.get(TAG_SERVE_PREFIX + key)
+            if raw:
+                out[key] = float(raw)
+        return out
 
 
 class Store:
@@ -276,6 +290,14 @@ class Store:
                     self.client.delete_registered_model_alias(name, LIVE_ALIAS)
             else:
                 self.client.set_registered_model_alias(name, LIVE_ALIAS, str(version))
+
+    def set_serve_options(self, name: str, version: int, options: dict[str, object]) -> None:
+        """Record the serving options a deploy asked for on the version (see ``serve_options``)."""
+        with self.write_lock():
+            for key, value in options.items():
+                self.client.set_model_version_tag(
+                    name, str(version), TAG_SERVE_PREFIX + key, str(value)
+                )
 
     def append_event(self, name: str, event: dict) -> None:
         """Append one deployment event (as ``transition_event`` builds it) to the history: a

@@ -184,16 +184,21 @@ class WorkerApp:
         headers = model.response_headers
 
         def done(out: Any, err: BaseException | None) -> None:
-            if err is not None:
-                stats.errors.inc()
-                conn.send(400, error_body(_model_error(err)), extra_headers=headers, req=req)
-            elif npy_out:
-                conn.send(200, npy_encode(out), NPY, headers, req)
-            else:
-                conn.send(200, predictions_json(out), extra_headers=headers, req=req)
+            try:
+                if err is not None:
+                    stats.errors.inc()
+                    conn.send(400, error_body(_model_error(err)), extra_headers=headers, req=req)
+                elif npy_out:
+                    conn.send(200, npy_encode(out), NPY, headers, req)
+                else:
+                    conn.send(200, predictions_json(out), extra_headers=headers, req=req)
+            finally:
+                inflight.leave()
             stats.requests.inc()
             stats.latency.observe(time.perf_counter() - req.t0)
 
+        inflight = model.inflight
+        inflight.enter()
         self.engine.submit(model.batcher, Item(array, done))
 
     def invocations(self, req: Request, conn: Connection, raw_name: bytes) -> None:
@@ -220,14 +225,19 @@ class WorkerApp:
         headers = model.response_headers
 
         def done(out: Any, err: BaseException | None) -> None:
-            if err is not None:
-                stats.errors.inc()
-                conn.send(400, error_body(_model_error(err)), extra_headers=headers, req=req)
-            else:
-                conn.send(200, invocations.answer(out, parsed), extra_headers=headers, req=req)
+            try:
+                if err is not None:
+                    stats.errors.inc()
+                    conn.send(400, error_body(_model_error(err)), extra_headers=headers, req=req)
+                else:
+                    conn.send(200, invocations.answer(out, parsed), extra_headers=headers, req=req)
+            finally:
+                inflight.leave()
             stats.requests.inc()
             stats.latency.observe(time.perf_counter() - req.t0)
 
+        inflight = model.inflight
+        inflight.enter()
         self.engine.submit(model.batcher, Item(parsed.array, done, raw=True))
 
     # -- management, relayed to the supervisor ------------------------------------------------
@@ -347,15 +357,31 @@ class WorkerApp:
             return
         try:
             name, version = str(doc["name"]), int(doc["version"])
-            previous = self.table.activate(name, version, doc.get("history"))
+            model, previous = self.table.activate(name, version, doc.get("history"))
             self._openapi = None
         except (KeyError, TypeError, ValueError) as err:
             conn.send(404, error_body(str(err).strip("'\"")), req=req)
             return
-        log.info("activated %s v%s (was v%s)", name, version, previous)
-        conn.send(
-            200, _dumps({"name": name, "version": version, "previous_version": previous}), req=req
-        )
+        log.info("activated %s v%s (was v%s)", name, version, previous and previous.version)
+        body = {"name": name, "version": version, "previous_version": previous and previous.version}
+        replaced = previous if previous is not model else None  # a redeploy replaces nothing
+        self.loop.create_task(self._answer_when_drained(replaced, body, req, conn))
+
+    async def _answer_when_drained(
+        self, previous: LoadedModel | None, body: dict, req: Request, conn: Connection
+    ) -> None:
+        """Answer a swap once the replaced version has sent its last response: from then on
+        every response of this worker comes from the new version."""
+        drained = True
+        if previous is not None:
+            drained = await previous.inflight.drained(self.settings.request_timeout_s)
+            if not drained:
+                log.warning(
+                    "%s v%s: requests still in flight after the swap",
+                    body["name"],
+                    previous.version,
+                )
+        conn.send(200, _dumps({**body, "drained": drained}), req=req)
 
     def c_discard(self, req: Request, conn: Connection) -> None:
         doc = self._body(req, conn)
@@ -372,8 +398,9 @@ class WorkerApp:
             name = str(doc.get("name"))
             previous = self.table.unload(name, doc.get("history"))
             self._openapi = None
-            log.info("unloaded %s (was v%s)", name, previous)
-            conn.send(200, _dumps({"name": name, "previous_version": previous}), req=req)
+            log.info("unloaded %s (was v%s)", name, previous and previous.version)
+            body = {"name": name, "previous_version": previous and previous.version}
+            self.loop.create_task(self._answer_when_drained(previous, body, req, conn))
 
     def c_serve(self, req: Request, conn: Connection) -> None:
         """Start accepting on the public socket (after the supervisor restored the models)."""

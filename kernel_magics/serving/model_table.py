@@ -9,6 +9,7 @@ store after their content hash was checked; request bodies are never unpickled.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import json
 import logging
@@ -134,6 +135,38 @@ def _static_batch(ep: Any) -> int | None:
     return None
 
 
+class InFlight:
+    """Requests a model version accepted and has not answered yet (loop thread only). A swap
+    waits for the old version's count to reach 0 before it answers, so once a deploy or
+    rollback returns, the old version has no response left to send."""
+
+    __slots__ = ("count", "_idle")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: asyncio.Future | None = None
+
+    def enter(self) -> None:
+        self.count += 1
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until nothing is in flight; False if ``timeout`` passed first."""
+        if self.count == 0:
+            return True
+        if self._idle is None or self._idle.done():
+            self._idle = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._idle), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
 @dataclass
 class LoadedModel:
     name: str
@@ -155,6 +188,7 @@ class LoadedModel:
     stats: Any = None  # metrics children, set by the worker
     batcher: Any = None  # set by the worker
     response_headers: bytes = b""
+    inflight: InFlight = field(default_factory=InFlight)
     extra: dict = field(default_factory=dict)
 
     # -- loading ---------------------------------------------------------------------------
@@ -356,7 +390,10 @@ class ModelTable:
     def stage(self, model: LoadedModel) -> None:
         self.staged[(model.name, model.version)] = model
 
-    def activate(self, name: str, version: int, history: list | None) -> int | None:
+    def activate(
+        self, name: str, version: int, history: list | None
+    ) -> tuple[LoadedModel, LoadedModel | None]:
+        """Make the staged ``version`` live: (the new live model, the one it replaced)."""
         model = self.staged.pop((name, version), None)
         if model is None:
             current = self.live.get(name)
@@ -371,7 +408,7 @@ class ModelTable:
             del self.standby[name]
         if history is not None:
             self.history[name] = history
-        return previous.version if previous else None
+        return model, previous
 
     def discard(self, name: str, version: int | None = None) -> int:
         keys = [k for k in self.staged if k[0] == name and (version is None or k[1] == version)]
@@ -379,12 +416,13 @@ class ModelTable:
             del self.staged[key]
         return len(keys)
 
-    def unload(self, name: str, history: list | None) -> int | None:
+    def unload(self, name: str, history: list | None) -> LoadedModel | None:
+        """Stop serving ``name``: the model that was live, if any."""
         model = self.live.pop(name, None)
         self.standby.pop(name, None)
         if history is not None:
             self.history[name] = history
-        return model.version if model else None
+        return model
 
     def reusable(self, spec: dict, batch: int, wait_ms: float) -> LoadedModel | None:
         """A loaded model that is exactly what ``spec`` asks for: the live one (a deploy of the

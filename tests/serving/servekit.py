@@ -150,6 +150,19 @@ class Branchy(MLP):
         return out
 
 
+class Slow(MLP):
+    """Takes ``SLOW_S`` per forward (pickle format: torch.export would drop the sleep)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(SLOW_S)
+        return self.net(x)
+
+
+SLOW_S = 1.0
+
+
 def log_pickled(
     settings: Settings, name: str, model: torch.nn.Module, example: np.ndarray
 ) -> Logged:

@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from servekit import MLP, Branchy, FailsOnBigBatches, Logged, auth, log_model, log_pickled, rows
+from servekit import (
+    MLP,
+    SLOW_S,
+    Branchy,
+    FailsOnBigBatches,
+    Logged,
+    Slow,
+    auth,
+    log_model,
+    log_pickled,
+    rows,
+)
 
 from kernel_magics.config import Settings
 from kernel_magics.errors import DeployFailed, InvalidInput, NotFound, ServiceUnavailable
@@ -155,6 +167,33 @@ def test_swap_under_load_loses_nothing(client, versions):
     assert {v for _, v in log} == {1, 3}
     late = [v for sent, v in log if sent > swapped]
     assert late and set(late) == {3}, "a request sent after the swap got the old version"
+
+
+def test_swap_answers_after_the_old_version_sent_its_last_response(client, settings):
+    """A request in the old version's forward when the swap happens is answered before the swap
+    call returns: from then on, nothing the old version computed is still on its way."""
+    for seed in (1, 2):
+        log_pickled(settings, "slow", Slow(seed=seed), rows(4))
+    client.deploy("slow", "1", max_batch_size=1)
+    client.deploy("slow", "2", max_batch_size=1)  # v1 stays loaded: the rollback is a dict swap
+    host, port = client.url.split("//")[1].split(":")
+    body = json.dumps({"instances": rows(1).tolist()}).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/models/slow:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
+            % (client.token().encode(), len(body), body)
+        )
+        time.sleep(SLOW_S / 4)  # v2's forward is under way
+        started = time.monotonic()
+        # v1 keeps the options its deploy asked for, so the rollback reuses the loaded v1
+        assert client.rollback("slow")["load_ms"] == 0
+        assert time.monotonic() - started < 5 * SLOW_S
+        sock.setblocking(False)
+        answer = sock.recv(1 << 16)  # already here, or BlockingIOError
+    assert answer.startswith(b"HTTP/1.1 200") and b"x-model-version: 2" in answer.lower()
+    assert served(client, "slow", rows(1))[1] == 1
+    assert client.model("slow")["max_batch_size"] == 1
 
 
 def test_racing_deploys_stay_consistent(client, settings, versions):
