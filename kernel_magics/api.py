@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput, ServiceUnavailable
+from kernel_magics.serving import tokens
 from kernel_magics.store import Store, parse_ref, validate_name
 from kernel_magics.tracking import TrainResult, run_training
 
@@ -321,9 +322,20 @@ def server_status(*, settings: Settings | None = None) -> dict | None:
     return _client(_settings(settings)).status()
 
 
-def server_start(*, workers: int | None = None, settings: Settings | None = None) -> dict:
-    """Start the inference process (if not running) and return its status."""
-    client = _client(_settings(settings))
+def server_start(
+    *,
+    workers: int | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    allow_remote: bool | None = None,
+    settings: Settings | None = None,
+) -> dict:
+    """Start the inference process (if not running) and return its status. A host other than
+    loopback needs ``allow_remote=True`` (and then every request needs a token)."""
+    changes = {"host": host, "port": port, "allow_remote": allow_remote}
+    s = _settings(settings).replace(**{k: v for k, v in changes.items() if v is not None})
+    s.check_bind()
+    client = _client(s)
     if workers is None:
         client.ensure_running()
     else:
@@ -343,3 +355,18 @@ def server_logs(lines: int = 50, *, settings: Settings | None = None) -> str:
 def server_token(*, settings: Settings | None = None) -> str:
     """The bearer token scripts and ``curl`` need for the HTTP API."""
     return _client(_settings(settings)).token()
+
+
+def token_create(name: str, *, settings: Settings | None = None) -> str:
+    """A new named bearer token (shown once; its usage is metered under ``name``)."""
+    return tokens.create_token(_settings(settings), name)
+
+
+def token_revoke(name: str, *, settings: Settings | None = None) -> None:
+    """Revoke a named token; a running process refuses it within a second."""
+    tokens.revoke_token(_settings(settings), name)
+
+
+def token_list(*, settings: Settings | None = None) -> list[dict]:
+    """Named tokens: ``[{"name", "created"}]`` (never the tokens themselves)."""
+    return tokens.list_tokens(_settings(settings))

@@ -6,7 +6,8 @@
     kernel-magics models [--json]
     kernel-magics history NAME [--json]
     kernel-magics predict NAME --input FILE.json|FILE.csv|FILE.npy [--raw] [--json]
-    kernel-magics serve start [--workers N] | status [--json] | stop | logs [--lines N] | token
+    kernel-magics serve start [--workers N] [--host H --allow-remote] | status [--json] | stop
+                        | logs [--lines N] | token [--new NAME | --revoke NAME | --list]
 
 Exit codes: 0 done; 1 ``serve status`` found no running inference process (with ``--json`` it
 prints ``{"running": false}``; when running, ``{"running": true, "url", "pid", "workers",
@@ -146,11 +147,25 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             print(display.status_text(status))
         return EXIT_OK if status else EXIT_NOT_RUNNING
     if args.action == "start":
-        print(display.status_text(api.server_start(workers=args.workers, settings=settings)))
+        status = api.server_start(
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            allow_remote=args.allow_remote or None,
+            settings=settings,
+        )
+        print(display.status_text(status))
     elif args.action == "stop":
         print(display.stopped_line(api.server_stop(settings=settings)))
     elif args.action == "logs":
         print(api.server_logs(args.lines, settings=settings))
+    elif args.new:
+        print(api.token_create(args.new, settings=settings))
+    elif args.revoke:
+        api.token_revoke(args.revoke, settings=settings)
+        print(f"Token {args.revoke!r} revoked.")
+    elif args.list:
+        print(display.tokens_text(api.token_list(settings=settings)))
     else:
         print(api.server_token(settings=settings))
     return EXIT_OK
@@ -199,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("serve", _serve, "the inference process", json_flag=False)
     p.add_argument("action", choices=("start", "status", "stop", "logs", "token"))
     p.add_argument("--workers", type=positive_int, help="start: worker processes")
+    p.add_argument("--host", help="start: address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=positive_int, help="start: port (default: a free one)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="start: allow a non-loopback --host (every request then needs a token)",
+    )
+    tok = p.add_mutually_exclusive_group()
+    tok.add_argument("--new", metavar="NAME", help="token: create a named token, print it once")
+    tok.add_argument("--revoke", metavar="NAME", help="token: revoke a named token")
+    tok.add_argument("--list", action="store_true", help="token: list named tokens")
     p.add_argument("--lines", type=positive_int, default=50, help="logs: how many lines")
     p.add_argument("--json", action="store_true", help="status: print JSON")
     return parser

@@ -16,6 +16,7 @@ DEFAULT_HOME = Path.home() / ".kernel-magics"
 EXPERIMENT_NAME = "kernel-magics"
 DEPLOYMENTS_EXPERIMENT_NAME = "kernel-magics-deployments"
 LIVE_ALIAS = "production"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class Settings:
     tracking_uri: str = ""
     host: str = "127.0.0.1"
     port: int = 0
+    # Binding anywhere but loopback exposes the models to the network: it needs this set too,
+    # and then every prediction needs a token whatever predict_requires_token says.
+    allow_remote: bool = False
     workers: int = 1
     # %load_ext starts (or reattaches to) the inference process in the background, so the
     # first %deploy finds it warm instead of paying ~3 s of torch imports.
@@ -61,6 +65,30 @@ class Settings:
     @property
     def token_file(self) -> Path:
         return self.home / "token"
+
+    @property
+    def tokens_file(self) -> Path:
+        """Named tokens (their SHA-256 only), see ``serving/tokens.py``."""
+        return self.home / "tokens.json"
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+    @property
+    def requires_predict_token(self) -> bool:
+        return self.predict_requires_token or not self.is_loopback
+
+    def check_bind(self) -> None:
+        """Refuse a non-loopback address unless ``allow_remote`` says it is meant."""
+        if not self.is_loopback and not self.allow_remote:
+            from kernel_magics.errors import InvalidInput
+
+            raise InvalidInput(
+                f"host {self.host!r} would expose the inference process beyond this machine: "
+                "set allow_remote (KERNEL_MAGICS_ALLOW_REMOTE=1, or --allow-remote) to mean it; "
+                "every request then needs the token"
+            )
 
     @property
     def log_file(self) -> Path:

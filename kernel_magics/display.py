@@ -311,13 +311,35 @@ def status_text(status: dict | None) -> str:
     served = _served(status)
     lines = [status_line(status)]
     lines += [f"  {name:<20} {version}" for name, version in served] or ["  serving no models"]
+    lines += usage_lines(status.get("usage"))
     return "\n".join(lines)
+
+
+def usage_lines(usage: dict | None) -> list[str]:
+    """Per-token usage metering: one line per token name that made requests."""
+    if not usage:
+        return []
+    rows = sorted(usage.items(), key=lambda kv: -kv[1].get("requests", 0))
+    return ["usage by token:"] + [
+        f"  {name:<20} {u.get('requests', 0):>10,} requests {u.get('rows', 0):>12,} rows"
+        for name, u in rows
+    ]
+
+
+def tokens_text(named: list[dict]) -> str:
+    if not named:
+        return "No named tokens (the home token is printed by `kernel-magics serve token`)."
+    return "\n".join(f"{t['name']:<20} created {t.get('created', '')}" for t in named)
 
 
 def status_html(status: dict | None) -> str:
     if not status:
         return f"<p>{html.escape(NOT_RUNNING)}</p>"
     table = _html_table(("model", "serving"), _served(status)) if _served(status) else ""
+    usage = status.get("usage") or {}
+    if usage:
+        rows = [(n, f"{u.get('requests', 0):,}", f"{u.get('rows', 0):,}") for n, u in usage.items()]
+        table += _html_table(("token", "requests", "rows"), rows)
     return f"<p>{html.escape(status_line(status))}</p>{table}"
 
 

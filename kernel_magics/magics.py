@@ -122,6 +122,7 @@ class KernelMagics(Magics, Configurable):
     tracking_uri = _setting(Unicode, "tracking_uri", "MLflow tracking URI ('': embedded store)")
     host = _setting(Unicode, "host", "address the inference process listens on")
     port = _setting(Int, "port", "port of the inference process (0: any free port)")
+    allow_remote = _setting(Bool, "allow_remote", "allow a host other than loopback (token always)")
     workers = _setting(Int, "workers", "worker processes of the inference process")
     autostart = _setting(Bool, "autostart", "%load_ext starts the inference process")
     max_batch_size = _setting(Int, "max_batch_size", "largest batch the batcher forms")

@@ -8,7 +8,6 @@ static routes are a dict lookup.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import time
@@ -34,6 +33,7 @@ from kernel_magics.serving.codecs import (
 )
 from kernel_magics.serving.model_table import LoadedModel, ModelTable, model_from_spec
 from kernel_magics.serving.protocol import Connection, Request, error_body
+from kernel_magics.serving.tokens import ANONYMOUS, TokenTable
 
 log = logging.getLogger(__name__)
 _MODELS = b"/v1/models"
@@ -56,13 +56,9 @@ class WorkerApp:
         self.engine = InferenceThread(loop)
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="loader")
         self.max_rows = settings.max_rows
-        self.predict_auth = settings.predict_requires_token
-        try:
-            token = settings.token_file.read_text().strip()
-        except OSError:
-            token = ""
-        # An empty token would make "Bearer " valid; refuse everything instead.
-        self.expected = b"Bearer " + token.encode() if token else None
+        self.predict_auth = settings.requires_predict_token
+        self.tokens = TokenTable(settings)
+        self.usage = metrics.Usage()
         self.unknown_errors = metrics.unknown_model_errors()
         self._openapi: bytes | None = None
         self.serve_public: Callable[[], Any] | None = None  # set by worker.main
@@ -137,13 +133,23 @@ class WorkerApp:
         conn.send(404, error_body(f"no route {req.path.decode('latin-1')[:200]}"), req=req)
 
     def _authorized(self, req: Request) -> bool:
-        got = req.headers.get(b"authorization")
-        return bool(got and self.expected and hmac.compare_digest(got, self.expected))
+        return self.tokens.identify(req.headers.get(b"authorization")) is not None
+
+    def _caller(self, req: Request, conn: Connection) -> str | None:
+        """Who asks for a prediction (the token's name, metered); None after answering 401."""
+        who = self.tokens.identify(req.headers.get(b"authorization"))
+        if who is None:
+            if self.predict_auth:
+                self._unauthorized(req, conn)
+                return None
+            who = ANONYMOUS
+        self.usage.request(who)
+        return who
 
     def _unauthorized(self, req: Request, conn: Connection) -> None:
         msg = (
             "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
-            f"(the token is in {self.settings.token_file})"
+            "(`kernel-magics serve token` prints it)"
         )
         conn.send(401, error_body(msg), extra_headers=_AUTH_HINT, req=req)
 
@@ -158,8 +164,9 @@ class WorkerApp:
 
     # -- predictions --------------------------------------------------------------------------
     def predict(self, req: Request, conn: Connection, raw_name: bytes) -> None:
-        if self.predict_auth and not self._authorized(req):
-            return self._unauthorized(req, conn)
+        who = self._caller(req, conn)
+        if who is None:
+            return
         model = self._model(req, conn, raw_name)
         if model is None:
             return
@@ -181,6 +188,7 @@ class WorkerApp:
             stats.errors.inc()
             conn.send(err.http_status, error_body(str(err)), req=req)
             return
+        self.usage.rows(who, array.shape[0])
         headers = model.response_headers
 
         def done(out: Any, err: BaseException | None) -> None:
@@ -202,8 +210,9 @@ class WorkerApp:
         self.engine.submit(model.batcher, Item(array, done))
 
     def invocations(self, req: Request, conn: Connection, raw_name: bytes) -> None:
-        if self.predict_auth and not self._authorized(req):
-            return self._unauthorized(req, conn)
+        who = self._caller(req, conn)
+        if who is None:
+            return
         model = self._model(req, conn, raw_name)
         if model is None:
             return
@@ -222,6 +231,7 @@ class WorkerApp:
             stats.errors.inc()
             conn.send(400, error_body(f"Invalid input: {type(err).__name__}: {err}"[:500]), req=req)
             return
+        self.usage.rows(who, parsed.array.shape[0])
         headers = model.response_headers
 
         def done(out: Any, err: BaseException | None) -> None:

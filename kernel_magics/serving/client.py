@@ -107,9 +107,13 @@ class ServingClient:
             return None
         out = {k: state.get(k) for k in ("url", "pid", "port", "workers", "status", "started_at")}
         out["models"] = {}
+        out["usage"] = {}
         try:
             models = self._json("GET", "/v1/models", timeout=5)
             out["models"] = {m["name"]: m for m in models.get("models", [])}
+            status, _, data = self.request("GET", "/metrics", timeout=5)
+            if status == 200:
+                out["usage"] = usage_from_text(data.decode())
         except ServiceUnavailable:
             out["status"] = "restarting"
         return out
@@ -179,6 +183,7 @@ class ServingClient:
 
     def _start(self, workers: int | None, timeout: float) -> str:
         s = self.settings if workers is None else self.settings.replace(workers=workers)
+        s.check_bind()
         s.log_file.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             s.state_file.unlink()  # stale: its process is gone
@@ -389,3 +394,18 @@ def _check(status: int, data: bytes) -> Any:
     message = message or f"HTTP {status}"
     cls = _ERRORS.get(status, ServiceUnavailable if status >= 500 else InvalidInput)
     raise cls(message)
+
+
+def usage_from_text(text: str) -> dict[str, dict[str, int]]:
+    """``{token: {"requests", "rows"}}`` from the inference process's ``/metrics`` text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, int]] = {}
+    names = {"km_token_requests_total": "requests", "km_token_rows_total": "rows"}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = names.get(sample.name)
+            if key is not None:
+                entry = out.setdefault(sample.labels.get("token", ""), {"requests": 0, "rows": 0})
+                entry[key] += int(sample.value)
+    return out

@@ -10,6 +10,7 @@ version (``ModelStats``) so the hot path only calls ``inc``/``observe``.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -58,6 +59,32 @@ QUEUE = Gauge(
     multiprocess_mode="livesum",
 )
 LOADS = Counter("km_model_loads", "Model versions loaded into a worker", _LABELS)
+# Usage metering per bearer token name ("default" = the home token, "anonymous" = no token
+# where predictions allow it); never the token itself.
+TOKEN_REQUESTS = Counter("km_token_requests", "Prediction requests per token", ("token",))
+TOKEN_ROWS = Counter("km_token_rows", "Rows sent for inference per token", ("token",))
+
+
+class Usage:
+    """Per-token counters with their label children cached (the hot path only calls ``inc``)."""
+
+    __slots__ = ("_requests", "_rows")
+
+    def __init__(self) -> None:
+        self._requests: dict[str, Any] = {}
+        self._rows: dict[str, Any] = {}
+
+    def request(self, token: str) -> None:
+        child = self._requests.get(token)
+        if child is None:
+            child = self._requests[token] = TOKEN_REQUESTS.labels(token)
+        child.inc()
+
+    def rows(self, token: str, n: int) -> None:
+        child = self._rows.get(token)
+        if child is None:
+            child = self._rows[token] = TOKEN_ROWS.labels(token)
+        child.inc(n)
 
 
 class ModelStats:

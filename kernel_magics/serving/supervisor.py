@@ -17,7 +17,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -31,25 +30,14 @@ from typing import Any
 import orjson
 
 from kernel_magics.config import Settings, load_settings
+from kernel_magics.errors import KernelMagicsError
 from kernel_magics.serving import control
 from kernel_magics.serving.protocol import Connection, Request, error_body
+from kernel_magics.serving.tokens import ensure_home_token
 from kernel_magics.serving.transitions import LOAD_TIMEOUT, run_transition
 
 log = logging.getLogger("kernel_magics.serving.supervisor")
 _READY_TIMEOUT = 180.0
-
-
-def ensure_token(settings: Settings) -> str:
-    path = settings.token_file
-    if path.is_file() and path.read_text().strip():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    os.chmod(path, 0o600)
-    return token
 
 
 def write_json_atomic(path: Any, data: dict) -> None:
@@ -95,7 +83,12 @@ class Supervisor:
         if await self._other_running():
             log.error("another inference process already serves %s", s.home)
             return 1
-        ensure_token(s)
+        try:
+            s.check_bind()
+        except KernelMagicsError as err:
+            log.error("%s", err)
+            return 1
+        ensure_home_token(s)
         self._bind()
         with contextlib.suppress(FileNotFoundError):
             s.control_socket.unlink()
