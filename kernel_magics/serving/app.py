@@ -32,7 +32,7 @@ from kernel_magics.serving.codecs import (
     wants_npy,
 )
 from kernel_magics.serving.model_table import LoadedModel, ModelTable, model_from_spec
-from kernel_magics.serving.protocol import Connection, Request, error_body
+from kernel_magics.serving.protocol import JSON, Connection, Request, error_body
 from kernel_magics.serving.tokens import ANONYMOUS, TokenTable
 
 log = logging.getLogger(__name__)
@@ -188,26 +188,10 @@ class WorkerApp:
             stats.errors.inc()
             conn.send(err.http_status, error_body(str(err)), req=req)
             return
-        self.usage.rows(who, array.shape[0])
-        headers = model.response_headers
-
-        def done(out: Any, err: BaseException | None) -> None:
-            try:
-                if err is not None:
-                    stats.errors.inc()
-                    conn.send(400, error_body(_model_error(err)), extra_headers=headers, req=req)
-                elif npy_out:
-                    conn.send(200, npy_encode(out), NPY, headers, req)
-                else:
-                    conn.send(200, predictions_json(out), extra_headers=headers, req=req)
-            finally:
-                inflight.leave()
-            stats.requests.inc()
-            stats.latency.observe(time.perf_counter() - req.t0)
-
-        inflight = model.inflight
-        inflight.enter()
-        self.engine.submit(model.batcher, Item(array, done))
+        if npy_out:
+            self._submit(model, req, conn, who, array, lambda out: (npy_encode(out), NPY))
+        else:
+            self._submit(model, req, conn, who, array, lambda out: (predictions_json(out), JSON))
 
     def invocations(self, req: Request, conn: Connection, raw_name: bytes) -> None:
         who = self._caller(req, conn)
@@ -231,24 +215,47 @@ class WorkerApp:
             stats.errors.inc()
             conn.send(400, error_body(f"Invalid input: {type(err).__name__}: {err}"[:500]), req=req)
             return
-        self.usage.rows(who, parsed.array.shape[0])
-        headers = model.response_headers
+        # run alone and exactly as given: the MLflow-compatible answer depends on the request
+        encode = lambda out: (invocations.answer(out, parsed), JSON)  # noqa: E731
+        self._submit(model, req, conn, who, parsed.array, encode, alone=True)
+
+    def _submit(
+        self,
+        model: LoadedModel,
+        req: Request,
+        conn: Connection,
+        who: str,
+        array: Any,
+        encode: Callable[[Any], tuple[bytes, bytes]],
+        alone: bool = False,
+    ) -> None:
+        """Queue a checked request for the model's batcher; answer with ``encode(outputs)``
+        (body, content type), counting it for the token, the model and the swap drain."""
+        self.usage.rows(who, array.shape[0])
+        stats, headers, inflight = model.stats, model.response_headers, model.inflight
 
         def done(out: Any, err: BaseException | None) -> None:
             try:
                 if err is not None:
                     stats.errors.inc()
                     conn.send(400, error_body(_model_error(err)), extra_headers=headers, req=req)
-                else:
-                    conn.send(200, invocations.answer(out, parsed), extra_headers=headers, req=req)
+                    return
+                try:
+                    body, ctype = encode(out)
+                except Exception as exc:  # the model's output does not fit the answer format
+                    stats.errors.inc()
+                    log.exception("%s v%s: encoding the answer failed", model.name, model.version)
+                    msg = f"could not encode the model's output: {type(exc).__name__}: {exc}"
+                    conn.send(500, error_body(msg[:500]), extra_headers=headers, req=req)
+                    return
+                conn.send(200, body, ctype, headers, req)
             finally:
                 inflight.leave()
-            stats.requests.inc()
-            stats.latency.observe(time.perf_counter() - req.t0)
+                stats.requests.inc()
+                stats.latency.observe(time.perf_counter() - req.t0)
 
-        inflight = model.inflight
         inflight.enter()
-        self.engine.submit(model.batcher, Item(parsed.array, done, raw=True))
+        self.engine.submit(model.batcher, Item(array, done, raw=alone))
 
     # -- management, relayed to the supervisor ------------------------------------------------
     def manage(self, req: Request, conn: Connection, name: bytes, action: bytes) -> None:
