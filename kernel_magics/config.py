@@ -17,6 +17,8 @@ EXPERIMENT_NAME = "kernel-magics"
 DEPLOYMENTS_EXPERIMENT_NAME = "kernel-magics-deployments"
 LIVE_ALIAS = "production"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Set by the kernel side when it restarts a crashed process: the port to bind again if free.
+PREFERRED_PORT_ENV = "KERNEL_MAGICS_PREFERRED_PORT"
 
 
 @dataclass(frozen=True)

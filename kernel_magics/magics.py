@@ -402,6 +402,9 @@ def load_ipython_extension(ipython: Any) -> None:
 
 
 def unload_ipython_extension(ipython: Any) -> None:
+    from kernel_magics.warmup import stop_watchdog
+
+    stop_watchdog()
     ipython.configurables[:] = [c for c in ipython.configurables if not isinstance(c, KernelMagics)]
     for kind, names in KernelMagics.magics.items():
         for name in names:

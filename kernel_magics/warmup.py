@@ -51,19 +51,45 @@ def start_warmup(settings: Settings) -> threading.Thread:
         return _started
 
 
+_watchdog_stop: threading.Event | None = None
+WATCH_INTERVAL_S = 0.5
+
+
 def start_server(settings: Settings) -> threading.Thread:
     """Start (or reattach to) the inference process in a daemon thread: a cold worker spends
     ~3 s importing torch and the pt2 loader, which the user would otherwise wait for at the
-    first %deploy. Failures stay quiet here; %deploy reports them when it needs the process."""
+    first %deploy. Failures stay quiet here; %deploy reports them when it needs the process.
+
+    The thread then stays as the process's watchdog for as long as the extension is loaded:
+    the supervisor restarts crashed workers itself, and this brings back a supervisor that
+    died without its clean stop (SIGKILL, OOM killer) from the store, without waiting for the
+    next call. A deliberate stop removes the state file, so it is not undone here."""
+    global _watchdog_stop
+    stop_watchdog()
+    stop = _watchdog_stop = threading.Event()
 
     def run() -> None:
-        try:
-            from kernel_magics.serving.client import ServingClient
+        from kernel_magics.serving.client import ServingClient
 
-            ServingClient(settings).ensure_running()
+        client = ServingClient(settings)
+        try:
+            client.ensure_running()
         except Exception as err:
             log.debug("autostart of the inference process skipped: %s", err)
+        while not stop.wait(WATCH_INTERVAL_S):
+            try:
+                if client.crashed():
+                    log.warning("the inference process died; restarting it from the store")
+                    client.ensure_running()
+            except Exception as err:  # the next user call reports what is wrong
+                log.debug("watchdog: restart failed: %s", err)
 
-    thread = threading.Thread(target=run, name="kernel-magics-autostart", daemon=True)
+    thread = threading.Thread(target=run, name="kernel-magics-watchdog", daemon=True)
     thread.start()
     return thread
+
+
+def stop_watchdog() -> None:
+    """Stop watching (``%unload_ext``); the process itself keeps running."""
+    if _watchdog_stop is not None:
+        _watchdog_stop.set()

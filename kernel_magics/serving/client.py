@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from kernel_magics.config import Settings
+from kernel_magics.config import PREFERRED_PORT_ENV, Settings
 from kernel_magics.errors import (
     DeployFailed,
     InvalidInput,
@@ -130,7 +130,7 @@ class ServingClient:
             return False
 
     # -- lifecycle of the process -----------------------------------------------------------------
-    def _crashed(self) -> bool:
+    def crashed(self) -> bool:
         """A state file whose supervisor is gone: it died without its clean stop, which removes
         the file (the supervisor itself SIGKILLed; its workers die with it)."""
         try:
@@ -185,9 +185,16 @@ class ServingClient:
         s = self.settings if workers is None else self.settings.replace(workers=workers)
         s.check_bind()
         s.log_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            stale = json.loads(s.state_file.read_text())
+        except (OSError, ValueError):
+            stale = {}
         with contextlib.suppress(FileNotFoundError):
             s.state_file.unlink()  # stale: its process is gone
         env = {**os.environ, **s.as_env()}
+        if s.port == 0 and isinstance(stale, dict) and isinstance(stale.get("port"), int):
+            # a restart after a crash keeps the URL that scripts and dashboards already use
+            env[PREFERRED_PORT_ENV] = str(stale["port"])
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         with open(s.log_file, "ab") as log:
             self._proc = subprocess.Popen(
@@ -290,7 +297,7 @@ class ServingClient:
         state = self._state()
         if state is None:
             restarting = self._restarter is not None and self._restarter.is_alive()
-            if restarting or self._crashed():
+            if restarting or self.crashed():
                 self._restart_in_background()
                 raise ServiceUnavailable(RESTARTING)
             raise ServiceUnavailable("the inference process is not running; start it first")

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from kernel_magics.config import Settings, load_settings
+from kernel_magics.config import PREFERRED_PORT_ENV, Settings, load_settings
 from kernel_magics.errors import KernelMagicsError
 from kernel_magics.serving import control
 from kernel_magics.serving.protocol import Connection, Request, error_body
@@ -142,7 +142,11 @@ class Supervisor:
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((s.host, s.port))
+        preferred = os.environ.pop(PREFERRED_PORT_ENV, "")
+        try:
+            sock.bind((s.host, int(preferred) if preferred.isdigit() else s.port))
+        except OSError:  # the old port was taken meanwhile: any free one
+            sock.bind((s.host, s.port))
         sock.listen(1024)
         sock.set_inheritable(True)
         self.sock = sock
