@@ -1,4 +1,4 @@
-"""Request handlers of a worker: the public API and the supervisor's control routes.
+"""Request handlers of a worker: the public API (control routes: ``control_routes.py``).
 
 Everything here runs on the event loop thread except model loading (a loader thread) and
 forwards (the inference thread). Routing is a prefix test and one ``partition`` per request;
@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import orjson
-
 from kernel_magics.config import Settings
-from kernel_magics.errors import DeployFailed, InvalidInput, KernelMagicsError
+from kernel_magics.errors import InvalidInput
 from kernel_magics.serving import control, invocations, metrics
-from kernel_magics.serving.batcher import Batcher, InferenceThread, Item
+from kernel_magics.serving.batcher import InferenceThread, Item
 from kernel_magics.serving.codecs import (
     NPY,
     UnsupportedMediaType,
@@ -31,8 +28,9 @@ from kernel_magics.serving.codecs import (
     predictions_json,
     wants_npy,
 )
-from kernel_magics.serving.model_table import LoadedModel, ModelTable, model_from_spec
-from kernel_magics.serving.protocol import JSON, Connection, Request, error_body
+from kernel_magics.serving.control_routes import ControlRoutes
+from kernel_magics.serving.model_table import LoadedModel, ModelTable
+from kernel_magics.serving.protocol import JSON, Connection, Request, dumps, error_body
 from kernel_magics.serving.tokens import ANONYMOUS, TokenTable
 
 log = logging.getLogger(__name__)
@@ -43,11 +41,7 @@ _RELAY_TIMEOUT = 600.0  # a deploy loads and warms in every worker; big models t
 _AUTH_HINT = b'www-authenticate: Bearer realm="kernel-magics"\r\n'
 
 
-def _dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
-
-
-class WorkerApp:
+class WorkerApp(ControlRoutes):
     def __init__(self, settings: Settings, index: int, loop: asyncio.AbstractEventLoop):
         self.settings = settings
         self.index = index
@@ -283,7 +277,7 @@ class WorkerApp:
 
     def health(self, req: Request, conn: Connection) -> None:
         models = {name: m.version for name, m in self.table.live.items()}
-        conn.send(200, _dumps({"status": "ok", "models": models}), req=req)
+        conn.send(200, dumps({"status": "ok", "models": models}), req=req)
 
     def metrics(self, req: Request, conn: Connection) -> None:
         conn.send(200, metrics.render(), metrics.CONTENT_TYPE, req=req)
@@ -293,161 +287,19 @@ class WorkerApp:
             from kernel_magics.serving.openapi import document
 
             models = [m.describe() for m in self.table.live.values()]
-            self._openapi = _dumps(document(models, self.max_rows))
+            self._openapi = dumps(document(models, self.max_rows))
         conn.send(200, self._openapi, req=req)
 
     def list_models(self, req: Request, conn: Connection) -> None:
         models = [self.table.describe(name) for name in sorted(self.table.live)]
-        conn.send(200, _dumps({"models": models}), req=req)
+        conn.send(200, dumps({"models": models}), req=req)
 
     def model_info(self, req: Request, conn: Connection, raw: bytes) -> None:
         name = raw.decode("latin-1")
         if name not in self.table.live:
             conn.send(404, error_body(f"model {name[:200]!r} is not deployed"), req=req)
             return
-        conn.send(200, _dumps(self.table.describe(name)), req=req)
-
-    # -- control routes (supervisor only, unix socket) ----------------------------------------
-    def _body(self, req: Request, conn: Connection) -> dict | None:
-        try:
-            doc = orjson.loads(req.body) if req.body else {}
-        except orjson.JSONDecodeError as err:
-            conn.send(400, error_body(f"body is not valid JSON: {err}"), req=req)
-            return None
-        if not isinstance(doc, dict):
-            conn.send(400, error_body("body must be a JSON object"), req=req)
-            return None
-        return doc
-
-    def c_load(self, req: Request, conn: Connection) -> None:
-        spec = self._body(req, conn)
-        if spec is not None:
-            self.loop.create_task(self._load(spec, req, conn))
-
-    async def _load(self, spec: dict, req: Request, conn: Connection) -> None:
-        s = self.settings
-        try:
-            reused = self.table.reusable(spec, s.max_batch_size, s.max_wait_ms)
-            if reused is not None:
-                self.table.stage(reused)
-                body = {"load_ms": 0.0, "warm_ms": 0.0, "reused": True, "ready_at": time.time()}
-                conn.send(200, _dumps(body), req=req)
-                return
-            model = model_from_spec(spec, s.max_batch_size, s.max_wait_ms)
-            await self.loop.run_in_executor(self.loader, _load_and_warm, model)
-        except KernelMagicsError as err:
-            status = 409 if isinstance(err, DeployFailed) else err.http_status
-            conn.send(status, error_body(str(err)), req=req)
-            return
-        except Exception as err:
-            log.exception("loading %s failed", spec.get("name"))
-            conn.send(
-                409, error_body(f"loading failed: {type(err).__name__}: {err}"[:1000]), req=req
-            )
-            return
-        model.stats = metrics.ModelStats(model.name, model.version)
-        model.batcher = Batcher(model, model.max_batch_size, model.max_wait_ms, model.stats)
-        metrics.LOADS.labels(model.name, str(model.version)).inc()
-        self.table.stage(model)
-        log.info(
-            "staged %s v%s (%s%s): load %.0f ms, warm %.0f ms",
-            model.name,
-            model.version,
-            model.fmt,
-            ", direct graph call" if model.fast_path else "",
-            model.load_ms,
-            model.warm_ms,
-        )
-        body = {
-            "load_ms": round(model.load_ms, 2),
-            "warm_ms": round(model.warm_ms, 2),
-            "reused": False,
-            # wall clock (shared by every process on the machine) when it was loaded and warm:
-            # the supervisor reports the latest one, so a caller can time the swap after it
-            "ready_at": time.time(),
-        }
-        conn.send(200, _dumps(body), req=req)
-
-    def c_activate(self, req: Request, conn: Connection) -> None:
-        doc = self._body(req, conn)
-        if doc is None:
-            return
-        try:
-            name, version = str(doc["name"]), int(doc["version"])
-            model, previous = self.table.activate(name, version, doc.get("history"))
-            self._openapi = None
-        except (KeyError, TypeError, ValueError) as err:
-            conn.send(404, error_body(str(err).strip("'\"")), req=req)
-            return
-        log.info("activated %s v%s (was v%s)", name, version, previous and previous.version)
-        body = {"name": name, "version": version, "previous_version": previous and previous.version}
-        replaced = previous if previous is not model else None  # a redeploy replaces nothing
-        self.loop.create_task(self._answer_when_drained(replaced, body, req, conn))
-
-    async def _answer_when_drained(
-        self, previous: LoadedModel | None, body: dict, req: Request, conn: Connection
-    ) -> None:
-        """Answer a swap once the replaced version has sent its last response: from then on
-        every response of this worker comes from the new version."""
-        drained = True
-        if previous is not None:
-            drained = await previous.inflight.drained(self.settings.request_timeout_s)
-            if not drained:
-                log.warning(
-                    "%s v%s: requests still in flight after the swap",
-                    body["name"],
-                    previous.version,
-                )
-        conn.send(200, _dumps({**body, "drained": drained}), req=req)
-
-    def c_discard(self, req: Request, conn: Connection) -> None:
-        doc = self._body(req, conn)
-        if doc is not None:
-            version = doc.get("version")
-            n = self.table.discard(
-                str(doc.get("name")), int(version) if version is not None else None
-            )
-            conn.send(200, _dumps({"discarded": n}), req=req)
-
-    def c_unload(self, req: Request, conn: Connection) -> None:
-        doc = self._body(req, conn)
-        if doc is not None:
-            name = str(doc.get("name"))
-            previous = self.table.unload(name, doc.get("history"))
-            self._openapi = None
-            log.info("unloaded %s (was v%s)", name, previous and previous.version)
-            body = {"name": name, "previous_version": previous and previous.version}
-            self.loop.create_task(self._answer_when_drained(previous, body, req, conn))
-
-    def c_serve(self, req: Request, conn: Connection) -> None:
-        """Start accepting on the public socket (after the supervisor restored the models)."""
-
-        async def go() -> None:
-            try:
-                if self.serve_public is not None:
-                    await self.serve_public()
-            except Exception as err:
-                log.exception("cannot serve the public socket")
-                conn.send(503, error_body(f"cannot serve: {err}"), req=req)
-                return
-            conn.send(200, b'{"serving": true}', req=req)
-
-        self.loop.create_task(go())
-
-    def c_state(self, req: Request, conn: Connection) -> None:
-        state = {
-            "pid": os.getpid(),
-            "index": self.index,
-            "models": {name: m.version for name, m in self.table.live.items()},
-            "staged": [list(key) for key in self.table.staged],
-            "standby": {name: m.version for name, m in self.table.standby.items()},
-        }
-        conn.send(200, _dumps(state), req=req)
-
-
-def _load_and_warm(model: LoadedModel) -> None:
-    model.load()
-    model.warm()
+        conn.send(200, dumps(self.table.describe(name)), req=req)
 
 
 def _model_error(err: BaseException) -> str:

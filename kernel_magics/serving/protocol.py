@@ -52,6 +52,11 @@ def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
+def dumps(obj: Any) -> bytes:
+    """A JSON answer body (integer keys allowed)."""
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
 class Connection(asyncio.Protocol):
     """``handler(request, connection)`` must call ``connection.send`` once per request."""
 

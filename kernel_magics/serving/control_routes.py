@@ -1,0 +1,177 @@
+"""The supervisor's control routes of a worker (unix socket, never public): load and warm a
+version beside the live one, activate it, discard or unload, start serving, report state.
+
+A mixin of ``WorkerApp``: the handlers share its loop, model table and loader thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from kernel_magics.config import Settings
+from kernel_magics.errors import DeployFailed, KernelMagicsError
+from kernel_magics.serving import metrics
+from kernel_magics.serving.batcher import Batcher
+from kernel_magics.serving.model_table import LoadedModel, ModelTable, model_from_spec
+from kernel_magics.serving.protocol import Connection, Request, dumps, error_body
+
+log = logging.getLogger("kernel_magics.serving.app")
+
+
+class ControlRoutes:
+    settings: Settings
+    loop: asyncio.AbstractEventLoop
+    index: int
+    table: ModelTable
+    loader: ThreadPoolExecutor
+    serve_public: Callable[[], Any] | None
+    _openapi: bytes | None
+
+    def _body(self, req: Request, conn: Connection) -> dict | None:
+        try:
+            doc = orjson.loads(req.body) if req.body else {}
+        except orjson.JSONDecodeError as err:
+            conn.send(400, error_body(f"body is not valid JSON: {err}"), req=req)
+            return None
+        if not isinstance(doc, dict):
+            conn.send(400, error_body("body must be a JSON object"), req=req)
+            return None
+        return doc
+
+    def c_load(self, req: Request, conn: Connection) -> None:
+        spec = self._body(req, conn)
+        if spec is not None:
+            self.loop.create_task(self._load(spec, req, conn))
+
+    async def _load(self, spec: dict, req: Request, conn: Connection) -> None:
+        s = self.settings
+        try:
+            reused = self.table.reusable(spec, s.max_batch_size, s.max_wait_ms)
+            if reused is not None:
+                self.table.stage(reused)
+                body = {"load_ms": 0.0, "warm_ms": 0.0, "reused": True, "ready_at": time.time()}
+                conn.send(200, dumps(body), req=req)
+                return
+            model = model_from_spec(spec, s.max_batch_size, s.max_wait_ms)
+            await self.loop.run_in_executor(self.loader, _load_and_warm, model)
+        except KernelMagicsError as err:
+            status = 409 if isinstance(err, DeployFailed) else err.http_status
+            conn.send(status, error_body(str(err)), req=req)
+            return
+        except Exception as err:
+            log.exception("loading %s failed", spec.get("name"))
+            conn.send(
+                409, error_body(f"loading failed: {type(err).__name__}: {err}"[:1000]), req=req
+            )
+            return
+        model.stats = metrics.ModelStats(model.name, model.version)
+        model.batcher = Batcher(model, model.max_batch_size, model.max_wait_ms, model.stats)
+        metrics.LOADS.labels(model.name, str(model.version)).inc()
+        self.table.stage(model)
+        log.info(
+            "staged %s v%s (%s%s): load %.0f ms, warm %.0f ms",
+            model.name,
+            model.version,
+            model.fmt,
+            ", direct graph call" if model.fast_path else "",
+            model.load_ms,
+            model.warm_ms,
+        )
+        body = {
+            "load_ms": round(model.load_ms, 2),
+            "warm_ms": round(model.warm_ms, 2),
+            "reused": False,
+            # wall clock (shared by every process on the machine) when it was loaded and warm:
+            # the supervisor reports the latest one, so a caller can time the swap after it
+            "ready_at": time.time(),
+        }
+        conn.send(200, dumps(body), req=req)
+
+    def c_activate(self, req: Request, conn: Connection) -> None:
+        doc = self._body(req, conn)
+        if doc is None:
+            return
+        try:
+            name, version = str(doc["name"]), int(doc["version"])
+            model, previous = self.table.activate(name, version, doc.get("history"))
+            self._openapi = None
+        except (KeyError, TypeError, ValueError) as err:
+            conn.send(404, error_body(str(err).strip("'\"")), req=req)
+            return
+        log.info("activated %s v%s (was v%s)", name, version, previous and previous.version)
+        body = {"name": name, "version": version, "previous_version": previous and previous.version}
+        replaced = previous if previous is not model else None  # a redeploy replaces nothing
+        self.loop.create_task(self._answer_when_drained(replaced, body, req, conn))
+
+    async def _answer_when_drained(
+        self, previous: LoadedModel | None, body: dict, req: Request, conn: Connection
+    ) -> None:
+        """Answer a swap once the replaced version has sent its last response: from then on
+        every response of this worker comes from the new version."""
+        drained = True
+        if previous is not None:
+            drained = await previous.inflight.drained(self.settings.request_timeout_s)
+            if not drained:
+                log.warning(
+                    "%s v%s: requests still in flight after the swap",
+                    body["name"],
+                    previous.version,
+                )
+        conn.send(200, dumps({**body, "drained": drained}), req=req)
+
+    def c_discard(self, req: Request, conn: Connection) -> None:
+        doc = self._body(req, conn)
+        if doc is not None:
+            version = doc.get("version")
+            n = self.table.discard(
+                str(doc.get("name")), int(version) if version is not None else None
+            )
+            conn.send(200, dumps({"discarded": n}), req=req)
+
+    def c_unload(self, req: Request, conn: Connection) -> None:
+        doc = self._body(req, conn)
+        if doc is not None:
+            name = str(doc.get("name"))
+            previous = self.table.unload(name, doc.get("history"))
+            self._openapi = None
+            log.info("unloaded %s (was v%s)", name, previous and previous.version)
+            body = {"name": name, "previous_version": previous and previous.version}
+            self.loop.create_task(self._answer_when_drained(previous, body, req, conn))
+
+    def c_serve(self, req: Request, conn: Connection) -> None:
+        """Start accepting on the public socket (after the supervisor restored the models)."""
+
+        async def go() -> None:
+            try:
+                if self.serve_public is not None:
+                    await self.serve_public()
+            except Exception as err:
+                log.exception("cannot serve the public socket")
+                conn.send(503, error_body(f"cannot serve: {err}"), req=req)
+                return
+            conn.send(200, b'{"serving": true}', req=req)
+
+        self.loop.create_task(go())
+
+    def c_state(self, req: Request, conn: Connection) -> None:
+        state = {
+            "pid": os.getpid(),
+            "index": self.index,
+            "models": {name: m.version for name, m in self.table.live.items()},
+            "staged": [list(key) for key in self.table.staged],
+            "standby": {name: m.version for name, m in self.table.standby.items()},
+        }
+        conn.send(200, dumps(state), req=req)
+
+
+def _load_and_warm(model: LoadedModel) -> None:
+    model.load()
+    model.warm()
