@@ -37,8 +37,16 @@ def _import_torch(settings: Settings) -> None:
     torch.set_num_threads(max(1, settings.torch_threads))
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    # Pre-import the torch.export deserializer (≈1.7 s) so a deploy costs only the load.
+    # Pre-import the torch.export deserializer (≈1.7 s) and load a tiny exported model once: the
+    # first load in a process costs ~0.2-0.3 s more than later ones, which a deploy would pay.
     import torch._export.serde.serialize  # noqa: F401
+
+    try:
+        tiny = torch.export.load(str(Path(__file__).with_name("warmup.pt2"))).module()
+        with torch.inference_mode():
+            tiny(torch.zeros(2, 4))
+    except Exception as err:  # another torch may not read it: the first deploy pays instead
+        logging.getLogger(__name__).info("pt2 warm-up skipped: %s", err)
 
     # Arrays decoded straight from request bytes are read-only; torch warns once per process
     # on wrapping them although we never write to them.
