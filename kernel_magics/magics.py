@@ -352,8 +352,9 @@ class KernelMagics(Magics, Configurable):
     @argument("--json", action="store_true", help="status: print JSON")
     @_front_end
     def serve(self, args: argparse.Namespace) -> None:
-        """The background inference process: its status, start, stop, recent log lines, and the
-        bearer token for plain HTTP clients (curl, scripts).
+        """The background inference process: its status (with requests and rows per token),
+        start, stop, recent log lines, and the bearer token for plain HTTP clients (curl,
+        scripts). Named tokens for other callers: ``kernel-magics serve token --new NAME``.
 
         Examples::
 
