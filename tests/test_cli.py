@@ -141,3 +141,14 @@ def test_serve_token_logs_and_stop(versions: dict) -> None:
     cli("serve", "logs", "--lines", "3")
     assert cli("serve", "stop").stdout.strip() == "Inference process stopped."
     cli("serve", "status", ok=1)
+
+
+def test_named_tokens(km_home: Path) -> None:
+    made = cli("serve", "token", "--new", "ci").stdout.strip()
+    assert len(made) >= 32 and made not in (km_home / "tokens.json").read_text()
+    assert cli("serve", "token", "--list").stdout.startswith("ci ")
+    assert "revoked" in cli("serve", "token", "--revoke", "ci").stdout
+    err = cli("serve", "token", "--revoke", "ci", ok=2).stderr
+    assert err.count("\n") == 1 and "no token named 'ci'" in err
+    err = cli("serve", "start", "--host", "0.0.0.0", ok=2).stderr
+    assert err.count("\n") == 1 and "allow_remote" in err
