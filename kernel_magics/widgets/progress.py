@@ -141,6 +141,7 @@ class WidgetProgress:
         )
         self.history: list[EpochResult] = []
         self.redraws = 0  # label/bar redraws from step(): lets tests check the throttle
+        self._handle = None  # the output the box is shown in: a static summary replaces it
         self._reset(1, 1)
 
     def _reset(self, epochs: int, steps_per_epoch: int) -> None:
@@ -164,7 +165,7 @@ class WidgetProgress:
         self.bar.max, self.bar.value, self.bar.bar_style = self.total, 0, ""
         self.label.value = f"epoch 1/{epochs}"
         self._draw_epochs()
-        display(self.box)
+        self._handle = display(self.box, display_id=True)
 
     def step(self, loss: float) -> None:
         if self._epoch_steps >= self.steps_per_epoch:  # a new epoch began without epoch_end
@@ -185,7 +186,7 @@ class WidgetProgress:
         elapsed = now - self._started
         eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
         self.label.value = (
-            f"epoch {epoch}/{self.epochs}  loss {format_value(loss)}  ETA {_duration(eta)}"
+            f"epoch {epoch}/{self.epochs}  running loss {format_value(loss)}  ETA {_duration(eta)}"
         )
 
     def epoch_end(self, result: EpochResult) -> None:
@@ -205,6 +206,26 @@ class WidgetProgress:
         if status == "done":
             self.bar.value = self.total
         self.label.value = message
+        # Widget views live only as long as the kernel: a saved notebook reopened later would
+        # show "model not found". Replace the live box with the same content as static HTML.
+        if self._handle is not None:
+            from IPython.display import HTML
+
+            self._handle.update(HTML(self.summary_html(status, message)))
+
+    def summary_html(self, status: str, message: str) -> str:
+        """The finished widget as static HTML: title, final bar, curve, metrics table."""
+        colour = {"done": "#4caf50", "interrupted": "#ff9800", "failed": "#f44336"}.get(
+            status, "#2196f3"
+        )
+        share = 100 * min(self.done, self.total) / max(self.total, 1)
+        bar = (
+            '<div style="display:flex;align-items:center;gap:8px;margin:4px 0">'
+            '<div style="width:50%;height:12px;background:#eee;border-radius:2px">'
+            f'<div style="width:{share:.0f}%;height:100%;background:{colour};border-radius:2px">'
+            f"</div></div><span>{html.escape(message)}</span></div>"
+        )
+        return f"<div>{self.title.value}{bar}{self.plot.value}{self.table.value}</div>"
 
     def _draw_epochs(self) -> None:
         from kernel_magics.widgets._svg import line_chart
@@ -220,9 +241,14 @@ class WidgetProgress:
         self.table.value = metrics_table(self.history)
 
 
-def metrics_table(history: list[EpochResult]) -> str:
-    """An HTML table, one row per epoch: losses, every metric, seconds."""
+TABLE_ROWS = 10  # the newest epochs shown; every epoch is in the MLflow run and the curve
+
+
+def metrics_table(history: list[EpochResult], max_rows: int = TABLE_ROWS) -> str:
+    """An HTML table, one row per epoch (the newest ``max_rows``): losses, metrics, seconds."""
     names = list(history[0].metrics) if history else []
+    hidden = max(0, len(history) - max_rows)
+    history = history[hidden:]
     head = ["epoch", "train_loss", "val_loss", *names, "seconds"]
     cell = 'style="padding:2px 10px;text-align:right"'
     rows = [
@@ -241,6 +267,9 @@ def metrics_table(history: list[EpochResult]) -> str:
             for r in history
         ),
     ]
+    if hidden:
+        note = f"… {hidden} earlier epoch{'s' if hidden > 1 else ''} (all in the MLflow run)"
+        rows.insert(1, f'<td {cell} colspan="{len(head)}">{note}</td>')
     body = "".join(f"<tr>{row}</tr>" for row in rows)
     return f'<table style="border-collapse:collapse;font-size:0.9em">{body}</table>'
 

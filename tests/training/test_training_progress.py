@@ -173,7 +173,7 @@ def test_widget_step_is_throttled(shell):
         reporter.step(0.25)
     assert 40 <= reporter.redraws <= 50
     assert reporter.bar.value >= 990
-    assert reporter.label.value.startswith("epoch 2/2  loss 0.250  ETA ")
+    assert reporter.label.value.startswith("epoch 2/2  running loss 0.250  ETA ")
 
 
 def test_widget_epoch_end_and_finish(shell):
@@ -217,7 +217,26 @@ def test_widget_during_a_real_fit(shell, small_digits, make_mlp, capsys):
     assert reporter.label.value.startswith("trained 3 epochs")
     assert len(ET.fromstring(reporter.table.value).findall("tr")) == 1 + 3
     assert reporter.history == result.history
-    assert capsys.readouterr().out.count("VBox(") == 1
+    out = capsys.readouterr().out
+    assert out.count("VBox(") == 1
+    # the live box was replaced by a static summary (a terminal shell prints HTML's repr)
+    assert out.count("<IPython.core.display.HTML object>") == 1
+
+
+def test_widget_summary_is_static_html_of_the_run(shell):
+    clock = Clock()
+    reporter = P.WidgetProgress(clock=clock)
+    reporter.start(12, 10, "Net")
+    for n in range(1, 13):
+        reporter.epoch_end(epoch(n, 12))
+    summary = reporter.summary_html("done", "trained 12 epochs")
+    doc = ET.fromstring(summary)  # well-formed: it is saved into the notebook as is
+    assert "Training Net" in summary and "trained 12 epochs" in summary
+    assert "width:100%" in summary and "<svg" in summary
+    rows = doc.find(".//table").findall("tr")
+    assert len(rows) == 1 + 1 + P.TABLE_ROWS  # header, "earlier epochs", the newest ten
+    assert rows[1][0].text.startswith("… 2 earlier epochs")
+    assert rows[-1][0].text == "12/12"
 
 
 # -- svg --------------------------------------------------------------------------------------
