@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from kernel_magics._files import write_atomic
 from kernel_magics.config import PREFERRED_PORT_ENV, Settings, load_settings
 from kernel_magics.errors import KernelMagicsError
 from kernel_magics.serving import control
@@ -38,12 +39,6 @@ from kernel_magics.serving.transitions import LOAD_TIMEOUT, run_transition
 
 log = logging.getLogger("kernel_magics.serving.supervisor")
 _READY_TIMEOUT = 180.0
-
-
-def write_json_atomic(path: Any, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 class Worker:
@@ -315,7 +310,7 @@ class Supervisor:
             "workers_ready": serving,
             "started_at": self.started_at,
         }
-        write_json_atomic(self.settings.state_file, state)
+        write_atomic(self.settings.state_file, json.dumps(state, indent=1))
 
     # -- control API --------------------------------------------------------------------------
     def handle(self, req: Request, conn: Connection) -> None:

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import hmac
 import json
-import os
 import secrets
 import time
-from pathlib import Path
 
+from kernel_magics._files import write_atomic
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, NotFound
 from kernel_magics.store import validate_name
@@ -32,24 +30,13 @@ ANONYMOUS = "anonymous"  # predictions without a token, where the settings allow
 _RECHECK_S = 1.0
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600, atomically (a reader never sees half)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
 def ensure_home_token(settings: Settings) -> str:
     """The home token, created (random, mode 0600) if there is none yet."""
     path = settings.token_file
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
     token = secrets.token_urlsafe(32)
-    _write_private(path, token + "\n")
+    write_atomic(path, token + "\n", private=True)
     return token
 
 
@@ -81,7 +68,7 @@ def create_token(settings: Settings, name: str) -> str:
     named = _read_named(settings)
     created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     named[name] = {"sha256": _digest(token), "created": created}
-    _write_private(settings.tokens_file, json.dumps(named, indent=1))
+    write_atomic(settings.tokens_file, json.dumps(named, indent=1), private=True)
     return token
 
 
@@ -90,7 +77,7 @@ def revoke_token(settings: Settings, name: str) -> None:
     if name not in named:
         raise NotFound(f"no token named {name!r} (named tokens: {', '.join(named) or 'none'})")
     del named[name]
-    _write_private(settings.tokens_file, json.dumps(named, indent=1))
+    write_atomic(settings.tokens_file, json.dumps(named, indent=1), private=True)
 
 
 def list_tokens(settings: Settings) -> list[dict]:
@@ -101,32 +88,31 @@ def list_tokens(settings: Settings) -> list[dict]:
 class TokenTable:
     """Who an ``Authorization`` header belongs to, for a worker's request path.
 
-    A valid header is remembered, so the hot path is one dict lookup; an unknown one costs a
-    SHA-256 and a lookup (and, once a second at most, a stat of ``tokens.json``)."""
+    Every token, the home one included, is looked up by its SHA-256 (≈1 µs): no secret is
+    ever a dict key or a byte-by-byte comparison, and a revoked token is simply gone from the
+    table. ``tokens.json`` is stat'ed at most once a second to pick up changes."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._home = b""
-        self._by_digest: dict[str, str] = {}
-        self._known: dict[bytes, str] = {}
+        self._names: dict[str, str] = {}  # digest → token name
         self._mtime: float | None = -1.0
         self._checked = 0.0
         self._reload()
 
     def _reload(self) -> None:
         try:
-            token = self.settings.token_file.read_text().strip()
+            home = self.settings.token_file.read_text().strip()
         except OSError:
-            token = ""
-        # An empty token would make "Bearer " valid: then only named tokens are accepted.
-        self._home = b"Bearer " + token.encode() if token else b""
+            home = ""
         try:
             self._mtime = self.settings.tokens_file.stat().st_mtime
             named = _read_named(self.settings)
         except (OSError, InvalidInput):
             self._mtime, named = None, {}
-        self._by_digest = {d["sha256"]: n for n, d in named.items() if d.get("sha256")}
-        self._known = {self._home: HOME_TOKEN_NAME} if self._home else {}
+        names = {d["sha256"]: n for n, d in named.items() if d.get("sha256")}
+        if home:  # an empty home token must not make "Bearer " valid
+            names[_digest(home)] = HOME_TOKEN_NAME
+        self._names = names
 
     def _maybe_reload(self) -> None:
         now = time.monotonic()
@@ -143,16 +129,6 @@ class TokenTable:
     def identify(self, header: bytes | None) -> str | None:
         """The token's name, or None when the header carries no valid token."""
         self._maybe_reload()
-        if not header:
+        if not header or not header.startswith(b"Bearer ") or len(header) > 512:
             return None
-        name = self._known.get(header)
-        if name is not None:
-            return name
-        if self._home and hmac.compare_digest(header, self._home):
-            return HOME_TOKEN_NAME
-        if not header.startswith(b"Bearer ") or len(header) > 512:
-            return None
-        name = self._by_digest.get(_digest(header[7:].decode("latin-1")))
-        if name is not None and len(self._known) < 1024:
-            self._known[header] = name
-        return name
+        return self._names.get(_digest(header[7:].decode("latin-1")))
