@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"mlflow: FAILED: {err}")
 
         try:
-            import kernel_magics.serving.client  # noqa: F401
+            import kernel_magics.targets.local  # noqa: F401
         except ImportError as err:
             code = 1
             results["notes"].append(f"kernel-magics serving is not available yet ({err}).")

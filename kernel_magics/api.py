@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from kernel_magics.serving.client import ServingClient
+    from kernel_magics.targets.local import ServingClient
 
 __all__ = [
     "TrainResult",
@@ -58,7 +58,7 @@ def _store(settings: Settings) -> Store:
 
 @functools.lru_cache(maxsize=8)
 def _client(settings: Settings) -> ServingClient:
-    from kernel_magics.serving.client import ServingClient
+    from kernel_magics.targets.local import ServingClient
 
     return ServingClient(settings)
 

@@ -26,37 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from kernel_magics import __version__, api, display
+from kernel_magics.argtypes import non_negative_float, positive_int, version
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput, KernelMagicsError
 
 EXIT_OK, EXIT_NOT_RUNNING, EXIT_ERROR = 0, 1, 2
-
-
-# -- argument types shared with the magics ------------------------------------------------------
-def number(kind: type, minimum: float, *, inclusive: bool = True) -> Callable[[str], Any]:
-    """An argparse type that rejects out-of-range values (``--epochs -1``) at parse time."""
-
-    def convert(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if value < minimum or (value == minimum and not inclusive):
-            raise argparse.ArgumentTypeError(
-                f"must be {'>=' if inclusive else '>'} {minimum}, got {text}"
-            )
-        return value
-
-    return convert
-
-
-positive_int = number(int, 1)
-non_negative_float = number(float, 0)
-
-
-def version(text: str) -> int:
-    """A version number, written ``2`` or ``v2``."""
-    return positive_int(text.removeprefix("v"))
 
 
 # -- input files --------------------------------------------------------------------------------

@@ -48,3 +48,14 @@ class StoreError(KernelMagicsError):
     """The MLflow store could not be read or written (unreachable, full, locked)."""
 
     http_status = 503
+
+
+def first_line(err: BaseException | str, limit: int = 300) -> str:
+    """The first non-empty line of an error, at most ``limit`` characters; the exception's
+    type name when it has no message. Our own errors are one line already; library errors
+    (torch.export, MLflow, sqlalchemy) often are not."""
+    text = str(err).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    if not first and isinstance(err, BaseException):
+        return type(err).__name__
+    return first[:limit]

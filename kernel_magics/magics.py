@@ -25,7 +25,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
 from traitlets.config.configurable import Configurable
 
 from kernel_magics import api, display
-from kernel_magics.cli import non_negative_float, number, positive_int, version
+from kernel_magics.argtypes import non_negative_float, number, positive_int, version
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import KernelMagicsError
 from kernel_magics.tracking import TrainResult

@@ -69,7 +69,7 @@ def start_server(settings: Settings) -> threading.Thread:
     stop = _watchdog_stop = threading.Event()
 
     def run() -> None:
-        from kernel_magics.serving.client import ServingClient
+        from kernel_magics.targets.local import ServingClient
 
         client = ServingClient(settings)
         try:

@@ -17,7 +17,7 @@ import pytest
 
 from kernel_magics import api
 from kernel_magics.config import load_settings
-from kernel_magics.serving.client import ServingClient
+from kernel_magics.targets.local import ServingClient
 
 PID_KEYS = ("pid", "workers", "worker_pids")
 

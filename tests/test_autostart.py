@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kernel_magics import api
-from kernel_magics.serving.client import pid_alive
+from kernel_magics.targets.local import pid_alive
 
 
 def _wait_ready(timeout: float = 90.0) -> dict:

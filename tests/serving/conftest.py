@@ -12,7 +12,7 @@ import pytest
 from servekit import kill_state_pids
 
 from kernel_magics.config import Settings, load_settings
-from kernel_magics.serving.client import ServingClient, pid_alive
+from kernel_magics.targets.local import ServingClient, pid_alive
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from kernel_magics.config import Settings
-from kernel_magics.serving.client import ServingClient, pid_alive
+from kernel_magics.targets.local import ServingClient, pid_alive
 from kernel_magics.store import TAG_FORMAT, TAG_SHA256, TAG_TASK, Store, hash_model_dir
 
 N_FEATURES = 32

@@ -16,7 +16,7 @@ from servekit import MLP, log_model, rows
 from kernel_magics import api, display
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, NotFound
-from kernel_magics.serving.client import ServingClient
+from kernel_magics.targets.local import ServingClient
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from servekit import MLP, Logged, auth, log_model, rows
 
 from kernel_magics.config import Settings, load_settings
-from kernel_magics.serving.client import ServingClient
+from kernel_magics.targets.local import ServingClient
 
 MAX_ROWS = 100
 MAX_BODY = 64 * 1024

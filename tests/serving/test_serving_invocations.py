@@ -22,7 +22,7 @@ import requests
 from servekit import MLP, Logged, auth, free_port, log_model, rows
 
 from kernel_magics.config import Settings
-from kernel_magics.serving.client import ServingClient
+from kernel_magics.targets.local import ServingClient
 
 X = rows(3, seed=21)
 COLS = [str(i) for i in range(32)]

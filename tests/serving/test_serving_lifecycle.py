@@ -30,7 +30,7 @@ from servekit import (
 
 from kernel_magics.config import Settings
 from kernel_magics.errors import DeployFailed, InvalidInput, NotFound, ServiceUnavailable
-from kernel_magics.serving.client import ServingClient, pid_alive
+from kernel_magics.targets.local import ServingClient, pid_alive
 from kernel_magics.store import Store
 
 

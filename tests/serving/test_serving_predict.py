@@ -18,7 +18,7 @@ from servekit import MLP, Logged, auth, log_model, raw_http, rows
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput, NotFound
-from kernel_magics.serving.client import ServingClient
+from kernel_magics.targets.local import ServingClient
 
 MAX_ROWS = 1000
 MAX_BODY = 1 << 20

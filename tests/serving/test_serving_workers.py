@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from servekit import MLP, auth, log_model, rows
 
 from kernel_magics.config import Settings, load_settings
-from kernel_magics.serving.client import ServingClient, pid_alive
+from kernel_magics.targets.local import ServingClient, pid_alive
 
 
 @pytest.fixture(scope="module")
