@@ -2,6 +2,6 @@
 
 import sys
 
-from kernel_magics.serving.supervisor import main
+from kernel_magics.serving.process.supervisor import main
 
 sys.exit(main())

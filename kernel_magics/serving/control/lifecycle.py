@@ -7,6 +7,9 @@ activate it, and ``record`` appends the history event (after the caller has its 
 model's lock is held until it is written, so the next transition sees it). A version that fails
 to load is never made live, so the store and the process agree on what is live.
 ``live_specs`` rebuilds what a restarted process must serve from the store alone.
+
+This is the boundary with the store: it returns history events as ``records.HistoryEvent``
+(what crosses the pipe to the workers); the store itself speaks dicts.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from dataclasses import dataclass
 
 from kernel_magics.config import Settings
 from kernel_magics.errors import IntegrityError, InvalidInput, KernelMagicsError, NotFound
+from kernel_magics.records import HistoryEvent, ModelSpec
 from kernel_magics.store import (
+    TAG_FORMAT,
     Store,
     VersionInfo,
     hash_model_dir,
@@ -29,19 +34,6 @@ ACTIONS = ("deploy", "rollback", "undeploy")
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """Everything a worker needs to load one version (JSON-serializable with ``asdict``)."""
-
-    name: str
-    version: int
-    path: str
-    sha256: str
-    task: str | None = None
-    max_batch_size: int | None = None
-    max_wait_ms: float | None = None
-
-
-@dataclass(frozen=True)
 class Plan:
     name: str
     action: str
@@ -51,7 +43,7 @@ class Plan:
     # History as it stood when planned. The supervisor holds the model's lock from plan to
     # commit, so commit can append its event without reading the store again: that keeps the
     # time between "loaded and warm" and "live" short.
-    history: tuple[dict, ...] = ()
+    history: tuple[HistoryEvent, ...] = ()
     # Serving options given explicitly to this deploy (recorded on the version at make_live).
     options: tuple[tuple[str, object], ...] = ()
 
@@ -91,18 +83,22 @@ class Lifecycle:
             path=str(path),
             sha256=expected,
             task=info.task,
+            # picks the worker's loader; None for versions registered before the tag existed
+            format=info.tags.get(TAG_FORMAT),
             max_batch_size=int(batch) if batch is not None else None,
             max_wait_ms=float(wait) if wait is not None else None,
         )
 
-    def rollback_target(self, name: str, live: int | None, history: list[dict]) -> int:
+    def rollback_target(
+        self, name: str, live: int | None, history: tuple[HistoryEvent, ...]
+    ) -> int:
         """The version that was live before the current one (the newest event that made the
         current version live names it); rolling back twice therefore returns to where it began."""
         if live is None:
             raise InvalidInput(f"{name} is not deployed; nothing to roll back")
         for event in reversed(history):
-            if event["to_version"] == live and event["from_version"] is not None:
-                return event["from_version"]
+            if event.to_version == live and event.from_version is not None:
+                return event.from_version
         raise InvalidInput(f"{name} has no earlier live version to roll back to; use --to VERSION")
 
     def plan(self, name: str, action: str, ref: str | int | None = None, **options: object) -> Plan:
@@ -115,40 +111,43 @@ class Lifecycle:
                 raise NotFound(f"no registered model named {name!r}")
             if live is None:
                 raise InvalidInput(f"{name} is not deployed")
-            return Plan(name, action, None, live, None, tuple(self.store.history(name)))
+            return Plan(name, action, None, live, None, self.history(name))
         if action == "rollback":
             if not self.store.model_exists(name):
                 raise NotFound(f"no registered model named {name!r}")
-            history = self.store.history(name)
+            history = self.history(name)
             target = int(ref) if ref is not None else self.rollback_target(name, live, history)
             info = self.store.resolve(name, target)
         else:
             info = self.store.resolve(name, ref)
-            history = self.store.history(name)
+            history = self.history(name)
         spec = self.spec_for(info, **options)
         changed = tuple(
             (k, v) for k, v in sorted(options.items()) if info.serve_options.get(k) != v
         )
-        return Plan(name, action, spec, live, info.version, tuple(history), changed)
+        return Plan(name, action, spec, live, info.version, history, changed)
 
-    def make_live(self, plan: Plan) -> tuple[dict, list[dict]]:
+    def make_live(self, plan: Plan) -> tuple[HistoryEvent, tuple[HistoryEvent, ...]]:
         """Move the live alias (the source of truth a restarted process rebuilds from).
         Returns the event and the history including it; ``record`` writes the event later."""
         if plan.options and plan.to_version is not None:
             self.store.set_serve_options(plan.name, plan.to_version, dict(plan.options))
         self.store.set_live(plan.name, plan.to_version)
-        event = transition_event(plan.action, plan.from_version, plan.to_version)
-        return event, [*plan.history, event]
+        event = HistoryEvent.from_wire(
+            transition_event(plan.action, plan.from_version, plan.to_version)
+        )
+        return event, (*plan.history, event)
 
-    def record(self, plan: Plan, event: dict) -> None:
+    def record(self, plan: Plan, event: HistoryEvent) -> None:
         """Append the event to the deployment history in the store."""
-        self.store.append_event(plan.name, event)
+        self.store.append_event(plan.name, event.to_wire())
 
     def commit(self, plan: Plan) -> list[dict]:
-        """``make_live`` then ``record``: the whole transition in one call."""
+        """``make_live`` then ``record``: the whole transition in one call (for callers that
+        drive the store directly); the history as ``Store.history`` lists it."""
         event, history = self.make_live(plan)
         self.record(plan, event)
-        return history
+        return [e.to_wire() for e in history]
 
     def live_specs(self) -> list[ModelSpec]:
         """What a (re)started inference process must serve. A version that fails its hash check
@@ -161,5 +160,5 @@ class Lifecycle:
                 log.error("not restoring %s v%s: %s", name, version, err)
         return specs
 
-    def history(self, name: str) -> list[dict]:
-        return self.store.history(validate_name(name))
+    def history(self, name: str) -> tuple[HistoryEvent, ...]:
+        return tuple(HistoryEvent.from_wire(e) for e in self.store.history(validate_name(name)))

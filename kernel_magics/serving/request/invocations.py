@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from kernel_magics.errors import InvalidInput
-from kernel_magics.serving.codecs import UnsupportedMediaType
+from kernel_magics.serving.request.codecs import UnsupportedMediaType
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _LLM_KEYS = ("messages", "prompt", "input")

@@ -1,4 +1,4 @@
-"""Request handlers of a worker: the public API (control routes: ``control_routes.py``).
+"""Request handlers of a worker: the public API (its control routes: ``control/worker_routes.py``).
 
 Everything here runs on the event loop thread except model loading (a loader thread) and
 forwards (the inference thread). Routing is a prefix test and one ``partition`` per request;
@@ -16,9 +16,11 @@ from typing import Any
 
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput
-from kernel_magics.serving import control, invocations, metrics
-from kernel_magics.serving.batcher import InferenceThread, Item
-from kernel_magics.serving.codecs import (
+from kernel_magics.serving.control.worker_routes import ControlRoutes
+from kernel_magics.serving.process import ipc
+from kernel_magics.serving.request import invocations, metrics
+from kernel_magics.serving.request.batcher import InferenceThread, Item
+from kernel_magics.serving.request.codecs import (
     NPY,
     UnsupportedMediaType,
     json_rows,
@@ -28,9 +30,16 @@ from kernel_magics.serving.codecs import (
     predictions_json,
     wants_npy,
 )
-from kernel_magics.serving.control_routes import ControlRoutes
-from kernel_magics.serving.model_table import LoadedModel, ModelTable
-from kernel_magics.serving.protocol import JSON, Connection, Request, dumps, error_body
+from kernel_magics.serving.request.model import LoadedModel
+from kernel_magics.serving.request.model_table import ModelTable
+from kernel_magics.serving.request.protocol import (
+    JSON,
+    Connection,
+    Request,
+    describe_error,
+    dumps,
+    error_body,
+)
 from kernel_magics.serving.tokens import ANONYMOUS, TokenTable
 
 log = logging.getLogger(__name__)
@@ -207,7 +216,7 @@ class WorkerApp(ControlRoutes):
             return
         except Exception as err:  # pandas can fail in many ways on odd input
             stats.errors.inc()
-            conn.send(400, error_body(f"Invalid input: {type(err).__name__}: {err}"[:500]), req=req)
+            conn.send(400, error_body(f"Invalid input: {describe_error(err, 450)}"), req=req)
             return
         # run alone and exactly as given: the MLflow-compatible answer depends on the request
         encode = lambda out: (invocations.answer(out, parsed), JSON)  # noqa: E731
@@ -260,7 +269,7 @@ class WorkerApp(ControlRoutes):
     async def _relay(self, req: Request, conn: Connection, name: str, action: str) -> None:
         target = f"/v1/models/{name}/{action}"
         try:
-            status, body = await control.request(
+            status, body = await ipc.request(
                 str(self.settings.control_socket), "POST", target, bytes(req.body), _RELAY_TIMEOUT
             )
         except (ConnectionError, TimeoutError, OSError) as err:
@@ -284,7 +293,7 @@ class WorkerApp(ControlRoutes):
 
     def openapi(self, req: Request, conn: Connection) -> None:
         if self._openapi is None:
-            from kernel_magics.serving.openapi import document
+            from kernel_magics.serving.request.openapi import document
 
             models = [m.describe() for m in self.table.live.values()]
             self._openapi = dumps(document(models, self.max_rows))
@@ -303,5 +312,4 @@ class WorkerApp(ControlRoutes):
 
 
 def _model_error(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-    return f"the model failed on this input: {type(err).__name__}: {text}"
+    return f"the model failed on this input: {describe_error(err)}"

@@ -1,5 +1,6 @@
-"""The supervisor's control routes of a worker (unix socket, never public): load and warm a
-version beside the live one, activate it, discard or unload, start serving, report state.
+"""A worker's control routes (its unix socket, only the supervisor calls them; never public):
+load and warm a version beside the live one, activate it, discard or unload, start serving,
+report state. They are the worker side of ``transitions.WorkerPool`` (``process/pool.py``).
 
 A mixin of ``WorkerApp``: the handlers share its loop, model table and loader thread.
 """
@@ -17,13 +18,21 @@ from typing import Any
 import orjson
 
 from kernel_magics.config import Settings
-from kernel_magics.errors import DeployFailed, KernelMagicsError
-from kernel_magics.serving import metrics
-from kernel_magics.serving.batcher import Batcher
-from kernel_magics.serving.model_table import LoadedModel, ModelTable, model_from_spec
-from kernel_magics.serving.protocol import Connection, Request, dumps, error_body
+from kernel_magics.errors import DeployFailed, InvalidInput, KernelMagicsError
+from kernel_magics.records import HistoryEvent, ModelSpec
+from kernel_magics.serving.request import metrics
+from kernel_magics.serving.request.batcher import Batcher
+from kernel_magics.serving.request.model import LoadedModel
+from kernel_magics.serving.request.model_table import History, ModelTable, model_from_spec
+from kernel_magics.serving.request.protocol import (
+    Connection,
+    Request,
+    describe_error,
+    dumps,
+    error_body,
+)
 
-log = logging.getLogger("kernel_magics.serving.app")
+log = logging.getLogger(__name__)
 
 
 class ControlRoutes:
@@ -47,11 +56,17 @@ class ControlRoutes:
         return doc
 
     def c_load(self, req: Request, conn: Connection) -> None:
-        spec = self._body(req, conn)
-        if spec is not None:
-            self.loop.create_task(self._load(spec, req, conn))
+        doc = self._body(req, conn)
+        if doc is None:
+            return
+        try:
+            spec = ModelSpec.from_wire(doc)
+        except InvalidInput as err:
+            conn.send(400, error_body(str(err)), req=req)
+            return
+        self.loop.create_task(self._load(spec, req, conn))
 
-    async def _load(self, spec: dict, req: Request, conn: Connection) -> None:
+    async def _load(self, spec: ModelSpec, req: Request, conn: Connection) -> None:
         s = self.settings
         try:
             reused = self.table.reusable(spec, s.max_batch_size, s.max_wait_ms)
@@ -67,10 +82,8 @@ class ControlRoutes:
             conn.send(status, error_body(str(err)), req=req)
             return
         except Exception as err:
-            log.exception("loading %s failed", spec.get("name"))
-            conn.send(
-                409, error_body(f"loading failed: {type(err).__name__}: {err}"[:1000]), req=req
-            )
+            log.exception("loading %s v%s failed", spec.name, spec.version)
+            conn.send(409, error_body(f"loading failed: {describe_error(err, 900)}"), req=req)
             return
         model.stats = metrics.ModelStats(model.name, model.version)
         model.batcher = Batcher(model, model.max_batch_size, model.max_wait_ms, model.stats)
@@ -100,12 +113,17 @@ class ControlRoutes:
         if doc is None:
             return
         try:
-            name, version = str(doc["name"]), int(doc["version"])
-            model, previous = self.table.activate(name, version, doc.get("history"))
-            self._openapi = None
-        except (KeyError, TypeError, ValueError) as err:
+            name, version, history = str(doc["name"]), int(doc["version"]), _history(doc)
+        except (KeyError, TypeError, ValueError, InvalidInput) as err:
+            msg = f"activate needs a name, a version and a history: {err}"
+            conn.send(400, error_body(msg), req=req)
+            return
+        try:
+            model, previous = self.table.activate(name, version, history)
+        except KeyError as err:  # not staged here
             conn.send(404, error_body(str(err).strip("'\"")), req=req)
             return
+        self._openapi = None
         log.info("activated %s v%s (was v%s)", name, version, previous and previous.version)
         body = {"name": name, "version": version, "previous_version": previous and previous.version}
         replaced = previous if previous is not model else None  # a redeploy replaces nothing
@@ -140,7 +158,12 @@ class ControlRoutes:
         doc = self._body(req, conn)
         if doc is not None:
             name = str(doc.get("name"))
-            previous = self.table.unload(name, doc.get("history"))
+            try:
+                history = _history(doc)
+            except (TypeError, InvalidInput) as err:
+                conn.send(400, error_body(f"bad history: {err}"), req=req)
+                return
+            previous = self.table.unload(name, history)
             self._openapi = None
             log.info("unloaded %s (was v%s)", name, previous and previous.version)
             body = {"name": name, "previous_version": previous and previous.version}
@@ -170,6 +193,12 @@ class ControlRoutes:
             "standby": {name: m.version for name, m in self.table.standby.items()},
         }
         conn.send(200, dumps(state), req=req)
+
+
+def _history(doc: dict) -> History | None:
+    """The model's deployment history sent along with an activation (None: keep the old)."""
+    raw = doc.get("history")
+    return None if raw is None else tuple(HistoryEvent.from_wire(e) for e in raw)
 
 
 def _load_and_warm(model: LoadedModel) -> None:

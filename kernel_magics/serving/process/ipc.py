@@ -1,7 +1,9 @@
-"""Tiny HTTP/1.1 clients for the unix control sockets (supervisor ↔ workers, kernel → supervisor).
+"""Inter-process calls: tiny HTTP/1.1 clients for the unix sockets of the inference process
+(supervisor → workers, workers → supervisor, kernel → supervisor).
 
 Both ends are ours, so this only needs what they speak: one request per connection with a
-Content-Length body and ``Connection: close``. No torch, no numpy: the supervisor imports it.
+Content-Length body and ``Connection: close``. No torch, no numpy: the supervisor and the
+kernel side import it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def _decode(raw: bytes) -> tuple[int, bytes]:
     try:
         status = int(status_line.split()[1])
     except (IndexError, ValueError):
-        raise ConnectionError(f"malformed control response {status_line[:80]!r}") from None
+        raise ConnectionError(f"malformed response {status_line[:80]!r}") from None
     length = None
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
@@ -60,7 +62,7 @@ async def request(
     try:
         return await asyncio.wait_for(go(), timeout)
     except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, OSError) as err:
-        raise ConnectionError(f"control socket {path}: {err}") from err
+        raise ConnectionError(f"unix socket {path}: {err}") from err
 
 
 async def request_json(

@@ -20,6 +20,8 @@ from typing import Any
 import httptools
 import orjson
 
+from kernel_magics.errors import first_line
+
 log = logging.getLogger(__name__)
 
 JSON = b"application/json"
@@ -44,12 +46,17 @@ class Request:
         self.too_large = False
         self.t0 = 0.0
 
-    def header(self, name: bytes, default: bytes = b"") -> bytes:
-        return self.headers.get(name, default)
-
 
 def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
+
+
+def describe_error(err: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (just ``Type`` when it has none), for error answers
+    that quote a library's exception."""
+    name = type(err).__name__
+    text = first_line(err, limit)
+    return name if text == name else f"{name}: {text}"
 
 
 def dumps(obj: Any) -> bytes:

@@ -1,11 +1,11 @@
 """The supervisor of the inference process: ``python -m kernel_magics.serving``.
 
-It owns the public listening socket for its whole life and hands the fd to its workers, so the
-URL never changes when a worker is respawned. It never imports torch (it stays light); mlflow is
-imported once, in a background thread, inside ``Lifecycle``. Management calls arrive on the
-control unix socket (workers relay them) and run under one lock per model name: plan (store) →
-load+warm in every worker → commit (store) → activate in every worker. A failed load changes
-nothing: the staged copies are discarded and the old version keeps serving.
+It owns the public listening socket for its whole life and hands the fd to its workers
+(``pool.py``), so the URL never changes when a worker is respawned. It never imports torch (it
+stays light); mlflow is imported once, in a background thread, inside ``Lifecycle``. Management
+calls arrive on its own unix socket (workers relay them) and run as ``control/transitions.py``
+says, under one lock per model name. It writes ``home/server.json``, through which any kernel
+reattaches.
 """
 
 from __future__ import annotations
@@ -20,53 +20,38 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from kernel_magics._files import write_atomic
 from kernel_magics.config import PREFERRED_PORT_ENV, Settings, load_settings
 from kernel_magics.errors import KernelMagicsError
-from kernel_magics.serving import control
-from kernel_magics.serving.protocol import Connection, Request, error_body
+from kernel_magics.serving.control.transitions import LiveModel, run_transition
+from kernel_magics.serving.process import ipc
+from kernel_magics.serving.process.pool import WorkerProcesses
+from kernel_magics.serving.request.protocol import Connection, Request, error_body
 from kernel_magics.serving.tokens import ensure_home_token
-from kernel_magics.serving.transitions import LOAD_TIMEOUT, run_transition
+
+if TYPE_CHECKING:
+    from kernel_magics.serving.control.lifecycle import Lifecycle
 
 log = logging.getLogger("kernel_magics.serving.supervisor")
-_READY_TIMEOUT = 180.0
-
-
-class Worker:
-    def __init__(self, index: int, control_path: str):
-        self.index = index
-        self.control = control_path
-        self.proc: subprocess.Popen | None = None
-        self.ready = False
-        self.spawned_at = 0.0
-        self.quick_deaths = 0
 
 
 class Supervisor:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.loop = asyncio.get_running_loop()
-        self.workers = [
-            Worker(i, str(settings.run_dir / f"worker-{i}.sock"))
-            for i in range(max(1, settings.workers))
-        ]
-        self.locks: dict[str, asyncio.Lock] = {}
-        self.live: dict[str, tuple[dict, list]] = {}  # name → (spec, history): mirror of the store
+        self.pool = WorkerProcesses(settings, self.loop, on_change=self._write_state)
         self.stop_event = asyncio.Event()
-        self.stopping = False
         self.started_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         self.sock: socket.socket | None = None
         self.port = 0
-        self.env: dict[str, str] = {}
+        # (lifecycle, what the store says is live), set by the background import of mlflow
         self._lifecycle: concurrent.futures.Future = concurrent.futures.Future()
 
     # -- start-up -----------------------------------------------------------------------------
@@ -92,28 +77,30 @@ class Supervisor:
         )
         os.chmod(s.control_socket, 0o600)
         threading.Thread(target=self._init_lifecycle, name="lifecycle", daemon=True).start()
-        self.env = {**os.environ, **s.as_env()}
-        if len(self.workers) > 1:  # prometheus multiprocess mode: see metrics.py
+        pool = self.pool
+        pool.sock = self.sock
+        pool.env = {**os.environ, **s.as_env()}
+        if len(pool.workers) > 1:  # prometheus multiprocess mode: see request/metrics.py
             folder = s.run_dir / "metrics"
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
-            self.env["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+            pool.env["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
         else:
-            self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            pool.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop_event.set)
         try:
             started = time.perf_counter()
-            for w in self.workers:
-                self._spawn(w)
-            ok = await asyncio.gather(*(self._wait_ready(w) for w in self.workers))
+            for w in pool.workers:
+                pool.spawn(w)
+            ok = await asyncio.gather(*(pool.wait_ready(w) for w in pool.workers))
             if not all(ok):
                 log.error("a worker failed to start; see the lines above")
                 return 1
             await self._restore_from_store()
-            for w in self.workers:
-                w.ready = await self._serve(w)
-            if not all(w.ready for w in self.workers):
+            for w in pool.workers:
+                w.ready = await pool.serve(w)
+            if not all(w.ready for w in pool.workers):
                 return 1
             self._write_state()
             log.info("ready at %s in %.2f s", self.url, time.perf_counter() - started)
@@ -127,7 +114,7 @@ class Supervisor:
         if not path.exists():
             return False
         try:
-            status, _ = await control.request(str(path), "GET", "/state", timeout=2.0)
+            status, _ = await ipc.request(str(path), "GET", "/state", timeout=2.0)
             return status == 200
         except (ConnectionError, TimeoutError, OSError):
             return False
@@ -159,13 +146,13 @@ class Supervisor:
     def _init_lifecycle(self) -> None:
         """Import mlflow (≈2 s) off the loop, while the workers import torch."""
         try:
-            from kernel_magics.lifecycle import Lifecycle
+            from kernel_magics.serving.control.lifecycle import Lifecycle
 
             lifecycle = Lifecycle(self.settings)
-            live: dict[str, tuple[dict, list]] = {}
+            live: dict[str, LiveModel] = {}
             try:
                 for spec in lifecycle.live_specs():
-                    live[spec.name] = (asdict(spec), lifecycle.history(spec.name))
+                    live[spec.name] = LiveModel(spec, lifecycle.history(spec.name))
             except Exception as err:
                 log.error("could not read the live models from the store: %s", err)
             self._lifecycle.set_result((lifecycle, live))
@@ -173,132 +160,26 @@ class Supervisor:
             log.exception("the model store is not usable")
             self._lifecycle.set_exception(err)
 
-    async def lifecycle(self) -> Any:
+    async def lifecycle(self) -> Lifecycle:
         lifecycle, _ = await asyncio.wrap_future(self._lifecycle)
-        return lifecycle
+        return lifecycle  # type: ignore[no-any-return]
 
     async def _restore_from_store(self) -> None:
         try:
             _, live = await asyncio.wrap_future(self._lifecycle)
         except Exception:
             return
-        self.live.update(live)
-        for name in sorted(live):
-            await self._restore(name, self.workers)
-
-    async def _restore(self, name: str, workers: list[Worker]) -> None:
-        async with self.lock(name):
-            if name not in self.live:
-                return
-            spec, history = self.live[name]
-            for w in workers:
-                status, body = await self.call(w, "/_control/load", spec, LOAD_TIMEOUT)
-                if status != 200:
-                    log.error(
-                        "restoring %s v%s failed: %s", name, spec["version"], body.get("error")
-                    )
-                    continue
-                body = {"name": name, "version": spec["version"], "history": history}
-                await self.call(w, "/_control/activate", body)
-            log.info("restored %s v%s", name, spec["version"])
-
-    # -- workers ------------------------------------------------------------------------------
-    def _spawn(self, w: Worker) -> None:
-        assert self.sock is not None
-        fd = self.sock.fileno()
-        cmd = [sys.executable, "-m", "kernel_magics.serving.worker", "--fd", str(fd)]
-        cmd += ["--control", w.control, "--index", str(w.index)]
-        w.proc = subprocess.Popen(cmd, pass_fds=(fd,), env=self.env, stdin=subprocess.DEVNULL)
-        w.spawned_at = time.monotonic()
-        w.ready = False
-        proc = w.proc
-        threading.Thread(target=self._watch, args=(w, proc), daemon=True).start()
-        log.info("worker %d started (pid %d)", w.index, proc.pid)
-
-    def _watch(self, w: Worker, proc: subprocess.Popen) -> None:
-        proc.wait()
-        with contextlib.suppress(RuntimeError):  # loop closed at shutdown
-            self.loop.call_soon_threadsafe(self._exited, w, proc)
-
-    def _exited(self, w: Worker, proc: subprocess.Popen) -> None:
-        if self.stopping or w.proc is not proc:
-            log.info("worker %d (pid %d) exited with %s", w.index, proc.pid, proc.returncode)
-            return
-        log.error(
-            "worker %d (pid %d) exited with %s; respawning", w.index, proc.pid, proc.returncode
-        )
-        w.ready = False
-        folder = self.env.get("PROMETHEUS_MULTIPROC_DIR")
-        if folder:
-            with contextlib.suppress(Exception):
-                from prometheus_client import multiprocess
-
-                multiprocess.mark_process_dead(proc.pid, folder)
-        self._write_state()
-        self.loop.create_task(self._respawn(w))
-
-    async def _respawn(self, w: Worker) -> None:
-        if time.monotonic() - w.spawned_at < 10:
-            w.quick_deaths += 1
-            delay = min(30.0, 0.25 * 2**w.quick_deaths)
-            log.warning("worker %d keeps dying; waiting %.1f s", w.index, delay)
-            await asyncio.sleep(delay)
-        else:
-            w.quick_deaths = 0
-        if self.stopping:
-            return
-        started = time.perf_counter()
-        self._spawn(w)
-        proc = w.proc
-        if not await self._wait_ready(w) or w.proc is not proc:
-            return  # its exit is handled by _exited
-        for name in sorted(self.live):
-            await self._restore(name, [w])
-        if not await self._serve(w):
-            return
-        w.ready = True
-        self._write_state()
-        log.info("worker %d back in %.2f s", w.index, time.perf_counter() - started)
-
-    async def _wait_ready(self, w: Worker) -> bool:
-        deadline = time.monotonic() + _READY_TIMEOUT
-        proc = w.proc
-        while time.monotonic() < deadline:
-            if proc is None or proc.poll() is not None or self.stopping:
-                return False
-            try:
-                status, _ = await control.request(w.control, "GET", "/_control/state", timeout=2.0)
-                if status == 200:
-                    return True
-            except (ConnectionError, TimeoutError, OSError):
-                pass
-            await asyncio.sleep(0.05)
-        log.error("worker %d did not become ready in %.0f s", w.index, _READY_TIMEOUT)
-        if proc is not None:
-            proc.kill()
-        return False
-
-    async def _serve(self, w: Worker) -> bool:
-        status, body = await self.call(w, "/_control/serve")
-        if status != 200:
-            log.error("worker %d cannot serve: %s", w.index, body.get("error"))
-        return status == 200
-
-    async def call(
-        self, w: Worker, target: str, body: Any = None, timeout: float = 30.0
-    ) -> tuple[int, dict]:
-        try:
-            return await control.request_json(w.control, "POST", target, body, timeout)
-        except (ConnectionError, TimeoutError, OSError) as err:
-            return 503, {"error": f"worker {w.index} did not answer ({type(err).__name__})"}
+        self.pool.live.update(live)
+        await self.pool.restore_all(self.pool.workers)
 
     def _write_state(self) -> None:
-        if self.stopping:
+        if self.pool.stopping:
             return
         # "restarting" only while no worker serves: with several workers the others keep
         # answering while one is respawned ("workers_ready" tells the difference).
-        serving = sum(w.ready for w in self.workers)
-        pids = [w.proc.pid for w in self.workers if w.proc is not None]
+        workers = self.pool.workers
+        serving = sum(w.ready for w in workers)
+        pids = [w.proc.pid for w in workers if w.proc is not None]
         state = {
             "url": self.url,
             "pid": os.getpid(),
@@ -312,7 +193,7 @@ class Supervisor:
         }
         write_atomic(self.settings.state_file, json.dumps(state, indent=1))
 
-    # -- control API --------------------------------------------------------------------------
+    # -- the supervisor's own routes (unix socket) --------------------------------------------
     def handle(self, req: Request, conn: Connection) -> None:
         path = req.path
         if path.startswith(b"/v1/models/"):
@@ -334,9 +215,9 @@ class Supervisor:
                 "url": self.url,
                 "workers": [
                     {"index": w.index, "pid": w.proc.pid if w.proc else None, "ready": w.ready}
-                    for w in self.workers
+                    for w in self.pool.workers
                 ],
-                "live": {name: spec["version"] for name, (spec, _) in self.live.items()},
+                "live": {name: live.spec.version for name, live in self.pool.live.items()},
             }
             conn.send(200, orjson.dumps(state), req=req)
         else:
@@ -353,7 +234,7 @@ class Supervisor:
             conn.send(status, orjson.dumps(body), req=req)
 
         try:
-            await run_transition(self, name, action, req.body, answer)
+            await run_transition(self.pool, self.lifecycle, name, action, req.body, answer)
         except Exception as err:  # never leave a relayed call unanswered
             log.exception("%s %s failed", action, name)
             if not answered:
@@ -361,31 +242,13 @@ class Supervisor:
 
     async def _settle(self, req: Request, conn: Connection, name: str) -> None:
         """Answer once no transition of ``name`` is running: its history write is then in the
-        store (transitions answer before that write, see transitions.py)."""
-        async with self.lock(name):
+        store (transitions answer before that write, see control/transitions.py)."""
+        async with self.pool.lock(name):
             conn.send(200, b"{}", req=req)
-
-    def lock(self, name: str) -> asyncio.Lock:
-        """Management of one model runs one call at a time (plan to history write)."""
-        lock = self.locks.get(name)
-        if lock is None:
-            lock = self.locks[name] = asyncio.Lock()
-        return lock
 
     # -- stopping -----------------------------------------------------------------------------
     async def _shutdown(self, server: Any) -> None:
-        self.stopping = True
-        procs = [w.proc for w in self.workers if w.proc is not None and w.proc.poll() is None]
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-        deadline = time.monotonic() + 5
-        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        await self.pool.stop()
         server.close()
         for path in (self.settings.state_file, self.settings.control_socket):
             with contextlib.suppress(FileNotFoundError):

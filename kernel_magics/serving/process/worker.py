@@ -1,7 +1,7 @@
 """A worker process: serves the public HTTP API on the supervisor's listening socket and control
 routes on its own unix socket.
 
-    python -m kernel_magics.serving.worker --fd N --control PATH --index I
+    python -m kernel_magics.serving.process.worker --fd N --control PATH --index I
 
 It imports torch but never mlflow (a 2 s import it does not need: models load from local
 folders). The event loop (uvloop) parses and answers requests; one inference thread per worker
@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 from kernel_magics.config import Settings, load_settings
+from kernel_magics.serving import WARMUP_MODEL
 
 
 def _import_torch(settings: Settings) -> None:
@@ -42,7 +43,7 @@ def _import_torch(settings: Settings) -> None:
     import torch._export.serde.serialize  # noqa: F401
 
     try:
-        tiny = torch.export.load(str(Path(__file__).with_name("warmup.pt2"))).module()
+        tiny = torch.export.load(str(WARMUP_MODEL)).module()
         with torch.inference_mode():
             tiny(torch.zeros(2, 4))
     except Exception as err:  # another torch may not read it: the first deploy pays instead
@@ -69,7 +70,7 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kernel_magics.serving.worker")
+    parser = argparse.ArgumentParser(prog="kernel_magics.serving.process.worker")
     parser.add_argument("--fd", type=int, required=True, help="inherited listening socket")
     parser.add_argument("--control", required=True, help="this worker's control socket path")
     parser.add_argument("--index", type=int, default=0)
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s worker-{args.index}[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    log = logging.getLogger("kernel_magics.serving.worker")
+    log = logging.getLogger(__name__)
     faulthandler.enable()  # a crash in native code leaves its stack in the log
     parent = os.getppid()
     _die_with_parent()
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvloop
 
-    from kernel_magics.serving.app import WorkerApp
-    from kernel_magics.serving.protocol import Connection
+    from kernel_magics.serving.request.app import WorkerApp
+    from kernel_magics.serving.request.protocol import Connection
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)

@@ -1,15 +1,13 @@
 """Reading a model version's MLflow folder without MLflow: its signature and input example
-(``MLmodel``, ``input_example.json``) and, for pt2 models, the exported graph called directly."""
+(``MLmodel``, ``input_example.json``). The model itself is read by ``loaders.py``."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
 from kernel_magics.errors import DeployFailed
 
@@ -73,53 +71,6 @@ def read_example(folder: Path) -> np.ndarray | None:
         return np.asarray(doc)
     except ValueError:
         return None
-
-
-def graph_call(ep: Any) -> tuple[Any, int | None] | None:
-    """The exported graph called directly with its lifted weights: skips ``.module()``'s input
-    flattening and guards (≈50 µs a call, most of a small model's forward). Returns
-    (callable, static batch size or None), or None when the graph has a shape we do not handle."""
-    from torch.export.graph_signature import InputKind, OutputKind
-
-    sig = ep.graph_signature
-    if [o.kind for o in sig.output_specs] != [OutputKind.USER_OUTPUT]:
-        return None
-    lifted: list[Any] = []
-    user_at = None
-    for i, spec in enumerate(sig.input_specs):
-        if spec.kind == InputKind.USER_INPUT:
-            if user_at is not None:
-                return None
-            user_at = i
-            lifted.append(None)
-        elif spec.kind == InputKind.PARAMETER:
-            lifted.append(ep.state_dict[spec.target])
-        elif spec.kind == InputKind.BUFFER:
-            source = ep.state_dict if spec.persistent is not False else ep.constants
-            lifted.append(source[spec.target])
-        elif spec.kind in (InputKind.CONSTANT_TENSOR, InputKind.CUSTOM_OBJ):
-            lifted.append(ep.constants[spec.target])
-        else:
-            return None
-    if user_at != len(lifted) - 1:
-        return None
-    gm = ep.graph_module
-    weights = tuple(lifted[:-1])
-
-    def call(x: torch.Tensor) -> torch.Tensor:
-        return gm(*weights, x)[0]
-
-    return call, None
-
-
-def static_batch(ep: Any) -> int | None:
-    """torch.export fixes a size-1 example dimension: such a model only takes that batch size."""
-    for node in ep.graph_module.graph.nodes:
-        if node.op == "placeholder" and node.name in ep.graph_signature.user_inputs:
-            val = node.meta.get("val")
-            if val is not None and val.dim() > 0 and isinstance(val.shape[0], int):
-                return int(val.shape[0])
-    return None
 
 
 def fmt_shape(shape: tuple[int, ...]) -> str:

@@ -1,0 +1,259 @@
+"""Deploy, rollback and undeploy as the supervisor runs them, one model at a time.
+
+Order, under the model's lock: plan (store lookups and the hash check; nothing changes) → every
+ready worker loads and warms the version (staged beside the live one) → the live alias moves
+(the store is the source of truth a restarted process rebuilds from) → every worker activates it
+(a dict swap) → **the caller gets its answer** → the event is appended to the deployment history.
+
+Answering before the history write keeps the time between "loaded and warm" and "the call
+returned" to one alias write and one relay to the workers; the lock is held until the event is
+written, so the next transition of that model (a rollback reads the history) always sees it.
+A version that fails to load in any worker is discarded everywhere and never made live.
+
+The logic sees the workers only through ``WorkerPool`` (the supervisor's pool implements it), so
+it can be exercised against an in-memory pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from kernel_magics.errors import InvalidInput, KernelMagicsError
+from kernel_magics.records import HistoryEvent, ModelSpec
+from kernel_magics.serving.deploy_options import (
+    DEPLOY_OPTIONS,
+    MAX_BATCH_SIZE_MAX,
+    MAX_BATCH_SIZE_MIN,
+    MAX_WAIT_MS_MAX,
+    MAX_WAIT_MS_MIN,
+)
+
+if TYPE_CHECKING:
+    from kernel_magics.serving.control.lifecycle import Lifecycle
+
+Answer = Callable[[int, dict], None]
+History = tuple[HistoryEvent, ...]
+
+
+@dataclass(frozen=True)
+class LiveModel:
+    """What the process serves for one model (the supervisor's mirror of the store): a
+    respawned worker is reloaded from it."""
+
+    spec: ModelSpec
+    history: History
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One worker's answer to a pool operation."""
+
+    worker: int  # the worker's index, for log lines
+    status: int
+    body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    @property
+    def error(self) -> str:
+        return str(self.body.get("error") or f"worker {self.worker} answered {self.status}")
+
+
+class WorkerRef(Protocol):
+    index: int
+
+
+class WorkerPool(Protocol):
+    """What a transition needs from the process's workers. Each operation runs on every worker
+    given, concurrently, and returns one ``Reply`` per worker (a worker that does not answer is
+    a 503 reply, never an exception)."""
+
+    log: logging.Logger
+    live: dict[str, LiveModel]  # name → what is live: the mirror a respawn restores from
+
+    def ready_workers(self) -> Sequence[WorkerRef]: ...
+
+    def lock(self, name: str) -> asyncio.Lock:
+        """Management of one model runs one call at a time (plan to history write)."""
+        ...
+
+    async def load(self, workers: Sequence[WorkerRef], spec: ModelSpec) -> list[Reply]:
+        """Load and warm ``spec`` beside the live version (staged)."""
+        ...
+
+    async def discard(
+        self, workers: Sequence[WorkerRef], name: str, version: int | None
+    ) -> list[Reply]:
+        """Drop staged copies of ``name`` (of ``version`` only, when given)."""
+        ...
+
+    async def activate(
+        self, workers: Sequence[WorkerRef], name: str, version: int, history: History
+    ) -> list[Reply]:
+        """Make the staged ``version`` live; each worker answers once the old one drained."""
+        ...
+
+    async def unload(
+        self, workers: Sequence[WorkerRef], name: str, history: History
+    ) -> list[Reply]:
+        """Stop serving ``name``."""
+        ...
+
+
+async def run_transition(
+    pool: WorkerPool,
+    lifecycle: Callable[[], Awaitable[Lifecycle]],
+    name: str,
+    action: str,
+    raw: bytes,
+    answer: Answer,
+) -> None:
+    """Carry out one management call; ``answer`` is called exactly once, possibly before this
+    coroutine finishes (the history write follows the answer). ``lifecycle`` gives the store
+    side once it is ready (the supervisor imports mlflow in the background)."""
+    try:
+        ref, options = parse_manage_body(action, raw)
+        store = await lifecycle()
+    except KernelMagicsError as err:
+        return answer(err.http_status, {"error": str(err)})
+    log = pool.log
+    async with pool.lock(name):
+        try:
+            plan = await asyncio.to_thread(store.plan, name, action, ref, **options)
+        except KernelMagicsError as err:
+            return answer(err.http_status, {"error": str(err)})
+        workers = pool.ready_workers()
+        if not workers:
+            return answer(503, {"error": "inference process is restarting; retry in a few seconds"})
+        spec = plan.spec
+        load_ms = ready_at = None
+        if spec is not None:
+            loaded = await _load_everywhere(pool, workers, spec)
+            if isinstance(loaded, str):
+                log.warning("%s %s v%s failed: %s", action, name, spec.version, loaded)
+                return answer(409, {"error": loaded})
+            load_ms, ready_at = loaded
+        try:
+            event, history = await asyncio.to_thread(store.make_live, plan)
+        except Exception as err:
+            if spec is not None:
+                await pool.discard(workers, name, spec.version)
+            status = err.http_status if isinstance(err, KernelMagicsError) else 503
+            return answer(status, {"error": f"could not record the {action} in the store: {err}"})
+        await _switch(pool, workers, name, spec, history)
+        log.info("%s %s: v%s → v%s", action, name, plan.from_version, plan.to_version)
+        answer(
+            200,
+            {
+                "name": name,
+                "version": plan.to_version,
+                "previous_version": plan.from_version,
+                "action": action,
+                "load_ms": load_ms,
+                "ready_at": ready_at,
+                "history": [e.to_wire() for e in history],
+            },
+        )
+        try:
+            await asyncio.to_thread(store.record, plan, event)
+        except Exception as err:  # the alias moved and the process serves it: only the log lags
+            log.error("%s %s: could not append the event to the history: %s", action, name, err)
+
+
+async def _load_everywhere(
+    pool: WorkerPool, workers: Sequence[WorkerRef], spec: ModelSpec
+) -> tuple[float, float | None] | str:
+    """Load and warm in every worker: (slowest load_ms, latest ready_at), or why it failed
+    (then nothing stays staged anywhere)."""
+    replies = await pool.load(workers, spec)
+    failed = [r for r in replies if not r.ok]
+    if failed:
+        await pool.discard(workers, spec.name, spec.version)
+        return str(failed[0].body.get("error") or "load failed")
+    load_ms = max(float(r.body.get("load_ms") or 0) for r in replies)
+    stamps = [r.body["ready_at"] for r in replies if isinstance(r.body.get("ready_at"), float)]
+    return load_ms, (max(stamps) if stamps else None)
+
+
+async def _switch(
+    pool: WorkerPool,
+    workers: Sequence[WorkerRef],
+    name: str,
+    spec: ModelSpec | None,
+    history: History,
+) -> None:
+    """Activate the staged version (or unload the model) in every worker, and mirror it."""
+    if spec is not None:
+        pool.live[name] = LiveModel(spec, history)
+        replies = await pool.activate(workers, name, spec.version, history)
+    else:
+        pool.live.pop(name, None)
+        replies = await pool.unload(workers, name, history)
+    for reply in replies:
+        if not reply.ok:  # it died in between: its respawn restores from pool.live
+            pool.log.error("worker %d: %s", reply.worker, reply.error)
+
+
+def parse_manage_body(action: str, raw: bytes) -> tuple[Any, dict]:
+    """``(ref, options)`` of a deploy/rollback/undeploy body; InvalidInput names what is wrong."""
+    try:
+        doc = orjson.loads(raw) if raw and raw.strip() else {}
+    except orjson.JSONDecodeError as err:
+        raise InvalidInput(f"body is not valid JSON: {err}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("body must be a JSON object")
+    if action == "undeploy":
+        return None, {}
+    if action == "rollback":
+        return _rollback_target(doc), {}
+    ref = doc.get("ref")
+    if ref is not None:
+        if isinstance(ref, bool) or not isinstance(ref, int | str) or ref == "":
+            raise InvalidInput('"ref" must be a version number, an alias or null')
+        ref = str(ref)
+    unknown = set(doc) - {"ref", *DEPLOY_OPTIONS}
+    if unknown:
+        raise InvalidInput(f"unknown deploy option(s): {', '.join(sorted(unknown))}")
+    options: dict[str, Any] = {}
+    batch, wait = doc.get("max_batch_size"), doc.get("max_wait_ms")
+    if batch is not None:
+        if (
+            isinstance(batch, bool)
+            or not isinstance(batch, int)
+            or not MAX_BATCH_SIZE_MIN <= batch <= MAX_BATCH_SIZE_MAX
+        ):
+            raise InvalidInput(
+                f"max_batch_size must be a whole number between {MAX_BATCH_SIZE_MIN} "
+                f"and {MAX_BATCH_SIZE_MAX}"
+            )
+        options["max_batch_size"] = batch
+    if wait is not None:
+        if (
+            isinstance(wait, bool)
+            or not isinstance(wait, int | float)
+            or not MAX_WAIT_MS_MIN <= wait <= MAX_WAIT_MS_MAX
+        ):
+            raise InvalidInput(
+                f"max_wait_ms must be a number between {MAX_WAIT_MS_MIN} and {MAX_WAIT_MS_MAX}"
+            )
+        options["max_wait_ms"] = float(wait)
+    return ref, options
+
+
+def _rollback_target(doc: dict) -> int | None:
+    if set(doc) - {"to"}:
+        raise InvalidInput(f"unknown rollback option(s): {', '.join(sorted(set(doc) - {'to'}))}")
+    to = doc.get("to")
+    if to is not None and (isinstance(to, bool) or not isinstance(to, int | str)):
+        raise InvalidInput('"to" must be a version number or null')
+    if isinstance(to, str) and not to.isdigit():
+        raise InvalidInput(f'"to" must be a version number, got {to!r}')
+    return int(to) if to is not None else None

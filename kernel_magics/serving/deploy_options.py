@@ -1,0 +1,12 @@
+"""The per-deployment serving options (``%deploy NAME --max-batch-size N --max-wait-ms MS``) and
+their bounds, defined once: the management body validator (``control/transitions.py``) enforces
+them and the OpenAPI document (``request/openapi.py``) publishes them.
+"""
+
+from __future__ import annotations
+
+DEPLOY_OPTIONS = ("max_batch_size", "max_wait_ms")
+MAX_BATCH_SIZE_MIN = 1
+MAX_BATCH_SIZE_MAX = 1 << 20
+MAX_WAIT_MS_MIN = 0
+MAX_WAIT_MS_MAX = 10_000

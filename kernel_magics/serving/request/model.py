@@ -1,0 +1,209 @@
+"""One model version in a worker: loaded from its local MLflow folder (never through mlflow: a
+2 s import a worker does not need), warmed, then checking and forwarding requests' arrays.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kernel_magics.errors import DeployFailed, InvalidInput
+from kernel_magics.serving.request.codecs import PayloadTooLarge
+from kernel_magics.serving.request.inflight import InFlight
+from kernel_magics.serving.request.loaders import loader_for
+from kernel_magics.serving.request.model_files import (
+    Signature,
+    fmt_shape,
+    read_example,
+    read_signature,
+)
+from kernel_magics.serving.request.protocol import describe_error
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: int
+    path: str
+    sha256: str
+    task: str | None
+    max_batch_size: int
+    max_wait_ms: float
+    format: str | None = None  # the version's km.format tag; None: recognised by its files
+    fmt: str = ""  # the format it was loaded as
+    signature: Signature | None = None
+    fn: Callable[[torch.Tensor], Any] | None = None
+    fast_path: bool = False
+    fixed_batch: int | None = None
+    example: np.ndarray | None = None
+    loaded_at: str = ""
+    load_ms: float = 0.0
+    warm_ms: float = 0.0
+    stats: Any = None  # metrics children, set by the worker
+    batcher: Any = None  # set by the worker
+    response_headers: bytes = b""
+    inflight: InFlight = field(default_factory=InFlight)
+
+    # -- loading ---------------------------------------------------------------------------
+    def load(self) -> None:
+        started = time.perf_counter()
+        folder = Path(self.path)
+        if not (folder / "MLmodel").is_file():
+            raise DeployFailed(f"{self.name} v{self.version}: no MLmodel file in {folder}")
+        self.example = read_example(folder)
+        self.signature = read_signature(folder, self.example)
+        try:
+            loader = loader_for(folder, self.format)
+        except DeployFailed as err:
+            raise DeployFailed(f"{self.name} v{self.version}: {err}") from None
+        self.fmt = loader.format
+        try:
+            graph = loader.load(folder / loader.file)
+        except Exception as err:
+            raise DeployFailed(
+                f"{self.name} v{self.version}: loading {self.fmt} model failed: "
+                f"{describe_error(err)}"
+            ) from err
+        self.fn, self.fixed_batch = graph.fn, graph.fixed_batch
+        if graph.direct is not None:
+            self._adopt_if_same(graph.direct)
+        self.load_ms = (time.perf_counter() - started) * 1000
+        self.loaded_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        self.response_headers = b"x-model-name: %s\r\nx-model-version: %d\r\n" % (
+            self.name.encode(),
+            self.version,
+        )
+
+    def _adopt_if_same(self, direct: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Call the graph directly from now on if it answers the input example exactly as the
+        loaded module does (the fast path)."""
+        assert self.fn is not None
+        example = self._example_batch(self.fixed_batch or 2)
+        if example is None:
+            return
+        try:
+            with torch.inference_mode():
+                x = torch.from_numpy(example)
+                same = torch.equal(direct(x), self.fn(x))
+        except Exception as err:  # the wrapper does something the bare graph does not
+            log.info("%s v%s: direct graph call unusable (%s)", self.name, self.version, err)
+            return
+        if same:
+            self.fn, self.fast_path = direct, True
+
+    def _example_batch(self, rows: int) -> np.ndarray | None:
+        sig = self.signature
+        ex = self.example
+        if ex is None or sig is None or ex.ndim != len(sig.shape) or ex.shape[0] == 0:
+            return None
+        ex = ex.astype(sig.dtype)
+        reps = -(-rows // ex.shape[0])
+        return np.ascontiguousarray(np.concatenate([ex] * reps)[:rows])
+
+    def warm(self) -> None:
+        """Forward the input example at batch 1 and at the largest batch; a failure here fails
+        the deploy rather than the first request."""
+        started = time.perf_counter()
+        for rows in sorted({1, self.fixed_batch or self.max_batch_size}):
+            batch = self._example_batch(rows)
+            if batch is None:
+                return
+            try:
+                out = self.forward(batch)
+            except Exception as err:
+                raise DeployFailed(
+                    f"{self.name} v{self.version}: warm-up forward on the input example "
+                    f"({rows} rows) failed: {describe_error(err)}"
+                ) from err
+            if out.shape[:1] != (rows,):
+                raise DeployFailed(
+                    f"{self.name} v{self.version}: model returned {out.shape[0] if out.ndim else 0}"
+                    f" rows for {rows} input rows"
+                )
+        self.warm_ms = (time.perf_counter() - started) * 1000
+
+    # -- serving ---------------------------------------------------------------------------
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """Runs in the worker's inference thread (torch releases the GIL inside ops)."""
+        fn = self.fn
+        assert fn is not None
+        step = self.fixed_batch
+        with torch.inference_mode():
+            if step is None or batch.shape[0] == step:
+                return _as_numpy(fn(torch.from_numpy(batch)))
+            parts = [
+                _as_numpy(fn(torch.from_numpy(batch[i : i + step])))
+                for i in range(0, batch.shape[0], step)
+            ]
+            return np.concatenate(parts)
+
+    def check(self, array: np.ndarray, max_rows: int) -> np.ndarray:
+        """Cast to the signature dtype and check the shape; one line naming what is wrong."""
+        sig = self.signature
+        assert sig is not None
+        shape = sig.shape
+        if array.ndim != len(shape):
+            if array.ndim == len(shape) - 1 and array.shape == tuple(shape[1:]):
+                raise InvalidInput(
+                    f"expected a list of rows (a {len(shape)}-D array); got a single row — "
+                    "wrap it in another list"
+                )
+            raise InvalidInput(
+                f"expected a {len(shape)}-D array of rows shaped {fmt_shape(shape)}, "
+                f"got shape {array.shape}"
+            )
+        rows = array.shape[0]
+        if rows == 0:
+            raise InvalidInput("empty batch: send at least one row")
+        if rows > max_rows:
+            raise PayloadTooLarge(f"{rows} rows is over the limit of {max_rows} rows per request")
+        for want, got in zip(shape[1:], array.shape[1:], strict=True):
+            if want != -1 and want != got:
+                if len(shape) == 2:
+                    raise InvalidInput(f"expected rows of {want} features, got {got}")
+                raise InvalidInput(
+                    f"expected rows shaped {fmt_shape(shape)}, got {array.shape[1:]}"
+                )
+        if array.dtype != sig.dtype:
+            array = array.astype(sig.dtype)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInput("input contains NaN or infinity")
+        if not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array)
+        return array
+
+    def describe(self) -> dict:
+        sig = self.signature.describe() if self.signature else {}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "state": "live",
+            "loaded_at": self.loaded_at,
+            "task": self.task,
+            "format": self.fmt,
+            "fast_path": self.fast_path,
+            "fixed_batch": self.fixed_batch,
+            "max_batch_size": self.max_batch_size,
+            "max_wait_ms": self.max_wait_ms,
+            "load_ms": round(self.load_ms, 2),
+            "warm_ms": round(self.warm_ms, 2),
+            **sig,
+        }
+
+
+def _as_numpy(out: Any) -> np.ndarray:
+    if isinstance(out, (tuple, list)) and len(out) == 1:
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"model returned {type(out).__name__}, expected one tensor")
+    return out.detach().numpy()

@@ -1,0 +1,93 @@
+"""The table of what one worker serves: the live version of each model, versions staged for a
+swap, and the standby (the version live before, kept warm for a rollback)."""
+
+from __future__ import annotations
+
+from kernel_magics.records import HistoryEvent, ModelSpec
+from kernel_magics.serving.request.model import LoadedModel
+
+History = tuple[HistoryEvent, ...]
+
+
+def model_from_spec(spec: ModelSpec, default_batch: int, default_wait_ms: float) -> LoadedModel:
+    """A not-yet-loaded model for ``spec``; the worker's settings fill unset serving options."""
+    return LoadedModel(
+        name=spec.name,
+        version=spec.version,
+        path=spec.path,
+        sha256=spec.sha256,
+        task=spec.task,
+        format=spec.format,
+        max_batch_size=spec.max_batch_size or default_batch,
+        max_wait_ms=spec.max_wait_ms if spec.max_wait_ms is not None else default_wait_ms,
+    )
+
+
+class ModelTable:
+    """What one worker serves. Only the event loop thread mutates it, so a swap is one dict
+    assignment: a request looks its model up once, and finishes on that version."""
+
+    def __init__(self) -> None:
+        self.live: dict[str, LoadedModel] = {}
+        self.staged: dict[tuple[str, int], LoadedModel] = {}
+        # The version each model served before its live one, still loaded and warm: a rollback
+        # to it (the common one) is a dict swap with no load. One per model bounds the memory.
+        self.standby: dict[str, LoadedModel] = {}
+        self.history: dict[str, History] = {}
+
+    def stage(self, model: LoadedModel) -> None:
+        self.staged[(model.name, model.version)] = model
+
+    def activate(
+        self, name: str, version: int, history: History | None
+    ) -> tuple[LoadedModel, LoadedModel | None]:
+        """Make the staged ``version`` live: (the new live model, the one it replaced)."""
+        model = self.staged.pop((name, version), None)
+        if model is None:
+            current = self.live.get(name)
+            if current is None or current.version != version:
+                raise KeyError(f"{name} v{version} is not staged in this worker")
+            model = current
+        previous = self.live.get(name)
+        self.live[name] = model
+        if previous is not None and previous is not model:
+            self.standby[name] = previous
+        elif self.standby.get(name) is model:
+            del self.standby[name]
+        if history is not None:
+            self.history[name] = history
+        return model, previous
+
+    def discard(self, name: str, version: int | None = None) -> int:
+        """Drop staged copies of ``name`` (only ``version``'s when given): how many."""
+        keys = [k for k in self.staged if k[0] == name and (version is None or k[1] == version)]
+        for key in keys:
+            del self.staged[key]
+        return len(keys)
+
+    def unload(self, name: str, history: History | None) -> LoadedModel | None:
+        """Stop serving ``name``: the model that was live, if any."""
+        model = self.live.pop(name, None)
+        self.standby.pop(name, None)
+        if history is not None:
+            self.history[name] = history
+        return model
+
+    def reusable(self, spec: ModelSpec, batch: int, wait_ms: float) -> LoadedModel | None:
+        """A loaded model that is exactly what ``spec`` asks for: the live one (a deploy of the
+        version already serving) or the standby one (a rollback), else None."""
+        wanted = model_from_spec(spec, batch, wait_ms)
+        for current in (self.live.get(spec.name), self.standby.get(spec.name)):
+            if current is not None and (
+                current.version == wanted.version
+                and current.sha256 == wanted.sha256
+                and current.path == wanted.path
+                and current.max_batch_size == wanted.max_batch_size
+                and current.max_wait_ms == wanted.max_wait_ms
+            ):
+                return current
+        return None
+
+    def describe(self, name: str) -> dict:
+        history = [e.to_wire() for e in self.history.get(name, ())]
+        return {**self.live[name].describe(), "history": history}
