@@ -33,7 +33,12 @@ from kernel_magics.errors import KernelMagicsError
 from kernel_magics.serving.control.transitions import LiveModel, run_transition
 from kernel_magics.serving.process import ipc
 from kernel_magics.serving.process.pool import WorkerProcesses
-from kernel_magics.serving.request.protocol import Connection, Request, error_body
+from kernel_magics.serving.request.protocol import (
+    Connection,
+    Request,
+    describe_error,
+    error_body,
+)
 from kernel_magics.serving.tokens import ensure_home_token
 
 if TYPE_CHECKING:
@@ -238,7 +243,7 @@ class Supervisor:
         except Exception as err:  # never leave a relayed call unanswered
             log.exception("%s %s failed", action, name)
             if not answered:
-                answer(503, {"error": f"{action} failed: {type(err).__name__}: {err}"[:500]})
+                answer(503, {"error": f"{action} failed: {describe_error(err)}"})
 
     async def _settle(self, req: Request, conn: Connection, name: str) -> None:
         """Answer once no transition of ``name`` is running: its history write is then in the

@@ -248,8 +248,8 @@ class WorkerApp(ControlRoutes):
                 except Exception as exc:  # the model's output does not fit the answer format
                     stats.errors.inc()
                     log.exception("%s v%s: encoding the answer failed", model.name, model.version)
-                    msg = f"could not encode the model's output: {type(exc).__name__}: {exc}"
-                    conn.send(500, error_body(msg[:500]), extra_headers=headers, req=req)
+                    msg = f"could not encode the model's output: {describe_error(exc)}"
+                    conn.send(500, error_body(msg), extra_headers=headers, req=req)
                     return
                 conn.send(200, body, ctype, headers, req)
             finally:

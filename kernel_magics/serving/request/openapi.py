@@ -1,196 +1,35 @@
-"""The OpenAPI 3 document of the public HTTP API (served at ``/openapi.json``)."""
+"""The OpenAPI 3 document of the public HTTP API (served at ``/openapi.json``): the routes, plus
+concrete paths per live model that give its exact input shape and dtype."""
 
 from __future__ import annotations
 
 from typing import Any
 
-_REF = "#/components/schemas/"
-_NAME = {
-    "name": "name",
-    "in": "path",
-    "required": True,
-    "description": "Registered model name",
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"},
-}
-_SECURED = [{"bearer": []}]
-
-
-def _ref(name: str) -> dict:
-    return {"$ref": _REF + name}
-
-
-def _json(schema: dict, description: str = "") -> dict:
-    return {"description": description or "OK", "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*codes: int) -> dict:
-    words = {
-        400: "Bad input (malformed body, wrong shape, non-numeric values, NaN or infinity)",
-        401: "Missing or wrong bearer token",
-        404: "Model not deployed, or unknown version",
-        409: "The version could not be loaded or warmed; the live version keeps serving",
-        413: "Body or row count over the limit",
-        415: "Unsupported Content-Type",
-        503: "The inference process or its store is not available; retry",
-    }
-    return {str(c): _json(_ref("Error"), words[c]) for c in codes}
-
-
-_ROWS = {
-    "type": "array",
-    "minItems": 1,
-    "description": "Rows; each row matches the model's input signature",
-    "items": {"type": "array", "items": {"type": "number"}},
-}
-
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {"error": {"type": "string", "description": "One line naming the problem"}},
-    },
-    "PredictRequest": {
-        "type": "object",
-        "description": 'Exactly one of "instances" or "inputs"',
-        "oneOf": [
-            {
-                "required": ["instances"],
-                "additionalProperties": False,
-                "properties": {"instances": _ROWS},
-            },
-            {
-                "required": ["inputs"],
-                "additionalProperties": False,
-                "properties": {"inputs": _ROWS},
-            },
-        ],
-    },
-    "PredictResponse": {
-        "type": "object",
-        "required": ["predictions"],
-        "properties": {"predictions": {"type": "array", "description": "Raw model outputs"}},
-    },
-    "InvocationsRequest": {
-        "type": "object",
-        "description": "MLflow scoring protocol: exactly one of these keys",
-        "properties": {
-            "dataframe_split": {
-                "type": "object",
-                "properties": {
-                    "columns": {"type": "array"},
-                    "index": {"type": "array"},
-                    "data": {"type": "array"},
-                },
-                "required": ["data"],
-            },
-            "dataframe_records": {"type": "array", "items": {"type": "object"}},
-            "instances": {"type": "array"},
-            "inputs": {"type": "array"},
-            "params": {"type": "object"},
-        },
-    },
-    "History": {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "properties": {
-                "time": {"type": "string"},
-                "action": {"type": "string"},
-                "from_version": {"type": "integer", "nullable": True},
-                "to_version": {"type": "integer", "nullable": True},
-            },
-        },
-    },
-    "TensorSpec": {
-        "type": "object",
-        "nullable": True,
-        "properties": {
-            "dtype": {"type": "string", "nullable": True},
-            "shape": {"type": "array", "items": {"type": "integer"}},
-        },
-    },
-    "ModelInfo": {
-        "type": "object",
-        "required": ["name", "version", "state"],
-        "properties": {
-            "name": {"type": "string"},
-            "version": {"type": "integer"},
-            "state": {"type": "string", "enum": ["live"]},
-            "loaded_at": {"type": "string"},
-            "task": {"type": "string", "nullable": True},
-            "format": {"type": "string"},
-            "fast_path": {"type": "boolean"},
-            "fixed_batch": {"type": "integer", "nullable": True},
-            "max_batch_size": {"type": "integer"},
-            "max_wait_ms": {"type": "number"},
-            "load_ms": {"type": "number"},
-            "warm_ms": {"type": "number"},
-            "input": _ref("TensorSpec"),
-            "output": _ref("TensorSpec"),
-            "history": _ref("History"),
-        },
-    },
-    "DeployRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "ref": {
-                "type": "string",
-                "minLength": 1,
-                "nullable": True,
-                "description": "Version number or alias; null = newest version",
-            },
-            "max_batch_size": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": 1 << 20,
-                "nullable": True,
-            },
-            "max_wait_ms": {"type": "number", "minimum": 0, "maximum": 10000, "nullable": True},
-        },
-    },
-    "RollbackRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "to": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": 2**31 - 1,
-                "nullable": True,
-                "description": "Version to make live; null = the one live before this one",
-            }
-        },
-    },
-    "ManageResponse": {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "version": {"type": "integer", "nullable": True},
-            "previous_version": {"type": "integer", "nullable": True},
-            "action": {"type": "string", "enum": ["deploy", "rollback", "undeploy"]},
-            "load_ms": {"type": "number", "nullable": True},
-            "history": _ref("History"),
-        },
-    },
-}
+from kernel_magics.serving.request.openapi_schemas import (
+    NAME_PARAM,
+    SCHEMAS,
+    SECURED,
+    errors,
+    json_response,
+    ref,
+)
 
 
 def _manage(action: str, body: str | None, summary: str) -> dict:
     op: dict[str, Any] = {
         "summary": summary,
         "operationId": action,
-        "security": _SECURED,
-        "parameters": [_NAME],
+        "security": SECURED,
+        "parameters": [NAME_PARAM],
         "responses": {
-            "200": _json(_ref("ManageResponse")),
-            **_errors(400, 401, 404, 409, 413, 503),
+            "200": json_response(ref("ManageResponse")),
+            **errors(400, 401, 404, 409, 413, 503),
         },
     }
     if body:
         op["requestBody"] = {
             "required": False,
-            "content": {"application/json": {"schema": _ref(body)}},
+            "content": {"application/json": {"schema": ref(body)}},
         }
     return {"post": op}
 
@@ -290,7 +129,7 @@ def document_template() -> dict:
                     "summary": "Status and the version live for each model",
                     "operationId": "health",
                     "responses": {
-                        "200": _json(
+                        "200": json_response(
                             {
                                 "type": "object",
                                 "required": ["status", "models"],
@@ -322,7 +161,7 @@ def document_template() -> dict:
                 "get": {
                     "summary": "This document",
                     "operationId": "openapi",
-                    "responses": {"200": _json({"type": "object"})},
+                    "responses": {"200": json_response({"type": "object"})},
                 }
             },
             "/v1/models": {
@@ -330,12 +169,12 @@ def document_template() -> dict:
                     "summary": "Live models",
                     "operationId": "listModels",
                     "responses": {
-                        "200": _json(
+                        "200": json_response(
                             {
                                 "type": "object",
                                 "required": ["models"],
                                 "properties": {
-                                    "models": {"type": "array", "items": _ref("ModelInfo")}
+                                    "models": {"type": "array", "items": ref("ModelInfo")}
                                 },
                             }
                         )
@@ -346,20 +185,20 @@ def document_template() -> dict:
                 "get": {
                     "summary": "One live model: version, batching, signature, history",
                     "operationId": "getModel",
-                    "parameters": [_NAME],
-                    "responses": {"200": _json(_ref("ModelInfo")), **_errors(404)},
+                    "parameters": [NAME_PARAM],
+                    "responses": {"200": json_response(ref("ModelInfo")), **errors(404)},
                 }
             },
             "/v1/models/{name}:predict": {
                 "post": {
                     "summary": "Predict (JSON rows or an .npy array; answers .npy on request)",
                     "operationId": "predict",
-                    "security": _SECURED,
-                    "parameters": [_NAME],
+                    "security": SECURED,
+                    "parameters": [NAME_PARAM],
                     "requestBody": {
                         "required": True,
                         "content": {
-                            "application/json": {"schema": _ref("PredictRequest")},
+                            "application/json": {"schema": ref("PredictRequest")},
                             **npy,
                         },
                     },
@@ -371,11 +210,11 @@ def document_template() -> dict:
                                 "X-Model-Name": {"schema": {"type": "string"}},
                             },
                             "content": {
-                                "application/json": {"schema": _ref("PredictResponse")},
+                                "application/json": {"schema": ref("PredictResponse")},
                                 **npy,
                             },
                         },
-                        **_errors(400, 401, 404, 413, 415),
+                        **errors(400, 401, 404, 413, 415),
                     },
                 }
             },
@@ -383,17 +222,17 @@ def document_template() -> dict:
                 "post": {
                     "summary": "MLflow scoring protocol (same answers as `mlflow models serve`)",
                     "operationId": "invocations",
-                    "security": _SECURED,
-                    "parameters": [_NAME],
+                    "security": SECURED,
+                    "parameters": [NAME_PARAM],
                     "requestBody": {
                         "required": True,
                         "content": {
-                            "application/json": {"schema": _ref("InvocationsRequest")},
+                            "application/json": {"schema": ref("InvocationsRequest")},
                         },
                     },
                     "responses": {
-                        "200": _json(_ref("PredictResponse")),
-                        **_errors(400, 401, 404, 413, 415),
+                        "200": json_response(ref("PredictResponse")),
+                        **errors(400, 401, 404, 413, 415),
                     },
                 }
             },

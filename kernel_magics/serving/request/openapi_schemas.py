@@ -1,0 +1,190 @@
+"""The shared parts of the OpenAPI document (``openapi.py``): component schemas, the model-name
+path parameter and response helpers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kernel_magics.naming import NAME_PATTERN
+from kernel_magics.serving.deploy_options import (
+    MAX_BATCH_SIZE_MAX,
+    MAX_BATCH_SIZE_MIN,
+    MAX_WAIT_MS_MAX,
+    MAX_WAIT_MS_MIN,
+)
+
+_REF = "#/components/schemas/"
+NAME_PARAM = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "Registered model name",
+    "schema": {"type": "string", "pattern": NAME_PATTERN},
+}
+SECURED = [{"bearer": []}]
+
+
+def ref(name: str) -> dict:
+    return {"$ref": _REF + name}
+
+
+def json_response(schema: dict, description: str = "") -> dict:
+    return {"description": description or "OK", "content": {"application/json": {"schema": schema}}}
+
+
+def errors(*codes: int) -> dict:
+    words = {
+        400: "Bad input (malformed body, wrong shape, non-numeric values, NaN or infinity)",
+        401: "Missing or wrong bearer token",
+        404: "Model not deployed, or unknown version",
+        409: "The version could not be loaded or warmed; the live version keeps serving",
+        413: "Body or row count over the limit",
+        415: "Unsupported Content-Type",
+        503: "The inference process or its store is not available; retry",
+    }
+    return {str(c): json_response(ref("Error"), words[c]) for c in codes}
+
+
+_ROWS = {
+    "type": "array",
+    "minItems": 1,
+    "description": "Rows; each row matches the model's input signature",
+    "items": {"type": "array", "items": {"type": "number"}},
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "One line naming the problem"}},
+    },
+    "PredictRequest": {
+        "type": "object",
+        "description": 'Exactly one of "instances" or "inputs"',
+        "oneOf": [
+            {
+                "required": ["instances"],
+                "additionalProperties": False,
+                "properties": {"instances": _ROWS},
+            },
+            {
+                "required": ["inputs"],
+                "additionalProperties": False,
+                "properties": {"inputs": _ROWS},
+            },
+        ],
+    },
+    "PredictResponse": {
+        "type": "object",
+        "required": ["predictions"],
+        "properties": {"predictions": {"type": "array", "description": "Raw model outputs"}},
+    },
+    "InvocationsRequest": {
+        "type": "object",
+        "description": "MLflow scoring protocol: exactly one of these keys",
+        "properties": {
+            "dataframe_split": {
+                "type": "object",
+                "properties": {
+                    "columns": {"type": "array"},
+                    "index": {"type": "array"},
+                    "data": {"type": "array"},
+                },
+                "required": ["data"],
+            },
+            "dataframe_records": {"type": "array", "items": {"type": "object"}},
+            "instances": {"type": "array"},
+            "inputs": {"type": "array"},
+            "params": {"type": "object"},
+        },
+    },
+    "History": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "time": {"type": "string"},
+                "action": {"type": "string"},
+                "from_version": {"type": "integer", "nullable": True},
+                "to_version": {"type": "integer", "nullable": True},
+            },
+        },
+    },
+    "TensorSpec": {
+        "type": "object",
+        "nullable": True,
+        "properties": {
+            "dtype": {"type": "string", "nullable": True},
+            "shape": {"type": "array", "items": {"type": "integer"}},
+        },
+    },
+    "ModelInfo": {
+        "type": "object",
+        "required": ["name", "version", "state"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "integer"},
+            "state": {"type": "string", "enum": ["live"]},
+            "loaded_at": {"type": "string"},
+            "task": {"type": "string", "nullable": True},
+            "format": {"type": "string"},
+            "fast_path": {"type": "boolean"},
+            "fixed_batch": {"type": "integer", "nullable": True},
+            "max_batch_size": {"type": "integer"},
+            "max_wait_ms": {"type": "number"},
+            "load_ms": {"type": "number"},
+            "warm_ms": {"type": "number"},
+            "input": ref("TensorSpec"),
+            "output": ref("TensorSpec"),
+            "history": ref("History"),
+        },
+    },
+    "DeployRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "ref": {
+                "type": "string",
+                "minLength": 1,
+                "nullable": True,
+                "description": "Version number or alias; null = newest version",
+            },
+            "max_batch_size": {
+                "type": "integer",
+                "minimum": MAX_BATCH_SIZE_MIN,
+                "maximum": MAX_BATCH_SIZE_MAX,
+                "nullable": True,
+            },
+            "max_wait_ms": {
+                "type": "number",
+                "minimum": MAX_WAIT_MS_MIN,
+                "maximum": MAX_WAIT_MS_MAX,
+                "nullable": True,
+            },
+        },
+    },
+    "RollbackRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "to": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 2**31 - 1,
+                "nullable": True,
+                "description": "Version to make live; null = the one live before this one",
+            }
+        },
+    },
+    "ManageResponse": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "integer", "nullable": True},
+            "previous_version": {"type": "integer", "nullable": True},
+            "action": {"type": "string", "enum": ["deploy", "rollback", "undeploy"]},
+            "load_ms": {"type": "number", "nullable": True},
+            "history": ref("History"),
+        },
+    },
+}
