@@ -23,6 +23,11 @@ def _port_of(url: str) -> int:
     return int(url.rstrip("/").rsplit(":", 1)[1].split("/")[0])
 
 
+def _wire(record: Any) -> dict:
+    """A record of the core API as the JSON document it stands for ({} for None)."""
+    return record.to_wire() if record is not None else {}
+
+
 def _server_pids(status: dict | None) -> set[int]:
     """The supervisor's and workers' PIDs as far as the status answer tells them."""
     pids: set[int] = set()
@@ -73,7 +78,7 @@ class Ours:
 
     def _remember_pids(self) -> None:
         with contextlib.suppress(Exception):
-            self.pids |= _server_pids(self.api.server_status(settings=self.s))
+            self.pids |= _server_pids(_wire(self.api.server_status(settings=self.s)))
 
     def predict_path(self) -> str:
         return f"/v1/models/{NAME}:predict"
@@ -84,7 +89,7 @@ class Ours:
     def deploy_to_first_200(self, ref: str, body: bytes) -> dict:
         """``api.deploy(ref)``, then poll every 2 ms until ``:predict`` answers 200."""
         t0 = time.perf_counter()
-        answer = self.api.deploy(ref, settings=self.s)
+        answer = self.api.deploy(ref, settings=self.s).to_wire()
         t_call = time.perf_counter()
         port = _port_of(answer["url"])
         self.token = self.api.server_token(settings=self.s)  # a file read
@@ -107,7 +112,7 @@ class Ours:
         out = load_warm(answer)
         if out["warm_ms"] is None:
             with contextlib.suppress(Exception):
-                status = self.api.server_status(settings=self.s) or {}
+                status = _wire(self.api.server_status(settings=self.s))
                 live = (status.get("models") or {}).get(NAME) or {}
                 if str(live.get("version")) == str(answer.get("version")):
                     if isinstance(live.get("warm_ms"), int | float):
@@ -179,7 +184,7 @@ def bench_ours(
             f"ours: (b) deploy → first 200 in {out['cold_b']['first_200_s']:.3f} s "
             f"(call {out['cold_b']['deploy_call_s']:.3f} s)"
         )
-        status = ours.api.server_status(settings=settings) or {}
+        status = _wire(ours.api.server_status(settings=settings))
         out["server"] = {k: status.get(k) for k in ("workers", "status") if k in status}
         path = ours.predict_path()
         st, hdrs, data = post(port, path, bodies.content["ours_256"], JSON, ours.auth())

@@ -63,9 +63,9 @@ from kernel_magics import api
 labels = api.predict("bench", json.loads(sys.argv[1]))
 took = time.perf_counter() - t
 from kernel_magics.config import load_settings
-from kernel_magics.targets.local import ServingClient
+from kernel_magics.targets.local import LocalTarget
 x = __import__("numpy").asarray(json.loads(sys.argv[1]), dtype="float32")
-_, version = ServingClient(load_settings()).predict("bench", x)
+_, version = LocalTarget(load_settings()).predict("bench", x)
 print(json.dumps({"s": took, "labels": labels.tolist(), "version": version}))
 """
 
@@ -83,7 +83,7 @@ class Run:
 
     def __init__(self, settings: Any) -> None:
         from kernel_magics import api
-        from kernel_magics.targets.local import pid_alive
+        from kernel_magics._pids import pid_alive
         from kernel_magics.store import Store
 
         self.api, self.s, self.alive, self.store = api, settings, pid_alive, Store(settings)

@@ -13,30 +13,37 @@ and only render what they return. Every failure a user can cause raises a
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput, ServiceUnavailable
+from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
+from kernel_magics.registration import RegisterResult, register_version
 from kernel_magics.serving import tokens
 from kernel_magics.store import Store, parse_ref, validate_name
 from kernel_magics.tracking import TrainResult, run_training
+from kernel_magics.training.config import TrainConfig
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from kernel_magics.targets.local import ServingClient
+    from kernel_magics.targets import ServingTarget
 
 __all__ = [
     "TrainResult",
+    "TrainConfig",
+    "RegisterResult",
+    "TransitionResult",
+    "HistoryEvent",
+    "ServerStatus",
     "ModelSummary",
     "VersionRow",
     "train",
+    "register",
     "deploy",
     "rollback",
     "undeploy",
@@ -57,52 +64,54 @@ def _store(settings: Settings) -> Store:
 
 
 @functools.lru_cache(maxsize=8)
-def _client(settings: Settings) -> ServingClient:
-    from kernel_magics.targets.local import ServingClient
+def _target(settings: Settings) -> ServingTarget:
+    """The serving target the settings name (one per settings: it keeps connections)."""
+    from kernel_magics.targets import open_target
 
-    return ServingClient(settings)
+    return open_target(settings, lambda: _store(settings))
 
 
 def _settings(settings: Settings | None) -> Settings:
     return settings if settings is not None else load_settings()
 
 
-# -- training -----------------------------------------------------------------------------------
+# -- training and registration ------------------------------------------------------------------
 def train(
     model: torch.nn.Module,
     X: Any,
     y: Any = None,
     *,
     name: str,
-    epochs: int = 5,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    optimizer: str = "adam",
-    weight_decay: float = 0.0,
-    val_split: float = 0.2,
-    seed: int = 0,
+    config: TrainConfig | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    optimizer: str | None = None,
+    weight_decay: float | None = None,
+    val_split: float | None = None,
+    seed: int | None = None,
     task: str | None = None,
+    loss: str | Callable[[Any, Any], Any] | None = None,
     progress: Any = "auto",
     settings: Settings | None = None,
 ) -> TrainResult:
     """Train ``model`` on (X, y), log the run to MLflow and register a new version of ``name``.
 
-    ``y`` may be the name of a column of a DataFrame ``X``. ``progress`` is "auto", "widget",
-    "text", "none" or a ``Progress`` object. A kernel interrupt raises ``TrainingInterrupted``
-    after recording the run as KILLED; nothing is registered.
+    How to train is ``config`` (a ``TrainConfig``; its defaults without one); the keyword
+    arguments given override its fields. ``X`` holds rows of any shape (N, ...); ``y`` may be
+    the name of a column of a DataFrame ``X``. ``loss`` is "cross_entropy", "mse", "l1",
+    "huber", "bce" or a callable ``(outputs, targets) -> scalar tensor``. ``progress`` is
+    "auto", "widget", "text", "none" or a ``Progress`` object. A kernel interrupt raises
+    ``TrainingInterrupted`` after recording the run as KILLED; nothing is registered.
     """
-    import torch
-
+    from kernel_magics.registration import check_model
     from kernel_magics.training.data import prepare_data
     from kernel_magics.training.fit import fit
-    from kernel_magics.widgets.progress import make_progress
+    from kernel_magics.training.progress import make_progress
 
     validate_name(name)
-    if not isinstance(model, torch.nn.Module):
-        raise InvalidInput(f"the model must be a torch.nn.Module, got {type(model).__name__}")
-    data = prepare_data(X, y, task=task, val_split=val_split, seed=seed)
-    reporter = make_progress(progress) if isinstance(progress, str) else progress
-    params = {
+    check_model(model)
+    given = {
         "epochs": epochs,
         "lr": lr,
         "batch_size": batch_size,
@@ -110,24 +119,54 @@ def train(
         "weight_decay": weight_decay,
         "val_split": val_split,
         "seed": seed,
-        "model_class": type(model).__name__,
+        "task": task,
+        "loss": loss,
     }
+    config = (config or TrainConfig()).replace(**{k: v for k, v in given.items() if v is not None})
+    data = prepare_data(X, y, task=config.target_task, val_split=config.val_split, seed=config.seed)
+    reporter = make_progress(progress) if isinstance(progress, str) else progress
 
     def fit_fn(on_epoch: Any) -> Any:
-        return fit(
-            model,
-            data,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            seed=seed,
-            on_epoch=on_epoch,
-            progress=reporter,
-        )
+        return fit(model, data, config, on_epoch=on_epoch, progress=reporter)
 
-    return run_training(_store(_settings(settings)), name, model, data, params, fit_fn)
+    return run_training(_store(_settings(settings)), name, model, data, config, fit_fn)
+
+
+def register(
+    model: torch.nn.Module,
+    example: Any,
+    *,
+    name: str,
+    task: str | None = None,
+    classes: list | None = None,
+    metrics: dict[str, float] | None = None,
+    params: dict[str, Any] | None = None,
+    parent: str | None = None,
+    recipe: str | None = None,
+    settings: Settings | None = None,
+) -> RegisterResult:
+    """Register a model trained anywhere (your own loop, a library) as the next version of
+    ``name``, ready to deploy like a ``train`` result.
+
+    ``example``: a few input rows of the model (array, tensor or DataFrame of shape (N, ...),
+    in the dtype the model takes). One MLflow run records ``metrics`` and ``params``; the model
+    is exported (pt2, or MLflow's pickle format with the reason in ``notes``) in eval mode.
+    ``task``: "classification" (outputs are class scores; ``classes`` names them),
+    "regression" or "other". ``parent`` ("NAME@VERSION", which must exist) and ``recipe`` (how
+    it was made) are kept on the version and shown by ``models()``.
+    """
+    return register_version(
+        _store(_settings(settings)),
+        model,
+        example,
+        name=name,
+        task=task,
+        classes=classes,
+        metrics=metrics,
+        params=params,
+        parent=parent,
+        recipe=recipe,
+    )
 
 
 # -- deployment ---------------------------------------------------------------------------------
@@ -138,70 +177,44 @@ def deploy(
     max_batch_size: int | None = None,
     max_wait_ms: float | None = None,
     settings: Settings | None = None,
-) -> dict:
+) -> TransitionResult:
     """Make ``NAME`` (newest version), ``NAME@VERSION`` or ``NAME@ALIAS`` live.
 
-    Starts the inference process if needed. The new version is loaded and warmed before it takes
+    Starts the serving target if needed. The new version is loaded and warmed before it takes
     traffic; if it fails, the live version keeps serving and ``DeployFailed`` says why.
-    Returns ``{"name", "version", "previous_version", "action", "load_ms", "url", ...}``.
     """
     name, ref = parse_ref(target)
     ref = str(version) if version is not None else ref
     s = _settings(settings)
-    options = {
-        k: v
-        for k, v in (("max_batch_size", max_batch_size), ("max_wait_ms", max_wait_ms))
-        if v is not None
-    }
-    client = _running_client(s, lambda: _store(s).resolve(name, ref))
-    return {**client.deploy(name, ref, **options), "url": client.url}
+    serving = _target(s)
+    serving.ensure_running(check=lambda: _store(s).resolve(name, ref))
+    return serving.deploy(name, ref, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
 
 
-def rollback(name: str, to: int | None = None, *, settings: Settings | None = None) -> dict:
+def rollback(
+    name: str, to: int | None = None, *, settings: Settings | None = None
+) -> TransitionResult:
     """Make the previously live version (or version ``to``) live again, same hot swap."""
     validate_name(name)
     s = _settings(settings)
-    check = (lambda: _store(s).resolve(name, int(to))) if to is not None else (lambda: None)
-    client = _running_client(s, check)
-    return {**client.rollback(name, to), "url": client.url}
+    serving = _target(s)
+    check = (lambda: _store(s).resolve(name, int(to))) if to is not None else None
+    serving.ensure_running(check=check)
+    return serving.rollback(name, to)
 
 
-def _running_client(settings: Settings, check: Callable[[], object]) -> ServingClient:
-    """The client of a running inference process. A process that must start (≈3 s of imports)
-    starts while ``check`` validates the request in the kernel (an unknown model or version
-    fails at once, without waiting for the start)."""
-    client = _client(settings)
-    if client.is_ready():
-        check()
-        return client
-    starting: concurrent.futures.Future = concurrent.futures.Future()
-
-    def start() -> None:
-        try:
-            starting.set_result(client.ensure_running())
-        except BaseException as err:
-            starting.set_exception(err)
-
-    threading.Thread(target=start, name="kernel-magics-start", daemon=True).start()
-    check()
-    starting.result()
-    return client
-
-
-def undeploy(name: str, *, settings: Settings | None = None) -> dict:
+def undeploy(name: str, *, settings: Settings | None = None) -> TransitionResult:
     """Stop serving ``name`` and clear its live alias (recorded in the history)."""
     validate_name(name)
-    client = _client(_settings(settings))
-    client.ensure_running()
-    return client.undeploy(name)
+    serving = _target(_settings(settings))
+    serving.ensure_running()
+    return serving.undeploy(name)
 
 
-def history(name: str, *, settings: Settings | None = None) -> list[dict]:
-    """Deployment events of ``name``, oldest first: time, action, from_version, to_version."""
+def history(name: str, *, settings: Settings | None = None) -> list[HistoryEvent]:
+    """Deployment events of ``name``, oldest first."""
     validate_name(name)
-    s = _settings(settings)
-    _client(s).settle(name)
-    return _store(s).history(name)
+    return _target(_settings(settings)).history(name)
 
 
 # -- inference ----------------------------------------------------------------------------------
@@ -234,7 +247,7 @@ def predict(
 
     validate_name(name)
     s = _settings(settings)
-    outputs, version = _client(s).predict(name, _as_features(X))
+    outputs, version = _target(s).predict(name, _as_features(X))
     if raw:
         return outputs
     info = _version_info(s, name, version)
@@ -264,6 +277,7 @@ class VersionRow:
     metrics: dict[str, float]
     aliases: tuple[str, ...]
     live: bool
+    tags: dict[str, str] = field(default_factory=dict)  # km.parent, km.recipe, ...
 
 
 @dataclass
@@ -283,16 +297,11 @@ def models(*, settings: Settings | None = None) -> list[ModelSummary]:
     """Every registered model with its versions, final metrics, and what is live and served."""
     s = _settings(settings)
     store = _store(s)
-    served: dict[str, int] = {}
     try:
-        status = _client(s).status()
+        status = _target(s).status()
     except ServiceUnavailable:
         status = None
-    if status:
-        for model_name, state in (status.get("models") or {}).items():
-            version = state.get("version") if isinstance(state, dict) else state
-            if version is not None:
-                served[model_name] = int(version)
+    served = {n: m.version for n, m in status.models.items()} if status else {}
     summaries = []
     for model_name in store.model_names():
         versions = store.versions(model_name)
@@ -309,6 +318,7 @@ def models(*, settings: Settings | None = None) -> list[ModelSummary]:
                 aliases=v.aliases,
                 # search results carry no aliases on every backend: compare numbers
                 live=v.version == live,
+                tags=dict(v.tags),
             )
             for v in versions
         ]
@@ -316,10 +326,10 @@ def models(*, settings: Settings | None = None) -> list[ModelSummary]:
     return summaries
 
 
-# -- the inference process ----------------------------------------------------------------------
-def server_status(*, settings: Settings | None = None) -> dict | None:
-    """``{"url", "pid", "workers", "status", "models"}`` of the running process, or None."""
-    return _client(_settings(settings)).status()
+# -- the serving target -------------------------------------------------------------------------
+def server_status(*, settings: Settings | None = None) -> ServerStatus | None:
+    """A snapshot of the running serving target (what it serves, usage per token), or None."""
+    return _target(_settings(settings)).status()
 
 
 def server_start(
@@ -329,32 +339,32 @@ def server_start(
     port: int | None = None,
     allow_remote: bool | None = None,
     settings: Settings | None = None,
-) -> dict:
-    """Start the inference process (if not running) and return its status. A host other than
+) -> ServerStatus | None:
+    """Start the serving target (if not running) and return its status. A host other than
     loopback needs ``allow_remote=True`` (and then every request needs a token)."""
     changes = {"host": host, "port": port, "allow_remote": allow_remote}
     s = _settings(settings).replace(**{k: v for k, v in changes.items() if v is not None})
     s.check_bind()
-    client = _client(s)
+    serving = _target(s)
     if workers is None:
-        client.ensure_running()
+        serving.ensure_running()
     else:
-        client.start(workers=workers)
-    return client.status() or {}
+        serving.start(workers=workers)
+    return serving.status()
 
 
 def server_stop(*, settings: Settings | None = None) -> bool:
-    """Stop the inference process this home folder started; False if none was running."""
-    return _client(_settings(settings)).stop()
+    """Stop the serving target this home folder started; False if none was running."""
+    return _target(_settings(settings)).stop()
 
 
 def server_logs(lines: int = 50, *, settings: Settings | None = None) -> str:
-    return _client(_settings(settings)).logs(lines)
+    return _target(_settings(settings)).logs(lines)
 
 
 def server_token(*, settings: Settings | None = None) -> str:
     """The bearer token scripts and ``curl`` need for the HTTP API."""
-    return _client(_settings(settings)).token()
+    return _target(_settings(settings)).token()
 
 
 def token_create(name: str, *, settings: Settings | None = None) -> str:

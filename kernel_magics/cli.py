@@ -25,12 +25,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kernel_magics import __version__, api, display
+from kernel_magics import __version__, api, commands, display
 from kernel_magics.argtypes import non_negative_float, positive_int, version
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput, KernelMagicsError
+from kernel_magics.records import TransitionResult
 
-EXIT_OK, EXIT_NOT_RUNNING, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_ERROR = commands.EXIT_OK, 2
 
 
 # -- input files --------------------------------------------------------------------------------
@@ -68,7 +69,7 @@ def read_input(path: Path) -> Any:
 
 
 # -- commands -----------------------------------------------------------------------------------
-def _print_transition(result: dict, args: argparse.Namespace) -> int:
+def _print_transition(result: TransitionResult, args: argparse.Namespace) -> int:
     print(display.to_json(result) if args.json else display.transition_line(result))
     return EXIT_OK
 
@@ -113,36 +114,12 @@ def _predict(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    if args.action == "status":
-        status = api.server_status(settings=settings)
-        if args.json:
-            print(display.to_json({"running": True, **status} if status else {"running": False}))
-        else:
-            print(display.status_text(status))
-        return EXIT_OK if status else EXIT_NOT_RUNNING
-    if args.action == "start":
-        status = api.server_start(
-            workers=args.workers,
-            host=args.host,
-            port=args.port,
-            allow_remote=args.allow_remote or None,
-            settings=settings,
-        )
-        print(display.status_text(status))
-    elif args.action == "stop":
-        print(display.stopped_line(api.server_stop(settings=settings)))
-    elif args.action == "logs":
-        print(api.server_logs(args.lines, settings=settings))
-    elif args.new:
-        print(api.token_create(args.new, settings=settings))
-    elif args.revoke:
-        api.token_revoke(args.revoke, settings=settings)
-        print(f"Token {args.revoke!r} revoked.")
-    elif args.list:
-        print(display.tokens_text(api.token_list(settings=settings)))
+    rendered = commands.run_serve(args, settings)
+    if args.json and rendered.document is not None:
+        print(display.to_json(rendered.document))
     else:
-        print(api.server_token(settings=settings))
-    return EXIT_OK
+        print(rendered.text)
+    return rendered.exit_code
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -186,21 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, required=True, metavar="FILE", help=".json, .csv or .npy")
     p.add_argument("--raw", action="store_true", help="model outputs instead of class labels")
     p = command("serve", _serve, "the inference process", json_flag=False)
-    p.add_argument("action", choices=("start", "status", "stop", "logs", "token"))
-    p.add_argument("--workers", type=positive_int, help="start: worker processes")
-    p.add_argument("--host", help="start: address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=positive_int, help="start: port (default: a free one)")
-    p.add_argument(
-        "--allow-remote",
-        action="store_true",
-        help="start: allow a non-loopback --host (every request then needs a token)",
-    )
-    tok = p.add_mutually_exclusive_group()
-    tok.add_argument("--new", metavar="NAME", help="token: create a named token, print it once")
-    tok.add_argument("--revoke", metavar="NAME", help="token: revoke a named token")
-    tok.add_argument("--list", action="store_true", help="token: list named tokens")
-    p.add_argument("--lines", type=positive_int, default=50, help="logs: how many lines")
-    p.add_argument("--json", action="store_true", help="status: print JSON")
+    for flags, options in commands.SERVE_ARGUMENTS:
+        p.add_argument(*flags, **options)
     return parser
 
 

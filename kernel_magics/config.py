@@ -31,6 +31,8 @@ class Settings:
 
     home: Path = field(default_factory=lambda: DEFAULT_HOME)
     tracking_uri: str = ""
+    # Where deployed models run: "local" is the built-in inference process (targets/).
+    target: str = "local"
     host: str = "127.0.0.1"
     port: int = 0
     # Binding anywhere but loopback exposes the models to the network: it needs this set too,

@@ -12,8 +12,12 @@ import dataclasses
 import datetime as _dt
 import html
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from kernel_magics.errors import first_line
+from kernel_magics.records import HistoryEvent, ServerStatus, TokenUsage, TransitionResult
+from kernel_magics.store import TAG_PARENT
 
 # The metrics worth a column, per task, best first (training logs validation metrics by these
 # names; kernel_magics.training.metrics has its own list but imports torch, too heavy here).
@@ -53,11 +57,7 @@ def show(text: str, html_text: str | None = None) -> None:
 
 def one_line(err: BaseException | str) -> str:
     """The first non-empty line of an error (our errors already are one line; others may not)."""
-    text = str(err).strip()
-    first = text.splitlines()[0].strip() if text else ""
-    if not first and isinstance(err, BaseException):
-        return type(err).__name__
-    return first
+    return first_line(err, limit=1000)
 
 
 def to_json(value: Any) -> str:
@@ -125,9 +125,20 @@ def _metrics_text(metrics: dict[str, float], task: str | None) -> str:
 
 
 # -- models -------------------------------------------------------------------------------------
-MODEL_HEADERS = ("model", "version", "created", "task", "metrics", "format", "live", "served")
+# parent: the version a registered one was derived from (km.parent), its lineage.
+MODEL_HEADERS = (
+    "model",
+    "version",
+    "created",
+    "task",
+    "metrics",
+    "format",
+    "parent",
+    "live",
+    "served",
+)
 NO_MODELS = "No registered models yet: train one with %train (or kernel_magics.api.train)."
-LIVE_COLUMN, SERVED_COLUMN = 6, 7
+LIVE_COLUMN, SERVED_COLUMN = MODEL_HEADERS.index("live"), MODEL_HEADERS.index("served")
 
 
 def _model_rows(summaries: Sequence[Any]) -> list[list[str]]:
@@ -142,6 +153,7 @@ def _model_rows(summaries: Sequence[Any]) -> list[list[str]]:
                     v.task or "",
                     _metrics_text(v.metrics, v.task),
                     v.format or "",
+                    v.tags.get(TAG_PARENT) or "",
                     # The summary's live version is the one alias lookup; rows follow it.
                     "LIVE" if s.live_version == v.version else "",
                     "served" if s.served_version == v.version else "",
@@ -185,7 +197,7 @@ def models_html(summaries: Sequence[Any]) -> str:
     return _html_table(MODEL_HEADERS, rows, escaped=True) + note_html
 
 
-# -- training -----------------------------------------------------------------------------------
+# -- training and registration -------------------------------------------------------------------
 def _train_fields(result: Any) -> list[tuple[str, str]]:
     fields = [
         ("model", f"{result.name} v{result.version}"),
@@ -199,36 +211,63 @@ def _train_fields(result: Any) -> list[tuple[str, str]]:
 
 
 def train_result_text(result: Any) -> str:
-    title = f"{result.name} v{result.version} registered"
-    fields = _train_fields(result)[1:]
-    width = max(len(k) for k, _ in fields)
-    return "\n".join([title, *(f"  {k:<{width}}  {v}" for k, v in fields)])
+    return _result_text(result, _train_fields(result))
 
 
 def train_result_html(result: Any) -> str:
+    return _result_html(_train_fields(result))
+
+
+def _register_fields(result: Any) -> list[tuple[str, str]]:
+    """A ``RegisterResult``: where it came from, when the author said so."""
+    fields = [
+        ("model", f"{result.name} v{result.version}"),
+        ("run id", result.run_id),
+        ("format", result.format),
+    ]
+    fields += [(k, v) for k, v in (("parent", result.parent), ("recipe", result.recipe)) if v]
+    fields.append(("bookkeeping", f"{result.seconds:.2f} s (log + register)"))
+    return fields + [("note", n) for n in result.notes]
+
+
+def register_result_text(result: Any) -> str:
+    return _result_text(result, _register_fields(result))
+
+
+def register_result_html(result: Any) -> str:
+    return _result_html(_register_fields(result))
+
+
+def _result_text(result: Any, fields: list[tuple[str, str]]) -> str:
+    """``NAME vN registered`` and one aligned line per field (the model field is the title)."""
+    title = f"{result.name} v{result.version} registered"
+    rest = fields[1:]
+    width = max(len(k) for k, _ in rest)
+    return "\n".join([title, *(f"  {k:<{width}}  {v}" for k, v in rest)])
+
+
+def _result_html(fields: list[tuple[str, str]]) -> str:
     rows = "".join(
         f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
         f"<td style='text-align:left'>{html.escape(v)}</td></tr>"
-        for k, v in _train_fields(result)
+        for k, v in fields
     )
     return f"<table class='kernel-magics'>{rows}</table>"
 
 
 # -- deployment ---------------------------------------------------------------------------------
-def transition_line(result: dict) -> str:
+def transition_line(result: TransitionResult) -> str:
     """One line for a deploy / rollback / undeploy answer of the core API."""
-    name = result.get("name", "?")
-    action = result.get("action", "deploy")
-    previous = result.get("previous_version")
+    previous = result.previous_version
     was = f"was v{previous}" if previous is not None else "nothing was live"
-    if action == "undeploy" or result.get("version") is None:
-        return f"{name} is no longer served ({was})"
-    verb = "is live again" if action == "rollback" else "is live"
-    line = f"{name} v{result['version']} {verb} ({was})"
-    if result.get("url"):
-        line += f" at {result['url']}"
-    if result.get("load_ms") is not None:
-        line += f" — loaded in {result['load_ms']:.0f} ms"
+    if result.action == "undeploy" or result.version is None:
+        return f"{result.name} is no longer served ({was})"
+    verb = "is live again" if result.action == "rollback" else "is live"
+    line = f"{result.name} v{result.version} {verb} ({was})"
+    if result.url:
+        line += f" at {result.url}"
+    if result.load_ms is not None:
+        line += f" — loaded in {result.load_ms:.0f} ms"
     return line
 
 
@@ -243,28 +282,23 @@ def _local_time(iso: str) -> str:
         return iso
 
 
-def _history_rows(events: Sequence[dict]) -> list[list[str]]:
-    def version(v: Any) -> str:
+def _history_rows(events: Sequence[HistoryEvent]) -> list[list[str]]:
+    def version(v: int | None) -> str:
         return f"v{v}" if v is not None else "-"
 
     return [
-        [
-            _local_time(str(e.get("time", ""))),
-            e.get("action", ""),
-            version(e.get("from_version")),
-            version(e.get("to_version")),
-        ]
+        [_local_time(e.time), e.action, version(e.from_version), version(e.to_version)]
         for e in events
     ]
 
 
-def history_text(name: str, events: Sequence[dict]) -> str:
+def history_text(name: str, events: Sequence[HistoryEvent]) -> str:
     if not events:
         return f"{name} has never been deployed."
     return _text_table(HISTORY_HEADERS, _history_rows(events))
 
 
-def history_html(name: str, events: Sequence[dict]) -> str:
+def history_html(name: str, events: Sequence[HistoryEvent]) -> str:
     if not events:
         return f"<p>{html.escape(history_text(name, events))}</p>"
     return _html_table(HISTORY_HEADERS, _history_rows(events))
@@ -280,49 +314,40 @@ def predictions_text(values: Any) -> str:
 NOT_RUNNING = "The inference process is not running (the first deploy starts it)."
 
 
-def _served(status: dict) -> list[tuple[str, str]]:
-    out = []
-    for name, state in sorted((status.get("models") or {}).items()):
-        if isinstance(state, dict):
-            version = state.get("version")
-            extra = state.get("state") or state.get("status") or ""
-        else:
-            version, extra = state, ""
-        out.append((name, f"v{version}" + (f" ({extra})" if extra else "")))
-    return out
+def _served(status: ServerStatus) -> list[tuple[str, str]]:
+    return [
+        (name, f"v{m.version}" + (f" ({m.state})" if m.state else ""))
+        for name, m in sorted(status.models.items())
+    ]
 
 
-def status_line(status: dict | None) -> str:
+def status_line(status: ServerStatus | None) -> str:
     if not status:
         return NOT_RUNNING
-    workers = status.get("workers")
-    count = len(workers) if isinstance(workers, list) else workers  # a list of worker PIDs
-    parts = [f"pid {status.get('pid')}"]
-    if count is not None:
-        parts.append(f"{count} worker{'s' if count != 1 else ''}")
-    if status.get("status"):
-        parts.append(str(status["status"]))
-    return f"Inference process at {status.get('url')} ({', '.join(parts)})"
+    count = len(status.workers)
+    parts = [f"pid {status.pid}", f"{count} worker{'s' if count != 1 else ''}"]
+    if status.status:
+        parts.append(status.status)
+    return f"Inference process at {status.url} ({', '.join(parts)})"
 
 
-def status_text(status: dict | None) -> str:
+def status_text(status: ServerStatus | None) -> str:
     if not status:
         return NOT_RUNNING
     served = _served(status)
     lines = [status_line(status)]
     lines += [f"  {name:<20} {version}" for name, version in served] or ["  serving no models"]
-    lines += usage_lines(status.get("usage"))
+    lines += usage_lines(status.usage)
     return "\n".join(lines)
 
 
-def usage_lines(usage: dict | None) -> list[str]:
+def usage_lines(usage: Mapping[str, TokenUsage] | None) -> list[str]:
     """Per-token usage metering: one line per token name that made requests."""
     if not usage:
         return []
-    rows = sorted(usage.items(), key=lambda kv: -kv[1].get("requests", 0))
+    rows = sorted(usage.items(), key=lambda kv: -kv[1].requests)
     return ["usage by token:"] + [
-        f"  {name:<20} {u.get('requests', 0):>10,} requests {u.get('rows', 0):>12,} rows"
-        for name, u in rows
+        f"  {name:<20} {u.requests:>10,} requests {u.rows:>12,} rows" for name, u in rows
     ]
 
 
@@ -332,13 +357,13 @@ def tokens_text(named: list[dict]) -> str:
     return "\n".join(f"{t['name']:<20} created {t.get('created', '')}" for t in named)
 
 
-def status_html(status: dict | None) -> str:
+def status_html(status: ServerStatus | None) -> str:
     if not status:
         return f"<p>{html.escape(NOT_RUNNING)}</p>"
-    table = _html_table(("model", "serving"), _served(status)) if _served(status) else ""
-    usage = status.get("usage") or {}
-    if usage:
-        rows = [(n, f"{u.get('requests', 0):,}", f"{u.get('rows', 0):,}") for n, u in usage.items()]
+    served = _served(status)
+    table = _html_table(("model", "serving"), served) if served else ""
+    if status.usage:
+        rows = [(n, f"{u.requests:,}", f"{u.rows:,}") for n, u in status.usage.items()]
         table += _html_table(("token", "requests", "rows"), rows)
     return f"<p>{html.escape(status_line(status))}</p>{table}"
 

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,13 +25,18 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
 from traitlets.config.configurable import Configurable
 
-from kernel_magics import api, display
+from kernel_magics import api, commands, display
 from kernel_magics.argtypes import non_negative_float, number, positive_int, version
 from kernel_magics.config import Settings, load_settings
-from kernel_magics.errors import KernelMagicsError
+from kernel_magics.errors import InvalidInput, KernelMagicsError
+from kernel_magics.registration import TASKS as REGISTER_TASKS
+from kernel_magics.registration import RegisterResult
 from kernel_magics.tracking import TrainResult
+from kernel_magics.training.config import LOSS_TASKS, TrainConfig, check_loss
+from kernel_magics.training.config import TASKS as TRAIN_TASKS
 
 _DEFAULTS = Settings()
+_TRAIN = TrainConfig()
 _POSITIVE_FLOAT = number(float, 0, inclusive=False)
 _OPENING, _CLOSING, _QUOTES = "([{", ")]}", "'\""
 
@@ -95,8 +101,10 @@ def _front_end(func: Callable[[Any, argparse.Namespace], Any]) -> Callable[..., 
 
     @functools.wraps(func)
     def magic(self: KernelMagics, line: str = "") -> Any:
+        parser = magic.parser  # type: ignore[attr-defined]
+        parser.allow_abbrev = False  # `--epoch 2` must not pass for `--epochs 2`
         try:
-            args = magic.parser.parse_args(split_args(line))  # type: ignore[attr-defined]
+            args = parser.parse_args(split_args(line))
         except UsageError as err:
             raise UsageError(f"{err} (see %{func.__name__}?)") from None
         with usage_errors():
@@ -104,6 +112,35 @@ def _front_end(func: Callable[[Any, argparse.Namespace], Any]) -> Callable[..., 
 
     magic.__doc__ = inspect.cleandoc(func.__doc__ or "")
     return magic
+
+
+def _arguments(specs: list[tuple[tuple[str, ...], dict[str, Any]]]) -> Callable[..., Any]:
+    """``magic_arguments`` decorators for a shared table of argparse arguments."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for flags, options in reversed(specs):
+            func = argument(*flags, **options)(func)
+        return func
+
+    return decorate
+
+
+def _labels(tokens: list[str] | None) -> list | None:
+    """``--classes 0 1 2`` → [0, 1, 2]; ``cat dog`` → ["cat", "dog"]; ``[0, 1]`` as JSON."""
+    if tokens is None:
+        return None
+    if len(tokens) == 1 and tokens[0].startswith("["):
+        try:
+            return json.loads(tokens[0])
+        except ValueError as err:
+            raise InvalidInput(f"--classes is not a valid JSON list: {err}") from None
+    labels = []
+    for token in tokens:
+        try:
+            labels.append(json.loads(token))  # numbers and quoted strings
+        except ValueError:
+            labels.append(_word(token))  # a bare word is a string label
+    return labels
 
 
 def _setting(kind: type, field: str, help_text: str) -> Any:
@@ -120,6 +157,7 @@ class KernelMagics(Magics, Configurable):
     # One trait per Settings field, same name and default; see ``settings()``.
     home = _setting(Unicode, "home", "folder of the embedded store and the process's state")
     tracking_uri = _setting(Unicode, "tracking_uri", "MLflow tracking URI ('': embedded store)")
+    target = _setting(Unicode, "target", "where deployed models run (local: the built-in process)")
     host = _setting(Unicode, "host", "address the inference process listens on")
     port = _setting(Int, "port", "port of the inference process (0: any free port)")
     allow_remote = _setting(Bool, "allow_remote", "allow a host other than loopback (token always)")
@@ -155,28 +193,47 @@ class KernelMagics(Magics, Configurable):
         except (NameError, SyntaxError, AttributeError) as err:
             raise UsageError(f"cannot evaluate {what} `{expr}`: {display.one_line(err)}") from None
 
-    # -- training -------------------------------------------------------------------------------
+    # -- training and registration --------------------------------------------------------------
     # Ranges are checked while parsing where a bad value would otherwise only fail after an
-    # MLflow run was opened; val-split's bounds are the training code's to decide.
+    # MLflow run was opened; val-split's bounds are the training code's to decide. Defaults are
+    # TrainConfig's, and the options are named like its fields (the magic builds it from them).
     @line_magic
     @magic_arguments()
     @argument("model", metavar="MODEL_EXPR", help="an nn.Module expression: Net(), model")
     @argument("--data", nargs="+", required=True, metavar="EXPR", help="X_EXPR [Y_EXPR]")
     @argument("--target", type=_word, help="target column of a DataFrame X (instead of Y_EXPR)")
     @argument("--name", type=_word, help="model name (default: class name, lowercased)")
-    @argument("--epochs", type=positive_int, default=5, help="default: %(default)s")
-    @argument("--lr", type=_POSITIVE_FLOAT, default=1e-3, help="learning rate, default %(default)s")
-    @argument("--batch-size", type=positive_int, default=64, help="default: %(default)s")
-    @argument("--optimizer", type=_word, default="adam", help="default: %(default)s")
-    @argument("--weight-decay", type=non_negative_float, default=0.0, help="default: %(default)s")
-    @argument("--val-split", type=float, default=0.2, help="held out, default %(default)s")
-    @argument("--seed", type=int, default=0, help="default: %(default)s")
-    @argument("--task", choices=("classification", "regression"), help="default: inferred")
+    @argument("--epochs", type=positive_int, default=_TRAIN.epochs, help="default: %(default)s")
+    @argument(
+        "--lr", type=_POSITIVE_FLOAT, default=_TRAIN.lr, help="learning rate, default %(default)s"
+    )
+    @argument(
+        "--batch-size", type=positive_int, default=_TRAIN.batch_size, help="default: %(default)s"
+    )
+    @argument("--optimizer", type=_word, default=_TRAIN.optimizer, help="default: %(default)s")
+    @argument(
+        "--weight-decay",
+        type=non_negative_float,
+        default=_TRAIN.weight_decay,
+        help="default: %(default)s",
+    )
+    @argument(
+        "--val-split", type=float, default=_TRAIN.val_split, help="held out, default %(default)s"
+    )
+    @argument("--seed", type=int, default=_TRAIN.seed, help="default: %(default)s")
+    @argument("--task", choices=TRAIN_TASKS, help="default: inferred")
+    @argument(
+        "--loss",
+        metavar="LOSS",
+        help=f"{', '.join(LOSS_TASKS)}, or a callable (outputs, targets) -> scalar tensor of the "
+        "namespace; default: cross_entropy for classification, mse for regression",
+    )
     @_front_end
     def train(self, args: argparse.Namespace) -> TrainResult:
         """Train a PyTorch model on arrays, tensors or a DataFrame and register a new version.
 
-        MODEL_EXPR and the data expressions are evaluated in the notebook's namespace. The run
+        MODEL_EXPR and the data expressions are evaluated in the notebook's namespace. X holds
+        rows of any shape (N, ...): tabular rows, images, sequences, int64 token ids. The run
         (parameters, per-epoch metrics, the model) is logged to MLflow and the model becomes the
         next version of NAME; the result carries the version, run id, final metrics and the
         trained model. Interrupt the kernel to stop: the run is recorded as killed and nothing is
@@ -187,6 +244,7 @@ class KernelMagics(Magics, Configurable):
             r = %train Net() --data X y --epochs 5 --lr 1e-3 --name digits
             %train model --data df --target price --task regression
             %train Net(hidden=128) --data X_train y_train --epochs {epochs} --name {name}
+            %train Tagger() --data tokens tags --task classification --loss my_loss
         """
         if len(args.data) > 2:
             raise UsageError(
@@ -194,6 +252,8 @@ class KernelMagics(Magics, Configurable):
             )
         if len(args.data) == 2 and args.target:
             raise UsageError("give the target either as Y_EXPR or as --target, not both")
+        options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+        config = TrainConfig(**{**options, "loss": self._loss(args.loss)})
         model = self._eval(args.model, "the model")
         X = self._eval(args.data[0], "the features")
         y = self._eval(args.data[1], "the targets") if len(args.data) == 2 else args.target
@@ -202,17 +262,77 @@ class KernelMagics(Magics, Configurable):
             X,
             y,
             name=args.name or type(model).__name__.lower(),
-            epochs=args.epochs,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            optimizer=args.optimizer,
-            weight_decay=args.weight_decay,
-            val_split=args.val_split,
-            seed=args.seed,
-            task=args.task,
+            config=config,
             progress=self.progress,
             settings=self.settings(),
         )
+
+    def _loss(self, text: str | None) -> Any:
+        """A built-in loss by name, or the callable the notebook defines under that name."""
+        if text is None or _word(text) in LOSS_TASKS:
+            return None if text is None else _word(text)
+        if text.isidentifier() and text not in self.shell.user_ns:
+            check_loss(text, None)  # says which names are built in
+        return self._eval(text, "the loss")
+
+    @line_magic
+    @magic_arguments()
+    @argument("model", metavar="MODEL_EXPR", help="a trained nn.Module expression")
+    @argument("--name", type=_word, required=True, help="model name")
+    @argument(
+        "--example",
+        required=True,
+        metavar="EXPR",
+        help="a few input rows in the dtype the model takes (array, tensor, DataFrame)",
+    )
+    @argument("--task", choices=REGISTER_TASKS, help="what the outputs are (default: not said)")
+    @argument(
+        "--classes", nargs="+", metavar="LABEL", help="labels in output order: 0 1 2, or a list"
+    )
+    @argument("--metrics", metavar="JSON|EXPR", help="""'{"accuracy": 0.93}' or a dict name""")
+    @argument("--params", metavar="JSON|EXPR", help="""'{"epochs": 3}' or a dict name""")
+    @argument("--parent", type=_word, metavar="NAME@V", help="the version it was derived from")
+    @argument("--recipe", nargs="+", metavar="TEXT", help="how it was made, in a few words")
+    @_front_end
+    def register(self, args: argparse.Namespace) -> RegisterResult:
+        """Register a model trained anywhere (your own loop, a library) as a new version.
+
+        MODEL_EXPR and --example are evaluated in the notebook's namespace. One MLflow run
+        records the metrics and params; the model is exported like a %train result (pt2 in eval
+        mode, or MLflow's pickle format with the reason said) and tagged with its content hash,
+        task, classes, parent and recipe. %deploy, %predict and %rollback then treat it like
+        any other version.
+
+        Examples::
+
+            r = %register net --name digits-own --example X[:5] --task classification
+            %register net --name digits-own --example X[:5] --metrics '{"accuracy": 0.95}'
+            %register net --name digits-ft --example X[:5] --parent digits@1 --recipe 'lr 1e-4'
+        """
+        return api.register(
+            self._eval(args.model, "the model"),
+            self._eval(args.example, "the example"),
+            name=args.name,
+            task=args.task,
+            classes=_labels(args.classes),
+            metrics=self._mapping(args.metrics, "--metrics"),
+            params=self._mapping(args.params, "--params"),
+            parent=args.parent,
+            recipe=" ".join(map(_word, args.recipe)) if args.recipe else None,
+            settings=self.settings(),
+        )
+
+    def _mapping(self, text: str | None, option: str) -> Any:
+        """A JSON object, or an expression of the namespace (a dict)."""
+        if text is None:
+            return None
+        text = _word(text)
+        if text.startswith("{"):
+            try:
+                return json.loads(text)
+            except ValueError as err:
+                raise InvalidInput(f"{option} is not valid JSON: {err}") from None
+        return self._eval(text, option)
 
     # -- deployment -----------------------------------------------------------------------------
     @line_magic
@@ -346,15 +466,12 @@ class KernelMagics(Magics, Configurable):
 
     @line_magic
     @magic_arguments()
-    @argument("action", choices=("status", "start", "stop", "logs", "token"), help="what to do")
-    @argument("--workers", type=positive_int, help="start: number of worker processes")
-    @argument("--lines", type=positive_int, default=50, help="logs: how many lines (default 50)")
-    @argument("--json", action="store_true", help="status: print JSON")
+    @_arguments(commands.SERVE_ARGUMENTS)
     @_front_end
     def serve(self, args: argparse.Namespace) -> None:
-        """The background inference process: its status (with requests and rows per token),
-        start, stop, recent log lines, and the bearer token for plain HTTP clients (curl,
-        scripts). Named tokens for other callers: ``kernel-magics serve token --new NAME``.
+        """The serving target (by default the background inference process): its status (with
+        requests and rows per token), start, stop, recent log lines, and tokens for plain HTTP
+        clients (curl, scripts) — the home token, or named tokens for other callers.
 
         Examples::
 
@@ -362,53 +479,71 @@ class KernelMagics(Magics, Configurable):
             %serve start --workers 2
             %serve logs --lines 20
             %serve token
+            %serve token --new dashboard
+            %serve token --list
         """
-        settings = self.settings()
-        if args.action == "status":
-            status = api.server_status(settings=settings)
-            if args.json:
-                display.show(display.to_json(status or {"running": False}))
-            else:
-                display.show(display.status_text(status), display.status_html(status))
-        elif args.action == "start":
-            status = api.server_start(workers=args.workers, settings=settings)
-            display.show(display.status_text(status), display.status_html(status))
-        elif args.action == "stop":
-            display.show(display.stopped_line(api.server_stop(settings=settings)))
-        elif args.action == "logs":
-            display.show(api.server_logs(args.lines, settings=settings))
+        rendered = commands.run_serve(args, self.settings())
+        if args.json and rendered.document is not None:
+            display.show(display.to_json(rendered.document))
         else:
-            display.show(api.server_token(settings=settings))
+            display.show(rendered.text, rendered.html)
 
 
 # -- extension hooks ----------------------------------------------------------------------------
-def _pretty_train_result(result: TrainResult, printer: Any, cycle: bool) -> None:
-    printer.text(display.train_result_text(result))
+# The core's results as the front end shows them: a short summary for terminals and papermill's
+# text output (instead of the dataclass repr), a table in a notebook.
+_VIEWS = (
+    (TrainResult, display.train_result_text, display.train_result_html),
+    (RegisterResult, display.register_result_text, display.register_result_html),
+)
+
+
+def _register_views(ipython: Any) -> None:
+    formatters = ipython.display_formatter.formatters
+    for kind, text, html_view in _VIEWS:
+        formatters["text/plain"].for_type(kind, _plain_text_printer(text))
+        formatters["text/html"].for_type(kind, html_view)
+
+
+def _plain_text_printer(text: Callable[[Any], str]) -> Callable[[Any, Any, bool], None]:
+    def printer(result: Any, pretty: Any, cycle: bool) -> None:
+        pretty.text(text(result))
+
+    return printer
+
+
+def _unregister_views(ipython: Any) -> None:
+    for kind, _, _ in _VIEWS:
+        for mime in ("text/plain", "text/html"):
+            ipython.display_formatter.formatters[mime].pop(kind, None)
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext kernel_magics``: register the magics and their %config traits."""
     from kernel_magics.warmup import start_server, start_warmup
+    from kernel_magics.widgets.progress import register as register_progress_widget
 
     magics = KernelMagics(shell=ipython)  # Magics.__init__ adds it to ipython.configurables
     if magics not in ipython.configurables:
         ipython.configurables.append(magics)
     ipython.register_magics(magics)
-    # Terminals and papermill's text output get a short summary instead of the dataclass repr.
-    ipython.display_formatter.formatters["text/plain"].for_type(TrainResult, _pretty_train_result)
+    _register_views(ipython)
+    register_progress_widget()
     settings = magics.settings()
     start_warmup(settings)
-    if settings.autostart:
+    if settings.autostart and settings.target == "local":
         start_server(settings)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     from kernel_magics.warmup import stop_watchdog
+    from kernel_magics.widgets.progress import unregister as unregister_progress_widget
 
     stop_watchdog()
+    unregister_progress_widget()
     ipython.configurables[:] = [c for c in ipython.configurables if not isinstance(c, KernelMagics)]
     for kind, names in KernelMagics.magics.items():
         for name in names:
             ipython.magics_manager.magics[kind].pop(name, None)
     ipython.magics_manager.registry.pop(KernelMagics.__name__, None)
-    ipython.display_formatter.formatters["text/plain"].pop(TrainResult, None)
+    _unregister_views(ipython)

@@ -69,9 +69,9 @@ def start_server(settings: Settings) -> threading.Thread:
     stop = _watchdog_stop = threading.Event()
 
     def run() -> None:
-        from kernel_magics.targets.local import ServingClient
+        from kernel_magics.targets.process import LocalProcess
 
-        client = ServingClient(settings)
+        client = LocalProcess(settings)
         try:
             client.ensure_running()
         except Exception as err:

@@ -4,10 +4,7 @@ loaded, the digits data, and clean-up of any inference process a module started.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,40 +14,8 @@ import pytest
 
 from kernel_magics import api
 from kernel_magics.config import load_settings
-from kernel_magics.targets.local import ServingClient
-
-PID_KEYS = ("pid", "workers", "worker_pids")
-
-
-def _state_pids(state_file: Path) -> set[int]:
-    """Every PID the state file names: the supervisor's and its workers'."""
-    try:
-        state = json.loads(state_file.read_text())
-    except (OSError, ValueError):
-        return set()
-    pids: set[int] = set()
-
-    def collect(value: Any, key: str = "") -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                collect(v, k)
-        elif isinstance(value, list):
-            for v in value:
-                collect(v, key)
-        elif isinstance(value, int) and not isinstance(value, bool) and key in PID_KEYS:
-            pids.add(value)
-
-    collect(state)
-    return pids
-
-
-def _ours(pid: int) -> bool:
-    """Alive and running kernel_magics code: never signal a recycled PID."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"kernel_magics" in cmdline or b"kernel-magics" in cmdline
+from kernel_magics.serving.process.cleanup import state_pids, stop_pids
+from kernel_magics.targets.local import LocalTarget
 
 
 def stop_inference_process(home: Path) -> None:
@@ -59,21 +24,11 @@ def stop_inference_process(home: Path) -> None:
     settings = load_settings(home=home)
     # A start still under way (`%deploy nope` starts the process while the kernel checks the
     # name) holds the start lock until its state file is written: wait for it first.
-    ServingClient(settings)._wait_for_start(timeout=90)
-    pids = _state_pids(settings.state_file)
+    LocalTarget(settings).process.wait_for_start(timeout=90)
+    pids = state_pids(settings.state_file)  # read first: a clean stop removes the file
     with contextlib.suppress(Exception):
         api.server_stop(settings=settings)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        alive = [pid for pid in pids if _ours(pid)]
-        for pid in alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + 5
-        while alive and time.monotonic() < deadline:
-            time.sleep(0.1)
-            alive = [pid for pid in alive if _ours(pid)]
-        if not alive:
-            return
+    stop_pids(pids)
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 
 from kernel_magics import api
-from kernel_magics.targets.local import pid_alive
+from kernel_magics._pids import pid_alive
+from kernel_magics.records import ServerStatus
 
 
-def _wait_ready(timeout: float = 90.0) -> dict:
+def _wait_ready(timeout: float = 90.0) -> ServerStatus:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = api.server_status()
-        if status and status.get("status") == "ready":
+        if status and status.ready:
             return status
         time.sleep(0.2)
     raise AssertionError(f"no ready inference process {timeout:.0f} s after %load_ext")
@@ -52,19 +53,19 @@ def test_load_ext_starts_the_inference_process(
     shell.run_line_magic("load_ext", "kernel_magics")
     try:
         status = _wait_ready()
-        assert status["models"] == {}
+        assert status.models == {}
         assert (km_home / "server.json").is_file()
         # Loading again (a second notebook on the same home) reattaches to the same process.
         shell.run_line_magic("unload_ext", "kernel_magics")
         shell.run_line_magic("load_ext", "kernel_magics")
         time.sleep(1.0)  # give a (wrong) second start the time to replace the state file
-        assert _wait_ready()["pid"] == status["pid"]
+        assert _wait_ready().pid == status.pid
         # The supervisor dies without its clean stop: the kernel's watchdog brings it back,
         # with no call from the user (only the state file is read here).
-        os.kill(status["pid"], signal.SIGKILL)
-        state = _state_after(km_home / "server.json", status["pid"])
+        os.kill(status.pid, signal.SIGKILL)
+        state = _state_after(km_home / "server.json", status.pid)
         assert state["status"] == "ready" and pid_alive(state["pid"])
-        assert state["url"] == status["url"]  # same port: scripts keep their URL
-        assert _wait_ready()["pid"] == state["pid"]
+        assert state["url"] == status.url  # same port: scripts keep their URL
+        assert _wait_ready().pid == state["pid"]
     finally:
         shell.run_line_magic("unload_ext", "kernel_magics")

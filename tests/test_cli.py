@@ -120,7 +120,7 @@ def test_deploy_rollback_history(versions: dict) -> None:
         (("rollback", "digits", "--to", "x"), "--to"),
         (("predict", "digits", "--input", "missing.json"), "missing.json"),
         (("predict", "digits", "--input", "{folder}/narrow.json"), "5"),
-        (("serve", "restart"), "invalid choice"),
+        (("serve", "restart"), "unknown sub-command"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(

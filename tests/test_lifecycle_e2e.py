@@ -41,9 +41,9 @@ def local(result: TrainResult, X: np.ndarray) -> np.ndarray:
 
 
 def served_version(name: str = "digits") -> int | None:
-    models = (api.server_status() or {}).get("models") or {}
-    state = models.get(name)
-    return state.get("version") if isinstance(state, dict) else state
+    status = api.server_status()
+    model = status.models.get(name) if status else None
+    return model.version if model else None
 
 
 def assert_serves(ns: Any, versions: dict[int, TrainResult], version: int) -> None:
@@ -75,11 +75,11 @@ def test_deploy_v1(ns: Any, versions: dict, capsys: pytest.CaptureFixture) -> No
 
 
 def test_deploy_v2_hot_swaps(ns: Any, versions: dict, capsys: pytest.CaptureFixture) -> None:
-    pid = api.server_status()["pid"]
+    pid = api.server_status().pid
     ns.run_line_magic("deploy", "digits")  # newest version
     assert capsys.readouterr().out.startswith("digits v2 is live (was v1)")
     assert_serves(ns, versions, 2)
-    assert api.server_status()["pid"] == pid  # same process: a swap, not a restart
+    assert api.server_status().pid == pid  # same process: a swap, not a restart
 
 
 def test_rollback_returns_to_v1(ns: Any, versions: dict, capsys: pytest.CaptureFixture) -> None:
@@ -90,7 +90,7 @@ def test_rollback_returns_to_v1(ns: Any, versions: dict, capsys: pytest.CaptureF
 
 def test_history_records_every_transition(ns: Any, capsys: pytest.CaptureFixture) -> None:
     events = api.history("digits")
-    assert [(e["action"], e["from_version"], e["to_version"]) for e in events] == [
+    assert [(e.action, e.from_version, e.to_version) for e in events] == [
         ("deploy", None, 1),
         ("deploy", 1, 2),
         ("rollback", 2, 1),
@@ -142,7 +142,8 @@ RESTARTED_KERNEL = textwrap.dedent(
     shell.user_ns["X"] = np.load(sys.argv[1])
     raw = shell.run_line_magic("predict", "digits X --raw")
     status = api.server_status()
-    print(json.dumps({"pid": status["pid"], "models": status["models"], "raw": raw.tolist()}))
+    models = status.to_wire()["models"]
+    print(json.dumps({"pid": status.pid, "models": models, "raw": raw.tolist()}))
     """
 )
 
@@ -161,8 +162,8 @@ def test_restarted_kernel_reattaches_without_redeploying(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen["pid"] == before["pid"]
-    assert seen["models"] == json.loads(json.dumps(before["models"]))
+    assert seen["pid"] == before.pid
+    assert seen["models"] == json.loads(json.dumps(before.to_wire()["models"]))
     np.testing.assert_allclose(np.array(seen["raw"]), local(versions[1], X), rtol=1e-5, atol=1e-5)
     assert len(api.history("digits")) == 3  # nothing was redeployed
 
@@ -203,4 +204,4 @@ def test_undeploy_stops_serving(ns: Any, versions: dict, capsys: pytest.CaptureF
     with pytest.raises(UsageError) as caught:
         ns.run_line_magic("predict", "digits X[:2]")
     assert type(caught.value) is UsageError and "digits" in str(caught.value)
-    assert api.history("digits")[-1]["action"] == "undeploy"
+    assert api.history("digits")[-1].action == "undeploy"

@@ -20,6 +20,7 @@ from kernel_magics import api, display
 from kernel_magics.config import Settings
 from kernel_magics.errors import DeployFailed
 from kernel_magics.magics import KernelMagics, split_args
+from kernel_magics.records import HistoryEvent, ModelState, ServerStatus, TransitionResult
 from kernel_magics.tracking import TrainResult
 
 MAGICS = ("train", "deploy", "rollback", "undeploy", "predict", "models", "history", "serve")
@@ -131,7 +132,7 @@ def test_split_args_keeps_expressions_whole(line: str, tokens: list[str]) -> Non
         ("deploy", "digits@", "after '@'"),
         ("deploy", "nope", "no registered model"),
         ("rollback", "digits --to x", "--to"),
-        ("serve", "restart", "invalid choice"),
+        ("serve", "restart", "unknown sub-command"),
         ("serve", "logs --lines 0", "--lines"),
         ("history", "../etc", "invalid model name"),
     ],
@@ -251,22 +252,21 @@ def test_models_views() -> None:
 
 
 def test_transition_lines() -> None:
-    deploy = {"name": "digits", "version": 2, "previous_version": 1, "action": "deploy"}
-    deploy.update(url="http://127.0.0.1:5000", load_ms=35.2)
+    deploy = TransitionResult("digits", "deploy", 2, 1, load_ms=35.2, url="http://127.0.0.1:5000")
     assert display.transition_line(deploy) == (
         "digits v2 is live (was v1) at http://127.0.0.1:5000 — loaded in 35 ms"
     )
-    rollback = {"name": "digits", "version": 1, "previous_version": 2, "action": "rollback"}
+    rollback = TransitionResult("digits", "rollback", 1, 2)
     assert display.transition_line(rollback) == "digits v1 is live again (was v2)"
-    first = {"name": "digits", "version": 1, "previous_version": None, "action": "deploy"}
+    first = TransitionResult("digits", "deploy", 1, None)
     assert display.transition_line(first) == "digits v1 is live (nothing was live)"
-    gone = {"name": "digits", "version": None, "previous_version": 1, "action": "undeploy"}
+    gone = TransitionResult("digits", "undeploy", None, 1)
     assert display.transition_line(gone) == "digits is no longer served (was v1)"
 
 
 def test_status_history_and_predictions_views() -> None:
-    status = {"url": "http://127.0.0.1:5000", "pid": 42, "workers": [43, 44], "status": "ready"}
-    status["models"] = {"digits": {"version": 3, "state": "ready"}, "prices": 1}
+    models = {"digits": ModelState("digits", 3, state="ready"), "prices": ModelState("prices", 1)}
+    status = ServerStatus("http://127.0.0.1:5000", 42, "ready", workers=(43, 44), models=models)
     text = display.status_text(status)
     assert (
         text.splitlines()[0]
@@ -275,18 +275,8 @@ def test_status_history_and_predictions_views() -> None:
     assert "digits" in text and "v3 (ready)" in text and "v1" in text
     assert "<table" in display.status_html(status)
     events = [
-        {
-            "time": "2026-01-01T10:00:00.1+00:00",
-            "action": "deploy",
-            "from_version": None,
-            "to_version": 1,
-        },
-        {
-            "time": "2026-01-01T10:05:00.1+00:00",
-            "action": "rollback",
-            "from_version": 2,
-            "to_version": 1,
-        },
+        HistoryEvent("2026-01-01T10:00:00.1+00:00", "deploy", None, 1),
+        HistoryEvent("2026-01-01T10:05:00.1+00:00", "rollback", 2, 1),
     ]
     rows = display.history_text("digits", events).splitlines()[2:]
     assert rows[0].split()[-3:] == ["deploy", "-", "v1"]

@@ -16,11 +16,12 @@ from servekit import MLP, log_model, rows
 from kernel_magics import api, display
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, NotFound
-from kernel_magics.targets.local import ServingClient
+from kernel_magics.records import TokenUsage
+from kernel_magics.targets.local import LocalTarget
 
 
 @pytest.fixture(scope="module")
-def deployed(client: ServingClient, settings: Settings) -> str:
+def deployed(client: LocalTarget, settings: Settings) -> str:
     log_model(settings, "guarded", MLP(seed=7), rows(4))
     client.deploy("guarded")
     return f"{client.url}/v1/models/guarded:predict"
@@ -46,14 +47,14 @@ def test_named_token_is_metered_then_revoked(deployed, client, settings):
     assert token not in settings.tokens_file.read_text()  # only its hash is kept
     assert stat.S_IMODE(settings.tokens_file.stat().st_mode) == 0o600
     assert _eventually(lambda: _post(deployed, token) == 200)  # picked up without a restart
-    before = (api.server_status(settings=settings) or {})["usage"].get("dashboard", {})
+    before = api.server_status(settings=settings).usage.get("dashboard", TokenUsage())
     for n in (3, 5):
         assert _post(deployed, token, n) == 200
     assert _post(deployed, client.token(), 2) == 200
-    usage = (api.server_status(settings=settings) or {})["usage"]
-    assert usage["dashboard"]["requests"] == before["requests"] + 2
-    assert usage["dashboard"]["rows"] == before["rows"] + 8
-    assert usage["default"]["rows"] >= 2
+    usage = api.server_status(settings=settings).usage
+    assert usage["dashboard"].requests == before.requests + 2
+    assert usage["dashboard"].rows == before.rows + 8
+    assert usage["default"].rows >= 2
     text = display.status_text(api.server_status(settings=settings))
     assert "usage by token:" in text and "dashboard" in text
     assert [t["name"] for t in api.token_list(settings=settings)] == ["dashboard"]

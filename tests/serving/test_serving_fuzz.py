@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from servekit import MLP, Logged, auth, log_model, rows
 
 from kernel_magics.config import Settings, load_settings
-from kernel_magics.targets.local import ServingClient
+from kernel_magics.targets.local import LocalTarget
 
 MAX_ROWS = 100
 MAX_BODY = 64 * 1024
@@ -63,19 +63,19 @@ def settings(km_home: Path) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def mlp(settings: Settings, client: ServingClient) -> Logged:
+def mlp(settings: Settings, client: LocalTarget) -> Logged:
     logged = log_model(settings, "mlp", MLP(seed=3), rows(4))
     client.deploy("mlp")
     return logged
 
 
-def _pids(client: ServingClient) -> tuple[int, tuple[int, ...]]:
+def _pids(client: LocalTarget) -> tuple[int, tuple[int, ...]]:
     status = client.status()
     assert status is not None, "inference process is not running"
-    return status["pid"], tuple(sorted(status.get("workers") or []))
+    return status.pid, tuple(sorted(status.workers))
 
 
-def _valid_predict(client: ServingClient, mlp: Logged) -> None:
+def _valid_predict(client: LocalTarget, mlp: Logged) -> None:
     X = rows(3, seed=7)
     r = requests.post(
         f"{client.url}/v1/models/mlp:predict",
@@ -176,7 +176,7 @@ def test_fuzz_from_openapi(client, mlp, record_property):
 
 
 def _raw(
-    client: ServingClient,
+    client: LocalTarget,
     method: str,
     path: str,
     body: bytes | None = None,

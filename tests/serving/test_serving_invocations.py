@@ -22,7 +22,7 @@ import requests
 from servekit import MLP, Logged, auth, free_port, log_model, rows
 
 from kernel_magics.config import Settings
-from kernel_magics.targets.local import ServingClient
+from kernel_magics.targets.local import LocalTarget
 
 X = rows(3, seed=21)
 COLS = [str(i) for i in range(32)]
@@ -72,7 +72,7 @@ def mlflow_url(
 
 
 @pytest.fixture(scope="module")
-def ours(client: ServingClient, logged: Logged) -> str:
+def ours(client: LocalTarget, logged: Logged) -> str:
     client.deploy("parity")
     return f"{client.url}/v1/models/parity/invocations"
 

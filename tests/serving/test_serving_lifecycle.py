@@ -28,18 +28,19 @@ from servekit import (
     rows,
 )
 
+from kernel_magics._pids import pid_alive
 from kernel_magics.config import Settings
 from kernel_magics.errors import DeployFailed, InvalidInput, NotFound, ServiceUnavailable
-from kernel_magics.targets.local import ServingClient, pid_alive
 from kernel_magics.store import Store
+from kernel_magics.targets.local import LocalTarget
 
 
 @pytest.fixture(scope="module")
-def versions(settings: Settings, client: ServingClient) -> list[Logged]:
+def versions(settings: Settings, client: LocalTarget) -> list[Logged]:
     return [log_model(settings, "swap", MLP(seed=s), rows(4, seed=s)) for s in (1, 2, 3)]
 
 
-def served(client: ServingClient, name: str, X: np.ndarray) -> tuple[np.ndarray, int]:
+def served(client: LocalTarget, name: str, X: np.ndarray) -> tuple[np.ndarray, int]:
     return client.predict(name, X)
 
 
@@ -47,27 +48,27 @@ def test_deploy_rollback_undeploy(client, versions, settings):
     v1, v2, v3 = versions
     X = rows(6, seed=30)
     r = client.deploy("swap", "1")
-    assert (r["version"], r["previous_version"], r["action"]) == (1, None, "deploy")
+    assert (r.version, r.previous_version, r.action) == (1, None, "deploy")
     out, version = served(client, "swap", X)
     assert version == 1
     np.testing.assert_array_equal(out, v1.expected(X))
     r = client.deploy("swap")  # newest
-    assert (r["version"], r["previous_version"]) == (3, 1)
+    assert (r.version, r.previous_version) == (3, 1)
     np.testing.assert_array_equal(served(client, "swap", X)[0], v3.expected(X))
     r = client.rollback("swap")
-    assert (r["version"], r["previous_version"], r["action"]) == (1, 3, "rollback")
-    assert r["load_ms"] == 0.0, "v1 was kept loaded beside v3: rolling back to it loads nothing"
+    assert (r.version, r.previous_version, r.action) == (1, 3, "rollback")
+    assert r.load_ms == 0.0, "v1 was kept loaded beside v3: rolling back to it loads nothing"
     out, version = served(client, "swap", X)
     assert version == 1
     np.testing.assert_array_equal(out, v1.expected(X))
     r = client.rollback("swap", to=2)
-    assert r["version"] == 2
+    assert r.version == 2
     np.testing.assert_array_equal(served(client, "swap", X)[0], v2.expected(X))
     info = client.model("swap")
-    assert [e["to_version"] for e in info["history"]] == [1, 3, 1, 2]
+    assert [e.to_version for e in info.history] == [1, 3, 1, 2]
     assert Store(settings).live_version("swap") == 2
     r = client.undeploy("swap")
-    assert (r["version"], r["previous_version"], r["action"]) == (None, 2, "undeploy")
+    assert (r.version, r.previous_version, r.action) == (None, 2, "undeploy")
     with pytest.raises(NotFound, match="not deployed"):
         served(client, "swap", X)
     assert Store(settings).live_version("swap") is None
@@ -119,17 +120,17 @@ def test_pickle_format_and_fixed_batch_models(client, settings):
     X = rows(5, seed=32)
     out, _ = served(client, "branchy", X)
     np.testing.assert_allclose(out, branchy.expected(X), rtol=1e-5, atol=1e-6)
-    assert client.model("branchy")["format"] == "pickle"
+    assert client.model("branchy").format == "pickle"
     # A one-row input example fixes the exported batch at 1: rows are forwarded one at a time.
     single = log_model(settings, "single", MLP(seed=5), rows(1))
     client.deploy("single")
-    assert client.model("single")["fixed_batch"] == 1
+    assert client.model("single").fixed_batch == 1
     out, _ = served(client, "single", X)
     one_by_one = np.concatenate([single.expected(X[i : i + 1]) for i in range(len(X))])
     np.testing.assert_array_equal(out, one_by_one)
 
 
-def _hammer(client: ServingClient, stop: threading.Event, log: list, errors: list) -> None:
+def _hammer(client: LocalTarget, stop: threading.Event, log: list, errors: list) -> None:
     host, port = client.url.split("//")[1].split(":")
     headers = {"Content-Type": "application/json", **auth(client)}
     body = json.dumps({"instances": rows(1).tolist()})
@@ -187,13 +188,13 @@ def test_swap_answers_after_the_old_version_sent_its_last_response(client, setti
         time.sleep(SLOW_S / 4)  # v2's forward is under way
         started = time.monotonic()
         # v1 keeps the options its deploy asked for, so the rollback reuses the loaded v1
-        assert client.rollback("slow")["load_ms"] == 0
+        assert client.rollback("slow").load_ms == 0
         assert time.monotonic() - started < 5 * SLOW_S
         sock.setblocking(False)
         answer = sock.recv(1 << 16)  # already here, or BlockingIOError
     assert answer.startswith(b"HTTP/1.1 200") and b"x-model-version: 2" in answer.lower()
     assert served(client, "slow", rows(1))[1] == 1
-    assert client.model("slow")["max_batch_size"] == 1
+    assert client.model("slow").max_batch_size == 1
 
 
 def test_racing_deploys_stay_consistent(client, settings, versions):
@@ -213,7 +214,7 @@ def test_racing_deploys_stay_consistent(client, settings, versions):
     live = Store(settings).live_version("swap")
     history = Store(settings).history("swap")
     assert history[-1]["to_version"] == live
-    assert served(client, "swap", rows(1))[1] == live == client.model("swap")["version"]
+    assert served(client, "swap", rows(1))[1] == live == client.model("swap").version
 
 
 def test_sigkilled_worker_is_respawned_and_reloaded(client, settings):
@@ -236,13 +237,13 @@ def test_sigkilled_worker_is_respawned_and_reloaded(client, settings):
         pytest.fail("the worker was not respawned")
     print(f"back serving {time.monotonic() - killed:.2f} s after SIGKILL")
     assert version == before and state["status"] == "ready"
-    assert state["pid"] == client.status()["pid"]
+    assert state["pid"] == client.status().pid
     assert not pid_alive(old)
     assert served(client, "branchy", rows(2))[1] >= 1
 
 
 def test_restart_restores_live_models_and_stop_cleans_up(client, settings):
-    live = {m["name"]: m["version"] for m in client.models()["models"]}
+    live = {m.name: m.version for m in client.models()}
     state = json.loads(settings.state_file.read_text())
     pids = [state["pid"], *state["workers"]]
     assert client.stop() is True
@@ -251,7 +252,7 @@ def test_restart_restores_live_models_and_stop_cleans_up(client, settings):
     with pytest.raises(ServiceUnavailable):
         client.predict("swap", rows(1))
     url = client.ensure_running(timeout=90)
-    restored = {name: m["version"] for name, m in client.status()["models"].items()}
+    restored = {name: m.version for name, m in client.status().models.items()}
     assert restored == live
     assert url.startswith("http://127.0.0.1:")
 
@@ -260,7 +261,7 @@ def test_sigkilled_supervisor_comes_back_on_the_next_call(client, settings):
     """The whole process tree gone (supervisor SIGKILLed, its workers die with it): the next
     kernel-side call answers "restarting" at once and starts it again, which restores every
     live version from the store alone."""
-    live = {m["name"]: m["version"] for m in client.models()["models"]}
+    live = {m.name: m.version for m in client.models()}
     assert live, "the tests above leave models deployed"
     state = json.loads(settings.state_file.read_text())
     os.kill(state["pid"], signal.SIGKILL)
@@ -281,5 +282,5 @@ def test_sigkilled_supervisor_comes_back_on_the_next_call(client, settings):
         pytest.fail("the inference process did not come back")
     new = json.loads(settings.state_file.read_text())
     assert new["pid"] != state["pid"]
-    assert {name: m["version"] for name, m in client.status()["models"].items()} == live
+    assert {name: m.version for name, m in client.status().models.items()} == live
     assert not any(pid_alive(p) for p in state["workers"])

@@ -18,7 +18,7 @@ from servekit import MLP, Logged, auth, log_model, raw_http, rows
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput, NotFound
-from kernel_magics.targets.local import ServingClient
+from kernel_magics.targets.local import LocalTarget
 
 MAX_ROWS = 1000
 MAX_BODY = 1 << 20
@@ -31,20 +31,20 @@ def settings(km_home: Path) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def mlp(settings: Settings, client: ServingClient) -> Logged:
+def mlp(settings: Settings, client: LocalTarget) -> Logged:
     logged = log_model(settings, "mlp", MLP(seed=1), rows(4))
     client.deploy("mlp")
     return logged
 
 
 @pytest.fixture(scope="module")
-def http_(client: ServingClient) -> requests.Session:
+def http_(client: LocalTarget) -> requests.Session:
     s = requests.Session()
     s.headers.update(auth(client))
     return s
 
 
-def predict_url(client: ServingClient, name: str = "mlp") -> str:
+def predict_url(client: LocalTarget, name: str = "mlp") -> str:
     return f"{client.url}/v1/models/{name}:predict"
 
 
@@ -86,7 +86,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_rows(settings, client
     batched = log_model(settings, "batched", MLP(seed=2), rows(4))
     # A long wait makes batches fill deterministically, whatever the machine's speed.
     client.deploy("batched", max_wait_ms=20, max_batch_size=64)
-    assert client.model("batched")["max_wait_ms"] == 20
+    assert client.model("batched").max_wait_ms == 20
     X = rows(160, seed=13)
     results: dict[int, np.ndarray] = {}
     errors: list[BaseException] = []
@@ -248,14 +248,14 @@ def test_routes_methods_and_tokens(client, mlp):
 
 def test_model_listing(client, mlp):
     info = client.model("mlp")
-    assert info["version"] == mlp.version and info["state"] == "live"
-    assert info["input"] == {"dtype": "float32", "shape": [-1, 32]}
-    assert info["format"] == "pt2" and info["fast_path"] is True
-    assert info["history"][-1]["to_version"] == mlp.version
-    names = [m["name"] for m in client.models()["models"]]
+    assert info.version == mlp.version and info.state == "live"
+    assert info.input == {"dtype": "float32", "shape": [-1, 32]}
+    assert info.format == "pt2" and info.fast_path is True
+    assert info.history[-1].to_version == mlp.version
+    names = [m.name for m in client.models()]
     assert "mlp" in names
     status = client.status()
-    assert status["status"] == "ready" and status["models"]["mlp"]["version"] == mlp.version
+    assert status.status == "ready" and status.models["mlp"].version == mlp.version
 
 
 def test_metrics_parse(client, mlp, http_):
@@ -299,7 +299,7 @@ def test_keepalive_pipelining_and_chunked(client, mlp):
 
 
 def test_client_reattaches_from_another_instance(settings, client, mlp):
-    other = ServingClient(load_settings())
+    other = LocalTarget(load_settings())
     assert other.url == client.url
     assert other.ensure_running() == client.url
     out, version = other.predict("mlp", rows(2))

@@ -17,8 +17,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from servekit import MLP, auth, log_model, rows
 
+from kernel_magics._pids import pid_alive
 from kernel_magics.config import Settings, load_settings
-from kernel_magics.targets.local import ServingClient, pid_alive
+from kernel_magics.targets.local import LocalTarget
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +28,13 @@ def settings(km_home: Path) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def deployed(settings: Settings, client: ServingClient) -> list:
+def deployed(settings: Settings, client: LocalTarget) -> list:
     logged = [log_model(settings, "two", MLP(seed=s), rows(4)) for s in (6, 7)]
     client.deploy("two", "1")
     return logged
 
 
-def _fresh_predict(client: ServingClient) -> tuple[int, int]:
+def _fresh_predict(client: LocalTarget) -> tuple[int, int]:
     """A new connection each time, so the kernel spreads them over both workers."""
     host, port = client.url.split("//")[1].split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -48,7 +49,7 @@ def _fresh_predict(client: ServingClient) -> tuple[int, int]:
         conn.close()
 
 
-def _requests_total(client: ServingClient) -> float:
+def _requests_total(client: LocalTarget) -> float:
     text = requests.get(f"{client.url}/metrics", timeout=10).text
     total = 0.0
     for fam in text_string_to_metric_families(text):
