@@ -32,22 +32,24 @@ demo: setup
 
 test: setup test-py test-notebooks
 
-test-py: setup
-	$(BIN)/ruff check kernel_magics tests bench
+test-py: setup lint
 	$(BIN)/pytest tests -q -p no:cacheprovider
 
-# nbval runs the quickstart in a fresh kernel against a throwaway home, then stops the
-# inference process it started there (only that one: it is found through that home's state file).
+# nbval runs the notebooks in fresh kernels against a throwaway home, then stops the
+# inference process they started there (only that one: it is found through that home's state file).
+NOTEBOOKS ?= notebooks/quickstart.ipynb notebooks/any_model.ipynb
 test-notebooks: setup
 	home=$$(mktemp -d /tmp/kernel-magics-nbval.XXXXXX); \
 	KERNEL_MAGICS_HOME=$$home KERNEL_MAGICS_PROGRESS=text \
-		$(BIN)/pytest --nbval-lax notebooks/quickstart.ipynb -q -p no:cacheprovider; \
+		$(BIN)/pytest --nbval-lax $(NOTEBOOKS) -q -p no:cacheprovider; \
 	status=$$?; KERNEL_MAGICS_HOME=$$home $(BIN)/kernel-magics serve stop >/dev/null 2>&1; \
 	rm -rf $$home; exit $$status
 
+# ruff (lint and format) on everything, mypy on the package.
 lint: setup
 	$(BIN)/ruff check kernel_magics tests bench
 	$(BIN)/ruff format --check kernel_magics tests bench
+	$(BIN)/mypy
 
 # wrk (Debian) is the load generator; without it the benchmark uses its bounded Python client.
 bench: setup

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.config import Settings, load_settings
-from kernel_magics.errors import InvalidInput, ServiceUnavailable
+from kernel_magics.errors import InvalidInput, ServiceUnavailable, first_line
 from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
 from kernel_magics.registration import RegisterResult, register_version
 from kernel_magics.serving import tokens
@@ -218,7 +218,10 @@ def history(name: str, *, settings: Settings | None = None) -> list[HistoryEvent
 
 
 # -- inference ----------------------------------------------------------------------------------
-def _as_features(X: Any) -> np.ndarray:
+def _as_batch(X: Any) -> np.ndarray:
+    """Rows of any shape (N, ...) as numpy: floats as float32, integers as int64, bools as they
+    are. A 1-D input is one row. The serving target checks shape and dtype against the
+    version's signature and names what it expected."""
     import numpy as np
 
     if hasattr(X, "detach"):  # torch tensor
@@ -226,20 +229,34 @@ def _as_features(X: Any) -> np.ndarray:
     elif hasattr(X, "to_numpy"):  # pandas
         X = X.to_numpy()
     try:
-        array = np.asarray(X, dtype=np.float32)
+        array = np.asarray(X)
     except (TypeError, ValueError) as err:
-        raise InvalidInput(f"cannot turn the input into a float32 array: {err}") from None
-    if array.ndim == 1:
-        array = array.reshape(1, -1)
-    if array.ndim != 2:
-        raise InvalidInput(f"expected a 2-D array of rows, got {array.ndim} dimensions")
-    return array
+        raise InvalidInput(f"cannot turn the input into an array: {first_line(err)}") from None
+    if array.dtype.kind == "O":  # e.g. a DataFrame of mixed numeric columns
+        try:
+            array = array.astype(np.float32)
+        except (TypeError, ValueError):
+            pass
+    kind = array.dtype.kind
+    if kind == "f":
+        array = array.astype(np.float32, copy=False)
+    elif kind in "iu":
+        array = array.astype(np.int64, copy=False)
+    elif kind != "b":
+        raise InvalidInput(
+            f"the input must hold numbers or booleans, got {array.dtype} values "
+            "(encode strings and categories as numbers first)"
+        )
+    if array.ndim == 0:
+        raise InvalidInput("expected rows, got a single number")
+    return array.reshape(1, -1) if array.ndim == 1 else array
 
 
 def predict(
     name: str, X: Any, *, raw: bool = False, settings: Settings | None = None
 ) -> np.ndarray:
-    """Predictions of the live version of ``name``, through its HTTP endpoint.
+    """Predictions of the live version of ``name``, through its HTTP endpoint. ``X`` holds rows
+    of any shape (N, ...) in the model's dtype (floats, integer token ids, booleans).
 
     Classification models answer class labels unless ``raw`` (then the model's outputs).
     """
@@ -247,7 +264,7 @@ def predict(
 
     validate_name(name)
     s = _settings(settings)
-    outputs, version = _target(s).predict(name, _as_features(X))
+    outputs, version = _target(s).predict(name, _as_batch(X))
     if raw:
         return outputs
     info = _version_info(s, name, version)
@@ -286,11 +303,6 @@ class ModelSummary:
     live_version: int | None
     served_version: int | None
     versions: list[VersionRow] = field(default_factory=list)
-
-    def _repr_html_(self) -> str:
-        from kernel_magics import display
-
-        return display.models_html([self])
 
 
 def models(*, settings: Settings | None = None) -> list[ModelSummary]:

@@ -66,7 +66,9 @@ class HttpClient:
         if conn is None or getattr(self._local, "url", None) != url:
             self.close()
             parts = urlsplit(url)
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+            conn = http.client.HTTPConnection(
+                parts.hostname or "127.0.0.1", parts.port, timeout=timeout
+            )
             self._local.conn, self._local.url = conn, url
         conn.timeout = timeout
         if conn.sock is not None:

@@ -279,7 +279,7 @@ class LocalProcess:
 def _ping(url: str) -> bool:
     try:
         parts = urlsplit(url)
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=2)
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=2)
         conn.request("GET", "/ping")
         ok = conn.getresponse().status == 200
         conn.close()
