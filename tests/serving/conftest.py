@@ -3,16 +3,14 @@ the kernel-side client and stopped by PID at the end."""
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servekit import kill_state_pids
 
 from kernel_magics.config import Settings, load_settings
-from kernel_magics.targets.local import ServingClient, pid_alive
+from kernel_magics.serving.process.cleanup import state_pids, stop_pids
+from kernel_magics.targets.local import ServingClient
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +26,6 @@ def client(settings: Settings) -> Iterator[ServingClient]:
     try:
         yield c
     finally:
-        pid = json.loads(settings.state_file.read_text())["pid"] if c.url else None
+        pids = state_pids(settings.state_file)  # read first: a clean stop removes the file
         c.stop()
-        kill_state_pids(settings)
-        if pid:
-            deadline = time.monotonic() + 5
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+        stop_pids(pids)  # whatever the polite stop left running

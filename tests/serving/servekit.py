@@ -1,12 +1,8 @@
 """Helpers for the serving tests: small real models logged like kernel-magics logs them, raw
-HTTP, clean-up by PID."""
+HTTP (clean-up by PID: ``kernel_magics.serving.process.cleanup``)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +12,7 @@ import numpy as np
 import torch
 
 from kernel_magics.config import Settings
-from kernel_magics.targets.local import ServingClient, pid_alive
+from kernel_magics.targets.local import ServingClient
 from kernel_magics.store import TAG_FORMAT, TAG_SHA256, TAG_TASK, Store, hash_model_dir
 
 N_FEATURES = 32
@@ -93,20 +89,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def kill_state_pids(settings: Settings) -> None:
-    """Last resort after a failed stop: the PIDs the state file names, and only ours."""
-    try:
-        state = json.loads(settings.state_file.read_text())
-    except (OSError, ValueError):
-        return
-    for pid in [state.get("pid"), *(state.get("workers") or [])]:
-        if isinstance(pid, int) and pid_alive(pid):
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"kernel_magics" in cmdline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
 
 
 def raw_http(port: int, data: bytes, read_until_close: bool = True, timeout: float = 10) -> bytes:

@@ -113,7 +113,11 @@ class Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported")
+            # The upgrade request itself was parsed and is answered as plain HTTP (RFC 9110
+            # lets a server ignore Upgrade), then the connection closes (keep_alive is False):
+            # what follows it is not HTTP. Nothing to answer yet means it never completed.
+            if not self.busy and not self.queue:
+                self._fail(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as err:
             self._fail(400, f"malformed HTTP request: {err}")
 
@@ -142,7 +146,7 @@ class Connection(asyncio.Protocol):
         req.method = self.parser.get_method()
         path, _, req.query = self._url.partition(b"?")
         req.path = path
-        req.keep_alive = self.parser.should_keep_alive()
+        req.keep_alive = self.parser.should_keep_alive() and not self.parser.should_upgrade()
         declared = req.headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             req.too_large = True

@@ -1,0 +1,26 @@
+"""In-process unit tests of the inference process's parts: no subprocess, no HTTP client.
+Helpers live in ``unitkit.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from unitkit import write_model_dir
+
+ModelDir = Callable[..., Path]
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> ModelDir:
+    """``model_dir(model, example, fmt="pt2", name="m")``: a fresh model folder."""
+
+    def make(
+        model: torch.nn.Module, example: np.ndarray, fmt: str = "pt2", name: str = "m"
+    ) -> Path:
+        return write_model_dir(tmp_path / name, model, example, fmt)
+
+    return make
