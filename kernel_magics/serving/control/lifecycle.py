@@ -53,7 +53,7 @@ class Lifecycle:
         self.settings = settings
         self.store = store or Store(settings)
 
-    def spec_for(self, info: VersionInfo, **options: object) -> ModelSpec:
+    def spec_for(self, info: VersionInfo, **options: float) -> ModelSpec:
         """Local path of a version, verified against the hash recorded at registration."""
         path = self.store.local_path(info)
         expected = info.sha256
@@ -101,7 +101,7 @@ class Lifecycle:
                 return event.from_version
         raise InvalidInput(f"{name} has no earlier live version to roll back to; use --to VERSION")
 
-    def plan(self, name: str, action: str, ref: str | int | None = None, **options: object) -> Plan:
+    def plan(self, name: str, action: str, ref: str | int | None = None, **options: float) -> Plan:
         validate_name(name)
         if action not in ACTIONS:
             raise InvalidInput(f"unknown action {action!r} (one of {', '.join(ACTIONS)})")

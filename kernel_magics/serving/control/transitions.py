@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 
@@ -71,7 +71,10 @@ class WorkerRef(Protocol):
     index: int
 
 
-class WorkerPool(Protocol):
+W = TypeVar("W", bound=WorkerRef)
+
+
+class WorkerPool(Protocol[W]):
     """What a transition needs from the process's workers. Each operation runs on every worker
     given, concurrently, and returns one ``Reply`` per worker (a worker that does not answer is
     a 503 reply, never an exception)."""
@@ -79,37 +82,33 @@ class WorkerPool(Protocol):
     log: logging.Logger
     live: dict[str, LiveModel]  # name → what is live: the mirror a respawn restores from
 
-    def ready_workers(self) -> Sequence[WorkerRef]: ...
+    def ready_workers(self) -> Sequence[W]: ...
 
     def lock(self, name: str) -> asyncio.Lock:
         """Management of one model runs one call at a time (plan to history write)."""
         ...
 
-    async def load(self, workers: Sequence[WorkerRef], spec: ModelSpec) -> list[Reply]:
+    async def load(self, workers: Sequence[W], spec: ModelSpec) -> list[Reply]:
         """Load and warm ``spec`` beside the live version (staged)."""
         ...
 
-    async def discard(
-        self, workers: Sequence[WorkerRef], name: str, version: int | None
-    ) -> list[Reply]:
+    async def discard(self, workers: Sequence[W], name: str, version: int | None) -> list[Reply]:
         """Drop staged copies of ``name`` (of ``version`` only, when given)."""
         ...
 
     async def activate(
-        self, workers: Sequence[WorkerRef], name: str, version: int, history: History
+        self, workers: Sequence[W], name: str, version: int, history: History
     ) -> list[Reply]:
         """Make the staged ``version`` live; each worker answers once the old one drained."""
         ...
 
-    async def unload(
-        self, workers: Sequence[WorkerRef], name: str, history: History
-    ) -> list[Reply]:
+    async def unload(self, workers: Sequence[W], name: str, history: History) -> list[Reply]:
         """Stop serving ``name``."""
         ...
 
 
 async def run_transition(
-    pool: WorkerPool,
+    pool: WorkerPool[W],
     lifecycle: Callable[[], Awaitable[Lifecycle]],
     name: str,
     action: str,
@@ -169,7 +168,7 @@ async def run_transition(
 
 
 async def _load_everywhere(
-    pool: WorkerPool, workers: Sequence[WorkerRef], spec: ModelSpec
+    pool: WorkerPool[W], workers: Sequence[W], spec: ModelSpec
 ) -> tuple[float, float | None] | str:
     """Load and warm in every worker: (slowest load_ms, latest ready_at), or why it failed
     (then nothing stays staged anywhere)."""
@@ -184,8 +183,8 @@ async def _load_everywhere(
 
 
 async def _switch(
-    pool: WorkerPool,
-    workers: Sequence[WorkerRef],
+    pool: WorkerPool[W],
+    workers: Sequence[W],
     name: str,
     spec: ModelSpec | None,
     history: History,

@@ -23,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -270,6 +271,7 @@ def main() -> int:
         format="%(asctime)s supervisor[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    runner: Callable[[Coroutine[Any, Any, int]], int]
     try:
         import uvloop
 

@@ -124,7 +124,7 @@ class InferenceThread:
                 log.exception("inference thread error")
                 self.loop.call_soon_threadsafe(_deliver_error, items, err)
 
-    def _forward(self, batcher: Batcher, items: list[Item]) -> None:
+    def _forward(self, batcher: Batcher | _Solo, items: list[Item]) -> None:
         model = batcher.model
         stats = batcher.stats
         if stats is not None:
@@ -155,9 +155,9 @@ class _Solo:
 
     __slots__ = ("model", "stats")
 
-    def __init__(self, batcher: Batcher):
-        self.model = batcher.model
-        self.stats = None
+    def __init__(self, batcher: Batcher | _Solo):
+        self.model: Any = batcher.model
+        self.stats: Any = None
 
 
 def _deliver(items: list[Item], out: np.ndarray) -> None:

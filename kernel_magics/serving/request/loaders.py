@@ -140,3 +140,7 @@ def static_batch(ep: Any) -> int | None:
             if val is not None and val.dim() > 0 and isinstance(val.shape[0], int):
                 return int(val.shape[0])
     return None
+
+
+# Formats served by other modules register themselves when imported (kernel-magics optimize).
+from kernel_magics.serving.request import loader_onnx  # noqa: E402,F401  (onnx: model.onnx)

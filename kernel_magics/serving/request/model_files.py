@@ -34,12 +34,15 @@ def _tensor_specs(raw: str | None) -> list[dict]:
     return json.loads(raw) if raw else []
 
 
+SERVED_FLAVORS = {"pytorch", "onnx"}  # onnx: kernel-magics optimize (loader_onnx.py)
+
+
 def read_signature(folder: Path, example: np.ndarray | None) -> Signature:
     import yaml  # only at load time
 
     meta = yaml.safe_load((folder / "MLmodel").read_text())
-    if "pytorch" not in (meta.get("flavors") or {}):
-        raise DeployFailed(f"{folder} is not an MLflow PyTorch model (no pytorch flavor)")
+    if not SERVED_FLAVORS & set(meta.get("flavors") or {}):
+        raise DeployFailed(f"{folder} is not an MLflow PyTorch or ONNX model (no such flavor)")
     sig = meta.get("signature") or {}
     inputs = _tensor_specs(sig.get("inputs"))
     outputs = _tensor_specs(sig.get("outputs"))

@@ -72,7 +72,7 @@ def _model_paths(model: dict, max_rows: int) -> dict:
     predict = document_template()["paths"]["/v1/models/{name}:predict"]["post"]
     invocations = document_template()["paths"]["/v1/models/{name}/invocations"]["post"]
     info = document_template()["paths"]["/v1/models/{name}"]["get"]
-    strip = {"parameters": []}
+    strip: dict[str, list] = {"parameters": []}
     return {
         f"/v1/models/{name}:predict": {
             "post": {**predict, **strip, "operationId": f"predict_{name}", "requestBody": body}

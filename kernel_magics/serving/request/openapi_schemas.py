@@ -21,7 +21,7 @@ NAME_PARAM = {
     "description": "Registered model name",
     "schema": {"type": "string", "pattern": NAME_PATTERN},
 }
-SECURED = [{"bearer": []}]
+SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def ref(name: str) -> dict:

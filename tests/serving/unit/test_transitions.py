@@ -142,14 +142,18 @@ class Call:
     async def lifecycle(self) -> Lifecycle:
         return self.life
 
-    async def run(self, pool: WorkerPool, action: str, body: dict | None = None) -> Call:
+    async def run(
+        self, pool: WorkerPool[FakeWorker], action: str, body: dict | None = None
+    ) -> Call:
         raw = orjson.dumps(body) if body is not None else b""
         await run_transition(pool, self.lifecycle, NAME, action, raw, self.answer)
         assert self.status is not None, "never answered"
         return self
 
 
-def transition(life: Lifecycle, pool: WorkerPool, action: str, body: dict | None = None) -> Call:
+def transition(
+    life: Lifecycle, pool: WorkerPool[FakeWorker], action: str, body: dict | None = None
+) -> Call:
     return asyncio.run(Call(life).run(pool, action, body))
 
 
