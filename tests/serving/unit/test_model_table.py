@@ -76,8 +76,8 @@ def test_the_loader_is_picked_by_the_format_tag_and_files_only_without_it(model_
     assert loader_for(pth, None).format == "pickle"
     with pytest.raises(DeployFailed, match="no data/model.pth"):
         loader_for(pt2, "pickle")  # the tag wins over what happens to be there
-    with pytest.raises(DeployFailed, match="model format 'onnx' is not served"):
-        loader_for(pt2, "onnx")
+    with pytest.raises(DeployFailed, match="model format 'tflite' is not served"):
+        loader_for(pt2, "tflite")
     empty = pt2.parent / "empty"
     empty.mkdir()
     with pytest.raises(DeployFailed, match="no data/model.pt2 or data/model.pth"):
