@@ -1,0 +1,132 @@
+"""Executing a notebook with papermill in a kernel of this environment.
+
+papermill injects the parameters after the cell tagged ``parameters`` and writes the executed
+notebook (outputs and the failing cell included) to ``output``. The kernel is the ``python3``
+kernelspec, which jupyter_client starts with this interpreter; its environment is ours plus what
+the caller adds (the settings and the pipeline run id), handed to the kernel when it starts
+through a papermill engine of our own (papermill itself has no option for that).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kernel_magics.errors import first_line
+from kernel_magics.pipelines import PipelineFailed
+
+ENGINE = "kernel-magics"
+KERNEL = "python3"
+PROGRESS_MODES = ("bar", "text", "none")  # bar: papermill's tqdm (a widget in a notebook)
+
+
+def execute(
+    notebook: Path,
+    output: Path,
+    parameters: Mapping[str, Any],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    progress: str = "bar",
+    kernel_log: Path | None = None,
+    start_timeout: float = 120,
+) -> None:
+    """Run ``notebook`` into ``output``; a failing cell raises ``PipelineFailed`` with its error
+    on one line (after ``output`` was written). The kernel process's own stderr (its start-up
+    warnings; cell output travels over the kernel protocol) goes to ``kernel_log``."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    _register_engine()
+    hook = _TextProgress() if progress == "text" else None
+    start: dict[str, Any] = {"env": dict(env)}
+    log = None
+    if kernel_log is not None:
+        kernel_log.parent.mkdir(parents=True, exist_ok=True)
+        log = start["stderr"] = kernel_log.open("ab")
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=dict(parameters),
+            kernel_name=KERNEL,
+            engine_name=ENGINE,
+            progress_bar=progress == "bar",
+            cwd=str(cwd),
+            start_timeout=start_timeout,
+            kernel_start=start,
+            on_cell_executed=hook,
+        )
+    except PapermillExecutionError as err:
+        where = f"cell [{err.exec_count}]" if err.exec_count else f"cell {err.cell_index + 1}"
+        raise PipelineFailed(f"{where}: {err.ename}: {first_line(err.evalue)}") from None
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # the kernel did not start or died; a missing kernelspec
+        raise PipelineFailed(f"{type(err).__name__}: {first_line(err)}") from None
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _register_engine() -> None:
+    from papermill.engines import papermill_engines
+
+    if ENGINE not in papermill_engines._engines:
+        papermill_engines.register(ENGINE, _engine_class())
+
+
+def _engine_class() -> type:
+    """papermill's nbclient engine, but the kernel starts with the environment (and stderr) we
+    give it: ``kernel_start`` goes to jupyter_client's ``start_kernel``."""
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, logger
+
+    class EnvironmentEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(
+            cls,
+            nb_man: Any,
+            kernel_name: str,
+            log_output: bool = False,
+            stdout_file: Any = None,
+            stderr_file: Any = None,
+            start_timeout: float = 60,
+            execution_timeout: float | None = None,
+            kernel_start: dict[str, Any] | None = None,
+            **kwargs: Any,
+        ) -> Any:
+            for unused in ("input_path", "timeout", "startup_timeout"):
+                kwargs.pop(unused, None)
+            client = PapermillNotebookClient(
+                nb_man,
+                timeout=execution_timeout,
+                startup_timeout=start_timeout,
+                kernel_name=kernel_name,
+                log=logger,
+                log_output=log_output,
+                stdout_file=stdout_file,
+                stderr_file=stderr_file,
+                **kwargs,
+            )
+            return client.execute(**(kernel_start or {}))
+
+    return EnvironmentEngine
+
+
+class _TextProgress:
+    """One line per executed code cell (for logs, CI and papermill-run notebooks)."""
+
+    def __init__(self, write: Callable[[str], Any] | None = None):
+        self.write = write or (lambda line: print(line, file=sys.stdout, flush=True))
+        self.last = time.perf_counter()
+
+    def __call__(self, cell: Any, cell_index: int, execute_reply: Any) -> None:
+        now = time.perf_counter()
+        status = (execute_reply or {}).get("content", {}).get("status", "ok")
+        source = (cell.source.strip().splitlines() or [""])[0][:60]
+        self.write(f"cell {cell_index + 1}: {status} ({now - self.last:.1f} s)  {source}")
+        self.last = now

@@ -1,0 +1,142 @@
+"""Run a notebook as a recorded pipeline: ``%pipeline NOTEBOOK -p NAME VALUE`` and
+``kernel-magics pipeline run``.
+
+The run is opened (``recorder``) while papermill loads, the notebook executes in a fresh kernel
+of this environment that knows its run id and our settings (``KERNEL_MAGICS_PIPELINE_RUN`` and
+``KERNEL_MAGICS_*`` in its environment), and the run is closed with the executed notebook and
+links to what the notebook registered. A failing cell marks the run FAILED and raises
+``PipelineFailed`` with that cell's error on one line; the executed notebook is stored anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kernel_magics.config import Settings
+from kernel_magics.errors import InvalidInput
+from kernel_magics.pipelines import ENV_RUN, PipelineFailed
+from kernel_magics.pipelines.record import PipelineRecord, RunSpec
+from kernel_magics.pipelines.recorder import make_recorder
+
+PARAMETER_TYPES = (str, int, float, bool, type(None), list, dict)
+
+
+def run_pipeline(
+    notebook: str | os.PathLike[str],
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    settings: Settings,
+    run_name: str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    progress: str = "bar",
+) -> PipelineRecord:
+    """Execute ``notebook`` with ``parameters`` as one recorded MLflow run; see the module."""
+    path = Path(notebook).expanduser()
+    if path.suffix != ".ipynb" or not path.is_file():
+        raise InvalidInput(f"{notebook}: no such notebook (.ipynb file)")
+    spec = RunSpec(
+        cwd=str(Path(cwd or Path.cwd()).resolve()),
+        notebook=str(path.resolve()),
+        parameters=check_parameters(parameters or {}),
+        run_name=run_name,
+    )
+    record, _ = execute_recorded(spec, settings, progress=progress, output=output)
+    return record
+
+
+def execute_recorded(
+    spec: RunSpec,
+    settings: Settings,
+    *,
+    progress: str = "bar",
+    output: str | os.PathLike[str] | None = None,
+) -> tuple[PipelineRecord, PipelineRecord | None]:
+    """Open the run, execute, close it: (the run's record, the original's for a rerun)."""
+    from kernel_magics.pipelines.execute import execute
+
+    recorder = make_recorder(settings)
+    recorder.begin(spec)
+    import papermill  # noqa: F401 - loads here while the run is being opened
+
+    started = recorder.started()
+    folder = Path(tempfile.mkdtemp(prefix="km-pipeline-out-"))
+    executed = folder / Path(started.notebook).name
+    status, error, began = "FINISHED", None, time.perf_counter()
+    try:
+        execute(
+            Path(started.input_path),
+            executed,
+            started.parameters,
+            env=child_env(settings, started.run_id),
+            cwd=Path(spec.cwd),
+            progress=progress,
+            kernel_log=settings.home / "logs" / "pipeline-kernel.log",
+        )
+    except PipelineFailed as err:
+        status, error = "FAILED", str(err)
+    except BaseException:
+        recorder.finish("KILLED", _existing(executed), "interrupted", time.perf_counter() - began)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    try:
+        seconds = time.perf_counter() - began
+        record, original = recorder.finish(status, _existing(executed), error, seconds)
+        if output is not None and executed.is_file():
+            Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(executed, Path(output).expanduser())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if status == "FAILED":
+        where = record.executed_notebook or "not written"
+        raise PipelineFailed(
+            f"pipeline run {record.run_id} failed at {error} (executed notebook: {where})",
+            run_id=record.run_id,
+            record=record,
+        )
+    return record, original
+
+
+def child_env(settings: Settings, run_id: str) -> dict[str, str]:
+    """The kernel's environment: ours, our settings, the run id; text progress unless the
+    caller chose (a widget's state means nothing in a stored notebook)."""
+    env = {**os.environ, **settings.as_env(), ENV_RUN: run_id}
+    env.setdefault("KERNEL_MAGICS_PROGRESS", "text")
+    return env
+
+
+def check_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """Names papermill can assign and values it can write as Python literals."""
+    for name, value in parameters.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise InvalidInput(f"parameter name {name!r} is not a Python identifier")
+        if not isinstance(value, PARAMETER_TYPES):
+            raise InvalidInput(
+                f"parameter {name!r}: {type(value).__name__} values cannot be passed to a "
+                "notebook (use numbers, strings, booleans, None, lists or dicts)"
+            )
+    return dict(parameters)
+
+
+def parse_value(text: str) -> Any:
+    """A ``-p NAME VALUE`` value as papermill's command line reads it: True/False/None, an
+    integer, a float, else the text itself."""
+    constants = {"True": True, "False": False, "None": None}
+    if text in constants:
+        return constants[text]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.is_file() else None
