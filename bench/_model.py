@@ -33,20 +33,12 @@ def make_mlp(seed: int) -> Any:
 
 
 def register_versions(settings: Any) -> tuple[dict[int, str], Any]:
-    """v1 (seed 0) and v2 (seed 1) of NAME, logged and registered as ``%train`` does.
+    """v1 (seed 0) and v2 (seed 1) of NAME, registered as ``%train`` registers (the one
+    registration path).
 
     Returns ({version: local model folder}, the v1 eager module)."""
-    import mlflow
-
-    from kernel_magics.store import (
-        TAG_CLASSES,
-        TAG_FORMAT,
-        TAG_SHA256,
-        TAG_TASK,
-        Store,
-        hash_model_dir,
-    )
-    from kernel_magics.tracking import _log_model, _register
+    from kernel_magics.registration import register_version
+    from kernel_magics.store import Store
 
     store = Store(settings)
     example = np.random.default_rng(0).random((4, N_IN), dtype=np.float32)  # ≥ 2 rows: dynamic
@@ -55,19 +47,10 @@ def register_versions(settings: Any) -> tuple[dict[int, str], Any]:
         model = make_mlp(seed)
         if first is None:
             first = model
-        with store.tracking(), store.write_lock():
-            with mlflow.start_run(experiment_id=store.experiment_id(), run_name=f"{NAME}-{seed}"):
-                run_id = mlflow.active_run().info.run_id
-                info, fmt, _ = _log_model(model, example)
-                local = mlflow.artifacts.download_artifacts(info.model_uri)
-                tags = {
-                    TAG_SHA256: hash_model_dir(local),
-                    TAG_TASK: "classification",
-                    TAG_FORMAT: fmt,
-                    TAG_CLASSES: json.dumps(list(range(N_OUT))),
-                }
-                version = int(_register(store, NAME, info, run_id, tags).version)
-        paths[version] = store.local_path(store.resolve(NAME, version))
+        registered = register_version(
+            store, model, example, name=NAME, task="classification", classes=list(range(N_OUT))
+        )
+        paths[registered.version] = store.local_path(store.resolve(NAME, registered.version))
     return paths, first
 
 

@@ -31,16 +31,18 @@ from kernel_magics.errors import InvalidInput, NotFound, StoreError
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-# Tags written on every model version at registration.
+# Tags written on a model version at registration (kernel_magics.registration): the content
+# hash and format always; task and class labels when known; where it came from when said.
 TAG_SHA256 = "km.sha256"
 TAG_TASK = "km.task"
 TAG_CLASSES = "km.classes"
 TAG_FORMAT = "km.format"
+TAG_PARENT = "km.parent"  # "NAME@VERSION" the version was derived from (fine-tuned, distilled)
+TAG_RECIPE = "km.recipe"  # how it was made, in the author's words
 # Serving options a deploy asked for, kept on the version so that a rollback to it and a
 # restarted process serve it the same way (explicit options on a later deploy replace them).
 TAG_SERVE_PREFIX = "km.serve."
 SERVE_OPTIONS = ("max_batch_size", "max_wait_ms")
-HISTORY_TAGS = ("km.model", "km.action", "km.from_version", "km.to_version", "km.time")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -100,6 +102,14 @@ class VersionInfo:
     @property
     def sha256(self) -> str | None:
         return self.tags.get(TAG_SHA256)
+
+    @property
+    def parent(self) -> str | None:
+        return self.tags.get(TAG_PARENT)
+
+    @property
+    def recipe(self) -> str | None:
+        return self.tags.get(TAG_RECIPE)
 
     @property
     def serve_options(self) -> dict[str, float]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,24 +10,19 @@ import torch
 
 from kernel_magics.config import load_settings
 from kernel_magics.errors import IntegrityError, InvalidInput, NotFound
+from kernel_magics.registration import register_version
 from kernel_magics.serving.control.lifecycle import Lifecycle
-from kernel_magics.store import Store, hash_model_dir, parse_ref, validate_name
-from kernel_magics.tracking import _log_model, _register
+from kernel_magics.store import Store, parse_ref, validate_name
 
 
 def _register_version(store: Store, name: str, seed: int) -> int:
-    import mlflow
-
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     example = np.random.default_rng(seed).random((3, 4), dtype=np.float32)
-    with store.tracking():
-        with mlflow.start_run(experiment_id=store.experiment_id()) as run:
-            info, fmt, _ = _log_model(model.eval(), example)
-            local = mlflow.artifacts.download_artifacts(info.model_uri)
-            tags = {"km.sha256": hash_model_dir(local), "km.task": "classification"}
-            tags["km.classes"] = json.dumps([0, 1, 2])
-            return int(_register(store, name, info, run.info.run_id, tags).version)
+    registered = register_version(
+        store, model, example, name=name, task="classification", classes=[0, 1, 2]
+    )
+    return registered.version
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,12 @@
-"""Training in the notebook kernel: ``prepare_data`` checks and splits, ``fit`` trains.
+"""Training in the notebook kernel: ``TrainConfig`` says how, ``prepare_data`` checks and
+splits, ``fit`` trains and reports through a ``Progress``.
 
 Use ``from kernel_magics.training.fit import fit``: the function is deliberately not re-exported
 here, because a package attribute ``fit`` would shadow the submodule of the same name (breaking
 ``import kernel_magics.training.fit as m`` and monkeypatching by dotted path). The other names
 are re-exported lazily, so importing this package costs nothing until one is used (and never
-imports ipywidgets: progress widgets load only when one is built).
+imports a front end: the notebook widget registers itself as a ``Progress`` when the extension
+loads).
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
+    "TrainConfig": "kernel_magics.training.config",
+    "Progress": "kernel_magics.training.progress",
+    "NullProgress": "kernel_magics.training.progress",
+    "TextProgress": "kernel_magics.training.progress",
+    "make_progress": "kernel_magics.training.progress",
+    "register_progress": "kernel_magics.training.progress",
     "PreparedData": "kernel_magics.training.data",
     "prepare_data": "kernel_magics.training.data",
     "EpochResult": "kernel_magics.training.fit",

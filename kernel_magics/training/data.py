@@ -21,8 +21,16 @@ import pandas as pd
 import torch
 
 from kernel_magics.errors import InvalidInput
+from kernel_magics.training.config import TASKS, check_split_options
+from kernel_magics.training.inputs import (
+    as_array,
+    frame_features,
+    model_input_array,
+    names,
+    numeric_dtype,
+)
 
-TASKS = ("classification", "regression")
+__all__ = ["TASKS", "PreparedData", "prepare_data"]
 MAX_INFERRED_CLASSES = 50
 MAX_CLASS_FRACTION = 0.2
 
@@ -34,16 +42,17 @@ class PreparedData:
     X_val: torch.Tensor
     y_val: torch.Tensor
     task: str  # "classification" | "regression"
-    n_features: int
+    n_features: int  # values per row (columns of tabular data)
     n_outputs: int  # classes for classification, target columns for regression
     classes: list | None  # original label values in index order (classification)
     feature_names: list[str] | None
-    input_example: np.ndarray  # first 5 rows of the features, float32
+    input_example: np.ndarray  # first 5 rows of the features, in the model's input dtype
     # "validation", or "train" when val_split=0 left no validation set: then val_loss and the
     # metrics are computed on the training rows.
     metrics_on: str = "validation"
     stratified: bool = False  # whether the split kept the class proportions
     target_name: str | None = None
+    row_shape: tuple[int, ...] = ()  # the shape of one row of X: (64,), (1, 8, 8), (T, F)
 
 
 def prepare_data(
@@ -59,7 +68,7 @@ def prepare_data(
     ``y`` may be the name of a column of the DataFrame ``X``; that column becomes the target and
     is dropped from the features.
     """
-    _check_options(task, val_split, seed)
+    check_split_options(task, val_split, seed)
     target_name = None
     if isinstance(y, str):
         X, y, target_name = _split_target_column(X, y)
@@ -88,7 +97,8 @@ def _prepare(
 
     task = task or _infer_task(target)
     if task == "classification":
-        y_all, classes = _class_indices(target)
+        per_position = False
+        y_all, classes = _position_indices(target) if per_position else _class_indices(target)
         n_outputs = len(classes)
     else:
         y_all, classes = _regression_targets(target), None
@@ -105,7 +115,7 @@ def _prepare(
         X_val=X_all[val_idx],
         y_val=y_tensor[val_idx],
         task=task,
-        n_features=features.shape[1],
+        n_features=math.prod(features.shape[1:]),
         n_outputs=n_outputs,
         classes=classes,
         feature_names=feature_names,
@@ -113,28 +123,18 @@ def _prepare(
         metrics_on=metrics_on,
         stratified=stratified,
         target_name=target_name,
+        row_shape=tuple(features.shape[1:]),
     )
 
 
 # -- arguments ----------------------------------------------------------------------------------
-def _check_options(task: str | None, val_split: float, seed: int) -> None:
-    if task is not None and task not in TASKS:
-        raise InvalidInput(f"task must be 'classification' or 'regression', got {task!r}")
-    if isinstance(val_split, bool) or not isinstance(val_split, int | float):
-        raise InvalidInput(f"val_split must be a number in [0, 0.9), got {val_split!r}")
-    if not 0 <= val_split < 0.9:  # also rejects NaN
-        raise InvalidInput(f"val_split must be in [0, 0.9), got {val_split}")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise InvalidInput(f"seed must be an integer, got {seed!r}")
-
-
 def _split_target_column(X: Any, column: str) -> tuple[pd.DataFrame, pd.Series, str]:
     if not isinstance(X, pd.DataFrame):
         raise InvalidInput(
             f"y={column!r} names a column, but X is a {type(X).__name__}, not a DataFrame"
         )
     if column not in X.columns:
-        raise InvalidInput(f"X has no column {column!r}; its columns are {_names(X.columns)}")
+        raise InvalidInput(f"X has no column {column!r}; its columns are {names(X.columns)}")
     target = X[column]
     if isinstance(target, pd.DataFrame):
         raise InvalidInput(f"X has more than one column named {column!r}")
@@ -143,28 +143,13 @@ def _split_target_column(X: Any, column: str) -> tuple[pd.DataFrame, pd.Series, 
 
 # -- features -----------------------------------------------------------------------------------
 def _features(X: Any) -> tuple[np.ndarray, list[str] | None]:
-    """Features as a C-contiguous float32 (rows, features) array, plus column names if any."""
-    names = None
-    if isinstance(X, pd.Series):
-        X = X.to_frame()
-    if isinstance(X, pd.DataFrame):
-        bad = [c for c in X.columns if not _numeric_dtype(X[c].dtype)]
-        if bad:
-            raise InvalidInput(
-                f"X has non-numeric columns {_names(bad)}: encode them as numbers first "
-                "(e.g. pandas.get_dummies)"
-            )
-        names = [str(c) for c in X.columns]
-        array = X.to_numpy(dtype=np.float32, na_value=np.nan)
+    """Features as a C-contiguous (rows, ...) array in the model's input dtype, plus column
+    names if any."""
+    columns = None
+    if isinstance(X, pd.DataFrame | pd.Series):
+        array, columns = frame_features(X, "X")
     else:
-        array = _as_numpy(X, "X")
-        if array.dtype.kind not in "biuf":
-            try:
-                array = array.astype(np.float32)
-            except (TypeError, ValueError):
-                raise InvalidInput(
-                    f"X has non-numeric values (dtype {array.dtype}): convert it to numbers first"
-                ) from None
+        array = model_input_array(X, "X")
     if array.ndim == 1:  # one feature
         array = array.reshape(-1, 1)
     if array.ndim != 2:
@@ -174,52 +159,25 @@ def _features(X: Any) -> tuple[np.ndarray, list[str] | None]:
         )
     if array.shape[0] == 0:
         raise InvalidInput("X is empty: it has no rows")
-    if array.shape[1] == 0:
+    if array.ndim == 2 and array.shape[1] == 0:
         raise InvalidInput("X has no feature columns")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    _check_finite(array, "X", names)
-    return array, names
+    if 0 in array.shape[1:]:
+        raise InvalidInput(f"X has an empty dimension: its shape is {tuple(array.shape)}")
+    if array.dtype.kind == "f":  # integers and bools are always finite
+        _check_finite(array, "X", columns)
+    return array, columns
 
 
-def _numeric_dtype(dtype: Any) -> bool:
-    return pd.api.types.is_bool_dtype(dtype) or (
-        pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype)
-    )
-
-
-def _as_numpy(value: Any, what: str) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        if value.is_complex():
-            raise InvalidInput(f"{what} is a complex tensor: use real numbers")
-        if value.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
-            value = value.float()
-        return value.resolve_conj().resolve_neg().numpy()
-    try:
-        array = np.asarray(value)
-    except (TypeError, ValueError) as exc:  # ragged nested lists
-        raise InvalidInput(f"{what} cannot be read as an array: {_first_line(exc)}") from None
-    if array.dtype.kind == "c":
-        raise InvalidInput(f"{what} has complex numbers: use real numbers")
-    if array.ndim == 0:
-        raise InvalidInput(f"{what} is a single value, not a list of rows")
-    return array
-
-
-def _check_finite(array: np.ndarray, what: str, names: list[str] | None) -> None:
+def _check_finite(array: np.ndarray, what: str, columns: list[str] | None) -> None:
     """float32 conversion can overflow to inf, so this runs on the converted array."""
     bad = ~np.isfinite(array)
     if not bad.any():
         return
     count = int(bad.sum())
-    if array.ndim == 1:
-        array, bad = array.reshape(-1, 1), bad.reshape(-1, 1)
-    columns = np.flatnonzero(bad.any(axis=0))
-    where = (
-        f"in columns {_names([names[i] for i in columns])}"
-        if names is not None
-        else f"first at row {int(np.argwhere(bad)[0][0])}"
-    )
+    if columns is not None:  # a DataFrame: (rows, columns)
+        where = f"in columns {names([columns[i] for i in np.flatnonzero(bad.any(axis=0))])}"
+    else:
+        where = f"first at row {int(np.argwhere(bad)[0][0])}"
     raise InvalidInput(f"{what} has {count} NaN or infinite value(s) {where}: drop or fill them")
 
 
@@ -231,7 +189,7 @@ def _target_frame(y: Any) -> pd.DataFrame:
     elif isinstance(y, pd.DataFrame):
         frame = y
     else:
-        array = _as_numpy(y, "y")
+        array = as_array(y, "y")
         if array.ndim > 2:
             raise InvalidInput(f"y must be 1-D or 2-D, got shape {tuple(array.shape)}")
         frame = pd.DataFrame(array.reshape(len(array), -1))
@@ -269,7 +227,18 @@ def _class_indices(target: pd.DataFrame) -> tuple[np.ndarray, list]:
             f"classification needs one target column, y has {target.shape[1]}; "
             "pass task='regression' for several numeric targets"
         )
-    column = target.iloc[:, 0]
+    return _encode_labels(target.iloc[:, 0])
+
+
+def _position_indices(target: pd.DataFrame) -> tuple[np.ndarray, list]:
+    """One label per position (rows, positions): the classes are shared by every position."""
+    rows, positions = target.shape
+    codes, classes = _encode_labels(pd.Series(target.to_numpy().reshape(-1)))
+    return codes.reshape(rows, positions), classes
+
+
+def _encode_labels(column: pd.Series) -> tuple[np.ndarray, list]:
+    """Class indices of a column of labels, and the labels in index order."""
     if isinstance(column.dtype, pd.CategoricalDtype):
         column = column.cat.remove_unused_categories()  # unused categories would be dead outputs
         classes = list(column.cat.categories)
@@ -291,7 +260,7 @@ def _class_indices(target: pd.DataFrame) -> tuple[np.ndarray, list]:
 
 
 def _regression_targets(target: pd.DataFrame) -> np.ndarray:
-    bad = [c for c in target.columns if not _numeric_dtype(target[c].dtype)]
+    bad = [c for c in target.columns if not numeric_dtype(target[c].dtype)]
     if bad:
         raise InvalidInput(
             "task 'regression' needs numeric targets, but y has non-numeric values; "
@@ -323,7 +292,7 @@ def _split(
             f"val_split={val_split} leaves no training rows out of {n}: lower it or pass 0"
         )
     stratify = None
-    if task == "classification":
+    if task == "classification" and y.ndim == 1:  # not for per-position labels
         counts = np.bincount(y)
         k = len(counts)
         if counts.min() >= 2 and n_val >= k and n - n_val >= k:
@@ -332,15 +301,3 @@ def _split(
         everything, test_size=n_val, random_state=seed, stratify=stratify
     )
     return np.sort(train_idx), np.sort(val_idx), stratify is not None
-
-
-# -- messages -----------------------------------------------------------------------------------
-def _names(columns: Any, limit: int = 8) -> str:
-    shown = [repr(str(c)) for c in list(columns)[:limit]]
-    more = len(list(columns)) - limit
-    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -10,19 +10,17 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from kernel_magics.errors import InvalidInput, TrainingInterrupted
+from kernel_magics.errors import InvalidInput, TrainingInterrupted, first_line
+from kernel_magics.training.config import TrainConfig
 from kernel_magics.training.data import PreparedData
+from kernel_magics.training.losses import Loss, check_loss_value, check_targets, make_loss
 from kernel_magics.training.metrics import format_value, key_metrics, task_metrics
-from kernel_magics.widgets.progress import NullProgress
+from kernel_magics.training.progress import NullProgress, Progress
 
-if TYPE_CHECKING:  # the widgets module is only needed for the type, never at import time
-    from kernel_magics.widgets.progress import Progress
-
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 EVAL_CHUNK = 1024  # rows per forward when evaluating: bounded memory on large validation sets
 
 
@@ -50,32 +48,32 @@ class FitResult:
 def fit(
     model: torch.nn.Module,
     data: PreparedData,
+    config: TrainConfig | None = None,
     *,
-    epochs: int = 5,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    optimizer: str = "adam",
-    weight_decay: float = 0.0,
-    seed: int = 0,
     on_epoch: Callable[[EpochResult], None] | None = None,
     progress: Progress | None = None,
 ) -> FitResult:
-    """Train ``model`` in place on ``data``; the same call gives the same weights.
+    """Train ``model`` in place on ``data`` as ``config`` says; the same call gives the same
+    weights.
 
-    Cross-entropy for classification, MSE for regression. A kernel interrupt stops cleanly and
-    raises ``TrainingInterrupted``; the model is left in eval mode and usable either way.
+    The loss is ``config.loss`` (cross-entropy for classification and MSE for regression by
+    default). A kernel interrupt stops cleanly and raises ``TrainingInterrupted``; the model is
+    left in eval mode and usable either way.
     """
-    _check_args(model, data, epochs, lr, batch_size, weight_decay, seed)
-    opt = _optimizer(model, optimizer, lr, weight_decay)
+    config = config if config is not None else TrainConfig()
+    _check_args(model, data)
+    epochs, batch_size, seed = config.epochs, config.batch_size, config.seed
+    opt = _optimizer(model, config)
+    loss_fn = make_loss(config.loss, data.task)
+    check_targets(config.loss, data.y_train)
     device = _device(model)
     try:
-        _check_model(model, data, device)
+        _check_model(model, data, device, loss_fn, custom_loss=callable(config.loss))
     except KeyboardInterrupt as exc:
         raise TrainingInterrupted("training interrupted before the first epoch") from exc
 
     reporter = progress if progress is not None else NullProgress()
     sizes = _batch_sizes(len(data.X_train), batch_size)
-    loss_fn = _loss(data.task)
     history: list[EpochResult] = []
     epoch = 0
     started = time.perf_counter()
@@ -115,7 +113,7 @@ def fit(
         raise error from exc
     except BaseException as exc:
         _settle(model)
-        reporter.finish("failed", _first_line(exc))
+        reporter.finish("failed", first_line(exc))
         raise
     _settle(model)
     seconds = time.perf_counter() - started
@@ -133,47 +131,23 @@ def fit(
 
 
 # -- checks -------------------------------------------------------------------------------------
-def _check_args(
-    model: Any, data: Any, epochs: Any, lr: Any, batch_size: Any, weight_decay: Any, seed: Any
-) -> None:
+def _check_args(model: Any, data: Any) -> None:
     if not isinstance(model, torch.nn.Module):
         raise InvalidInput(f"the model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(data, PreparedData):
         raise InvalidInput(f"data must come from prepare_data(), got {type(data).__name__}")
-    if not _is_int(epochs) or epochs < 1:
-        raise InvalidInput(f"epochs must be a whole number >= 1, got {epochs!r}")
-    if not _is_number(lr) or not lr > 0 or not math.isfinite(lr):
-        raise InvalidInput(f"lr must be a positive number, got {lr!r}")
-    if not _is_int(batch_size) or batch_size < 1:
-        raise InvalidInput(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-    if not _is_number(weight_decay) or not 0 <= weight_decay < math.inf:
-        raise InvalidInput(f"weight_decay must be a number >= 0, got {weight_decay!r}")
-    if not _is_int(seed):
-        raise InvalidInput(f"seed must be an integer, got {seed!r}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _optimizer(
-    model: torch.nn.Module, name: Any, lr: float, weight_decay: float
-) -> torch.optim.Optimizer:
-    key = name.lower() if isinstance(name, str) else name
-    if key not in OPTIMIZERS:
-        raise InvalidInput(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise InvalidInput("the model has no trainable parameters")
-    if key == "adam":
+    lr, weight_decay = config.lr, config.weight_decay
+    if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if key == "adamw":
+    if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if key == "sgd":
+    if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
 
@@ -185,9 +159,17 @@ def _device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _check_model(model: torch.nn.Module, data: PreparedData, device: torch.device) -> None:
-    """One forward on 2 training rows, so a mismatched model fails before any run is logged."""
-    batch = data.X_train[:2].to(device)
+def _check_model(
+    model: torch.nn.Module,
+    data: PreparedData,
+    device: torch.device,
+    loss_fn: Loss,
+    *,
+    custom_loss: bool,
+) -> None:
+    """One forward and one loss on 2 training rows, so a model (or loss) that does not fit the
+    data fails before any run is logged."""
+    batch, targets = data.X_train[:2].to(device), data.y_train[:2].to(device)
     was_training = model.training
     model.eval()  # no dropout and no BatchNorm statistics updates from the probe
     try:
@@ -196,41 +178,73 @@ def _check_model(model: torch.nn.Module, data: PreparedData, device: torch.devic
     except Exception as exc:
         raise InvalidInput(
             "model failed on a batch of the training data: "
-            f"{type(exc).__name__}: {_first_line(exc)}"
+            f"{type(exc).__name__}: {first_line(exc)}{_dtype_hint(batch)}"
         ) from exc
     finally:
         model.train(was_training)
-    _check_output(out, data, len(batch))
+    _check_output(out, data, len(batch), shapes=not custom_loss)
+    try:
+        value = loss_fn(_as_loss_input(out, data.task), targets)
+    except Exception as exc:
+        raise InvalidInput(
+            f"the loss failed on a batch of the training data: {type(exc).__name__}: "
+            f"{first_line(exc)}"
+        ) from exc
+    check_loss_value(value)
 
 
-def _check_output(out: Any, data: PreparedData, rows: int) -> None:
+def _dtype_hint(batch: torch.Tensor) -> str:
+    if batch.dtype in (torch.int64, torch.bool):
+        return (
+            f" (X is {str(batch.dtype).removeprefix('torch.')}, kept for token ids and masks: "
+            "pass X.astype('float32') if these are numeric features)"
+        )
+    return ""
+
+
+def _check_output(out: Any, data: PreparedData, rows: int, *, shapes: bool) -> None:
+    """The output a built-in loss can use: class scores in the last dimension for every label
+    (rows, classes) or (rows, positions, classes), or the targets' own shape for regression.
+    With a custom loss (``shapes`` False) only the loss decides what fits."""
     if not isinstance(out, torch.Tensor):
         raise InvalidInput(f"model returned a {type(out).__name__}; it must return one tensor")
     if not out.is_floating_point():
         raise InvalidInput(f"model output has dtype {out.dtype}; it must be floating point")
-    k = data.n_outputs
+    if not shapes:
+        if out.ndim == 0 or out.shape[0] != rows:
+            raise InvalidInput(f"model output has shape {tuple(out.shape)} for {rows} rows")
+        return
+    k, label_dims = data.n_outputs, tuple(data.y_train.shape[1:])
     if data.task == "classification":
-        wanted = f"{k} classes"
+        wanted, expected = f"{k} classes", (*label_dims, k)
     else:
-        wanted = f"{k} target column" + ("s" if k != 1 else "")
+        wanted, expected = f"{k} target column" + ("s" if k != 1 else ""), label_dims
     if out.ndim == 1 and data.task == "regression" and k == 1:
         out = out.reshape(-1, 1)  # a (rows,) output is fine for a single target
-    if out.ndim != 2:
+    if out.ndim != 1 + len(expected):
+        hint = ""
+        if data.task == "regression" and out.ndim == 2 + len(label_dims):
+            hint = " (for one class label per position, pass task='classification')"
         raise InvalidInput(
             f"model output has shape {tuple(out.shape)} for {rows} rows; "
-            f"it must be (rows, {k}) for {wanted}"
+            f"it must be {_shape_text(expected)} for {wanted}{hint}"
         )
     if out.shape[0] != rows:
         raise InvalidInput(f"model returned {out.shape[0]} rows for a batch of {rows}")
-    if out.shape[1] != k:
-        raise InvalidInput(f"model output has {out.shape[1]} columns but the data has {wanted}")
+    if out.shape[-1] != expected[-1]:
+        raise InvalidInput(f"model output has {out.shape[-1]} columns but the data has {wanted}")
+    if tuple(out.shape[1:]) != expected:
+        raise InvalidInput(
+            f"model output has shape {tuple(out.shape)} for labels of shape "
+            f"{(rows, *label_dims)}; it must be {_shape_text(expected)}"
+        )
+
+
+def _shape_text(row_shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(["rows", *map(str, row_shape)]) + ")"
 
 
 # -- loop ---------------------------------------------------------------------------------------
-def _loss(task: str) -> torch.nn.Module:
-    return torch.nn.CrossEntropyLoss() if task == "classification" else torch.nn.MSELoss()
-
-
 def _batch_sizes(n: int, batch_size: int) -> list[int]:
     """Batch sizes for one epoch; a trailing batch of 1 row is merged into the one before it,
     because BatchNorm cannot train on a single row."""
@@ -244,14 +258,18 @@ def _batch_sizes(n: int, batch_size: int) -> list[int]:
 
 
 def _forward(model: torch.nn.Module, x: torch.Tensor, task: str) -> torch.Tensor:
-    out = model(x)
+    return _as_loss_input(model(x), task)
+
+
+def _as_loss_input(out: torch.Tensor, task: str) -> torch.Tensor:
+    """A single regression target may come back as a vector (rows,): the loss gets (rows, 1)."""
     return out.reshape(-1, 1) if task == "regression" and out.ndim == 1 else out
 
 
 def _train_epoch(
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
-    loss_fn: torch.nn.Module,
+    loss_fn: Loss,
     data: PreparedData,
     sizes: list[int],
     shuffle: torch.Generator,
@@ -285,7 +303,7 @@ def _train_epoch(
 
 def _evaluate(
     model: torch.nn.Module,
-    loss_fn: torch.nn.Module,
+    loss_fn: Loss,
     data: PreparedData,
     device: torch.device,
     batch_size: int,
@@ -319,8 +337,3 @@ def _summary(epochs: int, seconds: float, last: EpochResult) -> str:
     where = "validation" if last.metrics_on == "validation" else "training set, no validation"
     noun = "epoch" if epochs == 1 else "epochs"
     return f"trained {epochs} {noun} in {seconds:.1f} s; {shown} ({where})"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__

@@ -1,4 +1,8 @@
-"""Per-epoch metrics, computed with scikit-learn so they match what users compute themselves."""
+"""Per-epoch metrics, computed with scikit-learn so they match what users compute themselves.
+
+Tensors are recognised without importing torch: the progress reporters import the formatting
+helpers below when the extension loads, before anything needs torch.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,13 @@ import warnings
 from typing import Any
 
 import numpy as np
-import torch
 
 CLASSIFICATION_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 REGRESSION_METRICS = ("mse", "mae", "r2")
 
 
 def _numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
+    if hasattr(value, "detach"):  # a torch tensor
         value = value.detach().cpu()
         # float() first: numpy has no bfloat16, and half precision would blur the metrics.
         return (value.float() if value.is_floating_point() else value).numpy()
@@ -24,13 +27,14 @@ def _numpy(value: Any) -> np.ndarray:
 def classification_metrics(y_true: Any, logits: Any) -> dict[str, float]:
     """Accuracy and macro precision/recall/F1 of ``argmax(logits)`` against class indices.
 
-    ``logits`` is (rows, classes); a 1-D array is taken as predicted class indices.
+    ``logits`` is (rows, classes), or (rows, positions, classes) against (rows, positions)
+    labels (every position counts once); a 1-D array is taken as predicted class indices.
     """
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     truth = _numpy(y_true).reshape(-1)
     scores = _numpy(logits)
-    predicted = scores.argmax(axis=1) if scores.ndim == 2 else scores.reshape(-1)
+    predicted = scores.argmax(axis=-1).reshape(-1) if scores.ndim >= 2 else scores.reshape(-1)
     if len(truth) == 0:
         return {name: math.nan for name in CLASSIFICATION_METRICS}
     precision, recall, f1, _ = precision_recall_fscore_support(
@@ -65,10 +69,17 @@ def regression_metrics(y_true: Any, pred: Any) -> dict[str, float]:
 
 
 def task_metrics(task: str, y_true: Any, output: Any) -> dict[str, float]:
-    """The metrics for ``task`` ("classification" or "regression") from the model's output."""
+    """The metrics for ``task`` ("classification" or "regression") from the model's output;
+    none when the output does not line up with the targets (a custom loss may pair them in
+    its own way, and then only the loss says how training goes)."""
+    truth, out = tuple(y_true.shape), tuple(output.shape)
     if task == "classification":
-        return classification_metrics(y_true, output)
-    return regression_metrics(y_true, output)
+        if out[:-1] == truth or out == truth:  # scores per class, or predicted indices
+            return classification_metrics(y_true, output)
+        return {}
+    if out == truth or (len(truth) == 2 and truth[1] == 1 and out == truth[:1]):
+        return regression_metrics(y_true, output)
+    return {}
 
 
 # The metrics worth showing in a one-line summary, per task, best first.

@@ -1,121 +1,34 @@
-"""Training progress: a live widget in a notebook, one line per epoch anywhere else.
+"""The training progress widget for notebooks: it implements ``training.progress.Progress``.
 
-``fit`` calls ``step`` after every batch, so a reporter must keep it cheap: the widget counts
-batches and redraws at most ``max_redraws_per_s`` times a second; text mode prints only per
-epoch (no carriage-return spam in papermill outputs or CI logs). ipywidgets is imported only
-when a widget is built, so importing the training code stays light.
+``%load_ext kernel_magics`` registers it (``register()``) as the reporter for "widget", which
+"auto" picks inside a Jupyter kernel. ``fit`` calls ``step`` after every batch, so the widget
+counts batches and redraws at most ``max_redraws_per_s`` times a second. ipywidgets is imported
+only when a widget is built, so registering it costs nothing.
 """
 
 from __future__ import annotations
 
 import html
-import os
-import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
-from kernel_magics.errors import InvalidInput
-from kernel_magics.training.metrics import format_value, key_metrics
+from kernel_magics.training.metrics import format_value
+from kernel_magics.training.progress import register_progress, unregister_progress
 
 if TYPE_CHECKING:
     from kernel_magics.training.fit import EpochResult
 
-MODES = ("auto", "widget", "text", "none")
-ENV_VAR = "KERNEL_MAGICS_PROGRESS"
+MODE = "widget"
 
 
-@runtime_checkable
-class Progress(Protocol):
-    def start(self, epochs: int, steps_per_epoch: int, title: str) -> None: ...
-    def step(self, loss: float) -> None: ...
-    def epoch_end(self, result: EpochResult) -> None: ...
-    def finish(self, status: str, message: str) -> None: ...
+def register() -> None:
+    """Make the widget the reporter for "widget" (and for "auto" in a Jupyter kernel)."""
+    register_progress(MODE, WidgetProgress)
 
 
-def make_progress(mode: str = "auto") -> Progress:
-    """A reporter for ``mode``: "widget", "text", "none" or "auto".
-
-    auto: the ``KERNEL_MAGICS_PROGRESS`` environment variable when it is "text" or "none";
-    otherwise a widget inside a Jupyter kernel (``ZMQInteractiveShell``) and text elsewhere.
-    """
-    if mode not in MODES:
-        raise InvalidInput(f"progress must be one of {', '.join(MODES)}; got {mode!r}")
-    if mode == "auto":
-        mode = resolve_auto()
-    if mode == "none":
-        return NullProgress()
-    if mode == "text":
-        return TextProgress()
-    return WidgetProgress()
-
-
-def resolve_auto() -> str:
-    """What "auto" means here and now: "text", "none" or "widget"."""
-    env = os.environ.get(ENV_VAR, "").strip().lower()
-    if env in ("text", "none"):
-        return env
-    return "widget" if _in_jupyter_kernel() else "text"
-
-
-def _in_jupyter_kernel() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython is a dependency
-        return False
-    shell = get_ipython()
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
-
-
-class NullProgress:
-    """Reports nothing (``progress="none"``)."""
-
-    def start(self, epochs: int, steps_per_epoch: int, title: str) -> None:
-        pass
-
-    def step(self, loss: float) -> None:
-        pass
-
-    def epoch_end(self, result: EpochResult) -> None:
-        pass
-
-    def finish(self, status: str, message: str) -> None:
-        pass
-
-
-def epoch_line(result: EpochResult) -> str:
-    """``epoch 3/10  train_loss 0.412  val_loss 0.398  accuracy 0.912  f1_macro 0.910  (0.4 s)``"""
-    width = len(str(result.epochs))
-    parts = [
-        f"epoch {result.epoch:>{width}}/{result.epochs}",
-        f"train_loss {format_value(result.train_loss)}",
-        f"val_loss {format_value(result.val_loss)}",
-    ]
-    parts += [f"{k} {format_value(v)}" for k, v in key_metrics(result.metrics).items()]
-    if result.metrics_on != "validation":
-        parts.append("[no validation set: on training rows]")
-    parts.append(f"({result.seconds:.1f} s)")
-    return "  ".join(parts)
-
-
-class TextProgress:
-    """One line per epoch and a final line, printed to stdout (whatever it is at that moment)."""
-
-    def __init__(self) -> None:
-        self.title = ""
-
-    def start(self, epochs: int, steps_per_epoch: int, title: str) -> None:
-        self.title = title
-
-    def step(self, loss: float) -> None:
-        pass  # per-batch output would flood papermill outputs and CI logs
-
-    def epoch_end(self, result: EpochResult) -> None:
-        print(epoch_line(result), flush=True)
-
-    def finish(self, status: str, message: str) -> None:
-        who = f"{self.title} " if self.title else ""
-        print(f"{who}{status}: {message}", file=sys.stdout, flush=True)
+def unregister() -> None:
+    unregister_progress(MODE)
 
 
 _BAR_STYLES = {"done": "success", "interrupted": "warning", "failed": "danger"}

@@ -1,5 +1,5 @@
-"""Helpers for the serving tests: small real models logged like kernel-magics logs them, raw
-HTTP (clean-up by PID: ``kernel_magics.serving.process.cleanup``)."""
+"""Helpers for the serving tests: small real models registered as kernel-magics registers
+them, raw HTTP (clean-up by PID: ``kernel_magics.serving.process.cleanup``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from kernel_magics.config import Settings
-from kernel_magics.targets.local import ServingClient
+from kernel_magics.registration import register_version
 from kernel_magics.store import TAG_FORMAT, TAG_SHA256, TAG_TASK, Store, hash_model_dir
+from kernel_magics.targets.local import ServingClient
 
 N_FEATURES = 32
 
@@ -54,31 +55,40 @@ def log_model(
     task: str | None = "classification",
     serialization_format: str = "pt2",
 ) -> Logged:
-    """Log and register like kernel-magics does: pt2 (or pickle), with the content-hash tag."""
+    """Register through kernel-magics' one registration path: pt2 (or pickle), content hash.
+
+    A 1-row example gives what a model logged elsewhere from one row is: an export whose batch
+    is fixed at 1 (``register_version`` would repeat the row to keep the batch dynamic)."""
+    store = Store(settings)
+    if len(example) == 1:
+        return _log_fixed_batch(store, name, model, example, task)
+    registered = register_version(
+        store, model, example, name=name, task=task, serialization=serialization_format
+    )
+    local = store.local_path(store.resolve(name, registered.version))
+    return Logged(name, registered.version, local, model)
+
+
+def _log_fixed_batch(
+    store: Store, name: str, model: torch.nn.Module, example: np.ndarray, task: str | None
+) -> Logged:
+    """A version as plain ``mlflow.pytorch.log_model`` makes it from a one-row example (the
+    exporter freezes the batch at 1), tagged with its hash so that it can be deployed."""
     import mlflow
 
-    store = Store(settings)
-    experiment = store.experiment_id()
-    extra = {} if serialization_format == "pt2" else {"serialization_format": "pickle"}
     with store.tracking(), store.write_lock():
-        with mlflow.start_run(experiment_id=experiment) as run:
+        with mlflow.start_run(experiment_id=store.experiment_id()) as run:
             info = mlflow.pytorch.log_model(
-                model,
-                name="model",
-                input_example=example,
-                pip_requirements=["torch==2.13.0"],
-                **extra,
+                model, name="model", input_example=example, pip_requirements=["torch"]
             )
         local = mlflow.artifacts.download_artifacts(info.model_uri)
+        tags = {TAG_SHA256: hash_model_dir(local), TAG_FORMAT: "pt2", TAG_TASK: task or ""}
         if not store.model_exists(name):
             store.client.create_registered_model(name)
-        tags = {TAG_SHA256: hash_model_dir(local), TAG_FORMAT: serialization_format}
-        if task:
-            tags[TAG_TASK] = task
-        mv = store.client.create_model_version(
+        version = store.client.create_model_version(
             name, info.model_uri, run.info.run_id, tags=tags, model_id=info.model_id
         )
-    return Logged(name, int(mv.version), local, model)
+    return Logged(name, int(version.version), local, model)
 
 
 def rows(n: int, seed: int = 0, features: int = N_FEATURES) -> np.ndarray:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kernel_magics.errors import InvalidInput, TrainingInterrupted
+from kernel_magics.training.config import TrainConfig
 from kernel_magics.training.data import prepare_data
 from kernel_magics.training.fit import EpochResult, FitResult, _batch_sizes, fit
 
@@ -30,7 +31,9 @@ def test_digits_mlp_learns(digits, make_mlp, recorder):
     model = make_mlp()
     seen: list[EpochResult] = []
     started = time.perf_counter()
-    result = fit(model, digits, epochs=5, lr=3e-3, on_epoch=seen.append, progress=recorder)
+    result = fit(
+        model, digits, TrainConfig(epochs=5, lr=3e-3), on_epoch=seen.append, progress=recorder
+    )
     assert time.perf_counter() - started < 10
     assert isinstance(result, FitResult) and not result.interrupted
     assert [r.epoch for r in result.history] == [1, 2, 3, 4, 5] == [r.epoch for r in seen]
@@ -56,7 +59,7 @@ def test_digits_mlp_learns(digits, make_mlp, recorder):
 
 def test_diabetes_regression_gives_finite_metrics(diabetes, make_mlp):
     model = make_mlp(n_in=10, n_out=1)
-    result = fit(model, diabetes, epochs=3, lr=1e-2)
+    result = fit(model, diabetes, TrainConfig(epochs=3, lr=1e-2))
     assert set(result.history[-1].metrics) == {"mse", "mae", "r2"}
     assert all(math.isfinite(v) for v in result.final_metrics.values())
 
@@ -70,7 +73,7 @@ def test_single_target_model_may_return_a_vector(diabetes):
         def forward(self, x):
             return self.linear(x).squeeze(-1)  # shape (rows,)
 
-    result = fit(Flat(), diabetes, epochs=1)
+    result = fit(Flat(), diabetes, TrainConfig(epochs=1))
     assert math.isfinite(result.final_metrics["mse"])
 
 
@@ -84,7 +87,7 @@ def test_same_seed_gives_identical_weights(digits, make_mlp):
         model = torch.nn.Sequential(
             torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(32, 10)
         )
-        fit(model, digits, epochs=2, seed=seed)
+        fit(model, digits, TrainConfig(epochs=2, seed=seed))
         return _weights(model)
 
     a, b, c = train(1), train(1), train(2)
@@ -95,21 +98,23 @@ def test_same_seed_gives_identical_weights(digits, make_mlp):
 def test_fit_leaves_the_global_random_stream_alone(digits, make_mlp):
     model = make_mlp()
     state = torch.get_rng_state()
-    fit(model, digits, epochs=1, seed=123)
+    fit(model, digits, TrainConfig(epochs=1, seed=123))
     assert torch.equal(torch.get_rng_state(), state)
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop", "SGD"])
 def test_every_optimizer_trains(digits, make_mlp, name):
-    result = fit(make_mlp(), digits, epochs=2, lr=1e-2 if "sgd" in name.lower() else 1e-3,
-                 optimizer=name, weight_decay=1e-4)  # fmt: skip
+    lr = 1e-2 if "sgd" in name.lower() else 1e-3
+    result = fit(
+        make_mlp(), digits, TrainConfig(epochs=2, lr=lr, optimizer=name, weight_decay=1e-4)
+    )
     assert result.final_metrics["accuracy"] > 0.5
 
 
 def test_without_validation_set_metrics_are_on_training_rows(digits_xy, make_mlp):
     X, y = digits_xy
     data = prepare_data(X / 16.0, y, val_split=0)
-    result = fit(make_mlp(), data, epochs=2)
+    result = fit(make_mlp(), data, TrainConfig(epochs=2))
     assert result.metrics_on == "train" and result.history[0].metrics_on == "train"
     assert math.isfinite(result.final_metrics["val_loss"])
 
@@ -127,7 +132,7 @@ def test_batchnorm_never_gets_a_single_row_batch(make_mlp):
     model = torch.nn.Sequential(
         torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2)
     )
-    fit(model, data, epochs=2, batch_size=64)
+    fit(model, data, TrainConfig(epochs=2, batch_size=64))
 
 
 # -- model checks -----------------------------------------------------------------------------
@@ -162,7 +167,7 @@ class Pair(torch.nn.Module):
 )
 def test_model_that_does_not_fit_the_data(digits, make_mlp, recorder, model, message):
     with pytest.raises(InvalidInput, match=message) as info:
-        fit(model(make_mlp), digits, epochs=1, progress=recorder)
+        fit(model(make_mlp), digits, TrainConfig(epochs=1), progress=recorder)
     assert "\n" not in str(info.value)
     assert recorder.calls == []  # rejected before any progress was shown
 
@@ -193,7 +198,7 @@ def test_regression_width_message(diabetes, make_mlp):
 )
 def test_bad_arguments(digits, make_mlp, kwargs, message):
     with pytest.raises(InvalidInput) as info:
-        fit(make_mlp(), digits, **kwargs)
+        fit(make_mlp(), digits, TrainConfig(**kwargs))
     assert message in str(info.value)
 
 
@@ -205,7 +210,7 @@ def test_not_prepared_data(make_mlp):
 def test_divergence_is_reported(diabetes, make_mlp, recorder):
     model = make_mlp(n_in=10, n_out=1)
     with pytest.raises(InvalidInput, match=r"training diverged at epoch 1/3: the loss became"):
-        fit(model, diabetes, epochs=3, lr=1e6, optimizer="sgd", progress=recorder)
+        fit(model, diabetes, TrainConfig(epochs=3, lr=1e6, optimizer="sgd"), progress=recorder)
     assert recorder.calls[-1][1][0] == "failed"
     assert not model.training
 
@@ -219,7 +224,7 @@ def test_interrupt_from_on_epoch(digits, make_mlp, recorder):
             raise KeyboardInterrupt
 
     with pytest.raises(TrainingInterrupted, match=r"^training interrupted at epoch 3/10$") as info:
-        fit(model, digits, epochs=10, on_epoch=on_epoch, progress=recorder)
+        fit(model, digits, TrainConfig(epochs=10), on_epoch=on_epoch, progress=recorder)
     assert isinstance(info.value.__cause__, KeyboardInterrupt)
     assert [r.epoch for r in info.value.history] == [1, 2, 3]
     assert recorder.calls[-1] == ("finish", ("interrupted", "training interrupted at epoch 3/10"))
@@ -244,7 +249,7 @@ class InterruptOnCall(torch.nn.Module):
 def test_interrupt_inside_forward(digits, recorder):
     model = InterruptOnCall(3)  # call 1 is fit's check, 2 and 3 are training batches
     with pytest.raises(TrainingInterrupted, match=r"^training interrupted at epoch 1/4$") as info:
-        fit(model, digits, epochs=4, progress=recorder)
+        fit(model, digits, TrainConfig(epochs=4), progress=recorder)
     assert isinstance(info.value.__cause__, KeyboardInterrupt)
     assert recorder.kinds() == ["start", "finish"]
     assert recorder.calls[-1][1][0] == "interrupted"
@@ -271,6 +276,6 @@ def test_failing_callback_reports_failed_and_reraises(digits, make_mlp, recorder
         raise RuntimeError("store is down")
 
     with pytest.raises(RuntimeError, match="store is down"):
-        fit(model, digits, epochs=2, on_epoch=on_epoch, progress=recorder)
+        fit(model, digits, TrainConfig(epochs=2), on_epoch=on_epoch, progress=recorder)
     assert recorder.calls[-1] == ("finish", ("failed", "store is down"))
     assert not model.training

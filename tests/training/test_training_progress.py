@@ -1,4 +1,5 @@
-"""Progress reporters: text lines, the widget's values, mode selection, the SVG loss curve."""
+"""Progress reporters: text lines, the widget's values, mode selection (the core's registry the
+front end fills), the SVG loss curve."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from kernel_magics.errors import InvalidInput
+from kernel_magics.training import progress as P
+from kernel_magics.training.config import TrainConfig
 from kernel_magics.training.data import prepare_data
 from kernel_magics.training.fit import EpochResult, fit
-from kernel_magics.widgets import progress as P
+from kernel_magics.widgets import progress as W
 from kernel_magics.widgets._svg import line_chart
 
 
@@ -30,6 +33,14 @@ def epoch(n: int, of: int = 10, **kw) -> EpochResult:
         "seconds": 0.4,
     }
     return EpochResult(**{**values, **kw})
+
+
+@pytest.fixture
+def widget_registered():
+    """The notebook front end's widget registered, as ``%load_ext kernel_magics`` does."""
+    W.register()
+    yield
+    W.unregister()
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +68,7 @@ def test_epoch_line_format():
 
 
 def test_text_progress_prints_one_line_per_epoch(small_digits, make_mlp, capsys):
-    fit(make_mlp(), small_digits, epochs=3, progress=P.make_progress("text"))
+    fit(make_mlp(), small_digits, TrainConfig(epochs=3), progress=P.make_progress("text"))
     out = capsys.readouterr().out
     assert "\r" not in out
     lines = out.splitlines()
@@ -75,19 +86,25 @@ def test_text_progress_reports_an_interrupt(small_digits, make_mlp, capsys):
             raise KeyboardInterrupt
 
     with pytest.raises(TrainingInterrupted):
-        fit(make_mlp(), small_digits, epochs=5, on_epoch=stop, progress=P.TextProgress())
+        fit(
+            make_mlp(),
+            small_digits,
+            TrainConfig(epochs=5),
+            on_epoch=stop,
+            progress=P.TextProgress(),
+        )
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3
     assert lines[-1] == "Sequential interrupted: training interrupted at epoch 2/5"
 
 
 # -- modes ------------------------------------------------------------------------------------
-def test_explicit_modes(monkeypatch):
+def test_explicit_modes(monkeypatch, widget_registered):
     monkeypatch.delenv(P.ENV_VAR, raising=False)
     assert isinstance(P.make_progress("none"), P.NullProgress)
     assert isinstance(P.make_progress("text"), P.TextProgress)
-    assert isinstance(P.make_progress("widget"), P.WidgetProgress)
-    for reporter in (P.NullProgress(), P.TextProgress(), P.WidgetProgress()):
+    assert isinstance(P.make_progress("widget"), W.WidgetProgress)
+    for reporter in (P.NullProgress(), P.TextProgress(), W.WidgetProgress()):
         assert isinstance(reporter, P.Progress)
     with pytest.raises(InvalidInput, match="progress must be one of auto, widget, text, none"):
         P.make_progress("fancy")
@@ -102,13 +119,13 @@ class ZMQInteractiveShell:  # only the class name matters to the detection
     [
         (None, None, P.TextProgress),  # plain Python / pytest
         (None, "terminal", P.TextProgress),  # IPython in a terminal
-        (None, "zmq", P.WidgetProgress),  # a Jupyter kernel
+        (None, "zmq", W.WidgetProgress),  # a Jupyter kernel
         ("text", "zmq", P.TextProgress),  # papermill / CI force text
         ("NONE", "zmq", P.NullProgress),
         ("widget", None, P.TextProgress),  # no kernel, no frontend: a widget would not render
     ],
 )
-def test_auto_mode(monkeypatch, env, kind, expected, request):
+def test_auto_mode(monkeypatch, env, kind, expected, request, widget_registered):
     import IPython
 
     if env is None:
@@ -126,15 +143,47 @@ def test_auto_mode(monkeypatch, env, kind, expected, request):
     assert type(P.make_progress("auto")) is expected
 
 
+def test_without_a_front_end_auto_is_text_and_widget_is_refused(monkeypatch):
+    monkeypatch.delenv(P.ENV_VAR, raising=False)
+    import IPython
+
+    monkeypatch.setattr(IPython, "get_ipython", ZMQInteractiveShell)  # a kernel, no %load_ext
+    assert type(P.make_progress("auto")) is P.TextProgress
+    with pytest.raises(InvalidInput, match="needs the notebook front end: run %load_ext"):
+        P.make_progress("widget")
+
+
+def test_a_registered_front_end_is_used_and_can_leave(monkeypatch, recorder):
+    P.register_progress("widget", lambda: recorder)
+    try:
+        assert P.make_progress("widget") is recorder
+    finally:
+        P.unregister_progress("widget")
+    with pytest.raises(InvalidInput):
+        P.make_progress("widget")
+
+
 def test_importing_training_does_not_import_ipywidgets():
     code = (
         "import sys, kernel_magics.training, kernel_magics.training.fit, "
         "kernel_magics.training.data, kernel_magics.widgets.progress\n"
-        "kernel_magics.widgets.progress.make_progress('text')\n"
+        "kernel_magics.widgets.progress.register()\n"
+        "kernel_magics.training.progress.make_progress('text')\n"
         "print('ipywidgets' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_core_imports_no_front_end():
+    code = (
+        "import sys, kernel_magics.api, kernel_magics.tracking, kernel_magics.registration, "
+        "kernel_magics.training.fit, kernel_magics.training.progress\n"
+        "front = ('kernel_magics.widgets', 'kernel_magics.display', 'kernel_magics.magics')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(front)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # -- widget -----------------------------------------------------------------------------------
@@ -149,7 +198,7 @@ class Clock:
 def test_widget_structure_and_start(shell, capsys):
     import ipywidgets as widgets
 
-    reporter = P.WidgetProgress()
+    reporter = W.WidgetProgress()
     reporter.start(4, 25, "Net")
     assert isinstance(reporter.box, widgets.VBox)
     assert isinstance(reporter.bar, widgets.IntProgress)
@@ -163,7 +212,7 @@ def test_widget_structure_and_start(shell, capsys):
 
 def test_widget_step_is_throttled(shell):
     clock = Clock()
-    reporter = P.WidgetProgress(clock=clock)
+    reporter = W.WidgetProgress(clock=clock)
     reporter.start(2, 500, "Net")
     for _ in range(500):  # 500 batches within one instant: no redraw at all
         reporter.step(0.5)
@@ -178,7 +227,7 @@ def test_widget_step_is_throttled(shell):
 
 def test_widget_epoch_end_and_finish(shell):
     clock = Clock()
-    reporter = P.WidgetProgress(clock=clock)
+    reporter = W.WidgetProgress(clock=clock)
     reporter.start(3, 10, "Net")
     for n in (1, 2):
         clock.now += 1
@@ -209,9 +258,9 @@ def test_widget_epoch_end_and_finish(shell):
     assert reporter.bar.bar_style == "success" and reporter.bar.value == 30
 
 
-def test_widget_during_a_real_fit(shell, small_digits, make_mlp, capsys):
+def test_widget_during_a_real_fit(shell, small_digits, make_mlp, capsys, widget_registered):
     reporter = P.make_progress("widget")
-    result = fit(make_mlp(), small_digits, epochs=3, progress=reporter)
+    result = fit(make_mlp(), small_digits, TrainConfig(epochs=3), progress=reporter)
     assert reporter.bar.value == reporter.bar.max == 3 * 5  # 320 training rows, batch 64
     assert reporter.bar.bar_style == "success"
     assert reporter.label.value.startswith("trained 3 epochs")
@@ -225,7 +274,7 @@ def test_widget_during_a_real_fit(shell, small_digits, make_mlp, capsys):
 
 def test_widget_summary_is_static_html_of_the_run(shell):
     clock = Clock()
-    reporter = P.WidgetProgress(clock=clock)
+    reporter = W.WidgetProgress(clock=clock)
     reporter.start(12, 10, "Net")
     for n in range(1, 13):
         reporter.epoch_end(epoch(n, 12))
@@ -234,7 +283,7 @@ def test_widget_summary_is_static_html_of_the_run(shell):
     assert "Training Net" in summary and "trained 12 epochs" in summary
     assert "width:100%" in summary and "<svg" in summary
     rows = doc.find(".//table").findall("tr")
-    assert len(rows) == 1 + 1 + P.TABLE_ROWS  # header, "earlier epochs", the newest ten
+    assert len(rows) == 1 + 1 + W.TABLE_ROWS  # header, "earlier epochs", the newest ten
     assert rows[1][0].text.startswith("… 2 earlier epochs")
     assert rows[-1][0].text == "12/12"
 

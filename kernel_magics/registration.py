@@ -1,0 +1,387 @@
+"""Registering a model as a new version: the one path every model takes into the lifecycle.
+
+``%train`` (through ``tracking.run_training``), ``%register`` / ``api.register`` (a model
+trained anywhere), the benchmark and the tests all call ``register_version``. It logs the model
+(MLflow's pytorch flavor, pt2 via ``torch.export`` so a class defined in a notebook serves
+without the notebook; MLflow's pickle format, with the reason said, when the exporter cannot
+trace it), hashes the model folder, and creates the version with every tag in one call under the
+store's write lock, so no version ever lacks the hash the inference process checks before
+loading it. Everything a caller can get wrong is checked before any run is opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import numbers
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kernel_magics.errors import (
+    InvalidInput,
+    KernelMagicsError,
+    StoreError,
+    TrainingInterrupted,
+    first_line,
+)
+from kernel_magics.store import (
+    TAG_CLASSES,
+    TAG_FORMAT,
+    TAG_PARENT,
+    TAG_RECIPE,
+    TAG_SHA256,
+    TAG_TASK,
+    Store,
+    hash_model_dir,
+    parse_ref,
+    retry_locked,
+    validate_name,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from mlflow import ActiveRun
+
+log = logging.getLogger(__name__)
+
+TASKS = ("classification", "regression", "other")
+FORMATS = ("pt2", "pickle")
+MAX_RECIPE_CHARS = 100_000  # MLflow's limit for a model version tag value
+# ``log_fn(example) -> (model_info, km.format, notes)``: logs an artifact made elsewhere (an ONNX
+# export by kernel_magics.optimize) in the active run instead of the torch model.
+LogFn = Callable[[Any], tuple[Any, str, list[str]]]
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    """A registered version (``r = %register ...``; ``%train`` keeps one in its result)."""
+
+    name: str
+    version: int
+    run_id: str
+    format: str  # "pt2" or "pickle"
+    notes: list[str] = field(default_factory=list)
+    parent: str | None = None  # "NAME@VERSION" this version was derived from
+    recipe: str | None = None  # how it was made, in the author's words
+    sha256: str = ""
+    seconds: float = 0.0  # log + hash + register
+
+
+def register_version(
+    store: Store,
+    model: torch.nn.Module,
+    example: Any,
+    *,
+    name: str,
+    run_id: str | None = None,
+    task: str | None = None,
+    classes: list | None = None,
+    metrics: Mapping[str, float] | None = None,
+    params: Mapping[str, Any] | None = None,
+    parent: str | None = None,
+    recipe: str | None = None,
+    serialization: str = "pt2",
+    log_fn: LogFn | None = None,
+) -> RegisterResult:
+    """Log ``model`` and register it as the next version of ``name``.
+
+    ``example``: a few input rows (array, tensor or DataFrame; the first 5 rows are kept; one
+    row is repeated to two, so torch.export keeps the batch size dynamic). The model is
+    exported in eval mode. It runs inside the active MLflow run, or run ``run_id``, or a run of
+    its own that also records ``metrics`` and ``params``. ``parent`` ("NAME@VERSION" or
+    "NAME@ALIAS", which must exist) and ``recipe`` become the version tags ``km.parent`` and
+    ``km.recipe``. ``serialization="pickle"`` skips torch.export (for models whose exported
+    graph would not do what the Python does, e.g. a sleep). ``log_fn(example)`` logs an
+    artifact exported elsewhere (optimize's ONNX files; ``model`` then runs that artifact for
+    the probe) and returns ``(model_info, format, notes)``. Bad input raises ``InvalidInput``
+    or ``NotFound`` before anything is written.
+    """
+    import mlflow
+
+    validate_name(name)
+    checked_task = _check_task(task)
+    class_tag = _classes_tag(classes)
+    logged_metrics = _check_metrics(metrics)
+    logged_params = _check_params(params)
+    if serialization not in FORMATS:
+        raise InvalidInput(f"serialization must be one of {', '.join(FORMATS)}")
+    if recipe is not None and (not isinstance(recipe, str) or len(recipe) > MAX_RECIPE_CHARS):
+        raise InvalidInput(f"recipe must be text of at most {MAX_RECIPE_CHARS} characters")
+    model = check_model(model)
+    inputs, notes = example_rows(example)
+    probe(model, inputs)
+    with _store_errors(f"cannot open the model store at {store.uri}"):
+        parent_ref = resolve_parent(store, parent)
+
+    tags = {TAG_TASK: checked_task, TAG_CLASSES: class_tag, TAG_PARENT: parent_ref}
+    tags[TAG_RECIPE] = recipe or None
+    with store.tracking(), mlflow_run(store, f"{name}-register", run_id=run_id) as run:
+        with store.write_lock(), _store_errors("could not log to the store"):
+            if logged_params:
+                mlflow.log_params(logged_params)
+            if logged_metrics:
+                retry_locked(mlflow.log_metrics, logged_metrics)
+            mlflow.set_tags({"km.model": name})
+        started = time.perf_counter()
+        with store.write_lock(), _store_errors("could not save the model to the store"):
+            with _eval_mode(model):
+                info, fmt, log_notes = (
+                    log_fn(inputs) if log_fn else _log_model(model, inputs, serialization)
+                )
+            local = mlflow.artifacts.download_artifacts(info.model_uri)
+            sha256 = hash_model_dir(local)
+            tags.update({TAG_SHA256: sha256, TAG_FORMAT: fmt})
+            version = _create_version(
+                store, name, info, run.info.run_id, {k: v for k, v in tags.items() if v}
+            )
+    return RegisterResult(
+        name=name,
+        version=int(version.version),
+        run_id=run.info.run_id,
+        format=fmt,
+        notes=notes + log_notes,
+        parent=parent_ref,
+        recipe=recipe or None,
+        sha256=sha256,
+        seconds=time.perf_counter() - started,
+    )
+
+
+# -- checks (before anything is written) --------------------------------------------------------
+def check_model(model: Any) -> torch.nn.Module:
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise InvalidInput(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+EXAMPLE_ROWS = 5  # rows kept as the input example: enough for the signature, small on disk
+
+
+def example_rows(example: Any) -> tuple[np.ndarray, list[str]]:
+    """The input example as the model takes it (dtype rule of ``training.inputs``), at least
+    two rows: torch.export freezes a batch dimension of size 1 into the graph."""
+    from kernel_magics.training.inputs import model_input_array
+
+    array = model_input_array(example, "the example")
+    if array.ndim == 1:  # one row, as %predict takes one row
+        array = array.reshape(1, -1)
+    if len(array) == 0:
+        raise InvalidInput("the example has no rows: pass a few input rows of the model")
+    notes = []
+    if len(array) == 1:
+        array = array.repeat(2, axis=0)
+        notes.append(
+            "the example had 1 row; it was repeated to 2 so the exported batch size stays dynamic"
+        )
+    return array[:EXAMPLE_ROWS].copy(), notes
+
+
+def probe(model: torch.nn.Module, inputs: np.ndarray) -> None:
+    """One forward on the example in eval mode: a model that cannot take it fails here, in one
+    line, before a run exists."""
+    import torch
+
+    with _eval_mode(model), torch.no_grad():
+        try:
+            out = model(torch.from_numpy(inputs).to(_device(model)))
+        except Exception as err:
+            raise InvalidInput(
+                f"the model failed on the example: {type(err).__name__}: {first_line(err)}"
+            ) from err
+    if not isinstance(out, torch.Tensor):
+        raise InvalidInput(f"the model returned a {type(out).__name__}; it must return one tensor")
+
+
+def resolve_parent(store: Store, parent: str | None) -> str | None:
+    """``NAME@VERSION`` or ``NAME@ALIAS`` → ``NAME@VERSION`` of an existing version."""
+    if parent is None:
+        return None
+    if not isinstance(parent, str) or "@" not in parent:
+        raise InvalidInput(f"parent must be NAME@VERSION, got {parent!r}")
+    parent_name, ref = parse_ref(parent)
+    return f"{parent_name}@{store.resolve(parent_name, ref).version}"
+
+
+def _check_task(task: str | None) -> str | None:
+    if task is not None and task not in TASKS:
+        raise InvalidInput(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    return task
+
+
+def _classes_tag(classes: Any) -> str | None:
+    if classes is None:
+        return None
+    labels = [_plain(c) for c in classes]
+    try:
+        return json.dumps(labels)
+    except TypeError:
+        raise InvalidInput("classes must be numbers or strings") from None
+
+
+def _check_metrics(metrics: Any) -> dict[str, float]:
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise InvalidInput(f"metrics must map names to numbers, got {type(metrics).__name__}")
+    out = {}
+    for key, value in metrics.items():
+        value = _plain(value)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InvalidInput(f"metric {key!r} must be a number, got {value!r}")
+        out[str(key)] = float(value)
+    return out
+
+
+def _check_params(params: Any) -> dict[str, str]:
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise InvalidInput(f"params must map names to values, got {type(params).__name__}")
+    return {
+        str(k): v if isinstance(v, str) else json.dumps(_plain(v), default=str)
+        for k, v in params.items()
+    }
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars → Python values (labels and metrics compare and JSON-encode simply)."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, list) else value
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Export and probe in eval mode (no dropout, BatchNorm running statistics); the caller's
+    model is left in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _device(model: torch.nn.Module) -> Any:
+    for tensor in model.parameters():
+        return tensor.device
+    return "cpu"
+
+
+# -- writing ------------------------------------------------------------------------------------
+def _pip_requirements() -> list[str]:
+    # Explicit requirements: letting MLflow infer them costs ~7 s per log_model.
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}"]
+
+
+def _log_model(
+    model: torch.nn.Module, example: np.ndarray, serialization: str
+) -> tuple[Any, str, list[str]]:
+    """Log pt2 (no pickled code); fall back to MLflow's pickle format for models torch.export
+    cannot trace (data-dependent control flow), and say so."""
+    import mlflow.pytorch
+
+    if serialization == "pt2":
+        try:
+            info = mlflow.pytorch.log_model(
+                model, name="model", input_example=example, pip_requirements=_pip_requirements()
+            )
+            return info, "pt2", []
+        except Exception as err:  # torch.export failures come in many exception types
+            reason = first_line(err, limit=200)
+            log.warning("torch.export failed (%s); saving with the pickle format", reason)
+            note = (
+                f"torch.export could not trace the model ({reason}); "
+                "saved in MLflow's pickle format"
+            )
+    else:
+        note = None
+    info = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        input_example=example,
+        pip_requirements=_pip_requirements() + ["cloudpickle"],
+        serialization_format="pickle",
+    )
+    return info, "pickle", [note] if note else []
+
+
+def _create_version(store: Store, name: str, info: Any, run_id: str, tags: dict) -> Any:
+    """One call creates the version with its hash tag: no version ever lacks it."""
+    from mlflow.exceptions import MlflowException
+
+    if not store.model_exists(name):
+        try:
+            store.client.create_registered_model(name)
+        except MlflowException:  # a parallel process registered the name first
+            pass
+    return retry_locked(
+        store.client.create_model_version,
+        name=name,
+        source=info.model_uri,
+        run_id=run_id,
+        tags=tags,
+        model_id=getattr(info, "model_id", None),
+    )
+
+
+# -- the MLflow run -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def mlflow_run(store: Store, run_name: str, *, run_id: str | None = None) -> Iterator[ActiveRun]:
+    """The run to log into: the active one (its owner ends it), or run ``run_id``, or a new
+    run of the kernel-magics experiment. A run opened here ends FINISHED, KILLED on an
+    interrupt, FAILED on any other error. Call inside ``store.tracking()``."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and run_id in (None, active.info.run_id):
+        yield active
+        return
+    with _store_errors(f"cannot open the model store at {store.uri}"):
+        experiment_id = store.experiment_id()
+    with store.write_lock(), _store_errors("cannot start a run in the model store"):
+        if run_id is None:
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+        else:
+            run = mlflow.start_run(run_id=run_id)
+    try:
+        yield run
+    except (TrainingInterrupted, KeyboardInterrupt):
+        _end_run("KILLED", store)
+        raise
+    except BaseException:
+        _end_run("FAILED", store)
+        raise
+    with store.write_lock():
+        mlflow.end_run("FINISHED")
+
+
+@contextlib.contextmanager
+def _store_errors(what: str) -> Iterator[None]:
+    """Turn I/O and database failures (disk full, store gone) into one clear line."""
+    try:
+        yield
+    except KernelMagicsError:
+        raise
+    except Exception as err:
+        detail = first_line(err, limit=200) if str(err).strip() else ""
+        raise StoreError(f"{what}: {type(err).__name__}: {detail}") from err
+
+
+store_errors = _store_errors  # tracking logs per-epoch metrics under the same rule
+
+
+def _end_run(status: str, store: Store) -> None:
+    import mlflow
+
+    try:
+        with store.write_lock():
+            mlflow.end_run(status)
+    except Exception as err:  # the store may be what failed; the original error matters more
+        log.warning("could not mark the run %s: %s", status, err)

@@ -1,0 +1,83 @@
+"""Model inputs from what a notebook user has: arrays, tensors, lists, DataFrames.
+
+One rule for the dtype a model gets, used for training data and for registration examples
+alike, so a version is exported with the dtype it was trained on: float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kernel_magics.errors import InvalidInput, first_line
+
+KEPT_DTYPES: tuple = ()
+
+
+def model_input_array(value: Any, what: str) -> np.ndarray:
+    """``value`` as a C-contiguous array of rows in the dtype the model takes."""
+    if isinstance(value, pd.DataFrame | pd.Series):
+        return frame_features(value, what)[0]
+    array = as_array(value, what)
+    if array.dtype.kind not in "biuf":
+        try:
+            array = array.astype(np.float32)
+        except (TypeError, ValueError):
+            raise InvalidInput(
+                f"{what} has non-numeric values (dtype {array.dtype}): convert it to numbers first"
+            ) from None
+    dtype = array.dtype if array.dtype in KEPT_DTYPES else np.dtype(np.float32)
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def frame_features(frame: pd.DataFrame | pd.Series, what: str) -> tuple[np.ndarray, list[str]]:
+    """A DataFrame's values as float32 (rows, columns) and its column names."""
+    if isinstance(frame, pd.Series):
+        frame = frame.to_frame()
+    bad = [c for c in frame.columns if not numeric_dtype(frame[c].dtype)]
+    if bad:
+        raise InvalidInput(
+            f"{what} has non-numeric columns {names(bad)}: encode them as numbers first "
+            "(e.g. pandas.get_dummies)"
+        )
+    array = frame.to_numpy(dtype=np.float32, na_value=np.nan)
+    return np.ascontiguousarray(array), [str(c) for c in frame.columns]
+
+
+def as_array(value: Any, what: str) -> np.ndarray:
+    """A tensor, array or nested list as a numpy array (any dtype), with one-line errors."""
+    if hasattr(value, "detach") and hasattr(value, "is_complex"):  # a torch tensor
+        import torch
+
+        value = value.detach().cpu()
+        if value.is_complex():
+            raise InvalidInput(f"{what} is a complex tensor: use real numbers")
+        if value.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
+            value = value.float()
+        return value.resolve_conj().resolve_neg().numpy()
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged nested lists
+        raise InvalidInput(f"{what} cannot be read as an array: {first_line(exc)}") from None
+    if array.dtype.kind == "c":
+        raise InvalidInput(f"{what} has complex numbers: use real numbers")
+    if array.ndim == 0:
+        raise InvalidInput(
+            f"{what} is a single {type(value).__name__}, not an array or tensor of rows"
+        )
+    return array
+
+
+def numeric_dtype(dtype: Any) -> bool:
+    return pd.api.types.is_bool_dtype(dtype) or (
+        pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype)
+    )
+
+
+def names(columns: Any, limit: int = 8) -> str:
+    """``'a', 'b' and 3 more``: column names for a message."""
+    shown = [repr(str(c)) for c in list(columns)[:limit]]
+    more = len(list(columns)) - limit
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
