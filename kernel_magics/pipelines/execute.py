@@ -23,6 +23,20 @@ KERNEL = "python3"
 PROGRESS_MODES = ("bar", "text", "none")  # bar: papermill's tqdm (a widget in a notebook)
 
 
+def progress_mode(choice: str = "auto") -> str:
+    """A progress setting ("auto", "widget", "bar", "text", "none") as an execution mode:
+    auto follows ``KERNEL_MAGICS_PROGRESS`` when it says text or none, else the bar (tqdm:
+    a widget inside a notebook, a bar in a terminal)."""
+    import os
+
+    choice = (choice or "auto").lower()
+    if choice == "auto":
+        choice = os.environ.get("KERNEL_MAGICS_PROGRESS", "").strip().lower()
+    if choice in ("text", "none"):
+        return choice
+    return "bar"
+
+
 def execute(
     notebook: Path,
     output: Path,
@@ -54,7 +68,8 @@ def execute(
             parameters=dict(parameters),
             kernel_name=KERNEL,
             engine_name=ENGINE,
-            progress_bar=progress == "bar",
+            # on stdout: stderr is for the one-line error a failure gets
+            progress_bar={"file": sys.stdout} if progress == "bar" else False,
             cwd=str(cwd),
             start_timeout=start_timeout,
             kernel_start=start,

@@ -1,0 +1,204 @@
+"""``%pipeline``, ``%evaluate`` and ``%compare``: recorded papermill runs, evaluation of a
+version on held-out data (or cross-validation of its recipe), versions side by side.
+
+Parses the line, evaluates the notebook's expressions, calls ``kernel_magics.api`` and returns
+its records, which ``display_eval`` renders (registered with IPython's formatters by type name,
+so nothing here imports torch, scikit-learn, MLflow or papermill until a magic runs). Settings
+and progress are the ``KernelMagics`` ones (``%config KernelMagics.*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from kernel_magics import api, display_eval
+from kernel_magics.argtypes import positive_int
+from kernel_magics.magics import _front_end, _plain_text_printer, _word
+
+# (module, class, text view, HTML view): registered by name, resolved when first shown
+VIEWS = (
+    ("kernel_magics.pipelines.record", "PipelineRecord", "pipeline"),
+    ("kernel_magics.pipelines.rerun", "RerunResult", "rerun"),
+    ("kernel_magics.evaluation.evaluate", "EvaluationResult", "evaluation"),
+    ("kernel_magics.evaluation.cv", "CVResult", "cv"),
+    ("kernel_magics.evaluation.compare", "Comparison", "comparison"),
+)
+
+
+@magics_class
+class PipelineMagics(Magics):
+    """Pipelines, evaluation and comparison; settings are the KernelMagics ones."""
+
+    def _kernel_magics(self) -> Any:
+        return self.shell.magics_manager.registry["KernelMagics"]
+
+    def _progress(self) -> str:
+        from kernel_magics.pipelines.execute import progress_mode
+
+        return progress_mode(self._kernel_magics().progress)
+
+    @line_magic
+    @magic_arguments()
+    @argument("what", nargs="+", metavar="NOTEBOOK | rerun RUN_ID", help="what to execute")
+    @argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a notebook parameter (numbers, True/False/None are read as such)",
+    )
+    @argument("--name", type=_word, help="the run's name (default: the notebook's)")
+    @argument("--output", type=_word, metavar="PATH", help="also write the executed notebook here")
+    @argument(
+        "--source",
+        action="store_true",
+        help="rerun: execute the file at the recorded path, not the copy stored with the run",
+    )
+    @_front_end
+    def pipeline(self, args: argparse.Namespace) -> Any:
+        """Execute a notebook with papermill as one recorded MLflow run, or rerun one.
+
+        The notebook runs in a fresh kernel of this environment with these settings; its
+        parameters go after its cell tagged `parameters`. The run (experiment
+        kernel-magics-pipelines) records the parameters, provenance (git commit, package
+        versions, SHA-256 of input files, seeds), the input and executed notebooks, metrics the
+        notebook logs with kernel_magics.pipelines.log_metric and the versions it registered.
+        A failing cell marks the run FAILED (the executed notebook is stored) and is reported in
+        one line. `rerun RUN_ID` executes the stored notebook again with the recorded
+        parameters (-p overrides one) and compares the metrics of both runs.
+
+        Examples::
+
+            r = %pipeline notebooks/pipelines/train.ipynb -p epochs 5 -p lr 0.01
+            %pipeline train.ipynb -p name digits --name nightly-train
+            %pipeline rerun {r.run_id}
+        """
+        parameters = _parameters(args.parameter)
+        settings = self._kernel_magics().settings()
+        if args.what[0] == "rerun":
+            if len(args.what) != 2:
+                raise UsageError("use: %pipeline rerun RUN_ID")
+            return api.pipeline_rerun(
+                _word(args.what[1]),
+                parameters=parameters,
+                use_source=args.source,
+                output=args.output,
+                progress=self._progress(),
+                settings=settings,
+            )
+        if len(args.what) != 1:
+            raise UsageError("use: %pipeline NOTEBOOK [-p NAME VALUE ...] (one notebook)")
+        if args.source:
+            raise UsageError("--source applies to `%pipeline rerun RUN_ID` only")
+        return api.pipeline_run(
+            _word(args.what[0]),
+            parameters,
+            run_name=args.name,
+            output=args.output,
+            progress=self._progress(),
+            settings=settings,
+        )
+
+    @line_magic
+    @magic_arguments()
+    @argument("target", type=_word, metavar="NAME[@VERSION|@ALIAS]", help="the version")
+    @argument("--data", nargs=2, required=True, metavar="EXPR", help="X_EXPR Y_EXPR (held out)")
+    @argument("--cv", type=positive_int, metavar="K", help="K-fold cross-validation instead")
+    @argument("--model", metavar="EXPR", help="with --cv: a fresh model per fold, e.g. Net()")
+    @argument("--batch-size", type=positive_int, default=4096, help="rows per forward")
+    @_front_end
+    def evaluate(self, args: argparse.Namespace) -> Any:
+        """Evaluate a registered version on held-out data, in this kernel.
+
+        The version is loaded from the store after its hash check, exactly as %deploy would
+        serve it. Classification: accuracy, macro and per-class precision/recall/F1, ROC AUC
+        where it applies, the confusion matrix; regression: MSE, MAE, R², a residual plot (all
+        computed by scikit-learn). Logged to the version: an evaluation run (experiment
+        kernel-magics-evaluations) and tags km.eval.<metric>.
+
+        --cv K: K-fold cross-validation of the version's recipe (its recorded
+        hyper-parameters) on --data, training a fresh --model EXPR per fold; mean ± std.
+
+        Examples::
+
+            e = %evaluate digits --data X_test y_test
+            %evaluate digits@2 --data X_test y_test
+            %evaluate digits --data X y --cv 5 --model Net()
+        """
+        km = self._kernel_magics()
+        X = km._eval(args.data[0], "the features")
+        y = km._eval(args.data[1], "the targets")
+        if args.cv is None:
+            if args.model:
+                raise UsageError("--model is for --cv (the version itself is evaluated)")
+            return api.evaluate(
+                args.target, X, y, batch_size=args.batch_size, settings=km.settings()
+            )
+        if args.cv < 2:
+            raise UsageError("--cv needs at least 2 folds")
+        if not args.model:
+            raise UsageError("--cv needs --model EXPR: a fresh model per fold, e.g. --model Net()")
+        km._eval(args.model, "the model")  # a typo fails here, before any training
+
+        def factory() -> Any:
+            return km._eval(args.model, "the model")
+
+        return api.evaluate(args.target, X, y, cv=args.cv, model=factory, settings=km.settings())
+
+    @line_magic
+    @magic_arguments()
+    @argument("name", type=_word, metavar="NAME", help="a registered model")
+    @argument("versions", nargs="+", type=_word, metavar="VERSION", help="two or more (or aliases)")
+    @_front_end
+    def compare(self, args: argparse.Namespace) -> Any:
+        """Versions of a model side by side; the better value of each row is highlighted.
+
+        Rows: training metrics, evaluation metrics (km.eval.* from %evaluate, km.cv.* from
+        --cv), params, lineage (parent, recipe), size on disk, parameter count, and the latency
+        of one forward (in this kernel, batch 1, median of 50).
+
+        Examples::
+
+            %compare digits 1 2
+            %compare digits 1 2 production
+        """
+        if len(args.versions) < 2:
+            raise UsageError("give at least two versions to compare")
+        settings = self._kernel_magics().settings()
+        return api.compare(args.name, *args.versions, settings=settings)
+
+
+def _parameters(pairs: list[list[str]]) -> dict[str, Any]:
+    from kernel_magics.pipelines.run import parse_value
+
+    return {_word(name): parse_value(_word(value)) for name, value in pairs}
+
+
+# -- extension hooks ----------------------------------------------------------------------------
+def register(ipython: Any) -> None:
+    """Register the magics and the views of their records (by type name: nothing imported)."""
+    ipython.register_magics(PipelineMagics(shell=ipython))
+    formatters = ipython.display_formatter.formatters
+    for module, name, view in VIEWS:
+        text = getattr(display_eval, f"{view}_text")
+        formatters["text/plain"].for_type_by_name(module, name, _plain_text_printer(text))
+        formatters["text/html"].for_type_by_name(
+            module, name, getattr(display_eval, f"{view}_html")
+        )
+
+
+def unregister(ipython: Any) -> None:
+    for kind, names in PipelineMagics.magics.items():
+        for name in names:
+            ipython.magics_manager.magics[kind].pop(name, None)
+    ipython.magics_manager.registry.pop(PipelineMagics.__name__, None)
+    for module, name, _ in VIEWS:
+        for mime in ("text/plain", "text/html"):
+            ipython.display_formatter.formatters[mime].pop(f"{module}.{name}", None)
