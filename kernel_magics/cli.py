@@ -8,6 +8,8 @@
     kernel-magics predict NAME --input FILE.json|FILE.csv|FILE.npy [--raw] [--json]
     kernel-magics serve start [--workers N] [--host H --allow-remote] | status [--json] | stop
                         | logs [--lines N] | token [--new NAME | --revoke NAME | --list]
+    kernel-magics pipeline run NOTEBOOK [-p NAME VALUE]... [--name RUN_NAME] [--output PATH]
+    kernel-magics pipeline rerun RUN_ID [-p NAME VALUE]... [--source] [--output PATH]
 
 Exit codes: 0 done; 1 ``serve status`` found no running inference process (with ``--json`` it
 prints ``{"running": false}``; when running, ``{"running": true, "url", "pid", "workers",
@@ -122,6 +124,38 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return rendered.exit_code
 
 
+def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
+    """``pipeline run NOTEBOOK`` / ``pipeline rerun RUN_ID``: a failed notebook is an error
+    (exit 2, the failing cell's error on one line); the progress bar goes to stdout."""
+    from kernel_magics import display_eval
+    from kernel_magics.pipelines.execute import progress_mode
+    from kernel_magics.pipelines.run import parse_value
+
+    parameters = {name: parse_value(value) for name, value in args.parameter}
+    progress = progress_mode(args.progress or ("none" if args.json else "auto"))
+    if args.action == "run":
+        record = api.pipeline_run(
+            args.target,
+            parameters,
+            run_name=args.name,
+            output=args.output,
+            progress=progress,
+            settings=settings,
+        )
+        print(display.to_json(record) if args.json else display_eval.pipeline_text(record))
+    else:
+        result = api.pipeline_rerun(
+            args.target,
+            parameters=parameters,
+            use_source=args.source,
+            output=args.output,
+            progress=progress,
+            settings=settings,
+        )
+        print(display.to_json(result) if args.json else display_eval.rerun_text(result))
+    return EXIT_OK
+
+
 # -- parser -------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     """Usage mistakes are one line on stderr and exit code 2, like every other error."""
@@ -165,6 +199,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("serve", _serve, "the inference process", json_flag=False)
     for flags, options in commands.SERVE_ARGUMENTS:
         p.add_argument(*flags, **options)
+    p = command("pipeline", _pipeline, "run a notebook as a recorded pipeline, or rerun one")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, target, text in (
+        ("run", "NOTEBOOK", "execute a notebook with papermill as one recorded MLflow run"),
+        ("rerun", "RUN_ID", "execute a recorded run again and compare its metrics"),
+    ):
+        a = actions.add_parser(action, help=text, description=text)
+        a.add_argument("target", metavar=target)
+        a.add_argument(
+            "-p",
+            "--parameter",
+            nargs=2,
+            action="append",
+            default=[],
+            metavar=("NAME", "VALUE"),
+            help="a notebook parameter (repeatable)",
+        )
+        a.add_argument("--output", metavar="PATH", help="also write the executed notebook here")
+        a.add_argument("--progress", choices=("auto", "bar", "text", "none"))
+        a.add_argument("--json", action="store_true", help="print JSON")
+        if action == "run":
+            a.add_argument("--name", help="the run's name (default: the notebook's)")
+        else:
+            a.add_argument(
+                "--source",
+                action="store_true",
+                help="execute the file at the recorded path, not the stored copy",
+            )
     return parser
 
 
