@@ -9,7 +9,7 @@ DEMO_OUT    ?= .demo
 # The demo uses the embedded default store (KERNEL_MAGICS_HOME, default ~/.kernel-magics).
 DEMO_HOME   ?= $(or $(KERNEL_MAGICS_HOME),$(HOME)/.kernel-magics)
 
-.PHONY: setup demo test test-py test-notebooks lint bench clean
+.PHONY: setup demo test test-py test-notebooks lint bench clean browser-deps
 
 setup: $(STAMP)
 
@@ -32,7 +32,12 @@ demo: setup
 
 test: setup test-py test-notebooks
 
-test-py: setup lint
+# tests/browser drives Debian's Chromium (Playwright downloads no browser); make demo needs none.
+browser-deps:
+	@command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test-py: setup lint browser-deps
 	$(BIN)/pytest tests -q -p no:cacheprovider
 
 # nbval runs the notebooks in fresh kernels against a throwaway home, then stops the

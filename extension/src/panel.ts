@@ -1,0 +1,198 @@
+/**
+ * The Models panel: polls the server extension while it is visible and renders what it
+ * answers. Deploy / Rollback / Undeploy call the same REST routes; the outcome of each call
+ * (or its error) is one line at the top.
+ */
+import { ServerConnection } from '@jupyterlab/services';
+import { Message } from '@lumino/messaging';
+import { Widget } from '@lumino/widgets';
+
+import {
+  Action,
+  IHistoryEvent,
+  IModelSummary,
+  IServerStatus,
+  ITransitionResult,
+  ModelsClient
+} from './api';
+import { h, healthLine, modelCard } from './render';
+
+/** How often a visible panel refreshes. */
+export const REFRESH_MS = 5000;
+
+interface ISnapshot {
+  models: IModelSummary[];
+  status: IServerStatus | null;
+  history: { [name: string]: IHistoryEvent[] };
+}
+
+export class ModelsPanel extends Widget {
+  constructor(settings: ServerConnection.ISettings, refreshMs: number = REFRESH_MS) {
+    super();
+    this.client = new ModelsClient(settings);
+    this.refreshMs = refreshMs;
+    this.addClass('jp-KmModels');
+
+    const refresh = h(
+      'button',
+      { class: 'jp-Button jp-mod-styled jp-KmModels-refresh', type: 'button', title: 'Refresh now' },
+      'Refresh'
+    );
+    refresh.addEventListener('click', () => void this.refresh());
+    this.node.append(
+      h('div', { class: 'jp-KmModels-title' }, h('h2', {}, 'Models'), refresh),
+      this.healthNode,
+      this.errorNode,
+      this.noticeNode,
+      this.listNode
+    );
+    this.errorNode.className = 'jp-KmModels-error';
+    this.noticeNode.className = 'jp-KmModels-notice';
+    this.listNode.className = 'jp-KmModels-list';
+    this.showError('');
+  }
+
+  /** Fetch models, status and each model's history; re-render only what changed. */
+  refresh(): Promise<void> {
+    // One refresh at a time: a slow store must not pile up requests every 5 s.
+    if (this.pending === null) {
+      this.pending = this.load().finally(() => {
+        this.pending = null;
+      });
+    }
+    return this.pending;
+  }
+
+  dispose(): void {
+    this.stopPolling();
+    super.dispose();
+  }
+
+  protected onAfterShow(msg: Message): void {
+    super.onAfterShow(msg);
+    void this.refresh();
+    this.startPolling();
+  }
+
+  protected onAfterHide(msg: Message): void {
+    super.onAfterHide(msg);
+    this.stopPolling();
+  }
+
+  private startPolling(): void {
+    this.stopPolling();
+    this.timer = window.setInterval(() => {
+      // a hidden browser tab does not need fresh numbers either
+      if (this.isVisible && !document.hidden) {
+        void this.refresh();
+      }
+    }, this.refreshMs);
+  }
+
+  private stopPolling(): void {
+    if (this.timer !== null) {
+      window.clearInterval(this.timer);
+      this.timer = null;
+    }
+  }
+
+  private async load(): Promise<void> {
+    try {
+      const [models, status] = await Promise.all([this.client.models(), this.client.status()]);
+      const histories = await Promise.all(models.map(m => this.client.history(m.name)));
+      const history: ISnapshot['history'] = {};
+      models.forEach((m, i) => (history[m.name] = histories[i]));
+      this.snapshot = { models, status, history };
+      this.showError('');
+      this.render();
+    } catch (error) {
+      // keep showing the last good snapshot under the error line
+      this.showError(String((error as Error).message ?? error));
+    }
+  }
+
+  private render(force = false): void {
+    const snapshot = this.snapshot;
+    if (snapshot === null) {
+      return;
+    }
+    // Rebuilding the DOM every 5 s would close an open version picker: skip when nothing changed.
+    const key = JSON.stringify([snapshot, this.busyModel, [...this.selected]]);
+    if (!force && key === this.renderedKey) {
+      return;
+    }
+    this.renderedKey = key;
+    this.healthNode.replaceChildren(healthLine(snapshot.status));
+    if (snapshot.models.length === 0) {
+      this.listNode.replaceChildren(
+        h('p', { class: 'jp-KmModels-muted' }, 'No registered models yet: %train or %register one.')
+      );
+      return;
+    }
+    const handlers = {
+      act: (name: string, action: Action, version?: number) => void this.act(name, action, version),
+      select: (name: string, version: number) => this.selected.set(name, version)
+    };
+    this.listNode.replaceChildren(
+      ...snapshot.models.map(m =>
+        modelCard(
+          m,
+          snapshot.history[m.name] ?? [],
+          this.selected.get(m.name),
+          this.busyModel !== null,
+          handlers
+        )
+      )
+    );
+  }
+
+  private async act(name: string, action: Action, version?: number): Promise<void> {
+    if (this.busyModel !== null) {
+      return;
+    }
+    this.busyModel = name;
+    this.showError('');
+    this.noticeNode.textContent = `${name}: ${action}${version !== undefined ? ` v${version}` : ''}…`;
+    this.render(true);
+    try {
+      const body = action === 'deploy' && version !== undefined ? { version } : {};
+      const result = await this.client.transition(name, action, body);
+      this.noticeNode.textContent = describe(result);
+    } catch (error) {
+      this.noticeNode.textContent = '';
+      this.showError(String((error as Error).message ?? error));
+    } finally {
+      this.busyModel = null;
+      this.selected.delete(name);
+    }
+    await this.refresh();
+    this.render(true);
+  }
+
+  private showError(message: string): void {
+    this.errorNode.textContent = message;
+    this.errorNode.title = message;
+    this.errorNode.hidden = message === '';
+  }
+
+  private readonly client: ModelsClient;
+  private readonly refreshMs: number;
+  private readonly healthNode = document.createElement('div');
+  private readonly errorNode = document.createElement('div');
+  private readonly noticeNode = document.createElement('div');
+  private readonly listNode = document.createElement('div');
+  private readonly selected = new Map<string, number>();
+  private snapshot: ISnapshot | null = null;
+  private renderedKey = '';
+  private busyModel: string | null = null;
+  private pending: Promise<void> | null = null;
+  private timer: number | null = null;
+}
+
+/** One line for a finished transition, e.g. "digits: rollback v2 → v1 (8 ms)". */
+function describe(result: ITransitionResult): string {
+  const from = result.previous_version === null ? '–' : `v${result.previous_version}`;
+  const to = result.version === null ? 'nothing live' : `v${result.version}`;
+  const took = result.load_ms !== null ? ` (${Math.round(result.load_ms)} ms load)` : '';
+  return `${result.name}: ${result.action} ${from} → ${to}${took}`;
+}

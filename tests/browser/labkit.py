@@ -1,0 +1,164 @@
+"""A real ``jupyter lab`` for the browser tests: started on a free loopback port with throwaway
+Jupyter folders, reached over HTTP with its token, stopped by its PID.
+
+Named ``labkit`` (not ``conftest`` helpers) so the test module can import it without clashing
+with the other test folders' modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from playwright.sync_api import Page
+
+from kernel_magics.config import Settings
+
+MODEL = "digits"  # the model the session's store holds (two versions, v2 live at the start)
+
+# Hides JupyterLab's "news" popup, which would cover the page in screenshots.
+NO_NEWS = {"fetchNews": "false", "checkForUpdates": False}
+NOTIFICATION_SETTINGS = (
+    "lab/user-settings/@jupyterlab/apputils-extension/notification.jupyterlab-settings"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LabServer:
+    process: subprocess.Popen[bytes]
+    url: str  # http://127.0.0.1:PORT/ (base URL "/")
+    token: str
+    root: Path  # the notebook folder the server shows
+    log: Path
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"token {self.token}", **kwargs.pop("headers", {})}
+        return requests.request(
+            method, self.url + path.lstrip("/"), headers=headers, timeout=60, **kwargs
+        )
+
+    def page_url(self, workspace: str, path: str | None = None) -> str:
+        """A lab page in its own workspace: a shared one would restore the last test's layout."""
+        tree = f"/tree/{path}" if path else ""
+        return f"{self.url}lab/workspaces/{workspace}{tree}?token={self.token}"
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"jupyter lab exited early; its log:\n{self.log_tail()}")
+            with contextlib.suppress(requests.ConnectionError):
+                if self.request("GET", "api/status").status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"jupyter lab not ready after {timeout} s; its log:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Kernels first (a kernel holding the store must not be orphaned), then the server by
+        its PID: TERM, and KILL after ``grace`` seconds."""
+        if self.process.poll() is None:
+            with contextlib.suppress(requests.RequestException):
+                for kernel in self.request("GET", "api/kernels").json():
+                    self.request("DELETE", f"api/kernels/{kernel['id']}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(grace)
+
+
+@dataclass
+class LabSession:
+    server: LabServer
+    settings: Settings  # the test home's, for checks through kernel_magics.api
+
+
+def start_lab(base: Path, env: dict[str, str]) -> LabServer:
+    """Start ``jupyter lab`` with Jupyter's config, data, runtime and IPython folders under
+    ``base`` (extensions installed in ``sys.prefix`` are still found: that path does not move).
+    Returns at once; call ``wait_ready``."""
+    dirs = {
+        name: base / name for name in ("config", "data", "runtime", "ipython", "notebooks", "logs")
+    }
+    for folder in dirs.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    settings_file = dirs["config"] / NOTIFICATION_SETTINGS
+    settings_file.parent.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(NO_NEWS))
+
+    token = secrets.token_hex(16)
+    port = free_port()
+    lab_env = {
+        **env,
+        "JUPYTER_CONFIG_DIR": str(dirs["config"]),
+        "JUPYTER_DATA_DIR": str(dirs["data"]),
+        "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
+        "IPYTHONDIR": str(dirs["ipython"]),
+        # the kernelspec says "python": make it this venv's interpreter
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    }
+    log = dirs["logs"] / "jupyter-lab.log"
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        "--ServerApp.allow_root=True",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={dirs['notebooks']}",
+        "--LabApp.expose_app_in_browser=True",
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, env=lab_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return LabServer(process, f"http://127.0.0.1:{port}/", token, dirs["notebooks"], log)
+
+
+def open_lab(page: Page, server: LabServer, workspace: str, path: str | None = None) -> None:
+    """Load a lab page and wait until JupyterLab has restored its layout (waiting for the
+    splash screen to go passes too early)."""
+    page.goto(server.page_url(workspace, path))
+    page.wait_for_function("() => window.jupyterapp !== undefined")
+    page.evaluate("() => window.jupyterapp.restored.then(() => true)")
+
+
+def save_screenshot(page: Page, folder: Path, name: str, publish: bool = False) -> Path:
+    """A screenshot in the test's folder; ``publish`` also copies it to docs/images/ when
+    KM_SCREENSHOTS=1 (how the README's picture is refreshed)."""
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path))
+    if publish and os.environ.get("KM_SCREENSHOTS") == "1":
+        docs = Path(__file__).resolve().parents[2] / "docs" / "images"
+        docs.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, docs / f"{name}.png")
+    return path
