@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from kernel_magics.evaluation.compare import Comparison  # pipelines and evaluation
     from kernel_magics.evaluation.cv import CVResult  # pipelines and evaluation
     from kernel_magics.evaluation.evaluate import EvaluationResult  # pipelines and evaluation
+    from kernel_magics.optimize import OptimizeResult  # kernel-magics optimize
     from kernel_magics.pipelines.record import PipelineRecord  # pipelines and evaluation
     from kernel_magics.pipelines.rerun import RerunResult  # pipelines and evaluation
     from kernel_magics.targets import ServingTarget
@@ -64,6 +65,7 @@ __all__ = [
     "pipeline_rerun",  # pipelines and evaluation
     "evaluate",  # pipelines and evaluation
     "compare",  # pipelines and evaluation
+    "optimize",  # kernel-magics optimize
 ]
 
 
@@ -175,6 +177,63 @@ def register(
         params=params,
         parent=parent,
         recipe=recipe,
+    )
+
+
+# -- optimization (kernel_magics.optimize; its libraries load only when it runs) --------------
+def optimize(
+    ref: str,
+    *,
+    quantize: str | None = None,
+    calibration: Any = None,
+    prune: float | None = None,
+    structured: bool = False,
+    finetune_epochs: int = 0,
+    distill: bool = False,
+    student: torch.nn.Module | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.5,
+    epochs: int = 20,
+    export: str | None = None,
+    X: Any = None,
+    y: Any = None,
+    name: str | None = None,
+    seed: int = 0,
+    progress: Any = "auto",
+    settings: Settings | None = None,
+) -> OptimizeResult:
+    """A new version of ``ref`` ("NAME", "NAME@VERSION", "NAME@ALIAS") made by one method,
+    tagged ``km.parent``/``km.recipe``, measured beside its parent; returns an
+    ``optimize.OptimizeResult`` (size, parameters, p50 latency at batch 1 and 64 on one thread,
+    accuracy/F1 or MSE on the held-out 20% of ``X, y``).
+
+    ``quantize="dynamic"|"static"`` (int8 ONNX served by onnxruntime; static calibrates on
+    ``calibration`` rows or X), ``prune=AMOUNT`` (``structured=True`` drops Linear neurons;
+    ``finetune_epochs`` on X, y), ``distill=True`` with ``student`` (trained on the parent's
+    softened outputs, ``temperature``, ``alpha``, ``epochs``; compared with the same student
+    trained on labels only), ``export="onnx"`` (fp32, or int8 with ``quantize``).
+    """
+    from kernel_magics.optimize import optimize as run_optimize
+
+    return run_optimize(
+        _store(_settings(settings)),
+        ref,
+        quantize=quantize,
+        calibration=calibration,
+        prune=prune,
+        structured=structured,
+        finetune_epochs=finetune_epochs,
+        distill=distill,
+        student=student,
+        temperature=temperature,
+        alpha=alpha,
+        epochs=epochs,
+        export=export,
+        X=X,
+        y=y,
+        name=name,
+        seed=seed,
+        progress=progress,
     )
 
 

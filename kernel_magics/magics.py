@@ -520,6 +520,7 @@ def _unregister_views(ipython: Any) -> None:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext kernel_magics``: register the magics and their %config traits."""
+    from kernel_magics import optimize_magics
     from kernel_magics.pipeline_magics import register as register_pipeline_magics
     from kernel_magics.warmup import start_server, start_warmup
     from kernel_magics.widgets.progress import register as register_progress_widget
@@ -531,6 +532,7 @@ def load_ipython_extension(ipython: Any) -> None:
     _register_views(ipython)
     register_progress_widget()
     register_pipeline_magics(ipython)  # %pipeline, %evaluate, %compare
+    optimize_magics.register(ipython)  # %optimize
     settings = magics.settings()
     start_warmup(settings)
     if settings.autostart and settings.target == "local":
@@ -538,6 +540,7 @@ def load_ipython_extension(ipython: Any) -> None:
 
 
 def unload_ipython_extension(ipython: Any) -> None:
+    from kernel_magics import optimize_magics
     from kernel_magics.pipeline_magics import unregister as unregister_pipeline_magics
     from kernel_magics.warmup import stop_watchdog
     from kernel_magics.widgets.progress import unregister as unregister_progress_widget
@@ -551,3 +554,4 @@ def unload_ipython_extension(ipython: Any) -> None:
     ipython.magics_manager.registry.pop(KernelMagics.__name__, None)
     _unregister_views(ipython)
     unregister_pipeline_magics(ipython)
+    optimize_magics.unregister(ipython)
