@@ -62,17 +62,36 @@ def load_warm(answer: dict) -> dict:
     return out
 
 
+class WireAnswers:
+    """``kernel_magics.api`` whose ``deploy`` and ``rollback`` answer with their records' JSON
+    documents (what the HTTP control plane sends): the form the deploy timings and the swap
+    summary (``_swap``) read. Everything else is the api itself."""
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._api, attr)
+
+    def deploy(self, ref: str, **kw: Any) -> dict:
+        return _wire(self._api.deploy(ref, **kw))
+
+    def rollback(self, name: str, **kw: Any) -> dict:
+        return _wire(self._api.rollback(name, **kw))
+
+
 class Ours:
     """kernel-magics' inference process in the benchmark's home folder.
 
     Every PID it reports is remembered, so that ``stop`` can make sure none outlives the run
     even if the product's own stop leaves one behind."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, name: str = NAME) -> None:
         from kernel_magics import api
 
-        self.api = api
+        self.api = WireAnswers(api)
         self.s = settings
+        self.name = name  # the registered model this run deploys and sends requests to
         self.pids: set[int] = set()
         self.token = ""
 
@@ -81,7 +100,7 @@ class Ours:
             self.pids |= _server_pids(_wire(self.api.server_status(settings=self.s)))
 
     def predict_path(self) -> str:
-        return f"/v1/models/{NAME}:predict"
+        return f"/v1/models/{self.name}:predict"
 
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
@@ -89,7 +108,7 @@ class Ours:
     def deploy_to_first_200(self, ref: str, body: bytes) -> dict:
         """``api.deploy(ref)``, then poll every 2 ms until ``:predict`` answers 200."""
         t0 = time.perf_counter()
-        answer = self.api.deploy(ref, settings=self.s).to_wire()
+        answer = self.api.deploy(ref, settings=self.s)
         t_call = time.perf_counter()
         port = _port_of(answer["url"])
         self.token = self.api.server_token(settings=self.s)  # a file read
@@ -113,7 +132,7 @@ class Ours:
         if out["warm_ms"] is None:
             with contextlib.suppress(Exception):
                 status = _wire(self.api.server_status(settings=self.s))
-                live = (status.get("models") or {}).get(NAME) or {}
+                live = (status.get("models") or {}).get(self.name) or {}
                 if str(live.get("version")) == str(answer.get("version")):
                     if isinstance(live.get("warm_ms"), int | float):
                         out["warm_ms"] = live["warm_ms"]
@@ -135,10 +154,10 @@ class Ours:
         pre-start that ``%load_ext`` does while the user is still writing the notebook."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            st = None
+            st: dict = {}
             with contextlib.suppress(Exception):
-                st = self.api.server_status(settings=self.s)
-            state = str((st or {}).get("status", "")).lower()
+                st = _wire(self.api.server_status(settings=self.s))
+            state = str(st.get("status", "")).lower()
             if st and state in READY_STATES:
                 self.pids |= _server_pids(st)
                 return
@@ -184,22 +203,62 @@ def bench_ours(
             f"ours: (b) deploy → first 200 in {out['cold_b']['first_200_s']:.3f} s "
             f"(call {out['cold_b']['deploy_call_s']:.3f} s)"
         )
-        status = _wire(ours.api.server_status(settings=settings))
-        out["server"] = {k: status.get(k) for k in ("workers", "status") if k in status}
-        path = ours.predict_path()
-        st, hdrs, data = post(port, path, bodies.content["ours_256"], JSON, ours.auth())
-        out["check_json"] = check_outputs(model, bodies.rows_256, st, hdrs, data)
-        st, hdrs, data = post(
-            port, path, bodies.content["ours_npy"], NPY, {**ours.auth(), "Accept": NPY}
-        )
-        out["check_npy"] = check_outputs(model, bodies.rows_256, st, hdrs, data)
-        log(f"ours: 256-row answer check: JSON {out['check_json']}, npy {out['check_npy']}")
-        target = Endpoint(port, path, ours.token)
-        files = bodies.files
-        loader.warm_up(target, SINGLE_JSON, files["ours_1"], seconds)
-        out["single"] = loader.measure("ours", target, SINGLE_JSON, files["ours_1"], seconds)
-        out["batch_json"] = loader.measure("ours", target, BATCH_JSON, files["ours_256"], seconds)
-        out["batch_npy"] = loader.measure("ours", target, BATCH_NPY, files["ours_npy"], seconds)
-        out["swap"] = swap_under_load(ours, port, files["ours_1"], tmp, swap_phase_s)
+        measure_served(out, ours, port, bodies, loader, seconds, model, "ours")
+        out["swap"] = swap_under_load(ours, port, bodies.files["ours_1"], tmp, swap_phase_s)
     finally:
         ours.stop()
+
+
+def bench_ours_prestarted(
+    out: dict,
+    settings: Any,
+    name: str,
+    bodies: RequestBodies,
+    loader: Loader,
+    seconds: float,
+    model: Any,
+    who: str,
+) -> None:
+    """``name@1`` deployed into a freshly pre-started inference process (the default path,
+    as deploy (b)), then ``measure_served``; ``who`` names the run in the log lines."""
+    ours = Ours(settings, name)
+    try:
+        if ours.api.server_status(settings=settings):
+            ours.stop()
+        ours.api.server_start(settings=settings)
+        ours.wait_idle_ready()
+        out["deploy"] = ours.deploy_to_first_200(f"{name}@1", bodies.content["ours_1"])
+        log(f"{who}: deploy → first 200 in {out['deploy']['first_200_s']:.3f} s")
+        measure_served(out, ours, out["deploy"]["port"], bodies, loader, seconds, model, who)
+    finally:
+        ours.stop()
+
+
+def measure_served(
+    out: dict,
+    ours: Ours,
+    port: int,
+    bodies: RequestBodies,
+    loader: Loader,
+    seconds: float,
+    model: Any,
+    who: str,
+) -> None:
+    """With ``ours.name`` live on ``port``: the 256-row answer checks (JSON and npy), then the
+    1-row JSON, 256-row JSON and 256-row npy load scenarios after a discarded warm-up."""
+    status = _wire(ours.api.server_status(settings=ours.s))
+    out["server"] = {k: status.get(k) for k in ("workers", "status") if k in status}
+    path = ours.predict_path()
+    st, hdrs, data = post(port, path, bodies.content["ours_256"], JSON, ours.auth())
+    out["check_json"] = check_outputs(model, bodies.rows_256, st, hdrs, data)
+    st, hdrs, data = post(
+        port, path, bodies.content["ours_npy"], NPY, {**ours.auth(), "Accept": NPY}
+    )
+    out["check_npy"] = check_outputs(model, bodies.rows_256, st, hdrs, data)
+    log(f"{who}: 256-row answer check: JSON {out['check_json']}, npy {out['check_npy']}")
+    target = Endpoint(port, path, ours.token)
+    files = bodies.files
+    loader.warm_up(target, SINGLE_JSON, files["ours_1"], seconds)
+    out["single"] = loader.measure(who, target, SINGLE_JSON, files["ours_1"], seconds)
+    out["batch_json"] = loader.measure(who, target, BATCH_JSON, files["ours_256"], seconds)
+    out["batch_npy"] = loader.measure(who, target, BATCH_NPY, files["ours_npy"], seconds)

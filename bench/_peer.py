@@ -28,18 +28,20 @@ def bench_mlflow(
     tmp: Path,
     seconds: float,
     model: Any,
+    who: str = "mlflow",
 ) -> None:
-    """Start → first 200, the answer check, then the load scenarios.
+    """Start → first 200, the answer check, then the load scenarios; ``who`` names the run
+    in the log lines (and its server's log file).
 
     Fills ``out`` as it goes, so a run cut short keeps what it measured."""
     port = free_port()
     bin_dir = Path(sys.executable).parent  # the venv's mlflow, and its python on PATH for it
-    log_path = tmp / "mlflow-serve.log"
+    log_path = tmp / f"{who.replace(' ', '-')}-serve.log"
     logfile = log_path.open("wb")
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", local_dir, "--env-manager", "local"]
     cmd += ["-h", HOST, "-p", str(port)]
-    log(f"mlflow: starting `mlflow models serve` on port {port}")
+    log(f"{who}: starting `mlflow models serve` on port {port}")
     t0 = time.perf_counter()
     proc = spawn(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env, cwd=str(tmp))
     out["cmd"] = " ".join(cmd[1:])
@@ -51,18 +53,14 @@ def bench_mlflow(
             tail = log_path.read_text(errors="replace")[-1500:]
             raise RuntimeError(f"mlflow models serve never answered 200:\n{tail}")
         out["start_s"] = first - t0
-        log(f"mlflow: start → first 200 in {out['start_s']:.2f} s")
+        log(f"{who}: start → first 200 in {out['start_s']:.2f} s")
         status, hdrs, data = post(port, INVOCATIONS, bodies.content["mlflow_256"], JSON, {})
         out["check"] = check_outputs(model, bodies.rows_256, status, hdrs, data)
-        log(f"mlflow: 256-row answer check: {out['check']}")
+        log(f"{who}: 256-row answer check: {out['check']}")
         target = Endpoint(port, INVOCATIONS)
         loader.warm_up(target, SINGLE_JSON, bodies.files["mlflow_1"], seconds)
-        out["single"] = loader.measure(
-            "mlflow", target, SINGLE_JSON, bodies.files["mlflow_1"], seconds
-        )
-        out["batch"] = loader.measure(
-            "mlflow", target, BATCH_JSON, bodies.files["mlflow_256"], seconds
-        )
+        out["single"] = loader.measure(who, target, SINGLE_JSON, bodies.files["mlflow_1"], seconds)
+        out["batch"] = loader.measure(who, target, BATCH_JSON, bodies.files["mlflow_256"], seconds)
     finally:
         stop_pid(proc.pid, group=True)
         with contextlib.suppress(subprocess.TimeoutExpired):

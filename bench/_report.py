@@ -16,6 +16,7 @@ RESULTS_JSON = HERE / "results.json"
 
 Row = tuple[str, str, str, str, str, str]  # metric, mlflow, ours, ours/mlflow, goal, result
 SWAP_CALLS = ("deploy", "rollback")
+CONV_LABEL = "conv net 1×28×28"  # prefix of the conv net's rows
 
 
 def _num(x: Any, spec: str = ".0f", unit: str = "") -> str:
@@ -47,14 +48,14 @@ def _with_p99(load: dict | None, key: str) -> str:
 
 
 # -- table rows -----------------------------------------------------------------------------------
-def _load_rows(m: dict, o: dict, ip: dict) -> list[Row]:
-    """Single-row throughput and p99, 256 rows, and ours against the in-process forward."""
+def _single_rows(m: dict, o: dict, prefix: str = "") -> list[Row]:
+    """1-row JSON at 16 connections: req/s (ours ≥ 8× mlflow) and p99 (ours ≤ 1/10)."""
     rows: list[Row] = []
     m_rps, o_rps = _get(m, "single", "req_s"), _get(o, "single", "req_s")
     x = _ratio(o_rps, m_rps)
     rows.append(
         (
-            "1-row JSON, 16 conn: req/s",
+            f"{prefix}1-row JSON, 16 conn: req/s",
             _num(m_rps),
             _num(o_rps),
             _num(x, ".1f", "×"),
@@ -66,7 +67,7 @@ def _load_rows(m: dict, o: dict, ip: dict) -> list[Row]:
     x = _ratio(o_p99, m_p99)
     rows.append(
         (
-            "1-row JSON, 16 conn: p99 latency",
+            f"{prefix}1-row JSON, 16 conn: p99 latency",
             _num(m_p99, ".1f", " ms"),
             _num(o_p99, ".2f", " ms"),
             _num(x, ".3f", "×"),
@@ -74,6 +75,12 @@ def _load_rows(m: dict, o: dict, ip: dict) -> list[Row]:
             _verdict(None if x is None else x <= 0.10),
         )
     )
+    return rows
+
+
+def _load_rows(m: dict, o: dict, ip: dict) -> list[Row]:
+    """Single-row throughput and p99, 256 rows, and ours against the in-process forward."""
+    rows = _single_rows(m, o)
     m_b, o_j, o_n = _get(m, "batch"), _get(o, "batch_json"), _get(o, "batch_npy")
     rows.append(
         (
@@ -116,6 +123,39 @@ def _load_rows(m: dict, o: dict, ip: dict) -> list[Row]:
             _num(_ratio(_get(m_b, "rows_s"), inproc), ".1%"),
             f"{_num(best)} = {_num(x, '.1%')}",
             _num(x, ".1%"),
+            "ours ≥ 40%",
+            _verdict(None if x is None else x >= 0.40),
+        )
+    )
+    return rows
+
+
+def _conv_rows(c: dict) -> list[Row]:
+    """The conv net's scenarios: the single-row goals, 256 rows as JSON (both servers) and
+    npy (ours), and ours' npy rows/s against the conv net's own in-process forward."""
+    m, o, ip = c.get("mlflow") or {}, c.get("ours") or {}, c.get("inproc") or {}
+    prefix = f"{CONV_LABEL}: "
+    rows = _single_rows(m, o, prefix)
+    m_b, o_j, o_n = _get(m, "batch"), _get(o, "batch_json"), _get(o, "batch_npy")
+    rows.append(
+        (
+            f"{prefix}256-row JSON, 4 conn: rows/s (p99)",
+            _with_p99(m_b, "rows_s"),
+            _with_p99(o_j, "rows_s"),
+            _num(_ratio(_get(o_j, "rows_s"), _get(m_b, "rows_s")), ".1f", "×"),
+            "—",
+            "info",
+        )
+    )
+    inproc = ip.get("eager_256_rows_s")
+    x = _ratio(_get(o_n, "rows_s"), inproc)
+    rows.append(
+        (
+            f"{prefix}256-row npy, 4 conn: rows/s (p99) vs in-process "
+            f"({_num(inproc)} rows/s, 1 thread)",
+            f"not supported (JSON: {_num(_ratio(_get(m_b, 'rows_s'), inproc), '.1%')})",
+            f"{_with_p99(o_n, 'rows_s')} = {_num(x, '.1%')}",
+            "—",
             "ours ≥ 40%",
             _verdict(None if x is None else x >= 0.40),
         )
@@ -246,27 +286,62 @@ def _notes(r: dict) -> list[str]:
                 f"Deploy {key[-1]}: api.deploy returned after {c['deploy_call_s']:.3f} s "
                 f"(load {c.get('load_ms')} ms, warm {c.get('warm_ms')} ms)."
             )
+    notes += _check_notes(m, o, "256-row answers")
+    notes += _swap_notes(_get(o, "swap"))
+    notes += _error_notes(m, o, "Load errors")
+    return notes + _conv_notes(r.get("conv")) + r.get("notes", [])
+
+
+def _check_notes(m: dict, o: dict, what: str) -> list[str]:
+    """The answer checks of both servers, as one note (none if nothing was checked)."""
     checks = [
         f"mlflow {m.get('check')}" if m.get("check") else None,
         f"ours JSON {o.get('check_json')}" if o.get("check_json") else None,
         f"ours npy {o.get('check_npy')}" if o.get("check_npy") else None,
     ]
-    if any(checks):
-        notes.append(
-            "256-row answers against the model's own outputs: "
-            + ", ".join(c for c in checks if c)
-            + "."
-        )
-    notes += _swap_notes(_get(o, "swap"))
+    if not any(checks):
+        return []
+    return [f"{what} against the model's own outputs: " + ", ".join(c for c in checks if c) + "."]
+
+
+def _error_notes(m: dict, o: dict, what: str) -> list[str]:
+    """Load runs that saw errors, as one note (none if none did)."""
     errs = [
         f"{who} {k}: {_get(d, k, 'errors')}"
         for who, d in (("mlflow", m), ("ours", o))
         for k in ("single", "batch", "batch_json", "batch_npy")
         if (_get(d, k, "errors") or 0) > 0
     ]
-    if errs:
-        notes.append("Load errors: " + ", ".join(errs) + ".")
-    return notes + r.get("notes", [])
+    return [f"{what}: " + ", ".join(errs) + "."] if errs else []
+
+
+def _conv_notes(c: dict | None) -> list[str]:
+    if not c:
+        return []
+    m, o, ip = c.get("mlflow") or {}, c.get("ours") or {}, c.get("inproc") or {}
+    notes = [
+        f"Conv net (conv 1→8 3×3, maxpool, conv 8→16 3×3, maxpool, linear 400→10; 1×28×28 "
+        f"float32 images; {c.get('duration_s')} s per scenario): in-process eager forward at "
+        f"1 thread {_num(ip.get('eager_1_us'), '.0f', ' µs')} for 1 image, "
+        f"{_num(ip.get('eager_256_us'), '.0f', ' µs')} for 256 "
+        f"({_num(ip.get('eager_256_rows_s'))} rows/s); pt2 via mlflow.pytorch.load_model: "
+        f"{_num(ip.get('pt2_1_us'), '.0f', ' µs')} / {_num(ip.get('pt2_256_us'), '.0f', ' µs')}."
+    ]
+    if m.get("reused"):
+        notes.append(
+            f"Conv net mlflow figures reused from {m.get('measured', 'an earlier run')} "
+            f"({m.get('measured_with', 'unknown load generator')}; --skip-mlflow)."
+        )
+    deploy = _get(o, "deploy")
+    if deploy:
+        notes.append(
+            f"Conv net: mlflow start → first 200 {_num(m.get('start_s'), '.2f', ' s')}; ours "
+            f"deploy into the pre-started process → first 200 {deploy['first_200_s']:.3f} s "
+            f"(load {deploy.get('load_ms')} ms, warm {deploy.get('warm_ms')} ms)."
+        )
+    notes += _check_notes(m, o, "Conv net 256-image answers")
+    notes += _error_notes(m, o, "Conv net load errors")
+    return notes + c.get("notes", [])
 
 
 def _swap_notes(sw: dict | None) -> list[str]:
@@ -303,6 +378,8 @@ def build_table(r: dict) -> str:
     """The markdown report of one results dict (as written to ``results.json``)."""
     m, o, ip = r.get("mlflow") or {}, r.get("ours") or {}, r.get("inproc") or {}
     rows = _load_rows(m, o, ip) + _swap_rows(_get(o, "swap")) + _cold_start_rows(m, o)
+    if r.get("conv"):
+        rows += _conv_rows(r["conv"])
     head = (
         "| metric | mlflow models serve | kernel-magics | ours / mlflow | goal | result |\n"
         "|---|---|---|---|---|---|\n"
@@ -326,6 +403,15 @@ def _complete_mlflow(m: Any) -> bool:
     return isinstance(m, dict) and all(k in m for k in ("start_s", "single", "batch"))
 
 
+def previous_conv_mlflow(previous: dict) -> dict | None:
+    """The last complete mlflow figures of the conv net (for --skip-mlflow): those of the last
+    run with the conv part, or those a --skip-conv run kept aside; None if there are none."""
+    for m in (_get(previous, "conv", "mlflow"), previous.get("conv_mlflow_kept")):
+        if _complete_mlflow(m):
+            return {k: v for k, v in m.items() if k != "reused"}
+    return None
+
+
 def write_results(results: dict, previous: dict) -> None:
     """Print the table, write it to results.md and every figure to results.json."""
     table = build_table(results)
@@ -336,4 +422,13 @@ def write_results(results: dict, previous: dict) -> None:
         # keep the last complete figures for --skip-mlflow; this run's partial ones beside them
         results["mlflow_this_run"] = results.get("mlflow")
         results["mlflow"] = previous["mlflow"]
+    conv_kept = previous_conv_mlflow(previous)
+    conv = results.get("conv")
+    if conv_kept and not _complete_mlflow(_get(conv, "mlflow")):
+        # the same for the conv net; a --skip-conv run keeps them aside, out of the table
+        if conv is None:
+            results["conv_mlflow_kept"] = conv_kept
+        else:
+            conv["mlflow_this_run"] = conv.get("mlflow")
+            conv["mlflow"] = conv_kept
     RESULTS_JSON.write_text(json.dumps(results, indent=2, default=str) + "\n")

@@ -1,7 +1,7 @@
 """Serving benchmark: kernel-magics' inference process against ``mlflow models serve``.
 
-    .venv/bin/python bench/serving.py [--duration S] [--quick] [--skip-mlflow] [--keep-home]
-                                      [--python-client]
+    .venv/bin/python bench/serving.py [--duration S] [--quick] [--skip-mlflow] [--skip-conv]
+                                      [--keep-home] [--python-client]
 
 Builds an MLP 32→256→256→10 (float32), registers it twice (v1 seed 0, v2 seed 1) in the embedded
 MLflow store of a throwaway KERNEL_MAGICS_HOME exactly as ``%train`` does (pt2 + ``km.sha256``),
@@ -13,17 +13,21 @@ then measures on loopback:
 3. kernel-magics: cold deploy → first 200 with (a) no inference process and (b) the process
    already running without the model, then the same scenarios plus a 256-row ``.npy`` body;
 4. a hot swap under 1-row load (deploy v2, then roll back to v1): failed requests, which version
-   answered after each call returned, and each call's duration beyond the version's load+warm.
+   answered after each call returned, and each call's duration beyond the version's load+warm;
+5. then (unless ``--skip-conv``) a small conv net on 1×28×28 float32 images, registered the same
+   way: its in-process forward, and both servers on the same load scenarios (at most 5 s each),
+   ours with a 256-image ``.npy`` body too. The MLP part above does not change with it.
 
 Load comes from ``wrk`` (one thread, a Lua script for the POST body and the percentiles) when it
 is on PATH, else from ``bench/_load.py``. Never more than one load generator runs against one
 server at a time. Client and server share the machine's cores, so figures are for the pair.
-Bounded to 3 minutes; everything started here is stopped by PID. Prints one markdown table and
+Bounded to 4 minutes; everything started here is stopped by PID. Prints one markdown table and
 writes it to ``bench/results.md`` (figures in ``bench/results.json``).
 
 This script is the entry point and the run's order; the parts live beside it: ``_model`` (the MLP,
-its registration, the in-process reference, request bodies, answer check), ``_peer`` (mlflow
-models serve), ``_ours`` (kernel-magics) and ``_swap`` (the swap under load), ``_load_tools``
+its registration, the in-process reference, request bodies, answer check), ``_convnet`` (the conv
+net's model, bodies and part of the run), ``_peer`` (mlflow models serve), ``_ours``
+(kernel-magics) and ``_swap`` (the swap under load), ``_load_tools``
 (wrk / ``_load.py`` runs), ``_report`` (table, notes, results files), ``_procs`` (children
 stopped by PID), ``_http`` and ``_log``.
 """
@@ -46,20 +50,22 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # the private modules below, next to this script
 sys.path.insert(0, str(ROOT))  # kernel_magics from the checkout
 
+from _convnet import bench_convnet  # noqa: E402
 from _load_tools import Loader  # noqa: E402
 from _log import log  # noqa: E402
 from _model import NAME, in_process, make_bodies, register_versions  # noqa: E402
 from _ours import bench_ours  # noqa: E402
 from _peer import bench_mlflow  # noqa: E402
 from _procs import stop_children, stop_leftover_server  # noqa: E402
-from _report import load_previous, write_results  # noqa: E402
+from _report import load_previous, previous_conv_mlflow, write_results  # noqa: E402
 
-TOTAL_BUDGET_S = 180  # hard stop for the whole run
+TOTAL_BUDGET_S = 240  # hard stop for the whole run: MLP part ~75-90 s, conv part ~50-60 s
 
 
-class OutOfTime(Exception):
-    """Raised by SIGALRM wherever the run is; each side re-raises it past its own error
-    handling so that the run stops, with its figures so far."""
+class OutOfTime(BaseException):
+    """Raised by SIGALRM wherever the run is. A BaseException, so that no ``except Exception``
+    (a side's own error handling, the conv part's, the product's) swallows it: the run stops,
+    with its figures so far."""
 
 
 def _alarm(signum: int, frame: Any) -> None:
@@ -72,7 +78,7 @@ def _terminated(signum: int, frame: Any) -> None:
 
 # -- main -----------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="kernel-magics serving benchmark (≤ 3 minutes)")
+    p = argparse.ArgumentParser(description="kernel-magics serving benchmark (≤ 4 minutes)")
     p.add_argument("--duration", type=float, default=8.0, help="seconds per scenario (≤ 10)")
     p.add_argument("--quick", action="store_true", help="2 s scenarios: a smoke check")
     p.add_argument(
@@ -81,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         help="reuse the mlflow figures from bench/results.json if present",
     )
     p.add_argument("--python-client", action="store_true", help="do not use wrk even if present")
+    p.add_argument("--skip-conv", action="store_true", help="only the MLP part")
     p.add_argument("--keep-home", action="store_true", help="keep the temporary home folder")
     args = p.parse_args(argv)
     seconds = 2.0 if args.quick else min(max(args.duration, 1.0), 10.0)
@@ -153,8 +160,6 @@ def main(argv: list[str] | None = None) -> int:
                     + (", --quick" if args.quick else ""),
                 }
                 bench_mlflow(results["mlflow"], paths[1], bodies, loader, tmp, seconds, model)
-            except OutOfTime:
-                raise
             except Exception as err:
                 code = 1
                 results["notes"].append(f"mlflow models serve failed: {err}")
@@ -172,12 +177,29 @@ def main(argv: list[str] | None = None) -> int:
                 bench_ours(
                     results["ours"], settings, bodies, loader, tmp, seconds, model, swap_phase_s
                 )
-            except OutOfTime:
-                raise
             except Exception as err:
                 code = 1
                 results["notes"].append(f"kernel-magics run failed: {type(err).__name__}: {err}")
                 log(f"ours: FAILED: {type(err).__name__}: {err}")
+
+        if not args.skip_conv:
+            results["conv"] = {}
+            try:
+                ok = bench_convnet(
+                    results["conv"],
+                    settings,
+                    loader,
+                    tmp,
+                    seconds,
+                    args.quick,
+                    results["meta"]["date"],
+                    previous_conv_mlflow(previous) if args.skip_mlflow else None,
+                )
+                code = code or (0 if ok else 1)
+            except Exception as err:
+                code = 1
+                results["notes"].append(f"conv net part failed: {type(err).__name__}: {err}")
+                log(f"conv: FAILED: {type(err).__name__}: {err}")
     except OutOfTime as err:
         code = 1
         results["notes"].append(str(err) + "; figures so far")
