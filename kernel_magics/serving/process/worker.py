@@ -52,6 +52,9 @@ def _import_torch(settings: Settings) -> None:
     # Arrays decoded straight from request bytes are read-only; torch warns once per process
     # on wrapping them although we never write to them.
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    # A float64 body cast to a float32 model may overflow to infinity; the request is refused
+    # for it (request/inputs.py), the warning would only fill the log.
+    warnings.filterwarnings("ignore", message="overflow encountered in cast")
 
 
 def _watch_parent(parent: int) -> None:

@@ -95,12 +95,15 @@ class InferenceThread:
                     if remaining <= 0:
                         break
                     self.cond.wait(remaining)
-            items = [b.pending.popleft()]
-            rows = items[0].rows
-            if not items[0].raw:
+            first = b.pending.popleft()
+            items, rows = [first], first.rows
+            if not first.raw:
+                # Concatenated along dim 0 only: a request whose trailing shape differs (a
+                # signature with a free non-batch dimension) starts the next batch instead.
+                trailing = first.array.shape[1:]
                 while b.pending and not b.pending[0].raw:
                     nxt = b.pending[0]
-                    if rows + nxt.rows > b.max_batch:
+                    if rows + nxt.rows > b.max_batch or nxt.array.shape[1:] != trailing:
                         break
                     items.append(b.pending.popleft())
                     rows += nxt.rows

@@ -16,7 +16,7 @@ from kernel_magics.errors import InvalidInput
 
 NPY = b"application/x-npy"
 _MAGIC = b"\x93NUMPY"
-_NUMERIC_KINDS = frozenset("fiu")
+_NPY_KINDS = frozenset("fiub")  # numbers and booleans; never objects (pickles) or strings
 _header_cache: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
 _encode_cache: dict[tuple[str, tuple[int, ...]], bytes] = {}
 
@@ -40,7 +40,8 @@ def wants_npy(accept: bytes) -> bool:
 
 # -- JSON ---------------------------------------------------------------------------------------
 def json_rows(body: bytes) -> np.ndarray:
-    """``{"instances": [[...], ...]}`` or ``{"inputs": ...}`` → a numeric array (not yet cast)."""
+    """``{"instances": [[...], ...]}`` or ``{"inputs": ...}`` (nested lists of any rank) → an
+    array, not yet checked against the model."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as err:
@@ -62,21 +63,14 @@ def json_rows(body: bytes) -> np.ndarray:
         raise InvalidInput('"instances" must be a list of rows')
     if not rows:
         raise InvalidInput("empty batch: send at least one row")
-    return as_numeric(rows)
-
-
-def as_numeric(rows: list) -> np.ndarray:
     try:
-        array = np.array(rows)
+        # numbers, booleans, or a string / object array: what fits the model is checked by
+        # request/inputs.py, which knows the model's dtype
+        return np.array(rows)
     except (ValueError, TypeError, OverflowError):
         raise InvalidInput(
             "rows must all have the same length and hold only numbers (ragged or nested input)"
         ) from None
-    if array.dtype.kind not in _NUMERIC_KINDS:
-        if array.dtype.kind == "b":
-            raise InvalidInput("input holds booleans; send numbers")
-        raise InvalidInput("input holds non-numeric values (strings, null or objects)")
-    return array
 
 
 # -- .npy ---------------------------------------------------------------------------------------
@@ -94,7 +88,7 @@ def _parse_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
             raise ValueError(f"bad shape {shape!r}")
     except Exception as err:
         raise InvalidInput(f"malformed .npy header: {err}") from None
-    if dtype.hasobject or dtype.kind not in _NUMERIC_KINDS | {"b"}:
+    if dtype.hasobject or dtype.kind not in _NPY_KINDS:
         raise InvalidInput(f".npy dtype {dtype} is not numeric")
     parsed = (dtype, shape, bool(fortran))
     if len(_header_cache) < 1024:
@@ -121,10 +115,7 @@ def npy_decode(body: bytes) -> np.ndarray:
             f"needs {count * dtype.itemsize}"
         )
     array = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
-    array = array.reshape(shape, order="F" if fortran else "C")
-    if dtype.kind == "b":
-        raise InvalidInput("input holds booleans; send numbers")
-    return array
+    return array.reshape(shape, order="F" if fortran else "C")
 
 
 def npy_encode(array: np.ndarray) -> bytes:

@@ -15,16 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernel_magics.errors import DeployFailed, InvalidInput
-from kernel_magics.serving.request.codecs import PayloadTooLarge
+from kernel_magics.errors import DeployFailed
 from kernel_magics.serving.request.inflight import InFlight
+from kernel_magics.serving.request.inputs import check_rows
 from kernel_magics.serving.request.loaders import loader_for
-from kernel_magics.serving.request.model_files import (
-    Signature,
-    fmt_shape,
-    read_example,
-    read_signature,
-)
+from kernel_magics.serving.request.model_files import Signature, read_example, read_signature
 from kernel_magics.serving.request.protocol import describe_error
 
 log = logging.getLogger(__name__)
@@ -141,46 +136,21 @@ class LoadedModel:
         with torch.inference_mode():
             if step is None or batch.shape[0] == step:
                 return _as_numpy(fn(torch.from_numpy(batch)))
-            parts = [
-                _as_numpy(fn(torch.from_numpy(batch[i : i + step])))
-                for i in range(0, batch.shape[0], step)
-            ]
+            parts = []
+            for start in range(0, batch.shape[0], step):
+                chunk = batch[start : start + step]
+                rows = chunk.shape[0]
+                if rows < step:  # the graph takes exactly `step` rows: pad, keep the real ones
+                    padding = np.zeros((step - rows, *chunk.shape[1:]), dtype=chunk.dtype)
+                    chunk = np.concatenate([chunk, padding])
+                parts.append(_as_numpy(fn(torch.from_numpy(chunk)))[:rows])
             return np.concatenate(parts)
 
     def check(self, array: np.ndarray, max_rows: int) -> np.ndarray:
-        """Cast to the signature dtype and check the shape; one line naming what is wrong."""
-        sig = self.signature
-        assert sig is not None
-        shape = sig.shape
-        if array.ndim != len(shape):
-            if array.ndim == len(shape) - 1 and array.shape == tuple(shape[1:]):
-                raise InvalidInput(
-                    f"expected a list of rows (a {len(shape)}-D array); got a single row — "
-                    "wrap it in another list"
-                )
-            raise InvalidInput(
-                f"expected a {len(shape)}-D array of rows shaped {fmt_shape(shape)}, "
-                f"got shape {array.shape}"
-            )
-        rows = array.shape[0]
-        if rows == 0:
-            raise InvalidInput("empty batch: send at least one row")
-        if rows > max_rows:
-            raise PayloadTooLarge(f"{rows} rows is over the limit of {max_rows} rows per request")
-        for want, got in zip(shape[1:], array.shape[1:], strict=True):
-            if want != -1 and want != got:
-                if len(shape) == 2:
-                    raise InvalidInput(f"expected rows of {want} features, got {got}")
-                raise InvalidInput(
-                    f"expected rows shaped {fmt_shape(shape)}, got {array.shape[1:]}"
-                )
-        if array.dtype != sig.dtype:
-            array = array.astype(sig.dtype)
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise InvalidInput("input contains NaN or infinity")
-        if not array.flags.c_contiguous:
-            array = np.ascontiguousarray(array)
-        return array
+        """The request's array as this model takes it; InvalidInput naming what is wrong
+        (see ``inputs.py``). Runs on the loop before the request is queued."""
+        assert self.signature is not None
+        return check_rows(array, self.signature, max_rows)
 
     def describe(self) -> dict:
         sig = self.signature.describe() if self.signature else {}

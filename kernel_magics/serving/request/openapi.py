@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from kernel_magics.serving.request.openapi_schemas import (
     NAME_PARAM,
     SCHEMAS,
@@ -34,15 +36,23 @@ def _manage(action: str, body: str | None, summary: str) -> dict:
     return {"post": op}
 
 
-_FLOAT32_MAX = 3.4e38  # larger JSON numbers overflow float32 to infinity: refused
+def _value_schema(dtype: str) -> dict:
+    """One input value of ``dtype`` in JSON, bounded so that every value the schema admits
+    fits the model (a larger number would overflow a float32 model to infinity: refused)."""
+    kind = np.dtype(dtype).kind
+    if kind == "b":
+        return {"type": "boolean"}
+    if kind in "iu":
+        ints = np.iinfo(dtype)
+        return {"type": "integer", "minimum": int(ints.min), "maximum": int(ints.max)}
+    largest = float(np.finfo(dtype).max) if kind == "f" else float(np.finfo(np.float32).max)
+    return {"type": "number", "minimum": -largest, "maximum": largest}
 
 
 def _row_schema(shape: list[int], dtype: str) -> dict:
-    """JSON schema of one row of a model's input (shape without the batch dimension)."""
-    if dtype.startswith(("int", "uint")):
-        item: dict = {"type": "integer"}
-    else:
-        item = {"type": "number", "minimum": -_FLOAT32_MAX, "maximum": _FLOAT32_MAX}
+    """JSON schema of one row of a model's input (shape without the batch dimension): arrays
+    nested as deep as the rank, fixed sizes where the signature fixes them."""
+    item = _value_schema(dtype)
     for size in reversed(shape):
         item = {"type": "array", "items": item}
         if size != -1:

@@ -34,7 +34,7 @@ def json_response(schema: dict, description: str = "") -> dict:
 
 def errors(*codes: int) -> dict:
     words = {
-        400: "Bad input (malformed body, wrong shape, non-numeric values, NaN or infinity)",
+        400: "Bad input (malformed body, wrong shape or dtype, values that do not fit, NaN)",
         401: "Missing or wrong bearer token",
         404: "Model not deployed, or unknown version",
         409: "The version could not be loaded or warmed; the live version keeps serving",

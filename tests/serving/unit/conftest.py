@@ -16,11 +16,16 @@ ModelDir = Callable[..., Path]
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> ModelDir:
-    """``model_dir(model, example, fmt="pt2", name="m")``: a fresh model folder."""
+    """``model_dir(model, example, fmt="pt2", name="m", dynamic_batch=True)``: a fresh model
+    folder (see ``unitkit.write_model_dir``)."""
 
     def make(
-        model: torch.nn.Module, example: np.ndarray, fmt: str = "pt2", name: str = "m"
+        model: torch.nn.Module,
+        example: np.ndarray,
+        fmt: str = "pt2",
+        name: str = "m",
+        dynamic_batch: bool = True,
     ) -> Path:
-        return write_model_dir(tmp_path / name, model, example, fmt)
+        return write_model_dir(tmp_path / name, model, example, fmt, dynamic_batch)
 
     return make

@@ -103,6 +103,22 @@ def test_max_batch_size_caps_a_batch_and_max_wait_bounds_the_wait():
     assert [shape[0] for shape in model.batches] == [10, 10, 5]
 
 
+def test_only_requests_with_the_same_trailing_shape_are_concatenated():
+    """A signature with a free non-batch dimension (sequences of any length): requests of
+    different lengths never share a forward, and keep their order."""
+    model = Doubler()
+
+    async def scenario(engine: InferenceThread, submit: Submit) -> None:
+        batcher = Batcher(model, 5, max_wait_ms=2000)  # takes once all five are queued
+        lengths = (4, 4, 7, 7, 4)
+        futures = [submit(batcher, np.ones((1, t, 3), np.float32)) for t in lengths]
+        outs = await asyncio.gather(*futures)
+        assert [o.shape for o in outs] == [(1, t, 3) for t in lengths]
+
+    run(scenario)
+    assert model.batches == [(2, 4, 3), (2, 7, 3), (1, 4, 3)]
+
+
 def test_a_raw_request_runs_alone_and_exactly_as_given():
     model = Doubler()
 

@@ -59,6 +59,52 @@ def test_a_one_row_example_freezes_the_batch_and_forward_steps_through_it(model_
     np.testing.assert_allclose(model.forward(x), expected(mlp, x), rtol=1e-6, atol=1e-6)
 
 
+def test_a_static_batch_above_one_pads_the_last_step(model_dir):
+    mlp = TinyMLP(seed=6)
+    model = loaded(model_dir(mlp, rows(3), dynamic_batch=False))
+    assert model.fixed_batch == 3 and model.fast_path
+    for n in (1, 3, 5, 7):  # 7 rows: steps of 3, 3, then 1 real row padded to 3
+        x = rows(n, seed=n)
+        np.testing.assert_allclose(model.forward(x), expected(mlp, x), rtol=1e-6, atol=1e-6)
+
+
+class Conv(torch.nn.Module):
+    """N×1×8×8 images → N×2×8×8 feature maps: input and output of rank 4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x))
+
+
+class Embedder(torch.nn.Module):
+    """N×T int64 token ids → N×4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(8)
+        self.embed = torch.nn.Embedding(50, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x).mean(1)
+
+
+def test_n_d_and_integer_models_load_warm_and_keep_the_fast_path(model_dir):
+    images = np.random.default_rng(0).random((2, 1, 8, 8)).astype(np.float32)
+    tokens = np.random.default_rng(0).integers(0, 50, (3, 6))
+    for module, example in ((Conv(), images), (Embedder(), tokens)):
+        model = loaded(model_dir(module, example, name=type(module).__name__))
+        assert (model.fast_path, model.fixed_batch) == (True, None)
+        x = np.concatenate([example] * 3)  # more rows than the example: the batch is free
+        np.testing.assert_allclose(
+            model.forward(model.check(x, 100)), expected(module, x), rtol=1e-6, atol=1e-6
+        )
+    assert model.describe()["input"] == {"dtype": "int64", "shape": [-1, 6]}
+
+
 def test_pickle_format(model_dir):
     mlp = TinyMLP(seed=3)
     model = loaded(model_dir(mlp, rows(4), fmt="pickle"), fmt="pickle")

@@ -19,15 +19,21 @@ def _tensor_spec(array: np.ndarray) -> str:
 
 
 def write_model_dir(
-    folder: Path, model: torch.nn.Module, example: np.ndarray, fmt: str = "pt2"
+    folder: Path,
+    model: torch.nn.Module,
+    example: np.ndarray,
+    fmt: str = "pt2",
+    dynamic_batch: bool = True,
 ) -> Path:
-    """A model folder as ``mlflow.pytorch.log_model`` writes it, for ``fmt`` pt2 or pickle."""
+    """A model folder as ``mlflow.pytorch.log_model`` writes it, for ``fmt`` pt2 or pickle;
+    ``dynamic_batch=False`` exports a graph that takes exactly the example's row count."""
     model.eval()
     (folder / "data").mkdir(parents=True)
     x = torch.from_numpy(example)
     if fmt == "pt2":
         # as MLflow does: the batch dimension is Dim.AUTO (dynamic when the example has ≥ 2 rows)
-        ep = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+        dims = ({0: torch.export.Dim.AUTO},) if dynamic_batch else None
+        ep = torch.export.export(model, (x,), dynamic_shapes=dims)
         torch.export.save(ep, str(folder / "data" / "model.pt2"))
     else:
         torch.save(model, folder / "data" / "model.pth")
