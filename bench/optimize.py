@@ -113,11 +113,22 @@ def _figure_row(label: str, f: Any, parent: Any) -> list[str]:
     ]
 
 
-def serve(api: Any, loader: Loader, tmp: Path, versions: dict[str, int], X_val, truth, seconds):
-    """Each version in turn in one inference process, driven by the same two scenarios."""
+def serve(
+    api: Any,
+    loader: Loader,
+    tmp: Path,
+    versions: dict[str, int],
+    val: tuple[Any, Any],
+    seconds: float,
+    rounds: int,
+) -> dict[str, dict]:
+    """Each version in turn in one inference process, driven by the same two scenarios;
+    ``rounds`` passes over the versions (interleaved, so a busy moment of the shared machine
+    does not fall on one version only), the best pass of each scenario kept."""
     import numpy as np
     import requests
 
+    X_val, truth = val
     status = api.server_start()
     port = int(status.url.rstrip("/").rsplit(":", 1)[1])
     target = Endpoint(port, f"/v1/models/{NAME}:predict", api.server_token())
@@ -126,24 +137,24 @@ def serve(api: Any, loader: Loader, tmp: Path, versions: dict[str, int], X_val, 
     buf = io.BytesIO()
     np.save(buf, X_val[:256])
     bulk.write_bytes(buf.getvalue())
-    out = {}
-    for label, version in versions.items():
-        api.deploy(f"{NAME}@{version}")
-        answer = requests.post(
-            f"{status.url}/v1/models/{NAME}:predict",
-            json={"instances": X_val.tolist()},
-            headers={"Authorization": f"Bearer {target.token}"},
-            timeout=30,
-        )
-        served = np.asarray(answer.json()["predictions"]).argmax(axis=1)
-        accuracy = float((served == truth).mean())
-        figures = {"accuracy_http": accuracy}
-        for key, scenario, body in (("single", SINGLE, one), ("bulk", BULK, bulk)):
-            loader.warm_up(target, scenario, str(body), seconds)
-            figures[key] = loader.measure(
-                f"v{version} {label}", target, scenario, str(body), seconds
+    out: dict[str, dict] = {label: {} for label in versions}
+    for _ in range(rounds):
+        for label, version in versions.items():
+            api.deploy(f"{NAME}@{version}")
+            answer = requests.post(
+                f"{status.url}/v1/models/{NAME}:predict",
+                json={"instances": X_val.tolist()},
+                headers={"Authorization": f"Bearer {target.token}"},
+                timeout=30,
             )
-        out[label] = figures
+            served = np.asarray(answer.json()["predictions"]).argmax(axis=1)
+            out[label]["accuracy_http"] = float((served == truth).mean())
+            for key, scenario, body in (("single", SINGLE, one), ("bulk", BULK, bulk)):
+                loader.warm_up(target, scenario, str(body), seconds)
+                who = f"v{version} {label}"
+                got = loader.measure(who, target, scenario, str(body), seconds)
+                if key not in out[label] or got["rows_s"] > out[label][key]["rows_s"]:
+                    out[label][key] = got
     return out
 
 
@@ -151,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=5.0, help="seconds per load scenario")
     p.add_argument("--epochs", type=int, default=20, help="training epochs of the MLP")
+    p.add_argument("--rounds", type=int, default=2, help="passes over the served versions")
     p.add_argument("--python-client", action="store_true", help="do not use wrk even if present")
     p.add_argument("--keep-home", action="store_true", help="keep the temporary home folder")
     args = p.parse_args(argv)
@@ -181,10 +193,15 @@ def main(argv: list[str] | None = None) -> int:
             "ONNX int8": versions["quantize dynamic (int8 onnx)"],
         }
         loader = Loader(tmp, force_python=args.python_client)
-        figures = serve(api, loader, tmp, served, X_val, truth, args.duration)
+        load = os.getloadavg()[0]
+        figures = serve(api, loader, tmp, served, (X_val, truth), args.duration, args.rounds)
         print("\n## Trade-offs on digits (one thread, in-process, held-out 20%)\n")
         print(table)
-        print(f"\n## Serving through the inference process ({loader.tool}, {args.duration:g} s)\n")
+        print(
+            f"\n## Serving through the inference process ({loader.tool}, {args.duration:g} s, "
+            f"best of {args.rounds} interleaved passes; 1-min load average {load:.1f} "
+            f"on {os.cpu_count()} cores)\n"
+        )
         print(serving_table(figures))
         print(f"\ntotal {time.monotonic() - started:.0f} s")
         return 0 if verdicts(figures)[0] else 1
