@@ -43,7 +43,8 @@ class OptimizeMagics(Magics):
     """``%optimize``; settings (home, store, progress) are the KernelMagics ones."""
 
     def _kernel_magics(self) -> Any:
-        return self.shell.magics_manager.registry["KernelMagics"]
+        shell: Any = self.shell
+        return shell.magics_manager.registry["KernelMagics"]
 
     def _eval(self, expr: str | None, what: str) -> Any:
         return None if expr is None else self._kernel_magics()._eval(expr, what)

@@ -228,7 +228,7 @@ def _data(parent: Parent, X: Any, y: Any, seed: int) -> tuple[PreparedData, Vali
     X_val = data.X_val.numpy().astype(parent.example.dtype)
     if data.task == "classification":
         truth = np.asarray(data.classes, dtype=object)[data.y_val.numpy()]
-        return data, Validation(X_val, truth, data.task, list(parent.labels or data.classes))
+        return data, Validation(X_val, truth, data.task, list(parent.labels or data.classes or []))
     return data, Validation(X_val, data.y_val.numpy(), data.task)
 
 

@@ -102,15 +102,17 @@ def structured(gm: fx.GraphModule, amount: float, example: np.ndarray) -> list[P
         )
     done = []
     for producer, consumer in pairs:
-        weight = _tensor(gm, producer.args[1])
+        weight_node: Any = producer.args[1]
+        bias_node: Any = producer.args[2] if len(producer.args) > 2 else None
+        weight = _tensor(gm, weight_node)
         rows = weight.shape[0]
         keep = max(1, round(rows * (1 - amount)))
         index = weight.norm(dim=1).topk(keep).indices.sort().values
-        _replace(gm, producer.args[1], weight[index])
-        if len(producer.args) > 2 and producer.args[2] is not None:
-            _replace(gm, producer.args[2], _tensor(gm, producer.args[2])[index])
+        _replace(gm, weight_node, weight[index])
+        if bias_node is not None:
+            _replace(gm, bias_node, _tensor(gm, bias_node)[index])
         _replace(gm, consumer.args[1], _tensor(gm, consumer.args[1])[:, index])
-        done.append(PrunedLayer(str(producer.args[1].target), rows, keep))
+        done.append(PrunedLayer(str(weight_node.target), rows, keep))
     gm.recompile()
     with torch.no_grad():
         after = gm(x).shape

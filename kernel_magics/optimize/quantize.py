@@ -43,13 +43,14 @@ def onnx_int8(src: Path, dst: Path, mode: str, calibration: np.ndarray | None = 
             quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
             return
         assert calibration is not None
+        rows: np.ndarray = calibration
         name = _input_name(src)
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
                 self.batches = iter(
-                    {name: calibration[i : i + CALIBRATION_BATCH]}
-                    for i in range(0, len(calibration), CALIBRATION_BATCH)
+                    {name: rows[i : i + CALIBRATION_BATCH]}
+                    for i in range(0, len(rows), CALIBRATION_BATCH)
                 )
 
             def get_next(self) -> dict | None:
