@@ -46,7 +46,11 @@ class Session:
         self.rerun_of: str | None = None
 
     def begin(self, spec: RunSpec) -> Started:
-        started = open_run(self.store, spec, self.scratch)
+        try:
+            started = open_run(self.store, spec, self.scratch)
+        except BaseException:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            raise
         self.run_id, self.rerun_of = started.run_id, spec.rerun_of
         return started
 
