@@ -129,9 +129,9 @@ def _labels(tokens: list[str] | None) -> list | None:
     """``--classes 0 1 2`` → [0, 1, 2]; ``cat dog`` → ["cat", "dog"]; ``[0, 1]`` as JSON."""
     if tokens is None:
         return None
-    if len(tokens) == 1 and tokens[0].startswith("["):
+    if len(tokens) == 1 and _word(tokens[0]).startswith("["):
         try:
-            return json.loads(tokens[0])
+            return json.loads(_word(tokens[0]))
         except ValueError as err:
             raise InvalidInput(f"--classes is not a valid JSON list: {err}") from None
     labels = []

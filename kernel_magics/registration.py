@@ -11,22 +11,15 @@ loading it. Everything a caller can get wrong is checked before any run is opene
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import numbers
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kernel_magics.errors import (
-    InvalidInput,
-    KernelMagicsError,
-    StoreError,
-    TrainingInterrupted,
-    first_line,
-)
+from kernel_magics.errors import InvalidInput, first_line
+from kernel_magics.runs import FORMATS, create_version, log_model, mlflow_run, store_errors
 from kernel_magics.store import (
     TAG_CLASSES,
     TAG_FORMAT,
@@ -40,16 +33,28 @@ from kernel_magics.store import (
     retry_locked,
     validate_name,
 )
+from kernel_magics.views import front_end_view
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
-    from mlflow import ActiveRun
 
-log = logging.getLogger(__name__)
+# mlflow_run and store_errors are kernel_magics.runs'; they are named here too for the callers
+# that wrap registrations in a run of their own (kernel_magics.optimize).
+__all__ = [
+    "TASKS",
+    "LogFn",
+    "RegisterResult",
+    "register_version",
+    "check_model",
+    "example_rows",
+    "probe",
+    "resolve_parent",
+    "mlflow_run",
+    "store_errors",
+]
 
 TASKS = ("classification", "regression", "other")
-FORMATS = ("pt2", "pickle")
 MAX_RECIPE_CHARS = 100_000  # MLflow's limit for a model version tag value
 # ``log_fn(example) -> (model_info, km.format, notes)``: logs an artifact made elsewhere (an ONNX
 # export by kernel_magics.optimize) in the active run instead of the torch model.
@@ -58,17 +63,20 @@ LogFn = Callable[[Any], tuple[Any, str, list[str]]]
 
 @dataclass(frozen=True)
 class RegisterResult:
-    """A registered version (``r = %register ...``; ``%train`` keeps one in its result)."""
+    """A registered version (``r = %register ...``)."""
 
     name: str
     version: int
     run_id: str
-    format: str  # "pt2" or "pickle"
+    format: str  # km.format: "pt2", "pickle" (or what a log_fn logged: "onnx")
     notes: list[str] = field(default_factory=list)
     parent: str | None = None  # "NAME@VERSION" this version was derived from
     recipe: str | None = None  # how it was made, in the author's words
     sha256: str = ""
     seconds: float = 0.0  # log + hash + register
+
+    def _repr_html_(self) -> str | None:
+        return front_end_view(self, "text/html")  # the view %load_ext registered, if any
 
 
 def register_version(
@@ -102,6 +110,8 @@ def register_version(
     """
     import mlflow
 
+    from kernel_magics.training.fit import eval_mode
+
     validate_name(name)
     checked_task = _check_task(task)
     class_tag = _classes_tag(classes)
@@ -114,33 +124,33 @@ def register_version(
     model = check_model(model)
     inputs, notes = example_rows(example)
     probe(model, inputs)
-    with _store_errors(f"cannot open the model store at {store.uri}"):
+    with store_errors(f"cannot open the model store at {store.uri}"):
         parent_ref = resolve_parent(store, parent)
 
     tags = {TAG_TASK: checked_task, TAG_CLASSES: class_tag, TAG_PARENT: parent_ref}
     tags[TAG_RECIPE] = recipe or None
     with store.tracking(), mlflow_run(store, f"{name}-register", run_id=run_id) as run:
-        with store.write_lock(), _store_errors("could not log to the store"):
+        with store.write_lock(), store_errors("could not log to the store"):
             if logged_params:
                 mlflow.log_params(logged_params)
             if logged_metrics:
                 retry_locked(mlflow.log_metrics, logged_metrics)
             mlflow.set_tags({"km.model": name})
         started = time.perf_counter()
-        with store.write_lock(), _store_errors("could not save the model to the store"):
-            with _eval_mode(model):
+        with store.write_lock(), store_errors("could not save the model to the store"):
+            with eval_mode(model):
                 info, fmt, log_notes = (
-                    log_fn(inputs) if log_fn else _log_model(model, inputs, serialization)
+                    log_fn(inputs) if log_fn else log_model(model, inputs, serialization)
                 )
             local = mlflow.artifacts.download_artifacts(info.model_uri)
             sha256 = hash_model_dir(local)
             tags.update({TAG_SHA256: sha256, TAG_FORMAT: fmt})
-            version = _create_version(
+            version = create_version(
                 store, name, info, run.info.run_id, {k: v for k, v in tags.items() if v}
             )
     return RegisterResult(
         name=name,
-        version=int(version.version),
+        version=version,
         run_id=run.info.run_id,
         format=fmt,
         notes=notes + log_notes,
@@ -187,9 +197,11 @@ def probe(model: torch.nn.Module, inputs: np.ndarray) -> None:
     line, before a run exists."""
     import torch
 
-    with _eval_mode(model), torch.no_grad():
+    from kernel_magics.training.fit import eval_mode, model_device
+
+    with eval_mode(model), torch.no_grad():
         try:
-            out = model(torch.from_numpy(inputs).to(_device(model)))
+            out = model(torch.from_numpy(inputs).to(model_device(model)))
         except Exception as err:
             raise InvalidInput(
                 f"the model failed on the example: {type(err).__name__}: {first_line(err)}"
@@ -250,138 +262,6 @@ def _check_params(params: Any) -> dict[str, str]:
 
 
 def _plain(value: Any) -> Any:
-    """numpy scalars → Python values (labels and metrics compare and JSON-encode simply)."""
-    return value.item() if hasattr(value, "item") and not isinstance(value, list) else value
+    from kernel_magics.training.inputs import plain  # lazily: it imports pandas
 
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Export and probe in eval mode (no dropout, BatchNorm running statistics); the caller's
-    model is left in the mode it was in."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _device(model: torch.nn.Module) -> Any:
-    for tensor in model.parameters():
-        return tensor.device
-    return "cpu"
-
-
-# -- writing ------------------------------------------------------------------------------------
-def _pip_requirements() -> list[str]:
-    # Explicit requirements: letting MLflow infer them costs ~7 s per log_model.
-    import torch
-
-    return [f"torch=={torch.__version__.split('+')[0]}"]
-
-
-def _log_model(
-    model: torch.nn.Module, example: np.ndarray, serialization: str
-) -> tuple[Any, str, list[str]]:
-    """Log pt2 (no pickled code); fall back to MLflow's pickle format for models torch.export
-    cannot trace (data-dependent control flow), and say so."""
-    import mlflow.pytorch
-
-    if serialization == "pt2":
-        try:
-            info = mlflow.pytorch.log_model(
-                model, name="model", input_example=example, pip_requirements=_pip_requirements()
-            )
-            return info, "pt2", []
-        except Exception as err:  # torch.export failures come in many exception types
-            reason = first_line(err, limit=200)
-            log.warning("torch.export failed (%s); saving with the pickle format", reason)
-            note = (
-                f"torch.export could not trace the model ({reason}); "
-                "saved in MLflow's pickle format"
-            )
-    else:
-        note = None
-    info = mlflow.pytorch.log_model(
-        model,
-        name="model",
-        input_example=example,
-        pip_requirements=_pip_requirements() + ["cloudpickle"],
-        serialization_format="pickle",
-    )
-    return info, "pickle", [note] if note else []
-
-
-def _create_version(store: Store, name: str, info: Any, run_id: str, tags: dict) -> Any:
-    """One call creates the version with its hash tag: no version ever lacks it."""
-    from mlflow.exceptions import MlflowException
-
-    if not store.model_exists(name):
-        try:
-            store.client.create_registered_model(name)
-        except MlflowException:  # a parallel process registered the name first
-            pass
-    return retry_locked(
-        store.client.create_model_version,
-        name=name,
-        source=info.model_uri,
-        run_id=run_id,
-        tags=tags,
-        model_id=getattr(info, "model_id", None),
-    )
-
-
-# -- the MLflow run -----------------------------------------------------------------------------
-@contextlib.contextmanager
-def mlflow_run(store: Store, run_name: str, *, run_id: str | None = None) -> Iterator[ActiveRun]:
-    """The run to log into: the active one (its owner ends it), or run ``run_id``, or a new
-    run of the kernel-magics experiment. A run opened here ends FINISHED, KILLED on an
-    interrupt, FAILED on any other error. Call inside ``store.tracking()``."""
-    import mlflow
-
-    active = mlflow.active_run()
-    if active is not None and run_id in (None, active.info.run_id):
-        yield active
-        return
-    with _store_errors(f"cannot open the model store at {store.uri}"):
-        experiment_id = store.experiment_id()
-    with store.write_lock(), _store_errors("cannot start a run in the model store"):
-        if run_id is None:
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
-        else:
-            run = mlflow.start_run(run_id=run_id)
-    try:
-        yield run
-    except (TrainingInterrupted, KeyboardInterrupt):
-        _end_run("KILLED", store)
-        raise
-    except BaseException:
-        _end_run("FAILED", store)
-        raise
-    with store.write_lock():
-        mlflow.end_run("FINISHED")
-
-
-@contextlib.contextmanager
-def _store_errors(what: str) -> Iterator[None]:
-    """Turn I/O and database failures (disk full, store gone) into one clear line."""
-    try:
-        yield
-    except KernelMagicsError:
-        raise
-    except Exception as err:
-        detail = first_line(err, limit=200) if str(err).strip() else ""
-        raise StoreError(f"{what}: {type(err).__name__}: {detail}") from err
-
-
-store_errors = _store_errors  # tracking logs per-epoch metrics under the same rule
-
-
-def _end_run(status: str, store: Store) -> None:
-    import mlflow
-
-    try:
-        with store.write_lock():
-            mlflow.end_run(status)
-    except Exception as err:  # the store may be what failed; the original error matters more
-        log.warning("could not mark the run %s: %s", status, err)
+    return plain(value)

@@ -11,8 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kernel_magics.registration import mlflow_run, register_version, store_errors
+from kernel_magics.registration import register_version
+from kernel_magics.runs import mlflow_run, store_errors
 from kernel_magics.store import Store, retry_locked, validate_name
+from kernel_magics.views import front_end_view
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -42,7 +44,7 @@ class TrainResult:
     def _repr_html_(self) -> str | None:
         # The HTML view belongs to the front end (``%load_ext`` registers it with IPython's
         # formatter); this only answers callers who ask the object itself.
-        return _front_end_view(self, "text/html")
+        return front_end_view(self, "text/html")
 
 
 def run_training(
@@ -96,18 +98,5 @@ def run_training(
     )
 
 
-def _front_end_view(obj: object, mime: str) -> Any:
-    """What the front end registered with the running IPython for ``obj``'s type and ``mime``,
-    or None (no IPython, or no front end loaded)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython is a dependency
-        return None
-    shell = get_ipython()
-    if shell is None:
-        return None
-    try:
-        printer = shell.display_formatter.formatters[mime].lookup(obj)
-    except KeyError:
-        return None
-    return printer(obj)
+# kernel_magics.evaluation imports it under this name; views.front_end_view is the public one.
+_front_end_view = front_end_view

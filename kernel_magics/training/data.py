@@ -3,6 +3,14 @@
 Every problem with the data is found here, before an MLflow run exists, and reported as one
 ``InvalidInput`` line that names what to fix.
 
+Features: rows of any shape, (N, ...) — tabular rows, images (N, C, H, W), sequences (N, T, F),
+token ids (N, T). Their dtype follows ``training.inputs`` (int64 and bool kept, float32
+otherwise); a DataFrame is tabular float32 features.
+
+Targets: class labels (N,), or one label per position (N, T) for a model that answers
+(N, T, classes); numbers (N,) or (N, k) for regression. A DataFrame's columns are separate
+targets, so several of them are regression targets only.
+
 Task inference (``task=None``): a float target is regression. A bool, string, object or
 categorical target is classification. An integer target is classification when it has at most
 ``MAX_INFERRED_CLASSES`` (50) distinct values and at most 20% of the rows are distinct values (a
@@ -28,6 +36,7 @@ from kernel_magics.training.inputs import (
     model_input_array,
     names,
     numeric_dtype,
+    plain,
 )
 
 __all__ = ["TASKS", "PreparedData", "prepare_data"]
@@ -97,7 +106,7 @@ def _prepare(
 
     task = task or _infer_task(target)
     if task == "classification":
-        per_position = False
+        per_position = target.shape[1] > 1 and not isinstance(y, pd.DataFrame)
         y_all, classes = _position_indices(target) if per_position else _class_indices(target)
         n_outputs = len(classes)
     else:
@@ -152,11 +161,6 @@ def _features(X: Any) -> tuple[np.ndarray, list[str] | None]:
         array = model_input_array(X, "X")
     if array.ndim == 1:  # one feature
         array = array.reshape(-1, 1)
-    if array.ndim != 2:
-        raise InvalidInput(
-            f"X must be 2-D (rows x features), got {array.ndim}-D with shape "
-            f"{tuple(array.shape)}: flatten each row first, e.g. X.reshape(len(X), -1)"
-        )
     if array.shape[0] == 0:
         raise InvalidInput("X is empty: it has no rows")
     if array.ndim == 2 and array.shape[1] == 0:
@@ -251,7 +255,7 @@ def _encode_labels(column: pd.Series) -> tuple[np.ndarray, list]:
         except TypeError:  # mixed types (e.g. 1 and "a") do not sort: keep first-seen order
             codes, uniques = pd.factorize(column)
             classes = list(uniques)
-    classes = [_plain(c) for c in classes]
+    classes = [plain(c) for c in classes]
     if len(classes) < 2:
         raise InvalidInput(
             f"y has only one distinct value ({classes[0]!r}): classification needs at least 2"
@@ -269,11 +273,6 @@ def _regression_targets(target: pd.DataFrame) -> np.ndarray:
     array = np.ascontiguousarray(target.to_numpy(dtype=np.float32))
     _check_finite(array, "y", None)
     return array
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars become Python ones so class labels compare, print and JSON-encode simply."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 # -- split --------------------------------------------------------------------------------------

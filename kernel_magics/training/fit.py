@@ -6,9 +6,10 @@ log each epoch and registers the model afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,7 @@ def fit(
     opt = _optimizer(model, config)
     loss_fn = make_loss(config.loss, data.task)
     check_targets(config.loss, data.y_train)
-    device = _device(model)
+    device = model_device(model)
     try:
         _check_model(model, data, device, loss_fn, custom_loss=callable(config.loss))
     except KeyboardInterrupt as exc:
@@ -152,7 +153,7 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
     return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
 
 
-def _device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
     """Batches go where the model's weights are (a GPU model stays on the GPU)."""
     for tensor in model.parameters():
         return tensor.device
@@ -170,18 +171,14 @@ def _check_model(
     """One forward and one loss on 2 training rows, so a model (or loss) that does not fit the
     data fails before any run is logged."""
     batch, targets = data.X_train[:2].to(device), data.y_train[:2].to(device)
-    was_training = model.training
-    model.eval()  # no dropout and no BatchNorm statistics updates from the probe
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             out = model(batch)
     except Exception as exc:
         raise InvalidInput(
             "model failed on a batch of the training data: "
             f"{type(exc).__name__}: {first_line(exc)}{_dtype_hint(batch)}"
         ) from exc
-    finally:
-        model.train(was_training)
     _check_output(out, data, len(batch), shapes=not custom_loss)
     try:
         value = loss_fn(_as_loss_input(out, data.task), targets)
@@ -191,6 +188,18 @@ def _check_model(
             f"{first_line(exc)}"
         ) from exc
     check_loss_value(value)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Probe or export in eval mode (no dropout, no BatchNorm statistics updates); the model is
+    left in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _dtype_hint(batch: torch.Tensor) -> str:

@@ -1,7 +1,9 @@
 """Model inputs from what a notebook user has: arrays, tensors, lists, DataFrames.
 
 One rule for the dtype a model gets, used for training data and for registration examples
-alike, so a version is exported with the dtype it was trained on: float32.
+alike, so a version is exported with the dtype it was trained on: int64 stays int64 (token ids
+for an ``nn.Embedding``), bool stays bool, every other number becomes float32 (float64 from
+numpy and pandas included). A DataFrame is tabular features: always float32.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import pandas as pd
 
 from kernel_magics.errors import InvalidInput, first_line
 
-KEPT_DTYPES: tuple = ()
+KEPT_DTYPES = (np.dtype(np.int64), np.dtype(np.bool_))
 
 
 def model_input_array(value: Any, what: str) -> np.ndarray:
@@ -68,6 +70,12 @@ def as_array(value: Any, what: str) -> np.ndarray:
             f"{what} is a single {type(value).__name__}, not an array or tensor of rows"
         )
     return array
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars (and 0-d arrays or tensors) become Python values, so labels and metrics
+    compare, print and JSON-encode simply."""
+    return value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value
 
 
 def numeric_dtype(dtype: Any) -> bool:

@@ -152,7 +152,7 @@ BAD_INPUTS = [
     (lambda X, y: (X[:0], y[:0]), {}, "X is empty"),
     (lambda X, y: (np.ones((5, 0)), y[:5]), {}, "X has no feature columns"),
     (lambda X, y: (X[:1], y[:1]), {}, "training needs at least 2"),
-    (lambda X, y: (X.reshape(1797, 8, 8), y), {}, "X must be 2-D"),
+    (lambda X, y: (X.reshape(1797, 8, 8)[:, :, :0], y), {}, "X has an empty dimension"),
     (lambda X, y: (X, y.reshape(1797, 1, 1)), {}, "y must be 1-D or 2-D"),
     (lambda X, y: (np.where(X == X[3, 5], np.nan, X), y), {}, "NaN or infinite"),
     (lambda X, y: (np.where(X == 16, np.inf, X), y), {}, "NaN or infinite"),
@@ -171,7 +171,7 @@ BAD_INPUTS = [
     (lambda X, y: (X, "label"), {}, "names a column, but X is a ndarray"),
     (lambda X, y: (X.astype(object) * "a", y), {}, "X has non-numeric values"),
     (lambda X, y: (X + 1j, y), {}, "X has complex numbers"),
-    (lambda X, y: (X, np.stack([y, y], 1)), {"task": "classification"}, "one target column"),
+    (lambda X, y: (X, pd.DataFrame({"a": y, "b": y})), {"task": "classification"}, "one target"),
 ]
 
 
@@ -217,3 +217,61 @@ def test_nan_in_named_column_is_reported_by_name():
     frame = pd.DataFrame({"a": [1.0, np.nan, 3.0], "b": [1.0, 2.0, 3.0], "y": [0, 1, 0]})
     with pytest.raises(InvalidInput, match=r"X has 1 NaN or infinite value\(s\) in columns 'a'"):
         prepare_data(frame, "y")
+
+
+# -- rows of any shape, the dtype the model takes, one label per position --------------------------
+def test_images_keep_their_shape(digits_xy):
+    X, y = digits_xy
+    images = prepare_data(X.reshape(-1, 1, 8, 8), y)
+    flat = prepare_data(X, y)
+    assert images.X_train.shape[1:] == (1, 8, 8) and images.X_train.dtype == torch.float32
+    assert images.row_shape == (1, 8, 8) and images.n_features == 64
+    assert images.input_example.shape == (5, 1, 8, 8)
+    assert images.input_example.dtype == np.float32
+    # the same rows in the same split as the flat features
+    assert torch.equal(images.X_val.reshape(len(images.X_val), -1), flat.X_val)
+    assert images.stratified
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [
+        (np.float64, torch.float32),
+        (np.float16, torch.float32),
+        (np.int32, torch.float32),
+        (np.uint8, torch.float32),
+        (np.int64, torch.int64),  # token ids for an nn.Embedding
+        (np.bool_, torch.bool),  # masks
+    ],
+)
+def test_input_dtype_follows_the_data(dtype, expected):
+    X = (np.arange(60).reshape(20, 3) % 5).astype(dtype)
+    d = prepare_data(X, np.arange(20) % 2, val_split=0.25)
+    assert d.X_train.dtype == d.X_val.dtype == expected
+    assert str(d.input_example.dtype) == str(expected).removeprefix("torch.")
+
+
+def test_int64_tensor_tokens_stay_int64():
+    tokens = torch.randint(0, 50, (30, 7), generator=torch.Generator().manual_seed(0))
+    d = prepare_data(tokens, np.arange(30) % 3)
+    assert d.X_train.dtype == torch.int64 and d.row_shape == (7,)
+
+
+def test_one_label_per_position():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 30, size=(50, 6))
+    tags = np.where(tokens % 3 == 0, "noun", "verb")
+    d = prepare_data(tokens, tags, task="classification")
+    assert d.task == "classification" and d.classes == ["noun", "verb"] and d.n_outputs == 2
+    assert d.y_train.shape[1:] == (6,) and d.y_train.dtype == torch.int64
+    assert not d.stratified  # stratifying is for one label per row
+    expected = torch.from_numpy((tokens % 3 != 0).astype(np.int64))
+    assert torch.equal(torch.cat([d.y_train, d.y_val]).sort(0).values, expected.sort(0).values)
+    # without a task, several integer columns stay regression targets, as before
+    assert prepare_data(tokens, tokens % 3).task == "regression"
+
+
+def test_multi_output_regression_targets_keep_their_columns():
+    X = np.random.default_rng(1).normal(size=(40, 4))
+    d = prepare_data(X, X[:, :2] * 3.0)
+    assert d.task == "regression" and d.n_outputs == 2 and d.y_train.dtype == torch.float32

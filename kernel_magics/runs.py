@@ -1,0 +1,141 @@
+"""Writing to the MLflow store for a training or a registration: the run, the logged model, the
+new version. ``registration`` and ``tracking`` compose these; nothing else writes runs.
+
+Every write holds the store's write lock (one SQLite writer across processes), and I/O or
+database failures become one ``StoreError`` line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from kernel_magics.errors import KernelMagicsError, StoreError, TrainingInterrupted, first_line
+from kernel_magics.store import Store, retry_locked
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from mlflow import ActiveRun
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("pt2", "pickle")
+
+
+@contextlib.contextmanager
+def mlflow_run(store: Store, run_name: str, *, run_id: str | None = None) -> Iterator[ActiveRun]:
+    """The run to log into: the active one (its owner ends it), or run ``run_id``, or a new
+    run of the kernel-magics experiment. A run opened here ends FINISHED, KILLED on an
+    interrupt, FAILED on any other error. Call inside ``store.tracking()``."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and run_id in (None, active.info.run_id):
+        yield active
+        return
+    with store_errors(f"cannot open the model store at {store.uri}"):
+        experiment_id = store.experiment_id()
+    with store.write_lock(), store_errors("cannot start a run in the model store"):
+        if run_id is None:
+            from kernel_magics.pipelines import pipeline_tags  # inside a pipeline: link to it
+
+            tags = pipeline_tags()
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+        else:
+            run = mlflow.start_run(run_id=run_id)
+    try:
+        yield run
+    except (TrainingInterrupted, KeyboardInterrupt):
+        _end_run("KILLED", store)
+        raise
+    except BaseException:
+        _end_run("FAILED", store)
+        raise
+    with store.write_lock():
+        mlflow.end_run("FINISHED")
+
+
+@contextlib.contextmanager
+def store_errors(what: str) -> Iterator[None]:
+    """Turn I/O and database failures (disk full, store gone) into one clear line."""
+    try:
+        yield
+    except KernelMagicsError:
+        raise
+    except Exception as err:
+        detail = first_line(err, limit=200) if str(err).strip() else ""
+        raise StoreError(f"{what}: {type(err).__name__}: {detail}") from err
+
+
+def _end_run(status: str, store: Store) -> None:
+    import mlflow
+
+    try:
+        with store.write_lock():
+            mlflow.end_run(status)
+    except Exception as err:  # the store may be what failed; the original error matters more
+        log.warning("could not mark the run %s: %s", status, err)
+
+
+def log_model(
+    model: torch.nn.Module, example: np.ndarray, serialization: str = "pt2"
+) -> tuple[Any, str, list[str]]:
+    """Log the model into the active run: pt2 (no pickled code), falling back to MLflow's
+    pickle format for models torch.export cannot trace (data-dependent control flow), and say
+    so; ``serialization="pickle"`` asks for pickle outright. Returns (model info, format,
+    notes)."""
+    import mlflow.pytorch
+
+    note = None
+    if serialization == "pt2":
+        try:
+            info = mlflow.pytorch.log_model(
+                model, name="model", input_example=example, pip_requirements=_pip_requirements()
+            )
+            return info, "pt2", []
+        except Exception as err:  # torch.export failures come in many exception types
+            reason = first_line(err, limit=200)
+            log.warning("torch.export failed (%s); saving with the pickle format", reason)
+            note = (
+                f"torch.export could not trace the model ({reason}); "
+                "saved in MLflow's pickle format"
+            )
+    info = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        input_example=example,
+        pip_requirements=_pip_requirements() + ["cloudpickle"],
+        serialization_format="pickle",
+    )
+    return info, "pickle", [note] if note else []
+
+
+def _pip_requirements() -> list[str]:
+    # Explicit requirements: letting MLflow infer them costs ~7 s per log_model.
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}"]
+
+
+def create_version(store: Store, name: str, info: Any, run_id: str, tags: dict[str, str]) -> int:
+    """One call creates the version with all its tags (the hash among them): no version ever
+    exists without them."""
+    from mlflow.exceptions import MlflowException
+
+    if not store.model_exists(name):
+        try:
+            store.client.create_registered_model(name)
+        except MlflowException:  # a parallel process registered the name first
+            pass
+    version = retry_locked(
+        store.client.create_model_version,
+        name=name,
+        source=info.model_uri,
+        run_id=run_id,
+        tags=tags,
+        model_id=getattr(info, "model_id", None),
+    )
+    return int(version.version)
