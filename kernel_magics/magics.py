@@ -271,9 +271,12 @@ class KernelMagics(Magics, Configurable):
         """A built-in loss by name, or the callable the notebook defines under that name."""
         if text is None or _word(text) in LOSS_TASKS:
             return None if text is None else _word(text)
-        if text.isidentifier() and text not in self.shell.user_ns:
-            check_loss(text, None)  # says which names are built in
-        return self._eval(text, "the loss")
+        try:
+            return self._eval(text, "the loss")
+        except UsageError:
+            if text.isidentifier():  # an unknown name: say which losses are built in
+                check_loss(text, None)
+            raise
 
     @line_magic
     @magic_arguments()

@@ -116,13 +116,13 @@ def _prepare(
     train_idx, val_idx, stratified = _split(len(features), y_all, task, val_split, seed)
     X_all = torch.from_numpy(features)
     y_tensor = torch.from_numpy(y_all)
-    train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
-    metrics_on = "validation" if len(val_idx) else "train"
+    train_rows, val_rows = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+    metrics_on = "validation" if len(val_rows) else "train"
     return PreparedData(
-        X_train=X_all[train_idx],
-        y_train=y_tensor[train_idx],
-        X_val=X_all[val_idx],
-        y_val=y_tensor[val_idx],
+        X_train=X_all[train_rows],
+        y_train=y_tensor[train_rows],
+        X_val=X_all[val_rows],
+        y_val=y_tensor[val_rows],
         task=task,
         n_features=math.prod(features.shape[1:]),
         n_outputs=n_outputs,

@@ -110,7 +110,8 @@ def fit(
         message = f"training interrupted at epoch {max(epoch, 1)}/{epochs}"
         reporter.finish("interrupted", message)
         error = TrainingInterrupted(message)
-        error.history = history  # what finished before the interrupt, for callers who want it
+        # what finished before the interrupt, for callers who want it
+        error.history = history  # type: ignore[attr-defined]
         raise error from exc
     except BaseException as exc:
         _settle(model)
