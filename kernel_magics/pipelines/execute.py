@@ -76,8 +76,14 @@ def execute(
             on_cell_executed=hook,
         )
     except PapermillExecutionError as err:
-        where = f"cell [{err.exec_count}]" if err.exec_count else f"cell {err.cell_index + 1}"
-        raise PipelineFailed(f"{where}: {err.ename}: {first_line(err.evalue)}") from None
+        count, stderr = _failed_cell(output)
+        count = count or err.exec_count
+        where = f"cell [{count}]" if count else f"cell {err.cell_index + 1}"
+        if err.evalue:
+            detail = f"{err.ename}: {first_line(err.evalue)}"
+        else:  # IPython shows a UsageError on stderr, not as an error output
+            detail = stderr or err.ename
+        raise PipelineFailed(f"{where}: {detail}") from None
     except KeyboardInterrupt:
         raise
     except Exception as err:  # the kernel did not start or died; a missing kernelspec
@@ -85,6 +91,24 @@ def execute(
     finally:
         if log is not None:
             log.close()
+
+
+def _failed_cell(executed: Path) -> tuple[int | None, str | None]:
+    """The execution count of the cell papermill marked as failed in the executed notebook, and
+    the last line it wrote to stderr."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(executed, as_version=4).cells
+    except (OSError, ValueError):
+        return None, None
+    for cell in cells:
+        if cell.get("metadata", {}).get("papermill", {}).get("exception"):
+            outputs = cell.get("outputs", [])
+            text = "".join(o.get("text", "") for o in outputs if o.get("name") == "stderr")
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            return cell.get("execution_count"), lines[-1] if lines else None
+    return None, None
 
 
 def _register_engine() -> None:
