@@ -6,20 +6,14 @@ every request goes to both and the parsed JSON (or the status class, for errors)
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from servekit import MLP, Logged, auth, free_port, log_model, rows
+from mlflowkit import MlflowServe
+from servekit import MLP, Logged, auth, log_model, rows
 
 from kernel_magics.config import Settings
 from kernel_magics.targets.local import LocalTarget
@@ -37,38 +31,12 @@ def logged(settings: Settings) -> Logged:
 def mlflow_url(
     logged: Logged, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[str]:
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("mlflow-serve") / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", logged.path,
-         "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: uvicorn's children go with it
-        # uvicorn is started by name: the venv's bin must be on PATH
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"},
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server = MlflowServe(logged.path, tmp_path_factory.mktemp("mlflow-serve") / "serve.log")
     try:
         request.getfixturevalue("client")  # start ours while mlflow's starts
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, Path(log.name).read_text()[-2000:]
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{url}/ping", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.2)
-        else:
-            pytest.fail("mlflow models serve did not start")
-        yield url
+        yield server.wait_ready()
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # the group of the PID we started
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -196,6 +196,12 @@ def _frame_tensor(frame: Any, sig: Any) -> np.ndarray:
         else:
             if shape[0] != -1 or -1 in shape[1:]:
                 raise InvalidInput(f"Signature shape {shape} cannot take DataFrame input")
+            if not (isinstance(first, list) and first and np.isscalar(first[0])):
+                # MLflow reshapes flat lists only: an N-D row must come flattened
+                raise InvalidInput(
+                    "DataFrame values for a tensor signature must be scalars or flat lists of "
+                    f"scalars (each row flattened to {shape[1:]})"
+                )
             try:
                 array = np.vstack(series.tolist()).reshape(shape).astype(sig.dtype)
             except (ValueError, TypeError) as err:
