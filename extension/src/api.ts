@@ -16,6 +16,8 @@ export interface IVersionRow {
   aliases: string[];
   live: boolean;
   tags: { [name: string]: string };
+  /** The metrics worth a column (the same choice as the %models table), in order. */
+  key_metrics: { [name: string]: number };
 }
 
 /** One registered model (kernel_magics.api.ModelSummary). */

@@ -35,7 +35,7 @@ export class ModelsPanel extends Widget {
 
     const refresh = h(
       'button',
-      { class: 'jp-Button jp-mod-styled jp-KmModels-refresh', type: 'button', title: 'Refresh now' },
+      { class: 'jp-KmModels-button jp-KmModels-refresh', type: 'button', title: 'Refresh now' },
       'Refresh'
     );
     refresh.addEventListener('click', () => void this.refresh());
@@ -193,6 +193,8 @@ export class ModelsPanel extends Widget {
 function describe(result: ITransitionResult): string {
   const from = result.previous_version === null ? '–' : `v${result.previous_version}`;
   const to = result.version === null ? 'nothing live' : `v${result.version}`;
-  const took = result.load_ms !== null ? ` (${Math.round(result.load_ms)} ms load)` : '';
+  // a rollback to the standby loads nothing: say so rather than "0 ms"
+  const took =
+    result.reused || !result.load_ms ? '' : ` (loaded in ${Math.round(result.load_ms)} ms)`;
   return `${result.name}: ${result.action} ${from} → ${to}${took}`;
 }

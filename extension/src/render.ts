@@ -4,15 +4,12 @@
  */
 import { Action, IHistoryEvent, IModelSummary, IServerStatus, IVersionRow } from './api';
 
-/** How many deployment events and metrics each model card shows. */
+/** How many deployment events each model card lists. */
 const EVENTS_SHOWN = 5;
-const METRICS_SHOWN = 2;
-// Metrics worth a column, best first; the others are in MLflow.
-const PREFERRED_METRICS = ['val_accuracy', 'accuracy', 'val_loss', 'loss', 'train_loss'];
 
 type Child = Node | string | null | undefined | false;
 
-function h(
+export function h(
   tag: string,
   attrs: { [name: string]: string } = {},
   ...children: Child[]
@@ -35,44 +32,46 @@ export interface ICardHandlers {
   select(name: string, version: number): void;
 }
 
+/** "18:23" today, "Nov 29, 18:23" another day. */
+function shortTime(date: Date): string {
+  const today = new Date().toDateString() === date.toDateString();
+  const time = { hour: '2-digit', minute: '2-digit', hour12: false } as const;
+  return today
+    ? date.toLocaleTimeString(undefined, time)
+    : date.toLocaleString(undefined, { month: 'short', day: 'numeric', ...time });
+}
+
+function formatNumber(value: number): string {
+  return Number.isInteger(value) ? String(value) : value.toPrecision(3);
+}
+
 export function healthLine(status: IServerStatus | null): HTMLElement {
   if (status === null) {
     return h(
       'div',
       { class: 'jp-KmModels-health', 'data-status': 'stopped' },
       h('span', { class: 'jp-KmModels-dot' }),
-      'inference process: not running (a deploy starts it)'
+      'inference process not running (a deploy starts it)'
     );
   }
   const workers = status.workers.length;
-  const parts = [
-    `inference process: ${status.status}`,
-    status.url ?? '',
-    status.pid !== null ? `pid ${status.pid}` : '',
-    `${workers} worker${workers === 1 ? '' : 's'}`
+  const where = (status.url ?? '').replace(/^https?:\/\//, '');
+  const summary = [
+    `inference process ${status.status}`,
+    `${workers} worker${workers === 1 ? '' : 's'}`,
+    where
   ].filter(Boolean);
+  const details = [...summary, status.pid !== null ? `supervisor pid ${status.pid}` : ''];
   return h(
     'div',
-    { class: 'jp-KmModels-health', 'data-status': status.status, title: parts.join('\n') },
+    {
+      class: 'jp-KmModels-health',
+      'data-status': status.status,
+      title: details.filter(Boolean).join('\n')
+    },
     h('span', { class: 'jp-KmModels-dot' }),
-    parts.join(' · ')
+    summary.join(' · ')
   );
-}
-
-function shownMetrics(version: IVersionRow): string {
-  const names = Object.keys(version.metrics);
-  const ordered = [
-    ...PREFERRED_METRICS.filter(n => names.includes(n)),
-    ...names.filter(n => !PREFERRED_METRICS.includes(n)).sort()
-  ];
-  return ordered
-    .slice(0, METRICS_SHOWN)
-    .map(n => `${n} ${formatNumber(version.metrics[n])}`)
-    .join(', ');
-}
-
-function formatNumber(value: number): string {
-  return Number.isInteger(value) ? String(value) : value.toPrecision(4);
 }
 
 function lineage(version: IVersionRow): string {
@@ -82,28 +81,61 @@ function lineage(version: IVersionRow): string {
 }
 
 function versionTable(model: IModelSummary): HTMLElement {
-  const rows = [...model.versions]
-    .sort((a, b) => b.version - a.version)
-    .map(v =>
+  const versions = [...model.versions].sort((a, b) => b.version - a.version);
+  const metricNames: string[] = [];
+  for (const v of versions) {
+    for (const n of Object.keys(v.key_metrics ?? {})) {
+      if (!metricNames.includes(n)) {
+        metricNames.push(n);
+      }
+    }
+  }
+  const rows: HTMLElement[] = [];
+  for (const v of versions) {
+    const about = [v.task, v.format, v.run_id ? `run ${v.run_id}` : ''].filter(Boolean);
+    rows.push(
       h(
         'tr',
         {
           'data-version': String(v.version),
-          class: v.live ? 'jp-KmModels-live' : ''
+          class: v.live ? 'jp-KmModels-live' : '',
+          title: about.join(' · ')
         },
-        h('td', {}, `v${v.version}`, v.live ? h('span', { class: 'jp-KmModels-badge' }, 'live') : null),
-        h('td', {}, new Date(v.created * 1000).toLocaleString()),
-        h('td', {}, v.task ?? ''),
-        h('td', {}, shownMetrics(v)),
-        h('td', {}, lineage(v))
+        h(
+          'td',
+          {},
+          `v${v.version}`,
+          v.live ? h('span', { class: 'jp-KmModels-badge' }, 'live') : null
+        ),
+        h('td', {}, shortTime(new Date(v.created * 1000))),
+        ...metricNames.map(n =>
+          h('td', {}, n in (v.key_metrics ?? {}) ? formatNumber(v.key_metrics[n]) : '')
+        )
       )
     );
-  const head = h(
-    'tr',
-    {},
-    ...['version', 'created', 'task', 'metrics', 'lineage'].map(t => h('th', {}, t))
+    const origin = lineage(v);
+    if (origin) {
+      rows.push(
+        h(
+          'tr',
+          { class: 'jp-KmModels-lineage' },
+          h('td', { colspan: String(2 + metricNames.length) }, `↳ ${origin}`)
+        )
+      );
+    }
+  }
+  const head = h('tr', {}, ...['version', 'created', ...metricNames].map(t => h('th', {}, t)));
+  // a narrow sidebar scrolls the table sideways rather than squeezing it
+  return h(
+    'div',
+    { class: 'jp-KmModels-tableScroll' },
+    h(
+      'table',
+      { class: 'jp-KmModels-versions' },
+      h('thead', {}, head),
+      h('tbody', {}, ...rows)
+    )
   );
-  return h('table', { class: 'jp-KmModels-versions' }, h('thead', {}, head), h('tbody', {}, ...rows));
 }
 
 function eventList(history: IHistoryEvent[]): HTMLElement {
@@ -114,19 +146,39 @@ function eventList(history: IHistoryEvent[]): HTMLElement {
   const item = (e: IHistoryEvent) => {
     const from = e.from_version === null ? '–' : `v${e.from_version}`;
     const to = e.to_version === null ? '–' : `v${e.to_version}`;
-    const when = e.time ? new Date(e.time).toLocaleString() : '';
-    return h('li', { 'data-action': e.action }, `${when}  ${e.action} ${from} → ${to}`);
+    const when = e.time ? new Date(e.time) : null;
+    return h(
+      'li',
+      { 'data-action': e.action, title: when ? when.toLocaleString() : '' },
+      h('span', { class: 'jp-KmModels-muted' }, when ? shortTime(when) : ''),
+      ` ${e.action} ${from} → ${to}`
+    );
   };
-  return h('ul', { class: 'jp-KmModels-events' }, ...shown.map(item));
+  return h(
+    'div',
+    {},
+    h('div', { class: 'jp-KmModels-subtitle' }, 'recent deployments'),
+    h('ul', { class: 'jp-KmModels-events' }, ...shown.map(item))
+  );
 }
 
-function button(label: string, action: Action, name: string, busy: boolean, onClick: () => void) {
-  const node = h('button', {
-    class: 'jp-Button jp-mod-styled jp-mod-reject jp-KmModels-button',
-    'data-action': action,
-    'data-model': name,
-    type: 'button'
-  }, label) as HTMLButtonElement;
+function button(
+  label: string,
+  action: Action,
+  name: string,
+  busy: boolean,
+  onClick: () => void
+): HTMLButtonElement {
+  const node = h(
+    'button',
+    {
+      class: `jp-KmModels-button jp-KmModels-${action}`,
+      'data-action': action,
+      'data-model': name,
+      type: 'button'
+    },
+    label
+  ) as HTMLButtonElement;
   node.disabled = busy;
   node.addEventListener('click', onClick);
   return node;
@@ -141,20 +193,20 @@ export function modelCard(
   handlers: ICardHandlers
 ): HTMLElement {
   const name = model.name;
-  const live = model.live_version === null ? 'none' : `v${model.live_version}`;
-  const served = model.served_version === null ? 'not served' : `served v${model.served_version}`;
+  const live = model.live_version === null ? 'nothing live' : `live v${model.live_version}`;
+  const served =
+    model.served_version === null ? 'not served' : `served v${model.served_version}`;
   const newest = Math.max(...model.versions.map(v => v.version));
-  const chosen = selected ?? newest;
 
   const picker = h('select', {
-    class: 'jp-mod-styled jp-KmModels-picker',
+    class: 'jp-KmModels-picker',
     'data-model': name,
     title: 'version to deploy'
   }) as HTMLSelectElement;
   for (const v of [...model.versions].sort((a, b) => b.version - a.version)) {
     picker.append(h('option', { value: String(v.version) }, `v${v.version}`));
   }
-  picker.value = String(chosen);
+  picker.value = String(selected ?? newest);
   picker.disabled = busy;
   picker.addEventListener('change', () => handlers.select(name, Number(picker.value)));
 
@@ -165,7 +217,11 @@ export function modelCard(
       'header',
       {},
       h('span', { class: 'jp-KmModels-name' }, name),
-      h('span', { class: 'jp-KmModels-liveVersion', 'data-live': String(model.live_version ?? '') }, `live ${live}`),
+      h(
+        'span',
+        { class: 'jp-KmModels-liveVersion', 'data-live': String(model.live_version ?? '') },
+        live
+      ),
       h('span', { class: 'jp-KmModels-muted' }, served)
     ),
     h(
@@ -182,5 +238,3 @@ export function modelCard(
     eventList(history)
   );
 }
-
-export { h };

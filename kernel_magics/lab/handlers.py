@@ -17,6 +17,7 @@ call, so ``KERNEL_MAGICS_HOME`` in the server's environment selects the store.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ import tornado.web
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
-from kernel_magics.display import to_json
+from kernel_magics.display import key_metrics, to_json
 from kernel_magics.errors import InvalidInput, KernelMagicsError, first_line
 
 ROUTE_PREFIX = "kernel-magics"
@@ -87,10 +88,22 @@ class _KernelMagicsHandler(APIHandler):
         return value
 
 
+def _models_document() -> dict[str, Any]:
+    """``api.models()`` as JSON, each version with the metrics the ``%models`` table shows
+    (``display.key_metrics``), so the panel and the magic pick the same ones."""
+    models = []
+    for summary in _api().models():
+        doc = dataclasses.asdict(summary)
+        for version, row in zip(summary.versions, doc["versions"], strict=True):
+            row["key_metrics"] = dict(key_metrics(version.metrics, version.task))
+        models.append(doc)
+    return {"models": models}
+
+
 class ModelsHandler(_KernelMagicsHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
-        await self._answer(lambda: {"models": _api().models()})
+        await self._answer(_models_document)
 
 
 class StatusHandler(_KernelMagicsHandler):

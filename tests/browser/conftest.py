@@ -47,9 +47,10 @@ def _train_and_deploy(settings: Settings, server: LabServer) -> None:
 
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).astype(np.float32)
-    for hidden in (16, 24):
+    for hidden in (16, 32):
         model = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-        api.train(model, X, y, name=MODEL, epochs=1, progress="none", settings=settings)
+        # lr: one epoch of the default leaves accuracies near chance in the screenshot
+        api.train(model, X, y, name=MODEL, epochs=1, lr=0.01, progress="none", settings=settings)
     # The server's first call to the store imports MLflow (seconds): make it while the
     # inference process starts, not while the panel waits. Only now: two processes creating
     # a brand-new MLflow SQLite file at once can break its schema set-up.

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from playwright.sync_api import Page
+from playwright.sync_api import Locator, Page
 
 from kernel_magics.config import Settings
 
@@ -152,11 +152,39 @@ def open_lab(page: Page, server: LabServer, workspace: str, path: str | None = N
     page.evaluate("() => window.jupyterapp.restored.then(() => true)")
 
 
-def save_screenshot(page: Page, folder: Path, name: str, publish: bool = False) -> Path:
-    """A screenshot in the test's folder; ``publish`` also copies it to docs/images/ when
-    KM_SCREENSHOTS=1 (how the README's picture is refreshed)."""
+def widen_left_area(page: Page, panel: Locator, width: int) -> None:
+    """Drag the splitter right of the left sidebar panel to ``width`` pixels, as a user would."""
+    panel_box = panel.bounding_box()
+    assert panel_box is not None, "the panel is not shown"
+    edge = panel_box["x"] + panel_box["width"]
+    handles = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle")
+    boxes = [b for b in (handles.nth(i).bounding_box() for i in range(handles.count())) if b]
+    handle = min(boxes, key=lambda b: abs(b["x"] - edge))
+    y = handle["y"] + handle["height"] / 2
+    page.mouse.move(handle["x"] + handle["width"] / 2, y)
+    page.mouse.down()
+    page.mouse.move(panel_box["x"] + width, y, steps=5)
+    page.mouse.up()
+
+
+# the bottom of an element's content: a sidebar panel is mostly empty below its last child
+CONTENT_BOTTOM_JS = "node => Math.max(...[...node.children].map(c => c.offsetTop + c.offsetHeight))"
+
+
+def save_screenshot(
+    page: Page, folder: Path, name: str, publish: bool = False, only: Locator | None = None
+) -> Path:
+    """A screenshot in the test's folder: the page, or ``only`` down to the end of its content.
+    ``publish`` also copies it to docs/images/ when KM_SCREENSHOTS=1 (how the README's
+    picture is refreshed)."""
     path = folder / f"{name}.png"
-    page.screenshot(path=str(path))
+    if only is None:
+        page.screenshot(path=str(path))
+    else:
+        box = only.bounding_box()
+        assert box is not None, f"{name}: nothing to photograph"
+        bottom = float(only.evaluate(CONTENT_BOTTOM_JS)) + 8
+        page.screenshot(path=str(path), clip={**box, "height": min(box["height"], bottom)})
     if publish and os.environ.get("KM_SCREENSHOTS") == "1":
         docs = Path(__file__).resolve().parents[2] / "docs" / "images"
         docs.mkdir(parents=True, exist_ok=True)

@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 
 import requests
-from labkit import MODEL, LabSession, open_lab, save_screenshot
+from labkit import MODEL, LabSession, open_lab, save_screenshot, widen_left_area
 from playwright.sync_api import Page, expect
 
 from kernel_magics import api
 
+PANEL = "#kernel-magics-models"
 PANEL_TAB = '.jp-SideBar.jp-mod-left li.lm-TabBar-tab[data-id="kernel-magics-models"]'
 CARD = f'.jp-KmModels-card[data-model="{MODEL}"]'
 AUTO_REFRESH_MS = 5_000
@@ -56,7 +57,9 @@ def test_models_panel_rolls_back_and_follows_changes(
     expect(page.locator(".jp-KmModels-notice")).to_contain_text(f"{MODEL}: rollback v2 → v1")
     expect(page.locator(".jp-KmModels-error")).to_be_hidden()
     assert served_version(lab) == 1
-    save_screenshot(page, tmp_path, "models-panel", publish=True)
+    widen_left_area(page, page.locator(PANEL), 420)
+    save_screenshot(page, tmp_path, "lab-with-models-panel")
+    save_screenshot(page, tmp_path, "models-panel", publish=True, only=page.locator(PANEL))
 
     # a deploy made elsewhere (a notebook, the CLI) shows up on the next refresh, no click
     api.deploy(MODEL, 2, settings=lab.settings)
