@@ -53,6 +53,19 @@ class Scale(nn.Module):
         return x * self.w
 
 
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.export cannot trace it (MLflow's pickle format)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(64, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        return self.b(h if h.sum() > 0 else -h)
+
+
 @pytest.fixture(scope="module")
 def parent(ns: Any, digits: tuple[np.ndarray, np.ndarray]) -> str:
     X, y = digits
@@ -211,6 +224,7 @@ def odd_models(parent, digits) -> None:
     X, _ = digits
     api.register(Scale(), X[:5], name="scale", task="other")
     api.register(nn.Sequential(nn.Linear(64, 10)), X[:5], name="linear", task="classification")
+    assert api.register(Branchy(), X[:5], name="branchy", task="classification").format == "pickle"
 
 
 @pytest.mark.parametrize(
@@ -224,12 +238,25 @@ def odd_models(parent, digits) -> None:
         ("digits@1", {"distill": True}, "needs a student model and training data"),
         ("digits@1", {"quantize": "static"}, "needs calibration rows"),
         ("digits@2", {"prune": 0.5}, "is an ONNX version"),
+        ("branchy@1", {"quantize": "static", "calibration": np.ones((4, 64))}, "pickle format"),
+        ("branchy@1", {"export": "onnx"}, "pickle format"),
+        ("branchy@1", {"prune": 0.5, "structured": True}, "pickle format"),
     ],
 )
 def test_cannot_optimize_says_why_in_one_line(odd_models, ref, options, message):
     with pytest.raises(InvalidInput, match=message) as info:
         api.optimize(ref, **options)
     assert "\n" not in str(info.value)
+
+
+def test_pickle_version_quantizes_with_torch_ao(odd_models, digits):
+    X, y = digits
+    r = api.optimize("branchy@1", quantize="dynamic", X=X, y=y)
+    assert (r.format, r.recipe) == ("pickle", "quantize dynamic int8 (torch.ao)")
+    assert any("torch.export could not trace it" in note for note in r.notes)
+    assert r.figures.params == r.parent_figures.params  # int8 weights count like fp32 ones
+    assert r.figures.size_bytes < r.parent_figures.size_bytes
+    assert abs(r.figures.metrics["accuracy"] - r.parent_figures.metrics["accuracy"]) <= 0.05
 
 
 # -- the magic ----------------------------------------------------------------------------------

@@ -272,6 +272,7 @@ def _register_and_measure(
             parent=parent.ref,
             recipe=candidate.recipe,
             log_fn=candidate.log_fn,
+            serialization=candidate.serialization,
         )
         new_ref = f"{target}@{registered.version}"
         folder = store.local_path(store.resolve(target, registered.version))

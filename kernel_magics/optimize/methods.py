@@ -42,6 +42,7 @@ class Candidate:
     recipe: str
     params: dict[str, Any]
     log_fn: LogFn | None = None
+    serialization: str = "pt2"  # "pickle": skip torch.export (it cannot trace the model)
     train: Callable[[OnEpoch, Any], None] | None = None  # (on_epoch, progress), in the run
     notes: list[str] = field(default_factory=list)
     checks: dict[str, float] = field(default_factory=dict)  # max_abs_diff, tolerance
@@ -70,14 +71,16 @@ def onnx_version(
         fp32, checks = parent.folder / "model.onnx", {}
     else:
         module = _torch_module(parent, what)
-        try:
-            onnx_export.require_onnx(what)
-            fp32 = tmp / "fp32.onnx"
-            onnx_export.export(module, parent.example, fp32)
-        except InvalidInput as err:
-            if mode == "dynamic" and parent.format == "pickle":
-                return _torch_int8(module, str(err))
-            raise
+        if parent.format == "pickle":  # torch.export could not trace it: neither can ONNX
+            if mode == "dynamic":
+                return _torch_int8(module, parent.ref)
+            raise InvalidInput(
+                f"{parent.ref} is in MLflow's pickle format (torch.export could not trace its "
+                f"forward), so {what} to ONNX is not possible; --quantize dynamic works (torch.ao)"
+            )
+        onnx_export.require_onnx(what)
+        fp32 = tmp / "fp32.onnx"
+        onnx_export.export(module, parent.example, fp32)
         diff = onnx_export.check_export(module, fp32, rows)
         checks = {"max_abs_diff_fp32": diff, "tolerance_fp32": onnx_export.TOLERANCE}
     params: dict[str, Any] = {"method": "quantize" if mode else "export", "format": "onnx"}
@@ -102,11 +105,16 @@ def onnx_version(
     )
 
 
-def _torch_int8(module: torch.nn.Module, why: str) -> Candidate:
+def _torch_int8(module: torch.nn.Module, ref: str) -> Candidate:
+    """A pickle-format parent: torch.ao's dynamic int8 of its Linear layers, pickled too."""
     model = quantize.torch_dynamic(module)
-    note = f"ONNX was not possible ({why}); used torch.ao dynamic int8 (MLflow's pickle format)"
+    note = (
+        f"{ref} is in MLflow's pickle format (torch.export could not trace it), so no ONNX: "
+        "torch.ao dynamic int8 instead, also in the pickle format"
+    )
     params = {"method": "quantize", "quantize": "dynamic", "format": "pickle"}
-    return Candidate(model, "quantize dynamic int8 (torch.ao)", params, notes=[note])
+    recipe = "quantize dynamic int8 (torch.ao)"
+    return Candidate(model, recipe, params, serialization="pickle", notes=[note])
 
 
 # -- pruning ------------------------------------------------------------------------------------
@@ -123,6 +131,11 @@ def pruned(
     notes = []
     masks: dict[str, torch.Tensor] = {}
     if structured:
+        if parent.format == "pickle":
+            raise InvalidInput(
+                f"structured pruning works on the exported graph; {parent.ref} is in MLflow's "
+                "pickle format (torch.export could not trace it): use unstructured pruning"
+            )
         module = prune.as_graph(module, parent.example)
         layers = prune.structured(module, amount, parent.example)
         shrunk = ", ".join(f"{layer.before}→{layer.after}" for layer in layers)
@@ -150,7 +163,7 @@ def pruned(
             finally:
                 release()
 
-    return Candidate(module, recipe, params, train=train, notes=notes)
+    return Candidate(module, recipe, params, serialization=parent.format, train=train, notes=notes)
 
 
 # -- distillation -------------------------------------------------------------------------------

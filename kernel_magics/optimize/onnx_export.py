@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import io
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,9 @@ def export(model: torch.nn.Module, example: np.ndarray, path: Path) -> None:
                 verbose=False,
             )
     except Exception as err:  # the exporter fails in many exception types
+        detail = re.sub(r"\x1b\[[0-9;]*m", "", first_line(err, limit=200))  # colour codes
         raise InvalidInput(
-            f"cannot export {type(model).__name__} to ONNX: {type(err).__name__}: "
-            f"{first_line(err, limit=200)}"
+            f"cannot export {type(model).__name__} to ONNX: {type(err).__name__}: {detail}"
         ) from None
 
 
