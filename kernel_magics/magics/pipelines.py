@@ -13,34 +13,34 @@ import argparse
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic import line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from kernel_magics import api, display_eval
 from kernel_magics.argtypes import positive_int
-from kernel_magics.magics import _front_end, _plain_text_printer, _word
+from kernel_magics.magics._args import FeatureMagics, View, front_end, word
 
 # (module, class, text view, HTML view): registered by name, resolved when first shown
-VIEWS = (
-    ("kernel_magics.pipelines.record", "PipelineRecord", "pipeline"),
-    ("kernel_magics.pipelines.rerun", "RerunResult", "rerun"),
-    ("kernel_magics.evaluation.evaluate", "EvaluationResult", "evaluation"),
-    ("kernel_magics.evaluation.cv", "CVResult", "cv"),
-    ("kernel_magics.evaluation.compare", "Comparison", "comparison"),
-)
+VIEWS: list[View] = [
+    (module, name, getattr(display_eval, f"{view}_text"), getattr(display_eval, f"{view}_html"))
+    for module, name, view in (
+        ("kernel_magics.pipelines.record", "PipelineRecord", "pipeline"),
+        ("kernel_magics.pipelines.rerun", "RerunResult", "rerun"),
+        ("kernel_magics.evaluation.evaluate", "EvaluationResult", "evaluation"),
+        ("kernel_magics.evaluation.cv", "CVResult", "cv"),
+        ("kernel_magics.evaluation.compare", "Comparison", "comparison"),
+    )
+]
 
 
 @magics_class
-class PipelineMagics(Magics):
+class PipelineMagics(FeatureMagics):
     """Pipelines, evaluation and comparison; settings are the KernelMagics ones."""
-
-    def _kernel_magics(self) -> Any:
-        return self.shell.magics_manager.registry["KernelMagics"]
 
     def _progress(self) -> str:
         from kernel_magics.pipelines.execute import progress_mode
 
-        return progress_mode(self._kernel_magics().progress)
+        return progress_mode(self.kernel_magics.progress)
 
     @line_magic
     @magic_arguments()
@@ -54,14 +54,14 @@ class PipelineMagics(Magics):
         metavar=("NAME", "VALUE"),
         help="a notebook parameter (numbers, True/False/None are read as such)",
     )
-    @argument("--name", type=_word, help="the run's name (default: the notebook's)")
-    @argument("--output", type=_word, metavar="PATH", help="also write the executed notebook here")
+    @argument("--name", type=word, help="the run's name (default: the notebook's)")
+    @argument("--output", type=word, metavar="PATH", help="also write the executed notebook here")
     @argument(
         "--source",
         action="store_true",
         help="rerun: execute the file at the recorded path, not the copy stored with the run",
     )
-    @_front_end
+    @front_end
     def pipeline(self, args: argparse.Namespace) -> Any:
         """Execute a notebook with papermill as one recorded MLflow run, or rerun one.
 
@@ -81,12 +81,12 @@ class PipelineMagics(Magics):
             %pipeline rerun {r.run_id}
         """
         parameters = _parameters(args.parameter)
-        settings = self._kernel_magics().settings()
+        settings = self.kernel_magics.settings()
         if args.what[0] == "rerun":
             if len(args.what) != 2:
                 raise UsageError("use: %pipeline rerun RUN_ID")
             return api.pipeline_rerun(
-                _word(args.what[1]),
+                word(args.what[1]),
                 parameters=parameters,
                 use_source=args.source,
                 output=args.output,
@@ -98,7 +98,7 @@ class PipelineMagics(Magics):
         if args.source:
             raise UsageError("--source applies to `%pipeline rerun RUN_ID` only")
         return api.pipeline_run(
-            _word(args.what[0]),
+            word(args.what[0]),
             parameters,
             run_name=args.name,
             output=args.output,
@@ -108,12 +108,12 @@ class PipelineMagics(Magics):
 
     @line_magic
     @magic_arguments()
-    @argument("target", type=_word, metavar="NAME[@VERSION|@ALIAS]", help="the version")
+    @argument("target", type=word, metavar="NAME[@VERSION|@ALIAS]", help="the version")
     @argument("--data", nargs=2, required=True, metavar="EXPR", help="X_EXPR Y_EXPR (held out)")
     @argument("--cv", type=positive_int, metavar="K", help="K-fold cross-validation instead")
     @argument("--model", metavar="EXPR", help="with --cv: a fresh model per fold, e.g. Net()")
     @argument("--batch-size", type=positive_int, default=4096, help="rows per forward")
-    @_front_end
+    @front_end
     def evaluate(self, args: argparse.Namespace) -> Any:
         """Evaluate a registered version on held-out data, in this kernel.
 
@@ -132,7 +132,7 @@ class PipelineMagics(Magics):
             %evaluate digits@2 --data X_test y_test
             %evaluate digits --data X y --cv 5 --model Net()
         """
-        km = self._kernel_magics()
+        km = self.kernel_magics
         X = km._eval(args.data[0], "the features")
         y = km._eval(args.data[1], "the targets")
         if args.cv is None:
@@ -154,9 +154,9 @@ class PipelineMagics(Magics):
 
     @line_magic
     @magic_arguments()
-    @argument("name", type=_word, metavar="NAME", help="a registered model")
-    @argument("versions", nargs="+", type=_word, metavar="VERSION", help="two or more (or aliases)")
-    @_front_end
+    @argument("name", type=word, metavar="NAME", help="a registered model")
+    @argument("versions", nargs="+", type=word, metavar="VERSION", help="two or more (or aliases)")
+    @front_end
     def compare(self, args: argparse.Namespace) -> Any:
         """Versions of a model side by side; the better value of each row is highlighted.
 
@@ -171,34 +171,14 @@ class PipelineMagics(Magics):
         """
         if len(args.versions) < 2:
             raise UsageError("give at least two versions to compare")
-        settings = self._kernel_magics().settings()
+        settings = self.kernel_magics.settings()
         return api.compare(args.name, *args.versions, settings=settings)
 
 
 def _parameters(pairs: list[list[str]]) -> dict[str, Any]:
     from kernel_magics.pipelines.run import parse_value
 
-    return {_word(name): parse_value(_word(value)) for name, value in pairs}
+    return {word(name): parse_value(word(value)) for name, value in pairs}
 
 
-# -- extension hooks ----------------------------------------------------------------------------
-def register(ipython: Any) -> None:
-    """Register the magics and the views of their records (by type name: nothing imported)."""
-    ipython.register_magics(PipelineMagics(shell=ipython))
-    formatters = ipython.display_formatter.formatters
-    for module, name, view in VIEWS:
-        text = getattr(display_eval, f"{view}_text")
-        formatters["text/plain"].for_type_by_name(module, name, _plain_text_printer(text))
-        formatters["text/html"].for_type_by_name(
-            module, name, getattr(display_eval, f"{view}_html")
-        )
-
-
-def unregister(ipython: Any) -> None:
-    for kind, names in PipelineMagics.magics.items():
-        for name in names:
-            ipython.magics_manager.magics[kind].pop(name, None)
-    ipython.magics_manager.registry.pop(PipelineMagics.__name__, None)
-    for module, name, _ in VIEWS:
-        for mime in ("text/plain", "text/html"):
-            ipython.display_formatter.formatters[mime].pop(f"{module}.{name}", None)
+MAGICS = PipelineMagics

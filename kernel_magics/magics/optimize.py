@@ -11,12 +11,12 @@ import argparse
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic import line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from kernel_magics import api, display_optimize
 from kernel_magics.argtypes import number, positive_int
-from kernel_magics.magics import _front_end, _word
+from kernel_magics.magics._args import FeatureMagics, View, front_end, word
 
 _POSITIVE = number(float, 0, inclusive=False)
 
@@ -39,15 +39,11 @@ def _alpha(text: str) -> float:
 
 
 @magics_class
-class OptimizeMagics(Magics):
+class OptimizeMagics(FeatureMagics):
     """``%optimize``; settings (home, store, progress) are the KernelMagics ones."""
 
-    def _kernel_magics(self) -> Any:
-        shell: Any = self.shell
-        return shell.magics_manager.registry["KernelMagics"]
-
     def _eval(self, expr: str | None, what: str) -> Any:
-        return None if expr is None else self._kernel_magics()._eval(expr, what)
+        return None if expr is None else self.kernel_magics._eval(expr, what)
 
     @line_magic
     @magic_arguments()
@@ -64,9 +60,9 @@ class OptimizeMagics(Magics):
     @argument("--epochs", type=positive_int, default=20, help="distillation, default %(default)s")
     @argument("--export", choices=("onnx",), help="ONNX served by onnxruntime (+ --quantize)")
     @argument("--data", nargs=2, metavar="EXPR", help="X_EXPR Y_EXPR: training and validation")
-    @argument("--name", type=_word, help="register under this name (default: the same model)")
+    @argument("--name", type=word, help="register under this name (default: the same model)")
     @argument("--seed", type=int, default=0, help="default: %(default)s")
-    @_front_end
+    @front_end
     def optimize(self, args: argparse.Namespace) -> Any:
         """Make an optimized new version of a registered version and show the trade-off.
 
@@ -114,32 +110,20 @@ class OptimizeMagics(Magics):
             y=self._eval(data[1], "the targets"),
             name=args.name,
             seed=args.seed,
-            progress=self._kernel_magics().progress,
-            settings=self._kernel_magics().settings(),
+            progress=self.kernel_magics.progress,
+            settings=self.kernel_magics.settings(),
         )
         return result
 
 
-# -- extension hooks (``magics.load_ipython_extension`` / ``unload_ipython_extension``) -----------
-_RESULT = ("kernel_magics.optimize", "OptimizeResult")  # by name: nothing imported until used
+VIEWS: list[View] = [
+    (
+        "kernel_magics.optimize",
+        "OptimizeResult",
+        display_optimize.optimize_text,
+        display_optimize.optimize_html,
+    )
+]
 
 
-def register(ipython: Any) -> None:
-    """Add ``%optimize`` and the result's views (text table; HTML table and bar chart)."""
-    ipython.register_magics(OptimizeMagics(shell=ipython))
-    formatters = ipython.display_formatter.formatters
-    formatters["text/plain"].for_type_by_name(*_RESULT, _text_printer)
-    formatters["text/html"].for_type_by_name(*_RESULT, display_optimize.optimize_html)
-
-
-def _text_printer(result: Any, pretty: Any, cycle: bool) -> None:
-    pretty.text(display_optimize.optimize_text(result))
-
-
-def unregister(ipython: Any) -> None:
-    for names in OptimizeMagics.magics.values():
-        for name in names:
-            ipython.magics_manager.magics["line"].pop(name, None)
-    ipython.magics_manager.registry.pop(OptimizeMagics.__name__, None)
-    for mime in ("text/plain", "text/html"):
-        ipython.display_formatter.formatters[mime].pop(".".join(_RESULT), None)
+MAGICS = OptimizeMagics

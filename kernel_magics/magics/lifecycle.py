@@ -1,5 +1,5 @@
-"""IPython magics: ``%train``, ``%deploy``, ``%rollback``, ``%undeploy``, ``%predict``, ``%models``,
-``%history`` and ``%serve``.
+"""The lifecycle magics: ``%train``, ``%register``, ``%deploy``, ``%rollback``, ``%undeploy``,
+``%predict``, ``%models``, ``%history`` and ``%serve`` (and the ``%config KernelMagics`` traits).
 
 This module only parses arguments, evaluates the user's expressions, calls ``kernel_magics.api``
 and hands what came back to ``kernel_magics.display``. Every mistake a user can make surfaces as
@@ -11,12 +11,8 @@ a trait left at its default yields to ``KERNEL_MAGICS_*`` and the built-in defau
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import functools
-import inspect
 import json
-from collections.abc import Callable, Iterator
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -28,7 +24,8 @@ from traitlets.config.configurable import Configurable
 from kernel_magics import api, commands, display
 from kernel_magics.argtypes import non_negative_float, number, positive_int, version
 from kernel_magics.config import Settings, load_settings
-from kernel_magics.errors import InvalidInput, KernelMagicsError
+from kernel_magics.errors import InvalidInput
+from kernel_magics.magics._args import View, arguments, front_end, word
 from kernel_magics.registration import TASKS as REGISTER_TASKS
 from kernel_magics.registration import RegisterResult
 from kernel_magics.tracking import TrainResult
@@ -38,100 +35,15 @@ from kernel_magics.training.config import TASKS as TRAIN_TASKS
 _DEFAULTS = Settings()
 _TRAIN = TrainConfig()
 _POSITIVE_FLOAT = number(float, 0, inclusive=False)
-_OPENING, _CLOSING, _QUOTES = "([{", ")]}", "'\""
-
-
-# -- argument handling --------------------------------------------------------------------------
-@contextlib.contextmanager
-def usage_errors() -> Iterator[None]:
-    """The one place where core errors become IPython's one-line, traceback-free UsageError."""
-    try:
-        yield
-    except KernelMagicsError as err:
-        raise UsageError(display.one_line(err)) from None
-
-
-def split_args(line: str) -> list[str]:
-    """Split a magic's line at spaces outside brackets and quotes.
-
-    ``Net(hidden = 128)`` and ``X[y == 3]`` stay one argument each. Quotes are kept: they belong
-    to the Python expression (``"label"`` evaluates to a column name).
-    """
-    tokens: list[str] = []
-    current, depth, quote, escaped = "", 0, "", False
-    for ch in line:
-        if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == quote:
-                quote = ""
-        elif ch in _QUOTES:
-            quote = ch
-        elif ch in _OPENING:
-            depth += 1
-        elif ch in _CLOSING:
-            depth -= 1
-            if depth < 0:
-                raise UsageError(f"unbalanced {ch!r} in: {line.strip()}")
-        elif ch.isspace() and depth == 0:
-            if current:
-                tokens.append(current)
-            current = ""
-            continue
-        current += ch
-    if quote or depth:
-        raise UsageError(f"unclosed {'quote' if quote else 'bracket'} in: {line.strip()}")
-    if current:
-        tokens.append(current)
-    return tokens
-
-
-def _word(text: str) -> str:
-    """A plain string option (name, column): one pair of surrounding quotes is optional."""
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in _QUOTES:
-        return text[1:-1]
-    return text
-
-
-def _front_end(func: Callable[[Any, argparse.Namespace], Any]) -> Callable[..., Any]:
-    """Parse the line with the magic's argparse parser, then run ``func`` under
-    ``usage_errors``. ``magic_arguments`` turns the cleaned docstring into the ``%magic?`` help."""
-
-    @functools.wraps(func)
-    def magic(self: KernelMagics, line: str = "") -> Any:
-        parser = magic.parser  # type: ignore[attr-defined]
-        parser.allow_abbrev = False  # `--epoch 2` must not pass for `--epochs 2`
-        try:
-            args = parser.parse_args(split_args(line))
-        except UsageError as err:
-            raise UsageError(f"{err} (see %{func.__name__}?)") from None
-        with usage_errors():
-            return func(self, args)
-
-    magic.__doc__ = inspect.cleandoc(func.__doc__ or "")
-    return magic
-
-
-def _arguments(specs: list[tuple[tuple[str, ...], dict[str, Any]]]) -> Callable[..., Any]:
-    """``magic_arguments`` decorators for a shared table of argparse arguments."""
-
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        for flags, options in reversed(specs):
-            func = argument(*flags, **options)(func)
-        return func
-
-    return decorate
 
 
 def _labels(tokens: list[str] | None) -> list | None:
     """``--classes 0 1 2`` → [0, 1, 2]; ``cat dog`` → ["cat", "dog"]; ``[0, 1]`` as JSON."""
     if tokens is None:
         return None
-    if len(tokens) == 1 and _word(tokens[0]).startswith("["):
+    if len(tokens) == 1 and word(tokens[0]).startswith("["):
         try:
-            return json.loads(_word(tokens[0]))
+            return json.loads(word(tokens[0]))
         except ValueError as err:
             raise InvalidInput(f"--classes is not a valid JSON list: {err}") from None
     labels = []
@@ -139,7 +51,7 @@ def _labels(tokens: list[str] | None) -> list | None:
         try:
             labels.append(json.loads(token))  # numbers and quoted strings
         except ValueError:
-            labels.append(_word(token))  # a bare word is a string label
+            labels.append(word(token))  # a bare word is a string label
     return labels
 
 
@@ -188,6 +100,7 @@ class KernelMagics(Magics, Configurable):
     def _eval(self, expr: str, what: str) -> Any:
         """Evaluate a user expression in the notebook's namespace; a typo is a UsageError, an
         exception raised by the user's own code keeps its traceback."""
+        assert self.shell is not None  # magics run inside a shell
         try:
             return self.shell.ev(expr)
         except (NameError, SyntaxError, AttributeError) as err:
@@ -201,8 +114,8 @@ class KernelMagics(Magics, Configurable):
     @magic_arguments()
     @argument("model", metavar="MODEL_EXPR", help="an nn.Module expression: Net(), model")
     @argument("--data", nargs="+", required=True, metavar="EXPR", help="X_EXPR [Y_EXPR]")
-    @argument("--target", type=_word, help="target column of a DataFrame X (instead of Y_EXPR)")
-    @argument("--name", type=_word, help="model name (default: class name, lowercased)")
+    @argument("--target", type=word, help="target column of a DataFrame X (instead of Y_EXPR)")
+    @argument("--name", type=word, help="model name (default: class name, lowercased)")
     @argument("--epochs", type=positive_int, default=_TRAIN.epochs, help="default: %(default)s")
     @argument(
         "--lr", type=_POSITIVE_FLOAT, default=_TRAIN.lr, help="learning rate, default %(default)s"
@@ -210,7 +123,7 @@ class KernelMagics(Magics, Configurable):
     @argument(
         "--batch-size", type=positive_int, default=_TRAIN.batch_size, help="default: %(default)s"
     )
-    @argument("--optimizer", type=_word, default=_TRAIN.optimizer, help="default: %(default)s")
+    @argument("--optimizer", type=word, default=_TRAIN.optimizer, help="default: %(default)s")
     @argument(
         "--weight-decay",
         type=non_negative_float,
@@ -228,7 +141,7 @@ class KernelMagics(Magics, Configurable):
         help=f"{', '.join(LOSS_TASKS)}, or a callable (outputs, targets) -> scalar tensor of the "
         "namespace; default: cross_entropy for classification, mse for regression",
     )
-    @_front_end
+    @front_end
     def train(self, args: argparse.Namespace) -> TrainResult:
         """Train a PyTorch model on arrays, tensors or a DataFrame and register a new version.
 
@@ -269,8 +182,8 @@ class KernelMagics(Magics, Configurable):
 
     def _loss(self, text: str | None) -> Any:
         """A built-in loss by name, or the callable the notebook defines under that name."""
-        if text is None or _word(text) in LOSS_TASKS:
-            return None if text is None else _word(text)
+        if text is None or word(text) in LOSS_TASKS:
+            return None if text is None else word(text)
         try:
             return self._eval(text, "the loss")
         except UsageError:
@@ -281,7 +194,7 @@ class KernelMagics(Magics, Configurable):
     @line_magic
     @magic_arguments()
     @argument("model", metavar="MODEL_EXPR", help="a trained nn.Module expression")
-    @argument("--name", type=_word, required=True, help="model name")
+    @argument("--name", type=word, required=True, help="model name")
     @argument(
         "--example",
         required=True,
@@ -294,9 +207,9 @@ class KernelMagics(Magics, Configurable):
     )
     @argument("--metrics", metavar="JSON|EXPR", help="""'{"accuracy": 0.93}' or a dict name""")
     @argument("--params", metavar="JSON|EXPR", help="""'{"epochs": 3}' or a dict name""")
-    @argument("--parent", type=_word, metavar="NAME@V", help="the version it was derived from")
+    @argument("--parent", type=word, metavar="NAME@V", help="the version it was derived from")
     @argument("--recipe", nargs="+", metavar="TEXT", help="how it was made, in a few words")
-    @_front_end
+    @front_end
     def register(self, args: argparse.Namespace) -> RegisterResult:
         """Register a model trained anywhere (your own loop, a library) as a new version.
 
@@ -321,7 +234,7 @@ class KernelMagics(Magics, Configurable):
             metrics=self._mapping(args.metrics, "--metrics"),
             params=self._mapping(args.params, "--params"),
             parent=args.parent,
-            recipe=" ".join(map(_word, args.recipe)) if args.recipe else None,
+            recipe=" ".join(map(word, args.recipe)) if args.recipe else None,
             settings=self.settings(),
         )
 
@@ -329,7 +242,7 @@ class KernelMagics(Magics, Configurable):
         """A JSON object, or an expression of the namespace (a dict)."""
         if text is None:
             return None
-        text = _word(text)
+        text = word(text)
         if text.startswith("{"):
             try:
                 return json.loads(text)
@@ -347,7 +260,7 @@ class KernelMagics(Magics, Configurable):
     )
     @argument("--max-batch-size", type=positive_int, help="largest batch for this model")
     @argument("--max-wait-ms", type=non_negative_float, help="batching wait for this model")
-    @_front_end
+    @front_end
     def deploy(self, args: argparse.Namespace) -> None:
         """Make a version live in the background inference process (started if needed).
 
@@ -370,14 +283,14 @@ class KernelMagics(Magics, Configurable):
 
     @line_magic
     @magic_arguments()
-    @argument("name", type=_word, metavar="NAME", help="model to roll back")
+    @argument("name", type=word, metavar="NAME", help="model to roll back")
     @argument(
         "--to",
         type=version,
         metavar="VERSION",
         help="version to make live (default: the one live before)",
     )
-    @_front_end
+    @front_end
     def rollback(self, args: argparse.Namespace) -> None:
         """Make the previously live version (or --to VERSION) live again, with the same hot swap.
 
@@ -391,8 +304,8 @@ class KernelMagics(Magics, Configurable):
 
     @line_magic
     @magic_arguments()
-    @argument("name", type=_word, metavar="NAME", help="model to stop serving")
-    @_front_end
+    @argument("name", type=word, metavar="NAME", help="model to stop serving")
+    @front_end
     def undeploy(self, args: argparse.Namespace) -> None:
         """Stop serving a model and clear its live alias; the versions stay registered.
 
@@ -406,7 +319,7 @@ class KernelMagics(Magics, Configurable):
     # -- inference ------------------------------------------------------------------------------
     @line_magic
     @magic_arguments()
-    @argument("name", type=_word, metavar="NAME", help="a deployed model")
+    @argument("name", type=word, metavar="NAME", help="a deployed model")
     @argument(
         "expr",
         nargs="+",
@@ -414,7 +327,7 @@ class KernelMagics(Magics, Configurable):
         help="rows to predict: an array, tensor or DataFrame expression",
     )
     @argument("--raw", action="store_true", help="the model's outputs instead of class labels")
-    @_front_end
+    @front_end
     def predict(self, args: argparse.Namespace) -> Any:
         """Predict with the live version of a model through its HTTP endpoint.
 
@@ -432,7 +345,7 @@ class KernelMagics(Magics, Configurable):
     @line_magic
     @magic_arguments()
     @argument("--json", action="store_true", help="print JSON instead of a table")
-    @_front_end
+    @front_end
     def models(self, args: argparse.Namespace) -> None:
         """Every registered model and version with its key metrics; which version is live (the
         production alias) and which one the inference process serves.
@@ -449,9 +362,9 @@ class KernelMagics(Magics, Configurable):
 
     @line_magic
     @magic_arguments()
-    @argument("name", type=_word, metavar="NAME", help="a registered model")
+    @argument("name", type=word, metavar="NAME", help="a registered model")
     @argument("--json", action="store_true", help="print JSON instead of a table")
-    @_front_end
+    @front_end
     def history(self, args: argparse.Namespace) -> None:
         """The deployment history of a model: every deploy, rollback and undeploy, oldest first.
 
@@ -469,8 +382,8 @@ class KernelMagics(Magics, Configurable):
 
     @line_magic
     @magic_arguments()
-    @_arguments(commands.SERVE_ARGUMENTS)
-    @_front_end
+    @arguments(commands.SERVE_ARGUMENTS)
+    @front_end
     def serve(self, args: argparse.Namespace) -> None:
         """The serving target (by default the background inference process): its status (with
         requests and rows per token), start, stop, recent log lines, and tokens for plain HTTP
@@ -492,69 +405,23 @@ class KernelMagics(Magics, Configurable):
             display.show(rendered.text, rendered.html)
 
 
-# -- extension hooks ----------------------------------------------------------------------------
-# The core's results as the front end shows them: a short summary for terminals and papermill's
-# text output (instead of the dataclass repr), a table in a notebook.
-_VIEWS = (
-    (TrainResult, display.train_result_text, display.train_result_html),
-    (RegisterResult, display.register_result_text, display.register_result_html),
-)
-
-
-def _register_views(ipython: Any) -> None:
-    formatters = ipython.display_formatter.formatters
-    for kind, text, html_view in _VIEWS:
-        formatters["text/plain"].for_type(kind, _plain_text_printer(text))
-        formatters["text/html"].for_type(kind, html_view)
-
-
-def _plain_text_printer(text: Callable[[Any], str]) -> Callable[[Any, Any, bool], None]:
-    def printer(result: Any, pretty: Any, cycle: bool) -> None:
-        pretty.text(text(result))
-
-    return printer
-
-
-def _unregister_views(ipython: Any) -> None:
-    for kind, _, _ in _VIEWS:
-        for mime in ("text/plain", "text/html"):
-            ipython.display_formatter.formatters[mime].pop(kind, None)
-
-
-def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext kernel_magics``: register the magics and their %config traits."""
-    from kernel_magics import optimize_magics
-    from kernel_magics.pipeline_magics import register as register_pipeline_magics
-    from kernel_magics.warmup import start_server, start_warmup
-    from kernel_magics.widgets.progress import register as register_progress_widget
-
-    magics = KernelMagics(shell=ipython)  # Magics.__init__ adds it to ipython.configurables
-    if magics not in ipython.configurables:
-        ipython.configurables.append(magics)
-    ipython.register_magics(magics)
-    _register_views(ipython)
-    register_progress_widget()
-    register_pipeline_magics(ipython)  # %pipeline, %evaluate, %compare
-    optimize_magics.register(ipython)  # %optimize
-    settings = magics.settings()
-    start_warmup(settings)
-    if settings.autostart and settings.target == "local":
-        start_server(settings)
-
-
-def unload_ipython_extension(ipython: Any) -> None:
-    from kernel_magics import optimize_magics
-    from kernel_magics.pipeline_magics import unregister as unregister_pipeline_magics
-    from kernel_magics.warmup import stop_watchdog
-    from kernel_magics.widgets.progress import unregister as unregister_progress_widget
-
-    stop_watchdog()
-    unregister_progress_widget()
-    ipython.configurables[:] = [c for c in ipython.configurables if not isinstance(c, KernelMagics)]
-    for kind, names in KernelMagics.magics.items():
-        for name in names:
-            ipython.magics_manager.magics[kind].pop(name, None)
-    ipython.magics_manager.registry.pop(KernelMagics.__name__, None)
-    _unregister_views(ipython)
-    unregister_pipeline_magics(ipython)
-    optimize_magics.unregister(ipython)
+VIEWS: list[View] = [
+    (
+        "kernel_magics.tracking",
+        "TrainResult",
+        display.train_result_text,
+        display.train_result_html,
+    ),
+    (
+        "kernel_magics.registration",
+        "RegisterResult",
+        display.register_result_text,
+        display.register_result_html,
+    ),
+    (
+        "kernel_magics.api",
+        "ModelSummary",
+        lambda summary: display.models_text([summary]),
+        lambda summary: display.models_html([summary]),
+    ),
+]

@@ -1,0 +1,61 @@
+"""IPython front end: ``%load_ext kernel_magics`` registers every magic here.
+
+Each module holds one ``@magics_class`` and the views of the records its magics return:
+``lifecycle`` (``KernelMagics``: train, register, deploy, rollback, undeploy, predict, models,
+history, serve, and the ``%config KernelMagics.<option>`` traits every magic reads),
+``pipelines`` (``%pipeline``, ``%evaluate``, ``%compare``), ``optimize`` (``%optimize``).
+``_args`` is what they share. The magics only parse, call ``kernel_magics.api`` and render.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kernel_magics.magics import lifecycle, optimize, pipelines
+from kernel_magics.magics._args import (
+    register_views,
+    split_args,
+    unregister_magics,
+    unregister_views,
+    usage_errors,
+)
+from kernel_magics.magics.lifecycle import KernelMagics
+
+__all__ = ["KernelMagics", "split_args", "usage_errors", "load_ipython_extension"]
+
+# Magics classes besides KernelMagics (which is also a Configurable, registered first).
+_FEATURES = (pipelines, optimize)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext kernel_magics``: register the magics, their %config traits and the views."""
+    from kernel_magics.warmup import start_server, start_warmup
+    from kernel_magics.widgets.progress import register as register_progress_widget
+
+    magics = KernelMagics(shell=ipython)  # Magics.__init__ adds it to ipython.configurables
+    if magics not in ipython.configurables:
+        ipython.configurables.append(magics)
+    ipython.register_magics(magics)
+    register_views(ipython, lifecycle.VIEWS)
+    for feature in _FEATURES:
+        ipython.register_magics(feature.MAGICS(shell=ipython))
+        register_views(ipython, feature.VIEWS)
+    register_progress_widget()
+    settings = magics.settings()
+    start_warmup(settings)
+    if settings.autostart and settings.target == "local":
+        start_server(settings)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from kernel_magics.warmup import stop_watchdog
+    from kernel_magics.widgets.progress import unregister as unregister_progress_widget
+
+    stop_watchdog()
+    unregister_progress_widget()
+    ipython.configurables[:] = [c for c in ipython.configurables if not isinstance(c, KernelMagics)]
+    unregister_magics(ipython, KernelMagics)
+    unregister_views(ipython, lifecycle.VIEWS)
+    for feature in _FEATURES:
+        unregister_magics(ipython, feature.MAGICS)
+        unregister_views(ipython, feature.VIEWS)
