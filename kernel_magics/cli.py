@@ -128,9 +128,10 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
     """``pipeline run NOTEBOOK`` / ``pipeline rerun RUN_ID``: a failed notebook is an error
     (exit 2, the failing cell's error on one line); the progress bar goes to stdout."""
     from kernel_magics import display_eval
-    from kernel_magics.pipelines.execute import progress_mode
+    from kernel_magics.pipelines.execute import progress_mode, skip_unused_imports
     from kernel_magics.pipelines.run import parse_value
 
+    skip_unused_imports()  # this process is ours: papermill loads ~1 s faster
     parameters = {name: parse_value(value) for name, value in args.parameter}
     progress = progress_mode(args.progress or ("none" if args.json else "auto"))
     if args.action == "run":
