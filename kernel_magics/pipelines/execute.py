@@ -3,8 +3,10 @@
 papermill injects the parameters after the cell tagged ``parameters`` and writes the executed
 notebook (outputs and the failing cell included) to ``output``. The kernel is the ``python3``
 kernelspec, which jupyter_client starts with this interpreter; its environment is ours plus what
-the caller adds (the settings and the pipeline run id), handed to the kernel when it starts
-through a papermill engine of our own (papermill itself has no option for that).
+the caller adds (the settings), handed to the kernel when it starts through a papermill engine
+of our own (papermill itself has no option for that). ``prelude`` is code the kernel runs
+silently before the first cell, once the caller can say it (the pipeline run id, which is
+being created while the kernel starts): nothing of it shows in the executed notebook.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kernel_magics.errors import first_line
+from kernel_magics.errors import KernelMagicsError, first_line
 from kernel_magics.pipelines import PipelineFailed
 
 ENGINE = "kernel-magics"
@@ -37,6 +39,15 @@ def progress_mode(choice: str = "auto") -> str:
     return "bar"
 
 
+def skip_unused_imports() -> None:
+    """For a process of our own (the CLI), not a user's kernel: papermill imports nbformat,
+    which imports jsonschema, which imports rfc3987_syntax if installed and builds its grammar
+    (about 1 s of CPU) for IRI format checks that notebook validation never makes. Marked
+    absent, jsonschema treats it as not installed."""
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
+
+
 def execute(
     notebook: Path,
     output: Path,
@@ -46,6 +57,7 @@ def execute(
     cwd: Path,
     progress: str = "bar",
     kernel_log: Path | None = None,
+    prelude: Callable[[], str] | None = None,
     start_timeout: float = 120,
 ) -> None:
     """Run ``notebook`` into ``output``; a failing cell raises ``PipelineFailed`` with its error
@@ -56,7 +68,7 @@ def execute(
 
     _register_engine()
     hook = _TextProgress() if progress == "text" else None
-    start: dict[str, Any] = {"env": dict(env)}
+    start: dict[str, Any] = {"env": dict(env), "prelude": prelude}
     log = None
     if kernel_log is not None:
         kernel_log.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +96,7 @@ def execute(
         else:  # IPython shows a UsageError on stderr, not as an error output
             detail = stderr or err.ename
         raise PipelineFailed(f"{where}: {detail}") from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, KernelMagicsError):  # ours: e.g. the run could not be opened
         raise
     except Exception as err:  # the kernel did not start or died; a missing kernelspec
         raise PipelineFailed(f"{type(err).__name__}: {first_line(err)}") from None
@@ -120,9 +132,21 @@ def _register_engine() -> None:
 
 def _engine_class() -> type:
     """papermill's nbclient engine, but the kernel starts with the environment (and stderr) we
-    give it: ``kernel_start`` goes to jupyter_client's ``start_kernel``."""
+    give it (``kernel_start`` goes to jupyter_client's ``start_kernel``) and runs the prelude
+    before the first cell."""
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine, logger
+
+    class PreludeClient(PapermillNotebookClient):
+        prelude: Callable[[], str] | None = None
+
+        def papermill_execute_cells(self) -> None:
+            if self.prelude is not None:
+                code = self.prelude()  # may wait for the caller; the kernel is up meanwhile
+                reply = self.wait_for_reply(self.kc.execute(code, silent=True, store_history=False))
+                if (reply or {}).get("content", {}).get("status") != "ok":
+                    raise RuntimeError("the kernel could not run the pipeline's set-up code")
+            super().papermill_execute_cells()
 
     class EnvironmentEngine(NBClientEngine):
         @classmethod
@@ -140,7 +164,8 @@ def _engine_class() -> type:
         ) -> Any:
             for unused in ("input_path", "timeout", "startup_timeout"):
                 kwargs.pop(unused, None)
-            client = PapermillNotebookClient(
+            start = dict(kernel_start or {})
+            client = PreludeClient(
                 nb_man,
                 timeout=execution_timeout,
                 startup_timeout=start_timeout,
@@ -151,7 +176,8 @@ def _engine_class() -> type:
                 stderr_file=stderr_file,
                 **kwargs,
             )
-            return client.execute(**(kernel_start or {}))
+            client.prelude = start.pop("prelude", None)
+            return client.execute(**start)
 
     return EnvironmentEngine
 

@@ -103,6 +103,7 @@ class ThreadRecorder:
     def finish(
         self, status: str, executed: str | None, error: str | None, seconds: float | None
     ) -> tuple[PipelineRecord, PipelineRecord | None]:
+        self.started()  # raises if the run never opened
         assert self._session is not None
         return self._session.finish(status, executed, error, seconds)
 
@@ -158,6 +159,7 @@ class ProcessRecorder:
     def finish(
         self, status: str, executed: str | None, error: str | None, seconds: float | None
     ) -> tuple[PipelineRecord, PipelineRecord | None]:
+        self.started()  # raises if the run never opened
         self._send({"finish": [status, executed, error, seconds]})
         try:
             record, original = self._reply()
@@ -215,6 +217,10 @@ def main() -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     _serve(reply_to)
+    # Everything is written and answered; tearing down MLflow's and SQLAlchemy's modules
+    # would only cost the waiting parent a second or more.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

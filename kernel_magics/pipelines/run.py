@@ -1,15 +1,17 @@
 """Run a notebook as a recorded pipeline: ``%pipeline NOTEBOOK -p NAME VALUE`` and
 ``kernel-magics pipeline run``.
 
-The run is opened (``recorder``) while papermill loads, the notebook executes in a fresh kernel
-of this environment that knows its run id and our settings (``KERNEL_MAGICS_PIPELINE_RUN`` and
-``KERNEL_MAGICS_*`` in its environment), and the run is closed with the executed notebook and
+The run is opened (``recorder``) while papermill loads and the kernel starts; the notebook
+executes in that fresh kernel of this environment, which has our settings (``KERNEL_MAGICS_*``)
+and, before its first cell, its run id (``KERNEL_MAGICS_PIPELINE_RUN``) in its environment;
+the run is closed with the executed notebook and
 links to what the notebook registered. A failing cell marks the run FAILED and raises
 ``PipelineFailed`` with that cell's error on one line; the executed notebook is stored anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel_magics.config import Settings
-from kernel_magics.errors import InvalidInput
+from kernel_magics.errors import InvalidInput, KernelMagicsError
 from kernel_magics.pipelines import ENV_RUN, PipelineFailed
 from kernel_magics.pipelines.record import PipelineRecord, RunSpec
 from kernel_magics.pipelines.recorder import make_recorder
@@ -58,31 +60,44 @@ def execute_recorded(
     progress: str = "bar",
     output: str | os.PathLike[str] | None = None,
 ) -> tuple[PipelineRecord, PipelineRecord | None]:
-    """Open the run, execute, close it: (the run's record, the original's for a rerun)."""
+    """Open the run, execute, close it: (the run's record, the original's for a rerun).
+
+    A new run's kernel starts while the run is being opened and learns its run id just before
+    the first cell (``execute``'s prelude); a rerun first needs the recorded parameters."""
     from kernel_magics.pipelines.execute import execute
 
     recorder = make_recorder(settings)
     recorder.begin(spec)
-    import papermill  # noqa: F401 - loads here while the run is being opened
+    if spec.rerun_of is None and spec.notebook is not None:
+        notebook, parameters = spec.notebook, spec.parameters or {}
+    else:
+        started = recorder.started()
+        notebook, parameters = started.input_path, started.parameters
 
-    started = recorder.started()
+    def prelude() -> str:
+        run_id = recorder.started().run_id
+        return f"__import__('os').environ[{ENV_RUN!r}] = {run_id!r}"
+
     folder = Path(tempfile.mkdtemp(prefix="km-pipeline-out-"))
-    executed = folder / Path(started.notebook).name
+    executed = folder / Path(spec.notebook or notebook).name
     status, error, began = "FINISHED", None, time.perf_counter()
     try:
         execute(
-            Path(started.input_path),
+            Path(notebook),
             executed,
-            started.parameters,
-            env=child_env(settings, started.run_id),
+            parameters,
+            env=child_env(settings),
             cwd=Path(spec.cwd),
             progress=progress,
             kernel_log=settings.home / "logs" / "pipeline-kernel.log",
+            prelude=prelude,
         )
     except PipelineFailed as err:
         status, error = "FAILED", str(err)
     except BaseException:
-        recorder.finish("KILLED", _existing(executed), "interrupted", time.perf_counter() - began)
+        with contextlib.suppress(KernelMagicsError):  # no run to close if it never opened
+            elapsed = time.perf_counter() - began
+            recorder.finish("KILLED", _existing(executed), "interrupted", elapsed)
         shutil.rmtree(folder, ignore_errors=True)
         raise
     try:
@@ -103,10 +118,11 @@ def execute_recorded(
     return record, original
 
 
-def child_env(settings: Settings, run_id: str) -> dict[str, str]:
-    """The kernel's environment: ours, our settings, the run id; text progress unless the
-    caller chose (a widget's state means nothing in a stored notebook)."""
-    env = {**os.environ, **settings.as_env(), ENV_RUN: run_id}
+def child_env(settings: Settings) -> dict[str, str]:
+    """The kernel's environment: ours and our settings (the run id comes in the prelude); text
+    progress unless the caller chose (a widget's state means nothing in a stored notebook)."""
+    env = {**os.environ, **settings.as_env()}
+    env.pop(ENV_RUN, None)  # an enclosing pipeline's run is not this one
     env.setdefault("KERNEL_MAGICS_PROGRESS", "text")
     return env
 
