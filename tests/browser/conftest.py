@@ -1,8 +1,9 @@
 """Fixtures of the browser tests: a store with a trained and deployed model, a real
 ``jupyter lab`` serving it, and Debian's Chromium driven by Playwright.
 
-Everything is started once per session and stopped by PID at the end: the Jupyter server
-(kernels first), then the inference process the test home started.
+Everything is started once per module (test_lab_panel.py is the only one) and stopped by PID
+when it ends: the Jupyter server (kernels first) and the inference process the test home
+started.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _stop_inference_process(settings: Settings) -> None:
     stop_pids(pids)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSession]:
     base = tmp_path_factory.mktemp("lab")
     home = base / "km-home"
@@ -98,7 +99,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSession]:
                 stop.result()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"{CHROMIUM} is missing: `make browser-deps` installs Debian's chromium")

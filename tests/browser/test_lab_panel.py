@@ -1,6 +1,10 @@
 """The JupyterLab side in a real browser: the Models panel shows the live version and rolls it
 back, the change it made is what the inference process serves, the panel follows changes made
-elsewhere, and ``%models`` renders its table in a notebook."""
+elsewhere, and ``%models`` renders its table in a notebook. Then the panel's REST routes over
+plain HTTP: what they answer, their one-line JSON errors, the token they need.
+
+One module on purpose: its fixtures (a trained store, ``jupyter lab``, Chromium) are
+module-scoped, so they stop as soon as these tests end, not at the end of ``make test``."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ PANEL = "#kernel-magics-models"
 PANEL_TAB = '.jp-SideBar.jp-mod-left li.lm-TabBar-tab[data-id="kernel-magics-models"]'
 CARD = f'.jp-KmModels-card[data-model="{MODEL}"]'
 AUTO_REFRESH_MS = 5_000
+ROUTES = "kernel-magics"  # the REST routes' prefix under the server's base URL
 
 
 def served_version(lab: LabSession) -> int:
@@ -119,3 +124,59 @@ def test_models_magic_renders_its_table_in_a_notebook(
     expect(table.locator("tbody tr")).to_have_count(2)
     expect(table).to_contain_text("LIVE")
     save_screenshot(page, tmp_path, "models-magic")
+
+
+# -- the REST routes over plain HTTP ----------------------------------------------------------
+def test_models_status_and_history_answer_what_the_api_returns(lab: LabSession) -> None:
+    models = lab.server.request("GET", f"{ROUTES}/models").json()["models"]
+    (digits,) = [m for m in models if m["name"] == MODEL]
+    assert [v["version"] for v in digits["versions"]] == [1, 2]
+    assert digits["live_version"] == digits["served_version"]
+    assert set(digits["versions"][0]["key_metrics"]) == {"accuracy", "f1_macro"}
+
+    status = lab.server.request("GET", f"{ROUTES}/status").json()["status"]
+    assert status["status"] == "ready"
+    assert status["models"][MODEL]["version"] == digits["live_version"]
+
+    history = lab.server.request("GET", f"{ROUTES}/history/{MODEL}").json()["history"]
+    expected = [e.to_wire() for e in api.history(MODEL, settings=lab.settings)]
+    assert history == expected and history[0]["action"] == "deploy"
+
+
+def test_deploy_takes_a_version_and_changes_what_is_served(lab: LabSession) -> None:
+    live = lab.server.request("GET", f"{ROUTES}/status").json()["status"]["models"][MODEL]
+    other = 1 if live["version"] == 2 else 2
+    answer = lab.server.request("POST", f"{ROUTES}/models/{MODEL}/deploy", json={"version": other})
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert (result["action"], result["version"]) == ("deploy", other)
+    status = api.server_status(settings=lab.settings)
+    assert status is not None and status.models[MODEL].version == other
+
+
+def test_errors_are_one_json_line_with_the_error_class_status(lab: LabSession) -> None:
+    cases = [
+        ("POST", f"{ROUTES}/models/nope/deploy", {"json": {}}, 404, "no registered model"),
+        ("POST", f"{ROUTES}/models/{MODEL}/deploy", {"json": {"version": 99}}, 404, "99"),
+        ("POST", f"{ROUTES}/models/{MODEL}/rollback", {"json": {"to": "one"}}, 400, "'to'"),
+        ("POST", f"{ROUTES}/models/{MODEL}/deploy", {"data": "[1"}, 400, "JSON"),
+        ("POST", f"{ROUTES}/models/.hidden/undeploy", {}, 400, "invalid model name"),
+        ("GET", f"{ROUTES}/history/.hidden", {}, 400, "invalid model name"),
+    ]
+    for method, path, body, status, words in cases:
+        answer = lab.server.request(method, path, **body)
+        assert answer.status_code == status, (path, answer.text)
+        error = answer.json()["error"]
+        assert words in error and "\n" not in error, (path, error)
+
+
+def test_every_route_needs_the_token(lab: LabSession) -> None:
+    for method, path in [
+        ("GET", "models"),
+        ("GET", "status"),
+        ("GET", f"history/{MODEL}"),
+        ("POST", f"models/{MODEL}/rollback"),
+    ]:
+        answer = requests.request(method, f"{lab.server.url}{ROUTES}/{path}", timeout=30)
+        assert answer.status_code == 403, (path, answer.status_code)
+        assert answer.json()["error"]
