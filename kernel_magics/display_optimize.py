@@ -50,10 +50,15 @@ def _all(result: Any) -> list[Any]:
     return [f for f in (result.parent_figures, result.figures, result.baseline) if f is not None]
 
 
+_NAMES = {"size_bytes": "size", "params": "parameters", "p50_us_b1": "p50 batch 1"}
+_NAMES |= {"p50_us_b64": "p50 batch 64", "f1_macro": "F1 (macro)", "mse": "MSE"}
+HIGHER_IS_BETTER = ("accuracy", "F1 (macro)")
+
+
 def ratios(result: Any) -> list[tuple[str, float]]:
-    """New ÷ parent for each figure (1.0 = unchanged)."""
+    """New ÷ parent for each figure (1.0 = unchanged), named for people."""
     old, new = result.parent_figures.flat(), result.figures.flat()
-    return [(k, new[k] / old[k]) for k in new if k in old and old[k]]
+    return [(_NAMES.get(k, k), new[k] / old[k]) for k in new if k in old and old[k]]
 
 
 def verdict(result: Any) -> list[str]:
@@ -115,7 +120,7 @@ def bar_chart(items: Sequence[tuple[str, float]], *, width: int = 460) -> str:
     ]
     for i, (label, value) in enumerate(items):
         y = 20 + i * row
-        better = value >= 1 if label in ("accuracy", "f1_macro") else value <= 1
+        better = value >= 1 if label in HIGHER_IS_BETTER else value <= 1
         color = COLORS[2] if better else COLORS[3]
         parts.append(
             f'<text x="{left - 6}" y="{y + 14}" text-anchor="end">{html.escape(label)}</text>'
