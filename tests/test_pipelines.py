@@ -201,11 +201,13 @@ def test_failing_notebook_from_the_cli(project: dict, store: Store) -> None:
     assert "broken" not in store.model_names()  # nothing half-registered
 
 
-def test_api_failure_raises_with_the_record(project: dict) -> None:
+def test_api_failure_raises_with_the_record(tmp_path: Path) -> None:
+    notebook = write_notebook(tmp_path / "boom.ipynb", "n = 1", ["raise ValueError(f'boom {n}')"])
     with pytest.raises(PipelineFailed) as caught:
-        api.pipeline_run(str(project["folder"] / "fail.ipynb"), progress="none")
-    assert caught.value.record.status == "FAILED"
-    assert caught.value.record.executed_notebook
+        api.pipeline_run(str(notebook), {"n": 2}, progress="none")
+    assert "failed at cell [3]: ValueError: boom 2 (executed notebook: " in str(caught.value)
+    record = caught.value.record
+    assert record.status == "FAILED" and record.error and record.executed_notebook
 
 
 # -- the magic ------------------------------------------------------------------------------------
