@@ -45,7 +45,7 @@ def skip_unused_imports() -> None:
     (about 1 s of CPU) for IRI format checks that notebook validation never makes. Marked
     absent, jsonschema treats it as not installed."""
     if "jsonschema" not in sys.modules:
-        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
 
 def execute(
