@@ -30,6 +30,9 @@ MODEL = "digits"  # the model the session's store holds (two versions, v2 live a
 
 # Hides JupyterLab's "news" popup, which would cover the page in screenshots.
 NO_NEWS = {"fetchNews": "false", "checkForUpdates": False}
+# Not "/": the panel and its routes must follow the server's base URL (JupyterHub serves
+# single-user servers under /user/NAME/).
+BASE_URL = "/km-lab/"
 NOTIFICATION_SETTINGS = (
     "lab/user-settings/@jupyterlab/apputils-extension/notification.jupyterlab-settings"
 )
@@ -44,7 +47,7 @@ def free_port() -> int:
 @dataclass
 class LabServer:
     process: subprocess.Popen[bytes]
-    url: str  # http://127.0.0.1:PORT/ (base URL "/")
+    url: str  # http://127.0.0.1:PORT/BASE/
     token: str
     root: Path  # the notebook folder the server shows
     log: Path
@@ -131,6 +134,7 @@ def start_lab(base: Path, env: dict[str, str]) -> LabServer:
         "--no-browser",
         "--ServerApp.ip=127.0.0.1",
         f"--ServerApp.port={port}",
+        f"--ServerApp.base_url={BASE_URL}",
         "--ServerApp.port_retries=0",
         "--ServerApp.allow_root=True",
         f"--IdentityProvider.token={token}",
@@ -141,7 +145,8 @@ def start_lab(base: Path, env: dict[str, str]) -> LabServer:
         process = subprocess.Popen(
             command, env=lab_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    return LabServer(process, f"http://127.0.0.1:{port}/", token, dirs["notebooks"], log)
+    url = f"http://127.0.0.1:{port}{BASE_URL}"
+    return LabServer(process, url, token, dirs["notebooks"], log)
 
 
 def open_lab(page: Page, server: LabServer, workspace: str, path: str | None = None) -> None:

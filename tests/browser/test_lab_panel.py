@@ -143,15 +143,24 @@ def test_models_status_and_history_answer_what_the_api_returns(lab: LabSession) 
     assert history == expected and history[0]["action"] == "deploy"
 
 
-def test_deploy_takes_a_version_and_changes_what_is_served(lab: LabSession) -> None:
-    live = lab.server.request("GET", f"{ROUTES}/status").json()["status"]["models"][MODEL]
-    other = 1 if live["version"] == 2 else 2
+def served_models(lab: LabSession) -> dict[str, int]:
+    status = api.server_status(settings=lab.settings)
+    assert status is not None
+    return {name: state.version for name, state in status.models.items()}
+
+
+def test_undeploy_then_deploy_a_version_change_what_is_served(lab: LabSession) -> None:
+    other = 1 if served_models(lab)[MODEL] == 2 else 2
+
+    answer = lab.server.request("POST", f"{ROUTES}/models/{MODEL}/undeploy")
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["action"], answer.json()["version"]) == ("undeploy", None)
+    assert MODEL not in served_models(lab)
+
     answer = lab.server.request("POST", f"{ROUTES}/models/{MODEL}/deploy", json={"version": other})
     assert answer.status_code == 200, answer.text
-    result = answer.json()
-    assert (result["action"], result["version"]) == ("deploy", other)
-    status = api.server_status(settings=lab.settings)
-    assert status is not None and status.models[MODEL].version == other
+    assert (answer.json()["action"], answer.json()["version"]) == ("deploy", other)
+    assert served_models(lab)[MODEL] == other
 
 
 def test_errors_are_one_json_line_with_the_error_class_status(lab: LabSession) -> None:
