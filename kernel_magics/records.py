@@ -23,6 +23,8 @@ __all__ = [
     "TransitionResult",
     "ModelState",
     "TokenUsage",
+    "VersionStats",
+    "RecentError",
     "ServerStatus",
 ]
 
@@ -178,6 +180,9 @@ class ModelState(_Wire):
     input: dict[str, Any] | None = None
     output: dict[str, Any] | None = None
     history: tuple[HistoryEvent, ...] = ()
+    # Serving figures of this (live) version, from the status snapshot; None when the target
+    # answered without them (``/v1/models``).
+    stats: VersionStats | None = None
 
     @classmethod
     def from_wire(cls, doc: Any) -> ModelState:
@@ -201,6 +206,7 @@ class ModelState(_Wire):
             input=doc.get("input"),
             output=doc.get("output"),
             history=_history(doc.get("history")),
+            stats=VersionStats.from_wire(doc["stats"]) if doc.get("stats") else None,
         )
 
 
@@ -208,6 +214,138 @@ class ModelState(_Wire):
 class TokenUsage(_Wire):
     requests: int = 0
     rows: int = 0
+
+
+def _count(value: Any, what: str) -> int:
+    return _int_or_none(value, what) or 0
+
+
+@dataclass(frozen=True)
+class VersionStats(_Wire):
+    """Counters of one served version since its process started, summed over workers.
+
+    ``latency_buckets`` are Prometheus's cumulative histogram buckets (upper bound in seconds,
+    count), so two snapshots subtract into the figures of the time between them (``since``).
+    """
+
+    model: str
+    version: int
+    requests: int = 0
+    errors: int = 0
+    rows: int = 0  # rows through forward passes
+    batches: int = 0  # forward passes
+    queue: int = 0  # requests waiting for a forward pass now
+    latency_count: int = 0
+    latency_sum_s: float = 0.0
+    latency_buckets: tuple[tuple[float, int], ...] = ()
+
+    @property
+    def mean_batch_size(self) -> float | None:
+        return self.rows / self.batches if self.batches else None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    @property
+    def p50_ms(self) -> float | None:
+        return self.quantile_ms(0.5)
+
+    @property
+    def p99_ms(self) -> float | None:
+        return self.quantile_ms(0.99)
+
+    def quantile_ms(self, q: float) -> float | None:
+        """The ``q`` quantile of the latency in ms, interpolated inside its bucket as
+        Prometheus's ``histogram_quantile`` does; None without observations."""
+        total = self.latency_buckets[-1][1] if self.latency_buckets else 0
+        if total <= 0:
+            return None
+        rank = q * total
+        lower_bound, lower_count = 0.0, 0
+        for bound, count in self.latency_buckets:
+            if count >= rank:
+                if bound == float("inf"):  # beyond the last finite bucket: its bound
+                    return lower_bound * 1000
+                inside = (rank - lower_count) / (count - lower_count) if count > lower_count else 1
+                return (lower_bound + (bound - lower_bound) * inside) * 1000
+            lower_bound, lower_count = bound, count
+        return lower_bound * 1000
+
+    def since(self, earlier: VersionStats | None) -> VersionStats:
+        """What happened between ``earlier`` (a previous snapshot) and this one; the whole
+        count when there is no earlier one or the counters restarted (a process restart)."""
+        if earlier is None or earlier.requests > self.requests:
+            return self
+        before = dict(earlier.latency_buckets)
+        return dataclasses.replace(
+            self,
+            requests=self.requests - earlier.requests,
+            errors=max(0, self.errors - earlier.errors),
+            rows=max(0, self.rows - earlier.rows),
+            batches=max(0, self.batches - earlier.batches),
+            latency_count=max(0, self.latency_count - earlier.latency_count),
+            latency_sum_s=max(0.0, self.latency_sum_s - earlier.latency_sum_s),
+            latency_buckets=tuple(
+                (bound, max(0, count - before.get(bound, 0)))
+                for bound, count in self.latency_buckets
+            ),
+        )
+
+    @classmethod
+    def from_wire(cls, doc: Any) -> VersionStats:
+        doc = _mapping(doc, "version stats")
+        version = _int_or_none(doc.get("version"), "version")
+        if version is None:
+            raise InvalidInput("version stats need a version")
+        buckets = []
+        for pair in doc.get("latency_buckets") or ():
+            bound, count = _float_or_none(pair[0], "bucket bound"), _count(pair[1], "bucket")
+            buckets.append((float("inf") if bound is None else bound, count))
+        return cls(
+            model=str(doc.get("model") or ""),
+            version=version,
+            requests=_count(doc.get("requests"), "requests"),
+            errors=_count(doc.get("errors"), "errors"),
+            rows=_count(doc.get("rows"), "rows"),
+            batches=_count(doc.get("batches"), "batches"),
+            queue=_count(doc.get("queue"), "queue"),
+            latency_count=_count(doc.get("latency_count"), "latency_count"),
+            latency_sum_s=_float_or_none(doc.get("latency_sum_s"), "latency_sum_s") or 0.0,
+            latency_buckets=tuple(buckets),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        doc = super().to_wire()
+        # JSON has no infinity: the last bucket's bound travels as null
+        doc["latency_buckets"] = [
+            [None if bound == float("inf") else bound, count]
+            for bound, count in self.latency_buckets
+        ]
+        doc.update(mean_batch_size=self.mean_batch_size, p50_ms=self.p50_ms, p99_ms=self.p99_ms)
+        return doc
+
+
+@dataclass(frozen=True)
+class RecentError(_Wire):
+    """One request a worker answered with an error (newest last in a snapshot)."""
+
+    time: float
+    status: int
+    message: str
+    model: str = ""
+    version: int | None = None
+
+    @classmethod
+    def from_wire(cls, doc: Any) -> RecentError:
+        doc = _mapping(doc, "a recent error")
+        return cls(
+            time=_float_or_none(doc.get("time"), "time") or 0.0,
+            status=_count(doc.get("status"), "status"),
+            message=str(doc.get("message") or ""),
+            model=str(doc.get("model") or ""),
+            version=_int_or_none(doc.get("version"), "version"),
+        )
 
 
 @dataclass(frozen=True)
@@ -223,7 +361,25 @@ class ServerStatus(_Wire):
     started_at: str | None = None
     models: dict[str, ModelState] = field(default_factory=dict)
     usage: dict[str, TokenUsage] = field(default_factory=dict)
+    # From the status snapshot (one request, ``GET /v1/status``): when it was taken (wall
+    # clock), every loaded version's counters (live and standby), the latest error answers,
+    # the process log's last lines, and errors for names that are not deployed.
+    snapshot_at: float | None = None
+    versions: tuple[VersionStats, ...] = ()
+    errors: tuple[RecentError, ...] = ()
+    log: tuple[str, ...] = ()
+    unknown_model_errors: int = 0
 
     @property
     def ready(self) -> bool:
         return self.status == "ready"
+
+    def to_wire(self) -> dict[str, Any]:
+        doc = super().to_wire()
+        # nested records with their own wire form (infinite bucket bounds, derived figures)
+        doc["versions"] = [v.to_wire() for v in self.versions]
+        doc["models"] = {
+            name: {**doc["models"][name], "stats": m.stats.to_wire() if m.stats else None}
+            for name, m in self.models.items()
+        }
+        return doc

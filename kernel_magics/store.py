@@ -56,6 +56,16 @@ def validate_name(name: str) -> str:
     return name
 
 
+def not_found(name: str, known: list[str], kind: str = "registered") -> str:
+    """The one wording for an unknown model, naming what exists: ``no registered model named
+    'x' (registered: a, b)``; ``kind`` "deployed" for what the inference process serves."""
+    return f"no {kind} model named {name!r} ({kind}: {', '.join(known) or 'none yet'})"
+
+
+# MLflow's SQL stores cap the values of one IN (...) filter; stay well below every backend's.
+RUN_ID_BATCH = 100
+
+
 def parse_ref(text: str) -> tuple[str, str | None]:
     """``digits`` → (digits, None); ``digits@2`` → (digits, "2"); ``digits@production``."""
     name, _, ref = text.partition("@")
@@ -241,8 +251,7 @@ class Store:
 
         validate_name(name)
         if not self.model_exists(name):
-            known = ", ".join(self.model_names()) or "none yet"
-            raise NotFound(f"no registered model named {name!r} (registered: {known})")
+            raise NotFound(not_found(name, self.model_names()))
         try:
             if ref is None or ref == "latest":
                 versions = self.versions(name)
@@ -351,20 +360,35 @@ class Store:
         return sorted(events, key=lambda e: e["time"])
 
     def run_metrics(self, run_ids: list[str]) -> dict[str, dict[str, float]]:
-        """Latest metrics of each run, in one query per experiment."""
-        if not run_ids:
-            return {}
+        """Latest metrics of each run: only those runs are read (``run_id IN (...)``, a batch of
+        ``RUN_ID_BATCH`` per query), not the whole experiment. Runs of any experiment count:
+        a version registered from another experiment (a pipeline's) has metrics too."""
+        from mlflow.entities import ViewType
+
+        wanted = sorted(set(run_ids))
         out: dict[str, dict[str, float]] = {}
-        wanted = set(run_ids)
-        runs = self.client.search_runs(
-            [self.experiment_id()],
-            filter_string="",
-            max_results=50000,
-        )
-        for run in runs:
-            if run.info.run_id in wanted:
+        experiments = self._run_experiments()
+        for start in range(0, len(wanted), RUN_ID_BATCH):
+            batch = wanted[start : start + RUN_ID_BATCH]
+            quoted = ", ".join(f"'{run_id}'" for run_id in batch if run_id.isalnum())
+            if not quoted:
+                continue
+            runs = self.client.search_runs(
+                experiments,
+                filter_string=f"attributes.run_id IN ({quoted})",
+                run_view_type=ViewType.ALL,
+                max_results=len(batch),
+            )
+            for run in runs:
                 out[run.info.run_id] = dict(run.data.metrics)
         return out
+
+    def _run_experiments(self) -> list[str]:
+        """Every experiment that may hold a version's run (search_runs needs their ids)."""
+        from mlflow.entities import ViewType
+
+        found = self.client.search_experiments(view_type=ViewType.ALL, max_results=1000)
+        return [e.experiment_id for e in found] or [self.experiment_id()]
 
 
 def transition_event(action: str, from_version: int | None, to_version: int | None) -> dict:

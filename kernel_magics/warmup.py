@@ -78,6 +78,9 @@ def start_server(settings: Settings) -> threading.Thread:
             log.debug("autostart of the inference process skipped: %s", err)
         while not stop.wait(WATCH_INTERVAL_S):
             try:
+                # a supervisor this client started and that was stopped from a terminal
+                # (`kernel-magics serve stop`) is collected here, not left <defunct>
+                client.reap()
                 if client.crashed():
                     log.warning("the inference process died; restarting it from the store")
                     client.ensure_running()

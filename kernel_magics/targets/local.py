@@ -12,8 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_magics.config import Settings
 from kernel_magics.errors import ServiceUnavailable
-from kernel_magics.records import HistoryEvent, ModelState, ServerStatus, TransitionResult
-from kernel_magics.targets._prometheus import usage_from_text
+from kernel_magics.records import (
+    HistoryEvent,
+    ModelState,
+    RecentError,
+    ServerStatus,
+    TokenUsage,
+    TransitionResult,
+    VersionStats,
+)
 from kernel_magics.targets.http import HttpClient
 from kernel_magics.targets.process import LocalProcess
 
@@ -113,31 +120,17 @@ class LocalTarget:
         return [ModelState.from_wire(m) for m in doc.get("models", [])]
 
     def status(self) -> ServerStatus | None:
-        """None if not running; else the state file with what is served and usage per token."""
+        """None if not running; else the state file and one status snapshot of the process
+        (``GET /v1/status``): what is served with its counters, usage, errors, log lines."""
         state = self.process.state()
         if state is None:
             return None
         status = str(state.get("status") or "")
-        models: dict[str, ModelState] = {}
-        usage = {}
         try:
-            models = {m.name: m for m in self.models(_STATUS_TIMEOUT)}
-            code, _, data = self.http.request("GET", "/metrics", timeout=_STATUS_TIMEOUT)
-            if code == 200:
-                usage = usage_from_text(data.decode())
+            doc = self.http.call_json("GET", "/v1/status", timeout=_STATUS_TIMEOUT)
         except ServiceUnavailable:
-            status = "restarting"
-        return ServerStatus(
-            url=state.get("url"),
-            pid=state.get("pid"),
-            status=status,
-            target=self.kind,
-            port=state.get("port"),
-            workers=tuple(state.get("workers") or ()),
-            started_at=state.get("started_at"),
-            models=models,
-            usage=usage,
-        )
+            doc, status = {}, "restarting"
+        return status_from_snapshot(doc, state, status, self.kind)
 
     def settle(self, name: str) -> None:
         self.process.settle(name)
@@ -153,3 +146,29 @@ class LocalTarget:
         else:
             store = self._store()
         return [HistoryEvent.from_wire(e) for e in store.history(name)]
+
+
+def status_from_snapshot(doc: dict, state: dict, status: str, kind: str) -> ServerStatus:
+    """A ``ServerStatus`` from the state file and a ``/v1/status`` document (``{}`` when the
+    process did not answer: then only the state file's part)."""
+    models = {m.name: m for m in (ModelState.from_wire(m) for m in doc.get("models") or ())}
+    usage = {
+        str(name): TokenUsage(int(u.get("requests") or 0), int(u.get("rows") or 0))
+        for name, u in (doc.get("usage") or {}).items()
+    }
+    return ServerStatus(
+        url=state.get("url"),
+        pid=state.get("pid"),
+        status=status,
+        target=kind,
+        port=state.get("port"),
+        workers=tuple(state.get("workers") or ()),
+        started_at=state.get("started_at"),
+        models=models,
+        usage=usage,
+        snapshot_at=doc.get("time"),
+        versions=tuple(VersionStats.from_wire(v) for v in doc.get("versions") or ()),
+        errors=tuple(RecentError.from_wire(e) for e in doc.get("errors") or ()),
+        log=tuple(str(line) for line in doc.get("log") or ()),
+        unknown_model_errors=int(doc.get("unknown_model_errors") or 0),
+    )

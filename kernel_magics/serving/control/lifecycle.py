@@ -25,6 +25,7 @@ from kernel_magics.store import (
     Store,
     VersionInfo,
     hash_model_dir,
+    not_found,
     transition_event,
     validate_name,
 )
@@ -108,13 +109,13 @@ class Lifecycle:
         live = self.store.live_version(name) if self.store.model_exists(name) else None
         if action == "undeploy":
             if not self.store.model_exists(name):
-                raise NotFound(f"no registered model named {name!r}")
+                raise NotFound(not_found(name, self.store.model_names()))
             if live is None:
                 raise InvalidInput(f"{name} is not deployed")
             return Plan(name, action, None, live, None, self.history(name))
         if action == "rollback":
             if not self.store.model_exists(name):
-                raise NotFound(f"no registered model named {name!r}")
+                raise NotFound(not_found(name, self.store.model_names()))
             history = self.history(name)
             target = int(ref) if ref is not None else self.rollback_target(name, live, history)
             info = self.store.resolve(name, target)

@@ -134,12 +134,13 @@ async def run_transition(
             return answer(503, {"error": "inference process is restarting; retry in a few seconds"})
         spec = plan.spec
         load_ms = ready_at = None
+        reused = False
         if spec is not None:
             loaded = await _load_everywhere(pool, workers, spec)
             if isinstance(loaded, str):
                 log.warning("%s %s v%s failed: %s", action, name, spec.version, loaded)
                 return answer(409, {"error": loaded})
-            load_ms, ready_at = loaded
+            load_ms, ready_at, reused = loaded
         try:
             event, history = await asyncio.to_thread(store.make_live, plan)
         except Exception as err:
@@ -148,7 +149,7 @@ async def run_transition(
             status = err.http_status if isinstance(err, KernelMagicsError) else 503
             return answer(status, {"error": f"could not record the {action} in the store: {err}"})
         await _switch(pool, workers, name, spec, history)
-        log.info("%s %s: v%s → v%s", action, name, plan.from_version, plan.to_version)
+        log.info("%s %s: %s", action, name, _arrow(plan.from_version, plan.to_version))
         answer(
             200,
             {
@@ -158,6 +159,7 @@ async def run_transition(
                 "action": action,
                 "load_ms": load_ms,
                 "ready_at": ready_at,
+                "reused": reused,
                 "history": [e.to_wire() for e in history],
             },
         )
@@ -167,11 +169,19 @@ async def run_transition(
             log.error("%s %s: could not append the event to the history: %s", action, name, err)
 
 
+def _arrow(before: int | None, after: int | None) -> str:
+    """``v1 → v2`` for the log, as the history's run names write it: ``v- → v1 (first
+    deploy)`` when nothing was live, ``v2 → v-`` after an undeploy."""
+    arrow = f"v{before if before is not None else '-'} → v{after if after is not None else '-'}"
+    return f"{arrow} (first deploy)" if before is None else arrow
+
+
 async def _load_everywhere(
     pool: WorkerPool[W], workers: Sequence[W], spec: ModelSpec
-) -> tuple[float, float | None] | str:
-    """Load and warm in every worker: (slowest load_ms, latest ready_at), or why it failed
-    (then nothing stays staged anywhere)."""
+) -> tuple[float, float | None, bool] | str:
+    """Load and warm in every worker: (slowest load_ms, latest ready_at, whether every worker
+    reused a copy it already had: a rollback to the standby), or why it failed (then nothing
+    stays staged anywhere)."""
     replies = await pool.load(workers, spec)
     failed = [r for r in replies if not r.ok]
     if failed:
@@ -179,7 +189,8 @@ async def _load_everywhere(
         return str(failed[0].body.get("error") or "load failed")
     load_ms = max(float(r.body.get("load_ms") or 0) for r in replies)
     stamps = [r.body["ready_at"] for r in replies if isinstance(r.body.get("ready_at"), float)]
-    return load_ms, (max(stamps) if stamps else None)
+    reused = bool(replies) and all(r.body.get("reused") for r in replies)
+    return load_ms, (max(stamps) if stamps else None), reused
 
 
 async def _switch(

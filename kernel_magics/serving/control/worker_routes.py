@@ -124,7 +124,8 @@ class ControlRoutes:
             conn.send(404, error_body(str(err).strip("'\"")), req=req)
             return
         self._openapi = None
-        log.info("activated %s v%s (was v%s)", name, version, previous and previous.version)
+        was = f"was v{previous.version}" if previous is not None else "first deploy"
+        log.info("activated %s v%s (%s)", name, version, was)
         body = {"name": name, "version": version, "previous_version": previous and previous.version}
         replaced = previous if previous is not model else None  # a redeploy replaces nothing
         self.loop.create_task(self._answer_when_drained(replaced, body, req, conn))

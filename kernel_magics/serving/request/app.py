@@ -19,6 +19,7 @@ from kernel_magics.errors import InvalidInput
 from kernel_magics.serving.control.worker_routes import ControlRoutes
 from kernel_magics.serving.process import ipc
 from kernel_magics.serving.request import invocations, metrics
+from kernel_magics.serving.request import status as status_snapshot
 from kernel_magics.serving.request.batcher import InferenceThread, Item
 from kernel_magics.serving.request.codecs import (
     NPY,
@@ -41,6 +42,7 @@ from kernel_magics.serving.request.protocol import (
     error_body,
 )
 from kernel_magics.serving.tokens import ANONYMOUS, TokenTable
+from kernel_magics.store import not_found
 
 log = logging.getLogger(__name__)
 _MODELS = b"/v1/models"
@@ -63,12 +65,14 @@ class WorkerApp(ControlRoutes):
         self.tokens = TokenTable(settings)
         self.usage = metrics.Usage()
         self.unknown_errors = metrics.unknown_model_errors()
+        self.recent_errors = status_snapshot.RecentErrors()  # shown by GET /v1/status
         self._openapi: bytes | None = None
         self.serve_public: Callable[[], Any] | None = None  # set by worker.main
         self.static: dict[bytes, tuple[bytes, Callable[[Request, Connection], None]]] = {
             b"/ping": (b"GET", self.ping),
             b"/health": (b"GET", self.health),
             b"/metrics": (b"GET", self.metrics),
+            b"/v1/status": (b"GET", lambda req, conn: status_snapshot.answer(self, req, conn)),
             b"/openapi.json": (b"GET", self.openapi),
             _MODELS: (b"GET", self.list_models),
             _MODELS_SLASH: (b"GET", self.list_models),
@@ -160,10 +164,13 @@ class WorkerApp(ControlRoutes):
         model = self.table.live.get(raw.decode("latin-1"))
         if model is None:
             self.unknown_errors.inc()
-            conn.send(
-                404, error_body(f"model {raw.decode('latin-1')[:200]!r} is not deployed"), req=req
-            )
+            message = self._not_deployed(raw.decode("latin-1")[:200])
+            self.recent_errors.add(404, message)
+            conn.send(404, error_body(message), req=req)
         return model
+
+    def _not_deployed(self, name: str) -> str:
+        return not_found(name, sorted(self.table.live), "deployed")
 
     # -- predictions --------------------------------------------------------------------------
     def predict(self, req: Request, conn: Connection, raw_name: bytes) -> None:
@@ -189,6 +196,7 @@ class WorkerApp(ControlRoutes):
             array = model.check(array, self.max_rows)
         except InvalidInput as err:
             stats.errors.inc()
+            self.recent_errors.add(err.http_status, str(err), model.name, model.version)
             conn.send(err.http_status, error_body(str(err)), req=req)
             return
         if npy_out:
@@ -212,11 +220,14 @@ class WorkerApp(ControlRoutes):
                 )
         except InvalidInput as err:
             stats.errors.inc()
+            self.recent_errors.add(err.http_status, str(err), model.name, model.version)
             conn.send(err.http_status, error_body(str(err)), req=req)
             return
         except Exception as err:  # pandas can fail in many ways on odd input
             stats.errors.inc()
-            conn.send(400, error_body(f"Invalid input: {describe_error(err, 450)}"), req=req)
+            message = f"Invalid input: {describe_error(err, 450)}"
+            self.recent_errors.add(400, message, model.name, model.version)
+            conn.send(400, error_body(message), req=req)
             return
         # run alone and exactly as given: the MLflow-compatible answer depends on the request
         encode = lambda out: (invocations.answer(out, parsed), JSON)  # noqa: E731
@@ -236,12 +247,15 @@ class WorkerApp(ControlRoutes):
         (body, content type), counting it for the token, the model and the swap drain."""
         self.usage.rows(who, array.shape[0])
         stats, headers, inflight = model.stats, model.response_headers, model.inflight
+        recent_errors = self.recent_errors
 
         def done(out: Any, err: BaseException | None) -> None:
             try:
                 if err is not None:
                     stats.errors.inc()
-                    conn.send(400, error_body(_model_error(err)), extra_headers=headers, req=req)
+                    message = _model_error(err)
+                    recent_errors.add(400, message, model.name, model.version)
+                    conn.send(400, error_body(message), extra_headers=headers, req=req)
                     return
                 try:
                     body, ctype = encode(out)
@@ -249,6 +263,7 @@ class WorkerApp(ControlRoutes):
                     stats.errors.inc()
                     log.exception("%s v%s: encoding the answer failed", model.name, model.version)
                     msg = f"could not encode the model's output: {describe_error(exc)}"
+                    recent_errors.add(500, msg, model.name, model.version)
                     conn.send(500, error_body(msg), extra_headers=headers, req=req)
                     return
                 conn.send(200, body, ctype, headers, req)
@@ -306,7 +321,7 @@ class WorkerApp(ControlRoutes):
     def model_info(self, req: Request, conn: Connection, raw: bytes) -> None:
         name = raw.decode("latin-1")
         if name not in self.table.live:
-            conn.send(404, error_body(f"model {name[:200]!r} is not deployed"), req=req)
+            conn.send(404, error_body(self._not_deployed(name[:200])), req=req)
             return
         conn.send(200, dumps(self.table.describe(name)), req=req)
 
