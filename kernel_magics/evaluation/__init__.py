@@ -29,6 +29,14 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+def html_view(result: object) -> Any:
+    """A result's ``_repr_html_``: the view the front end registered for its type (None
+    without one), so asking the object itself renders like the notebook does."""
+    from kernel_magics.views import front_end_view
+
+    return front_end_view(result, "text/html")
+
+
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernel_magics.errors import InvalidInput
+from kernel_magics.evaluation import html_view
 from kernel_magics.evaluation.loading import LoadedVersion, load_version
 from kernel_magics.store import TAG_PARENT, TAG_RECIPE, Store, validate_name
 
@@ -49,10 +50,7 @@ class Comparison:
                 return row
         raise KeyError(name)
 
-    def _repr_html_(self) -> Any:
-        from kernel_magics.tracking import _front_end_view
-
-        return _front_end_view(self, "text/html")
+    _repr_html_ = html_view  # the view the front end registered
 
 
 def direction(name: str) -> str | None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.errors import InvalidInput
+from kernel_magics.evaluation import html_view
 from kernel_magics.evaluation.evaluate import log_to_version
 from kernel_magics.evaluation.metrics import HEADLINE
 from kernel_magics.store import Store, VersionInfo, parse_ref
@@ -53,10 +54,7 @@ class CVResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
-    def _repr_html_(self) -> Any:
-        from kernel_magics.tracking import _front_end_view
-
-        return _front_end_view(self, "text/html")
+    _repr_html_ = html_view  # the view the front end registered
 
 
 def recorded_config(store: Store, info: VersionInfo) -> tuple[TrainConfig, list[str]]:

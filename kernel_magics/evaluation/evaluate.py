@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.errors import InvalidInput
+from kernel_magics.evaluation import html_view
 from kernel_magics.evaluation.loading import LoadedVersion, forward, input_rows, load_version
 from kernel_magics.evaluation.metrics import HEADLINE, classification, regression
 from kernel_magics.store import Store, retry_locked
@@ -46,10 +47,7 @@ class EvaluationResult:
     other_seconds: float = 0.0  # loading, metrics and logging: everything but the forward
     notes: list[str] = field(default_factory=list)
 
-    def _repr_html_(self) -> Any:
-        from kernel_magics.tracking import _front_end_view
-
-        return _front_end_view(self, "text/html")
+    _repr_html_ = html_view  # the view the front end registered
 
 
 def evaluate(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel_magics.errors import InvalidInput, NotFound
+from kernel_magics.evaluation import html_view
 from kernel_magics.pipelines import EXPERIMENT, TAG_PIPELINE_RUN, pipeline_tags, provenance
 from kernel_magics.store import Store, retry_locked
 
@@ -69,6 +70,8 @@ class PipelineRecord:
     rerun_of: str | None = None
     executed_from: str = "file"
     seconds: float | None = None
+
+    _repr_html_ = html_view  # the view the front end registered
 
     def to_wire(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel_magics.config import Settings
+from kernel_magics.evaluation import html_view
 from kernel_magics.pipelines.record import PipelineRecord, RunSpec
 from kernel_magics.pipelines.run import check_parameters, execute_recorded
 
@@ -48,6 +49,8 @@ class RerunResult:
     original: PipelineRecord
     rerun: PipelineRecord
     rows: list[MetricDelta] = field(default_factory=list)
+
+    _repr_html_ = html_view  # the view the front end registered
 
     @property
     def all_equal(self) -> bool:
