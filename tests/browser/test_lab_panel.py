@@ -106,6 +106,10 @@ def test_models_magic_renders_its_table_in_a_notebook(
         "nbformat_minor": 5,
     }
     (lab.server.root / "models.ipynb").write_text(json.dumps(notebook))
+    # The notebook's session (and its kernel) starts while the page loads; the page joins it,
+    # as it joins a notebook's running kernel after a reload.
+    session = {"path": "models.ipynb", "type": "notebook", "kernel": {"name": "python3"}}
+    lab.server.request("POST", "api/sessions", json=session).raise_for_status()
 
     open_lab(page, lab.server, "notebook", "models.ipynb")
     # Shift+Enter before the kernel is connected gets lost: wait for an idle, connected kernel
