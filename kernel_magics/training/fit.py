@@ -20,7 +20,7 @@ from kernel_magics.training.config import TrainConfig
 from kernel_magics.training.data import PreparedData
 from kernel_magics.training.losses import Loss, check_loss_value, check_targets, make_loss
 from kernel_magics.training.metrics import format_value, key_metrics, task_metrics
-from kernel_magics.training.progress import NullProgress, Progress
+from kernel_magics.training.progress import NullProgress, Progress, StopRequested, stop_check
 
 EVAL_CHUNK = 1024  # rows per forward when evaluating: bounded memory on large validation sets
 
@@ -58,8 +58,9 @@ def fit(
     weights.
 
     The loss is ``config.loss`` (cross-entropy for classification and MSE for regression by
-    default). A kernel interrupt stops cleanly and raises ``TrainingInterrupted``; the model is
-    left in eval mode and usable either way.
+    default). A kernel interrupt, or the reporter's ``stop_requested()`` turning true (checked
+    after every batch), stops cleanly and raises ``TrainingInterrupted``; the model is left in
+    eval mode and usable either way.
     """
     config = config if config is not None else TrainConfig()
     _check_args(model, data)
@@ -105,9 +106,10 @@ def fit(
                 reporter.epoch_end(result)
                 if on_epoch is not None:
                     on_epoch(result)
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, StopRequested) as exc:
         _settle(model)
-        message = f"training interrupted at epoch {max(epoch, 1)}/{epochs}"
+        how = "stopped" if isinstance(exc, StopRequested) else "interrupted"
+        message = f"training {how} at epoch {max(epoch, 1)}/{epochs}"
         reporter.finish("interrupted", message)
         error = TrainingInterrupted(message)
         # what finished before the interrupt, for callers who want it
@@ -292,6 +294,7 @@ def _train_epoch(
     # the step itself for tabular data; the seeded generator gives the same shuffle every run.
     order = torch.randperm(len(data.X_train), generator=shuffle)
     total, seen = 0.0, 0
+    should_stop = stop_check(reporter)
     for idx in torch.split(order, sizes):
         x = data.X_train[idx].to(device)
         y = data.y_train[idx].to(device)
@@ -308,6 +311,8 @@ def _train_epoch(
         total += value * len(idx)
         seen += len(idx)
         reporter.step(value)
+        if should_stop is not None and should_stop():
+            raise StopRequested
     return total / seen
 
 

@@ -32,6 +32,18 @@ class Progress(Protocol):
     def finish(self, status: str, message: str) -> None: ...
 
 
+class StopRequested(Exception):
+    """Raised by ``fit`` between two batches when the reporter asked to stop (the widget's Stop
+    button); it ends the training exactly as a kernel interrupt does."""
+
+
+def stop_check(reporter: object) -> Callable[[], bool] | None:
+    """The reporter's optional ``stop_requested()`` (checked by ``fit`` after every batch), or
+    None: the protocol's four methods stay all a reporter must have."""
+    check = getattr(reporter, "stop_requested", None)
+    return check if callable(check) else None
+
+
 ProgressFactory = Callable[[], Progress]
 _front_end_factories: dict[str, ProgressFactory] = {}
 
