@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 import pytest
-import uvloop
+from unitkit import run_loop
 
 from kernel_magics.serving.request.batcher import Batcher, InferenceThread, Item
 
@@ -59,7 +59,7 @@ def run(scenario: Callable[[InferenceThread, Submit], Awaitable[None]]) -> None:
             engine.thread.join(5)
             assert not engine.thread.is_alive()
 
-    uvloop.run(go())
+    run_loop(go())
 
 
 def one_row(value: float, features: int = 3) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from unitkit import TinyMLP, rows
+from unitkit import TinyMLP, rows, run_loop
 
 from kernel_magics.errors import DeployFailed, InvalidInput
 from kernel_magics.records import HistoryEvent, ModelSpec
@@ -279,4 +279,4 @@ def test_inflight_drains():
         loop.call_later(0.04, inflight.leave)
         assert await inflight.drained(1.0) and inflight.count == 0
 
-    asyncio.run(scenario())
+    run_loop(scenario())

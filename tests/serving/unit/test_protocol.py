@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-import uvloop
+from unitkit import run_loop
 
 from kernel_magics.serving.request.protocol import Connection, Request, describe_error
 
@@ -97,7 +97,7 @@ def exchange(
         server.close()
         return parse_responses(raw), closed
 
-    return uvloop.run(go())
+    return run_loop(go())
 
 
 def _complete(raw: bytes) -> int:

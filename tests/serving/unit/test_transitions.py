@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from servekit import MLP, log_model, rows
+from unitkit import run_loop
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput
@@ -154,7 +155,7 @@ class Call:
 def transition(
     life: Lifecycle, pool: WorkerPool[FakeWorker], action: str, body: dict | None = None
 ) -> Call:
-    return asyncio.run(Call(life).run(pool, action, body))
+    return run_loop(Call(life).run(pool, action, body))
 
 
 def test_deploy_loads_everywhere_then_switches_and_answers_before_the_history_write(life):
@@ -237,7 +238,7 @@ def test_a_bad_body_is_refused_before_the_store_is_asked(life):
 
     answers: list[tuple[int, dict]] = []
     for action, raw in (("deploy", b"{oops"), ("deploy", b'{"nope": 1}'), ("rollback", b"[1]")):
-        asyncio.run(
+        run_loop(
             run_transition(MemoryPool(), no_store, NAME, action, raw, lambda *a: answers.append(a))
         )
     assert [status for status, _ in answers] == [400, 400, 400]
@@ -252,7 +253,7 @@ def test_concurrent_calls_on_one_model_run_one_at_a_time(life):
         rollback = Call(life).run(pool, "rollback")
         return await asyncio.gather(deploy, rollback)
 
-    deploy, rollback = asyncio.run(both())
+    deploy, rollback = run_loop(both())
     assert (deploy.status, deploy.body["version"]) == (200, 2)
     # the rollback planned after the deploy's history event was written: back to v1
     assert (rollback.status, rollback.body["version"], rollback.body["previous_version"]) == (

@@ -5,12 +5,25 @@ without going through MLflow; small models and inputs."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+import uvloop
 import yaml
+
+T = TypeVar("T")
+
+
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on a fresh uvloop loop (the worker's) in a thread of its own, so that an
+    event loop some other test left running in the main thread cannot get in the way."""
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(uvloop.run, coro).result()
 
 
 def _tensor_spec(array: np.ndarray) -> str:
