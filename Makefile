@@ -42,7 +42,7 @@ test-py: setup lint browser-deps
 
 # nbval runs the notebooks in fresh kernels against a throwaway home, then stops the
 # inference process they started there (only that one: it is found through that home's state file).
-NOTEBOOKS ?= notebooks/quickstart.ipynb notebooks/any_model.ipynb
+NOTEBOOKS ?= notebooks/quickstart.ipynb notebooks/any_model.ipynb notebooks/optimize.ipynb
 test-notebooks: setup
 	home=$$(mktemp -d /tmp/kernel-magics-nbval.XXXXXX); \
 	KERNEL_MAGICS_HOME=$$home KERNEL_MAGICS_PROGRESS=text \

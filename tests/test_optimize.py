@@ -22,9 +22,6 @@ from kernel_magics import api, display_optimize
 from kernel_magics.config import load_settings
 from kernel_magics.errors import DeployFailed, InvalidInput
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
-
 
 class MLP(nn.Module):
     def __init__(self, hidden: int = 64, seed: int = 0) -> None:
