@@ -8,6 +8,7 @@ with the other test folders' modules.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -30,12 +31,20 @@ MODEL = "digits"  # the model the session's store holds (two versions, v2 live a
 
 # Hides JupyterLab's "news" popup, which would cover the page in screenshots.
 NO_NEWS = {"fetchNews": "false", "checkForUpdates": False}
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # Not "/": the panel and its routes must follow the server's base URL (JupyterHub serves
 # single-user servers under /user/NAME/).
 BASE_URL = "/km-lab/"
 NOTIFICATION_SETTINGS = (
     "lab/user-settings/@jupyterlab/apputils-extension/notification.jupyterlab-settings"
 )
+
+
+def _stop_with_parent() -> None:
+    """Runs in the child before ``exec``: Linux sends it SIGTERM when the test process dies,
+    so a killed pytest run (timeout, SIGKILL) leaves no ``jupyter lab`` behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -143,7 +152,12 @@ def start_lab(base: Path, env: dict[str, str]) -> LabServer:
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            command, env=lab_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=lab_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_stop_with_parent,
         )
     url = f"http://127.0.0.1:{port}{BASE_URL}"
     return LabServer(process, url, token, dirs["notebooks"], log)
