@@ -63,4 +63,5 @@ bench: setup
 	$(BIN)/python bench/serving.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info
+	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info kernel_magics/lab/labextension extension/lib \
+		extension/node_modules extension/tsconfig.tsbuildinfo

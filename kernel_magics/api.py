@@ -280,9 +280,13 @@ def undeploy(name: str, *, settings: Settings | None = None) -> TransitionResult
 
 
 def history(name: str, *, settings: Settings | None = None) -> list[HistoryEvent]:
-    """Deployment events of ``name``, oldest first."""
+    """Deployment events of ``name``, oldest first (``NotFound`` for a model nobody registered)."""
     validate_name(name)
-    return _target(_settings(settings)).history(name)
+    s = _settings(settings)
+    events = _target(s).history(name)
+    if not events:
+        _store(s).resolve(name)  # an unknown name is an error that lists the known ones
+    return events
 
 
 # -- inference ----------------------------------------------------------------------------------
