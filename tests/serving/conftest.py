@@ -10,7 +10,7 @@ import pytest
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.serving.process.cleanup import state_pids, stop_pids
-from kernel_magics.targets.local import ServingClient
+from kernel_magics.targets.local import LocalTarget
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +19,9 @@ def settings(km_home: Path) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def client(settings: Settings) -> Iterator[ServingClient]:
+def client(settings: Settings) -> Iterator[LocalTarget]:
     """One running supervisor for the module; stopped (by PID) at the end."""
-    c = ServingClient(settings)
+    c = LocalTarget(settings)
     c.ensure_running(timeout=90)
     try:
         yield c

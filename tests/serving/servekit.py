@@ -14,7 +14,7 @@ import torch
 from kernel_magics.config import Settings
 from kernel_magics.registration import register_version
 from kernel_magics.store import TAG_FORMAT, TAG_SHA256, TAG_TASK, Store, hash_model_dir
-from kernel_magics.targets.local import ServingClient
+from kernel_magics.targets.local import LocalTarget
 
 N_FEATURES = 32
 
@@ -119,7 +119,7 @@ def raw_http(port: int, data: bytes, read_until_close: bool = True, timeout: flo
         return b"".join(chunks)
 
 
-def auth(client: ServingClient) -> dict[str, Any]:
+def auth(client: LocalTarget) -> dict[str, Any]:
     return {"Authorization": f"Bearer {client.token()}"}
 
 
