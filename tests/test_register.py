@@ -71,8 +71,10 @@ def test_register_an_own_loop_model(shell: Any, run_cell: Any, km_home: Path) ->
     info = _store(km_home).resolve("own", 1)
     assert info.task == "classification" and info.classes == list(range(10))
     assert info.recipe == "own loop, 60 Adam steps" and info.sha256 == r.sha256
-    # the text view the front end registered
-    assert shell.display_formatter.format(r)[0]["text/plain"].startswith("own v1 registered")
+    # the views the front end registered: text for terminals, a table in a notebook
+    views = shell.display_formatter.format(r)[0]
+    assert views["text/plain"].startswith("own v1 registered")
+    assert "own loop, 60 Adam steps" in views["text/html"] == r._repr_html_()
 
 
 def test_exported_in_eval_mode(shell: Any, km_home: Path) -> None:

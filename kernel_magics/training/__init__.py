@@ -4,9 +4,9 @@ splits, ``fit`` trains and reports through a ``Progress``.
 Use ``from kernel_magics.training.fit import fit``: the function is deliberately not re-exported
 here, because a package attribute ``fit`` would shadow the submodule of the same name (breaking
 ``import kernel_magics.training.fit as m`` and monkeypatching by dotted path). The other names
-are re-exported lazily, so importing this package costs nothing until one is used (and never
-imports a front end: the notebook widget registers itself as a ``Progress`` when the extension
-loads).
+are re-exported lazily, so importing this package costs nothing until one is used. Nothing here
+imports a front end: ``%load_ext kernel_magics`` registers the notebook widget as a
+``Progress`` (``training.progress.register_progress``).
 """
 
 from __future__ import annotations

@@ -166,3 +166,18 @@ def test_mistakes_stay_one_line(shell: Any, line: str, expected: str) -> None:
     assert type(caught.value) is UsageError and "\n" not in str(caught.value)
     assert expected in str(caught.value)
     assert {s.name: len(s.versions) for s in api.models()} == before
+
+
+class ZMQInteractiveShell:  # a Jupyter kernel, as far as the progress resolution can tell
+    display_formatter = None
+
+
+def test_the_extension_registers_the_widget(shell: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import IPython
+
+    from kernel_magics.training.progress import ENV_VAR, make_progress
+    from kernel_magics.widgets.progress import WidgetProgress
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(IPython, "get_ipython", ZMQInteractiveShell)
+    assert type(make_progress("auto")) is WidgetProgress  # what api.train(progress="auto") gets
