@@ -39,8 +39,6 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-# mlflow_run and store_errors are kernel_magics.runs'; they are named here too for the callers
-# that wrap registrations in a run of their own (kernel_magics.optimize).
 __all__ = [
     "TASKS",
     "LogFn",
@@ -50,8 +48,6 @@ __all__ = [
     "example_rows",
     "probe",
     "resolve_parent",
-    "mlflow_run",
-    "store_errors",
 ]
 
 TASKS = ("classification", "regression", "other")

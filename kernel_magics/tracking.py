@@ -96,7 +96,3 @@ def run_training(
         bookkeeping_seconds=bookkeeping,
         notes=registered.notes,
     )
-
-
-# kernel_magics.evaluation imports it under this name; views.front_end_view is the public one.
-_front_end_view = front_end_view

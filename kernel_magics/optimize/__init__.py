@@ -252,7 +252,8 @@ def _register_and_measure(
 ) -> OptimizeResult:
     import mlflow
 
-    from kernel_magics.registration import mlflow_run, register_version, store_errors
+    from kernel_magics.registration import register_version
+    from kernel_magics.runs import mlflow_run, store_errors
     from kernel_magics.training.progress import make_progress
 
     reporter = make_progress(progress) if isinstance(progress, str) else progress
