@@ -15,6 +15,8 @@ bodies are never unpickled.
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,9 @@ class Loader:
 
 
 LOADERS: dict[str, Loader] = {}
+# Formats served by modules of their own, which register with ``@loader`` when imported; named
+# here (not imported) so that nothing of theirs loads until a version is (onnx: optimize).
+FORMAT_MODULES = ("kernel_magics.serving.request.loader_onnx",)
 
 
 def loader(fmt: str, file: str) -> Callable[[LoadFn], LoadFn]:
@@ -64,6 +69,7 @@ def loader(fmt: str, file: str) -> Callable[[LoadFn], LoadFn]:
 def loader_for(folder: Path, fmt: str | None) -> Loader:
     """The loader of ``fmt``; for an untagged (older) version, the first registered format whose
     file the folder holds. DeployFailed names what is missing."""
+    _import_format_modules()
     if fmt:
         found = LOADERS.get(fmt)
         if found is None:
@@ -77,6 +83,12 @@ def loader_for(folder: Path, fmt: str | None) -> Loader:
             return candidate
     files = " or ".join(candidate.file for candidate in LOADERS.values())
     raise DeployFailed(f"no {files} in {folder}")
+
+
+@functools.cache
+def _import_format_modules() -> None:
+    for module in FORMAT_MODULES:
+        importlib.import_module(module)
 
 
 @loader("pt2", "data/model.pt2")
@@ -140,7 +152,3 @@ def static_batch(ep: Any) -> int | None:
             if val is not None and val.dim() > 0 and isinstance(val.shape[0], int):
                 return int(val.shape[0])
     return None
-
-
-# Formats served by other modules register themselves when imported (kernel-magics optimize).
-from kernel_magics.serving.request import loader_onnx  # noqa: E402,F401  (onnx: model.onnx)
