@@ -118,6 +118,7 @@ class ControlRoutes:
             msg = f"activate needs a name, a version and a history: {err}"
             conn.send(400, error_body(msg), req=req)
             return
+        split = self.table.canary.get(name)
         try:
             model, previous = self.table.activate(name, version, history)
         except KeyError as err:  # not staged here
@@ -128,23 +129,58 @@ class ControlRoutes:
         log.info("activated %s v%s (%s)", name, version, was)
         body = {"name": name, "version": version, "previous_version": previous and previous.version}
         replaced = previous if previous is not model else None  # a redeploy replaces nothing
-        self.loop.create_task(self._answer_when_drained(replaced, body, req, conn))
+        dropped = split.model if split is not None and split.model is not model else None
+        self.loop.create_task(self._answer_when_drained(replaced, body, req, conn, dropped))
 
     async def _answer_when_drained(
-        self, previous: LoadedModel | None, body: dict, req: Request, conn: Connection
+        self,
+        previous: LoadedModel | None,
+        body: dict,
+        req: Request,
+        conn: Connection,
+        canary: LoadedModel | None = None,
     ) -> None:
-        """Answer a swap once the replaced version has sent its last response: from then on
-        every response of this worker comes from the new version."""
+        """Answer a swap once the replaced version (and a canary the swap ended) has sent its
+        last response: from then on every response of this worker comes from the new version."""
         drained = True
-        if previous is not None:
-            drained = await previous.inflight.drained(self.settings.request_timeout_s)
+        for old in (previous, canary):
+            if old is None:
+                continue
+            drained = await old.inflight.drained(self.settings.request_timeout_s) and drained
             if not drained:
                 log.warning(
-                    "%s v%s: requests still in flight after the swap",
-                    body["name"],
-                    previous.version,
+                    "%s v%s: requests still in flight after the swap", body["name"], old.version
                 )
         conn.send(200, dumps({**body, "drained": drained}), req=req)
+
+    def c_canary(self, req: Request, conn: Connection) -> None:
+        """Start, change or (``percent`` 0) stop the canary of a model; a stopped canary is
+        acknowledged once its last response is written."""
+        doc = self._body(req, conn)
+        if doc is None:
+            return
+        try:
+            name, percent = str(doc["name"]), int(doc.get("percent") or 0)
+            version = int(doc["version"]) if percent else None
+            history = _history(doc)
+        except (KeyError, TypeError, ValueError, InvalidInput) as err:
+            conn.send(
+                400, error_body(f"canary needs a name, a version and a percent: {err}"), req=req
+            )
+            return
+        try:
+            if version is None:
+                dropped = self.table.drop_canary(name)
+            else:
+                dropped = self.table.set_canary(name, version, percent)
+        except KeyError as err:
+            conn.send(404, error_body(str(err).strip("'\"")), req=req)
+            return
+        if history is not None:
+            self.table.history[name] = history
+        log.info("canary %s: %s", name, f"v{version} at {percent}%" if version else "stopped")
+        body = {"name": name, "version": version, "percent": percent}
+        self.loop.create_task(self._answer_when_drained(dropped, body, req, conn))
 
     def c_discard(self, req: Request, conn: Connection) -> None:
         doc = self._body(req, conn)
@@ -192,6 +228,7 @@ class ControlRoutes:
             "models": {name: m.version for name, m in self.table.live.items()},
             "staged": [list(key) for key in self.table.staged],
             "standby": {name: m.version for name, m in self.table.standby.items()},
+            "canary": {name: split.describe() for name, split in self.table.canary.items()},
         }
         conn.send(200, dumps(state), req=req)
 

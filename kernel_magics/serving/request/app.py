@@ -18,7 +18,7 @@ from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput
 from kernel_magics.serving.control.worker_routes import ControlRoutes
 from kernel_magics.serving.process import ipc
-from kernel_magics.serving.request import invocations, metrics
+from kernel_magics.serving.request import invocations, metrics, v2
 from kernel_magics.serving.request import status as status_snapshot
 from kernel_magics.serving.request.batcher import InferenceThread, Item
 from kernel_magics.serving.request.codecs import (
@@ -47,6 +47,7 @@ from kernel_magics.store import not_found
 log = logging.getLogger(__name__)
 _MODELS = b"/v1/models"
 _MODELS_SLASH = b"/v1/models/"
+_V2 = b"/v2"
 _ACTIONS = (b"deploy", b"rollback", b"undeploy")
 _RELAY_TIMEOUT = 600.0  # a deploy loads and warms in every worker; big models take a while
 _AUTH_HINT = b'www-authenticate: Bearer realm="kernel-magics"\r\n'
@@ -82,6 +83,7 @@ class WorkerApp(ControlRoutes):
             b"/_control/activate": (b"POST", self.c_activate),
             b"/_control/discard": (b"POST", self.c_discard),
             b"/_control/unload": (b"POST", self.c_unload),
+            b"/_control/canary": (b"POST", self.c_canary),
             b"/_control/state": (b"GET", self.c_state),
             b"/_control/serve": (b"POST", self.c_serve),
         }
@@ -111,6 +113,8 @@ class WorkerApp(ControlRoutes):
             elif self._method(req, conn, b"GET"):
                 self.model_info(req, conn, rest)
             return
+        if path.startswith(_V2):  # the Open Inference Protocol (request/v2.py)
+            return v2.route(self, req, conn)
         route = self.static.get(path)
         if route is None:
             self._not_found(req, conn)
@@ -161,12 +165,20 @@ class WorkerApp(ControlRoutes):
         conn.send(401, error_body(msg), extra_headers=_AUTH_HINT, req=req)
 
     def _model(self, req: Request, conn: Connection, raw: bytes) -> LoadedModel | None:
-        model = self.table.live.get(raw.decode("latin-1"))
+        """The version that answers this request (the live one, or its canary's share)."""
+        name = raw.decode("latin-1")
+        model = self.table.live.get(name)
         if model is None:
             self.unknown_errors.inc()
-            message = self._not_deployed(raw.decode("latin-1")[:200])
+            message = self._not_deployed(name[:200])
             self.recent_errors.add(404, message)
             conn.send(404, error_body(message), req=req)
+            return None
+        canaries = self.table.canary
+        if canaries:  # empty unless a canary runs: no lookup at all on the common path
+            split = canaries.get(name)
+            if split is not None:
+                return split.pick(model, req)
         return model
 
     def _not_deployed(self, name: str) -> str:

@@ -4,6 +4,7 @@ swap, and the standby (the version live before, kept warm for a rollback)."""
 from __future__ import annotations
 
 from kernel_magics.records import HistoryEvent, ModelSpec
+from kernel_magics.serving.request.canary import Split
 from kernel_magics.serving.request.model import LoadedModel
 
 History = tuple[HistoryEvent, ...]
@@ -34,6 +35,9 @@ class ModelTable:
         # to it (the common one) is a dict swap with no load. One per model bounds the memory.
         self.standby: dict[str, LoadedModel] = {}
         self.history: dict[str, History] = {}
+        # name → the canary beside the live version (request/canary.py); empty almost always,
+        # so the request path tests it for truth before looking a name up
+        self.canary: dict[str, Split] = {}
 
     def stage(self, model: LoadedModel) -> None:
         self.staged[(model.name, model.version)] = model
@@ -43,6 +47,9 @@ class ModelTable:
     ) -> tuple[LoadedModel, LoadedModel | None]:
         """Make the staged ``version`` live: (the new live model, the one it replaced)."""
         model = self.staged.pop((name, version), None)
+        split = self.canary.pop(name, None)  # any swap ends a canary (promote makes it live)
+        if model is None and split is not None and split.model.version == version:
+            model = split.model
         if model is None:
             current = self.live.get(name)
             if current is None or current.version != version:
@@ -58,6 +65,25 @@ class ModelTable:
             self.history[name] = history
         return model, previous
 
+    def set_canary(self, name: str, version: int, percent: int) -> LoadedModel | None:
+        """Send ``percent`` of ``name``'s requests to the staged ``version`` (or change the
+        share of the running canary): the canary it replaced, if another version."""
+        if name not in self.live:
+            raise KeyError(f"{name} is not live in this worker: a canary needs a live version")
+        current = self.canary.get(name)
+        model = self.staged.pop((name, version), None)
+        if model is None:
+            if current is None or current.model.version != version:
+                raise KeyError(f"{name} v{version} is not staged in this worker")
+            model = current.model
+        self.canary[name] = Split(model, percent)
+        return current.model if current is not None and current.model is not model else None
+
+    def drop_canary(self, name: str) -> LoadedModel | None:
+        """Stop the canary of ``name`` (the live version takes all traffic): the dropped one."""
+        split = self.canary.pop(name, None)
+        return split.model if split is not None else None
+
     def discard(self, name: str, version: int | None = None) -> int:
         """Drop staged copies of ``name`` (only ``version``'s when given): how many."""
         keys = [k for k in self.staged if k[0] == name and (version is None or k[1] == version)]
@@ -69,6 +95,7 @@ class ModelTable:
         """Stop serving ``name``: the model that was live, if any."""
         model = self.live.pop(name, None)
         self.standby.pop(name, None)
+        self.canary.pop(name, None)
         if history is not None:
             self.history[name] = history
         return model
@@ -77,7 +104,9 @@ class ModelTable:
         """A loaded model that is exactly what ``spec`` asks for: the live one (a deploy of the
         version already serving) or the standby one (a rollback), else None."""
         wanted = model_from_spec(spec, batch, wait_ms)
-        for current in (self.live.get(spec.name), self.standby.get(spec.name)):
+        split = self.canary.get(spec.name)
+        canary = split.model if split is not None else None
+        for current in (self.live.get(spec.name), self.standby.get(spec.name), canary):
             if current is not None and (
                 current.version == wanted.version
                 and current.sha256 == wanted.sha256
@@ -90,4 +119,20 @@ class ModelTable:
 
     def describe(self, name: str) -> dict:
         history = [e.to_wire() for e in self.history.get(name, ())]
-        return {**self.live[name].describe(), "history": history}
+        split = self.canary.get(name)
+        canary = split.describe() if split is not None else None
+        return {**self.live[name].describe(), "canary": canary, "history": history}
+
+    def version(self, name: str, version: int) -> LoadedModel | None:
+        """The live or canary model of ``name`` if it is ``version`` (version-pinned routes)."""
+        model = self.live.get(name)
+        if model is not None and model.version == version:
+            return model
+        split = self.canary.get(name)
+        return split.model if split is not None and split.model.version == version else None
+
+    def served_versions(self, name: str) -> list[int]:
+        """The versions of ``name`` this worker answers with: live first, then the canary."""
+        live = self.live.get(name)
+        split = self.canary.get(name)
+        return [m.version for m in (live, split.model if split else None) if m is not None]
