@@ -8,6 +8,7 @@
     kernel-magics predict NAME --input FILE.json|FILE.csv|FILE.npy [--raw] [--json]
     kernel-magics serve start [--workers N] [--host H --allow-remote] | status [--json] | stop
                         | logs [--lines N] | token [--new NAME | --revoke NAME | --list]
+    kernel-magics store serve --backend postgresql://... [--artifacts DIR] [--host H --port P]
     kernel-magics pipeline run NOTEBOOK [-p NAME VALUE]... [--name RUN_NAME] [--output PATH]
     kernel-magics pipeline rerun RUN_ID [-p NAME VALUE]... [--source] [--output PATH]
 
@@ -157,6 +158,22 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+# -- store serve (kernel_magics.store_server) ---------------------------------------------------
+def _store(args: argparse.Namespace, settings: Settings) -> int:
+    """``store serve``: a lean MLflow tracking server (PostgreSQL backend) for a team."""
+    from kernel_magics import store_server
+
+    options = store_server.ServerOptions(
+        backend=args.backend,
+        artifacts=Path(args.artifacts),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        allow_remote=args.allow_remote,
+    )
+    return store_server.serve(options)
+
+
 # -- parser -------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     """Usage mistakes are one line on stderr and exit code 2, like every other error."""
@@ -200,6 +217,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("serve", _serve, "the inference process", json_flag=False)
     for flags, options in commands.SERVE_ARGUMENTS:
         p.add_argument(*flags, **options)
+    # store serve (kernel_magics.store_server)
+    p = command("store", _store, "the shared model store (an MLflow server)", json_flag=False)
+    store_actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    text = (
+        "run a lean MLflow tracking server (one worker, no job runner) on a database, proxying "
+        "artifacts; kernels then set MLFLOW_TRACKING_URI=http://HOST:PORT"
+    )
+    s = store_actions.add_parser("serve", help=text, description=text)
+    s.add_argument("--backend", required=True, metavar="URL", help="postgresql://USER@HOST:PORT/DB")
+    s.add_argument(
+        "--artifacts",
+        default=str(Path("~/.kernel-magics/server-artifacts").expanduser()),
+        metavar="DIR",
+        help="where the server keeps artifacts (default: %(default)s)",
+    )
+    s.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    s.add_argument("--port", type=int, default=5000, help="default: %(default)s")
+    s.add_argument("--workers", type=positive_int, default=1, help="default: %(default)s")
+    s.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a host other than loopback (the server has no authentication)",
+    )
     p = command("pipeline", _pipeline, "run a notebook as a recorded pipeline, or rerun one")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, target, text in (

@@ -1,0 +1,164 @@
+"""A lean MLflow tracking server for a team: ``kernel-magics store serve``.
+
+Every kernel then sets ``%config KernelMagics.tracking_uri = "http://host:port"`` (or
+``MLFLOW_TRACKING_URI``) and shares runs, versions, the live alias and the deployment history.
+The server proxies artifacts (``--artifacts-destination``), so clients need no access to the
+artifact folder: the kernel side and the inference process download a version into
+``home/cache/`` before its hash check (``Store.local_path``).
+
+MLflow's default server form spawns a job-execution runner and several workers (≈ 15 processes,
+3.3 GB here); one worker without the job runner is ≈ 0.5 GB and enough for a team's notebooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from kernel_magics.config import LOOPBACK_HOSTS
+from kernel_magics.errors import InvalidInput, ServiceUnavailable
+
+BACKEND_SCHEMES = ("postgresql", "mysql", "sqlite", "mssql")
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    backend: str  # a SQLAlchemy URL: postgresql://user@host:port/db (psycopg 3)
+    artifacts: Path
+    host: str = "127.0.0.1"
+    port: int = 5000
+    workers: int = 1
+    allow_remote: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def check_options(options: ServerOptions) -> None:
+    scheme = options.backend.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in BACKEND_SCHEMES:
+        raise InvalidInput(
+            f"--backend {options.backend!r} is not a database URL "
+            "(use postgresql://USER@HOST:PORT/DB, or mysql://, sqlite:///PATH)"
+        )
+    if not 0 < options.port < 65536:
+        raise InvalidInput(f"--port must be in 1..65535, got {options.port}")
+    if options.workers < 1:
+        raise InvalidInput(f"--workers must be >= 1, got {options.workers}")
+    # The tracking server has no authentication of its own: reachable from the network, anyone
+    # there may register and overwrite the production alias. Say so by a flag.
+    if options.host not in LOOPBACK_HOSTS and not options.allow_remote:
+        raise InvalidInput(
+            f"--host {options.host!r} exposes the store (no authentication) beyond this machine: "
+            "add --allow-remote to mean it, behind a firewall or an authenticating proxy"
+        )
+
+
+def server_command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
+    """The ``mlflow server`` command line and environment for ``options``."""
+    check_options(options)
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        options.backend,
+        "--artifacts-destination",
+        str(Path(options.artifacts).expanduser().resolve()),
+        "--host",
+        options.host,
+        "--port",
+        str(options.port),
+        "--workers",
+        str(options.workers),
+    ]
+    env = dict(os.environ)
+    # The job-execution runner (MLflow 3) is what makes the default form heavy; the lifecycle
+    # never submits jobs.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    return command, env
+
+
+def start(options: ServerOptions, *, log_file: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start the server in its own process group (``stop`` ends the group) and wait until it
+    answers ``/health``."""
+    command, env = server_command(options)
+    Path(options.artifacts).expanduser().mkdir(parents=True, exist_ok=True)
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    finally:
+        if log_file:
+            out.close()  # type: ignore[union-attr]
+    try:
+        wait_ready(options.url, proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceUnavailable(
+                f"mlflow server exited with code {proc.returncode} before it answered {url}"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise ServiceUnavailable(f"mlflow server did not answer {url}/health within {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """TERM the server's process group (the server and its uvicorn worker), then KILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def serve(options: ServerOptions) -> int:
+    """Run the server in the foreground until it exits or Ctrl-C; returns its exit code."""
+    proc = start(options)
+    print(
+        f"MLflow tracking server at {options.url} (backend {_redacted(options.backend)}, "
+        f"artifacts {options.artifacts}); set MLFLOW_TRACKING_URI={options.url}",
+        flush=True,
+    )
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        stop(proc)
+        return 0
+
+
+def _redacted(url: str) -> str:
+    """A backend URL without its password, for printing."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"

@@ -1,0 +1,232 @@
+"""The whole lifecycle on a shared store: a real PostgreSQL cluster, a real ``mlflow server`` on
+it started by ``kernel-magics store serve`` (artifacts proxied by the server), and the real
+inference process reading versions through that server alone.
+
+PostgreSQL refuses to run as root, so the cluster runs as the ``postgres`` user (``runuser``),
+in a temp folder, on a free loopback port, with ``fsync=off`` (a throwaway cluster). Everything
+started here listens on 127.0.0.1 and is stopped by PID (process group) at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from kernel_magics import api, store_server
+from kernel_magics.config import Settings, load_settings
+from kernel_magics.serving.process.cleanup import state_pids, stop_pids
+from kernel_magics.store import Store
+from kernel_magics.targets.local import LocalTarget
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _as_postgres(*command: str) -> None:
+    done = subprocess.run(
+        ["runuser", "-u", "postgres", "--", *command], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster; yields its SQLAlchemy URL (psycopg 3)."""
+    # Not under pytest's tmp folder: that one is private to root, and the cluster runs as
+    # postgres, which must reach its data folder.
+    root = Path(tempfile.mkdtemp(prefix="km-pg-"))
+    root.chmod(0o755)
+    shutil.chown(root, "postgres", "postgres")  # its log and socket are written there too
+    data, port = root / "data", free_port()
+    subprocess.run(["install", "-d", "-o", "postgres", "-g", "postgres", str(data)], check=True)
+    _as_postgres(
+        str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"
+    )
+    options = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off"
+    _as_postgres(
+        str(PG_BIN / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(root / "log"),
+        "-w",
+        "-o",
+        options,
+        "start",
+    )
+    pid = int((data / "postmaster.pid").read_text().split()[0])
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        stop_pids([pid], only_ours=False)  # the postmaster ends its backends on TERM
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tracking_url(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``kernel-magics store serve`` on the cluster; yields its URL."""
+    artifacts, port = tmp_path_factory.mktemp("server-artifacts"), free_port()
+    log = tmp_path_factory.mktemp("server-log") / "server.log"
+    command = [
+        sys.executable, "-m", "kernel_magics.cli", "store", "serve", "--backend", postgres,
+        "--artifacts", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_MAGICS_", "MLFLOW_"))}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        store_server.wait_ready(url, proc)  # type: ignore[arg-type]
+        yield url
+    finally:
+        store_server.stop(proc)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def settings(tracking_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    home = tmp_path_factory.mktemp("km-remote")
+    s = load_settings(home=home, tracking_uri=tracking_url, autostart=False)
+    try:
+        yield s
+    finally:
+        LocalTarget(s).process.wait_for_start(timeout=90)
+        pids = state_pids(s.state_file)
+        with contextlib.suppress(Exception):
+            api.server_stop(settings=s)
+        stop_pids(pids)
+
+
+def _mlp(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+
+
+def _outputs(model: torch.nn.Module, X: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(X)).numpy()
+
+
+def test_lifecycle_through_the_tracking_server(
+    settings: Settings, digits: tuple[np.ndarray, np.ndarray], tracking_url: str
+) -> None:
+    X, y = digits
+    r1 = api.train(_mlp(0), X, y, name="team", epochs=2, progress="none", settings=settings)
+    own = _mlp(1)
+    r2 = api.register(own, X[:4], name="team", task="classification", settings=settings)
+    assert (r1.version, r2.version) == (1, 2)
+
+    store = Store(settings)
+    assert store.uri == tracking_url
+    info = store.resolve("team", 1)
+    assert info.sha256 and not info.source.startswith(("file:", "/"))  # proxied, not a path
+    local = Path(store.local_path(info))  # downloaded through the server into home/cache
+    assert settings.cache_dir in local.parents or local == settings.cache_dir
+    assert store.resolve("team", 1).run_id == r1.run_id
+    assert store.run_metrics([r1.run_id])[r1.run_id]["accuracy"] > 0.3
+
+    api.deploy("team@1", settings=settings)
+    np.testing.assert_allclose(
+        api.predict("team", X[:8], raw=True, settings=settings),
+        _outputs(r1.model, X[:8]),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    api.deploy("team@2", settings=settings)
+    np.testing.assert_allclose(
+        api.predict("team", X[:8], raw=True, settings=settings), _outputs(own, X[:8]), atol=1e-5
+    )
+    result = api.rollback("team", settings=settings)
+    assert (result.previous_version, result.version) == (2, 1)
+    assert store.live_version("team") == 1
+    events = api.history("team", settings=settings)
+    assert [(e.action, e.from_version, e.to_version) for e in events] == [
+        ("deploy", None, 1),
+        ("deploy", 1, 2),
+        ("rollback", 2, 1),
+    ]
+
+
+def test_restart_serves_what_was_live_from_the_store_alone(
+    settings: Settings, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    X, _ = digits
+    before = api.predict("team", X[:8], raw=True, settings=settings)
+    assert api.server_stop(settings=settings)
+    shutil.rmtree(settings.cache_dir, ignore_errors=True)  # nothing local left to load from
+    status = api.server_start(settings=settings)
+    assert status is not None
+    deadline = time.monotonic() + 60
+    while (status is None or "team" not in status.models) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = api.server_status(settings=settings)
+    assert status is not None and status.models["team"].version == 1
+    np.testing.assert_allclose(
+        api.predict("team", X[:8], raw=True, settings=settings), before, atol=1e-6
+    )
+
+
+TRAIN_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, numpy as np, torch
+    from kernel_magics import api
+    seed = int(sys.argv[1])
+    rng = np.random.default_rng(seed)
+    X = rng.random((120, 6), dtype=np.float32)
+    y = (X[:, 0] > 0.5).astype(int)
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    r = api.train(net, X, y, name="parallel", epochs=2, progress="none", seed=seed)
+    print(json.dumps({"version": r.version, "run_id": r.run_id}))
+    """
+)
+
+
+def test_four_parallel_trainings_lose_nothing(
+    settings: Settings, tracking_url: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_MAGICS_", "MLFLOW_"))}
+    env.update(
+        KERNEL_MAGICS_HOME=str(tmp_path), MLFLOW_TRACKING_URI=tracking_url, OMP_NUM_THREADS="1"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TRAIN_SCRIPT, str(seed)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(4)
+    ]
+    results: list[dict[str, Any]] = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+        results.append(json.loads([line for line in out.splitlines() if line][-1]))
+    versions = Store(settings).versions("parallel")
+    assert sorted(v.version for v in versions) == [1, 2, 3, 4]
+    assert sorted(r["version"] for r in results) == [1, 2, 3, 4]
+    assert {v.run_id for v in versions} == {r["run_id"] for r in results}
+    assert all(v.sha256 for v in versions)
