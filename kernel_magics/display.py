@@ -101,7 +101,13 @@ def _html_table(
     )
 
 
-def _when(seconds: float | None) -> str:
+# the dashboards (kernel_magics.widgets.views) build their tables with these too
+text_table, html_table = _text_table, _html_table
+LIVE_BADGE = _BADGE
+
+
+def when(seconds: float | None) -> str:
+    """A creation time (seconds since the epoch) as local ``YYYY-MM-DD HH:MM``."""
     if not seconds:
         return ""
     return _dt.datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M")
@@ -109,6 +115,9 @@ def _when(seconds: float | None) -> str:
 
 def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+
+number = _number  # 4 significant digits, as every table shows a metric
 
 
 def key_metrics(metrics: dict[str, float], task: str | None) -> list[tuple[str, float]]:
@@ -125,20 +134,12 @@ def _metrics_text(metrics: dict[str, float], task: str | None) -> str:
 
 
 # -- models -------------------------------------------------------------------------------------
-# parent: the version a registered one was derived from (km.parent), its lineage.
-MODEL_HEADERS = (
-    "model",
-    "version",
-    "created",
-    "task",
-    "metrics",
-    "format",
-    "parent",
-    "live",
-    "served",
-)
+# parent: the version a registered one was derived from (km.parent), its lineage. One "live"
+# column: the production alias, which the inference process serves (a note below the table
+# says when it serves something else: it was not running, or a deploy is in flight).
+MODEL_HEADERS = ("model", "version", "created", "task", "metrics", "format", "parent", "live")
 NO_MODELS = "No registered models yet: train one with %train (or kernel_magics.api.train)."
-LIVE_COLUMN, SERVED_COLUMN = MODEL_HEADERS.index("live"), MODEL_HEADERS.index("served")
+LIVE_COLUMN = MODEL_HEADERS.index("live")
 
 
 def _model_rows(summaries: Sequence[Any]) -> list[list[str]]:
@@ -149,14 +150,13 @@ def _model_rows(summaries: Sequence[Any]) -> list[list[str]]:
                 [
                     s.name,
                     f"v{v.version}",
-                    _when(v.created),
+                    when(v.created),
                     v.task or "",
                     _metrics_text(v.metrics, v.task),
                     v.format or "",
                     v.tags.get(TAG_PARENT) or "",
                     # The summary's live version is the one alias lookup; rows follow it.
                     "LIVE" if s.live_version == v.version else "",
-                    "served" if s.served_version == v.version else "",
                 ]
             )
     return rows
@@ -167,11 +167,11 @@ def _served_note(summaries: Sequence[Any]) -> str:
     or a deploy is in flight), since that is exactly what a user checks %models for."""
     notes = []
     for s in summaries:
-        if s.live_version is not None and s.served_version != s.live_version:
-            served = f"v{s.served_version}" if s.served_version is not None else "nothing"
-            notes.append(
-                f"{s.name}: v{s.live_version} is live but the inference process serves {served}"
-            )
+        if s.served_version == s.live_version:
+            continue
+        live = f"v{s.live_version}" if s.live_version is not None else "no version"
+        served = f"v{s.served_version}" if s.served_version is not None else "nothing"
+        notes.append(f"{s.name}: {live} is live but the inference process serves {served}")
     return "\n".join(notes)
 
 
@@ -190,7 +190,6 @@ def models_html(summaries: Sequence[Any]) -> str:
     for row in _model_rows(summaries):
         cells = [html.escape(c) for c in row]
         cells[LIVE_COLUMN] = _BADGE if row[LIVE_COLUMN] else ""
-        cells[SERVED_COLUMN] = "&#9679; served" if row[SERVED_COLUMN] else ""
         rows.append(cells)
     note = _served_note(summaries)
     note_html = f"<p style='color:#9a6700'>{html.escape(note)}</p>" if note else ""
@@ -266,9 +265,37 @@ def transition_line(result: TransitionResult) -> str:
     line = f"{result.name} v{result.version} {verb} ({was})"
     if result.url:
         line += f" at {result.url}"
-    if result.load_ms is not None:
-        line += f" — loaded in {result.load_ms:.0f} ms"
-    return line
+    loaded = _loaded(result)
+    return f"{line} — {loaded}" if loaded else line
+
+
+def _loaded(result: TransitionResult) -> str:
+    """How the version became ready: a rollback to the standby loads nothing."""
+    if result.reused:
+        return "already loaded (standby)"
+    return f"loaded in {result.load_ms:.0f} ms" if result.load_ms is not None else ""
+
+
+def endpoint(url: str, name: str) -> str:
+    return f"{url.rstrip('/')}/v1/models/{name}:predict"
+
+
+def transition_html(result: TransitionResult) -> str:
+    """The same answer as ``transition_line``, with the LIVE badge and the endpoint's link."""
+    name = html.escape(result.name)
+    previous = result.previous_version
+    was = f"was v{previous}" if previous is not None else "nothing was live"
+    if result.action == "undeploy" or result.version is None:
+        return f"<p><b>{name}</b> is no longer served ({html.escape(was)})</p>"
+    again = " again" if result.action == "rollback" else ""
+    parts = [f"<b>{name}</b> v{result.version} {_BADGE}{again} ({html.escape(was)})"]
+    if result.url:
+        url = html.escape(endpoint(result.url, result.name))
+        parts.append(f'at <a href="{url}" target="_blank"><code>POST {url}</code></a>')
+    loaded = _loaded(result)
+    if loaded:
+        parts.append(f"— {html.escape(loaded)}")
+    return f"<p>{' '.join(parts)}</p>"
 
 
 HISTORY_HEADERS = ("time", "action", "from", "to")
@@ -308,6 +335,57 @@ def predictions_text(values: Any) -> str:
     """Predictions for a terminal: one row per line (labels, or space-separated outputs)."""
     rows = values.tolist() if hasattr(values, "tolist") else list(values)
     return "\n".join(" ".join(map(str, r)) if isinstance(r, list) else str(r) for r in rows)
+
+
+PREDICTION_ROWS = 20  # rows a notebook shows; the array itself holds them all
+
+
+def predictions_html(values: Any, name: str, *, raw: bool = False) -> str:
+    """``%predict``'s answer in a notebook: which model answered, then a row number and the
+    label (or the outputs) per row, the first ``PREDICTION_ROWS`` of them."""
+    rows = values.tolist() if hasattr(values, "tolist") else list(values)
+    what = "outputs" if raw else "predictions"
+    head = f"<b>{html.escape(name)}</b> {_BADGE} — {len(rows)} {what}"
+
+    def cell(row: Any) -> str:
+        if isinstance(row, list):
+            return " ".join(_number(v) if isinstance(v, float) else str(v) for v in row)
+        return _number(row) if isinstance(row, float) else str(row)
+
+    shown = [(str(i), cell(r)) for i, r in enumerate(rows[:PREDICTION_ROWS])]
+    more = len(rows) - len(shown)
+    note = f"<p>… {more} more (all in the returned array)</p>" if more > 0 else ""
+    return f"<p>{head}</p>" + _html_table(("row", what[:-1]), shown) + note
+
+
+def logs_html(text: str) -> str:
+    """``%serve logs`` in a notebook: the lines as they are, warnings and errors coloured."""
+    if not text.strip():
+        return "<p>The inference process has not logged anything yet.</p>"
+    colours = {" ERROR ": "#cf222e", " WARNING ": "#9a6700", " CRITICAL ": "#cf222e"}
+    lines = []
+    for line in text.splitlines():
+        colour = next((c for level, c in colours.items() if level in line), None)
+        escaped = html.escape(line)
+        lines.append(f'<span style="color:{colour}">{escaped}</span>' if colour else escaped)
+    body = "\n".join(lines)
+    return f"<pre style='font-size:0.85em;line-height:1.35;white-space:pre-wrap'>{body}</pre>"
+
+
+def training_stopped_line(run_id: str | None, detail: str | None = None) -> str:
+    """What ``%train`` says after the Stop button or a kernel interrupt (once: the progress
+    reporter has already said where it stopped, unless ``detail`` repeats it for none)."""
+    run = f"run {run_id}" if run_id else "the run"
+    line = f"{run} is recorded as KILLED in MLflow; nothing was registered"
+    return f"{detail}: {line}" if detail else line
+
+
+def warm_up_note(seconds: float) -> str:
+    return (
+        f"the first training in a kernel pays a one-time warm-up in its bookkeeping (MLflow's "
+        f"and torch.export's imports and first export, about {seconds:.1f} s here); later "
+        "ones take a fraction of a second"
+    )
 
 
 # -- the inference process ----------------------------------------------------------------------

@@ -18,13 +18,24 @@ from kernel_magics.config import Settings
 log = logging.getLogger(__name__)
 _started: threading.Thread | None = None
 _lock = threading.Lock()
+# Set once this thread's `import torch` is over. Two threads importing torch at once can
+# deadlock inside its package imports; Python then fails one of them and the other re-imports
+# torch's C extension ("... is already defined"). A cell run meanwhile waits for it instead.
+_torch_imported = threading.Event()
+TORCH_WAIT_S = 120.0
 
 
 def _warm(settings: Settings) -> None:
     try:
+        import torch
+    except Exception as err:
+        log.debug("warm-up skipped: %s", err)
+        return
+    finally:
+        _torch_imported.set()
+    try:
         import mlflow.pytorch
         import numpy as np
-        import torch
 
         from kernel_magics.store import Store
 
@@ -44,11 +55,29 @@ def start_warmup(settings: Settings) -> threading.Thread:
     global _started
     with _lock:
         if _started is None:
+            _wait_in_cells_for_torch()
             _started = threading.Thread(
                 target=_warm, args=(settings,), name="kernel-magics-warmup", daemon=True
             )
             _started.start()
         return _started
+
+
+def _wait_in_cells_for_torch() -> None:
+    """Before each cell, until the warm-up has imported torch: wait for it (see above)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def before_cell(*_: object) -> None:
+        if _torch_imported.wait(TORCH_WAIT_S):
+            shell.events.unregister("pre_run_cell", before_cell)
+
+    shell.events.register("pre_run_cell", before_cell)
 
 
 _watchdog_stop: threading.Event | None = None

@@ -109,8 +109,8 @@ def test_models_shows_what_exists_and_what_is_live(ns: Any, capsys: pytest.Captu
     lines = capsys.readouterr().out.splitlines()
     v1 = next(line for line in lines if line.startswith("digits") and " v1 " in line)
     v2 = next(line for line in lines if line.startswith("digits") and " v2 " in line)
-    assert "LIVE" in v1 and "served" in v1 and "accuracy=" in v1
-    assert "LIVE" not in v2 and "served" not in v2
+    assert "LIVE" in v1 and "accuracy=" in v1  # one "live" column (was: live, served)
+    assert "LIVE" not in v2 and "inference process serves" not in "\n".join(lines)
 
 
 def test_serve_status_and_token(ns: Any, capsys: pytest.CaptureFixture) -> None:

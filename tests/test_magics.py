@@ -20,6 +20,7 @@ from kernel_magics import api, display
 from kernel_magics.config import Settings
 from kernel_magics.errors import DeployFailed
 from kernel_magics.magics import KernelMagics, split_args
+from kernel_magics.magics._results import TrainingStopped
 from kernel_magics.records import HistoryEvent, ModelState, ServerStatus, TransitionResult
 from kernel_magics.tracking import TrainResult
 
@@ -172,8 +173,11 @@ def test_interrupted_training_is_one_line_and_registers_nothing(ns: Any, run_cel
         "            raise KeyboardInterrupt\n"
         "        return super().forward(x)\n",
     )
-    message = usage_error(ns, "train", "Stopper() --data X y --epochs 2 --name stopped")
-    assert "interrupted" in message
+    # an interrupt is no usage error: one plain line naming the KILLED run, said once
+    with pytest.raises(TrainingStopped) as caught:
+        ns.run_line_magic("train", "Stopper() --data X y --epochs 2 --name stopped")
+    (message,) = caught.value._render_traceback_()
+    assert "interrupted" in message and "KILLED" in message and "nothing was registered" in message
     assert "stopped" not in [s.name for s in api.models()]
 
 
@@ -242,7 +246,7 @@ def test_models_views() -> None:
     lines = text.splitlines()
     assert lines[0].split() == list(display.MODEL_HEADERS)
     v1 = next(line for line in lines if line.startswith("digits") and " v1 " in line)
-    assert "LIVE" in v1 and "served" in v1 and "accuracy=0.9" in v1
+    assert "LIVE" in v1 and "accuracy=0.9" in v1  # one "live" column (was: live, served)
     assert "mse=2.5 r2=0.8" in text
     html_text = display.models_html(summaries)
     assert html_text.count(">LIVE<") == 1 and "&lt;prices&gt;" in html_text

@@ -3,18 +3,21 @@
 Each module holds one ``@magics_class`` and the views of the records its magics return:
 ``lifecycle`` (``KernelMagics``: train, register, deploy, rollback, undeploy, predict, models,
 history, serve, and the ``%config KernelMagics.<option>`` traits every magic reads),
-``pipelines`` (``%pipeline``, ``%evaluate``, ``%compare``), ``optimize`` (``%optimize``).
+``pipelines`` (``%pipeline``, ``%evaluate``, ``%compare``), ``optimize`` (``%optimize``),
+``dashboards`` (``%monitor``).
 ``_args`` is what they share. The magics only parse, call ``kernel_magics.api`` and render.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from kernel_magics.magics import lifecycle, optimize, pipelines
+from kernel_magics.magics import dashboards, lifecycle, optimize, pipelines
 from kernel_magics.magics._args import (
     register_views,
     split_args,
+    tidy_help,
     unregister_magics,
     unregister_views,
     usage_errors,
@@ -24,7 +27,7 @@ from kernel_magics.magics.lifecycle import KernelMagics
 __all__ = ["KernelMagics", "split_args", "usage_errors", "load_ipython_extension"]
 
 # Magics classes besides KernelMagics (which is also a Configurable, registered first).
-_FEATURES = (pipelines, optimize)
+_FEATURES = (pipelines, optimize, dashboards)
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -37,9 +40,11 @@ def load_ipython_extension(ipython: Any) -> None:
         ipython.configurables.append(magics)
     ipython.register_magics(magics)
     register_views(ipython, lifecycle.VIEWS)
+    tidy_help(KernelMagics)
     for feature in _FEATURES:
         ipython.register_magics(feature.MAGICS(shell=ipython))
         register_views(ipython, feature.VIEWS)
+        tidy_help(feature.MAGICS)
     register_progress_widget()
     settings = magics.settings()
     start_warmup(settings)
@@ -52,6 +57,8 @@ def unload_ipython_extension(ipython: Any) -> None:
     from kernel_magics.widgets.progress import unregister as unregister_progress_widget
 
     stop_watchdog()
+    if "kernel_magics.widgets.monitor" in sys.modules:  # their timers end with the extension
+        sys.modules["kernel_magics.widgets.monitor"].ServiceMonitor.stop_all()
     unregister_progress_widget()
     ipython.configurables[:] = [c for c in ipython.configurables if not isinstance(c, KernelMagics)]
     unregister_magics(ipython, KernelMagics)

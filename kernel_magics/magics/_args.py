@@ -81,8 +81,13 @@ def front_end(func: Callable[[Any, argparse.Namespace], Any]) -> Callable[..., A
     def magic(self: Any, line: str = "") -> Any:
         parser = magic.parser  # type: ignore[attr-defined]
         parser.allow_abbrev = False  # `--epoch 2` must not pass for `--epochs 2`
+        tokens = split_args(line)
+        # IPython's parsers have no -h (add_help=False): answer it as `%magic?` would
+        if "-h" in tokens or "--help" in tokens:
+            display.show(magic.__doc__ or "")
+            return None
         try:
-            args = parser.parse_args(split_args(line))
+            args = parser.parse_args(tokens)
         except UsageError as err:
             raise UsageError(f"{err} (see %{func.__name__}?)") from None
         with usage_errors():
@@ -90,6 +95,21 @@ def front_end(func: Callable[[Any, argparse.Namespace], Any]) -> Callable[..., A
 
     magic.__doc__ = inspect.cleandoc(func.__doc__ or "")
     return magic
+
+
+def tidy_help(magics_class: type) -> None:
+    """Make the ``%magic?`` help read as plain text: IPython opens it with an RST literal-block
+    marker ("::") and the docstrings' "Examples::" blocks are RST too."""
+    for names in magics_class.magics.values():  # type: ignore[attr-defined]
+        for method_name in names.values():
+            func = getattr(magics_class, method_name, None)
+            doc = getattr(func, "__doc__", None)
+            if func is None or not doc:
+                continue
+            if doc.startswith("::\n\n"):
+                usage, _, rest = doc[4:].partition("\n\n")
+                doc = "Usage:\n" + usage + "\n\n" + rest
+            func.__doc__ = doc.replace("Examples::", "Examples:").replace("Example::", "Example:")
 
 
 def arguments(specs: list[tuple[tuple[str, ...], dict[str, Any]]]) -> Callable[..., Any]:

@@ -17,22 +17,32 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.core.magic_arguments import argument, kwds, magic_arguments
 from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
 from traitlets.config.configurable import Configurable
 
 from kernel_magics import api, commands, display
 from kernel_magics.argtypes import non_negative_float, number, positive_int, version
 from kernel_magics.config import Settings, load_settings
-from kernel_magics.errors import InvalidInput
+from kernel_magics.errors import InvalidInput, TrainingInterrupted
 from kernel_magics.magics._args import View, arguments, front_end, word
+from kernel_magics.magics._results import predictions_view, training_stopped
 from kernel_magics.registration import TASKS as REGISTER_TASKS
 from kernel_magics.registration import RegisterResult
 from kernel_magics.tracking import TrainResult
-from kernel_magics.training.config import LOSS_TASKS, TrainConfig, check_loss
+from kernel_magics.training.config import LOSS_TASKS, OPTIMIZERS, TrainConfig, check_loss
 from kernel_magics.training.config import TASKS as TRAIN_TASKS
+from kernel_magics.training.progress import make_progress
+from kernel_magics.widgets.front_end import widgets_render
 
 _DEFAULTS = Settings()
+_TRAIN_USAGE_FORMAT = (
+    "train MODEL_EXPR --data X_EXPR [Y_EXPR] [--target COLUMN] [--name NAME]\n"
+    "             [--epochs N] [--lr LR] [--batch-size N] [--optimizer {%s}]\n"
+    "             [--weight-decay WD] [--val-split FRACTION] [--seed SEED]\n"
+    "             [--task {%s}] [--loss LOSS]"
+)
+_TRAIN_USAGE = _TRAIN_USAGE_FORMAT % (",".join(OPTIMIZERS), ",".join(TRAIN_TASKS))
 _TRAIN = TrainConfig()
 _POSITIVE_FLOAT = number(float, 0, inclusive=False)
 
@@ -53,6 +63,10 @@ def _labels(tokens: list[str] | None) -> list | None:
         except ValueError:
             labels.append(word(token))  # a bare word is a string label
     return labels
+
+
+def _lower_word(text: str) -> str:
+    return word(text).lower()
 
 
 def _setting(kind: type, field: str, help_text: str) -> Any:
@@ -88,6 +102,8 @@ class KernelMagics(Magics, Configurable):
         help="How %train reports progress: a widget, text lines, nothing, or auto.",
     ).tag(config=True)
 
+    _trained_once = False  # the first %train of a kernel pays a one-time warm-up
+
     def settings(self) -> Settings:
         """Settings for this kernel: traits changed with %config win over the environment."""
         changed = {}
@@ -112,6 +128,7 @@ class KernelMagics(Magics, Configurable):
     # TrainConfig's, and the options are named like its fields (the magic builds it from them).
     @line_magic
     @magic_arguments()
+    @kwds(usage=_TRAIN_USAGE)  # MODEL_EXPR first, as every example writes it
     @argument("model", metavar="MODEL_EXPR", help="an nn.Module expression: Net(), model")
     @argument("--data", nargs="+", required=True, metavar="EXPR", help="X_EXPR [Y_EXPR]")
     @argument("--target", type=word, help="target column of a DataFrame X (instead of Y_EXPR)")
@@ -123,7 +140,13 @@ class KernelMagics(Magics, Configurable):
     @argument(
         "--batch-size", type=positive_int, default=_TRAIN.batch_size, help="default: %(default)s"
     )
-    @argument("--optimizer", type=word, default=_TRAIN.optimizer, help="default: %(default)s")
+    @argument(
+        "--optimizer",
+        type=_lower_word,
+        choices=OPTIMIZERS,
+        default=_TRAIN.optimizer,
+        help="default: %(default)s",
+    )
     @argument(
         "--weight-decay",
         type=non_negative_float,
@@ -149,10 +172,11 @@ class KernelMagics(Magics, Configurable):
         rows of any shape (N, ...): tabular rows, images, sequences, int64 token ids. The run
         (parameters, per-epoch metrics, the model) is logged to MLflow and the model becomes the
         next version of NAME; the result carries the version, run id, final metrics and the
-        trained model. Interrupt the kernel to stop: the run is recorded as killed and nothing is
+        trained model. The Stop button of the progress widget (or interrupting the kernel) ends
+        the training after the current batch: the run is recorded as KILLED and nothing is
         registered.
 
-        Examples::
+        Examples:
 
             r = %train Net() --data X y --epochs 5 --lr 1e-3 --name digits
             %train model --data df --target price --task regression
@@ -170,15 +194,27 @@ class KernelMagics(Magics, Configurable):
         model = self._eval(args.model, "the model")
         X = self._eval(args.data[0], "the features")
         y = self._eval(args.data[1], "the targets") if len(args.data) == 2 else args.target
-        return api.train(
-            model,
-            X,
-            y,
-            name=args.name or type(model).__name__.lower(),
-            config=config,
-            progress=self.progress,
-            settings=self.settings(),
-        )
+        settings = self.settings()
+        reporter = make_progress(self.progress)
+        try:
+            result = api.train(
+                model,
+                X,
+                y,
+                name=args.name or type(model).__name__.lower(),
+                config=config,
+                progress=reporter,
+                settings=settings,
+            )
+        except TrainingInterrupted as err:
+            raise training_stopped(reporter, err, settings) from None
+        if not KernelMagics._trained_once and result.bookkeeping_seconds > 1.0:
+            result.notes.append(display.warm_up_note(result.bookkeeping_seconds))
+        KernelMagics._trained_once = True
+        conclude = getattr(reporter, "conclude", None)
+        if conclude is not None:  # the widget's title: what was registered
+            conclude(f"{result.name} v{result.version} registered")
+        return result
 
     def _loss(self, text: str | None) -> Any:
         """A built-in loss by name, or the callable the notebook defines under that name."""
@@ -279,7 +315,7 @@ class KernelMagics(Magics, Configurable):
             max_wait_ms=args.max_wait_ms,
             settings=self.settings(),
         )
-        display.show(display.transition_line(result))
+        display.show(display.transition_line(result), display.transition_html(result))
 
     @line_magic
     @magic_arguments()
@@ -300,7 +336,7 @@ class KernelMagics(Magics, Configurable):
             %rollback digits --to 1
         """
         result = api.rollback(args.name, to=args.to, settings=self.settings())
-        display.show(display.transition_line(result))
+        display.show(display.transition_line(result), display.transition_html(result))
 
     @line_magic
     @magic_arguments()
@@ -314,7 +350,7 @@ class KernelMagics(Magics, Configurable):
             %undeploy digits
         """
         result = api.undeploy(args.name, settings=self.settings())
-        display.show(display.transition_line(result))
+        display.show(display.transition_line(result), display.transition_html(result))
 
     # -- inference ------------------------------------------------------------------------------
     @line_magic
@@ -339,22 +375,38 @@ class KernelMagics(Magics, Configurable):
             scores = %predict digits X_test --raw
         """
         X = self._eval(" ".join(args.expr), "the input")
-        return api.predict(args.name, X, raw=args.raw, settings=self.settings())
+        values = api.predict(args.name, X, raw=args.raw, settings=self.settings())
+        return predictions_view(values, args.name, raw=args.raw)
 
     # -- what exists ----------------------------------------------------------------------------
     @line_magic
     @magic_arguments()
     @argument("--json", action="store_true", help="print JSON instead of a table")
+    @argument("--static", action="store_true", help="the table, even where widgets render")
     @front_end
     def models(self, args: argparse.Namespace) -> None:
-        """Every registered model and version with its key metrics; which version is live (the
-        production alias) and which one the inference process serves.
+        """Every registered model and version with its key metrics and which version is live
+        (the production alias, which the inference process serves; a note says when it serves
+        something else).
 
-        Example::
+        In JupyterLab or Notebook: a registry browser (versions with metrics, params, size,
+        lineage and tags; two versions side by side with their training curves; Deploy,
+        Rollback and Undeploy buttons). Under papermill, nbconvert or a terminal, and with
+        --static: the table.
+
+        Examples::
 
             %models
+            %models --static
+            %models --json
         """
-        summaries = api.models(settings=self.settings())
+        settings = self.settings()
+        if not args.json and not args.static and widgets_render():
+            from kernel_magics.widgets.registry import RegistryBrowser
+
+            RegistryBrowser(settings).show()
+            return
+        summaries = api.models(settings=settings)
         if args.json:
             display.show(display.to_json(summaries))
         else:
@@ -401,6 +453,8 @@ class KernelMagics(Magics, Configurable):
         rendered = commands.run_serve(args, self.settings())
         if args.json and rendered.document is not None:
             display.show(display.to_json(rendered.document))
+        elif args.action == "logs":
+            display.show(rendered.text, display.logs_html(rendered.text))
         else:
             display.show(rendered.text, rendered.html)
 

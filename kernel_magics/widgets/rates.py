@@ -1,0 +1,91 @@
+"""What the service monitor shows, computed from two status snapshots (no widgets here).
+
+The inference process keeps counters since it started; rates (requests/s, rows/s), the error
+rate, the mean batch size and the latency quantiles *of the last seconds* are the differences
+between two snapshots (``VersionStats.since``). Without an earlier snapshot the figures are
+those since the process started and the rates are unknown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kernel_magics.records import ServerStatus, VersionStats
+
+
+@dataclass(frozen=True)
+class ModelRates:
+    name: str
+    version: int
+    state: str
+    requests: int  # since the process started
+    errors: int
+    requests_s: float | None
+    rows_s: float | None
+    error_rate: float | None  # of the window's requests (since start without a window)
+    mean_batch: float | None
+    p50_ms: float | None
+    p99_ms: float | None
+    queue: int
+
+
+@dataclass(frozen=True)
+class TokenRates:
+    name: str
+    requests: int
+    rows: int
+    requests_s: float | None
+
+
+def _window_s(earlier: ServerStatus | None, now: ServerStatus) -> float | None:
+    if earlier is None or earlier.snapshot_at is None or now.snapshot_at is None:
+        return None
+    seconds = now.snapshot_at - earlier.snapshot_at
+    return seconds if seconds > 0 else None
+
+
+def model_rates(
+    earlier: ServerStatus | None, now: ServerStatus, only: str | None = None
+) -> list[ModelRates]:
+    """One row per deployed model (``only``: that one), figures of its live version."""
+    seconds = _window_s(earlier, now)
+    before: dict[tuple[str, int], VersionStats] = {}
+    if earlier is not None:
+        before = {(v.model, v.version): v for v in earlier.versions}
+    rows = []
+    for name, state in sorted(now.models.items()):
+        if only is not None and name != only:
+            continue
+        total = state.stats or VersionStats(name, state.version)
+        window = total.since(before.get((name, state.version))) if seconds else total
+        rows.append(
+            ModelRates(
+                name=name,
+                version=state.version,
+                state=state.state,
+                requests=total.requests,
+                errors=total.errors,
+                requests_s=window.requests / seconds if seconds else None,
+                rows_s=window.rows / seconds if seconds else None,
+                error_rate=window.error_rate,
+                mean_batch=window.mean_batch_size,
+                p50_ms=window.p50_ms,
+                p99_ms=window.p99_ms,
+                queue=total.queue,
+            )
+        )
+    return rows
+
+
+def token_rates(earlier: ServerStatus | None, now: ServerStatus) -> list[TokenRates]:
+    """Usage per token name, busiest first, with its request rate over the window."""
+    seconds = _window_s(earlier, now)
+    rows = []
+    for name, usage in now.usage.items():
+        rate = None
+        if seconds and earlier is not None:
+            previous = earlier.usage.get(name)
+            delta = usage.requests - (previous.requests if previous else 0)
+            rate = max(0, delta) / seconds
+        rows.append(TokenRates(name, usage.requests, usage.rows, rate))
+    return sorted(rows, key=lambda r: -r.requests)

@@ -1,0 +1,271 @@
+"""Text and HTML of the dashboards (``%monitor``, the ``%models`` registry browser).
+
+Plain functions returning strings, used inside the widgets and for the static views that
+papermill, nbconvert, a terminal or a saved notebook show. No ipywidgets import here.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kernel_magics import display
+from kernel_magics.records import RecentError, ServerStatus
+from kernel_magics.store import TAG_PARENT, TAG_RECIPE
+from kernel_magics.widgets.rates import ModelRates, TokenRates
+
+_SMALL = "font-size:0.9em;line-height:1.35"
+_ERROR = "color:#cf222e"
+_MUTED = "color:#57606a"
+
+
+def _figure(value: float | None, digits: int = 1, suffix: str = "") -> str:
+    return "–" if value is None else f"{value:,.{digits}f}{suffix}"
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def _clock(seconds: float | None) -> str:
+    if not seconds:
+        return ""
+    return _dt.datetime.fromtimestamp(seconds).strftime("%H:%M:%S")
+
+
+# -- the service monitor -------------------------------------------------------------------------
+MONITOR_HEADERS = (
+    "model",
+    "live",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "errors",
+    "mean batch",
+    "rows/s",
+    "queue",
+    "requests",
+)
+
+
+def _rate_rows(rates: Sequence[ModelRates]) -> list[list[str]]:
+    return [
+        [
+            r.name,
+            f"v{r.version}",
+            _figure(r.requests_s),
+            _figure(r.p50_ms, 2),
+            _figure(r.p99_ms, 2),
+            _percent(r.error_rate),
+            _figure(r.mean_batch),
+            _figure(r.rows_s),
+            str(r.queue),
+            f"{r.requests:,}",
+        ]
+        for r in rates
+    ]
+
+
+def _token_lines(tokens: Sequence[TokenRates]) -> list[str]:
+    return [
+        f"{t.name}: {t.requests:,} requests ({_figure(t.requests_s)}/s), {t.rows:,} rows"
+        for t in tokens
+    ]
+
+
+def _error_lines(errors: Sequence[RecentError], only: str | None) -> list[str]:
+    shown = [e for e in errors if only is None or e.model in (only, "")]
+    return [
+        f"{_clock(e.time)} {e.status} "
+        + (f"{e.model} v{e.version}: " if e.model and e.version is not None else "")
+        + e.message
+        for e in reversed(shown[-5:])
+    ]
+
+
+def monitor_title(status: ServerStatus | None, only: str | None) -> str:
+    if status is None:
+        return display.NOT_RUNNING
+    what = f"{only} — " if only else ""
+    return f"{what}{display.status_line(status)}, snapshot {_clock(status.snapshot_at)}"
+
+
+def monitor_text(
+    status: ServerStatus | None,
+    rates: Sequence[ModelRates],
+    tokens: Sequence[TokenRates],
+    only: str | None = None,
+) -> str:
+    if status is None:
+        return display.NOT_RUNNING
+    lines = [monitor_title(status, only)]
+    if rates:
+        lines.append(display.text_table(MONITOR_HEADERS, _rate_rows(rates)))
+    else:
+        lines.append(f"{only} is not deployed" if only else "serving no models")
+    if tokens:
+        lines += ["usage by token:", *(f"  {t}" for t in _token_lines(tokens))]
+    errors = _error_lines(status.errors, only)
+    if errors:
+        lines += ["recent errors:", *(f"  {e}" for e in errors)]
+    if status.log:
+        lines += ["log:", *(f"  {line}" for line in status.log[-8:])]
+    return "\n".join(lines)
+
+
+def monitor_html(
+    status: ServerStatus | None,
+    rates: Sequence[ModelRates],
+    tokens: Sequence[TokenRates],
+    only: str | None = None,
+    plots: str = "",
+) -> str:
+    if status is None:
+        return f"<p>{html.escape(display.NOT_RUNNING)}</p>"
+    parts = [f"<p><b>{html.escape(monitor_title(status, only))}</b></p>"]
+    if rates:
+        parts.append(display.html_table(MONITOR_HEADERS, _rate_rows(rates)))
+    else:
+        parts.append(
+            f"<p>{html.escape(f'{only} is not deployed' if only else 'serving no models')}</p>"
+        )
+    parts.append(plots)
+    if tokens:
+        items = "".join(f"<li>{html.escape(t)}</li>" for t in _token_lines(tokens))
+        parts.append(f"<p>usage by token</p><ul style='{_SMALL}'>{items}</ul>")
+    errors = _error_lines(status.errors, only)
+    if errors:
+        items = "".join(f"<li style='{_ERROR}'>{html.escape(e)}</li>" for e in errors)
+        parts.append(f"<p>recent errors</p><ul style='{_SMALL}'>{items}</ul>")
+    if status.log:
+        parts.append(display.logs_html("\n".join(status.log[-8:])))
+    return f"<div style='{_SMALL}'>{''.join(parts)}</div>"
+
+
+# -- the registry browser ------------------------------------------------------------------------
+def version_label(row: Any, live: int | None) -> str:
+    """One line per version in the browser's list: ``v3 · LIVE · accuracy=0.95 · created``."""
+    parts = [f"v{row.version}"]
+    if row.version == live:
+        parts.append("LIVE")
+    metrics = " ".join(
+        f"{k}={display.number(v)}" for k, v in display.key_metrics(row.metrics, row.task)
+    )
+    parts += [p for p in (metrics, display.when(row.created)) if p]
+    return " · ".join(parts)
+
+
+def _size(num_bytes: int | None) -> str:
+    if num_bytes is None:
+        return "…"
+    size = float(num_bytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def version_details_html(
+    name: str,
+    row: Any,
+    live: int | None,
+    params: Mapping[str, str] | None,
+    size_bytes: int | None,
+) -> str:
+    """Everything about one version: when, format, live, lineage, metrics, params, tags."""
+    badge = f" {display.LIVE_BADGE}" if row.version == live else ""
+    lineage = [
+        (label, row.tags[tag]) for label, tag in (("parent", TAG_PARENT), ("recipe", TAG_RECIPE))
+    ]
+    facts = [
+        ("created", display.when(row.created)),
+        ("format", row.format or ""),
+        ("task", row.task or ""),
+        ("size", _size(size_bytes)),
+        ("run", row.run_id or ""),
+        *[(label, value) for label, value in lineage if value],
+    ]
+    lineage_ok = [(k, v) for k, v in facts if v]
+    head = f"<p><b>{html.escape(name)} v{row.version}</b>{badge}</p>"
+    parts = [head, _pairs_html(lineage_ok)]
+    if row.metrics:
+        parts += [
+            "<p>metrics</p>",
+            _pairs_html(sorted((k, display.number(v)) for k, v in row.metrics.items())),
+        ]
+    if params:
+        parts += ["<p>params</p>", _pairs_html(sorted(params.items()))]
+    tags = sorted((k, v) for k, v in row.tags.items() if k not in (TAG_PARENT, TAG_RECIPE))
+    if tags:
+        parts += ["<p>tags</p>", _pairs_html([(k, v[:80]) for k, v in tags])]
+    return f"<div style='{_SMALL}'>{''.join(parts)}</div>"
+
+
+def _pairs_html(pairs: Sequence[tuple[str, str]]) -> str:
+    rows = "".join(
+        f"<tr><th style='text-align:left;padding:0 8px 0 0'>{html.escape(k)}</th>"
+        f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+        for k, v in pairs
+    )
+    return f"<table style='{_SMALL}'>{rows}</table>"
+
+
+_HIGHER = ("accuracy", "precision", "recall", "f1", "auc", "r2")
+_LOWER = ("loss", "mse", "mae", "rmse", "error")
+
+
+def better(metric: str) -> str | None:
+    """Which way a metric improves, from its name: "higher", "lower" or None."""
+    key = metric.lower()
+    if any(word in key for word in _LOWER):
+        return "lower"
+    if any(word in key for word in _HIGHER):
+        return "higher"
+    return None
+
+
+def comparison_html(
+    name: str,
+    rows: Sequence[Any],
+    params: Sequence[Mapping[str, str]],
+    curves: str = "",
+) -> str:
+    """Two (or more) versions side by side: metrics (the better value in bold), the params
+    that differ, then the overlaid training curves."""
+    headers = ("", *(f"v{r.version}" for r in rows))
+    table_rows = []
+    for metric in sorted({k for r in rows for k in r.metrics}):
+        values = [r.metrics.get(metric) for r in rows]
+        direction = better(metric)
+        known = [v for v in values if v is not None]
+        best = (max if direction == "higher" else min)(known) if direction and known else None
+        cells = [
+            ("<b>" if v == best and len(known) > 1 else "")
+            + ("–" if v is None else html.escape(display.number(v)))
+            + ("</b>" if v == best and len(known) > 1 else "")
+            for v in values
+        ]
+        table_rows.append([html.escape(metric), *cells])
+    differing = sorted(
+        key for key in {k for p in params for k in p} if len({p.get(key) for p in params}) > 1
+    )
+    for key in differing:
+        table_rows.append(
+            [html.escape(f"param {key}"), *(html.escape(p.get(key, "–")) for p in params)]
+        )
+    title = f"<p><b>{html.escape(name)}</b>: " + " vs ".join(f"v{r.version}" for r in rows) + "</p>"
+    table = display.html_table(headers, table_rows, escaped=True)
+    return f"<div style='{_SMALL}'>{title}{table}{curves}</div>"
+
+
+def comparison_text(name: str, rows: Sequence[Any]) -> str:
+    headers = ("metric", *(f"v{r.version}" for r in rows))
+    metrics = sorted({k for r in rows for k in r.metrics})
+    body = [
+        [m, *(display.number(r.metrics[m]) if m in r.metrics else "–" for r in rows)]
+        for m in metrics
+    ]
+    return f"{name}\n" + display.text_table(headers, body)
