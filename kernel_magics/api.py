@@ -52,6 +52,7 @@ __all__ = [
     "register",
     "deploy",
     "rollback",
+    "promote",
     "undeploy",
     "predict",
     "models",
@@ -103,6 +104,9 @@ def train(
     seed: int | None = None,
     task: str | None = None,
     loss: str | Callable[[Any, Any], Any] | None = None,
+    nproc: int | None = None,
+    nnodes: int | None = None,
+    rdzv_endpoint: str | None = None,
     progress: Any = "auto",
     settings: Settings | None = None,
 ) -> TrainResult:
@@ -114,6 +118,8 @@ def train(
     "huber", "bce" or a callable ``(outputs, targets) -> scalar tensor``. ``progress`` is
     "auto", "widget", "text", "none" or a ``Progress`` object. A kernel interrupt raises
     ``TrainingInterrupted`` after recording the run as KILLED; nothing is registered.
+    ``nproc`` > 1 (or ``nnodes`` > 1 with ``rdzv_endpoint``) trains with PyTorch DDP under
+    torchrun (``training.distributed``); the kernel still logs the run and registers once.
     """
     from kernel_magics.registration import check_model
     from kernel_magics.training.data import prepare_data
@@ -132,12 +138,19 @@ def train(
         "seed": seed,
         "task": task,
         "loss": loss,
+        "nproc": nproc,  # distributed training (training/distributed.py)
+        "nnodes": nnodes,
+        "rdzv_endpoint": rdzv_endpoint,
     }
     config = (config or TrainConfig()).replace(**{k: v for k, v in given.items() if v is not None})
     data = prepare_data(X, y, task=config.target_task, val_split=config.val_split, seed=config.seed)
     reporter = make_progress(progress) if isinstance(progress, str) else progress
 
     def fit_fn(on_epoch: Any) -> Any:
+        from kernel_magics.training.distributed import fit_distributed, is_distributed
+
+        if is_distributed(config):  # the same run and registration; the fit runs in torchrun
+            return fit_distributed(model, data, config, on_epoch=on_epoch, progress=reporter)
         return fit(model, data, config, on_epoch=on_epoch, progress=reporter)
 
     return run_training(_store(_settings(settings)), name, model, data, config, fit_fn)
@@ -244,19 +257,37 @@ def deploy(
     *,
     max_batch_size: int | None = None,
     max_wait_ms: float | None = None,
+    canary: int | None = None,
     settings: Settings | None = None,
 ) -> TransitionResult:
     """Make ``NAME`` (newest version), ``NAME@VERSION`` or ``NAME@ALIAS`` live.
 
     Starts the serving target if needed. The new version is loaded and warmed before it takes
     traffic; if it fails, the live version keeps serving and ``DeployFailed`` says why.
+
+    ``canary=P`` (1–99) instead loads the version beside the live one and sends it P% of the
+    model's requests; the live alias stays. The split is deterministic: a request with an
+    ``X-Request-ID`` header goes by a hash of it, others by a per-worker counter (exactly
+    every (100/P)th request). ``promote(name)`` makes the canary live; ``rollback(name)``
+    drops it.
     """
     name, ref = parse_ref(target)
     ref = str(version) if version is not None else ref
     s = _settings(settings)
     serving = _target(s)
     serving.ensure_running(check=lambda: _store(s).resolve(name, ref))
-    return serving.deploy(name, ref, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+    options: dict[str, Any] = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms}
+    if canary is not None:  # only then: a target without canaries keeps working without it
+        options["canary"] = canary
+    return serving.deploy(name, ref, **options)
+
+
+def promote(name: str, *, settings: Settings | None = None) -> TransitionResult:
+    """Make the running canary of ``name`` live (a normal hot swap; history event "promote")."""
+    validate_name(name)
+    serving = _target(_settings(settings))
+    serving.ensure_running()
+    return serving.promote(name)
 
 
 def rollback(

@@ -141,6 +141,8 @@ class TransitionResult(_Wire):
     reused: bool = False
     url: str | None = None
     history: tuple[HistoryEvent, ...] = ()
+    # action "canary": the share of requests (percent) ``version`` answers beside the live one
+    canary: int | None = None
 
     @classmethod
     def from_wire(cls, doc: Any) -> TransitionResult:
@@ -155,6 +157,7 @@ class TransitionResult(_Wire):
             reused=bool(doc.get("reused", False)),
             url=doc.get("url"),
             history=_history(doc.get("history")),
+            canary=_int_or_none(doc.get("canary"), "canary"),
         )
 
     def with_url(self, url: str | None) -> TransitionResult:

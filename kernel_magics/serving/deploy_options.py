@@ -10,3 +10,8 @@ MAX_BATCH_SIZE_MIN = 1
 MAX_BATCH_SIZE_MAX = 1 << 20
 MAX_WAIT_MS_MIN = 0
 MAX_WAIT_MS_MAX = 10_000
+
+# ``%deploy NAME@V --canary P``: the share of requests (percent) the canary answers; 100 would be
+# a deploy, 0 no canary
+CANARY_MIN = 1
+CANARY_MAX = 99

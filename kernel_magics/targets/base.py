@@ -41,9 +41,16 @@ class ServingTarget(Protocol):
         *,
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
-    ) -> TransitionResult: ...
+        canary: int | None = None,
+    ) -> TransitionResult:
+        """Make ``ref`` live; with ``canary`` (percent), load it beside the live version and
+        send it that share of the requests instead (the live version stays)."""
 
-    def rollback(self, name: str, to: int | None = None) -> TransitionResult: ...
+    def rollback(self, name: str, to: int | None = None) -> TransitionResult:
+        """Back to the previous version; while a canary runs, drop the canary."""
+
+    def promote(self, name: str) -> TransitionResult:
+        """Make the running canary live."""
 
     def undeploy(self, name: str) -> TransitionResult: ...
 

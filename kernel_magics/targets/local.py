@@ -84,10 +84,16 @@ class LocalTarget:
         *,
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
+        canary: int | None = None,
         **unknown: Any,
     ) -> TransitionResult:
         # Unknown options travel to the process, which refuses them by name (one rule, there).
-        options = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, **unknown}
+        options = {
+            "max_batch_size": max_batch_size,
+            "max_wait_ms": max_wait_ms,
+            "canary": canary,
+            **unknown,
+        }
         payload = {"ref": ref, **{k: v for k, v in options.items() if v is not None}}
         return self._transition(name, "deploy", payload)
 
@@ -96,6 +102,10 @@ class LocalTarget:
 
     def undeploy(self, name: str) -> TransitionResult:
         return self._transition(name, "undeploy", {})
+
+    def promote(self, name: str) -> TransitionResult:
+        """Make the running canary of ``name`` live (a normal swap, history event "promote")."""
+        return self._transition(name, "promote", {})
 
     def _transition(self, name: str, action: str, payload: dict) -> TransitionResult:
         doc = self.http.call_json("POST", f"/v1/models/{name}/{action}", payload, _MANAGE_TIMEOUT)

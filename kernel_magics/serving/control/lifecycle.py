@@ -31,7 +31,13 @@ from kernel_magics.store import (
 )
 
 log = logging.getLogger(__name__)
-ACTIONS = ("deploy", "rollback", "undeploy")
+ACTIONS = ("deploy", "rollback", "undeploy", "promote")
+# A canary runs beside the live alias (``production``): the registry alias ``canary`` names its
+# version and the version's tag ``km.canary`` its share, so a restarted process restores the
+# split. Its history events ("canary", "canary-drop") never make a version live.
+CANARY_ALIAS = "canary"
+TAG_CANARY = "km.canary"
+CANARY_EVENTS = ("canary", "canary-drop")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class Plan:
     history: tuple[HistoryEvent, ...] = ()
     # Serving options given explicitly to this deploy (recorded on the version at make_live).
     options: tuple[tuple[str, object], ...] = ()
+    # The canary's share (percent) for action "canary"; None otherwise.
+    canary: int | None = None
 
 
 class Lifecycle:
@@ -98,15 +106,33 @@ class Lifecycle:
         if live is None:
             raise InvalidInput(f"{name} is not deployed; nothing to roll back")
         for event in reversed(history):
+            if event.action in CANARY_EVENTS:
+                continue
             if event.to_version == live and event.from_version is not None:
                 return event.from_version
         raise InvalidInput(f"{name} has no earlier live version to roll back to; use --to VERSION")
 
-    def plan(self, name: str, action: str, ref: str | int | None = None, **options: float) -> Plan:
+    def plan(
+        self,
+        name: str,
+        action: str,
+        ref: str | int | None = None,
+        canary: int | None = None,
+        **options: float,
+    ) -> Plan:
+        """What ``action`` does. Besides the three swaps: a deploy with ``canary`` becomes
+        action "canary" (load beside the live version, the alias stays); "promote" makes the
+        running canary live; a rollback without a target while a canary runs becomes
+        "canary-drop" (the live version keeps all traffic)."""
         validate_name(name)
         if action not in ACTIONS:
             raise InvalidInput(f"unknown action {action!r} (one of {', '.join(ACTIONS)})")
         live = self.store.live_version(name) if self.store.model_exists(name) else None
+        running = self.canary_version(name) if live is not None else None
+        if action == "promote" or (action == "rollback" and ref is None and running):
+            return self._canary_end(name, action, live, running)
+        if canary is not None:
+            return self._canary_start(name, ref, canary, live, options)
         if action == "undeploy":
             if not self.store.model_exists(name):
                 raise NotFound(not_found(name, self.store.model_names()))
@@ -128,12 +154,73 @@ class Lifecycle:
         )
         return Plan(name, action, spec, live, info.version, history, changed)
 
+    def _canary_start(
+        self, name: str, ref: str | int | None, percent: int, live: int | None, options: dict
+    ) -> Plan:
+        if live is None:
+            raise InvalidInput(f"{name} is not deployed: deploy a version before a canary")
+        info = self.store.resolve(name, ref)
+        if info.version == live:
+            raise InvalidInput(f"{name} v{live} is the live version; a canary needs another")
+        spec = self.spec_for(info, **options)
+        changed = tuple(
+            (k, v) for k, v in sorted(options.items()) if info.serve_options.get(k) != v
+        )
+        history = self.history(name)
+        return Plan(name, "canary", spec, live, info.version, history, changed, percent)
+
+    def _canary_end(self, name: str, action: str, live: int | None, running: int | None) -> Plan:
+        if running is None:
+            raise InvalidInput(f"{name} has no canary running; nothing to {action}")
+        history = self.history(name)
+        if action == "rollback":  # drop the canary: nothing loads, the live version stays
+            return Plan(name, "canary-drop", None, running, live, history)
+        spec = self.spec_for(self.store.resolve(name, running))
+        return Plan(name, "promote", spec, live, running, history)
+
+    def canary_version(self, name: str) -> int | None:
+        """The version the registry alias ``canary`` names, if any."""
+        aliases = self.store.client.get_registered_model(name).aliases or {}
+        version = aliases.get(CANARY_ALIAS)
+        return int(version) if version is not None else None
+
+    def canary_spec(self, name: str) -> tuple[ModelSpec, int] | None:
+        """The canary a restarted process restores beside ``name``'s live version, and its
+        share; None when none runs (or it no longer passes its hash check)."""
+        version = self.canary_version(name)
+        if version is None:
+            return None
+        try:
+            info = self.store.resolve(name, version)
+            percent = int(info.tags.get(TAG_CANARY) or 0)
+            return (self.spec_for(info), percent) if percent else None
+        except (KernelMagicsError, ValueError) as err:
+            log.error("not restoring the canary %s v%s: %s", name, version, err)
+            return None
+
+    def _set_canary(self, name: str, version: int | None, percent: int | None) -> None:
+        client = self.store.client
+        with self.store.write_lock():
+            if version is None:
+                if CANARY_ALIAS in (client.get_registered_model(name).aliases or {}):
+                    client.delete_registered_model_alias(name, CANARY_ALIAS)
+            else:
+                client.set_model_version_tag(name, str(version), TAG_CANARY, str(percent))
+                client.set_registered_model_alias(name, CANARY_ALIAS, str(version))
+
     def make_live(self, plan: Plan) -> tuple[HistoryEvent, tuple[HistoryEvent, ...]]:
-        """Move the live alias (the source of truth a restarted process rebuilds from).
-        Returns the event and the history including it; ``record`` writes the event later."""
+        """Move the live alias (the source of truth a restarted process rebuilds from), or for
+        a canary the ``canary`` alias. Returns the event and the history including it;
+        ``record`` writes the event later."""
         if plan.options and plan.to_version is not None:
             self.store.set_serve_options(plan.name, plan.to_version, dict(plan.options))
-        self.store.set_live(plan.name, plan.to_version)
+        if plan.action == "canary":
+            self._set_canary(plan.name, plan.to_version, plan.canary)
+        else:  # every other transition ends a running canary (promote makes it live)
+            if self.store.model_exists(plan.name) and self.canary_version(plan.name) is not None:
+                self._set_canary(plan.name, None, None)
+            if plan.action != "canary-drop":
+                self.store.set_live(plan.name, plan.to_version)
         event = HistoryEvent.from_wire(
             transition_event(plan.action, plan.from_version, plan.to_version)
         )

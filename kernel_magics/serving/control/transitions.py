@@ -27,6 +27,8 @@ import orjson
 from kernel_magics.errors import InvalidInput, KernelMagicsError
 from kernel_magics.records import HistoryEvent, ModelSpec
 from kernel_magics.serving.deploy_options import (
+    CANARY_MAX,
+    CANARY_MIN,
     DEPLOY_OPTIONS,
     MAX_BATCH_SIZE_MAX,
     MAX_BATCH_SIZE_MIN,
@@ -48,6 +50,8 @@ class LiveModel:
 
     spec: ModelSpec
     history: History
+    canary: ModelSpec | None = None  # a canary beside the live version, and its share
+    canary_percent: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,13 @@ class WorkerPool(Protocol[W]):
         """Stop serving ``name``."""
         ...
 
+    async def canary(
+        self, workers: Sequence[W], name: str, version: int | None, percent: int, history: History
+    ) -> list[Reply]:
+        """Send ``percent`` of ``name``'s requests to the staged ``version`` (None: stop the
+        canary); each worker answers once a stopped canary drained."""
+        ...
+
 
 async def run_transition(
     pool: WorkerPool[W],
@@ -148,15 +159,16 @@ async def run_transition(
                 await pool.discard(workers, name, spec.version)
             status = err.http_status if isinstance(err, KernelMagicsError) else 503
             return answer(status, {"error": f"could not record the {action} in the store: {err}"})
-        await _switch(pool, workers, name, spec, history)
-        log.info("%s %s: %s", action, name, _arrow(plan.from_version, plan.to_version))
+        await _switch(pool, workers, name, spec, history, plan.action, plan.canary)
+        log.info("%s %s: %s", plan.action, name, _arrow(plan.from_version, plan.to_version))
         answer(
             200,
             {
                 "name": name,
                 "version": plan.to_version,
                 "previous_version": plan.from_version,
-                "action": action,
+                "action": plan.action,
+                "canary": plan.canary,
                 "load_ms": load_ms,
                 "ready_at": ready_at,
                 "reused": reused,
@@ -199,9 +211,20 @@ async def _switch(
     name: str,
     spec: ModelSpec | None,
     history: History,
+    action: str = "deploy",
+    percent: int | None = None,
 ) -> None:
-    """Activate the staged version (or unload the model) in every worker, and mirror it."""
-    if spec is not None:
+    """Activate the staged version (or unload the model, or start / stop its canary) in every
+    worker, and mirror it."""
+    live = pool.live.get(name)
+    if action == "canary" and spec is not None and live is not None:
+        pool.live[name] = LiveModel(live.spec, history, spec, percent or 0)
+        replies = await pool.canary(workers, name, spec.version, percent or 0, history)
+    elif action == "canary-drop":
+        if live is not None:
+            pool.live[name] = LiveModel(live.spec, history)
+        replies = await pool.canary(workers, name, None, 0, history)
+    elif spec is not None:
         pool.live[name] = LiveModel(spec, history)
         replies = await pool.activate(workers, name, spec.version, history)
     else:
@@ -220,7 +243,7 @@ def parse_manage_body(action: str, raw: bytes) -> tuple[Any, dict]:
         raise InvalidInput(f"body is not valid JSON: {err}") from None
     if not isinstance(doc, dict):
         raise InvalidInput("body must be a JSON object")
-    if action == "undeploy":
+    if action in ("undeploy", "promote"):
         return None, {}
     if action == "rollback":
         return _rollback_target(doc), {}
@@ -229,10 +252,21 @@ def parse_manage_body(action: str, raw: bytes) -> tuple[Any, dict]:
         if isinstance(ref, bool) or not isinstance(ref, int | str) or ref == "":
             raise InvalidInput('"ref" must be a version number, an alias or null')
         ref = str(ref)
-    unknown = set(doc) - {"ref", *DEPLOY_OPTIONS}
+    unknown = set(doc) - {"ref", "canary", *DEPLOY_OPTIONS}
     if unknown:
         raise InvalidInput(f"unknown deploy option(s): {', '.join(sorted(unknown))}")
     options: dict[str, Any] = {}
+    canary = doc.get("canary")
+    if canary is not None:
+        if (
+            isinstance(canary, bool)
+            or not isinstance(canary, int)
+            or not CANARY_MIN <= canary <= CANARY_MAX
+        ):
+            raise InvalidInput(
+                f"canary must be a whole percent between {CANARY_MIN} and {CANARY_MAX}"
+            )
+        options["canary"] = canary
     batch, wait = doc.get("max_batch_size"), doc.get("max_wait_ms")
     if batch is not None:
         if (

@@ -94,6 +94,22 @@ class WorkerProcesses:
         body = {"name": name, "history": [e.to_wire() for e in history]}
         return await self._each(workers, "/_control/unload", body)
 
+    async def canary(
+        self,
+        workers: Sequence[Worker],
+        name: str,
+        version: int | None,
+        percent: int,
+        history: History,
+    ) -> list[Reply]:
+        body = {
+            "name": name,
+            "version": version,
+            "percent": percent,
+            "history": [e.to_wire() for e in history],
+        }
+        return await self._each(workers, "/_control/canary", body)
+
     async def _each(
         self, workers: Sequence[Worker], target: str, body: Any, timeout: float = 30.0
     ) -> list[Reply]:
@@ -122,6 +138,15 @@ class WorkerProcesses:
                     log.error("restoring %s v%s failed: %s", name, spec.version, loaded.error)
                     continue
                 await self.activate([w], name, spec.version, live.history)
+                canary = live.canary
+                if canary is not None:  # the split survives a restart and a respawn
+                    (loaded,) = await self.load([w], canary)
+                    if loaded.ok:
+                        await self.canary(
+                            [w], name, canary.version, live.canary_percent, live.history
+                        )
+                    else:
+                        log.error("restoring the canary %s v%s failed", name, canary.version)
             log.info("restored %s v%s", name, spec.version)
 
     async def restore_all(self, workers: Sequence[Worker]) -> None:

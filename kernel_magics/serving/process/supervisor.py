@@ -158,7 +158,9 @@ class Supervisor:
             live: dict[str, LiveModel] = {}
             try:
                 for spec in lifecycle.live_specs():
-                    live[spec.name] = LiveModel(spec, lifecycle.history(spec.name))
+                    canary, percent = lifecycle.canary_spec(spec.name) or (None, 0)
+                    history = lifecycle.history(spec.name)
+                    live[spec.name] = LiveModel(spec, history, canary, percent)
             except Exception as err:
                 log.error("could not read the live models from the store: %s", err)
             self._lifecycle.set_result((lifecycle, live))
@@ -204,7 +206,7 @@ class Supervisor:
         path = req.path
         if path.startswith(b"/v1/models/"):
             name, _, action = path[11:].decode("latin-1").partition("/")
-            if action not in ("deploy", "rollback", "undeploy"):
+            if action not in ("deploy", "rollback", "undeploy", "promote"):
                 conn.send(404, error_body(f"no route {path.decode('latin-1')}"), req=req)
             elif req.method != b"POST":
                 conn.send(405, error_body("use POST"), extra_headers=b"allow: POST\r\n", req=req)

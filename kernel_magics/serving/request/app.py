@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 _MODELS = b"/v1/models"
 _MODELS_SLASH = b"/v1/models/"
 _V2 = b"/v2"
-_ACTIONS = (b"deploy", b"rollback", b"undeploy")
+_ACTIONS = (b"deploy", b"rollback", b"undeploy", b"promote")
 _RELAY_TIMEOUT = 600.0  # a deploy loads and warms in every worker; big models take a while
 _AUTH_HINT = b'www-authenticate: Bearer realm="kernel-magics"\r\n'
 

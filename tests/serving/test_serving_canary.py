@@ -1,0 +1,209 @@
+"""Canary traffic splits on the real inference process over real HTTP: a deterministic share
+(exact to ±1 per worker without a request id; by a hash of ``X-Request-ID`` with one), both
+versions metered, 0 failed requests through promote and through a rollback that drops the
+canary, and a restarted process restores the split from the store."""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from servekit import MLP, auth, log_model, rows
+
+from kernel_magics.config import Settings, load_settings
+from kernel_magics.errors import InvalidInput
+from kernel_magics.store import Store
+from kernel_magics.targets.local import LocalTarget
+
+WORKERS = 1
+THREADS, PER_THREAD = 4, 500  # 2,000 requests: the split is exact to ±1 per worker
+
+
+@pytest.fixture(scope="module")
+def settings(km_home: Path) -> Settings:
+    return load_settings(workers=WORKERS)
+
+
+@pytest.fixture(scope="module")
+def mlp(settings: Settings, client: LocalTarget) -> str:
+    for seed in (1, 2):
+        log_model(settings, "mlp", MLP(seed=seed).eval(), rows(4, seed=seed))
+    client.deploy("mlp", "1")
+    return "mlp"
+
+
+def send(client: LocalTarget, n: int, threads: int = THREADS) -> tuple[Counter, int]:
+    """``n`` 1-row predictions from each of ``threads`` threads: versions seen, failures."""
+    seen: Counter = Counter()
+    failed = [0]
+    lock = threading.Lock()
+    body = {"instances": rows(1).tolist()}
+
+    def run() -> None:
+        s = requests.Session()
+        s.headers.update(auth(client))
+        local: Counter = Counter()
+        bad = 0
+        for _ in range(n):
+            r = s.post(f"{client.url}/v1/models/mlp:predict", json=body, timeout=30)
+            if r.status_code == 200:
+                local[int(r.headers["X-Model-Version"])] += 1
+            else:
+                bad += 1
+        with lock:
+            seen.update(local)
+            failed[0] += bad
+
+    ts = [threading.Thread(target=run) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return seen, failed[0]
+
+
+class Load:
+    """Requests from a few threads until stopped: every answer's version, every failure."""
+
+    def __init__(self, client: LocalTarget, threads: int = 3):
+        self.client, self.stop_flag = client, threading.Event()
+        self.versions: list[int] = []
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        s = requests.Session()
+        s.headers.update(auth(self.client))
+        body = {"instances": rows(1).tolist()}
+        while not self.stop_flag.is_set():
+            try:
+                r = s.post(f"{self.client.url}/v1/models/mlp:predict", json=body, timeout=30)
+            except requests.RequestException as err:
+                self.failures.append(repr(err))
+                continue
+            if r.status_code == 200:
+                self.versions.append(int(r.headers["X-Model-Version"]))
+            else:
+                self.failures.append(f"{r.status_code} {r.text[:200]}")
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join()
+
+
+def test_canary_takes_its_exact_share(client: LocalTarget, mlp: str) -> None:
+    result = client.deploy(mlp, "2", canary=10)
+    assert (result.action, result.version, result.previous_version) == ("canary", 2, 1)
+    assert result.canary == 10
+    assert Store(client.settings).live_version(mlp) == 1  # the live alias stays
+    seen, failed = send(client, PER_THREAD)
+    assert failed == 0
+    total = THREADS * PER_THREAD
+    # deterministic: after n requests a worker sent exactly floor(n * 10 / 100) to the canary
+    assert abs(seen[2] - total // 10) <= WORKERS, seen
+    assert seen[1] + seen[2] == total
+    info = requests.get(f"{client.url}/v1/models/{mlp}", headers=auth(client)).json()
+    assert info["version"] == 1 and info["canary"] == {"version": 2, "percent": 10}
+
+
+def test_a_request_id_always_gets_the_same_version(client: LocalTarget, mlp: str) -> None:
+    body = {"instances": rows(1).tolist()}
+    for i in range(40):
+        rid = f"req-{i}"
+        want = 2 if zlib.crc32(rid.encode()) % 100 < 10 else 1
+        for _ in range(2):
+            r = requests.post(
+                f"{client.url}/v1/models/{mlp}:predict",
+                json=body,
+                headers={**auth(client), "X-Request-ID": rid},
+            )
+            assert int(r.headers["X-Model-Version"]) == want
+
+
+def test_both_versions_are_metered_and_reachable_by_version(client: LocalTarget, mlp: str) -> None:
+    text = requests.get(f"{client.url}/metrics").text
+    counts = {
+        v: sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("km_requests_total{")
+            and 'model="mlp"' in line
+            and f'version="{v}"' in line
+        )
+        for v in (1, 2)
+    }
+    assert counts[1] > 0 and counts[2] > 0
+    x = rows(2)
+    body = {"inputs": [{"name": "input-0", "shape": [2, 32], "datatype": "FP32",
+                        "data": x.ravel().tolist()}]}  # fmt: skip
+    r = requests.post(
+        f"{client.url}/v2/models/mlp/versions/2/infer", json=body, headers=auth(client)
+    )
+    assert r.status_code == 200 and r.json()["model_version"] == "2"
+    meta = requests.get(f"{client.url}/v2/models/mlp", headers=auth(client)).json()
+    assert meta["versions"] == ["1", "2"]
+
+
+def test_a_restarted_process_restores_the_split(client: LocalTarget, mlp: str) -> None:
+    client.stop()
+    client.ensure_running(timeout=90)
+    seen, failed = send(client, 100, threads=1)
+    assert failed == 0 and seen == Counter({1: 90, 2: 10})
+
+
+def test_promote_under_load_fails_nothing(client: LocalTarget, mlp: str) -> None:
+    with Load(client) as load:
+        while len(load.versions) < 50:
+            time.sleep(0.01)
+        result = client.promote(mlp)
+        after = len(load.versions)
+        while len(load.versions) < after + 100:
+            time.sleep(0.01)
+    assert (result.action, result.version, result.previous_version) == ("promote", 2, 1)
+    assert load.failures == []
+    assert set(load.versions[after + 3 * 2 :]) == {2}  # in flight at the call: one per thread
+    assert Store(client.settings).live_version(mlp) == 2
+    assert client.history(mlp)[-1].action == "promote"
+    with pytest.raises(InvalidInput, match="no canary"):
+        client.promote(mlp)
+
+
+def test_rollback_drops_a_running_canary_under_load(client: LocalTarget, mlp: str) -> None:
+    assert client.deploy(mlp, "1", canary=25).action == "canary"
+    with Load(client) as load:
+        while len(load.versions) < 100:
+            time.sleep(0.01)
+        result = client.rollback(mlp)
+        after = len(load.versions)
+        while len(load.versions) < after + 200:
+            time.sleep(0.01)
+    assert (result.action, result.version, result.previous_version) == ("canary-drop", 2, 1)
+    assert load.failures == []
+    assert 1 in load.versions[:after]  # the canary had its share before
+    assert set(load.versions[after + 3 * 2 :]) == {2}  # the live version keeps all traffic
+    assert Store(client.settings).live_version(mlp) == 2
+    assert client.history(mlp)[-1].action == "canary-drop"
+    info = requests.get(f"{client.url}/v1/models/{mlp}", headers=auth(client)).json()
+    assert info["canary"] is None
+    # a plain rollback afterwards is the usual swap to the version live before (v1)
+    assert client.rollback(mlp).version == 1
+
+
+def test_bad_canary_requests_are_refused(client: LocalTarget, mlp: str) -> None:
+    with pytest.raises(InvalidInput, match="between 1 and 99"):
+        client.deploy(mlp, "2", canary=100)
+    with pytest.raises(InvalidInput, match="live version"):
+        client.deploy(mlp, "1", canary=10)
+    np.testing.assert_equal(Store(client.settings).live_version(mlp), 1)
