@@ -40,7 +40,8 @@ _TRAIN_USAGE_FORMAT = (
     "train MODEL_EXPR --data X_EXPR [Y_EXPR] [--target COLUMN] [--name NAME]\n"
     "             [--epochs N] [--lr LR] [--batch-size N] [--optimizer {%s}]\n"
     "             [--weight-decay WD] [--val-split FRACTION] [--seed SEED]\n"
-    "             [--task {%s}] [--loss LOSS]"
+    "             [--task {%s}] [--loss LOSS]\n"
+    "             [--nproc N [--nnodes M --rdzv-endpoint HOST:PORT]]"
 )
 _TRAIN_USAGE = _TRAIN_USAGE_FORMAT % (",".join(OPTIMIZERS), ",".join(TRAIN_TASKS))
 _TRAIN = TrainConfig()
@@ -164,6 +165,21 @@ class KernelMagics(Magics, Configurable):
         help=f"{', '.join(LOSS_TASKS)}, or a callable (outputs, targets) -> scalar tensor of the "
         "namespace; default: cross_entropy for classification, mse for regression",
     )
+    # distributed training (training/distributed.py): the run is still logged and registered
+    # once, by this kernel
+    @argument(
+        "--nproc",
+        type=positive_int,
+        default=_TRAIN.nproc,
+        help="processes per node under torchrun (DDP: gloo on CPU, NCCL on GPUs); default 1",
+    )
+    @argument("--nnodes", type=positive_int, default=_TRAIN.nnodes, help="nodes; default 1")
+    @argument(
+        "--rdzv-endpoint",
+        type=word,
+        metavar="HOST:PORT",
+        help="rendezvous address, the same on every node (needed with --nnodes > 1)",
+    )
     @front_end
     def train(self, args: argparse.Namespace) -> TrainResult:
         """Train a PyTorch model on arrays, tensors or a DataFrame and register a new version.
@@ -182,6 +198,7 @@ class KernelMagics(Magics, Configurable):
             %train model --data df --target price --task regression
             %train Net(hidden=128) --data X_train y_train --epochs {epochs} --name {name}
             %train Tagger() --data tokens tags --task classification --loss my_loss
+            %train Net() --data X y --epochs 5 --nproc 2
         """
         if len(args.data) > 2:
             raise UsageError(

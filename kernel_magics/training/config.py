@@ -52,6 +52,11 @@ class TrainConfig:
     seed: int = 0
     task: str | None = None
     loss: str | LossFn | None = None
+    # Distributed training (training/distributed.py): processes per node under torchrun,
+    # nodes, and the rendezvous HOST:PORT every node uses (needed when nnodes > 1).
+    nproc: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.epochs) or self.epochs < 1:
