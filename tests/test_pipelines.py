@@ -201,6 +201,20 @@ def test_failing_notebook_from_the_cli(project: dict, store: Store) -> None:
     assert "broken" not in store.model_names()  # nothing half-registered
 
 
+def test_cli_run_and_rerun(tmp_path: Path) -> None:
+    notebook = write_notebook(tmp_path / "two.ipynb", "n = 1", ["print(n * 2)"])
+    done = cli("pipeline", "run", str(notebook), "-p", "n", "21", "--json")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    record = json.loads(done.stdout)
+    assert record["status"] == "FINISHED" and record["parameters"] == {"n": 21}
+    again = cli("pipeline", "rerun", record["run_id"])
+    assert again.returncode == 0, again.stderr
+    assert f"of {record['run_id']} (notebook: stored copy): no metrics to compare" in again.stdout
+    missing = cli("pipeline", "run", str(tmp_path / "nope.ipynb"))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "no such notebook" in missing.stderr
+
+
 def test_api_failure_raises_with_the_record(tmp_path: Path) -> None:
     notebook = write_notebook(tmp_path / "boom.ipynb", "n = 1", ["raise ValueError(f'boom {n}')"])
     with pytest.raises(PipelineFailed) as caught:
