@@ -1,6 +1,8 @@
 """The ``kernel-magics`` console script: the lifecycle operations that need no notebook objects.
 
     kernel-magics [--home DIR] deploy NAME[@VERSION|@ALIAS] [--max-batch-size N] [--max-wait-ms F]
+                                      [--canary PERCENT]
+    kernel-magics promote NAME
     kernel-magics rollback NAME [--to VERSION]
     kernel-magics undeploy NAME
     kernel-magics models [--json]
@@ -82,9 +84,14 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
         args.target,
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
+        canary=args.canary,
         settings=settings,
     )
     return _print_transition(result, args)
+
+
+def _promote(args: argparse.Namespace, settings: Settings) -> int:
+    return _print_transition(api.promote(args.name, settings=settings), args)
 
 
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
@@ -202,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="NAME[@VERSION|@ALIAS]")
     p.add_argument("--max-batch-size", type=positive_int)
     p.add_argument("--max-wait-ms", type=non_negative_float)
+    p.add_argument("--canary", type=positive_int, metavar="PERCENT", help="canary share (1-99)")
+    p = command("promote", _promote, "make the running canary of a model live")
+    p.add_argument("name", metavar="NAME")
     p = command("rollback", _rollback, "make the previously live version (or --to) live again")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--to", type=version, metavar="VERSION")

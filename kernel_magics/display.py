@@ -261,6 +261,12 @@ def transition_line(result: TransitionResult) -> str:
     was = f"was v{previous}" if previous is not None else "nothing was live"
     if result.action == "undeploy" or result.version is None:
         return f"{result.name} is no longer served ({was})"
+    if result.action == "canary":  # the live version stays; the canary answers its share
+        line = f"{result.name} v{result.version} is a canary for {result.canary}% of requests"
+        loaded = _loaded(result)
+        return f"{line} (v{previous} stays live)" + (f" — {loaded}" if loaded else "")
+    if result.action == "canary-drop":
+        return f"{result.name}: canary v{previous} dropped; v{result.version} takes all traffic"
     verb = "is live again" if result.action == "rollback" else "is live"
     line = f"{result.name} v{result.version} {verb} ({was})"
     if result.url:

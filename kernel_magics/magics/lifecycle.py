@@ -27,6 +27,7 @@ from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput, TrainingInterrupted
 from kernel_magics.magics._args import View, arguments, front_end, word
 from kernel_magics.magics._results import predictions_view, training_stopped
+from kernel_magics.records import TransitionResult
 from kernel_magics.registration import TASKS as REGISTER_TASKS
 from kernel_magics.registration import RegisterResult
 from kernel_magics.tracking import TrainResult
@@ -313,6 +314,12 @@ class KernelMagics(Magics, Configurable):
     )
     @argument("--max-batch-size", type=positive_int, help="largest batch for this model")
     @argument("--max-wait-ms", type=non_negative_float, help="batching wait for this model")
+    @argument(
+        "--canary",
+        type=positive_int,
+        metavar="PERCENT",
+        help="load beside the live version and send it PERCENT%% of requests (1-99)",
+    )
     @front_end
     def deploy(self, args: argparse.Namespace) -> None:
         """Make a version live in the background inference process (started if needed).
@@ -325,14 +332,30 @@ class KernelMagics(Magics, Configurable):
             %deploy digits
             %deploy digits@2
             %deploy digits@challenger --max-batch-size 128
+            %deploy digits@3 --canary 10     # v3 answers 10% of requests; %promote or %rollback
         """
         result = api.deploy(
             args.target,
             max_batch_size=args.max_batch_size,
             max_wait_ms=args.max_wait_ms,
+            canary=args.canary,
             settings=self.settings(),
         )
-        display.show(display.transition_line(result), display.transition_html(result))
+        _show_transition(result)
+
+    @line_magic
+    @magic_arguments()
+    @argument("name", type=word, metavar="NAME", help="model whose canary becomes live")
+    @front_end
+    def promote(self, args: argparse.Namespace) -> None:
+        """Make the running canary (``%deploy NAME@V --canary P``) live: the same hot swap as
+        a deploy. ``%rollback NAME`` instead drops the canary.
+
+        Example::
+
+            %promote digits
+        """
+        _show_transition(api.promote(args.name, settings=self.settings()))
 
     @line_magic
     @magic_arguments()
@@ -353,7 +376,7 @@ class KernelMagics(Magics, Configurable):
             %rollback digits --to 1
         """
         result = api.rollback(args.name, to=args.to, settings=self.settings())
-        display.show(display.transition_line(result), display.transition_html(result))
+        _show_transition(result)
 
     @line_magic
     @magic_arguments()
@@ -496,3 +519,10 @@ VIEWS: list[View] = [
         lambda summary: display.models_html([summary]),
     ),
 ]
+
+
+def _show_transition(result: TransitionResult) -> None:
+    """A canary start or drop changes no live version: the line alone, no LIVE badge."""
+    canary = result.action in ("canary", "canary-drop")
+    html_view = None if canary else display.transition_html(result)
+    display.show(display.transition_line(result), html_view)

@@ -10,6 +10,7 @@ import time
 import zlib
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -207,3 +208,17 @@ def test_bad_canary_requests_are_refused(client: LocalTarget, mlp: str) -> None:
     with pytest.raises(InvalidInput, match="live version"):
         client.deploy(mlp, "1", canary=10)
     np.testing.assert_equal(Store(client.settings).live_version(mlp), 1)
+
+
+def test_the_magics_and_the_cli_words(
+    client: LocalTarget, mlp: str, ip: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ip.run_line_magic("deploy", "mlp@2 --canary 20")
+    assert "mlp v2 is a canary for 20% of requests (v1 stays live)" in capsys.readouterr().out
+    ip.run_line_magic("promote", "mlp")
+    assert "mlp v2 is live (was v1)" in capsys.readouterr().out
+    ip.run_line_magic("deploy", "mlp@1 --canary 5")
+    ip.run_line_magic("rollback", "mlp")
+    out = capsys.readouterr().out
+    assert "mlp: canary v1 dropped; v2 takes all traffic" in out
+    assert Store(client.settings).live_version(mlp) == 2
