@@ -227,3 +227,14 @@ def test_v2_requests_are_metered_like_predict(
         )
         assert r.status_code == 200
     assert count() == before + 3
+
+
+def test_openapi_documents_each_models_v2_routes(
+    client: LocalTarget, models: dict[str, Logged], http_: requests.Session
+) -> None:
+    paths = http_.get(f"{client.url}/openapi.json").json()["paths"]
+    infer = paths["/v2/models/tokens/infer"]["post"]
+    tensor = infer["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"]
+    assert tensor["items"]["properties"]["datatype"]["enum"] == ["INT64"]
+    assert tensor["items"]["properties"]["shape"]["minItems"] == 2
+    assert {"/v2/models/mlp/infer", "/v2/models/mlp", "/v2/models/mlp/ready"} <= set(paths)

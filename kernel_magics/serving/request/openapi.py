@@ -96,6 +96,70 @@ def _model_paths(model: dict, max_rows: int) -> dict:
             }
         },
         f"/v1/models/{name}": {"get": {**info, **strip, "operationId": f"getModel_{name}"}},
+        **_v2_paths(name, shape, dtype, max_rows),
+    }
+
+
+def _v2_paths(name: str, shape: list[int], dtype: str, max_rows: int) -> dict:
+    """The model's Open Inference Protocol routes (``request/v2.py``): infer with its exact
+    tensor (datatype, trailing shape), metadata and readiness."""
+    from kernel_magics.serving.request.v2 import datatype
+
+    rank = len(shape)  # OpenAPI 3.0 has no per-position items: the rank, and sizes ≥ 0
+    tensor = {
+        **SCHEMAS["V2Tensor"],
+        "properties": {
+            **SCHEMAS["V2Tensor"]["properties"],
+            "datatype": {"type": "string", "enum": [datatype(dtype)]},
+            "shape": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0, "maximum": max_rows},
+                "minItems": rank,
+                "maxItems": rank,
+            },
+            "data": {"type": "array", "items": _value_schema(dtype)},
+        },
+    }
+    body = {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": tensor},
+        },
+    }
+    json_body = {"required": True, "content": {"application/json": {"schema": body}}}
+    ok = {"200": json_response(ref("V2InferResponse")), **errors(400, 401, 404, 413, 415)}
+    base = f"/v2/models/{name}"
+    ready = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+    }
+    return {
+        f"{base}/infer": {
+            "post": {
+                "summary": "Open Inference Protocol (KServe v2) inference",
+                "operationId": f"v2infer_{name}",
+                "security": SECURED,
+                "requestBody": json_body,
+                "responses": ok,
+            }
+        },
+        base: {
+            "get": {
+                "summary": "Open Inference Protocol model metadata",
+                "operationId": f"v2metadata_{name}",
+                "responses": {"200": json_response(ref("V2ModelMetadata")), **errors(404)},
+            }
+        },
+        f"{base}/ready": {
+            "get": {
+                "summary": "Open Inference Protocol model readiness",
+                "operationId": f"v2ready_{name}",
+                "responses": {"200": json_response(ready), **errors(404)},
+            }
+        },
     }
 
 

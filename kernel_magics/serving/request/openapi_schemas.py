@@ -7,6 +7,8 @@ from typing import Any
 
 from kernel_magics.naming import NAME_PATTERN
 from kernel_magics.serving.deploy_options import (
+    CANARY_MAX,
+    CANARY_MIN,
     MAX_BATCH_SIZE_MAX,
     MAX_BATCH_SIZE_MIN,
     MAX_WAIT_MS_MAX,
@@ -137,6 +139,15 @@ SCHEMAS: dict[str, Any] = {
             "input": ref("TensorSpec"),
             "output": ref("TensorSpec"),
             "history": ref("History"),
+            "canary": {
+                "type": "object",
+                "nullable": True,
+                "description": "A canary beside the live version: its version and share",
+                "properties": {
+                    "version": {"type": "integer"},
+                    "percent": {"type": "integer"},
+                },
+            },
         },
     },
     "DeployRequest": {
@@ -161,6 +172,14 @@ SCHEMAS: dict[str, Any] = {
                 "maximum": MAX_WAIT_MS_MAX,
                 "nullable": True,
             },
+            "canary": {
+                "type": "integer",
+                "minimum": CANARY_MIN,
+                "maximum": CANARY_MAX,
+                "nullable": True,
+                "description": "Load beside the live version and send it this percent of "
+                "requests (deterministic: a hash of X-Request-ID, else every (100/P)th request)",
+            },
         },
     },
     "RollbackRequest": {
@@ -182,9 +201,56 @@ SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "version": {"type": "integer", "nullable": True},
             "previous_version": {"type": "integer", "nullable": True},
-            "action": {"type": "string", "enum": ["deploy", "rollback", "undeploy"]},
+            "action": {
+                "type": "string",
+                "enum": ["deploy", "rollback", "undeploy", "canary", "canary-drop", "promote"],
+            },
+            "canary": {"type": "integer", "nullable": True},
             "load_ms": {"type": "number", "nullable": True},
             "history": ref("History"),
         },
+    },
+}
+
+# The Open Inference Protocol (KServe v2): shapes as it defines them (request/v2.py)
+V2_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype", "data"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string"},
+        "data": {"type": "array", "description": "Flat in row-major order, or nested"},
+        "parameters": {"type": "object"},
+    },
+}
+SCHEMAS["V2Tensor"] = V2_TENSOR
+SCHEMAS["V2InferResponse"] = {
+    "type": "object",
+    "required": ["model_name", "outputs"],
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+        "id": {"type": "string"},
+        "outputs": {"type": "array", "items": ref("V2Tensor")},
+    },
+}
+_V2_TENSOR_META = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+    },
+}
+SCHEMAS["V2ModelMetadata"] = {
+    "type": "object",
+    "required": ["name", "versions", "platform", "inputs", "outputs"],
+    "properties": {
+        "name": {"type": "string"},
+        "versions": {"type": "array", "items": {"type": "string"}},
+        "platform": {"type": "string"},
+        "inputs": {"type": "array", "items": _V2_TENSOR_META},
+        "outputs": {"type": "array", "items": _V2_TENSOR_META},
     },
 }
