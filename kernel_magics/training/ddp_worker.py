@@ -3,9 +3,10 @@
 ``DIR`` holds what the kernel pickled (``distributed.PAYLOAD``: model, prepared data, config).
 Each rank trains its shard (``DistributedSampler``) of the training rows under DDP; rank 0
 evaluates on the validation rows exactly as ``fit`` does, appends one JSON line per batch group
-and per epoch to ``distributed.EVENTS`` (the kernel tails it) and saves the final weights to
-``distributed.WEIGHTS``. A rank that fails writes ``error-<rank>.json`` (its error, one line)
-and exits non-zero, which makes torchrun stop the others.
+and per epoch to ``distributed.EVENTS`` (the kernel tails it). Local rank 0 of every node saves
+the final weights to ``distributed.WEIGHTS`` and which node it was to ``distributed.NODE``.
+A rank that fails writes ``error-<rank>.json`` (its error, one line) and exits non-zero, which
+makes torchrun stop the others.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from kernel_magics.errors import InvalidInput, first_line
-from kernel_magics.training.distributed import EVENTS, PAYLOAD, WEIGHTS, rank_batch_size
+from kernel_magics.training.distributed import (
+    EVENTS,
+    NODE,
+    PAYLOAD,
+    WEIGHTS,
+    rank_batch_size,
+)
 
 
 def main(workdir: Path) -> None:
@@ -95,7 +102,11 @@ def main(workdir: Path) -> None:
                 }
                 _emit(events, {"type": "step", "losses": losses})
                 _emit(events, {"type": "epoch", "result": result})
-        if rank == 0:
+        if local_rank == 0:
+            # Every node's kernel gets the weights (DDP keeps the replicas identical); which
+            # node this was decides who registers (distributed.SecondaryNode).
+            node = {"node": int(os.environ.get("GROUP_RANK", "0")), "rank": rank}
+            (workdir / NODE).write_text(json.dumps(node))
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             torch.save(state, workdir / (WEIGHTS + ".tmp"))
             # Renamed into place: the kernel reads the weights only once they are complete.

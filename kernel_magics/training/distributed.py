@@ -14,7 +14,10 @@ its TCPStore to the wildcard address), for the seconds the training lasts. With
 ``KERNEL_MAGICS_DISTRIBUTED_NETNS=1`` (the tests set it; it needs root or user namespaces) the
 launch runs in a private network namespace where only loopback exists, so nothing is reachable
 from outside. Multi-node (``--nnodes M --rdzv-endpoint HOST:PORT``) runs the same magic on every
-node; the nodes must reach each other, so no namespace is used there.
+node (the notebook, or the same notebook under papermill); the nodes must reach each other, so
+no namespace is used there. Every node's model ends with the trained weights; the node torchrun
+ranks 0 logs the epochs and registers the one version, the others end their run KILLED with
+``SecondaryNode`` (nothing registered).
 """
 
 from __future__ import annotations
@@ -46,12 +49,18 @@ if TYPE_CHECKING:
     from kernel_magics.training.progress import Progress
 
 NETNS_ENV = "KERNEL_MAGICS_DISTRIBUTED_NETNS"
-PAYLOAD, EVENTS, WEIGHTS = "payload.pkl", "events.jsonl", "weights.pt"
+PAYLOAD, EVENTS, WEIGHTS, NODE = "payload.pkl", "events.jsonl", "weights.pt", "node.json"
 POLL_S = 0.1
 
 
 class DistributedTrainingFailed(KernelMagicsError):
     """A rank failed (its error, one line) or torchrun could not start; nothing registered."""
+
+
+class SecondaryNode(TrainingInterrupted):
+    """This kernel trained as node K > 0 of a multi-node run: its model holds the trained
+    weights, but node 0's kernel logs the epochs and registers the version, so this run ends
+    KILLED with nothing registered (one version per training, whatever the node count)."""
 
 
 def is_distributed(config: TrainConfig) -> bool:
@@ -132,6 +141,11 @@ def fit_distributed(
         state = torch.load(workdir / WEIGHTS, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         fit_module._settle(model)
+        node = json.loads((workdir / NODE).read_text())["node"]
+        if node != 0:
+            message = f"trained as node {node} of {nnodes}; node 0's kernel registers the version"
+            reporter.finish("done", message)
+            raise SecondaryNode(message)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     seconds = time.perf_counter() - started

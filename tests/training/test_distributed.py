@@ -113,3 +113,122 @@ def test_a_failing_rank_fails_the_run_and_registers_nothing(shell: Any) -> None:
         run_view_type=ViewType.ALL,
     )
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+class StopAfterFirstEpoch:
+    """A reporter whose Stop button is pressed once the first epoch came back."""
+
+    def __init__(self) -> None:
+        self.epochs = 0
+        self.finished: tuple[str, str] | None = None
+
+    def start(self, epochs: int, steps_per_epoch: int, title: str) -> None:
+        pass
+
+    def step(self, loss: float) -> None:
+        pass
+
+    def epoch_end(self, result: Any) -> None:
+        self.epochs += 1
+
+    def finish(self, status: str, message: str) -> None:
+        self.finished = (status, message)
+
+    def stop_requested(self) -> bool:
+        return self.epochs >= 1
+
+
+def _worker_pids() -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"kernel_magics.training.ddp_worker" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def test_stop_ends_every_rank_and_registers_nothing(shell: Any) -> None:
+    from kernel_magics.errors import TrainingInterrupted
+
+    reporter = StopAfterFirstEpoch()
+    with pytest.raises(TrainingInterrupted, match="stopped at epoch"):
+        api.train(
+            shell.user_ns["Net"](),
+            shell.user_ns["X"],
+            shell.user_ns["y"],
+            name="ddp-stop",
+            epochs=200,
+            nproc=2,
+            progress=reporter,
+        )
+    assert reporter.finished is not None and reporter.finished[0] == "interrupted"
+    assert _worker_pids() == []  # torchrun's whole process group is gone
+    assert not Store(load_settings()).model_exists("ddp-stop")
+
+
+MULTI_NODE_SCRIPT = """
+import json, sys
+import torch
+from sklearn.datasets import load_digits
+from kernel_magics import api
+from kernel_magics.training.distributed import SecondaryNode
+
+class Net(torch.nn.Module):  # defined in __main__: reaches the ranks by value
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(),
+                                          torch.nn.Linear(16, 10))
+    def forward(self, x):
+        return self.layers(x)
+
+X, y = load_digits(return_X_y=True)
+torch.manual_seed(0)
+model = Net()
+try:
+    r = api.train(model, (X / 16).astype("float32"), y, name="ddp-nodes", epochs=2, lr=1e-2,
+                  nproc=1, nnodes=2, rdzv_endpoint=sys.argv[1], progress="none")
+    answer = {"version": r.version, "accuracy": r.metrics["accuracy"]}
+except SecondaryNode as err:
+    answer = {"secondary": str(err)}
+answer["weight"] = float(model.layers[0].weight.sum())
+print(json.dumps(answer))
+"""
+
+
+def test_two_nodes_register_once(km_home: Path, tmp_path: Path) -> None:
+    """Two "nodes" (two kernels, one process each) in one private network namespace, the same
+    call on each with --nnodes 2 and one rendezvous endpoint."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "node.py"
+    script.write_text(MULTI_NODE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != NETNS_ENV}
+    env["KERNEL_MAGICS_HOME"] = str(km_home)
+    # Any fixed port is free in a fresh namespace: nothing else lives there.
+    py = f"{sys.executable} {script} 127.0.0.1:29511"
+    both = f"ip link set lo up && ({py} > {tmp_path}/a.json & {py} > {tmp_path}/b.json & wait)"
+    done = subprocess.run(
+        ["unshare", "-n", "sh", "-c", both], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = []
+    for name in ("a.json", "b.json"):
+        lines = [
+            line for line in (tmp_path / name).read_text().splitlines() if line.startswith("{")
+        ]
+        assert lines, done.stderr[-2000:]
+        answers.append(json.loads(lines[-1]))
+    primary = [a for a in answers if "version" in a]
+    secondary = [a for a in answers if "secondary" in a]
+    assert len(primary) == 1 and len(secondary) == 1, answers
+    assert primary[0]["version"] == 1 and primary[0]["accuracy"] > 0.5
+    assert "node 1 of 2" in secondary[0]["secondary"]
+    assert primary[0]["weight"] == pytest.approx(secondary[0]["weight"], abs=1e-5)
+    assert [v.version for v in Store(load_settings()).versions("ddp-nodes")] == [1]
