@@ -82,7 +82,8 @@ def _rerun_rows(result: Any) -> list[list[str]]:
     rows = []
     for row in result.rows:
         delta = "" if row.delta is None else f"{row.delta:+.3g}"
-        mark = "equal" if row.equal else ("missing" if row.delta is None else "differs")
+        mark = "identical" if row.identical else "equal" if row.equal else "differs"
+        mark = "missing" if row.delta is None else mark
         rows.append([row.name, _optional(row.original), _optional(row.rerun), delta, mark])
     return rows
 
@@ -97,7 +98,10 @@ def _rerun_summary(result: Any) -> str:
     head = f"rerun {result.rerun.run_id} of {result.original.run_id} (notebook: {source})"
     if not result.rows:
         return f"{head}: no metrics to compare"
-    verdict = "all equal" if not differ else f"{differ} differ"
+    identical = sum(row.identical for row in result.rows)
+    verdict = f"{differ} differ" if differ else "all equal"
+    if not differ and identical < len(result.rows):
+        verdict += f" ({identical} identical, the rest within float32 rounding)"
     return f"{head}: {len(result.rows)} metrics, {verdict}"
 
 
@@ -112,7 +116,7 @@ def rerun_html(result: Any) -> str:
     rows = []
     for row in _rerun_rows(result):
         cells = [html.escape(c) for c in row]
-        style = "color:#1a7f37" if row[-1] == "equal" else _BAD_STYLE
+        style = "color:#1a7f37" if row[-1] in ("identical", "equal") else _BAD_STYLE
         cells[-1] = f"<span style='{style}'>{cells[-1]}</span>"
         rows.append(cells)
     summary = f"<p><b>{html.escape(_rerun_summary(result))}</b></p>"

@@ -169,7 +169,11 @@ def test_rerun_repeats_with_equal_metrics(first: PipelineRecord, project: dict, 
 
 
 def test_metric_comparison() -> None:
-    assert MetricDelta("a", 1.0, 1.0).equal and MetricDelta("a", float("nan"), float("nan")).equal
+    assert (
+        MetricDelta("a", 1.0, 1.0).identical and MetricDelta("a", float("nan"), float("nan")).equal
+    )
+    rounded = MetricDelta("a", 2.1020002, 2.1020004)  # float32 rounding: equal, not identical
+    assert rounded.equal and not rounded.identical
     changed = MetricDelta("a", 1.0, 1.5)
     assert not changed.equal and changed.delta == 0.5
     assert MetricDelta("a", 1.0, None).delta is None
