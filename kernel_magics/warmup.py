@@ -18,9 +18,7 @@ from kernel_magics.config import Settings
 log = logging.getLogger(__name__)
 _started: threading.Thread | None = None
 _lock = threading.Lock()
-# Set once this thread's `import torch` is over. Two threads importing torch at once can
-# deadlock inside its package imports; Python then fails one of them and the other re-imports
-# torch's C extension ("... is already defined"). A cell run meanwhile waits for it instead.
+# Set once the warm-up's `import torch` is over (see _after_this_cell).
 _torch_imported = threading.Event()
 TORCH_WAIT_S = 120.0
 
@@ -51,33 +49,45 @@ def _warm(settings: Settings) -> None:
 
 
 def start_warmup(settings: Settings) -> threading.Thread:
-    """Start the warm-up once per process; returns the thread (join it to wait)."""
+    """Start the warm-up once per process; returns the thread (join it to wait; it may begin
+    only once the current cell is over, see ``_after_this_cell``)."""
     global _started
     with _lock:
         if _started is None:
-            _wait_in_cells_for_torch()
             _started = threading.Thread(
                 target=_warm, args=(settings,), name="kernel-magics-warmup", daemon=True
             )
-            _started.start()
+            if not _after_this_cell(_started):
+                _started.start()
         return _started
 
 
-def _wait_in_cells_for_torch() -> None:
-    """Before each cell, until the warm-up has imported torch: wait for it (see above)."""
+def _after_this_cell(thread: threading.Thread) -> bool:
+    """In IPython: start ``thread`` when the current cell is over, and hold each later cell
+    until the thread has imported torch. ``%load_ext kernel_magics`` is usually followed by
+    ``import torch`` in the same cell; two threads importing torch at once can deadlock inside
+    its package and Python then fails one of them, after which the other re-imports torch's C
+    extension ("... is already defined"). False outside IPython (start it now)."""
     try:
         from IPython import get_ipython
     except ImportError:  # pragma: no cover - IPython is a dependency
-        return
+        return False
     shell = get_ipython()
     if shell is None:
-        return
+        return False
+
+    def after_cell(*_: object) -> None:
+        shell.events.unregister("post_run_cell", after_cell)
+        thread.start()
 
     def before_cell(*_: object) -> None:
-        if _torch_imported.wait(TORCH_WAIT_S):
-            shell.events.unregister("pre_run_cell", before_cell)
+        if thread.is_alive() or thread.ident is not None:  # started: wait for its torch import
+            if _torch_imported.wait(TORCH_WAIT_S):
+                shell.events.unregister("pre_run_cell", before_cell)
 
+    shell.events.register("post_run_cell", after_cell)
     shell.events.register("pre_run_cell", before_cell)
+    return True
 
 
 _watchdog_stop: threading.Event | None = None

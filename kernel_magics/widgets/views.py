@@ -177,20 +177,17 @@ def version_details_html(
 ) -> str:
     """Everything about one version: when, format, live, lineage, metrics, params, tags."""
     badge = f" {display.LIVE_BADGE}" if row.version == live else ""
-    lineage = [
-        (label, row.tags[tag]) for label, tag in (("parent", TAG_PARENT), ("recipe", TAG_RECIPE))
-    ]
     facts = [
         ("created", display.when(row.created)),
         ("format", row.format or ""),
         ("task", row.task or ""),
         ("size", _size(size_bytes)),
         ("run", row.run_id or ""),
-        *[(label, value) for label, value in lineage if value],
+        ("parent", row.tags.get(TAG_PARENT, "")),  # lineage
+        ("recipe", row.tags.get(TAG_RECIPE, "")),
     ]
-    lineage_ok = [(k, v) for k, v in facts if v]
     head = f"<p><b>{html.escape(name)} v{row.version}</b>{badge}</p>"
-    parts = [head, _pairs_html(lineage_ok)]
+    parts = [head, _pairs_html([(k, v) for k, v in facts if v])]
     if row.metrics:
         parts += [
             "<p>metrics</p>",
