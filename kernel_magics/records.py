@@ -186,6 +186,8 @@ class ModelState(_Wire):
     # Serving figures of this (live) version, from the status snapshot; None when the target
     # answered without them (``/v1/models``).
     stats: VersionStats | None = None
+    # A canary beside the live version: ``{"version": V, "percent": P}``; None when none runs.
+    canary: dict[str, int] | None = None
 
     @classmethod
     def from_wire(cls, doc: Any) -> ModelState:
@@ -210,7 +212,17 @@ class ModelState(_Wire):
             output=doc.get("output"),
             history=_history(doc.get("history")),
             stats=VersionStats.from_wire(doc["stats"]) if doc.get("stats") else None,
+            canary=_canary(doc.get("canary")),
         )
+
+
+def _canary(raw: Any) -> dict[str, int] | None:
+    if not raw:
+        return None
+    doc = _mapping(raw, "a canary")
+    version = _int_or_none(doc.get("version"), "canary version")
+    percent = _int_or_none(doc.get("percent"), "canary percent")
+    return {"version": version, "percent": percent} if version and percent else None
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,7 @@ def test_canary_takes_its_exact_share(client: LocalTarget, mlp: str) -> None:
     assert seen[1] + seen[2] == total
     info = requests.get(f"{client.url}/v1/models/{mlp}", headers=auth(client)).json()
     assert info["version"] == 1 and info["canary"] == {"version": 2, "percent": 10}
+    assert client.model(mlp).canary == {"version": 2, "percent": 10}  # the record, too
 
 
 def test_a_request_id_always_gets_the_same_version(client: LocalTarget, mlp: str) -> None:
