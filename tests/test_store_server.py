@@ -230,3 +230,21 @@ def test_four_parallel_trainings_lose_nothing(
     assert sorted(r["version"] for r in results) == [1, 2, 3, 4]
     assert {v.run_id for v in versions} == {r["run_id"] for r in results}
     assert all(v.sha256 for v in versions)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--backend", "nonsense"], "is not a database URL"),
+        (["--backend", "postgresql://u@db/x", "--host", "0.0.0.0"], "--allow-remote"),
+        (["--backend", "postgresql://u@db/x", "--port", "0"], "--port must be"),
+    ],
+)
+def test_store_serve_refuses_bad_options_in_one_line(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kernel_magics import cli
+
+    assert cli.main(["store", "serve", *argv]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "\n" not in err

@@ -45,7 +45,9 @@ def main(workdir: Path) -> None:
     with (workdir / PAYLOAD).open("rb") as fh:
         payload = pickle.load(fh)  # written by the kernel that launched us (cloudpickle)
     model, data, config = payload["model"], payload["data"], payload["config"]
-    use_cuda = torch.cuda.is_available() and torch.cuda.device_count() > local_rank
+    # NCCL only when every rank of this node has a GPU of its own: one backend for all ranks.
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
     if use_cuda:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)

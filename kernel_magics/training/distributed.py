@@ -64,7 +64,10 @@ class SecondaryNode(TrainingInterrupted):
 
 
 def is_distributed(config: TrainConfig) -> bool:
-    return getattr(config, "nproc", 1) > 1 or getattr(config, "nnodes", 1) > 1
+    """Whether ``config`` asks for torchrun (its options are checked here: ``TrainConfig``
+    holds them without checks of its own)."""
+    check_options(config.nproc, config.nnodes, config.rdzv_endpoint)
+    return config.nproc > 1 or config.nnodes > 1
 
 
 def check_options(nproc: Any, nnodes: Any, rdzv_endpoint: Any) -> None:
