@@ -361,18 +361,25 @@ class Store:
 
     def run_metrics(self, run_ids: list[str]) -> dict[str, dict[str, float]]:
         """Latest metrics of each run: only those runs are read (``run_id IN (...)``, a batch of
-        ``RUN_ID_BATCH`` per query), not the whole experiment. Runs of any experiment count:
-        a version registered from another experiment (a pipeline's) has metrics too."""
+        ``RUN_ID_BATCH`` per query), not the whole experiment. ``%train`` runs are in the
+        kernel-magics experiment; runs not found there (a pipeline's, another experiment's)
+        are looked for in every experiment."""
+        wanted = sorted({run_id for run_id in run_ids if run_id.isalnum()})  # hex ids only
+        out = self._search_run_metrics([self.experiment_id()], wanted)
+        missing = [run_id for run_id in wanted if run_id not in out]
+        if missing:
+            out.update(self._search_run_metrics(self._all_experiments(), missing))
+        return out
+
+    def _search_run_metrics(
+        self, experiments: list[str], run_ids: list[str]
+    ) -> dict[str, dict[str, float]]:
         from mlflow.entities import ViewType
 
-        wanted = sorted(set(run_ids))
         out: dict[str, dict[str, float]] = {}
-        experiments = self._run_experiments()
-        for start in range(0, len(wanted), RUN_ID_BATCH):
-            batch = wanted[start : start + RUN_ID_BATCH]
-            quoted = ", ".join(f"'{run_id}'" for run_id in batch if run_id.isalnum())
-            if not quoted:
-                continue
+        for start in range(0, len(run_ids), RUN_ID_BATCH):
+            batch = run_ids[start : start + RUN_ID_BATCH]
+            quoted = ", ".join(f"'{run_id}'" for run_id in batch)
             runs = self.client.search_runs(
                 experiments,
                 filter_string=f"attributes.run_id IN ({quoted})",
@@ -383,12 +390,11 @@ class Store:
                 out[run.info.run_id] = dict(run.data.metrics)
         return out
 
-    def _run_experiments(self) -> list[str]:
-        """Every experiment that may hold a version's run (search_runs needs their ids)."""
+    def _all_experiments(self) -> list[str]:
         from mlflow.entities import ViewType
 
         found = self.client.search_experiments(view_type=ViewType.ALL, max_results=1000)
-        return [e.experiment_id for e in found] or [self.experiment_id()]
+        return [e.experiment_id for e in found]
 
 
 def transition_event(action: str, from_version: int | None, to_version: int | None) -> dict:
