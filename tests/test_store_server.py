@@ -33,7 +33,8 @@ from kernel_magics.serving.process.cleanup import state_pids, stop_pids
 from kernel_magics.store import Store
 from kernel_magics.targets.local import LocalTarget
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Debian's postgresql (Makefile: apt-get install postgresql); the newest installed major version.
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
 
 
 def free_port() -> int:
