@@ -138,20 +138,24 @@ class StopAfterFirstEpoch:
         return self.epochs >= 1
 
 
-def _worker_pids() -> list[int]:
+def _worker_pids(home: Path) -> list[int]:
+    """Ranks started from this test module: their environment names its home folder (other
+    test runs on this machine have homes of their own)."""
     found = []
+    mark = f"KERNEL_MAGICS_HOME={home}".encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes()
+                environ = (entry / "environ").read_bytes()
             except OSError:
                 continue
-            if b"kernel_magics.training.ddp_worker" in cmdline:
+            if b"kernel_magics.training.ddp_worker" in cmdline and mark in environ.split(b"\0"):
                 found.append(int(entry.name))
     return found
 
 
-def test_stop_ends_every_rank_and_registers_nothing(shell: Any) -> None:
+def test_stop_ends_every_rank_and_registers_nothing(shell: Any, km_home: Path) -> None:
     from kernel_magics.errors import TrainingInterrupted
 
     reporter = StopAfterFirstEpoch()
@@ -166,7 +170,7 @@ def test_stop_ends_every_rank_and_registers_nothing(shell: Any) -> None:
             progress=reporter,
         )
     assert reporter.finished is not None and reporter.finished[0] == "interrupted"
-    assert _worker_pids() == []  # torchrun's whole process group is gone
+    assert _worker_pids(km_home) == []  # torchrun's whole process group is gone
     assert not Store(load_settings()).model_exists("ddp-stop")
 
 
