@@ -5,6 +5,9 @@ canary, and a restarted process restores the split from the store."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import threading
 import time
 import zlib
@@ -163,6 +166,22 @@ def test_a_restarted_process_restores_the_split(client: LocalTarget, mlp: str) -
     client.ensure_running(timeout=90)
     seen, failed = send(client, 100, threads=1)
     assert failed == 0 and seen == Counter({1: 90, 2: 10})
+
+
+def test_a_respawned_worker_restores_the_split(
+    client: LocalTarget, mlp: str, settings: Settings
+) -> None:
+    (victim,) = json.loads(settings.state_file.read_text())["workers"]
+    os.kill(victim, signal.SIGKILL)  # a worker this module's process started
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = json.loads(settings.state_file.read_text())
+        if state["workers_ready"] == WORKERS and victim not in state["workers"]:
+            break
+        time.sleep(0.1)
+    assert victim not in state["workers"], state
+    seen, failed = send(client, 50, threads=1)
+    assert failed == 0 and seen == Counter({1: 45, 2: 5})
 
 
 def test_promote_under_load_fails_nothing(client: LocalTarget, mlp: str) -> None:
