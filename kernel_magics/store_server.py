@@ -128,31 +128,46 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = READY_T
     raise ServiceUnavailable(f"mlflow server did not answer {url}/health within {timeout:.0f} s")
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """TERM the server's process group (the server and its uvicorn worker), then KILL."""
+def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """TERM the server's process group (the server and its uvicorn worker), then KILL: the
+    ``mlflow server`` parent can outlive its TERMed worker for a long while."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         try:
             proc.wait(timeout=timeout)
-            return
         except subprocess.TimeoutExpired:
             continue
+        with contextlib.suppress(ProcessLookupError):  # what the leader left behind
+            os.killpg(proc.pid, signal.SIGKILL)
+        return
 
 
 def serve(options: ServerOptions) -> int:
-    """Run the server in the foreground until it exits or Ctrl-C; returns its exit code."""
-    proc = start(options)
-    print(
-        f"MLflow tracking server at {options.url} (backend {_redacted(options.backend)}, "
-        f"artifacts {options.artifacts}); set MLFLOW_TRACKING_URI={options.url}",
-        flush=True,
-    )
+    """Run the server in the foreground until it exits, Ctrl-C, SIGTERM or SIGHUP; the server
+    runs in a process group of its own, so it is stopped here whichever way this ends."""
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    # Installed before the start: a TERM while it waits for /health stops the server too.
+    previous = {sig: signal.signal(sig, _exit) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    proc = None
     try:
+        proc = start(options)
+        print(
+            f"MLflow tracking server at {options.url} (backend {_redacted(options.backend)}, "
+            f"artifacts {options.artifacts}); set MLFLOW_TRACKING_URI={options.url}",
+            flush=True,
+        )
         return proc.wait()
     except KeyboardInterrupt:
-        stop(proc)
         return 0
+    finally:
+        if proc is not None:
+            stop(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _redacted(url: str) -> str:

@@ -102,7 +102,11 @@ def tracking_url(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         store_server.wait_ready(url, proc)  # type: ignore[arg-type]
         yield url
     finally:
-        store_server.stop(proc)  # type: ignore[arg-type]
+        # The command stops its server on TERM; KILL after 20 s if it did not.
+        store_server.stop(proc, timeout=20)  # type: ignore[arg-type]
+        # The command stopped its server (a process group of its own) before it exited.
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 @pytest.fixture(scope="module")
