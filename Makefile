@@ -37,7 +37,10 @@ browser-deps:
 	@command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
+# PostgreSQL (Debian's) for the tests of the store on an MLflow tracking server.
 test-py: setup lint browser-deps
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
 	$(BIN)/pytest tests -q -p no:cacheprovider
 
 # nbval runs the notebooks in fresh kernels against a throwaway home, then stops the
