@@ -163,7 +163,7 @@ class ServiceMonitor:
         self.title.value = f"<b>{html.escape(views.monitor_title(status, self.name))}</b>"
         self.plots.value = self.plot_svg()
         self._text = views.monitor_text(status, rates, tokens, self.name)
-        self.body.value = views.monitor_html(status, rates, tokens, self.name)
+        self.body.value = views.monitor_html(status, rates, tokens, self.name, title=False)
         if self._snapshot is not None and self.ticks % 10 == 0:  # the saved copy, now and then
             self._snapshot.update(self.static_html(), self.static_text())
 

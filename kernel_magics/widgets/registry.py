@@ -41,7 +41,7 @@ class RegistryBrowser:
 
         def button(description: str, style: str = "", tooltip: str = "") -> Any:
             made = widgets.Button(description=description, button_style=style, tooltip=tooltip)
-            made.layout.width = "auto"
+            made.layout.width, made.layout.flex = "auto", "0 0 auto"  # never squeezed
             return made
 
         self.model_picker = widgets.Dropdown(description="model")
@@ -60,9 +60,8 @@ class RegistryBrowser:
             [
                 widgets.HBox([self.model_picker, self.refresh_button]),
                 widgets.HBox([self.versions, self.details]),
-                widgets.HBox(
-                    [self.deploy_button, self.rollback_button, self.undeploy_button, self.answer]
-                ),
+                widgets.HBox([self.deploy_button, self.rollback_button, self.undeploy_button]),
+                self.answer,
                 widgets.HBox([self.compare_a, self.compare_b, self.compare_button]),
                 self.comparison,
             ]

@@ -68,6 +68,25 @@ def _rate_rows(rates: Sequence[ModelRates]) -> list[list[str]]:
     ]
 
 
+def _table_html(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A compact table that keeps its spacing inside a widget (no notebook table styles
+    there): numbers right-aligned, the first column left."""
+    pad = "padding:1px 8px"
+
+    def cell(tag: str, i: int, value: str) -> str:
+        align = "left" if i == 0 else "right"
+        return f"<{tag} style='{pad};text-align:{align}'>{html.escape(value)}</{tag}>"
+
+    head = "".join(cell("th", i, h) for i, h in enumerate(headers))
+    body = "".join(
+        "<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows
+    )
+    return (
+        f"<table class='kernel-magics' style='border-collapse:collapse;{_SMALL}'>"
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
 def _token_lines(tokens: Sequence[TokenRates]) -> list[str]:
     return [
         f"{t.name}: {t.requests:,} requests ({_figure(t.requests_s)}/s), {t.rows:,} rows"
@@ -121,12 +140,15 @@ def monitor_html(
     tokens: Sequence[TokenRates],
     only: str | None = None,
     plots: str = "",
+    title: bool = True,
 ) -> str:
+    """The monitor's figures as HTML (``title``: with its heading line; the widget has its
+    own)."""
     if status is None:
         return f"<p>{html.escape(display.NOT_RUNNING)}</p>"
-    parts = [f"<p><b>{html.escape(monitor_title(status, only))}</b></p>"]
+    parts = [f"<p><b>{html.escape(monitor_title(status, only))}</b></p>"] if title else []
     if rates:
-        parts.append(display.html_table(MONITOR_HEADERS, _rate_rows(rates)))
+        parts.append(_table_html(MONITOR_HEADERS, _rate_rows(rates)))
     else:
         parts.append(
             f"<p>{html.escape(f'{only} is not deployed' if only else 'serving no models')}</p>"
@@ -197,7 +219,8 @@ def version_details_html(
         parts += ["<p>params</p>", _pairs_html(sorted(params.items()))]
     tags = sorted((k, v) for k, v in row.tags.items() if k not in (TAG_PARENT, TAG_RECIPE))
     if tags:
-        parts += ["<p>tags</p>", _pairs_html([(k, v[:80]) for k, v in tags])]
+        shown = [(k, v if len(v) <= 40 else v[:39] + "…") for k, v in tags]  # hashes, JSON
+        parts += ["<p>tags</p>", _pairs_html(shown)]
     return f"<div style='{_SMALL}'>{''.join(parts)}</div>"
 
 

@@ -97,7 +97,7 @@ def test_models_magic_renders_its_table_in_a_notebook(
         "execution_count": None,
         "metadata": {},
         "outputs": [],
-        "source": "%load_ext kernel_magics\n%models",
+        "source": "%load_ext kernel_magics\n%models --static",  # the table, not the browser
     }
     notebook = {
         "cells": [cell],
