@@ -59,7 +59,8 @@ def validate_name(name: str) -> str:
 def not_found(name: str, known: list[str], kind: str = "registered") -> str:
     """The one wording for an unknown model, naming what exists: ``no registered model named
     'x' (registered: a, b)``; ``kind`` "deployed" for what the inference process serves."""
-    return f"no {kind} model named {name!r} ({kind}: {', '.join(known) or 'none yet'})"
+    none = "none yet" if kind == "registered" else "none"
+    return f"no {kind} model named {name!r} ({kind}: {', '.join(known) or none})"
 
 
 # MLflow's SQL stores cap the values of one IN (...) filter; stay well below every backend's.

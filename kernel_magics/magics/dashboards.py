@@ -52,13 +52,14 @@ class DashboardMagics(FeatureMagics):
             %monitor digits --interval 2
             %monitor --stop
         """
+        from kernel_magics.widgets import views
         from kernel_magics.widgets.monitor import ServiceMonitor, snapshot_views
 
         if args.stop:
             if args.name:
                 raise UsageError("--stop stops every monitor: give no NAME")
             stopped = ServiceMonitor.stop_all()
-            display.show(f"{stopped} monitor{'s' if stopped != 1 else ''} stopped.")
+            display.show(views.monitors_stopped_line(stopped))
             return
         name = validate_name(args.name) if args.name else None
         settings = self.kernel_magics.settings()

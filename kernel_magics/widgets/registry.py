@@ -24,8 +24,6 @@ from kernel_magics.widgets.front_end import Snapshot, show_with_snapshot
 if TYPE_CHECKING:
     from kernel_magics.api import ModelSummary, VersionRow
 
-_PENDING = {"deploy": "deploying", "rollback": "rolling back", "undeploy": "undeploying"}
-
 
 class RegistryBrowser:
     def __init__(self, settings: Settings) -> None:
@@ -193,7 +191,7 @@ class RegistryBrowser:
         buttons = (self.deploy_button, self.rollback_button, self.undeploy_button)
         for b in buttons:
             b.disabled = True
-        self._say(f"{_PENDING[action]} {name} {what}…".replace(" …", "…"))
+        self._say(views.pending_line(action, name, what))
 
         def run() -> None:
             try:

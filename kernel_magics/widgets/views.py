@@ -166,7 +166,19 @@ def monitor_html(
     return f"<div style='{_SMALL}'>{''.join(parts)}</div>"
 
 
+def monitors_stopped_line(count: int) -> str:
+    return f"{count} monitor{'s' if count != 1 else ''} stopped."
+
+
 # -- the registry browser ------------------------------------------------------------------------
+_PENDING = {"deploy": "deploying", "rollback": "rolling back", "undeploy": "undeploying"}
+
+
+def pending_line(action: str, name: str, what: str = "") -> str:
+    """What the browser says while an action runs: ``deploying digits v2…``."""
+    return " ".join(p for p in (_PENDING.get(action, action), name, what) if p) + "…"
+
+
 def version_label(row: Any, live: int | None) -> str:
     """One line per version in the browser's list: ``v3 · LIVE · accuracy=0.95 · created``."""
     parts = [f"v{row.version}"]

@@ -69,7 +69,7 @@ def test_deploy_rollback_undeploy(client, versions, settings):
     assert Store(settings).live_version("swap") == 2
     r = client.undeploy("swap")
     assert (r.version, r.previous_version, r.action) == (None, 2, "undeploy")
-    with pytest.raises(NotFound, match="not deployed"):
+    with pytest.raises(NotFound, match="no deployed model named 'swap'"):
         served(client, "swap", X)
     assert Store(settings).live_version("swap") is None
     with pytest.raises(InvalidInput, match="not deployed"):
