@@ -27,6 +27,8 @@ from kernel_magics.config import (
     Settings,
 )
 from kernel_magics.errors import InvalidInput, NotFound, StoreError
+from kernel_magics.naming import NAME_MAX_LENGTH, is_valid_name
+from kernel_magics.serving.deploy_options import DEPLOY_OPTIONS
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -42,16 +44,15 @@ TAG_RECIPE = "km.recipe"  # how it was made, in the author's words
 # Serving options a deploy asked for, kept on the version so that a rollback to it and a
 # restarted process serve it the same way (explicit options on a later deploy replace them).
 TAG_SERVE_PREFIX = "km.serve."
-SERVE_OPTIONS = ("max_batch_size", "max_wait_ms")
-_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+SERVE_OPTIONS = DEPLOY_OPTIONS
 
 
 def validate_name(name: str) -> str:
-    """Model names travel in URLs and file paths: letters, digits, '-', '_', '.' only."""
-    if not name or len(name) > 128 or not set(name) <= _NAME_CHARS or name.startswith("."):
+    """Model names travel in URLs and file paths (the rule is ``naming``'s)."""
+    if not is_valid_name(name):
         raise InvalidInput(
             f"invalid model name {name!r}: use letters, digits, '-', '_' and '.' "
-            "(not starting with '.', at most 128 characters)"
+            f"(not starting with '.', at most {NAME_MAX_LENGTH} characters)"
         )
     return name
 
