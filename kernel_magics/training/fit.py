@@ -41,7 +41,6 @@ class FitResult:
     history: list[EpochResult]
     final_metrics: dict[str, float]  # train_loss, val_loss and the metrics of the last epoch
     seconds: float
-    interrupted: bool = False  # an interrupt raises TrainingInterrupted, so a result has False
     metrics_on: str = "validation"
     steps_per_epoch: int = 0
 
@@ -128,7 +127,6 @@ def fit(
         history=history,
         final_metrics=final,
         seconds=seconds,
-        interrupted=False,
         metrics_on=data.metrics_on,
         steps_per_epoch=len(sizes),
     )
