@@ -18,22 +18,15 @@ from kernel_magics.config import Settings
 log = logging.getLogger(__name__)
 _started: threading.Thread | None = None
 _lock = threading.Lock()
-# Set once the warm-up's `import torch` is over (see _after_this_cell).
-_torch_imported = threading.Event()
-TORCH_WAIT_S = 120.0
+_done = threading.Event()  # the warm-up is over (see wait_for_warmup)
+WARMUP_WAIT_S = 120.0
 
 
 def _warm(settings: Settings) -> None:
     try:
-        import torch
-    except Exception as err:
-        log.debug("warm-up skipped: %s", err)
-        return
-    finally:
-        _torch_imported.set()
-    try:
         import mlflow.pytorch
         import numpy as np
+        import torch
 
         from kernel_magics.store import Store
 
@@ -46,11 +39,13 @@ def _warm(settings: Settings) -> None:
         Store(settings).experiment_id()  # creates the schema and the experiment once
     except Exception as err:  # warm-up is an optimisation: never let it bother the user
         log.debug("warm-up skipped: %s", err)
+    finally:
+        _done.set()
 
 
 def start_warmup(settings: Settings) -> threading.Thread:
-    """Start the warm-up once per process; returns the thread (join it to wait; it may begin
-    only once the current cell is over, see ``_after_this_cell``)."""
+    """Start the warm-up once per process; returns the thread (join it to wait). In IPython it
+    begins once the current cell is over, see ``_after_this_cell``."""
     global _started
     with _lock:
         if _started is None:
@@ -62,12 +57,21 @@ def start_warmup(settings: Settings) -> threading.Thread:
         return _started
 
 
+def wait_for_warmup(timeout: float = WARMUP_WAIT_S) -> None:
+    """Wait while a started warm-up runs. Importing the same packages (torch, mlflow, their
+    lazily imported parts) in two threads at once can deadlock inside them; Python then fails
+    one import, and the other re-initialises a C extension ("... is already defined") or reads
+    a half-built module. So cells and magics wait for the warm-up, whose work (the imports, the
+    first export, the store's schema) they would otherwise do themselves."""
+    thread = _started
+    if thread is not None and thread.ident is not None and thread is not threading.current_thread():
+        _done.wait(timeout)
+
+
 def _after_this_cell(thread: threading.Thread) -> bool:
-    """In IPython: start ``thread`` when the current cell is over, and hold each later cell
-    until the thread has imported torch. ``%load_ext kernel_magics`` is usually followed by
-    ``import torch`` in the same cell; two threads importing torch at once can deadlock inside
-    its package and Python then fails one of them, after which the other re-imports torch's C
-    extension ("... is already defined"). False outside IPython (start it now)."""
+    """In IPython: start ``thread`` when the current cell is over (``%load_ext`` is usually
+    followed by ``import torch`` in its own cell) and make the cells after it wait for the
+    warm-up (``wait_for_warmup``). False outside IPython: start it now."""
     try:
         from IPython import get_ipython
     except ImportError:  # pragma: no cover - IPython is a dependency
@@ -81,9 +85,9 @@ def _after_this_cell(thread: threading.Thread) -> bool:
         thread.start()
 
     def before_cell(*_: object) -> None:
-        if thread.is_alive() or thread.ident is not None:  # started: wait for its torch import
-            if _torch_imported.wait(TORCH_WAIT_S):
-                shell.events.unregister("pre_run_cell", before_cell)
+        wait_for_warmup()
+        if _done.is_set():
+            shell.events.unregister("pre_run_cell", before_cell)
 
     shell.events.register("post_run_cell", after_cell)
     shell.events.register("pre_run_cell", before_cell)

@@ -16,6 +16,7 @@ from IPython.core.magic_arguments import argument
 
 from kernel_magics import display
 from kernel_magics.errors import KernelMagicsError
+from kernel_magics.warmup import wait_for_warmup
 
 _OPENING, _CLOSING, _QUOTES = "([{", ")]}", "'\""
 
@@ -86,6 +87,7 @@ def front_end(func: Callable[[Any, argparse.Namespace], Any]) -> Callable[..., A
         if "-h" in tokens or "--help" in tokens:
             display.show(magic.__doc__ or "")
             return None
+        wait_for_warmup()  # a magic run outside a cell (a script, a test) waits here too
         try:
             args = parser.parse_args(tokens)
         except UsageError as err:
