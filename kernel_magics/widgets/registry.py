@@ -151,7 +151,7 @@ class RegistryBrowser:
     def _load_details(self, name: str, row: VersionRow, live: int | None) -> None:
         params = registry_data.run_params(self.settings, row.run_id) if row.run_id else {}
         try:
-            size: int | None = registry_data.version_size(self.settings, name, row.version)
+            size = registry_data.version_size(self.settings, name, row.version)
         except Exception:  # files missing from the store: the deploy would say so
             size = None
         if self.version() is row:  # still the one selected

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from kernel_magics.config import Settings
 
@@ -35,8 +36,21 @@ def metric_history(settings: Settings, run_id: str, key: str) -> tuple[tuple[int
 
 
 @functools.lru_cache(maxsize=512)
-def version_size(settings: Settings, name: str, version: int) -> int:
-    """Bytes of the version's model folder (downloaded first from a remote store)."""
+def version_size(settings: Settings, name: str, version: int) -> int | None:
+    """Bytes of the version's model folder where it is on this machine, else None: a remote
+    store's files are not downloaded just to show their size. Resolved through the client
+    alone: ``Store.local_path`` switches MLflow's process-wide tracking URI, which a background
+    thread must never do while the kernel trains."""
     store = _store(settings)
-    folder = Path(store.local_path(store.resolve(name, version)))
+    source = store.resolve(name, version).source
+    if source.startswith("models:/"):  # a logged model: its artifact location
+        location = store.client.get_logged_model(source.removeprefix("models:/")).artifact_location
+    else:
+        location = source
+    parts = urlsplit(location)
+    if parts.scheme not in ("", "file"):
+        return None
+    folder = Path(unquote(parts.path))
+    if not folder.is_dir():
+        return None
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
