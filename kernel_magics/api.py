@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kernel_magics import catalog
+from kernel_magics.catalog import ModelSummary, VersionRow
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput, ServiceUnavailable, first_line
 from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
@@ -387,58 +388,14 @@ def _version_info(settings: Settings, name: str, version: int) -> Any:
 
 
 # -- what exists --------------------------------------------------------------------------------
-@dataclass
-class VersionRow:
-    version: int
-    created: float
-    run_id: str | None
-    task: str | None
-    format: str | None
-    metrics: dict[str, float]
-    aliases: tuple[str, ...]
-    live: bool
-    tags: dict[str, str] = field(default_factory=dict)  # km.parent, km.recipe, ...
-
-
-@dataclass
-class ModelSummary:
-    name: str
-    live_version: int | None
-    served_version: int | None
-    versions: list[VersionRow] = field(default_factory=list)
-
-
 def models(*, settings: Settings | None = None) -> list[ModelSummary]:
     """Every registered model with its versions, final metrics, and what is live and served."""
     s = _settings(settings)
-    store = _store(s)
     try:
         status = _target(s).status()
     except ServiceUnavailable:
         status = None
-    served = {n: m.version for n, m in status.models.items()} if status else {}
-    summaries = []
-    for model_name in store.model_names():
-        versions = store.versions(model_name)
-        metrics = store.run_metrics([v.run_id for v in versions if v.run_id])
-        live = store.live_version(model_name)
-        rows = [
-            VersionRow(
-                version=v.version,
-                created=v.created,
-                run_id=v.run_id,
-                task=v.task,
-                format=v.tags.get("km.format"),
-                metrics=metrics.get(v.run_id or "", {}),
-                aliases=v.aliases,
-                # search results carry no aliases on every backend: compare numbers
-                live=v.version == live,
-                tags=dict(v.tags),
-            )
-            for v in versions
-        ]
-        summaries.append(ModelSummary(model_name, live, served.get(model_name), rows))
-    return summaries
+    return catalog.summaries(_store(s), status)
 
 
 # -- the serving target -------------------------------------------------------------------------

@@ -513,7 +513,7 @@ VIEWS: list[View] = [
         display.register_result_html,
     ),
     (
-        "kernel_magics.api",
+        "kernel_magics.catalog",
         "ModelSummary",
         lambda summary: display.models_text([summary]),
         lambda summary: display.models_html([summary]),

@@ -22,7 +22,7 @@ from kernel_magics.widgets._svg import line_chart
 from kernel_magics.widgets.front_end import Snapshot, show_with_snapshot
 
 if TYPE_CHECKING:
-    from kernel_magics.api import ModelSummary, VersionRow
+    from kernel_magics.catalog import ModelSummary, VersionRow
 
 
 class RegistryBrowser:

@@ -1,0 +1,59 @@
+"""What exists: every registered model with its versions, their final metrics and tags, and
+which version is live (the store's alias) and served (the serving target's snapshot).
+``api.models`` is its front door; the records here are what front ends render."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kernel_magics.records import ServerStatus
+    from kernel_magics.store import Store
+
+
+@dataclass
+class VersionRow:
+    version: int
+    created: float
+    run_id: str | None
+    task: str | None
+    format: str | None
+    metrics: dict[str, float]
+    aliases: tuple[str, ...]
+    live: bool
+    tags: dict[str, str] = field(default_factory=dict)  # km.parent, km.recipe, ...
+
+
+@dataclass
+class ModelSummary:
+    name: str
+    live_version: int | None
+    served_version: int | None
+    versions: list[VersionRow] = field(default_factory=list)
+
+
+def summaries(store: Store, status: ServerStatus | None) -> list[ModelSummary]:
+    served = {n: m.version for n, m in status.models.items()} if status else {}
+    out = []
+    for model_name in store.model_names():
+        versions = store.versions(model_name)
+        metrics = store.run_metrics([v.run_id for v in versions if v.run_id])
+        live = store.live_version(model_name)
+        rows = [
+            VersionRow(
+                version=v.version,
+                created=v.created,
+                run_id=v.run_id,
+                task=v.task,
+                format=v.tags.get("km.format"),
+                metrics=metrics.get(v.run_id or "", {}),
+                aliases=v.aliases,
+                # search results carry no aliases on every backend: compare numbers
+                live=v.version == live,
+                tags=dict(v.tags),
+            )
+            for v in versions
+        ]
+        out.append(ModelSummary(model_name, live, served.get(model_name), rows))
+    return out
