@@ -31,8 +31,12 @@ class Settings:
 
     home: Path = field(default_factory=lambda: DEFAULT_HOME)
     tracking_uri: str = ""
-    # Where deployed models run: "local" is the built-in inference process (targets/).
+    # Where deployed models run: "local" is the built-in inference process, "ray" a Ray Serve
+    # cluster at ``ray_address`` (targets/).
     target: str = "local"
+    # Address of the Ray cluster the "ray" target deploys to (``ray.init(address=...)``, e.g.
+    # "127.0.0.1:6379" or "auto"); its Serve HTTP proxy listens on ``host`` and ``port``.
+    ray_address: str = ""
     host: str = "127.0.0.1"
     port: int = 0
     # Binding anywhere but loopback exposes the models to the network: it needs this set too,

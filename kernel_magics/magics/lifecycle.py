@@ -86,6 +86,7 @@ class KernelMagics(Magics, Configurable):
     home = _setting(Unicode, "home", "folder of the embedded store and the process's state")
     tracking_uri = _setting(Unicode, "tracking_uri", "MLflow tracking URI ('': embedded store)")
     target = _setting(Unicode, "target", "where deployed models run (local: the built-in process)")
+    ray_address = _setting(Unicode, "ray_address", "Ray cluster of the ray target (its address)")
     host = _setting(Unicode, "host", "address the inference process listens on")
     port = _setting(Int, "port", "port of the inference process (0: any free port)")
     allow_remote = _setting(Bool, "allow_remote", "allow a host other than loopback (token always)")
