@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from kernel_magics.evaluation.compare import Comparison  # pipelines and evaluation
     from kernel_magics.evaluation.cv import CVResult  # pipelines and evaluation
     from kernel_magics.evaluation.evaluate import EvaluationResult  # pipelines and evaluation
+    from kernel_magics.explain.record import Explanation  # explanations
     from kernel_magics.optimize import OptimizeResult  # kernel-magics optimize
     from kernel_magics.pipelines.record import PipelineRecord  # pipelines and evaluation
     from kernel_magics.pipelines.rerun import RerunResult  # pipelines and evaluation
@@ -67,6 +68,7 @@ __all__ = [
     "pipeline_rerun",  # pipelines and evaluation
     "evaluate",  # pipelines and evaluation
     "compare",  # pipelines and evaluation
+    "explain",  # explanations
     "optimize",  # kernel-magics optimize
 ]
 
@@ -543,3 +545,24 @@ def compare(name: str, *versions: int | str, settings: Settings | None = None) -
     from kernel_magics.evaluation.compare import compare as run_compare
 
     return run_compare(_store(_settings(settings)), name, list(versions))
+
+
+def explain(
+    ref: str,
+    X: Any,
+    *,
+    target: Any = None,
+    baseline: str | Any = "zeros",
+    steps: int = 50,
+    rows: int | None = None,
+    settings: Settings | None = None,
+) -> Explanation:
+    """Per-feature attributions of version ``ref`` ("NAME", "NAME@VERSION", "NAME@ALIAS") for
+    the rows of ``X`` (the first ``rows``): Captum's Integrated Gradients on the version loaded
+    in this process after its hash check. ``target``: a class label or output index (default:
+    each row's predicted class; output 0 of a regressor). ``baseline``: "zeros", "mean" or an
+    array shaped like one row. Nothing is written to the store."""
+    from kernel_magics.explain.attribute import explain as run_explain
+
+    store = _store(_settings(settings))
+    return run_explain(store, ref, X, target=target, baseline=baseline, steps=steps, rows=rows)
