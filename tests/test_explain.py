@@ -16,6 +16,7 @@ from IPython.core.error import UsageError
 
 from kernel_magics import api
 from kernel_magics.config import load_settings
+from kernel_magics.errors import InvalidInput
 from kernel_magics.evaluation.loading import load_version
 from kernel_magics.explain import Explanation
 from kernel_magics.store import Store
@@ -102,6 +103,16 @@ def test_attributions_add_up_to_the_output_change(shell: Any) -> None:
         assert e.outputs[np.arange(20), e.targets] == pytest.approx(at_x, abs=1e-5)
     # without DataFrame columns, a version registered from arrays has f0..fN
     assert api.explain("reg", rows[:2], target=0).feature_names == ["f0", "f1", "f2", "f3"]
+
+
+def test_a_given_baseline_row(shell: Any) -> None:
+    rows = shell.user_ns["X"][:5]
+    given = api.explain("toy", rows, baseline=rows.mean(axis=0))
+    mean = api.explain("toy", rows, baseline="mean")
+    assert (given.baseline, mean.baseline) == ("given", "mean")
+    np.testing.assert_allclose(given.attributions, mean.attributions, rtol=1e-4, atol=1e-6)
+    with pytest.raises(InvalidInput, match=r"the baseline has shape \(3,\), but toy@1 takes"):
+        api.explain("toy", rows, baseline=[0.0, 0.0, 0.0])
 
 
 def test_target_by_label_and_by_index(shell: Any, run_cell: Any) -> None:

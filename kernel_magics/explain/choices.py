@@ -25,11 +25,8 @@ def task_of(loaded: LoadedVersion, outputs: np.ndarray) -> str:
     if task in TASKS:
         return task
     classes = loaded.info.classes or []
-    return (
-        "classification"
-        if outputs.shape[1] > 1 and len(classes) == outputs.shape[1]
-        else ("regression")
-    )
+    named = outputs.shape[1] > 1 and len(classes) == outputs.shape[1]
+    return "classification" if named else "regression"
 
 
 def output_labels(loaded: LoadedVersion, task: str, n_outputs: int) -> list[Any]:
