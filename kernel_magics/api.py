@@ -107,6 +107,8 @@ def train(
     seed: int | None = None,
     task: str | None = None,
     loss: str | Callable[[Any, Any], Any] | None = None,
+    scale: str | None = None,
+    encode: str | None = None,
     nproc: int | None = None,
     nnodes: int | None = None,
     rdzv_endpoint: str | None = None,
@@ -118,9 +120,14 @@ def train(
     How to train is ``config`` (a ``TrainConfig``; its defaults without one); the keyword
     arguments given override its fields. ``X`` holds rows of any shape (N, ...); ``y`` may be
     the name of a column of a DataFrame ``X``. ``loss`` is "cross_entropy", "mse", "l1",
-    "huber", "bce" or a callable ``(outputs, targets) -> scalar tensor``. ``progress`` is
-    "auto", "widget", "text", "none" or a ``Progress`` object. A kernel interrupt raises
-    ``TrainingInterrupted`` after recording the run as KILLED; nothing is registered.
+    "huber", "bce" or a callable ``(outputs, targets) -> scalar tensor``. ``scale``
+    ("standard", the default, "minmax" or "none") scales float features, and regression
+    targets for mse/l1/huber, with statistics of the training split; ``encode="onehot"``
+    one-hot encodes string columns of a DataFrame. Both become part of the registered
+    version, which takes raw rows and answers in raw units (``result.model``,
+    ``result.predict``). ``progress`` is "auto", "widget", "text", "none" or a ``Progress``
+    object. A kernel interrupt raises ``TrainingInterrupted`` after recording the run as
+    KILLED; nothing is registered.
     ``nproc`` > 1 (or ``nnodes`` > 1 with ``rdzv_endpoint``) trains with PyTorch DDP under
     torchrun (``training.distributed``); the kernel still logs the run and registers once.
     """
@@ -128,6 +135,7 @@ def train(
     from kernel_magics.training.data import prepare_data
     from kernel_magics.training.fit import fit
     from kernel_magics.training.progress import make_progress
+    from kernel_magics.training.scaling import scale_data
 
     validate_name(name)
     check_model(model)
@@ -141,12 +149,22 @@ def train(
         "seed": seed,
         "task": task,
         "loss": loss,
+        "scale": scale,  # preprocessing registered with the model (preprocess.py)
+        "encode": encode,
         "nproc": nproc,  # distributed training (training/distributed.py)
         "nnodes": nnodes,
         "rdzv_endpoint": rdzv_endpoint,
     }
     config = (config or TrainConfig()).replace(**{k: v for k, v in given.items() if v is not None})
-    data = prepare_data(X, y, task=config.target_task, val_split=config.val_split, seed=config.seed)
+    data = prepare_data(
+        X,
+        y,
+        task=config.target_task,
+        val_split=config.val_split,
+        seed=config.seed,
+        encode=config.encode,
+    )
+    data = scale_data(data, config)  # fitted on the training split; registered with the model
     reporter = make_progress(progress) if isinstance(progress, str) else progress
 
     def fit_fn(on_epoch: Any) -> Any:

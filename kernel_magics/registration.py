@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import numbers
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.errors import InvalidInput, first_line
@@ -38,6 +40,8 @@ from kernel_magics.views import front_end_view
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+    from kernel_magics.preprocess import TableEncoder
 
 __all__ = [
     "TASKS",
@@ -90,6 +94,7 @@ def register_version(
     recipe: str | None = None,
     serialization: str = "pt2",
     log_fn: LogFn | None = None,
+    encoder: TableEncoder | None = None,
 ) -> RegisterResult:
     """Log ``model`` and register it as the next version of ``name``.
 
@@ -101,7 +106,9 @@ def register_version(
     ``km.recipe``. ``serialization="pickle"`` skips torch.export (for models whose exported
     graph would not do what the Python does, e.g. a sleep). ``log_fn(example)`` logs an
     artifact exported elsewhere (optimize's ONNX files; ``model`` then runs that artifact for
-    the probe) and returns ``(model_info, format, notes)``. Bad input raises ``InvalidInput``
+    the probe) and returns ``(model_info, format, notes)``. ``encoder`` (a fitted
+    ``preprocess.TableEncoder``) is saved in the model folder as the version's declared encoding
+    step; ``example`` is then already encoded. Bad input raises ``InvalidInput``
     or ``NotFound`` before anything is written.
     """
     import mlflow
@@ -134,9 +141,12 @@ def register_version(
             mlflow.set_tags({"km.model": name})
         started = time.perf_counter()
         with store.write_lock(), store_errors("could not save the model to the store"):
-            with eval_mode(model):
+            with eval_mode(model), tempfile.TemporaryDirectory() as extra:
+                files = [str(encoder.write(Path(extra)))] if encoder is not None else []
                 info, fmt, log_notes = (
-                    log_fn(inputs) if log_fn else log_model(model, inputs, serialization)
+                    log_fn(inputs)
+                    if log_fn
+                    else log_model(model, inputs, serialization, extra_files=files)
                 )
             local = mlflow.artifacts.download_artifacts(info.model_uri)
             sha256 = hash_model_dir(local)

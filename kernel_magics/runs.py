@@ -81,19 +81,26 @@ def _end_run(status: str, store: Store) -> None:
 
 
 def log_model(
-    model: torch.nn.Module, example: np.ndarray, serialization: str = "pt2"
+    model: torch.nn.Module,
+    example: np.ndarray,
+    serialization: str = "pt2",
+    extra_files: list[str] | None = None,
 ) -> tuple[Any, str, list[str]]:
     """Log the model into the active run: pt2 (no pickled code), falling back to MLflow's
     pickle format for models torch.export cannot trace (data-dependent control flow), and say
-    so; ``serialization="pickle"`` asks for pickle outright. Returns (model info, format,
-    notes)."""
+    so; ``serialization="pickle"`` asks for pickle outright. ``extra_files`` land in the
+    model folder's ``extra_files/`` (and in its hash). Returns (model info, format, notes)."""
     import mlflow.pytorch
 
     note = None
     if serialization == "pt2":
         try:
             info = mlflow.pytorch.log_model(
-                model, name="model", input_example=example, pip_requirements=_pip_requirements()
+                model,
+                name="model",
+                input_example=example,
+                pip_requirements=_pip_requirements(),
+                extra_files=extra_files or None,
             )
             return info, "pt2", []
         except Exception as err:  # torch.export failures come in many exception types
@@ -109,6 +116,7 @@ def log_model(
         input_example=example,
         pip_requirements=_pip_requirements() + ["cloudpickle"],
         serialization_format="pickle",
+        extra_files=extra_files or None,
     )
     return info, "pickle", [note] if note else []
 

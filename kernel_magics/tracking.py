@@ -19,8 +19,10 @@ from kernel_magics.views import front_end_view
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import numpy as np
     import torch
 
+    from kernel_magics.preprocess import TableEncoder
     from kernel_magics.training.config import TrainConfig
     from kernel_magics.training.data import PreparedData
     from kernel_magics.training.fit import EpochResult, FitResult
@@ -35,11 +37,28 @@ class TrainResult:
     run_id: str
     metrics: dict[str, float]
     history: list[dict[str, float]]
+    # The registered module: raw features in, raw units out (the scaling fitted on the
+    # training split inside it, see training/scaling.py). ``net`` is the module that was
+    # trained, the same object the caller passed in; it takes scaled features.
     model: Any = field(repr=False)
     format: str = "pt2"
     train_seconds: float = 0.0
     bookkeeping_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    net: Any = field(default=None, repr=False)
+    encoder: TableEncoder | None = field(default=None, repr=False)  # --encode onehot
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The registered version's outputs for raw ``X`` (a DataFrame with string columns when
+        it was trained with ``encode="onehot"``), computed here: what the served version
+        answers for the same rows."""
+        import torch
+
+        from kernel_magics.training.inputs import model_input_array
+
+        rows = self.encoder.encode(X) if self.encoder else model_input_array(X, "X")
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(rows)).numpy()
 
     def _repr_html_(self) -> str | None:
         # The HTML view belongs to the front end (``%load_ext`` registers it with IPython's
@@ -58,6 +77,8 @@ def run_training(
     """Wrap ``fit_fn(on_epoch=...) -> FitResult`` in an MLflow run and register the model."""
     import mlflow
 
+    from kernel_magics.training.scaling import registered_model
+
     validate_name(name)
     with store.tracking(), mlflow_run(store, f"{name}-train") as run:
         with store.write_lock():
@@ -65,6 +86,10 @@ def run_training(
             params.update(
                 model_class=type(model).__name__, task=data.task, n_features=data.n_features
             )
+            if data.scaling is not None:
+                params["scaled_features"] = data.scaling.describe()
+            if data.target_scaling is not None:
+                params["scaled_targets"] = data.target_scaling.describe()
             mlflow.log_params(params)
             mlflow.set_tags({"km.model": name})
 
@@ -76,8 +101,15 @@ def run_training(
 
         fitted = fit_fn(on_epoch=on_epoch)
         started = time.perf_counter()
+        served = registered_model(model, data)
         registered = register_version(
-            store, model, data.input_example, name=name, task=data.task, classes=data.classes
+            store,
+            served,
+            data.input_example,
+            name=name,
+            task=data.task,
+            classes=data.classes,
+            encoder=data.encoder,
         )
         bookkeeping = time.perf_counter() - started
 
@@ -90,9 +122,11 @@ def run_training(
             {"epoch": r.epoch, "train_loss": r.train_loss, "val_loss": r.val_loss, **r.metrics}
             for r in fitted.history
         ],
-        model=model,
+        model=served,
         format=registered.format,
         train_seconds=fitted.seconds,
         bookkeeping_seconds=bookkeeping,
         notes=registered.notes,
+        net=model,
+        encoder=data.encoder,
     )

@@ -63,7 +63,7 @@ def test_train_returns_results(ns: Any, versions: dict[int, TrainResult]) -> Non
     assert isinstance(r1, TrainResult) and isinstance(r2, TrainResult)
     assert (r1.name, r1.version, r2.version) == ("digits", 1, 2)
     assert r1.run_id != r2.run_id and r1.format == r2.format == "pt2"
-    assert type(r1.model).__module__ == "__main__"  # the class exists only in this "notebook"
+    assert type(r1.net).__module__ == "__main__"  # the class exists only in this "notebook"
     assert 0.0 <= r2.metrics["accuracy"] <= 1.0
 
 

@@ -186,7 +186,7 @@ def test_train_returns_the_result(ns: Any, run_cell: Any, capsys: pytest.Capture
     r = run_cell(ns, "r = %train Net() --data X y --epochs 1 --lr 1e-2 --seed 1\nr")
     assert isinstance(r, TrainResult) and ns.user_ns["r"] is r
     assert (r.name, r.version) == ("net", 1)  # default name: the class name, lowercased
-    assert type(r.model).__module__ == "__main__"
+    assert type(r.net).__module__ == "__main__"  # r.model: the registered pipeline around it
     assert {"accuracy", "f1_macro", "val_loss"} <= set(r.metrics)
     text = ns.display_formatter.format(r)[0]["text/plain"]
     assert text.startswith("net v1 registered") and r.run_id in text

@@ -37,6 +37,9 @@ _CASTS: dict[str, Callable[[str], Any]] = {
     "weight_decay": float,
     "seed": int,
 }
+# Recorded since preprocessing travels with the model; a run without them trained on the data
+# as given, so their absence means "none" rather than today's defaults.
+_PREPROCESS_CASTS: dict[str, Callable[[str], Any]] = {"scale": str, "encode": str}
 
 
 @dataclass
@@ -62,6 +65,7 @@ def recorded_config(store: Store, info: VersionInfo) -> tuple[TrainConfig, list[
     did not record, said in the notes)."""
     params = store.client.get_run(info.run_id).data.params if info.run_id else {}
     values: dict[str, Any] = {k: cast(params[k]) for k, cast in _CASTS.items() if k in params}
+    values.update({k: cast(params.get(k, "none")) for k, cast in _PREPROCESS_CASTS.items()})
     notes = []
     missing = [k for k in _CASTS if k not in params]
     if missing:
@@ -93,6 +97,7 @@ def cross_validate(
 
     from kernel_magics.training.data import prepare_data
     from kernel_magics.training.fit import fit
+    from kernel_magics.training.scaling import scale_data
 
     if isinstance(folds, bool) or not isinstance(folds, int) or not MIN_FOLDS <= folds <= MAX_FOLDS:
         raise InvalidInput(f"folds must be a whole number from {MIN_FOLDS} to {MAX_FOLDS}")
@@ -103,7 +108,9 @@ def cross_validate(
     notes: list[str] = []
     if config is None:
         config, notes = recorded_config(store, info)
-    data = prepare_data(X, y, task=config.target_task, val_split=0.0, seed=config.seed)
+    data = prepare_data(
+        X, y, task=config.target_task, val_split=0.0, seed=config.seed, encode=config.encode
+    )
     if len(data.X_train) < folds:
         raise InvalidInput(f"{folds} folds need at least {folds} rows; X has {len(data.X_train)}")
     per_fold = []
@@ -116,6 +123,7 @@ def cross_validate(
             y_val=data.y_train[test],
             metrics_on="validation",
         )
+        fold = scale_data(fold, config)  # fitted on this fold's training rows only
         fitted = fit(_fresh(factory, config.seed + i), fold, config)
         per_fold.append(dict(fitted.final_metrics))
     keys = [k for k in per_fold[0] if all(k in f for f in per_fold)]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.errors import InvalidInput
+from kernel_magics.preprocess import TableEncoder, read_encoder
 from kernel_magics.store import Store, VersionInfo, parse_ref
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class LoadedVersion:
     example: np.ndarray | None  # input example rows in the model's dtype
     parameter_count: int
     size_bytes: int  # the model folder on disk
+    encoder: TableEncoder | None = None  # the declared one-hot step (preprocess.py)
 
     @property
     def ref(self) -> str:
@@ -67,7 +69,15 @@ def _load(store: Store, name: str, version: int) -> LoadedVersion:
     count = sum(p.numel() for p in parameters()) if callable(parameters) else 0
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     return LoadedVersion(
-        info, folder, loader.format, graph.fn, graph.fixed_batch, example, count, size
+        info,
+        folder,
+        loader.format,
+        graph.fn,
+        graph.fixed_batch,
+        example,
+        count,
+        size,
+        read_encoder(folder),
     )
 
 
@@ -100,9 +110,12 @@ def forward(loaded: LoadedVersion, X: np.ndarray, batch_size: int = 4096) -> tor
 
 
 def input_rows(X: Any, loaded: LoadedVersion) -> np.ndarray:
-    """``X`` as rows in the dtype the version takes (its input example's)."""
+    """``X`` as rows in the dtype the version takes (its input example's); raw table rows
+    encoded first when the version declares an encoding step."""
     from kernel_magics.training.inputs import model_input_array
 
+    if loaded.encoder is not None:
+        return loaded.encoder.encode(X)
     array = model_input_array(X, "X")
     if array.ndim == 1:
         array = array.reshape(1, -1)

@@ -27,6 +27,7 @@ from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput, TrainingInterrupted
 from kernel_magics.magics._args import View, arguments, front_end, word
 from kernel_magics.magics._results import predictions_view, training_stopped
+from kernel_magics.preprocess import ENCODINGS, SCALES
 from kernel_magics.records import TransitionResult
 from kernel_magics.registration import TASKS as REGISTER_TASKS
 from kernel_magics.registration import RegisterResult
@@ -167,6 +168,21 @@ class KernelMagics(Magics, Configurable):
         help=f"{', '.join(LOSS_TASKS)}, or a callable (outputs, targets) -> scalar tensor of the "
         "namespace; default: cross_entropy for classification, mse for regression",
     )
+    # preprocessing registered with the model (preprocess.py, training/scaling.py)
+    @argument(
+        "--scale",
+        type=_lower_word,
+        choices=SCALES,
+        default=_TRAIN.scale,
+        help="scale float features (and regression targets) with training-split statistics, "
+        "inside the registered model; default %(default)s",
+    )
+    @argument(
+        "--encode",
+        type=_lower_word,
+        choices=ENCODINGS,
+        help="one-hot encode string/categorical DataFrame columns, at training and serving",
+    )
     # distributed training (training/distributed.py): the run is still logged and registered
     # once, by this kernel
     @argument(
@@ -192,7 +208,9 @@ class KernelMagics(Magics, Configurable):
         next version of NAME; the result carries the version, run id, final metrics and the
         trained model. The Stop button of the progress widget (or interrupting the kernel) ends
         the training after the current batch: the run is recorded as KILLED and nothing is
-        registered.
+        registered. Float features are standardized (--scale) and regression targets too, with
+        statistics of the training split stored inside the registered model: the served
+        version takes raw rows and answers in raw units, and r.predict(X) gives the same here.
 
         Examples:
 
@@ -201,6 +219,7 @@ class KernelMagics(Magics, Configurable):
             %train Net(hidden=128) --data X_train y_train --epochs {epochs} --name {name}
             %train Tagger() --data tokens tags --task classification --loss my_loss
             %train Net() --data X y --epochs 5 --nproc 2
+            %train Net() --data houses --target price --encode onehot   # raw rows in, raw out
         """
         if len(args.data) > 2:
             raise UsageError(

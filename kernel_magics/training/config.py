@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel_magics.errors import InvalidInput
+from kernel_magics.preprocess import check_encode, check_scale
 
 TASKS = ("classification", "regression")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -30,6 +31,9 @@ LOSS_TASKS = {
     "bce": "regression",
 }
 DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse"}
+# Losses whose regression targets are scaled with the features (and answered in raw units by
+# the registered graph); bce needs its targets in [0, 1] and a custom loss may assume raw ones.
+SCALED_TARGET_LOSSES = ("mse", "l1", "huber")
 
 # A custom loss: ``loss(outputs, targets)`` returns a scalar tensor.
 LossFn = Callable[[Any, Any], Any]
@@ -52,6 +56,10 @@ class TrainConfig:
     seed: int = 0
     task: str | None = None
     loss: str | LossFn | None = None
+    # Preprocessing that becomes part of the registered version (preprocess.py): scaling of
+    # float features (and of regression targets), one-hot codes of string DataFrame columns.
+    scale: str = "standard"
+    encode: str | None = None
     # Distributed training (training/distributed.py): processes per node under torchrun,
     # nodes, and the rendezvous HOST:PORT every node uses (needed when nnodes > 1).
     nproc: int = 1
@@ -75,6 +83,10 @@ class TrainConfig:
         object.__setattr__(self, "optimizer", key)
         check_split_options(self.task, self.val_split, self.seed)
         check_loss(self.loss, self.task)
+        check_scale(self.scale)
+        check_encode(self.encode)
+        if self.encode == "none":
+            object.__setattr__(self, "encode", None)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (and checked)."""
@@ -96,6 +108,11 @@ class TrainConfig:
             return self.loss
         return getattr(self.loss, "__qualname__", None) or type(self.loss).__name__
 
+    def scales_targets(self, task: str) -> bool:
+        """Whether regression targets are scaled (with the features' method)."""
+        loss = self.loss if self.loss is not None else DEFAULT_LOSS[task]
+        return task == "regression" and self.scale != "none" and loss in SCALED_TARGET_LOSSES
+
     def params(self, task: str) -> dict[str, Any]:
         """The run's parameters (``task`` is the one the data was prepared for)."""
         return {
@@ -107,6 +124,8 @@ class TrainConfig:
             "val_split": self.val_split,
             "seed": self.seed,
             "loss": self.loss_name(task),
+            "scale": self.scale,
+            "encode": self.encode or "none",
         }
 
 

@@ -7,6 +7,11 @@ Features: rows of any shape, (N, ...) — tabular rows, images (N, C, H, W), seq
 token ids (N, T). Their dtype follows ``training.inputs`` (int64 and bool kept, float32
 otherwise); a DataFrame is tabular float32 features.
 
+String and categorical columns of a DataFrame are refused unless ``encode="onehot"``: then a
+``preprocess.TableEncoder`` fitted on X turns each into one 0/1 column per category (the version
+carries it; see ``preprocess.py``). Scaling is not done here but in ``training/scaling.py``, on
+the training split.
+
 Targets: class labels (N,), or one label per position (N, T) for a model that answers
 (N, T, classes); numbers (N,) or (N, k) for regression. A DataFrame's columns are separate
 targets, so several of them are regression targets only.
@@ -29,6 +34,7 @@ import pandas as pd
 import torch
 
 from kernel_magics.errors import InvalidInput
+from kernel_magics.preprocess import Scaling, TableEncoder, check_encode
 from kernel_magics.training.config import TASKS, check_split_options
 from kernel_magics.training.inputs import (
     as_array,
@@ -62,6 +68,13 @@ class PreparedData:
     stratified: bool = False  # whether the split kept the class proportions
     target_name: str | None = None
     row_shape: tuple[int, ...] = ()  # the shape of one row of X: (64,), (1, 8, 8), (T, F)
+    # The declared encoding step (encode="onehot" on a DataFrame with string columns): X and
+    # input_example are already encoded.
+    encoder: TableEncoder | None = None
+    # Set by training.scaling.scale_data: X_train/X_val (and y for regression) are scaled
+    # with these; input_example stays raw, as the registered graph takes it.
+    scaling: Scaling | None = None
+    target_scaling: Scaling | None = None
 
 
 def prepare_data(
@@ -71,13 +84,16 @@ def prepare_data(
     task: str | None = None,
     val_split: float = 0.2,
     seed: int = 0,
+    encode: str | None = None,
 ) -> PreparedData:
     """Validate and convert (X, y), infer the task, and make a seeded train/validation split.
 
     ``y`` may be the name of a column of the DataFrame ``X``; that column becomes the target and
-    is dropped from the features.
+    is dropped from the features. ``encode="onehot"`` one-hot encodes string and categorical
+    columns of a DataFrame ``X``.
     """
     check_split_options(task, val_split, seed)
+    check_encode(encode)
     target_name = None
     if isinstance(y, str):
         X, y, target_name = _split_target_column(X, y)
@@ -91,13 +107,20 @@ def prepare_data(
     # Values too large for float32 become inf; the finiteness check reports them, so numpy's
     # overflow warning would only repeat it less clearly.
     with np.errstate(over="ignore", invalid="ignore"):
-        return _prepare(X, y, task, val_split, seed, target_name)
+        return _prepare(X, y, task, val_split, seed, target_name, encode == "onehot")
 
 
 def _prepare(
-    X: Any, y: Any, task: str | None, val_split: float, seed: int, target_name: str | None
+    X: Any,
+    y: Any,
+    task: str | None,
+    val_split: float,
+    seed: int,
+    target_name: str | None,
+    onehot: bool,
 ) -> PreparedData:
-    features, feature_names = _features(X)
+    encoder = _fit_encoder(X) if onehot else None
+    features, feature_names = _encoded(X, encoder) if encoder else _features(X)
     target = _target_frame(y)
     if len(target) != len(features):
         raise InvalidInput(f"X has {len(features)} rows but y has {len(target)}")
@@ -133,6 +156,7 @@ def _prepare(
         stratified=stratified,
         target_name=target_name,
         row_shape=tuple(features.shape[1:]),
+        encoder=encoder,
     )
 
 
@@ -151,6 +175,23 @@ def _split_target_column(X: Any, column: str) -> tuple[pd.DataFrame, pd.Series, 
 
 
 # -- features -----------------------------------------------------------------------------------
+def _fit_encoder(X: Any) -> TableEncoder | None:
+    """The one-hot encoder of a DataFrame's string and categorical columns (None: it has none,
+    so there is nothing to encode)."""
+    if not isinstance(X, pd.DataFrame):
+        raise InvalidInput(
+            f"encode='onehot' encodes the string columns of a DataFrame; X is a {type(X).__name__}"
+        )
+    if X.shape[0] == 0:
+        raise InvalidInput("X is empty: it has no rows")
+    encoder = TableEncoder.fit(X)
+    return encoder if encoder.categorical else None
+
+
+def _encoded(X: pd.DataFrame, encoder: TableEncoder) -> tuple[np.ndarray, list[str]]:
+    return encoder.encode(X), encoder.feature_names()
+
+
 def _features(X: Any) -> tuple[np.ndarray, list[str] | None]:
     """Features as a C-contiguous (rows, ...) array in the model's input dtype, plus column
     names if any."""
@@ -270,7 +311,8 @@ def _regression_targets(target: pd.DataFrame) -> np.ndarray:
             "task 'regression' needs numeric targets, but y has non-numeric values; "
             "use task='classification' for labels"
         )
-    array = np.ascontiguousarray(target.to_numpy(dtype=np.float32))
+    # a copy: pandas may hand out a read-only view, which torch.from_numpy warns about
+    array = np.array(target.to_numpy(dtype=np.float32), order="C")
     _check_finite(array, "y", None)
     return array
 

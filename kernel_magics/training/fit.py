@@ -335,6 +335,10 @@ def _evaluate(
         ]
     out = torch.cat(outs)
     loss = float(loss_fn(out, y).item())
+    if data.target_scaling is not None:  # metrics in the targets' own units
+        from kernel_magics.training.scaling import unscale_targets
+
+        y, out = unscale_targets(y, data), unscale_targets(out, data)
     return loss, task_metrics(data.task, y, out)
 
 

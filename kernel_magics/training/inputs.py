@@ -42,7 +42,7 @@ def frame_features(frame: pd.DataFrame | pd.Series, what: str) -> tuple[np.ndarr
     if bad:
         raise InvalidInput(
             f"{what} has non-numeric columns {names(bad)}: encode them as numbers first "
-            "(e.g. pandas.get_dummies)"
+            "(%train --encode onehot, or pandas.get_dummies)"
         )
     array = frame.to_numpy(dtype=np.float32, na_value=np.nan)
     return np.ascontiguousarray(array), [str(c) for c in frame.columns]

@@ -59,6 +59,10 @@ def parse(body: bytes, content_type: bytes | None, model: Any) -> Parsed:
             f"{set(FORMATS)}. Received dictionary with input fields: {list(doc)}"
         )
     key = keys[0]
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None:  # table rows with string columns: the version's declared encoding
+        rows = doc[key] if key in ("instances", "inputs") else _frame(key, doc[key])
+        return Parsed(encoder.encode(rows), records=False)
     if sig.columns is not None:
         return _columns(_frame(key, doc[key]), sig)
     if key in ("instances", "inputs"):

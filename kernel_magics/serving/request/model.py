@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from kernel_magics.errors import DeployFailed
+from kernel_magics.preprocess import TableEncoder, read_encoder
 from kernel_magics.serving.request.inflight import InFlight
 from kernel_magics.serving.request.inputs import check_rows
 from kernel_magics.serving.request.loaders import loader_for
@@ -41,6 +43,7 @@ class LoadedModel:
     fast_path: bool = False
     fixed_batch: int | None = None
     example: np.ndarray | None = None
+    encoder: TableEncoder | None = None  # the version's declared one-hot step (preprocess.py)
     loaded_at: str = ""
     load_ms: float = 0.0
     warm_ms: float = 0.0
@@ -57,6 +60,7 @@ class LoadedModel:
             raise DeployFailed(f"{self.name} v{self.version}: no MLmodel file in {folder}")
         self.example = read_example(folder)
         self.signature = read_signature(folder, self.example)
+        self.encoder = read_encoder(folder)
         try:
             loader = loader_for(folder, self.format)
         except DeployFailed as err:
@@ -148,8 +152,12 @@ class LoadedModel:
 
     def check(self, array: np.ndarray, max_rows: int) -> np.ndarray:
         """The request's array as this model takes it; InvalidInput naming what is wrong
-        (see ``inputs.py``). Runs on the loop before the request is queued."""
+        (see ``inputs.py``). Runs on the loop before the request is queued. A version with a
+        declared encoding step takes table rows (records or lists of values) and encodes them
+        first."""
         assert self.signature is not None
+        if self.encoder is not None:
+            array = self.encoder.encode(array)
         return check_rows(array, self.signature, max_rows)
 
     def describe(self) -> dict:
@@ -168,7 +176,7 @@ class LoadedModel:
             "load_ms": round(self.load_ms, 2),
             "warm_ms": round(self.warm_ms, 2),
             **sig,
-        }
+        } | ({"preprocess": json.loads(self.encoder.to_json())} if self.encoder else {})
 
 
 def _as_numpy(out: Any) -> np.ndarray:
