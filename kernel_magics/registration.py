@@ -56,9 +56,10 @@ __all__ = [
 
 TASKS = ("classification", "regression", "other")
 MAX_RECIPE_CHARS = 100_000  # MLflow's limit for a model version tag value
-# ``log_fn(example) -> (model_info, km.format, notes)``: logs an artifact made elsewhere (an ONNX
-# export by kernel_magics.optimize) in the active run instead of the torch model.
-LogFn = Callable[[Any], tuple[Any, str, list[str]]]
+# ``log_fn(example, extra_files) -> (model_info, km.format, notes)``: logs an artifact made
+# elsewhere (an ONNX export by kernel_magics.optimize) in the active run instead of the torch
+# model, with ``extra_files`` (paths) in its folder as ``log_model`` puts them.
+LogFn = Callable[[Any, list[str]], tuple[Any, str, list[str]]]
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def register_version(
     its own that also records ``metrics`` and ``params``. ``parent`` ("NAME@VERSION" or
     "NAME@ALIAS", which must exist) and ``recipe`` become the version tags ``km.parent`` and
     ``km.recipe``. ``serialization="pickle"`` skips torch.export (for models whose exported
-    graph would not do what the Python does, e.g. a sleep). ``log_fn(example)`` logs an
+    graph would not do what the Python does, e.g. a sleep). ``log_fn(example, files)`` logs an
     artifact exported elsewhere (optimize's ONNX files; ``model`` then runs that artifact for
     the probe) and returns ``(model_info, format, notes)``. ``encoder`` (a fitted
     ``preprocess.TableEncoder``) is saved in the model folder as the version's declared encoding
@@ -144,7 +145,7 @@ def register_version(
             with eval_mode(model), tempfile.TemporaryDirectory() as extra:
                 files = [str(encoder.write(Path(extra)))] if encoder is not None else []
                 info, fmt, log_notes = (
-                    log_fn(inputs)
+                    log_fn(inputs, files)
                     if log_fn
                     else log_model(model, inputs, serialization, extra_files=files)
                 )

@@ -200,3 +200,21 @@ def test_string_columns_without_encode_say_how(shell: Any) -> None:
         shell.run_line_magic("train", "Reg(n_in=5) --data houses --target price --name nope")
     with pytest.raises(UsageError, match="DataFrame"):
         shell.run_line_magic("train", "Reg() --data Xd yd --encode onehot --name nope")
+
+
+def test_explain_names_the_encoded_columns(shell: Any, houses: Any) -> None:
+    frame = shell.user_ns["houses"].drop(columns="price")[:3]
+    explanation = api.explain("houses", frame)
+    assert explanation.feature_names == ["size", "rooms", "city=lyon", "city=nice", "city=paris"]
+    assert explanation.attributions.shape == (3, 5)
+
+
+def test_an_optimized_version_keeps_the_encoding_step(shell: Any, houses: Any) -> None:
+    frame = shell.user_ns["houses"].drop(columns="price")[:8]
+    result = api.optimize("houses", export="onnx", name="houses-onnx")
+    api.deploy(f"houses-onnx@{result.version}")
+    records = json.loads(frame.to_json(orient="records"))
+    r = _post("/v1/models/houses-onnx:predict", {"instances": records})
+    assert r.status_code == 200, r.text
+    served = np.asarray(r.json()["predictions"], dtype=np.float64).ravel()
+    np.testing.assert_allclose(served, houses.predict(frame).ravel(), rtol=1e-4)

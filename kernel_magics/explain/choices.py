@@ -88,12 +88,15 @@ def _as_index(target: Any) -> int | None:
 
 
 def feature_names(X: Any, rows: np.ndarray, loaded: LoadedVersion) -> list[str]:
-    """Tabular rows: the DataFrame's columns, else the version's column names (a column-based
+    """Tabular rows: the encoded columns of a version with a one-hot step, the DataFrame's
+    columns, else the version's column names (a column-based
     signature, or the columns of its input example), else ``f0..fN``. Image- and
     sequence-shaped rows have none (their attributions keep the rows' shape)."""
     if rows.ndim != 2:
         return []
     width = rows.shape[1]
+    if loaded.encoder is not None:  # the graph's input: numeric columns, then color=red, …
+        return loaded.encoder.feature_names()
     for names in (_frame_columns(X), _version_columns(loaded)):
         if names is not None and len(names) == width:
             return names

@@ -27,6 +27,7 @@ import numpy as np
 
 from kernel_magics.errors import InvalidInput
 from kernel_magics.optimize.measure import Figures, Validation, measure, one_thread, quality
+from kernel_magics.preprocess import read_encoder
 from kernel_magics.store import TAG_FORMAT, Store, parse_ref, retry_locked, validate_name
 
 if TYPE_CHECKING:
@@ -192,6 +193,7 @@ def _load_parent(store: Store, name: str, ref: str | None) -> Parent:
         classes=classes,
         task=info.task,
         labels=info.classes,
+        encoder=read_encoder(folder),
     )
 
 
@@ -214,6 +216,8 @@ def _data(parent: Parent, X: Any, y: Any, seed: int) -> tuple[PreparedData, Vali
     from kernel_magics.training.data import prepare_data
 
     task = parent.task if parent.task in ("classification", "regression") else None
+    if parent.encoder is not None:  # raw table rows, encoded as the parent encodes them
+        X = parent.encoder.encode(X)
     data = prepare_data(X, y, task=task, seed=seed)
     if tuple(data.row_shape) != tuple(parent.example.shape[1:]):
         raise InvalidInput(
@@ -238,6 +242,8 @@ def _calibration(parent: Parent, calibration: Any, data: PreparedData | None) ->
     if calibration is None:
         assert data is not None
         calibration = data.X_train.numpy()
+    elif parent.encoder is not None:
+        calibration = parent.encoder.encode(calibration)
     return calibration_rows(calibration, parent.example.dtype, tuple(parent.example.shape[1:]))
 
 
@@ -274,6 +280,7 @@ def _register_and_measure(
             recipe=candidate.recipe,
             log_fn=candidate.log_fn,
             serialization=candidate.serialization,
+            encoder=parent.encoder,
         )
         new_ref = f"{target}@{registered.version}"
         folder = store.local_path(store.resolve(target, registered.version))

@@ -72,6 +72,9 @@ def served(folder: str | Path, fmt: str | None, label: str = "model") -> Any:
 
     model = LoadedModel(label, 0, str(folder), "", None, max(BATCHES), 0.0, format=fmt)
     model.load()
+    # Optimization measures and compares graphs on the encoded rows they take; a declared
+    # encoding step (preprocess.py) is carried to the new version unchanged, not re-applied.
+    model.encoder = None
     return model
 
 

@@ -14,6 +14,7 @@ import torch
 
 from kernel_magics.errors import InvalidInput
 from kernel_magics.optimize import onnx_export, prune, quantize
+from kernel_magics.preprocess import TableEncoder
 from kernel_magics.registration import LogFn
 from kernel_magics.training.config import TrainConfig
 from kernel_magics.training.data import PreparedData
@@ -34,6 +35,9 @@ class Parent:
     classes: int | None  # output columns, for a classifier
     task: str | None  # km.task
     labels: list | None  # km.classes: the labels in output order
+    # The parent's declared one-hot step (preprocess.py): methods work on the encoded rows the
+    # graph takes, and the new version carries the same step.
+    encoder: TableEncoder | None = None
 
 
 @dataclass

@@ -114,7 +114,7 @@ def log_fn(path: Path) -> Any:
     """A ``registration.LogFn`` logging ``path`` in MLflow's onnx flavor, with its signature
     (MLflow infers none for onnx) and the example, weights inside ``model.onnx``."""
 
-    def log(example: np.ndarray) -> tuple[Any, str, list[str]]:
+    def log(example: np.ndarray, extra_files: list[str]) -> tuple[Any, str, list[str]]:
         import mlflow.onnx
         import onnx
         import onnxruntime
@@ -132,6 +132,7 @@ def log_fn(path: Path) -> Any:
             ],
             save_as_external_data=False,
             onnx_execution_providers=["CPUExecutionProvider"],
+            extra_files=extra_files or None,  # the parent's declared encoding step
         )
         return info, "onnx", []
 
