@@ -24,8 +24,17 @@ def _local(settings: Settings, store: Callable[[], Store]) -> ServingTarget:
     return LocalTarget(settings, store)
 
 
+def _ray(settings: Settings, store: Callable[[], Store]) -> ServingTarget:
+    from kernel_magics.targets.ray import RayTarget
+
+    return RayTarget(settings, store)
+
+
 # name → factory; a new engine is one entry (its module imported only when chosen).
-TARGETS: dict[str, Callable[[Settings, Callable[[], Store]], ServingTarget]] = {"local": _local}
+TARGETS: dict[str, Callable[[Settings, Callable[[], Store]], ServingTarget]] = {
+    "local": _local,
+    "ray": _ray,
+}
 
 
 def open_target(settings: Settings, store: Callable[[], Store]) -> ServingTarget:

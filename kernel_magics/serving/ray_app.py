@@ -1,0 +1,346 @@
+"""Ray Serve replicas of the ``ray`` serving target: one application per model and a gateway.
+
+The kernel side (``targets/ray.py``) plans every transition against the store (the same
+``Lifecycle`` and hash check as the built-in process) and hands the result to Ray as the model
+deployment's ``user_config``: ``{"live": spec, "canary": spec | None, "percent": P}``. Ray calls
+``ModelServer.reconfigure`` on the running replicas in place (no restart); the replica loads and
+warms a new version beside the live one and then swaps it in with one assignment, so requests
+keep being answered by the old version until the new one is ready.
+
+A model application has no HTTP route of its own: Ray's proxy matches route prefixes on whole
+path segments, so ``/v1/models/NAME:predict`` cannot reach an application mounted at
+``/v1/models/NAME``. One ``Gateway`` application at ``/`` parses the built-in process's routes
+and calls the model's application through its handle.
+
+Request bodies go through the same codecs, input checks, ``/invocations`` parser and canary rule
+as the built-in worker (``serving/request/``). Imports torch and Ray, never mlflow or IPython.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from ray import serve
+from starlette.requests import Request as HttpRequest
+from starlette.responses import Response
+
+from kernel_magics.errors import InvalidInput, KernelMagicsError
+from kernel_magics.records import ModelSpec
+from kernel_magics.serving.request import invocations
+from kernel_magics.serving.request.canary import REQUEST_ID, Split
+from kernel_magics.serving.request.codecs import (
+    NPY,
+    UnsupportedMediaType,
+    json_rows,
+    media_type,
+    npy_decode,
+    npy_encode,
+    predictions_json,
+    wants_npy,
+)
+from kernel_magics.serving.request.model import LoadedModel
+from kernel_magics.serving.request.protocol import Request, describe_error, dumps, error_body
+from kernel_magics.store import not_found
+
+log = logging.getLogger(__name__)
+GATEWAY_APP = "kernel-magics"
+# ':' is not allowed in model names (naming.py), so no model's application can be the gateway's.
+MODEL_APP_PREFIX = "kernel-magics:"
+JSON = "application/json"
+_MANAGE = ("deploy", "rollback", "undeploy", "promote")
+
+# (status, body, content type, extra headers): what a model replica answers the gateway
+Answer = tuple[int, bytes, str, dict[str, str]]
+
+
+def app_name(model: str) -> str:
+    return MODEL_APP_PREFIX + model
+
+
+def _rows(items: list[tuple[LoadedModel, np.ndarray]]) -> int:
+    return sum(array.shape[0] for _, array in items)
+
+
+def _error(err: KernelMagicsError, headers: dict[str, str] | None = None) -> Answer:
+    return err.http_status, error_body(str(err)), JSON, headers or {}
+
+
+@serve.deployment(max_ongoing_requests=256)
+class ModelServer:
+    """One model: its live version, a canary beside it while one runs, and the version the
+    last swap replaced (kept loaded, so rolling back to it loads nothing)."""
+
+    def __init__(
+        self, max_rows: int, max_batch_size: int, max_wait_ms: float, torch_threads: int
+    ) -> None:
+        import torch
+
+        torch.set_num_threads(torch_threads)  # as in a built-in worker (architecture.md)
+        self.max_rows = max_rows
+        self.defaults = (max_batch_size, max_wait_ms)
+        self.live: LoadedModel | None = None
+        self.split: Split | None = None
+        self.standby: LoadedModel | None = None
+        self.failed: dict[str, Any] | None = None  # the last configuration that did not load
+        # One inference thread, as in the built-in worker: the event loop stays free to take
+        # requests (and form the next batch) while a forward runs.
+        self.engine = ThreadPoolExecutor(1, thread_name_prefix="inference")
+
+    # -- configuration (Ray's in-place update) ---------------------------------------------
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """Load what ``config`` names beside what is served, then switch. A version that fails
+        to load or warm leaves the replica serving what it served; the kernel side reads the
+        failure from ``state()`` and restores the previous configuration."""
+        try:
+            live = await self._loaded(config["live"])
+            canary = await self._loaded(config["canary"]) if config.get("canary") else None
+        except Exception as err:
+            log.error("configuration %s not loaded: %s", config, err)
+            self.failed = {"config": config, "error": describe_error(err, 600)}
+            return
+        if self.live is not None and self.live is not live:
+            self.standby = self.live
+        batch = live.max_batch_size
+        batcher: Any = self._batched  # serve.batch's wrapper (its setters are not typed)
+        batcher.set_max_batch_size(batch)
+        batcher.set_batch_wait_timeout_s(live.max_wait_ms / 1000)
+        self.live = live  # the swap: every request from here on picks the new version
+        self.split = Split(canary, int(config.get("percent") or 0)) if canary else None
+        self.failed = None
+
+    async def _loaded(self, wire: dict[str, Any]) -> LoadedModel:
+        spec = ModelSpec.from_wire(wire)
+        for model in self._models():
+            if model is not None and (model.version, model.sha256) == (spec.version, spec.sha256):
+                return model
+        batch, wait = self.defaults
+        model = LoadedModel(
+            name=spec.name,
+            version=spec.version,
+            path=spec.path,
+            sha256=spec.sha256,
+            task=spec.task,
+            max_batch_size=spec.max_batch_size or batch,
+            max_wait_ms=spec.max_wait_ms if spec.max_wait_ms is not None else wait,
+            format=spec.format,
+        )
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, model.load)
+        await loop.run_in_executor(self.engine, model.warm)
+        return model
+
+    def _models(self) -> tuple[LoadedModel | None, ...]:
+        return (self.live, self.split.model if self.split else None, self.standby)
+
+    def state(self) -> dict[str, Any]:
+        """What this replica serves (the kernel side checks a transition with it)."""
+        return {
+            "live": self.live.version if self.live else None,
+            "canary": self.split.describe() if self.split else None,
+            "loaded": [m.version for m in self._models() if m is not None],
+            "failed": self.failed,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The model as ``GET /v1/models/NAME`` of the built-in process describes it."""
+        if self.live is None:
+            return {}
+        doc = self.live.describe()
+        if self.split is not None:
+            doc["canary"] = self.split.describe()
+        return doc
+
+    # -- requests ---------------------------------------------------------------------------
+    def _pick(self, headers: dict[str, str]) -> LoadedModel:
+        live = self.live
+        if live is None:
+            raise InvalidInput("no version of this model is loaded yet")
+        split = self.split
+        if split is None:
+            return live
+        req = Request()  # the canary rule reads the request id the way a worker's parser stores it
+        rid = headers.get(REQUEST_ID.decode())
+        if rid is not None:
+            req.headers[REQUEST_ID] = rid.encode("latin-1")
+        return split.pick(live, req)
+
+    async def handle(self, route: str, body: bytes, headers: dict[str, str]) -> Answer:
+        """One request the gateway relays: ``predict``, ``invocations`` or ``describe``."""
+        if route == "describe":
+            return 200, dumps(self.describe()), JSON, {}
+        try:
+            model = self._pick(headers)
+        except InvalidInput as err:
+            return 503, error_body(str(err)), JSON, {}
+        tags = {"x-model-name": model.name, "x-model-version": str(model.version)}
+        try:
+            if route == "invocations":
+                return await self._invocations(model, body, headers, tags)
+            return await self._predict(model, body, headers, tags)
+        except KernelMagicsError as err:
+            return _error(err, tags)
+
+    async def _predict(
+        self, model: LoadedModel, body: bytes, headers: dict[str, str], tags: dict[str, str]
+    ) -> Answer:
+        ctype = media_type(headers.get("content-type", "").encode("latin-1"))
+        if ctype == NPY:
+            array, npy_out = npy_decode(body), True
+        elif ctype == b"application/json" or not ctype:
+            array = json_rows(body)
+            npy_out = wants_npy(headers.get("accept", "").encode("latin-1"))
+        else:
+            raise UnsupportedMediaType(
+                f"unsupported Content-Type {ctype.decode('latin-1')[:100]!r}: "
+                "use application/json or application/x-npy"
+            )
+        array = model.check(array, self.max_rows)
+        if array.shape[0] > model.max_batch_size:  # @serve.batch refuses an item over its limit
+            out = await self._forward(model, array)
+        else:
+            out = await self._batched((model, array))
+        if isinstance(out, BaseException):
+            return 400, error_body(_model_error(out)), JSON, tags
+        if npy_out:
+            return 200, npy_encode(out), NPY.decode(), tags
+        return 200, predictions_json(out), JSON, tags
+
+    async def _invocations(
+        self, model: LoadedModel, body: bytes, headers: dict[str, str], tags: dict[str, str]
+    ) -> Answer:
+        ctype = headers.get("content-type")
+        try:
+            parsed = invocations.parse(body, ctype.encode("latin-1") if ctype else None, model)
+        except KernelMagicsError:
+            raise
+        except Exception as err:  # pandas can fail in many ways on odd input
+            return 400, error_body(f"Invalid input: {describe_error(err, 450)}"), JSON, tags
+        if parsed.array.shape[0] > self.max_rows:
+            raise InvalidInput(f"{parsed.array.shape[0]} rows is over the limit of {self.max_rows}")
+        # alone and exactly as given: the MLflow-compatible answer depends on the request
+        out = await self._forward(model, parsed.array)
+        if isinstance(out, BaseException):
+            return 400, error_body(_model_error(out)), JSON, tags
+        return 200, invocations.answer(out, parsed), JSON, tags
+
+    async def _forward(self, model: LoadedModel, array: np.ndarray) -> np.ndarray | BaseException:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.engine, model.forward, array
+            )
+        except Exception as err:
+            return err
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001, batch_size_fn=_rows)
+    async def _batched(
+        self, items: list[tuple[LoadedModel, np.ndarray]]
+    ) -> list[np.ndarray | BaseException]:
+        """One forward per (version, row shape, dtype) group of the batch (live and canary
+        requests can meet here); each request gets its rows back, or its group's error."""
+        groups: dict[tuple[int, tuple[int, ...], str], list[int]] = {}
+        for i, (model, array) in enumerate(items):
+            groups.setdefault((id(model), array.shape[1:], array.dtype.str), []).append(i)
+        results: list[np.ndarray | BaseException] = [np.empty(0)] * len(items)
+        for members in groups.values():
+            model = items[members[0]][0]
+            arrays = [items[i][1] for i in members]
+            out = await self._forward(
+                model, np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+            )
+            start = 0
+            for i, array in zip(members, arrays, strict=True):
+                rows = array.shape[0]
+                results[i] = out if isinstance(out, BaseException) else out[start : start + rows]
+                start += rows
+        return results
+
+
+def _model_error(err: BaseException) -> str:
+    return f"the model failed on this input: {describe_error(err)}"
+
+
+@serve.deployment(max_ongoing_requests=512)
+class Gateway:
+    """The built-in process's public routes in front of the model applications."""
+
+    def __init__(self) -> None:
+        self.handles: dict[str, Any] = {}
+
+    async def __call__(self, request: HttpRequest) -> Response:
+        path, method = request.url.path, request.method
+        if path in ("/v1/models", "/v1/models/"):
+            return await self._list()
+        if path in ("/ping", "/health"):
+            return Response(b"pong", media_type="text/plain")
+        if not path.startswith("/v1/models/"):
+            return _answer(404, error_body(f"no route {path[:200]}"))
+        rest = path[len("/v1/models/") :]
+        name, slash, action = rest.partition("/")
+        if slash and action == "invocations":
+            route, allowed = "invocations", "POST"
+        elif slash and action in _MANAGE:
+            message = (
+                f"{action} of a model served by Ray runs from the kernel side "
+                "(%deploy, kernel_magics.api, the kernel-magics CLI), not over this HTTP API"
+            )
+            return _answer(501, error_body(message))
+        elif slash:
+            return _answer(404, error_body(f"no route {path[:200]}"))
+        elif rest.endswith(":predict"):
+            name, route, allowed = rest[: -len(":predict")], "predict", "POST"
+        else:
+            route, allowed = "describe", "GET"
+        if method != allowed:
+            message = f"method {method} is not allowed on {path[:200]}; use {allowed}"
+            return _answer(405, error_body(message), {"allow": allowed})
+        handle = await self._handle(name)
+        if handle is None:
+            deployed = await asyncio.to_thread(_deployed)
+            return _answer(404, error_body(not_found(name[:200], deployed, "deployed")))
+        headers = {k: v for k, v in request.headers.items() if k in _FORWARDED}
+        body = await request.body()
+        status, data, ctype, extra = await handle.handle.remote(route, body, headers)
+        return _answer(status, data, extra, ctype)
+
+    async def _handle(self, name: str) -> Any:
+        handle = self.handles.get(name)
+        if handle is None:
+            try:
+                handle = await asyncio.to_thread(serve.get_app_handle, app_name(name))
+            except Exception:  # no such application: the model is not deployed here
+                return None
+            self.handles[name] = handle
+        return handle
+
+    def forget(self, name: str) -> None:
+        """Drop the cached handle of a model whose application was deleted (undeploy)."""
+        self.handles.pop(name, None)
+
+    async def _list(self) -> Response:
+        models = []
+        for name in await asyncio.to_thread(_deployed):
+            handle = await self._handle(name)
+            if handle is not None:
+                doc = await handle.describe.remote()
+                if doc:
+                    models.append(doc)
+        return _answer(200, dumps({"models": models}))
+
+
+_FORWARDED = ("content-type", "accept", REQUEST_ID.decode())
+
+
+def _answer(
+    status: int, body: bytes, headers: dict[str, str] | None = None, ctype: str = JSON
+) -> Response:
+    return Response(body, status_code=status, headers=headers, media_type=ctype)
+
+
+def _deployed() -> list[str]:
+    """Names of the models with a running application on this cluster."""
+    apps = serve.status().applications
+    return sorted(n[len(MODEL_APP_PREFIX) :] for n in apps if n.startswith(MODEL_APP_PREFIX))
