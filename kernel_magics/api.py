@@ -350,8 +350,14 @@ def _as_batch(X: Any) -> np.ndarray:
 
     if hasattr(X, "detach"):  # torch tensor
         X = X.detach().cpu().numpy()
-    elif hasattr(X, "to_numpy"):  # pandas
+    elif hasattr(X, "to_dict") and hasattr(X, "columns"):  # a DataFrame
+        if not all(_numeric(dtype) for dtype in X.dtypes):  # table rows for an encoding step
+            return _records(X.to_dict(orient="records"))
         X = X.to_numpy()
+    elif hasattr(X, "to_numpy"):  # a Series
+        X = X.to_numpy()
+    elif isinstance(X, list) and X and all(isinstance(row, dict) for row in X):
+        return _records(X)
     try:
         array = np.asarray(X)
     except (TypeError, ValueError) as err:
@@ -374,6 +380,22 @@ def _as_batch(X: Any) -> np.ndarray:
     if array.ndim == 0:
         raise InvalidInput("expected rows, got a single number")
     return array.reshape(1, -1) if array.ndim == 1 else array
+
+
+def _numeric(dtype: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
+
+
+def _records(rows: list[dict]) -> np.ndarray:
+    """Table rows with strings, for a version that declares an encoding step (--encode
+    onehot): a 1-D object array of records, which the target sends as JSON."""
+    import numpy as np
+
+    array = np.empty(len(rows), dtype=object)
+    array[:] = rows
+    return array
 
 
 def predict(

@@ -218,3 +218,15 @@ def test_an_optimized_version_keeps_the_encoding_step(shell: Any, houses: Any) -
     assert r.status_code == 200, r.text
     served = np.asarray(r.json()["predictions"], dtype=np.float64).ravel()
     np.testing.assert_allclose(served, houses.predict(frame).ravel(), rtol=1e-4)
+
+
+def test_predict_sends_raw_frames_with_strings(shell: Any, houses: Any) -> None:
+    frame = shell.user_ns["houses"].drop(columns="price")[:5]
+    shell.user_ns["five"] = frame
+    api.deploy("houses")
+    via_magic = shell.run_line_magic("predict", "houses five")
+    np.testing.assert_allclose(np.ravel(via_magic), houses.predict(frame).ravel(), rtol=1e-5)
+    records = frame.to_dict(orient="records")
+    records[0]["city"] = "oslo"
+    with pytest.raises(InvalidInput, match="'oslo', not seen in training"):
+        api.predict("houses", records)

@@ -119,6 +119,19 @@ class HttpClient:
         )
         return check_answer(status, data)
 
+    def predict_rows(self, name: str, array: np.ndarray) -> tuple[np.ndarray, int]:
+        """Outputs and their version: .npy for numbers; JSON records for table rows with
+        strings (an object array of dicts, for a version with an encoding step)."""
+        if array.dtype != object:
+            return self.predict_npy(name, array)
+        import numpy as np
+
+        body = json.dumps({"instances": array.tolist()}).encode()
+        headers = {"Content-Type": "application/json"}
+        status, hdrs, data = self.request("POST", f"/v1/models/{name}:predict", body, headers)
+        doc = check_answer(status, data)
+        return np.asarray(doc["predictions"]), int(hdrs.get("x-model-version", 0))
+
     def predict_npy(self, name: str, array: np.ndarray) -> tuple[np.ndarray, int]:
         """Outputs and the version that produced them, through the binary .npy body."""
         from kernel_magics.serving.request.codecs import npy_decode, npy_encode

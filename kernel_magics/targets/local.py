@@ -112,7 +112,7 @@ class LocalTarget:
         return TransitionResult.from_wire(doc).with_url(self.url)
 
     def predict(self, name: str, array: np.ndarray) -> tuple[np.ndarray, int]:
-        return self.http.predict_npy(name, array)
+        return self.http.predict_rows(name, array)
 
     def invocations(self, name: str, payload: dict) -> dict:
         """The MLflow scoring route, answered as ``mlflow models serve`` answers it."""
