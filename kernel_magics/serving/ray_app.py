@@ -12,6 +12,10 @@ path segments, so ``/v1/models/NAME:predict`` cannot reach an application mounte
 ``/v1/models/NAME``. One ``Gateway`` application at ``/`` parses the built-in process's routes
 and calls the model's application through its handle.
 
+Canaries follow the worker's split rule (``request/canary.py``); Ray's proxy gives every request
+an ``X-Request-ID`` (the client's, else a random one), so here the split always goes by its hash:
+exact for a client that sends ids, P% on average for one that does not.
+
 Request bodies go through the same codecs, input checks, ``/invocations`` parser and canary rule
 as the built-in worker (``serving/request/``). Imports torch and Ray, never mlflow or IPython.
 """
@@ -109,7 +113,12 @@ class ModelServer:
         batcher.set_max_batch_size(batch)
         batcher.set_batch_wait_timeout_s(live.max_wait_ms / 1000)
         self.live = live  # the swap: every request from here on picks the new version
-        self.split = Split(canary, int(config.get("percent") or 0)) if canary else None
+        percent = int(config.get("percent") or 0)
+        split = self.split
+        # Ray may hand a replica the same configuration again: keep the split's count then, or
+        # the share would restart mid-stream.
+        if split is None or (split.model, split.percent) != (canary, percent):
+            self.split = Split(canary, percent) if canary else None
         self.failed = None
 
     async def _loaded(self, wire: dict[str, Any]) -> LoadedModel:
