@@ -79,6 +79,7 @@ class ModelSpec(_Wire):
     format: str | None = None
     max_batch_size: int | None = None
     max_wait_ms: float | None = None
+    classes: tuple | None = None  # km.classes: a classifier's labels in output order
 
     @classmethod
     def from_wire(cls, doc: Any) -> ModelSpec:
@@ -100,6 +101,7 @@ class ModelSpec(_Wire):
             format=doc.get("format"),
             max_batch_size=batch or None,
             max_wait_ms=_float_or_none(doc.get("max_wait_ms"), "max_wait_ms"),
+            classes=tuple(doc["classes"]) if isinstance(doc.get("classes"), list) else None,
         )
 
 

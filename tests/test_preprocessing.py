@@ -230,3 +230,24 @@ def test_predict_sends_raw_frames_with_strings(shell: Any, houses: Any) -> None:
     records[0]["city"] = "oslo"
     with pytest.raises(InvalidInput, match="'oslo', not seen in training"):
         api.predict("houses", records)
+
+
+def test_a_classifier_answers_its_labels_on_request(shell: Any, run_cell: Any) -> None:
+    words = np.array("zero one two three four five six seven eight nine".split())
+    shell.user_ns["words"] = words[shell.user_ns["y"]]
+    run_cell(shell, "%train Net() --data X words --epochs 2 --lr 1e-2 --name spelled")
+    api.deploy("spelled")
+    rows = shell.user_ns["X"][:16]
+    r = _post("/v1/models/spelled:predict?labels=true", {"instances": rows.tolist()})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    scores = np.asarray(doc["predictions"])
+    assert scores.shape == (16, 10)
+    classes = sorted(words)  # km.classes: the labels in output order, sorted
+    assert doc["labels"] == [classes[i] for i in scores.argmax(axis=1)]
+    assert doc["labels"] == list(api.predict("spelled", rows))  # what %predict shows
+    plain = _post("/v1/models/spelled:predict", {"instances": rows.tolist()}).json()
+    assert "labels" not in plain
+    api.deploy("houses")
+    refused = _post("/v1/models/houses:predict?labels=1", {"instances": [[80.0, 3, "paris"]]})
+    assert refused.status_code == 400 and "no class labels" in refused.json()["error"]

@@ -96,6 +96,7 @@ class Lifecycle:
             format=info.tags.get(TAG_FORMAT),
             max_batch_size=int(batch) if batch is not None else None,
             max_wait_ms=float(wait) if wait is not None else None,
+            classes=tuple(info.classes) if info.classes else None,
         )
 
     def rollback_target(

@@ -25,6 +25,7 @@ from kernel_magics.serving.request.codecs import (
     NPY,
     UnsupportedMediaType,
     json_rows,
+    labelled_json,
     media_type,
     npy_decode,
     npy_encode,
@@ -206,6 +207,9 @@ class WorkerApp(ControlRoutes):
                     "use application/json or application/x-npy"
                 )
             array = model.check(array, self.max_rows)
+            classes = model.check_labels() if _wants_labels(req.query) else None
+            if classes is not None and npy_out:
+                raise InvalidInput("labels are answered as JSON: drop 'Accept: application/x-npy'")
         except InvalidInput as err:
             stats.errors.inc()
             self.recent_errors.add(err.http_status, str(err), model.name, model.version)
@@ -213,6 +217,9 @@ class WorkerApp(ControlRoutes):
             return
         if npy_out:
             self._submit(model, req, conn, who, array, lambda out: (npy_encode(out), NPY))
+        elif classes is not None:
+            labelled = lambda out: (labelled_json(out, classes), JSON)  # noqa: E731
+            self._submit(model, req, conn, who, array, labelled)
         else:
             self._submit(model, req, conn, who, array, lambda out: (predictions_json(out), JSON))
 
@@ -340,3 +347,14 @@ class WorkerApp(ControlRoutes):
 
 def _model_error(err: BaseException) -> str:
     return f"the model failed on this input: {describe_error(err)}"
+
+
+def _wants_labels(query: bytes) -> bool:
+    """``?labels=true`` (or 1, yes): a classifier adds its label per row to the scores."""
+    if not query:
+        return False
+    for part in query.split(b"&"):
+        key, _, value = part.partition(b"=")
+        if key == b"labels":
+            return value.lower() in (b"true", b"1", b"yes", b"")
+    return False

@@ -137,6 +137,13 @@ def npy_encode(array: np.ndarray) -> bytes:
 _OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 
+def labelled_json(outputs: np.ndarray, classes: tuple) -> bytes:
+    """``{"predictions": scores, "labels": [label of the best score per row]}``."""
+    labels = np.asarray(classes, dtype=object)[outputs.argmax(axis=1)].tolist()
+    body = predictions_json(outputs)
+    return body[:-1] + b',"labels":' + orjson.dumps(labels) + b"}"
+
+
 def predictions_json(outputs: np.ndarray) -> bytes:
     """``{"predictions": outputs.tolist()}``: float32 goes out as the float64 ``tolist`` gives,
     so a client that parses it and casts back gets the exact float32 values."""

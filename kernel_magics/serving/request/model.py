@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernel_magics.errors import DeployFailed
+from kernel_magics.errors import DeployFailed, InvalidInput
 from kernel_magics.preprocess import TableEncoder, read_encoder
 from kernel_magics.serving.request.inflight import InFlight
 from kernel_magics.serving.request.inputs import check_rows
@@ -44,6 +44,7 @@ class LoadedModel:
     fixed_batch: int | None = None
     example: np.ndarray | None = None
     encoder: TableEncoder | None = None  # the version's declared one-hot step (preprocess.py)
+    classes: tuple | None = None  # a classifier's labels in output order (km.classes)
     loaded_at: str = ""
     load_ms: float = 0.0
     warm_ms: float = 0.0
@@ -159,6 +160,18 @@ class LoadedModel:
         if self.encoder is not None:
             array = self.encoder.encode(array)
         return check_rows(array, self.signature, max_rows)
+
+    def check_labels(self) -> tuple:
+        """The labels for ``?labels=true``: a classifier answering (rows, classes) only."""
+        sig = self.signature
+        out = sig.output_shape if sig is not None else None
+        if not self.classes or self.task != "classification":
+            raise InvalidInput(f"{self.name} v{self.version} has no class labels to answer")
+        if out is not None and (len(out) != 2 or out[1] not in (-1, len(self.classes))):
+            raise InvalidInput(
+                f"{self.name} v{self.version} answers shape {out}, not one score per class"
+            )
+        return self.classes
 
     def describe(self) -> dict:
         sig = self.signature.describe() if self.signature else {}

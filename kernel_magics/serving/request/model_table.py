@@ -21,6 +21,7 @@ def model_from_spec(spec: ModelSpec, default_batch: int, default_wait_ms: float)
         format=spec.format,
         max_batch_size=spec.max_batch_size or default_batch,
         max_wait_ms=spec.max_wait_ms if spec.max_wait_ms is not None else default_wait_ms,
+        classes=spec.classes,
     )
 
 
