@@ -301,7 +301,7 @@ class RayTarget:
     # -- requests and state ---------------------------------------------------------------------
     def predict(self, name: str, array: np.ndarray) -> tuple[np.ndarray, int]:
         try:
-            return self.http.predict_npy(name, array)
+            return self.http.predict_rows(name, array)
         except ServiceUnavailable:
             raise ServiceUnavailable(self._unreachable()) from None
 
