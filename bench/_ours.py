@@ -103,7 +103,10 @@ class Ours:
         return f"/v1/models/{self.name}:predict"
 
     def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def read_token(self) -> str:
+        return str(self.api.server_token(settings=self.s))  # a file read
 
     def deploy_to_first_200(self, ref: str, body: bytes) -> dict:
         """``api.deploy(ref)``, then poll every 2 ms until ``:predict`` answers 200."""
@@ -111,7 +114,7 @@ class Ours:
         answer = self.api.deploy(ref, settings=self.s)
         t_call = time.perf_counter()
         port = _port_of(answer["url"])
-        self.token = self.api.server_token(settings=self.s)  # a file read
+        self.token = self.read_token()
         first = wait_200(
             port, self.predict_path(), body, JSON, self.auth(), timeout=30, interval=0.002
         )
@@ -205,6 +208,8 @@ def bench_ours(
         )
         measure_served(out, ours, port, bodies, loader, seconds, model, "ours")
         out["swap"] = swap_under_load(ours, port, bodies.files["ours_1"], tmp, swap_phase_s)
+        # nothing live in the store afterwards: a next target (--ray) starts from the same state
+        ours.api.undeploy(NAME, settings=settings)
     finally:
         ours.stop()
 

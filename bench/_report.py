@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from _report_ray import ray_section
+
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "results.md"
 RESULTS_JSON = HERE / "results.json"
@@ -387,7 +389,8 @@ def build_table(r: dict) -> str:
     body = "".join(f"| {' | '.join(row)} |\n" for row in rows)
     notes = "".join(f"- {n}\n" for n in _notes(r))
     title = f"## Serving benchmark ({r.get('meta', {}).get('date', '')})\n\n"
-    return title + head + body + "\n" + notes
+    ray = ray_section(r)
+    return title + head + body + "\n" + notes + ("\n" + ray if ray else "")
 
 
 def load_previous() -> dict:

@@ -20,10 +20,13 @@ if TYPE_CHECKING:
 HERE = Path(__file__).resolve().parent
 
 
-def swap_under_load(ours: Ours, port: int, body_file: str, tmp: Path, phase_s: float) -> dict:
+def swap_under_load(
+    ours: Ours, port: int, body_file: str, tmp: Path, phase_s: float, who: str = "ours"
+) -> dict:
     """Deploy v2 then roll back to v1 while 16 connections send 1-row requests non-stop,
-    ``phase_s`` apart; the recorded responses summarised by ``summarize``."""
-    result_file = tmp / "swap.json"
+    ``phase_s`` apart; the recorded responses summarised by ``summarize``. ``who`` names the
+    server in the log lines."""
+    result_file = tmp / f"swap-{who}.json"
     cmd = [
         sys.executable,
         str(HERE / "_load.py"),
@@ -33,8 +36,7 @@ def swap_under_load(ours: Ours, port: int, body_file: str, tmp: Path, phase_s: f
         ours.predict_path(),
         "--body-file",
         body_file,
-        "--header",
-        f"Authorization: Bearer {ours.token}",
+        *(["--header", f"Authorization: Bearer {ours.token}"] if ours.token else []),
         "--conns",
         "16",
         "--max-seconds",
@@ -42,7 +44,7 @@ def swap_under_load(ours: Ours, port: int, body_file: str, tmp: Path, phase_s: f
         "--out",
         str(result_file),
     ]
-    log("ours: swap under load (deploy v2, then rollback to v1)")
+    log(f"{who}: swap under load (deploy v2, then rollback to v1)")
     proc = spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     calls: dict[str, Any] = {}
     try:
@@ -69,14 +71,14 @@ def swap_under_load(ours: Ours, port: int, body_file: str, tmp: Path, phase_s: f
         if proc.poll() is None:
             stop_pid(proc.pid, group=True)
         forget(proc)
-    return summarize(json.loads(result_file.read_text()), calls)
+    return summarize(json.loads(result_file.read_text()), calls, who)
 
 
 def _version_of(answer: dict) -> str:
     return str(answer.get("version", "")).lstrip("v")
 
 
-def summarize(rec: dict, calls: dict[str, Any]) -> dict:
+def summarize(rec: dict, calls: dict[str, Any], who: str = "ours") -> dict:
     """Failed requests over the whole window, and per call: which versions answered after it
     returned, and its duration against the version's load + warm.
 
@@ -122,9 +124,9 @@ def summarize(rec: dict, calls: dict[str, Any]) -> dict:
         }
         o = out[key]
         log(
-            f"ours: {key} → v{want}: call {call_ms:.0f} ms (load {load_ms}, warm {warm_ms}), "
+            f"{who}: {key} → v{want}: call {call_ms:.0f} ms (load {load_ms}, warm {warm_ms}), "
             f"{o['responses_after']} responses after it returned, {o['stale_after']} stale"
             + (f" (last {o['stale_last_ms']:.1f} ms after)" if o["stale_after"] else "")
         )
-    log(f"ours: swap window: {out['responses']} responses, {out['failed']} failed")
+    log(f"{who}: swap window: {out['responses']} responses, {out['failed']} failed")
     return out

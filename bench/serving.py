@@ -1,7 +1,7 @@
 """Serving benchmark: kernel-magics' inference process against ``mlflow models serve``.
 
     .venv/bin/python bench/serving.py [--duration S] [--quick] [--skip-mlflow] [--skip-conv]
-                                      [--keep-home] [--python-client]
+                                      [--keep-home] [--python-client] [--ray]
 
 Builds an MLP 32→256→256→10 (float32), registers it twice (v1 seed 0, v2 seed 1) in the embedded
 MLflow store of a throwaway KERNEL_MAGICS_HOME exactly as ``%train`` does (pt2 + ``km.sha256``),
@@ -18,25 +18,32 @@ then measures on loopback:
    way: its in-process forward, and both servers on the same load scenarios (at most 5 s each),
    ours with a 256-image ``.npy`` body too. The MLP part above does not change with it.
 
+With ``--ray`` (``_ray``), between 4 and 5: one local Ray head, the same v1 deployed to Ray Serve
+through kernel-magics' ``ray`` target, the same load scenarios and the same swap under load. Ray
+binds every interface, so the whole run then re-executes itself in a loopback-only network
+namespace (``unshare -n``), where every server and load generator works on loopback as before.
+
 Load comes from ``wrk`` (one thread, a Lua script for the POST body and the percentiles) when it
 is on PATH, else from ``bench/_load.py``. Never more than one load generator runs against one
 server at a time. Client and server share the machine's cores, so figures are for the pair.
-Bounded to 280 s (about 130 s on a quiet machine); everything started here is stopped by PID.
+Bounded to 280 s (about 130 s on a quiet machine; 380 s with ``--ray``); everything started here
+is stopped by PID.
 Prints one markdown table and writes it to ``bench/results.md`` (figures in
 ``bench/results.json``).
 
 This script is the entry point and the run's order; the parts live beside it: ``_model`` (the MLP,
 its registration, the in-process reference, request bodies, answer check), ``_convnet`` (the conv
 net's model, bodies and part of the run), ``_peer`` (mlflow models serve), ``_ours``
-(kernel-magics) and ``_swap`` (the swap under load), ``_load_tools``
-(wrk / ``_load.py`` runs), ``_report`` (table, notes, results files), ``_procs`` (children
-stopped by PID), ``_http`` and ``_log``.
+(kernel-magics), ``_ray`` (Ray Serve, ``--ray``) and ``_swap`` (the swap under load),
+``_load_tools`` (wrk / ``_load.py`` runs), ``_report`` and ``_report_ray`` (table, notes, results
+files), ``_procs`` (children stopped by PID), ``_http`` and ``_log``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import os
 import shutil
 import signal
@@ -58,10 +65,12 @@ from _model import NAME, in_process, make_bodies, register_versions  # noqa: E40
 from _ours import bench_ours  # noqa: E402
 from _peer import bench_mlflow  # noqa: E402
 from _procs import stop_children, stop_leftover_server  # noqa: E402
+from _ray import bench_ray, reexec_in_namespace  # noqa: E402
 from _report import load_previous, previous_conv_mlflow, write_results  # noqa: E402
 
 TOTAL_BUDGET_S = 280  # hard stop: MLP ~75 s + conv ~55 s on a quiet machine; room for a busy one
 # (a run at load average ~8 took 239 s); the teardown after it keeps the whole run under 5 min
+RAY_BUDGET_S = 100  # --ray: head start ~10 s, deploy ~10 s, 3 scenarios + swap, head stop ~10 s
 
 
 class OutOfTime(BaseException):
@@ -70,8 +79,8 @@ class OutOfTime(BaseException):
     with its figures so far."""
 
 
-def _alarm(signum: int, frame: Any) -> None:
-    raise OutOfTime(f"the benchmark ran past its {TOTAL_BUDGET_S} s budget")
+def _alarm(budget_s: int, signum: int, frame: Any) -> None:
+    raise OutOfTime(f"the benchmark ran past its {budget_s} s budget")
 
 
 def _terminated(signum: int, frame: Any) -> None:
@@ -91,13 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python-client", action="store_true", help="do not use wrk even if present")
     p.add_argument("--skip-conv", action="store_true", help="only the MLP part")
     p.add_argument("--keep-home", action="store_true", help="keep the temporary home folder")
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="also Ray Serve (kernel-magics' ray target) on a local head; runs in a network "
+        "namespace of its own (unshare -n)",
+    )
     args = p.parse_args(argv)
+    if args.ray:  # returns only inside a loopback-only namespace
+        reexec_in_namespace(Path(__file__).resolve(), sys.argv[1:] if argv is None else argv)
+    budget_s = TOTAL_BUDGET_S + (RAY_BUDGET_S if args.ray else 0)
     seconds = 2.0 if args.quick else min(max(args.duration, 1.0), 10.0)
     swap_phase_s = 0.75 if args.quick else 1.5
 
     started = time.monotonic()
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(TOTAL_BUDGET_S)
+    signal.signal(signal.SIGALRM, functools.partial(_alarm, budget_s))
+    signal.alarm(budget_s)
     signal.signal(signal.SIGTERM, _terminated)
 
     tmp = Path(tempfile.mkdtemp(prefix="km-bench-"))
@@ -117,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": seconds,
             "quick": args.quick,
             "loadavg_start": round(os.getloadavg()[0], 2),
+            "budget_s": budget_s,
         },
         "notes": [],
     }
@@ -183,6 +202,17 @@ def main(argv: list[str] | None = None) -> int:
                 code = 1
                 results["notes"].append(f"kernel-magics run failed: {type(err).__name__}: {err}")
                 log(f"ours: FAILED: {type(err).__name__}: {err}")
+
+        if args.ray:
+            results["ray"] = {}
+            try:
+                bench_ray(
+                    results["ray"], settings, bodies, loader, tmp, seconds, model, swap_phase_s
+                )
+            except Exception as err:
+                code = 1
+                results["notes"].append(f"Ray Serve run failed: {type(err).__name__}: {err}")
+                log(f"ray: FAILED: {type(err).__name__}: {err}")
 
         if not args.skip_conv:
             results["conv"] = {}
