@@ -16,11 +16,14 @@ ray is imported on the first call that needs the cluster; predictions only need 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +54,25 @@ _NO_LOGS = (
     "the ray target keeps no log here: Ray writes each replica's log on its node, under the "
     "cluster's temp folder (session_latest/logs/serve/); `ray logs` lists them"
 )
+
+
+def _off_the_loop(method: Callable) -> Callable:
+    """Run ``method`` on a helper thread when the caller's thread runs an asyncio loop.
+
+    Ray's synchronous calls (``serve.run``, a handle's ``.result()``) refuse to run on such a
+    thread, and that is where a Jupyter kernel (ipykernel) runs every cell; a plain script or
+    IPython shell has no running loop and calls straight through."""
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return method(*args, **kwargs)
+        with ThreadPoolExecutor(1, thread_name_prefix="kernel-magics-ray") as pool:
+            return pool.submit(method, *args, **kwargs).result()
+
+    return call
 
 
 class RayTarget:
@@ -86,6 +108,7 @@ class RayTarget:
         except ServiceUnavailable:
             return False
 
+    @_off_the_loop
     def ensure_running(self, timeout: float = 60, check: Callable[[], object] | None = None) -> str:
         """Connect to the cluster, start Serve's proxy on ``host``:``port`` if Serve is not
         running, deploy the gateway, and (once per kernel) redeploy the models the store says
@@ -152,6 +175,7 @@ class RayTarget:
             self._replicas = max(1, workers)
         return self.ensure_running()
 
+    @_off_the_loop
     def stop(self) -> bool:
         """Delete the applications of kernel-magics (models and gateway) from the cluster; the
         cluster and Serve keep running (this target started neither)."""
@@ -198,6 +222,7 @@ class RayTarget:
     def undeploy(self, name: str) -> TransitionResult:
         return self._transition(name, "undeploy")
 
+    @_off_the_loop
     def _transition(
         self,
         name: str,
