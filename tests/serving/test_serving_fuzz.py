@@ -34,7 +34,7 @@ FUZZED = (
     *("ping", "health", "metrics", "openapi"),
     *("listModels", "getModel", "predict", "invocations"),
 )
-MANAGEMENT = ("deploy", "rollback", "undeploy")
+MANAGEMENT = ("deploy", "rollback", "undeploy", "promote")
 
 
 def _npy(array: np.ndarray) -> bytes:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from kernel_magics.serving.request.openapi_schemas import (
+    LABELS_PARAM,
     NAME_PARAM,
     SCHEMAS,
     SECURED,
@@ -268,7 +269,7 @@ def document_template() -> dict:
                     "summary": "Predict (JSON rows or an .npy array; answers .npy on request)",
                     "operationId": "predict",
                     "security": SECURED,
-                    "parameters": [NAME_PARAM],
+                    "parameters": [NAME_PARAM, LABELS_PARAM],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -317,5 +318,6 @@ def document_template() -> dict:
                 "rollback", "RollbackRequest", "Swap back to the previous (or a given) version"
             ),
             "/v1/models/{name}/undeploy": _manage("undeploy", None, "Stop serving a model"),
+            "/v1/models/{name}/promote": _manage("promote", None, "Make the running canary live"),
         },
     }

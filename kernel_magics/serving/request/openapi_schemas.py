@@ -23,6 +23,13 @@ NAME_PARAM = {
     "description": "Registered model name",
     "schema": {"type": "string", "pattern": NAME_PATTERN},
 }
+LABELS_PARAM = {
+    "name": "labels",
+    "in": "query",
+    "required": False,
+    "description": "true: a classifier adds its class label per row (JSON answers only)",
+    "schema": {"type": "boolean"},
+}
 SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
@@ -79,7 +86,13 @@ SCHEMAS: dict[str, Any] = {
     "PredictResponse": {
         "type": "object",
         "required": ["predictions"],
-        "properties": {"predictions": {"type": "array", "description": "Raw model outputs"}},
+        "properties": {
+            "predictions": {"type": "array", "description": "Raw model outputs"},
+            "labels": {
+                "type": "array",
+                "description": "?labels=true (a classifier): each row's best-scoring label",
+            },
+        },
     },
     "InvocationsRequest": {
         "type": "object",
