@@ -126,7 +126,10 @@ class TrainConfig:
             "loss": self.loss_name(task),
             "scale": self.scale,
             "encode": self.encode or "none",
-        }
+        } | (
+            # how a distributed run was spread (training/distributed.py); absent for one process
+            {"nproc": self.nproc, "nnodes": self.nnodes} if self.nproc * self.nnodes > 1 else {}
+        )
 
 
 def check_split_options(task: str | None, val_split: Any, seed: Any) -> None:

@@ -78,6 +78,9 @@ def test_two_ranks_match_one_process_and_register_once(shell: Any, run_cell: Any
     store = Store(load_settings())
     versions = store.versions("ddp")
     assert [v.version for v in versions] == [1] and versions[0].run_id == two.run_id
+    params = store.client.get_run(two.run_id).data.params
+    assert (params["nproc"], params["nnodes"]) == ("2", "1")
+    assert "nproc" not in store.client.get_run(one.run_id).data.params
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=store.uri)
