@@ -400,9 +400,16 @@ NOT_RUNNING = "The inference process is not running (the first deploy starts it)
 
 def _served(status: ServerStatus) -> list[tuple[str, str]]:
     return [
-        (name, f"v{m.version}" + (f" ({m.state})" if m.state else ""))
+        (name, f"v{m.version}" + (f" ({m.state})" if m.state else "") + _canary_note(m.canary))
         for name, m in sorted(status.models.items())
     ]
+
+
+def _canary_note(canary: Mapping[str, int] | None) -> str:
+    """`` + canary v3 at 10%``: the version beside the live one and its share."""
+    if not canary:
+        return ""
+    return f" + canary v{canary.get('version')} at {canary.get('percent')}%"
 
 
 def status_line(status: ServerStatus | None) -> str:
