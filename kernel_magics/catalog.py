@@ -35,11 +35,12 @@ class ModelSummary:
 
 def summaries(store: Store, status: ServerStatus | None) -> list[ModelSummary]:
     served = {n: m.version for n, m in status.models.items()} if status else {}
+    live_versions = store.live_models()  # one search for every model's live alias
     out = []
     for model_name in store.model_names():
         versions = store.versions(model_name)
         metrics = store.run_metrics([v.run_id for v in versions if v.run_id])
-        live = store.live_version(model_name)
+        live = live_versions.get(model_name)
         rows = [
             VersionRow(
                 version=v.version,

@@ -269,7 +269,18 @@ class Store:
             raise NotFound(f"model {name!r} has no {what} (versions: {have})") from None
 
     def model_names(self) -> list[str]:
-        return sorted(rm.name for rm in self.client.search_registered_models())
+        return sorted(rm.name for rm in self._registered_models())
+
+    def _registered_models(self) -> list[Any]:
+        """Every registered model, page by page (MLflow answers 100 per page by default)."""
+        found: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_registered_models(max_results=1000, page_token=token)
+            found.extend(page)
+            token = getattr(page, "token", None)
+            if not token:
+                return found
 
     def local_path(self, info: VersionInfo) -> str:
         """A local folder holding the version's MLflow model (downloaded when remote)."""
@@ -297,7 +308,7 @@ class Store:
 
     def live_models(self) -> dict[str, int]:
         live = {}
-        for rm in self.client.search_registered_models():
+        for rm in self._registered_models():
             aliases = getattr(rm, "aliases", None) or {}
             if LIVE_ALIAS in aliases:
                 live[rm.name] = int(aliases[LIVE_ALIAS])
