@@ -107,3 +107,13 @@ def test_tampered_artifact_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError):
         life.plan("tamper", "deploy")
     assert s.live_version("tamper") is None  # nothing half-done
+
+
+def test_every_model_is_listed_past_a_page(tmp_path: Path) -> None:
+    """MLflow answers searches a page at a time: the store reads every page."""
+    s = Store(load_settings(home=tmp_path, tracking_uri=""))
+    names = [f"m{i:04d}" for i in range(1005)]
+    for name in names:
+        s.client.create_registered_model(name)
+    assert s.model_names() == names
+    assert s.live_models() == {}
