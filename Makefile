@@ -9,7 +9,7 @@ DEMO_OUT    ?= .demo
 # The demo uses the embedded default store (KERNEL_MAGICS_HOME, default ~/.kernel-magics).
 DEMO_HOME   ?= $(or $(KERNEL_MAGICS_HOME),$(HOME)/.kernel-magics)
 
-.PHONY: setup demo test test-py test-ray test-notebooks lint bench clean browser-deps
+.PHONY: setup demo test test-py test-ray test-notebooks test-mlserver lint bench clean browser-deps
 
 setup: $(STAMP)
 
@@ -41,12 +41,30 @@ browser-deps:
 test-py: setup lint browser-deps
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
-	$(BIN)/pytest tests -q -p no:cacheprovider --ignore=tests/ray
+	$(BIN)/pytest tests -q -p no:cacheprovider --ignore=tests/ray --ignore=tests/optional
 
 # The ray target against a real local Ray head. Ray binds every interface it finds, so the head
 # and its clients run in a network namespace of their own holding only loopback.
 test-ray: setup
 	unshare -n sh -c 'ip link set lo up && exec $(BIN)/pytest tests/ray -q -p no:cacheprovider'
+
+# Optional, not part of `make test`: the v2 answers of the inference process beside MLServer
+# 1.7.1's for the same MLflow model (tests/optional). MLServer downgrades fastapi, starlette and
+# protobuf, so it gets an env of its own (torch first, pinned; the mlflow version of .venv);
+# the test runs from .venv and starts `mlserver` from there.
+MLSERVER_VENV  ?= .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.mlserver-installed
+test-mlserver: setup $(MLSERVER_STAMP)
+	MLSERVER_VENV=$(abspath $(MLSERVER_VENV)) \
+		$(BIN)/pytest tests/optional/test_mlserver_v2.py -q -rs -p no:cacheprovider
+
+$(MLSERVER_STAMP): | $(STAMP)
+	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
+	$(MLSERVER_VENV)/bin/pip install --quiet --disable-pip-version-check mlserver==1.7.1 \
+		mlserver-mlflow==1.7.1 mlflow==$$($(BIN)/python -c \
+		'import importlib.metadata as m; print(m.version("mlflow"))')
+	touch $@
 
 # nbval runs the notebooks in fresh kernels against a throwaway home, then stops the
 # inference process they started there (only that one: it is found through that home's state file).
@@ -73,5 +91,5 @@ bench: setup
 	$(BIN)/python bench/serving.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info kernel_magics/lab/labextension extension/lib \
-		extension/node_modules extension/tsconfig.tsbuildinfo
+	rm -rf $(VENV) $(MLSERVER_VENV) $(DEMO_OUT) build *.egg-info kernel_magics/lab/labextension \
+		extension/lib extension/node_modules extension/tsconfig.tsbuildinfo
