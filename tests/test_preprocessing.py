@@ -232,7 +232,7 @@ def test_predict_sends_raw_frames_with_strings(shell: Any, houses: Any) -> None:
         api.predict("houses", records)
 
 
-def test_a_classifier_answers_its_labels_on_request(shell: Any, run_cell: Any) -> None:
+def test_a_classifier_answers_its_labels_on_request(shell: Any, run_cell: Any, houses: Any) -> None:
     words = np.array("zero one two three four five six seven eight nine".split())
     shell.user_ns["words"] = words[shell.user_ns["y"]]
     run_cell(shell, "%train Net() --data X words --epochs 2 --lr 1e-2 --name spelled")

@@ -40,13 +40,16 @@ from kernel_magics.serving.request.codecs import (
     NPY,
     UnsupportedMediaType,
     json_rows,
+    labelled_json,
     media_type,
     npy_decode,
     npy_encode,
     predictions_json,
+    wants_labels,
     wants_npy,
 )
 from kernel_magics.serving.request.model import LoadedModel
+from kernel_magics.serving.request.model_table import model_from_spec
 from kernel_magics.serving.request.protocol import Request, describe_error, dumps, error_body
 from kernel_magics.store import not_found
 
@@ -127,16 +130,7 @@ class ModelServer:
             if model is not None and (model.version, model.sha256) == (spec.version, spec.sha256):
                 return model
         batch, wait = self.defaults
-        model = LoadedModel(
-            name=spec.name,
-            version=spec.version,
-            path=spec.path,
-            sha256=spec.sha256,
-            task=spec.task,
-            max_batch_size=spec.max_batch_size or batch,
-            max_wait_ms=spec.max_wait_ms if spec.max_wait_ms is not None else wait,
-            format=spec.format,
-        )
+        model = model_from_spec(spec, batch, wait)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, model.load)
         await loop.run_in_executor(self.engine, model.warm)
@@ -177,7 +171,9 @@ class ModelServer:
             req.headers[REQUEST_ID] = rid.encode("latin-1")
         return split.pick(live, req)
 
-    async def handle(self, route: str, body: bytes, headers: dict[str, str]) -> Answer:
+    async def handle(
+        self, route: str, body: bytes, headers: dict[str, str], query: bytes = b""
+    ) -> Answer:
         """One request the gateway relays: ``predict``, ``invocations`` or ``describe``."""
         if route == "describe":
             return 200, dumps(self.describe()), JSON, {}
@@ -189,12 +185,17 @@ class ModelServer:
         try:
             if route == "invocations":
                 return await self._invocations(model, body, headers, tags)
-            return await self._predict(model, body, headers, tags)
+            return await self._predict(model, body, headers, tags, wants_labels(query))
         except KernelMagicsError as err:
             return _error(err, tags)
 
     async def _predict(
-        self, model: LoadedModel, body: bytes, headers: dict[str, str], tags: dict[str, str]
+        self,
+        model: LoadedModel,
+        body: bytes,
+        headers: dict[str, str],
+        tags: dict[str, str],
+        labels: bool = False,
     ) -> Answer:
         ctype = media_type(headers.get("content-type", "").encode("latin-1"))
         if ctype == NPY:
@@ -208,6 +209,9 @@ class ModelServer:
                 "use application/json or application/x-npy"
             )
         array = model.check(array, self.max_rows)
+        classes = model.check_labels() if labels else None
+        if classes is not None and npy_out:
+            raise InvalidInput("labels are answered as JSON: drop 'Accept: application/x-npy'")
         if array.shape[0] > model.max_batch_size:  # @serve.batch refuses an item over its limit
             out = await self._forward(model, array)
         else:
@@ -216,6 +220,8 @@ class ModelServer:
             return 400, error_body(_model_error(out)), JSON, tags
         if npy_out:
             return 200, npy_encode(out), NPY.decode(), tags
+        if classes is not None:
+            return 200, labelled_json(out, classes), JSON, tags
         return 200, predictions_json(out), JSON, tags
 
     async def _invocations(
@@ -312,7 +318,8 @@ class Gateway:
             return _answer(404, error_body(not_found(name[:200], deployed, "deployed")))
         headers = {k: v for k, v in request.headers.items() if k in _FORWARDED}
         body = await request.body()
-        status, data, ctype, extra = await handle.handle.remote(route, body, headers)
+        query = request.url.query.encode("latin-1")
+        status, data, ctype, extra = await handle.handle.remote(route, body, headers, query)
         return _answer(status, data, extra, ctype)
 
     async def _handle(self, name: str) -> Any:

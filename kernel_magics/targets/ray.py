@@ -183,6 +183,8 @@ class RayTarget:
 
         from kernel_magics.serving.ray_app import GATEWAY_APP, MODEL_APP_PREFIX
 
+        with self._guard:  # connect, but do not redeploy what is about to be deleted
+            self._restored = True
         self.ensure_running()
         ours = [n for n in serve.status().applications if n.startswith(MODEL_APP_PREFIX)] + [
             GATEWAY_APP
@@ -247,7 +249,10 @@ class RayTarget:
                 except DeployFailed:
                     self._put_back(name, before)
                     raise
+            # On Ray this spans the whole update (status, serve.run, the replicas' reports),
+            # not one worker's load as on the built-in process.
             load_ms = (time.perf_counter() - started) * 1000
+            ready_at = time.time()  # the replicas answer with it from here on
             event, history = lifecycle.make_live(plan)
             lifecycle.record(plan, event)
         return TransitionResult(
@@ -256,7 +261,7 @@ class RayTarget:
             version=plan.to_version,
             previous_version=plan.from_version,
             load_ms=round(load_ms, 2),
-            ready_at=time.time(),
+            ready_at=ready_at,
             reused=reused,
             url=self.base_url,
             history=history,

@@ -73,6 +73,8 @@ def test_bad_input_is_a_4xx_json_error(settings: Settings, mlp: list[Logged]):
         (url(settings, "mlp"), {"data": b"x", "headers": {"content-type": "text/plain"}}, 415),
         (url(settings, "mlp", "/invocations"), {"json": {"nope": [1]}}, 400),
         (url(settings, "nobody"), {"json": {"instances": X.tolist()}}, 404),
+        # labels need a classifier registered with its classes; this one has none
+        (url(settings, "mlp", ":predict?labels=true"), {"json": {"instances": X.tolist()}}, 400),
     ]
     for endpoint, kwargs, status in cases:
         r = requests.post(endpoint, timeout=30, **kwargs)

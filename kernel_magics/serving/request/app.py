@@ -30,6 +30,7 @@ from kernel_magics.serving.request.codecs import (
     npy_decode,
     npy_encode,
     predictions_json,
+    wants_labels,
     wants_npy,
 )
 from kernel_magics.serving.request.model import LoadedModel
@@ -207,7 +208,7 @@ class WorkerApp(ControlRoutes):
                     "use application/json or application/x-npy"
                 )
             array = model.check(array, self.max_rows)
-            classes = model.check_labels() if _wants_labels(req.query) else None
+            classes = model.check_labels() if wants_labels(req.query) else None
             if classes is not None and npy_out:
                 raise InvalidInput("labels are answered as JSON: drop 'Accept: application/x-npy'")
         except InvalidInput as err:
@@ -347,14 +348,3 @@ class WorkerApp(ControlRoutes):
 
 def _model_error(err: BaseException) -> str:
     return f"the model failed on this input: {describe_error(err)}"
-
-
-def _wants_labels(query: bytes) -> bool:
-    """``?labels=true`` (or 1, yes): a classifier adds its label per row to the scores."""
-    if not query:
-        return False
-    for part in query.split(b"&"):
-        key, _, value = part.partition(b"=")
-        if key == b"labels":
-            return value.lower() in (b"true", b"1", b"yes", b"")
-    return False

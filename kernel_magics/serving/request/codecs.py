@@ -34,6 +34,17 @@ def media_type(value: bytes) -> bytes:
     return value.split(b";", 1)[0].strip().lower()
 
 
+def wants_labels(query: bytes) -> bool:
+    """``?labels=true`` (or 1, yes): a classifier adds its label per row to the scores."""
+    if not query:
+        return False
+    for part in query.split(b"&"):
+        key, _, value = part.partition(b"=")
+        if key == b"labels":
+            return value.lower() in (b"true", b"1", b"yes", b"")
+    return False
+
+
 def wants_npy(accept: bytes) -> bool:
     return NPY in accept.lower() if accept else False
 
