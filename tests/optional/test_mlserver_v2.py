@@ -69,7 +69,6 @@ MLSERVER = VENV / "bin" / "mlserver"
 ATOL = 1e-5
 
 
-
 @dataclass
 class Server:
     name: str
