@@ -1,10 +1,10 @@
 """IPython front end: ``%load_ext kernel_magics`` registers every magic here.
 
 Each module holds one ``@magics_class`` and the views of the records its magics return:
-``lifecycle`` (``KernelMagics``: train, register, deploy, rollback, undeploy, predict, models,
-history, serve, and the ``%config KernelMagics.<option>`` traits every magic reads),
-``pipelines`` (``%pipeline``, ``%evaluate``, ``%compare``), ``optimize`` (``%optimize``),
-``dashboards`` (``%monitor``), ``explain`` (``%explain``).
+``lifecycle`` (``KernelMagics``: deploy, promote, rollback, undeploy, predict, models, history,
+serve, and the ``%config KernelMagics.<option>`` traits every magic reads), ``training``
+(``%train``, ``%register``), ``pipelines`` (``%pipeline``, ``%evaluate``, ``%compare``),
+``optimize`` (``%optimize``), ``dashboards`` (``%monitor``), ``explain`` (``%explain``).
 ``_args`` is what they share. The magics only parse, call ``kernel_magics.api`` and render.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from kernel_magics.magics import dashboards, explain, lifecycle, optimize, pipelines
+from kernel_magics.magics import dashboards, explain, lifecycle, optimize, pipelines, training
 from kernel_magics.magics._args import (
     register_views,
     split_args,
@@ -27,7 +27,7 @@ from kernel_magics.magics.lifecycle import KernelMagics
 __all__ = ["KernelMagics", "split_args", "usage_errors", "load_ipython_extension"]
 
 # Magics classes besides KernelMagics (which is also a Configurable, registered first).
-_FEATURES = (pipelines, optimize, dashboards, explain)
+_FEATURES = (training, pipelines, optimize, dashboards, explain)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -1,0 +1,82 @@
+"""The one Python API of kernel-magics.
+
+Magics, widgets, the CLI, the JupyterLab panel and papermill pipelines all call these functions
+and only render what they return. Every failure a user can cause raises a
+``kernel_magics.errors.KernelMagicsError`` whose message is one readable line.
+
+    from kernel_magics import api
+    r = api.train(Net(), X, y, name="digits", epochs=5)
+    api.deploy("digits")                 # newest version goes live in the inference process
+    api.predict("digits", X[:3])         # class labels (raw=True: model outputs)
+    api.rollback("digits")
+
+The functions live in ``_versions`` (train, register, optimize), ``_serving`` (deploy … predict,
+models, the serving target and its tokens) and ``_analysis`` (pipelines, evaluate, compare,
+explain); ``_context`` holds the per-settings store and target every one of them goes through.
+"""
+
+from __future__ import annotations
+
+from kernel_magics.api._analysis import compare, evaluate, explain, pipeline_rerun, pipeline_run
+
+# the per-settings context, for callers that need the store or the target itself (tests)
+from kernel_magics.api._context import _settings as _settings
+from kernel_magics.api._context import _store as _store
+from kernel_magics.api._context import _target as _target
+from kernel_magics.api._serving import (
+    deploy,
+    history,
+    models,
+    predict,
+    promote,
+    rollback,
+    server_logs,
+    server_start,
+    server_status,
+    server_stop,
+    server_token,
+    token_create,
+    token_list,
+    token_revoke,
+    undeploy,
+)
+from kernel_magics.api._versions import optimize, register, train
+from kernel_magics.catalog import ModelSummary, VersionRow
+from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
+from kernel_magics.registration import RegisterResult
+from kernel_magics.tracking import TrainResult
+from kernel_magics.training.config import TrainConfig
+
+__all__ = [
+    "TrainResult",
+    "TrainConfig",
+    "RegisterResult",
+    "TransitionResult",
+    "HistoryEvent",
+    "ServerStatus",
+    "ModelSummary",
+    "VersionRow",
+    "train",
+    "register",
+    "deploy",
+    "rollback",
+    "promote",
+    "undeploy",
+    "predict",
+    "models",
+    "history",
+    "server_status",
+    "server_start",
+    "server_stop",
+    "server_logs",
+    "server_token",
+    "token_create",
+    "token_list",
+    "token_revoke",
+    "pipeline_run",  # pipelines and evaluation
+    "pipeline_rerun",  # pipelines and evaluation
+    "evaluate",  # pipelines and evaluation
+    "compare",  # pipelines and evaluation
+    "explain",  # explanations
+    "optimize",  # kernel-magics optimize
+]

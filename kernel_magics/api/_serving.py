@@ -1,0 +1,181 @@
+"""Deploying, predicting, what exists and the serving target itself (start, stop, tokens)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kernel_magics import catalog
+from kernel_magics._request_rows import request_rows
+from kernel_magics.api._context import _settings, _store, _target, _version_info
+from kernel_magics.catalog import ModelSummary
+from kernel_magics.config import Settings
+from kernel_magics.errors import ServiceUnavailable
+from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
+from kernel_magics.serving import tokens
+from kernel_magics.store import parse_ref, validate_name
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+# -- deployment ---------------------------------------------------------------------------------
+def deploy(
+    target: str,
+    version: int | str | None = None,
+    *,
+    max_batch_size: int | None = None,
+    max_wait_ms: float | None = None,
+    canary: int | None = None,
+    settings: Settings | None = None,
+) -> TransitionResult:
+    """Make ``NAME`` (newest version), ``NAME@VERSION`` or ``NAME@ALIAS`` live.
+
+    Starts the serving target if needed. The new version is loaded and warmed before it takes
+    traffic; if it fails, the live version keeps serving and ``DeployFailed`` says why.
+
+    ``canary=P`` (1–99) instead loads the version beside the live one and sends it P% of the
+    model's requests; the live alias stays. The split is deterministic: a request with an
+    ``X-Request-ID`` header goes by a hash of it, others by a per-worker counter (exactly
+    every (100/P)th request). ``promote(name)`` makes the canary live; ``rollback(name)``
+    drops it.
+    """
+    name, ref = parse_ref(target)
+    ref = str(version) if version is not None else ref
+    s = _settings(settings)
+    serving = _target(s)
+    serving.ensure_running(check=lambda: _store(s).resolve(name, ref))
+    options: dict[str, Any] = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms}
+    if canary is not None:  # only then: a target without canaries keeps working without it
+        options["canary"] = canary
+    return serving.deploy(name, ref, **options)
+
+
+def promote(name: str, *, settings: Settings | None = None) -> TransitionResult:
+    """Make the running canary of ``name`` live (a normal hot swap; history event "promote")."""
+    validate_name(name)
+    serving = _target(_settings(settings))
+    serving.ensure_running()
+    return serving.promote(name)
+
+
+def rollback(
+    name: str, to: int | None = None, *, settings: Settings | None = None
+) -> TransitionResult:
+    """Make the previously live version (or version ``to``) live again, same hot swap."""
+    validate_name(name)
+    s = _settings(settings)
+    serving = _target(s)
+    check = (lambda: _store(s).resolve(name, int(to))) if to is not None else None
+    serving.ensure_running(check=check)
+    return serving.rollback(name, to)
+
+
+def undeploy(name: str, *, settings: Settings | None = None) -> TransitionResult:
+    """Stop serving ``name`` and clear its live alias (recorded in the history)."""
+    validate_name(name)
+    serving = _target(_settings(settings))
+    serving.ensure_running()
+    return serving.undeploy(name)
+
+
+def history(name: str, *, settings: Settings | None = None) -> list[HistoryEvent]:
+    """Deployment events of ``name``, oldest first (``NotFound`` for a model nobody registered)."""
+    validate_name(name)
+    s = _settings(settings)
+    events = _target(s).history(name)
+    if not events:
+        _store(s).resolve(name)  # an unknown name is an error that lists the known ones
+    return events
+
+
+# -- inference ----------------------------------------------------------------------------------
+def predict(
+    name: str, X: Any, *, raw: bool = False, settings: Settings | None = None
+) -> np.ndarray:
+    """Predictions of the live version of ``name``, through its HTTP endpoint. ``X`` holds rows
+    of any shape (N, ...) in the model's dtype (floats, integer token ids, booleans).
+
+    Classification models answer class labels unless ``raw`` (then the model's outputs).
+    """
+    import numpy as np
+
+    validate_name(name)
+    s = _settings(settings)
+    outputs, version = _target(s).predict(name, request_rows(X))
+    if raw:
+        return outputs
+    info = _version_info(s, name, version)
+    if info.task == "classification" and outputs.ndim == 2:
+        index = outputs.argmax(axis=1)
+        classes = info.classes
+        return (
+            np.asarray(classes, dtype=object)[index].astype(type(classes[0])) if classes else index
+        )
+    return outputs
+
+
+# -- what exists --------------------------------------------------------------------------------
+def models(*, settings: Settings | None = None) -> list[ModelSummary]:
+    """Every registered model with its versions, final metrics, and what is live and served."""
+    s = _settings(settings)
+    try:
+        status = _target(s).status()
+    except ServiceUnavailable:
+        status = None
+    return catalog.summaries(_store(s), status)
+
+
+# -- the serving target -------------------------------------------------------------------------
+def server_status(*, settings: Settings | None = None) -> ServerStatus | None:
+    """A snapshot of the running serving target (what it serves, usage per token), or None."""
+    return _target(_settings(settings)).status()
+
+
+def server_start(
+    *,
+    workers: int | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    allow_remote: bool | None = None,
+    settings: Settings | None = None,
+) -> ServerStatus | None:
+    """Start the serving target (if not running) and return its status. A host other than
+    loopback needs ``allow_remote=True`` (and then every request needs a token)."""
+    changes = {"host": host, "port": port, "allow_remote": allow_remote}
+    s = _settings(settings).replace(**{k: v for k, v in changes.items() if v is not None})
+    s.check_bind()
+    serving = _target(s)
+    if workers is None:
+        serving.ensure_running()
+    else:
+        serving.start(workers=workers)
+    return serving.status()
+
+
+def server_stop(*, settings: Settings | None = None) -> bool:
+    """Stop the serving target this home folder started; False if none was running."""
+    return _target(_settings(settings)).stop()
+
+
+def server_logs(lines: int = 50, *, settings: Settings | None = None) -> str:
+    return _target(_settings(settings)).logs(lines)
+
+
+def server_token(*, settings: Settings | None = None) -> str:
+    """The bearer token scripts and ``curl`` need for the HTTP API."""
+    return _target(_settings(settings)).token()
+
+
+def token_create(name: str, *, settings: Settings | None = None) -> str:
+    """A new named bearer token (shown once; its usage is metered under ``name``)."""
+    return tokens.create_token(_settings(settings), name)
+
+
+def token_revoke(name: str, *, settings: Settings | None = None) -> None:
+    """Revoke a named token; a running process refuses it within a second."""
+    tokens.revoke_token(_settings(settings), name)
+
+
+def token_list(*, settings: Settings | None = None) -> list[dict]:
+    """Named tokens: ``[{"name", "created"}]`` (never the tokens themselves)."""
+    return tokens.list_tokens(_settings(settings))
