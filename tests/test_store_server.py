@@ -253,3 +253,26 @@ def test_store_serve_refuses_bad_options_in_one_line(
     assert cli.main(["store", "serve", *argv]) == cli.EXIT_ERROR
     err = capsys.readouterr().err.strip()
     assert expected in err and "\n" not in err
+
+
+def test_quickstart_runs_unchanged_against_the_tracking_server(
+    settings: Settings, tracking_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quickstart notebook, not one cell changed, with MLFLOW_TRACKING_URI pointing at the
+    team's server: every cell runs, and the server's registry ends as the notebook left it."""
+    import papermill
+
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_url)
+    monkeypatch.setenv("KERNEL_MAGICS_HOME", str(settings.home))  # its process: stopped above
+    monkeypatch.setenv("KERNEL_MAGICS_PROGRESS", "text")
+    papermill.execute_notebook(
+        str(notebook),
+        str(tmp_path / "out.ipynb"),
+        parameters={"epochs": 2, "name": "quick-pg"},
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    store = Store(settings)
+    assert [v.version for v in store.versions("quick-pg")] == [1, 2]
+    assert store.live_version("quick-pg") == 1  # deployed v1, v2, rolled back to v1
