@@ -251,3 +251,28 @@ def test_a_classifier_answers_its_labels_on_request(shell: Any, run_cell: Any, h
     api.deploy("houses")
     refused = _post("/v1/models/houses:predict?labels=1", {"instances": [[80.0, 3, "paris"]]})
     assert refused.status_code == 400 and "no class labels" in refused.json()["error"]
+
+
+def test_openapi_and_v2_of_an_encoded_version(shell: Any, houses: Any) -> None:
+    api.deploy("houses")
+    status = api.server_status()
+    headers = {"Authorization": f"Bearer {api.server_token()}"}
+    doc = requests.get(f"{status.url}/openapi.json", headers=headers, timeout=30).json()
+    body = doc["paths"]["/v1/models/houses:predict"]["post"]["requestBody"]
+    rows = body["content"]["application/json"]["schema"]["oneOf"][0]["properties"]["instances"]
+    record = rows["items"]["oneOf"][0]
+    assert record["required"] == ["size", "rooms", "city"]
+    assert record["properties"]["city"]["enum"] == ["lyon", "nice", "paris"]
+    # v2 is a tensor protocol without strings: it takes the encoded matrix the graph takes
+    frame = shell.user_ns["houses"].drop(columns="price")[:4]
+    encoded = houses.encoder.encode(frame)
+    tensor = {"name": "input-0", "shape": list(encoded.shape), "datatype": "FP32"}
+    r = requests.post(
+        f"{status.url}/v2/models/houses/infer",
+        json={"inputs": [tensor | {"data": encoded.ravel().tolist()}]},
+        headers=headers,
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    served = np.asarray(r.json()["outputs"][0]["data"], dtype=np.float64)
+    np.testing.assert_allclose(served, houses.predict(frame).ravel(), rtol=1e-5)

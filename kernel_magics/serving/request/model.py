@@ -151,13 +151,14 @@ class LoadedModel:
                 parts.append(_as_numpy(fn(torch.from_numpy(chunk)))[:rows])
             return np.concatenate(parts)
 
-    def check(self, array: np.ndarray, max_rows: int) -> np.ndarray:
+    def check(self, array: np.ndarray, max_rows: int, *, table_rows: bool = True) -> np.ndarray:
         """The request's array as this model takes it; InvalidInput naming what is wrong
         (see ``inputs.py``). Runs on the loop before the request is queued. A version with a
         declared encoding step takes table rows (records or lists of values) and encodes them
-        first."""
+        first; ``table_rows=False`` (the v2 tensor protocol, which has no strings) takes the
+        encoded matrix the graph takes."""
         assert self.signature is not None
-        if self.encoder is not None:
+        if self.encoder is not None and table_rows:
             array = self.encoder.encode(array)
         return check_rows(array, self.signature, max_rows)
 

@@ -61,13 +61,37 @@ def _row_schema(shape: list[int], dtype: str) -> dict:
     return item
 
 
+def _table_row_schema(columns: list[dict]) -> dict:
+    """One row for a version with a one-hot step (``preprocess.py``): a record of its columns,
+    or their values in training order; a categorical column takes one of its categories."""
+    number = _value_schema("float32")
+    fields = {
+        c["name"]: {"type": "string", "enum": list(c["categories"])}
+        if c.get("categories") is not None
+        else number
+        for c in columns
+    }
+    record = {"type": "object", "required": list(fields), "properties": fields}
+    values = {
+        "type": "array",
+        "minItems": len(fields),
+        "maxItems": len(fields),
+        "items": {"oneOf": [number, {"type": "string"}]},
+    }
+    return {"oneOf": [record, values]}
+
+
 def _model_paths(model: dict, max_rows: int) -> dict:
     """Concrete paths for one live model, with its exact row shape: a client (or a fuzzer) can
     build valid requests from the document alone. They take precedence over the templates."""
     name, spec = model["name"], model.get("input") or {}
     shape, dtype = list(spec.get("shape") or [-1]), str(spec.get("dtype") or "float32")
     rows = {"type": "array", "minItems": 1, "maxItems": min(max_rows, 1024)}
-    rows["items"] = _row_schema(shape[1:], dtype)
+    encoding = model.get("preprocess")
+    if encoding:  # :predict and /invocations take table rows (v2 takes the encoded matrix)
+        rows["items"] = _table_row_schema(encoding["columns"])
+    else:
+        rows["items"] = _row_schema(shape[1:], dtype)
     one_of = [
         {"type": "object", "required": [key], "additionalProperties": False,
          "properties": {key: rows}}

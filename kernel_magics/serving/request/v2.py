@@ -270,7 +270,8 @@ def infer(app: WorkerApp, req: Request, conn: Connection, raw: bytes, version: i
                 f"unsupported Content-Type {ctype.decode('latin-1')[:100]!r}: use application/json"
             )
         parsed = parse(req.body)
-        array = model.check(parsed.array, app.max_rows)
+        # a tensor protocol: a version with a one-hot step takes its encoded matrix here
+        array = model.check(parsed.array, app.max_rows, table_rows=False)
     except InvalidInput as err:
         model.stats.errors.inc()
         app.recent_errors.add(err.http_status, str(err), model.name, model.version)
