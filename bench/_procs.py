@@ -9,7 +9,9 @@ with the tests).
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +60,13 @@ def stop_leftover_server(home: Path) -> None:
     if pids:
         log(f"stopping leftover inference process PIDs {pids}")
         stop_pids(pids)
+
+
+def private_home(prefix: str, **env: str) -> tuple[Path, Path]:
+    """A fresh temporary folder and the kernel-magics home inside it, set for this process and
+    every child: the embedded store (any MLFLOW_TRACKING_URI dropped), plus ``env``."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    home = tmp / "home"
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.update(KERNEL_MAGICS_HOME=str(home), **env)
+    return tmp, home

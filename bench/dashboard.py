@@ -25,7 +25,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ sys.path.insert(0, str(HERE.parent))  # kernel_magics from the checkout
 from _load_tools import SINGLE_JSON, Endpoint, Loader  # noqa: E402
 from _log import log  # noqa: E402
 from _model import NAME, make_bodies, register_versions  # noqa: E402
-from _procs import stop_children, stop_leftover_server  # noqa: E402
+from _procs import private_home, stop_children, stop_leftover_server  # noqa: E402
 
 MODELS, VERSIONS = 20, 200
 GOAL_SLOWDOWN, GOAL_SNAPSHOT_MS = 0.03, 50.0
@@ -145,11 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python-client", action="store_true", help="do not use wrk even if present")
     p.add_argument("--keep-home", action="store_true", help="keep the temporary home folder")
     args = p.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="km-bench-dash-"))
-    home = tmp / "home"
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.update(
-        KERNEL_MAGICS_HOME=str(home), KERNEL_MAGICS_AUTOSTART="0", KERNEL_MAGICS_PROGRESS="none"
+    tmp, home = private_home(
+        "km-bench-dash-", KERNEL_MAGICS_AUTOSTART="0", KERNEL_MAGICS_PROGRESS="none"
     )
     started = time.monotonic()
     try:

@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ sys.path.insert(0, str(HERE.parent))  # kernel_magics from the checkout
 
 from _load_tools import JSON, NPY, Endpoint, Loader, Scenario  # noqa: E402
 from _log import log  # noqa: E402
-from _procs import stop_children, stop_leftover_server  # noqa: E402
+from _procs import private_home, stop_children, stop_leftover_server  # noqa: E402
 
 NAME = "digits"
 SINGLE = Scenario("1-row JSON, 16 conn", JSON, 16)
@@ -166,11 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python-client", action="store_true", help="do not use wrk even if present")
     p.add_argument("--keep-home", action="store_true", help="keep the temporary home folder")
     args = p.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="km-bench-opt-"))
-    home = tmp / "home"
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.update(
-        KERNEL_MAGICS_HOME=str(home), KERNEL_MAGICS_AUTOSTART="0", KERNEL_MAGICS_PROGRESS="none"
+    tmp, home = private_home(
+        "km-bench-opt-", KERNEL_MAGICS_AUTOSTART="0", KERNEL_MAGICS_PROGRESS="none"
     )
     started = time.monotonic()
     try:

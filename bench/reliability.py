@@ -30,7 +30,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -46,7 +45,14 @@ import numpy as np  # noqa: E402
 from _http import post  # noqa: E402
 from _log import log  # noqa: E402
 from _model import N_IN, NAME, check_outputs, make_mlp, register_versions  # noqa: E402
-from _procs import forget, is_inference_process, spawn, stop_children, stop_pid  # noqa: E402
+from _procs import (  # noqa: E402
+    forget,
+    is_inference_process,
+    private_home,
+    spawn,
+    stop_children,
+    stop_pid,
+)
 
 BUDGET_S = 90
 POLL_EVERY_S, POLL_TIMEOUT_S = 0.02, 0.5
@@ -315,10 +321,7 @@ def main() -> int:
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(BUDGET_S)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: KeyboardInterrupt
-    tmp = Path(tempfile.mkdtemp(prefix="km-reliability-"))
-    home = tmp / "home"
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.update(KERNEL_MAGICS_HOME=str(home), KERNEL_MAGICS_AUTOSTART="0")
+    tmp, home = private_home("km-reliability-", KERNEL_MAGICS_AUTOSTART="0")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     rows: list[list[str]] = []
     notes: list[str] = []

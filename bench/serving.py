@@ -48,7 +48,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,7 @@ from _log import log  # noqa: E402
 from _model import NAME, in_process, make_bodies, register_versions  # noqa: E402
 from _ours import bench_ours  # noqa: E402
 from _peer import bench_mlflow  # noqa: E402
-from _procs import stop_children, stop_leftover_server  # noqa: E402
+from _procs import private_home, stop_children, stop_leftover_server  # noqa: E402
 from _ray import bench_ray, reexec_in_namespace  # noqa: E402
 from _report import load_previous, previous_conv_mlflow, write_results  # noqa: E402
 
@@ -118,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.alarm(budget_s)
     signal.signal(signal.SIGTERM, _terminated)
 
-    tmp = Path(tempfile.mkdtemp(prefix="km-bench-"))
-    home = tmp / "home"
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ["KERNEL_MAGICS_HOME"] = str(home)
+    tmp, home = private_home("km-bench-")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
     previous = load_previous()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.errors import InvalidInput, first_line
+from kernel_magics.preprocess import numeric_dtype
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,7 +25,8 @@ def request_rows(X: Any) -> np.ndarray:
     if hasattr(X, "detach"):  # torch tensor
         X = X.detach().cpu().numpy()
     elif hasattr(X, "to_dict") and hasattr(X, "columns"):  # a DataFrame
-        if not all(_numeric(dtype) for dtype in X.dtypes):  # table rows for an encoding step
+        # strings or categories: table rows for an encoding step (complex numbers are refused below)
+        if any(not numeric_dtype(d) and d.kind != "c" for d in X.dtypes):
             return _records(X.to_dict(orient="records"))
         X = X.to_numpy()
     elif hasattr(X, "to_numpy"):  # a Series
@@ -53,12 +55,6 @@ def request_rows(X: Any) -> np.ndarray:
     if array.ndim == 0:
         raise InvalidInput("expected rows, got a single number")
     return array.reshape(1, -1) if array.ndim == 1 else array
-
-
-def _numeric(dtype: Any) -> bool:
-    import pandas as pd
-
-    return bool(pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
 
 
 def _records(rows: list[dict]) -> np.ndarray:

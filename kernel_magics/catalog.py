@@ -35,9 +35,9 @@ class ModelSummary:
 
 def summaries(store: Store, status: ServerStatus | None) -> list[ModelSummary]:
     served = {n: m.version for n, m in status.models.items()} if status else {}
-    live_versions = store.live_models()  # one search for every model's live alias
+    live_versions = store.live_by_model()  # one search: every model and its live alias
     out = []
-    for model_name in store.model_names():
+    for model_name in sorted(live_versions):
         versions = store.versions(model_name)
         metrics = store.run_metrics([v.run_id for v in versions if v.run_id])
         live = live_versions.get(model_name)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kernel_magics import api, display
+from kernel_magics import api, display_status
 from kernel_magics.argtypes import positive_int
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput
@@ -32,8 +32,8 @@ def _status(args: argparse.Namespace, settings: Settings) -> Rendered:
     status = api.server_status(settings=settings)
     document = {"running": True, **status.to_wire()} if status else {"running": False}
     return Rendered(
-        display.status_text(status),
-        display.status_html(status),
+        display_status.status_text(status),
+        display_status.status_html(status),
         document,
         EXIT_OK if status else EXIT_NOT_RUNNING,
     )
@@ -48,12 +48,14 @@ def _start(args: argparse.Namespace, settings: Settings) -> Rendered:
         settings=settings,
     )
     document = status.to_wire() if status else None
-    return Rendered(display.status_text(status), display.status_html(status), document)
+    return Rendered(
+        display_status.status_text(status), display_status.status_html(status), document
+    )
 
 
 def _stop(args: argparse.Namespace, settings: Settings) -> Rendered:
     stopped = api.server_stop(settings=settings)
-    return Rendered(display.stopped_line(stopped), document={"stopped": stopped})
+    return Rendered(display_status.stopped_line(stopped), document={"stopped": stopped})
 
 
 def _logs(args: argparse.Namespace, settings: Settings) -> Rendered:
@@ -68,7 +70,7 @@ def _token(args: argparse.Namespace, settings: Settings) -> Rendered:
         return Rendered(f"Token {args.revoke!r} revoked.")
     if args.list:
         named = api.token_list(settings=settings)
-        return Rendered(display.tokens_text(named), document=named)
+        return Rendered(display_status.tokens_text(named), document=named)
     return Rendered(api.server_token(settings=settings))
 
 

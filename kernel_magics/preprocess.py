@@ -16,6 +16,7 @@ numpy and pandas only: the inference process imports this module.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -91,6 +92,11 @@ class Column:
     def width(self) -> int:
         return len(self.categories) if self.categories is not None else 1
 
+    @functools.cached_property
+    def index(self) -> dict[str, int]:
+        """Category → its 0/1 column; built once, not on every request."""
+        return {c: i for i, c in enumerate(self.categories or ())}
+
 
 @dataclass(frozen=True)
 class TableEncoder:
@@ -112,7 +118,7 @@ class TableEncoder:
         columns = []
         for name in frame.columns:
             series = frame[name]
-            if _is_numeric(series.dtype):
+            if numeric_dtype(series.dtype):
                 columns.append(Column(str(name)))
                 continue
             if series.isna().any():
@@ -155,9 +161,10 @@ class TableEncoder:
             if column.categories is None:
                 out[:, at] = _numbers(values, column.name)
             else:
-                index = {c: i for i, c in enumerate(column.categories)}
                 codes = np.fromiter(
-                    (index.get(_label(v), -1) for v in values), dtype=np.int64, count=len(values)
+                    (column.index.get(_label(v), -1) for v in values),
+                    dtype=np.int64,
+                    count=len(values),
                 )
                 if (codes < 0).any():
                     bad = values[int(np.flatnonzero(codes < 0)[0])]
@@ -231,7 +238,8 @@ def read_encoder(model_folder: Path) -> TableEncoder | None:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _is_numeric(dtype: Any) -> bool:
+def numeric_dtype(dtype: Any) -> bool:
+    """Numbers or booleans (not complex): what a model takes as it is, without encoding."""
     import pandas as pd
 
     return pd.api.types.is_bool_dtype(dtype) or (

@@ -269,7 +269,15 @@ class Store:
             raise NotFound(f"model {name!r} has no {what} (versions: {have})") from None
 
     def model_names(self) -> list[str]:
-        return sorted(rm.name for rm in self._registered_models())
+        return sorted(self.live_by_model())
+
+    def live_by_model(self) -> dict[str, int | None]:
+        """Every registered model and its live version (None: nothing live), in one search."""
+        live: dict[str, int | None] = {}
+        for rm in self._registered_models():
+            aliases = getattr(rm, "aliases", None) or {}
+            live[rm.name] = int(aliases[LIVE_ALIAS]) if LIVE_ALIAS in aliases else None
+        return live
 
     def _registered_models(self) -> list[Any]:
         """Every registered model, page by page (MLflow answers 100 per page by default)."""
@@ -307,12 +315,7 @@ class Store:
             return None
 
     def live_models(self) -> dict[str, int]:
-        live = {}
-        for rm in self._registered_models():
-            aliases = getattr(rm, "aliases", None) or {}
-            if LIVE_ALIAS in aliases:
-                live[rm.name] = int(aliases[LIVE_ALIAS])
-        return live
+        return {name: v for name, v in self.live_by_model().items() if v is not None}
 
     def set_live(self, name: str, version: int | None) -> None:
         """Point the live alias at ``version`` (``None`` removes it), under the write lock."""

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from IPython.core.error import UsageError
 
-from kernel_magics import api, display
+from kernel_magics import api, display, display_status
 from kernel_magics.config import Settings
 from kernel_magics.errors import DeployFailed
 from kernel_magics.magics import KernelMagics, split_args
@@ -216,7 +216,7 @@ def test_models_and_status_without_a_server(ns: Any, capsys: pytest.CaptureFixtu
     listed = json.loads(capsys.readouterr().out)
     assert {m["name"] for m in listed} >= {"net", "frame"}
     ns.run_line_magic("serve", "status")
-    assert capsys.readouterr().out.strip() == display.NOT_RUNNING
+    assert capsys.readouterr().out.strip() == display_status.NOT_RUNNING
     ns.run_line_magic("serve", "status --json")
     assert json.loads(capsys.readouterr().out) == {"running": False}
     ns.run_line_magic("history", "net")
@@ -271,13 +271,13 @@ def test_transition_lines() -> None:
 def test_status_history_and_predictions_views() -> None:
     models = {"digits": ModelState("digits", 3, state="ready"), "prices": ModelState("prices", 1)}
     status = ServerStatus("http://127.0.0.1:5000", 42, "ready", workers=(43, 44), models=models)
-    text = display.status_text(status)
+    text = display_status.status_text(status)
     assert (
         text.splitlines()[0]
         == "Inference process at http://127.0.0.1:5000 (pid 42, 2 workers, ready)"
     )
     assert "digits" in text and "v3 (ready)" in text and "v1" in text
-    assert "<table" in display.status_html(status)
+    assert "<table" in display_status.status_html(status)
     events = [
         HistoryEvent("2026-01-01T10:00:00.1+00:00", "deploy", None, 1),
         HistoryEvent("2026-01-01T10:05:00.1+00:00", "rollback", 2, 1),

@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kernel_magics.errors import InvalidInput
-from kernel_magics.optimize.measure import Figures, Validation, measure, one_thread, quality
+from kernel_magics.optimize.measure import (
+    Figures,
+    Validation,
+    encoded,
+    measure,
+    one_thread,
+    quality,
+)
 from kernel_magics.preprocess import read_encoder
 from kernel_magics.store import TAG_FORMAT, Store, parse_ref, retry_locked, validate_name
 
@@ -181,7 +188,7 @@ def _load_parent(store: Store, name: str, ref: str | None) -> Parent:
         raise InvalidInput(f"{name}@{info.version} has no input example to export or measure with")
     example, _ = example_rows(example.astype(signature.dtype))
     model = served(folder, fmt, f"{name}@{info.version}")
-    out = model.forward(model.check(example, len(example)))
+    out = model.forward(encoded(model, example))
     classes = int(out.shape[-1]) if info.task == "classification" and out.ndim == 2 else None
     return Parent(
         ref=f"{name}@{info.version}",
@@ -189,7 +196,7 @@ def _load_parent(store: Store, name: str, ref: str | None) -> Parent:
         format=fmt,
         example=example,
         module=_torch_module(folder, fmt),
-        forward=lambda X: model.forward(model.check(X, len(X))),
+        forward=lambda X: model.forward(encoded(model, X)),
         classes=classes,
         task=info.task,
         labels=info.classes,

@@ -72,9 +72,6 @@ def served(folder: str | Path, fmt: str | None, label: str = "model") -> Any:
 
     model = LoadedModel(label, 0, str(folder), "", None, max(BATCHES), 0.0, format=fmt)
     model.load()
-    # Optimization measures and compares graphs on the encoded rows they take; a declared
-    # encoding step (preprocess.py) is carried to the new version unchanged, not re-applied.
-    model.encoder = None
     return model
 
 
@@ -158,10 +155,17 @@ def measure(
         latency = {n: p50_us(model.forward, batch[n]) for n in BATCHES}
         metrics = {}
         if val is not None:
-            metrics = quality(predict_all(model.forward, model.check(val.X, len(val.X))), val)
+            metrics = quality(predict_all(model.forward, encoded(model, val.X)), val)
     return Figures(label, fmt, path.stat().st_size, count_params(path, fmt), latency, metrics)
 
 
 def _rows(rows: np.ndarray, n: int, model: Any) -> np.ndarray:
     reps = -(-n // len(rows))
-    return model.check(np.concatenate([rows] * reps)[:n], n)
+    return encoded(model, np.concatenate([rows] * reps)[:n])
+
+
+def encoded(model: Any, rows: np.ndarray) -> np.ndarray:
+    """``rows`` checked as the graph takes them. Optimization measures and compares graphs on
+    the encoded rows they take: a declared encoding step (preprocess.py) is carried to the new
+    version, not applied here."""
+    return model.check(rows, len(rows), table_rows=False)

@@ -12,14 +12,13 @@ makes torchrun stop the others.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from kernel_magics.errors import InvalidInput, first_line
+from kernel_magics.errors import first_line
 from kernel_magics.training.distributed import (
     EVENTS,
     NODE,
@@ -75,17 +74,9 @@ def main(workdir: Path) -> None:
             losses: list[float] = []
             order = torch.tensor(list(sampler))
             for idx in torch.split(order, batch):
-                x, y = data.X_train[idx].to(device), data.y_train[idx].to(device)
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(fit_module._forward(ddp, x, data.task), y)
-                loss.backward()
-                opt.step()
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise InvalidInput(
-                        f"training diverged at epoch {epoch}/{config.epochs}: the loss became "
-                        f"{value}; try a smaller lr or scale the features"
-                    )
+                value = fit_module.train_step(
+                    ddp, opt, loss_fn, data, idx, device, epoch, config.epochs
+                )
                 total += torch.tensor([value * len(idx), len(idx)], dtype=torch.float64)
                 losses.append(value)
             dist.all_reduce(total)  # the epoch's mean loss over every rank's rows

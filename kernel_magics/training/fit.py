@@ -276,6 +276,33 @@ def _as_loss_input(out: torch.Tensor, task: str) -> torch.Tensor:
     return out.reshape(-1, 1) if task == "regression" and out.ndim == 1 else out
 
 
+def train_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: Loss,
+    data: PreparedData,
+    idx: torch.Tensor,
+    device: torch.device,
+    epoch: int,
+    epochs: int,
+) -> float:
+    """One optimizer step on the training rows ``idx``; its loss. One process or one DDP rank
+    (``ddp_worker``) alike; a loss that stops being finite ends the training in one line."""
+    x = data.X_train[idx].to(device)
+    y = data.y_train[idx].to(device)
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(_forward(model, x, data.task), y)
+    loss.backward()
+    opt.step()
+    value = loss.item()
+    if not math.isfinite(value):
+        raise InvalidInput(
+            f"training diverged at epoch {epoch}/{epochs}: the loss became {value}; "
+            "try a smaller lr or scale the features"
+        )
+    return value
+
+
 def _train_epoch(
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
@@ -294,18 +321,7 @@ def _train_epoch(
     total, seen = 0.0, 0
     should_stop = stop_check(reporter)
     for idx in torch.split(order, sizes):
-        x = data.X_train[idx].to(device)
-        y = data.y_train[idx].to(device)
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(_forward(model, x, data.task), y)
-        loss.backward()
-        opt.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise InvalidInput(
-                f"training diverged at epoch {epoch}/{epochs}: the loss became {value}; "
-                "try a smaller lr or scale the features"
-            )
+        value = train_step(model, opt, loss_fn, data, idx, device, epoch, epochs)
         total += value * len(idx)
         seen += len(idx)
         reporter.step(value)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from kernel_magics.errors import InvalidInput, first_line
+from kernel_magics.preprocess import numeric_dtype
 
 KEPT_DTYPES = (np.dtype(np.int64), np.dtype(np.bool_))
 
@@ -76,12 +77,6 @@ def plain(value: Any) -> Any:
     """numpy scalars (and 0-d arrays or tensors) become Python values, so labels and metrics
     compare, print and JSON-encode simply."""
     return value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value
-
-
-def numeric_dtype(dtype: Any) -> bool:
-    return pd.api.types.is_bool_dtype(dtype) or (
-        pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype)
-    )
 
 
 def names(columns: Any, limit: int = 8) -> str:

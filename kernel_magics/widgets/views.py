@@ -11,7 +11,7 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kernel_magics import display
+from kernel_magics import display, display_status
 from kernel_magics.records import RecentError, ServerStatus
 from kernel_magics.store import TAG_PARENT, TAG_RECIPE
 from kernel_magics.widgets.rates import ModelRates, TokenRates
@@ -106,9 +106,9 @@ def _error_lines(errors: Sequence[RecentError], only: str | None) -> list[str]:
 
 def monitor_title(status: ServerStatus | None, only: str | None) -> str:
     if status is None:
-        return display.NOT_RUNNING
+        return display_status.NOT_RUNNING
     what = f"{only} — " if only else ""
-    return f"{what}{display.status_line(status)}, snapshot {_clock(status.snapshot_at)}"
+    return f"{what}{display_status.status_line(status)}, snapshot {_clock(status.snapshot_at)}"
 
 
 def monitor_text(
@@ -118,7 +118,7 @@ def monitor_text(
     only: str | None = None,
 ) -> str:
     if status is None:
-        return display.NOT_RUNNING
+        return display_status.NOT_RUNNING
     lines = [monitor_title(status, only)]
     if rates:
         lines.append(display.text_table(MONITOR_HEADERS, _rate_rows(rates)))
@@ -145,7 +145,7 @@ def monitor_html(
     """The monitor's figures as HTML (``title``: with its heading line; the widget has its
     own)."""
     if status is None:
-        return f"<p>{html.escape(display.NOT_RUNNING)}</p>"
+        return f"<p>{html.escape(display_status.NOT_RUNNING)}</p>"
     parts = [f"<p><b>{html.escape(monitor_title(status, only))}</b></p>"] if title else []
     if rates:
         parts.append(_table_html(MONITOR_HEADERS, _rate_rows(rates)))

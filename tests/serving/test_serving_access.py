@@ -13,7 +13,7 @@ import pytest
 import requests
 from servekit import MLP, log_model, rows
 
-from kernel_magics import api, display
+from kernel_magics import api, display_status
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, NotFound
 from kernel_magics.records import TokenUsage
@@ -55,7 +55,7 @@ def test_named_token_is_metered_then_revoked(deployed, client, settings):
     assert usage["dashboard"].requests == before.requests + 2
     assert usage["dashboard"].rows == before.rows + 8
     assert usage["default"].rows >= 2
-    text = display.status_text(api.server_status(settings=settings))
+    text = display_status.status_text(api.server_status(settings=settings))
     assert "usage by token:" in text and "dashboard" in text
     assert [t["name"] for t in api.token_list(settings=settings)] == ["dashboard"]
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 from servekit import MLP, auth, log_model, rows
 
-from kernel_magics import display
+from kernel_magics import display_status
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput
 from kernel_magics.store import Store
@@ -122,7 +122,8 @@ def test_canary_takes_its_exact_share(client: LocalTarget, mlp: str) -> None:
     info = requests.get(f"{client.url}/v1/models/{mlp}", headers=auth(client)).json()
     assert info["version"] == 1 and info["canary"] == {"version": 2, "percent": 10}
     assert client.model(mlp).canary == {"version": 2, "percent": 10}  # the record, too
-    assert "v1 (live) + canary v2 at 10%" in display.status_text(client.status())  # %serve status
+    shown = display_status.status_text(client.status())  # what %serve status prints
+    assert "v1 (live) + canary v2 at 10%" in shown
 
 
 def test_a_request_id_always_gets_the_same_version(client: LocalTarget, mlp: str) -> None:
