@@ -77,14 +77,22 @@ class UiEvents:
         session = self._kernel.session
         try:
             idents, rest = session.feed_identities(frames, copy=False)
-            msg = session.deserialize(rest, content=True, copy=False)
+            # Peek first (content=False checks the signature without recording it): a full
+            # deserialize records the HMAC signature, and the kernel would refuse the held
+            # message as a "Duplicate Signature" when it is handed back after the cell.
+            header = session.deserialize(rest, content=False, copy=False)["header"]
         except Exception:
             return False  # not ours to judge: the kernel sees it after the cell
-        if msg["header"].get("msg_type") not in _HANDLED:
+        if header.get("msg_type") not in _HANDLED:
             return False
         handler = self._kernel.shell_handlers.get("comm_msg")
         if handler is None:
             return False
+        try:  # ours from here on: consumed, so recording its signature is right
+            msg = session.deserialize(rest, content=True, copy=False)
+        except Exception:
+            log.warning("a widget message with a bad signature was dropped")
+            return True
         stream = self._kernel.shell_channel_thread.manager.get_subshell_to_shell_channel_socket(
             None
         )
@@ -93,6 +101,13 @@ class UiEvents:
         except Exception:
             log.exception("a widget message failed")
         return True
+
+    async def _dispatch(self, frames: list[Any]) -> None:
+        # The same two hops as a message the kernel reads itself (its stream's callback is
+        # ``_async_in_context(shell_main)``: a future that creates the shell_main task). A message
+        # the kernel read before this cell began may still be on its way through those hops;
+        # with as many hops, it reaches the shell's lock first, so the order stays the order sent.
+        await asyncio.create_task(self._kernel.shell_main(None, frames))
 
     def release(self) -> None:
         """Give the held messages back to the kernel in their order: they run once the cell is
@@ -107,7 +122,7 @@ class UiEvents:
                 log.warning("%d kernel messages could not be handed back", len(held))
             return
         for frames in held:
-            loop.create_task(self._kernel.shell_main(None, frames))
+            asyncio.ensure_future(self._dispatch(frames))
         # Reading the socket here may have used up its edge-triggered readiness signal: flush
         # whatever arrived since, through the stream's own callback, once the loop runs again.
         stream = getattr(self._pair, "to_stream", None)
