@@ -34,6 +34,7 @@ from kernel_magics.errors import KernelMagicsError
 from kernel_magics.serving.control.transitions import LiveModel, run_transition
 from kernel_magics.serving.process import ipc
 from kernel_magics.serving.process.pool import WorkerProcesses
+from kernel_magics.serving.request.connections import raise_open_files_limit
 from kernel_magics.serving.request.protocol import (
     Connection,
     Request,
@@ -273,6 +274,7 @@ def main() -> int:
         format="%(asctime)s supervisor[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    raise_open_files_limit()  # the workers it starts inherit it
     runner: Callable[[Coroutine[Any, Any, int]], int]
     try:
         import uvloop
