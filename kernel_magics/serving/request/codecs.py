@@ -12,7 +12,7 @@ import math
 import numpy as np
 import orjson
 
-from kernel_magics.errors import InvalidInput, first_line
+from kernel_magics.errors import InvalidInput, clip, first_line
 
 NPY = b"application/x-npy"
 _MAGIC = b"\x93NUMPY"
@@ -77,7 +77,7 @@ def json_rows(body: bytes) -> np.ndarray:
         if rows is None:
             raise InvalidInput('body needs an "instances" or "inputs" key holding a list of rows')
     if len(doc) != 1:
-        extra = ", ".join(repr(k) for k in doc if k not in ("instances", "inputs"))
+        extra = clip(", ".join(repr(k) for k in doc if k not in ("instances", "inputs")))
         raise InvalidInput(
             'give exactly one of "instances" or "inputs"'
             + (f"; unknown key(s) {extra}" if extra else "")

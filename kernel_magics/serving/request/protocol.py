@@ -318,7 +318,7 @@ class Connection(asyncio.Protocol):
                 try:
                     self.handler(req, self)
                 except Exception as err:  # a bug: answer it, keep the process serving
-                    log.exception("unhandled error on %s %s", req.method, req.path)
+                    log.exception("unhandled error on %s %s", req.method, clip(req.path))
                     if self.busy:
                         self.send(500, error_body(f"internal error: {type(err).__name__}"), req=req)
             if self._paused and len(self.queue) < _MAX_QUEUED // 2 and self.transport:

@@ -99,7 +99,8 @@ def _check_outputs(outputs: Any) -> None:
         raise InvalidInput('"outputs" must be a list of {"name": ...} objects')
     unknown = [str(o.get("name")) for o in outputs if o.get("name") != OUTPUT]
     if unknown:
-        raise InvalidInput(f"unknown output(s) {', '.join(unknown)}: this model has {OUTPUT!r}")
+        shown = clip(", ".join(unknown))
+        raise InvalidInput(f"unknown output(s) {shown}: this model has {OUTPUT!r}")
 
 
 def _tensor(t: Any) -> np.ndarray:
