@@ -267,7 +267,7 @@ class Store:
                 return self._info(self.client.get_model_version(name, str(version)))
             return self._info(self.client.get_model_version_by_alias(name, str(ref)))
         except MlflowException:
-            numbered = isinstance(ref, int) or is_version_text(ref)
+            numbered = isinstance(ref, int) or is_version_text(str(ref))
             what = f"version {ref}" if numbered else f"alias {clip(ref)!r}"
             have = ", ".join(str(v.version) for v in self.versions(name))
             raise NotFound(f"model {name!r} has no {what} (versions: {have})") from None
