@@ -182,11 +182,6 @@ class Connection(asyncio.Protocol):
         self._head_began = False
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as err:
-            if not isinstance(err.__context__, HeadTooLarge):
-                raise
-            self._fail(431, str(err.__context__))
-            return
         except httptools.HttpParserUpgrade:
             # The upgrade request itself was parsed and is answered as plain HTTP (RFC 9110
             # lets a server ignore Upgrade), then the connection closes (keep_alive is False):
@@ -194,7 +189,10 @@ class Connection(asyncio.Protocol):
             if not self.busy and not self.queue:
                 self._fail(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as err:
-            self._fail(400, f"malformed HTTP request: {err}")
+            if isinstance(err.__context__, HeadTooLarge):  # raised by on_url / on_header
+                self._fail(431, str(err.__context__))
+            else:
+                self._fail(400, f"malformed HTTP request: {err}")
             return
         if self._in_head and not self._head_began:
             # A header name or value still incomplete is buffered inside the parser, which
