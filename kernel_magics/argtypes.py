@@ -7,6 +7,9 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from kernel_magics.errors import InvalidInput, clip
+from kernel_magics.naming import parse_version
+
 
 def number(kind: type, minimum: float, *, inclusive: bool = True) -> Callable[[str], Any]:
     """An argparse type that rejects out-of-range values (``--epochs -1``) at parse time."""
@@ -15,10 +18,11 @@ def number(kind: type, minimum: float, *, inclusive: bool = True) -> Callable[[s
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+            message = f"expected {kind.__name__}, got {clip(text)!r}"
+            raise argparse.ArgumentTypeError(message) from None
         if value < minimum or (value == minimum and not inclusive):
             raise argparse.ArgumentTypeError(
-                f"must be {'>=' if inclusive else '>'} {minimum}, got {text}"
+                f"must be {'>=' if inclusive else '>'} {minimum}, got {clip(text)}"
             )
         return value
 
@@ -30,5 +34,8 @@ non_negative_float = number(float, 0)
 
 
 def version(text: str) -> int:
-    """A version number, written ``2`` or ``v2``."""
-    return positive_int(text.removeprefix("v"))
+    """A version number, written ``2`` or ``v2`` (the one rule: ``naming.parse_version``)."""
+    try:
+        return parse_version(text)
+    except InvalidInput as err:
+        raise argparse.ArgumentTypeError(str(err)) from None

@@ -53,6 +53,13 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     max_rows: int = 65536
     request_timeout_s: float = 30.0
+    # Connections of the inference process (per worker): a client that has not sent a whole
+    # request head within header_timeout_s of starting it (or of connecting) gets 408; an idle
+    # keep-alive connection closes after idle_timeout_s; past max_connections open ones a new
+    # client gets 503 instead of a reset (the cap never exceeds what the open-file limit allows).
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 60.0
+    max_connections: int = 10000
 
     # -- derived paths -----------------------------------------------------------------------
     @property

@@ -50,6 +50,24 @@ class StoreError(KernelMagicsError):
     http_status = 503
 
 
+QUOTE_CHARS = 200  # the most of a client's input an error message or log line repeats
+
+
+def clip(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``value`` as text, at most ``limit`` characters and then how long it was: every message
+    and log line that quotes input (a name, a category, a version, a header) goes through it, so
+    no answer grows with what a client sent."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        text = bytes(value[: limit + 1]).decode("latin-1")
+        size = len(value)
+    else:
+        text = value if isinstance(value, str) else str(value)
+        size = len(text)
+    if size <= limit:
+        return text
+    return f"{text[:limit]}… ({size} characters)"
+
+
 def first_line(err: BaseException | str, limit: int = 300) -> str:
     """The first non-empty line of an error, at most ``limit`` characters; the exception's
     type name when it has no message. Our own errors are one line already; library errors

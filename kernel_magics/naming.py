@@ -1,8 +1,9 @@
-"""The model-name rule, defined once: names travel in URLs and file paths, so letters, digits,
-'-', '_' and '.' only, not starting with '.', at most 128 characters.
+"""The model-name and version rules, defined once: names travel in URLs and file paths, so
+letters, digits, '-', '_' and '.' only, not starting with '.', at most 128 characters; versions
+are whole numbers from 1 to ``VERSION_MAX``.
 
 ``store.validate_name`` and the OpenAPI document (``serving/request/openapi.py``) both derive
-from these constants. No imports: every process may import it.
+from these constants. Nothing heavy imported: every process may import it.
 """
 
 from __future__ import annotations
@@ -20,3 +21,34 @@ NAME_PATTERN = f"^[{_FIRST}][{_REST}]{{0,{NAME_MAX_LENGTH - 1}}}$"
 def is_valid_name(name: str) -> bool:
     """True when ``name`` follows the rule (the same as ``NAME_PATTERN``)."""
     return 0 < len(name) <= NAME_MAX_LENGTH and set(name) <= NAME_CHARS and not name.startswith(".")
+
+
+# -- versions -----------------------------------------------------------------------------------
+# The version rule, defined once: a registry version is a whole number from 1, written in ASCII
+# digits (an optional leading 'v' where a person types it). Nine digits are far more versions
+# than a registry holds, and bounding the text before int() keeps a 5,000-digit "version" from
+# costing a quadratic conversion or tripping Python's int-to-str limit.
+VERSION_MAX = 999_999_999
+
+
+def is_version_text(ref: str) -> bool:
+    """True when ``ref`` is meant as a version number (ASCII digits), not an alias."""
+    return ref.isascii() and ref.isdigit()
+
+
+def parse_version(ref: object) -> int:
+    """``ref`` (an int, or ASCII digits, optionally after 'v') as a version number; InvalidInput
+    naming the rule otherwise."""
+    from kernel_magics.errors import InvalidInput, clip
+
+    text = ref.removeprefix("v") if isinstance(ref, str) else ref
+    if isinstance(text, str) and is_version_text(text):
+        digits = text.lstrip("0")
+        number = int(digits) if 0 < len(digits) <= len(str(VERSION_MAX)) else -1
+    elif isinstance(text, int) and not isinstance(text, bool):
+        number = text if 0 < text <= VERSION_MAX else -1
+    else:
+        raise InvalidInput(f"{clip(ref)!r} is not a version number")
+    if not 1 <= number <= VERSION_MAX:
+        raise InvalidInput(f"version {clip(ref)} is out of range: versions are 1 to {VERSION_MAX}")
+    return number

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from kernel_magics.errors import InvalidInput
+from kernel_magics.errors import InvalidInput, clip
 
 SCALES = ("standard", "minmax", "none")
 ENCODINGS = ("onehot", "none")
@@ -169,7 +169,7 @@ class TableEncoder:
                 if (codes < 0).any():
                     bad = values[int(np.flatnonzero(codes < 0)[0])]
                     raise InvalidInput(
-                        f"column {column.name!r} has the value {_label(bad)!r}, not seen in "
+                        f"column {column.name!r} has the value {clip(_label(bad))!r}, not seen in "
                         f"training (known: {_shown(column.categories)})"
                     )
                 out[np.arange(len(frame)), at + codes] = 1.0

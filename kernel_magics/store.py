@@ -26,8 +26,8 @@ from kernel_magics.config import (
     LIVE_ALIAS,
     Settings,
 )
-from kernel_magics.errors import InvalidInput, NotFound, StoreError
-from kernel_magics.naming import NAME_MAX_LENGTH, is_valid_name
+from kernel_magics.errors import InvalidInput, NotFound, StoreError, clip
+from kernel_magics.naming import NAME_MAX_LENGTH, is_valid_name, is_version_text, parse_version
 from kernel_magics.serving.deploy_options import DEPLOY_OPTIONS
 
 if TYPE_CHECKING:
@@ -73,7 +73,9 @@ def parse_ref(text: str) -> tuple[str, str | None]:
     name, _, ref = text.partition("@")
     validate_name(name)
     if "@" in text and not ref:
-        raise InvalidInput(f"{text!r}: nothing after '@' (use NAME@VERSION or NAME@ALIAS)")
+        raise InvalidInput(f"{clip(text)!r}: nothing after '@' (use NAME@VERSION or NAME@ALIAS)")
+    if ref and is_version_text(ref):
+        ref = str(parse_version(ref))
     return name, ref or None
 
 
@@ -260,11 +262,13 @@ class Store:
                 if not versions:
                     raise NotFound(f"model {name!r} has no versions")
                 return versions[-1]
-            if isinstance(ref, int) or str(ref).isdigit():
-                return self._info(self.client.get_model_version(name, str(int(ref))))
+            if isinstance(ref, int) or is_version_text(ref):
+                version = parse_version(ref)
+                return self._info(self.client.get_model_version(name, str(version)))
             return self._info(self.client.get_model_version_by_alias(name, str(ref)))
         except MlflowException:
-            what = f"version {ref}" if str(ref).isdigit() else f"alias {ref!r}"
+            numbered = isinstance(ref, int) or is_version_text(str(ref))
+            what = f"version {ref}" if numbered else f"alias {clip(ref)!r}"
             have = ", ".join(str(v.version) for v in self.versions(name))
             raise NotFound(f"model {name!r} has no {what} (versions: {have})") from None
 

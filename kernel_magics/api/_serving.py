@@ -10,6 +10,7 @@ from kernel_magics.api._context import _settings, _store, _target, _version_info
 from kernel_magics.catalog import ModelSummary
 from kernel_magics.config import Settings
 from kernel_magics.errors import ServiceUnavailable
+from kernel_magics.naming import parse_version
 from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
 from kernel_magics.serving import tokens
 from kernel_magics.store import parse_ref, validate_name
@@ -65,7 +66,8 @@ def rollback(
     validate_name(name)
     s = _settings(settings)
     serving = _target(s)
-    check = (lambda: _store(s).resolve(name, int(to))) if to is not None else None
+    to = parse_version(to) if to is not None else None
+    check = (lambda: _store(s).resolve(name, to)) if to is not None else None
     serving.ensure_running(check=check)
     return serving.rollback(name, to)
 

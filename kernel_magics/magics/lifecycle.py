@@ -59,6 +59,9 @@ class KernelMagics(Magics, Configurable):
     max_body_bytes = _setting(Int, "max_body_bytes", "largest request body accepted")
     max_rows = _setting(Int, "max_rows", "most rows one prediction request may carry")
     request_timeout_s = _setting(Float, "request_timeout_s", "seconds before a request gives up")
+    header_timeout_s = _setting(Float, "header_timeout_s", "seconds a client has to send a head")
+    idle_timeout_s = _setting(Float, "idle_timeout_s", "seconds an idle connection stays open")
+    max_connections = _setting(Int, "max_connections", "open connections per worker (then 503)")
     progress = CaselessStrEnum(
         ["auto", "widget", "text", "none"],
         default_value="auto",

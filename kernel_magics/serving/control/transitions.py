@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import orjson
 
 from kernel_magics.errors import InvalidInput, KernelMagicsError
+from kernel_magics.naming import is_version_text, parse_version
 from kernel_magics.records import HistoryEvent, ModelSpec
 from kernel_magics.serving.deploy_options import (
     CANARY_MAX,
@@ -251,7 +252,8 @@ def parse_manage_body(action: str, raw: bytes) -> tuple[Any, dict]:
     if ref is not None:
         if isinstance(ref, bool) or not isinstance(ref, int | str) or ref == "":
             raise InvalidInput('"ref" must be a version number, an alias or null')
-        ref = str(ref)
+        if isinstance(ref, int) or is_version_text(ref):
+            ref = str(parse_version(ref))
     unknown = set(doc) - {"ref", "canary", *DEPLOY_OPTIONS}
     if unknown:
         raise InvalidInput(f"unknown deploy option(s): {', '.join(sorted(unknown))}")
@@ -296,8 +298,9 @@ def _rollback_target(doc: dict) -> int | None:
     if set(doc) - {"to"}:
         raise InvalidInput(f"unknown rollback option(s): {', '.join(sorted(set(doc) - {'to'}))}")
     to = doc.get("to")
-    if to is not None and (isinstance(to, bool) or not isinstance(to, int | str)):
-        raise InvalidInput('"to" must be a version number or null')
-    if isinstance(to, str) and not to.isdigit():
-        raise InvalidInput(f'"to" must be a version number, got {to!r}')
-    return int(to) if to is not None else None
+    if to is None:
+        return None
+    try:
+        return parse_version(to)
+    except InvalidInput as err:
+        raise InvalidInput(f'"to" must be a version number: {err}') from None

@@ -30,10 +30,11 @@ import orjson
 
 from kernel_magics._files import write_atomic
 from kernel_magics.config import PREFERRED_PORT_ENV, Settings, load_settings
-from kernel_magics.errors import KernelMagicsError
+from kernel_magics.errors import KernelMagicsError, clip
 from kernel_magics.serving.control.transitions import LiveModel, run_transition
 from kernel_magics.serving.process import ipc
 from kernel_magics.serving.process.pool import WorkerProcesses
+from kernel_magics.serving.request.connections import raise_open_files_limit
 from kernel_magics.serving.request.protocol import (
     Connection,
     Request,
@@ -244,7 +245,7 @@ class Supervisor:
         try:
             await run_transition(self.pool, self.lifecycle, name, action, req.body, answer)
         except Exception as err:  # never leave a relayed call unanswered
-            log.exception("%s %s failed", action, name)
+            log.exception("%s %s failed", action, clip(name))
             if not answered:
                 answer(503, {"error": f"{action} failed: {describe_error(err)}"})
 
@@ -273,6 +274,7 @@ def main() -> int:
         format="%(asctime)s supervisor[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    raise_open_files_limit()  # the workers it starts inherit it
     runner: Callable[[Coroutine[Any, Any, int]], int]
     try:
         import uvloop

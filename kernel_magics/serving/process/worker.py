@@ -26,6 +26,7 @@ from pathlib import Path
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.serving import WARMUP_MODEL
+from kernel_magics.serving.request.connections import Connections, raise_open_files_limit
 
 
 def _import_torch(settings: Settings) -> None:
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     started = time.perf_counter()
+    open_files = raise_open_files_limit()
     _import_torch(settings)
 
     import uvloop
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         control_path.unlink()
 
     servers: list[asyncio.AbstractServer] = []
+    connections = Connections.for_settings(settings, open_files)
 
     async def serve_public() -> None:
         """Called by the supervisor once the live models are loaded: accepting earlier would
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         if not servers:
             servers.append(
                 await loop.create_server(
-                    lambda: Connection(app.handle_public, settings.max_body_bytes),
+                    lambda: Connection(app.handle_public, settings.max_body_bytes, connections),
                     sock=listen,
                     backlog=1024,
                 )
@@ -142,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers:
             server.close()
+        connections.close()
         control.close()
         app.close()
         with contextlib.suppress(FileNotFoundError):

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kernel_magics.config import Settings
-from kernel_magics.errors import InvalidInput
+from kernel_magics.errors import InvalidInput, clip
 from kernel_magics.serving.control.worker_routes import ControlRoutes
 from kernel_magics.serving.process import ipc
 from kernel_magics.serving.request import invocations, metrics, v2
@@ -133,7 +133,7 @@ class WorkerApp(ControlRoutes):
     def _method(self, req: Request, conn: Connection, allowed: bytes) -> bool:
         if req.method == allowed:
             return True
-        msg = f"method {req.method.decode()} is not allowed on {req.path.decode('latin-1')}"
+        msg = f"method {req.method.decode()} is not allowed on {clip(req.path)}"
         conn.send(
             405,
             error_body(f"{msg}; use {allowed.decode()}"),
@@ -308,7 +308,7 @@ class WorkerApp(ControlRoutes):
                 str(self.settings.control_socket), "POST", target, bytes(req.body), _RELAY_TIMEOUT
             )
         except (ConnectionError, TimeoutError, OSError) as err:
-            log.warning("relay %s failed: %s", target, err)
+            log.warning("relay %s failed: %s", clip(target), err)
             status, body = (
                 503,
                 error_body("the supervisor is not reachable; retry in a few seconds"),

@@ -12,12 +12,24 @@ import math
 import numpy as np
 import orjson
 
-from kernel_magics.errors import InvalidInput
+from kernel_magics.errors import InvalidInput, clip, first_line
 
 NPY = b"application/x-npy"
 _MAGIC = b"\x93NUMPY"
 _NPY_KINDS = frozenset("fiub")  # numbers and booleans; never objects (pickles) or strings
+# numpy itself refuses to read .npy headers over 10,000 bytes (numpy.lib.format); ours are ~100.
+NPY_MAX_HEADER = 10_000
+# The rank and size rule every decoded tensor meets (.npy and the v2 protocol), before numpy sees
+# the shape: numpy refuses more than 64 dimensions or more bytes than an address holds (a 500
+# otherwise); no model served here takes more than a handful of dimensions.
+MAX_RANK = 32
+_MAX_NBYTES = 2**63 - 1
+# Headers of requests that decoded, so a client sending the same shape parses it once; bounded
+# in entries and bytes, whatever clients send.
+_HEADER_CACHE_ENTRIES = 1024
+_HEADER_CACHE_BYTES = 1 << 20
 _header_cache: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
+_header_cache_bytes = 0
 _encode_cache: dict[tuple[str, tuple[int, ...]], bytes] = {}
 
 
@@ -65,7 +77,7 @@ def json_rows(body: bytes) -> np.ndarray:
         if rows is None:
             raise InvalidInput('body needs an "instances" or "inputs" key holding a list of rows')
     if len(doc) != 1:
-        extra = ", ".join(repr(k) for k in doc if k not in ("instances", "inputs"))
+        extra = clip(", ".join(repr(k) for k in doc if k not in ("instances", "inputs")))
         raise InvalidInput(
             'give exactly one of "instances" or "inputs"'
             + (f"; unknown key(s) {extra}" if extra else "")
@@ -84,6 +96,31 @@ def json_rows(body: bytes) -> np.ndarray:
         ) from None
 
 
+# -- shapes -------------------------------------------------------------------------------------
+def check_shape(shape: object, itemsize: int) -> tuple[int, ...]:
+    """A tensor shape a request declares (a .npy header's tuple, a v2 ``shape`` list) as a tuple;
+    InvalidInput naming the problem: not a list of whole numbers ≥ 0, more than ``MAX_RANK``
+    dimensions, or more bytes than an array can hold (its non-zero dimensions times
+    ``itemsize``: numpy's own rule, so an empty ``(0, 10**30)`` is refused too). Dimensions are
+    never printed: a 10,000-digit one would not even convert to text."""
+    if not isinstance(shape, tuple | list):
+        raise InvalidInput("a shape must be a list of whole numbers")
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"the shape has {len(shape)} dimensions; at most {MAX_RANK} are served")
+    nbytes = itemsize
+    for axis, dim in enumerate(shape):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            raise InvalidInput(f"dimension {axis} of the shape must be a non-negative whole number")
+        if dim:
+            nbytes *= dim
+            if nbytes > _MAX_NBYTES:
+                raise InvalidInput(
+                    f"the shape's dimensions multiply to more than an array can hold "
+                    f"(dimension {axis} is out of range)"
+                )
+    return tuple(shape)
+
+
 # -- .npy ---------------------------------------------------------------------------------------
 def _parse_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
     cached = _header_cache.get(header)
@@ -95,16 +132,20 @@ def _parse_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
         if not isinstance(descr, str):
             raise ValueError("structured dtypes are not supported")
         dtype = np.dtype(descr)
-        if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise ValueError(f"bad shape {shape!r}")
     except Exception as err:
-        raise InvalidInput(f"malformed .npy header: {err}") from None
+        raise InvalidInput(f"malformed .npy header: {first_line(err, 200)}") from None
     if dtype.hasobject or dtype.kind not in _NPY_KINDS:
         raise InvalidInput(f".npy dtype {dtype} is not numeric")
-    parsed = (dtype, shape, bool(fortran))
-    if len(_header_cache) < 1024:
+    return dtype, check_shape(shape, dtype.itemsize), bool(fortran)
+
+
+def _remember_header(header: bytes, parsed: tuple[np.dtype, tuple[int, ...], bool]) -> None:
+    global _header_cache_bytes
+    if header in _header_cache or len(_header_cache) >= _HEADER_CACHE_ENTRIES:
+        return
+    if _header_cache_bytes + len(header) <= _HEADER_CACHE_BYTES:
         _header_cache[header] = parsed
-    return parsed
+        _header_cache_bytes += len(header)
 
 
 def npy_decode(body: bytes) -> np.ndarray:
@@ -117,7 +158,13 @@ def npy_decode(body: bytes) -> np.ndarray:
         hlen, start = int.from_bytes(body[8:12], "little"), 12
     else:
         raise InvalidInput(f"unsupported .npy format version {major}")
-    dtype, shape, fortran = _parse_header(bytes(body[start : start + hlen]))
+    if hlen > NPY_MAX_HEADER:
+        raise InvalidInput(
+            f".npy header of {hlen} bytes is over the limit of {NPY_MAX_HEADER} (numpy's own)"
+        )
+    header = bytes(body[start : start + hlen])
+    parsed = _parse_header(header)
+    dtype, shape, fortran = parsed
     offset = start + hlen
     count = math.prod(shape)
     if len(body) - offset != count * dtype.itemsize:
@@ -125,6 +172,7 @@ def npy_decode(body: bytes) -> np.ndarray:
             f".npy body holds {len(body) - offset} data bytes; shape {shape} of {dtype} "
             f"needs {count * dtype.itemsize}"
         )
+    _remember_header(header, parsed)  # only a header whose request decoded
     array = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
     return array.reshape(shape, order="F" if fortran else "C")
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from kernel_magics.errors import InvalidInput
+from kernel_magics.errors import InvalidInput, clip
 from kernel_magics.serving.request.codecs import UnsupportedMediaType
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
@@ -56,7 +56,7 @@ def parse(body: bytes, content_type: bytes | None, model: Any) -> Parsed:
     if len(keys) != 1:
         raise InvalidInput(
             "The input must be a JSON dictionary with exactly one of the input fields "
-            f"{set(FORMATS)}. Received dictionary with input fields: {list(doc)}"
+            f"{set(FORMATS)}. Received dictionary with input fields: {clip(list(doc))}"
         )
     key = keys[0]
     encoder = getattr(model, "encoder", None)

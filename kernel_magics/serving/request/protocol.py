@@ -4,7 +4,11 @@ One ``Connection`` per TCP (or unix) connection. Requests are parsed as bytes ar
 ones queue per connection and are handed to the application one at a time, so pipelined
 requests are answered in order. The application answers through ``Connection.send`` exactly
 once per request, synchronously or later (after a batched forward or a relayed call).
-Bodies above the size limit are drained and answered 413 rather than buffered.
+Bodies above the size limit are drained and answered 413 rather than buffered; a request head
+(request line and headers) over ``MAX_HEAD_BYTES`` or ``MAX_HEADERS`` is answered 431 as soon as
+it is seen, so one client's head costs time and memory in proportion to the limit, never to what
+it sends. On the public listener a ``Connections`` (``connections.py``) caps open connections and
+times out stalled and idle ones.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
 import orjson
 
-from kernel_magics.errors import first_line
+from kernel_magics.errors import clip, first_line
+
+if TYPE_CHECKING:
+    from kernel_magics.serving.request.connections import Connections
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,11 @@ _CLOSE = b"connection: close\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _MAX_QUEUED = 32  # pipelined requests held per connection before we stop reading from it
 _DRAIN_FACTOR = 4  # a declared body this many times over the limit is refused without draining
+# A request head (request line and headers): what browsers and HTTP clients send is a few KiB;
+# common servers refuse past 8-64 KiB and ~100 header fields.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
+MAX_ERROR_CHARS = 2000  # an error body never grows with the input it complains about
 
 
 class Request:
@@ -47,7 +59,25 @@ class Request:
         self.t0 = 0.0
 
 
+class HeadTooLarge(Exception):
+    """Raised from a parser callback: the request head is over a limit (answered 431)."""
+
+
+class _Discard:
+    """Stands in for the parser once a connection is refused: what still arrives is dropped."""
+
+    @staticmethod
+    def feed_data(data: bytes) -> None:
+        return None
+
+
+_DISCARD = _Discard()
+
+
 def error_body(message: str) -> bytes:
+    """``{"error": message}``; a message that quotes a client's input unclipped is cut here."""
+    if len(message) > MAX_ERROR_CHARS:
+        message = clip(message, MAX_ERROR_CHARS)
     return orjson.dumps({"error": message})
 
 
@@ -70,6 +100,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "handler",
         "max_body",
+        "connections",
         "transport",
         "parser",
         "queue",
@@ -81,12 +112,28 @@ class Connection(asyncio.Protocol):
         "_size",
         "_paused",
         "_early",
+        "_head",
+        "_head_chunks",
+        "_headers",
+        "_repeats",
+        "_in_head",
+        "_head_began",
+        "_in_message",
+        "_fresh",
+        "_idle_since",
+        "_lingering",
         "closed",
     )
 
-    def __init__(self, handler: Callable[[Request, Connection], Any], max_body: int):
+    def __init__(
+        self,
+        handler: Callable[[Request, Connection], Any],
+        max_body: int,
+        connections: Connections | None = None,
+    ):
         self.handler = handler
         self.max_body = max_body
+        self.connections = connections
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Request] = deque()
@@ -98,18 +145,41 @@ class Connection(asyncio.Protocol):
         self._size = 0
         self._paused = False
         self._early = False
+        self._head = 0  # bytes of the request line and headers parsed so far
+        self._head_chunks = 0  # bytes of whole reads that arrived while the head was incomplete
+        self._headers = 0
+        self._repeats: dict[bytes, list[bytes]] | None = None
+        self._in_head = False  # between the first byte of a request and the end of its head
+        self._head_began = False  # ... and that first byte came in the read being parsed
+        self._in_message = False
+        self._fresh = True  # no request began yet
+        self._idle_since = 0.0
+        self._lingering: asyncio.Transport | None = None
         self.closed = False
 
     # -- transport callbacks ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._idle_since = time.perf_counter()
+        connections = self.connections
+        if connections is not None and not connections.admit(self):
+            self._fail(
+                503,
+                f"the server has {connections.max_open} connections open, its limit: "
+                "retry in a moment",
+                b"retry-after: 1\r\n",
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
+        self._lingering = None
         self.queue.clear()
+        if self.connections is not None:
+            self.connections.release(self)
 
     def data_received(self, data: bytes) -> None:
+        self._head_began = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -119,7 +189,17 @@ class Connection(asyncio.Protocol):
             if not self.busy and not self.queue:
                 self._fail(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as err:
-            self._fail(400, f"malformed HTTP request: {err}")
+            if isinstance(err.__context__, HeadTooLarge):  # raised by on_url / on_header
+                self._fail(431, str(err.__context__))
+            else:
+                self._fail(400, f"malformed HTTP request: {err}")
+            return
+        if self._in_head and not self._head_began:
+            # A header name or value still incomplete is buffered inside the parser, which
+            # reports it only when it ends: count whole reads so that it is bounded too.
+            self._head_chunks += len(data)
+            if self._head_chunks > MAX_HEAD_BYTES:
+                self._fail(431, _head_too_large())
 
     # -- parser callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -129,20 +209,41 @@ class Connection(asyncio.Protocol):
         self._chunks = []
         self._size = 0
         self._early = False
+        self._head = self._head_chunks = self._headers = 0
+        self._in_head = self._head_began = self._in_message = True
+        self._fresh = False
 
     def on_url(self, url: bytes) -> None:
+        self._head += len(url)
+        if self._head > MAX_HEAD_BYTES:
+            raise HeadTooLarge(_head_too_large())
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head += len(name) + len(value) + 4
+        self._headers += 1
+        if self._head > MAX_HEAD_BYTES or self._headers > MAX_HEADERS:
+            raise HeadTooLarge(_head_too_large())
         key = name.lower()
         headers = self._req.headers
-        if key in headers:  # repeated header: comma-join as RFC 9110 allows
-            headers[key] += b"," + value
+        if key in headers:  # repeated: comma-joined once the head is complete (RFC 9110 5.3)
+            repeats = self._repeats
+            if repeats is None:
+                self._repeats = {key: [headers[key], value]}
+            elif key in repeats:
+                repeats[key].append(value)
+            else:
+                repeats[key] = [headers[key], value]
         else:
             headers[key] = value
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         req = self._req
+        if self._repeats is not None:
+            for key, values in self._repeats.items():
+                req.headers[key] = b",".join(values)
+            self._repeats = None
         req.method = self.parser.get_method()
         path, _, req.query = self._url.partition(b"?")
         req.path = path
@@ -173,6 +274,7 @@ class Connection(asyncio.Protocol):
         self._chunks.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         if self._early:  # already refused in on_headers_complete
             return
         req = self._req
@@ -214,7 +316,7 @@ class Connection(asyncio.Protocol):
                 try:
                     self.handler(req, self)
                 except Exception as err:  # a bug: answer it, keep the process serving
-                    log.exception("unhandled error on %s %s", req.method, req.path)
+                    log.exception("unhandled error on %s %s", req.method, clip(req.path))
                     if self.busy:
                         self.send(500, error_body(f"internal error: {type(err).__name__}"), req=req)
             if self._paused and len(self.queue) < _MAX_QUEUED // 2 and self.transport:
@@ -239,6 +341,7 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        self._idle_since = time.perf_counter()
         keep = keep_alive and (req is None or req.keep_alive)
         head = b"".join(
             (
@@ -262,7 +365,10 @@ class Connection(asyncio.Protocol):
         if self.queue and not self._dispatching:
             self._dispatch()
 
-    def _fail(self, status: int, message: str) -> None:
+    def _fail(self, status: int, message: str, extra_headers: bytes = b"") -> None:
+        """Answer ``status`` out of turn and stop reading requests from this connection. On
+        the public listener it lingers a moment, discarding what the client still sends, so the
+        client reads this answer rather than a reset."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -270,9 +376,45 @@ class Connection(asyncio.Protocol):
         transport.write(
             (_STATUS_LINES.get(status) or b"HTTP/1.1 400 Bad Request\r\n")
             + b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
+            + extra_headers
             + _CLOSE
             + b"\r\n"
             + body
         )
-        transport.close()
         self.closed = True
+        self._in_head = False
+        self.queue.clear()
+        self.parser = _DISCARD  # type: ignore[assignment]
+        connections = self.connections
+        if connections is not None and transport.can_write_eof() and connections.linger(self):
+            transport.write_eof()
+            self.transport = None  # nothing else is written; connections closes it later
+            self._lingering = transport
+        else:
+            transport.close()
+
+    # -- called by Connections' sweep -------------------------------------------------------
+    def expire(self, head_before: float, idle_before: float) -> None:
+        """Close this connection if it stalled: a head started before ``head_before`` and not
+        complete (408), or nothing asked since ``idle_before`` (a fresh connection counts
+        from ``head_before``)."""
+        if self.busy or self.closed:
+            return
+        if self._in_head:
+            if self._req.t0 < head_before:
+                self._fail(408, "request head not received in time; the connection is closed")
+        elif not self._in_message and not self.queue:
+            if self._idle_since < (head_before if self._fresh else idle_before):
+                if self.transport is not None:
+                    self.transport.close()
+                self.closed = True
+
+    def abort(self) -> None:
+        """End a lingering connection."""
+        transport = self._lingering or self.transport
+        if transport is not None:
+            transport.abort()
+
+
+def _head_too_large() -> str:
+    return f"request head over the limit of {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} header fields"

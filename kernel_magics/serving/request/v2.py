@@ -25,8 +25,9 @@ import numpy as np
 import orjson
 
 from kernel_magics import __version__
-from kernel_magics.errors import InvalidInput
-from kernel_magics.serving.request.codecs import UnsupportedMediaType, media_type
+from kernel_magics.errors import InvalidInput, clip
+from kernel_magics.naming import parse_version
+from kernel_magics.serving.request.codecs import UnsupportedMediaType, check_shape, media_type
 from kernel_magics.serving.request.protocol import JSON, Connection, Request, dumps, error_body
 
 if TYPE_CHECKING:
@@ -98,7 +99,8 @@ def _check_outputs(outputs: Any) -> None:
         raise InvalidInput('"outputs" must be a list of {"name": ...} objects')
     unknown = [str(o.get("name")) for o in outputs if o.get("name") != OUTPUT]
     if unknown:
-        raise InvalidInput(f"unknown output(s) {', '.join(unknown)}: this model has {OUTPUT!r}")
+        shown = clip(", ".join(unknown))
+        raise InvalidInput(f"unknown output(s) {shown}: this model has {OUTPUT!r}")
 
 
 def _tensor(t: Any) -> np.ndarray:
@@ -112,14 +114,13 @@ def _tensor(t: Any) -> np.ndarray:
     shape, dt, data = t["shape"], t["datatype"], t["data"]
     if not isinstance(t["name"], str):
         raise InvalidInput('input "name" must be a string')
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    if not isinstance(shape, list):
         raise InvalidInput('"shape" must be a list of non-negative integers')
     want = _DTYPES.get(dt) if isinstance(dt, str) else None
     if want is None:
         known = ", ".join(_DTYPES)
-        raise InvalidInput(f"unsupported datatype {str(dt)[:40]!r}; one of {known}")
+        raise InvalidInput(f"unsupported datatype {clip(dt, 40)!r}; one of {known}")
+    shape = list(check_shape(shape, want.itemsize))
     if not isinstance(data, list):
         raise InvalidInput('"data" must be a list (flat in row-major order, or nested)')
     try:
@@ -216,9 +217,13 @@ def _model_route(app: WorkerApp, req: Request, conn: Connection, parts: list[byt
     raw, rest = parts[0], parts[1:]
     version: int | None = None
     if rest[:1] == [b"versions"]:
-        if len(rest) < 2 or not rest[1].isdigit() or len(rest[1]) > 9:
+        if len(rest) < 2 or not rest[1].isdigit():
             return app._not_found(req, conn)
-        version, rest = int(rest[1]), rest[2:]
+        try:
+            version = parse_version(rest[1].decode())
+        except InvalidInput:
+            return app._not_found(req, conn)
+        rest = rest[2:]
     if rest == [b"infer"]:
         if app._method(req, conn, b"POST"):
             infer(app, req, conn, raw, version)

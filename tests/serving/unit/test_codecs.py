@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from kernel_magics.errors import InvalidInput
+from kernel_magics.serving.request import codecs
 from kernel_magics.serving.request.codecs import (
     json_rows,
     media_type,
@@ -110,7 +111,8 @@ def _with_header(header: str) -> bytes:
         (b"hello", "missing the \\x93NUMPY magic"),
         (b"\x93NUMPY\x09\x00garbage", "unsupported .npy format version 9"),
         (npy(np.ones((2, 2), dtype=np.float32))[:-4], "needs 16"),
-        (_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, -1), }"), "bad shape"),
+        (_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, -1), }"),
+         "dimension 1 of the shape must be a non-negative"),
         (_with_header("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }"),
          "structured"),
         (_with_header("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"), "not numeric"),
@@ -123,6 +125,24 @@ def test_npy_decode_refuses_bad_bodies(body, fragment):
     with pytest.raises(InvalidInput) as info:
         npy_decode(body)
     assert fragment in str(info.value)
+
+
+def test_npy_header_cache_keeps_only_decoded_headers_and_is_bounded():
+    codecs._header_cache.clear()
+    codecs._header_cache_bytes = 0
+    for n in range(50):  # valid headers whose bodies do not match: refused, never cached
+        with pytest.raises(InvalidInput, match="data bytes"):
+            npy_decode(npy(np.ones((n + 1, 3), dtype=np.float32))[:-4])
+    assert not codecs._header_cache
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (0,), }"
+    oversized = _with_header(header + " " * 10_000)
+    with pytest.raises(InvalidInput, match="over the limit of 10000"):
+        npy_decode(oversized)
+    for n in range(3000):  # distinct valid requests: the cache stops at its bound
+        npy_decode(npy(np.ones((n + 1, 1), dtype=np.int8)))
+    assert len(codecs._header_cache) <= codecs._HEADER_CACHE_ENTRIES
+    assert sum(map(len, codecs._header_cache)) == codecs._header_cache_bytes
+    assert codecs._header_cache_bytes <= codecs._HEADER_CACHE_BYTES
 
 
 def test_pickled_npy_is_never_unpickled():

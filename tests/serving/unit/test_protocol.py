@@ -214,3 +214,26 @@ def test_describe_error_quotes_the_first_line_only():
     assert describe_error(ValueError("bad\nsecond line")) == "ValueError: bad"
     assert describe_error(KeyError()) == "KeyError"
     assert describe_error(RuntimeError("x" * 500), 10) == "RuntimeError: " + "x" * 10
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET /x HTTP/1.1\r\nHost: a\r\n" + b"X-A: aaaa\r\n" * 101 + b"\r\n",
+        b"GET /" + b"u" * 70_000 + b" HTTP/1.1\r\n\r\n",
+        # one value too long, arriving in pieces: the parser buffers it until it ends
+        [b"GET /x HTTP/1.1\r\nHost: a\r\nX-Big: ", b"b" * 40_000, b"b" * 40_000, b"b" * 40_000],
+    ],
+    ids=["fields", "url", "one-value-in-pieces"],
+)
+def test_request_heads_over_the_limits_get_431_and_the_connection_closes(data):
+    (answer,), closed = exchange(data)
+    assert answer.status == 431 and closed
+    assert "request head over the limit" in answer.json()["error"]
+
+
+def test_repeated_header_fields_are_comma_joined():
+    data = b"GET /x HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nx-b: 2\r\nX-A: 3\r\nX-A: 4\r\nX-B: 5\r\n\r\n"
+    (answer,), _ = exchange(data, responses=1)
+    headers = answer.json()["headers"]
+    assert (headers["x-a"], headers["x-b"]) == ("1,3,4", "2,5")

@@ -291,6 +291,8 @@ def test_parse_manage_body(action, body, expected):
         ("deploy", b'{"ref": ""}', '"ref" must be'),
         ("deploy", b'{"ref": [1]}', '"ref" must be'),
         ("rollback", b'{"to": "x"}', '"to" must be a version number'),
+        ("rollback", b'{"to": "%s"}' % (b"9" * 5000), "out of range"),
+        ("deploy", b'{"ref": "%s"}' % (b"9" * 5000), "versions are 1 to 999999999"),
         ("rollback", b'{"to": 1, "x": 2}', "unknown rollback option(s): x"),
         ("deploy", b"null", "JSON object"),
     ],
