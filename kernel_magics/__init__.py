@@ -6,7 +6,14 @@ front end (magics, widgets, CLI, JupyterLab panel, papermill pipelines) calls.
 
 from __future__ import annotations
 
+import os
+
 __version__ = "0.1.0"
+
+# MLflow draws a "Downloading artifacts" bar into the cell each time a version is read back
+# (every %train and %register does): noise the user cannot act on. Set before MLflow is
+# imported; a user who wants the bar sets the variable to true.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def load_ipython_extension(ipython):  # noqa: ANN001 - IPython's hook signature

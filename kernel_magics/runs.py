@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,13 @@ if TYPE_CHECKING:
     from mlflow import ActiveRun
 
 log = logging.getLogger(__name__)
+# torch.export warns that an RNN's ``_flat_weights`` are "tensor attributes assigned during
+# export" that "must be registered as buffers": they are views of the module's registered
+# parameters, so the exported program is right. Only that case is silenced; the same warning
+# about another attribute (a tensor the user's forward assigns) still shows.
+HARMLESS_EXPORT_WARNING = (
+    r"The tensor attributes (self(\.\w+)*\._flat_weights\[\d+\](, )?)+ were assigned during export"
+)
 
 FORMATS = ("pt2", "pickle")
 
@@ -95,13 +103,15 @@ def log_model(
     note = None
     if serialization == "pt2":
         try:
-            info = mlflow.pytorch.log_model(
-                model,
-                name="model",
-                input_example=example,
-                pip_requirements=_pip_requirements(),
-                extra_files=extra_files or None,
-            )
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=HARMLESS_EXPORT_WARNING)
+                info = mlflow.pytorch.log_model(
+                    model,
+                    name="model",
+                    input_example=example,
+                    pip_requirements=_pip_requirements(),
+                    extra_files=extra_files or None,
+                )
             return info, "pt2", []
         except Exception as err:  # torch.export failures come in many exception types
             reason = first_line(err, limit=200)

@@ -186,3 +186,29 @@ def test_registered_versions_deploy_like_trained_ones(shell: Any) -> None:
     plan = Lifecycle(settings, store).plan("own", "deploy", "1")  # checks the hash
     assert plan.to_version == 1 and plan.spec is not None
     assert (plan.spec.format, plan.spec.sha256) == ("pt2", store.resolve("own", 1).sha256)
+
+
+class _Recurrent(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = torch.nn.GRU(4, 8, batch_first=True)
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(x)
+        return self.head(out[:, -1])
+
+
+def test_registering_an_rnn_shows_no_noise(shell: Any, capfd: pytest.CaptureFixture[str]) -> None:
+    """torch.export's warning about an RNN's flat weights is harmless (they are views of its
+    registered parameters) and MLflow's artifact-download bar is not the user's business: neither
+    reaches the cell. The version still serves as pt2."""
+    import warnings
+
+    example = torch.randn(3, 5, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = api.register(_Recurrent(), example, name="gru-quiet", task="other")
+    assert r.format == "pt2"
+    assert not [w for w in caught if "assigned during export" in str(w.message)]
+    assert "Downloading artifacts" not in capfd.readouterr().err
