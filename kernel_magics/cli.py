@@ -9,7 +9,8 @@
     kernel-magics history NAME [--json]
     kernel-magics predict NAME --input FILE.json|FILE.csv|FILE.npy [--raw] [--json]
     kernel-magics serve start [--workers N] [--host H --allow-remote] | status [--json] | stop
-                        | logs [--lines N] | token [--new NAME | --revoke NAME | --list]
+                        | logs [--lines N]
+                        | token [--new NAME [--scope predict|manage] | --revoke NAME | --list]
     kernel-magics store serve --backend postgresql://... [--artifacts DIR] [--host H --port P]
     kernel-magics pipeline run NOTEBOOK [-p NAME VALUE]... [--name RUN_NAME] [--output PATH]
     kernel-magics pipeline rerun RUN_ID [-p NAME VALUE]... [--source] [--output PATH]

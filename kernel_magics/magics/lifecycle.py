@@ -267,6 +267,7 @@ class KernelMagics(Magics, Configurable):
             %serve logs --lines 20
             %serve token
             %serve token --new dashboard
+            %serve token --new release-bot --scope manage
             %serve token --list
         """
         rendered = commands.run_serve(args, self.settings())

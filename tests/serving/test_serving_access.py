@@ -90,3 +90,61 @@ def test_binding_beyond_loopback_needs_allow_remote(settings, tmp_path):
     remote.check_bind()
     assert remote.requires_predict_token
     assert not settings.replace(predict_requires_token=False).requires_predict_token
+
+
+def _manage(client: LocalTarget, token: str, action: str, body: dict | None = None):
+    url = f"{client.url}/v1/models/guarded/{action}"
+    headers = {"Authorization": f"Bearer {token}"}
+    return requests.post(url, json=body or {}, headers=headers, timeout=60)
+
+
+def test_a_predict_token_cannot_change_what_is_live(deployed, client, settings):
+    """Named tokens default to scope predict: every management route answers 403 naming the
+    scope it needs, and nothing moves; a manage token (and the home token) may deploy."""
+    log_model(settings, "guarded", MLP(seed=8), rows(4))  # a second version to deploy
+    live = client.status().models["guarded"].version
+    viewer = api.token_create("viewer", settings=settings)
+    ops = api.token_create("ops", scope="manage", settings=settings)
+    listed = {t["name"]: t["scope"] for t in api.token_list(settings=settings)}
+    assert listed["viewer"] == "predict" and listed["ops"] == "manage"
+    assert _eventually(lambda: _post(deployed, viewer) == 200)  # a valid token for predictions
+    for action, body in (
+        ("deploy", {"ref": str(live + 1)}),
+        ("rollback", {}),
+        ("promote", {}),
+        ("undeploy", {}),
+    ):
+        answer = _manage(client, viewer, action, body)
+        assert answer.status_code == 403, (action, answer.text)
+        doc = answer.json()
+        assert doc["required_scope"] == "manage" and "'viewer'" in doc["error"]
+        assert "'manage'" in doc["error"]
+    assert client.status().models["guarded"].version == live  # nothing moved
+    assert [e.to_version for e in api.history("guarded", settings=settings)][-1] == live
+
+    assert _eventually(lambda: _manage(client, ops, "deploy", {"ref": str(live)}).ok)
+    assert _manage(client, ops, "deploy", {"ref": str(live + 1)}).status_code == 200
+    assert client.status().models["guarded"].version == live + 1
+    assert _manage(client, client.token(), "rollback").status_code == 200  # the home token
+    assert client.status().models["guarded"].version == live
+    with pytest.raises(InvalidInput, match="scope"):
+        api.token_create("admin", scope="root", settings=settings)
+    api.token_revoke("viewer", settings=settings)
+    api.token_revoke("ops", settings=settings)
+
+
+def test_token_scope_from_the_command_line(settings, capsys):
+    from kernel_magics import cli
+
+    assert cli.main(["serve", "token", "--new", "release", "--scope", "manage"]) == 0
+    assert cli.main(["serve", "token", "--new", "board"]) == 0
+    capsys.readouterr()
+    assert cli.main(["serve", "token", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:3] == ["release", "scope", "manage"] for line in lines)
+    assert any(line.split()[:3] == ["board", "scope", "predict"] for line in lines)
+    assert cli.main(["serve", "status", "--scope", "manage"]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err.strip()
+    assert "--scope goes with token --new" in err and "\n" not in err
+    for name in ("release", "board"):
+        api.token_revoke(name, settings=settings)
