@@ -17,6 +17,7 @@ from kernel_magics import api, display_status
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, NotFound
 from kernel_magics.records import TokenUsage
+from kernel_magics.serving.process.cleanup import state_pids, stop_pids
 from kernel_magics.targets.local import LocalTarget
 
 
@@ -148,3 +149,33 @@ def test_token_scope_from_the_command_line(settings, capsys):
     assert "--scope goes with token --new" in err and "\n" not in err
     for name in ("release", "board"):
         api.token_revoke(name, settings=settings)
+
+
+def test_metrics_need_a_token_unless_opened_on_loopback(deployed, client, settings, tmp_path):
+    """/metrics labels series with token names: 401 without a valid token (any scope); the
+    setting opens it for a scraper on loopback, never beyond."""
+    board = api.token_create("board", settings=settings)
+    assert _eventually(lambda: _post(deployed, board) == 200)
+    url = f"{client.url}/metrics"
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+        answer = requests.get(url, headers=headers, timeout=10)
+        assert answer.status_code == 401
+        assert "board" not in answer.text and "token" in answer.json()["error"]
+    for token in (board, client.token()):
+        answer = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert answer.status_code == 200 and 'km_token_requests_total{token="board"}' in answer.text
+    api.token_revoke("board", settings=settings)
+
+    opened = settings.replace(home=tmp_path, metrics_requires_token=False)
+    assert not opened.requires_metrics_token
+    assert opened.replace(host="0.0.0.0", allow_remote=True).requires_metrics_token
+    scraped = LocalTarget(opened)
+    scraped.ensure_running(timeout=90)
+    try:
+        answer = requests.get(f"{scraped.url}/metrics", timeout=10)
+        assert answer.status_code == 200 and "km_" in answer.text
+        assert _post(f"{scraped.url}/v1/models/guarded:predict", None) == 401  # predict: still
+    finally:
+        pids = state_pids(opened.state_file)
+        scraped.stop()
+        stop_pids(pids)

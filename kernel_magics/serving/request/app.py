@@ -65,6 +65,7 @@ class WorkerApp(ControlRoutes):
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="loader")
         self.max_rows = settings.max_rows
         self.predict_auth = settings.requires_predict_token
+        self.metrics_auth = settings.requires_metrics_token
         self.tokens = TokenTable(settings)
         self.usage = metrics.Usage()
         self.unknown_errors = metrics.unknown_model_errors()
@@ -328,6 +329,9 @@ class WorkerApp(ControlRoutes):
         conn.send(200, dumps({"status": "ok", "models": models}), req=req)
 
     def metrics(self, req: Request, conn: Connection) -> None:
+        # token names are labels here: not for anyone who can reach the port
+        if self.metrics_auth and not self._authorized(req):
+            return self._unauthorized(req, conn)
         conn.send(200, metrics.render(), metrics.CONTENT_TYPE, req=req)
 
     def openapi(self, req: Request, conn: Connection) -> None:
