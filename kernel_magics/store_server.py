@@ -23,6 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel_magics._files import PRIVATE_UMASK, open_private_append
 from kernel_magics.config import LOOPBACK_HOSTS
 from kernel_magics.errors import InvalidInput, ServiceUnavailable
 
@@ -94,11 +95,16 @@ def start(options: ServerOptions, *, log_file: Path | None = None) -> subprocess
     """Start the server in its own process group (``stop`` ends the group) and wait until it
     answers ``/health``."""
     command, env = server_command(options)
-    Path(options.artifacts).expanduser().mkdir(parents=True, exist_ok=True)
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    Path(options.artifacts).expanduser().mkdir(mode=0o700, parents=True, exist_ok=True)
+    out = os.fdopen(open_private_append(log_file), "ab") if log_file else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            umask=PRIVATE_UMASK,  # the artifacts it writes are for this user alone
         )
     finally:
         if log_file:

@@ -26,7 +26,7 @@ import json
 import secrets
 import time
 
-from kernel_magics._files import write_atomic
+from kernel_magics._files import private_home, write_atomic
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, NotFound
 from kernel_magics.store import validate_name
@@ -47,6 +47,7 @@ def ensure_home_token(settings: Settings) -> str:
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
     token = secrets.token_urlsafe(32)
+    private_home(settings.home)
     write_atomic(path, token + "\n", private=True)
     return token
 
@@ -103,6 +104,7 @@ def create_token(settings: Settings, name: str, scope: str = PREDICT) -> str:
     if name in (HOME_TOKEN_NAME, ANONYMOUS):
         raise InvalidInput(f"{name!r} is reserved; choose another token name")
     token = secrets.token_urlsafe(32)
+    private_home(settings.home)
     named = _read_named(settings)
     created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     named[name] = {"sha256": _digest(token), "created": created, "scope": scope}

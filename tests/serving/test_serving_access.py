@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -179,3 +180,61 @@ def test_metrics_need_a_token_unless_opened_on_loopback(deployed, client, settin
         pids = state_pids(opened.state_file)
         scraped.stop()
         stop_pids(pids)
+
+
+def _open_to_others(home: Path) -> list[str]:
+    """Entries under ``home`` (itself included) that group or other users may use."""
+    paths = [home, *home.rglob("*")]
+    return sorted(
+        f"{p.relative_to(home)} {stat.S_IMODE(p.lstat().st_mode):o}"
+        for p in paths
+        if not p.is_symlink() and stat.S_IMODE(p.lstat().st_mode) & 0o077
+    )
+
+
+def test_the_home_is_private_and_old_homes_are_tightened(settings, tmp_path):
+    """A new home is 0700 with its files 0600 whatever the caller's umask; what the inference
+    process writes is private; an old world-readable home is tightened on the next start, with
+    one line saying so."""
+    home = tmp_path / "home"
+    fresh = settings.replace(home=home)
+    previous = os.umask(0o022)  # a common default: files 0644, folders 0755
+    target = LocalTarget(fresh)
+    try:
+        log_model(fresh, "private", MLP(seed=3), rows(4))
+        api.token_create("reader", settings=fresh)
+        target.ensure_running(timeout=90)
+        target.deploy("private")
+        assert _post(f"{target.url}/v1/models/private:predict", target.token()) == 200
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        for name in ("mlflow.db", "server.json", "token", "tokens.json", "logs/server.log"):
+            assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
+        # Only what this (kernel-side) process wrote into artifacts/ may still be wider, and
+        # the 0700 home keeps even that from other users; the next start tightens it.
+        assert all(e.startswith("artifacts") for e in _open_to_others(home))
+        pids = state_pids(fresh.state_file)
+        target.stop()
+        stop_pids(pids)
+        target.ensure_running(timeout=90)  # a start: the inference process tightens the rest
+        assert _open_to_others(home) == []
+    finally:
+        os.umask(previous)
+        pids = state_pids(fresh.state_file)
+        target.stop()
+        stop_pids(pids)
+
+    # A home made before this rule: everything readable by everyone.
+    for path in [home, *home.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(stat.S_IMODE(path.stat().st_mode) | 0o055)
+    assert len(_open_to_others(home)) > 5
+    done = subprocess.run(
+        [sys.executable, "-m", "kernel_magics.cli", "--home", str(home), "models", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "private" in lines[0] and str(home) in lines[0], done.stderr
+    assert _open_to_others(home) == []
