@@ -105,10 +105,7 @@ def test_a_predict_token_cannot_change_what_is_live(deployed, client, settings):
     scope it needs, and nothing moves; a manage token (and the home token) may deploy."""
     log_model(settings, "guarded", MLP(seed=8), rows(4))  # a second version to deploy
     live = client.status().models["guarded"].version
-    viewer = api.token_create("viewer", settings=settings)
-    ops = api.token_create("ops", scope="manage", settings=settings)
-    listed = {t["name"]: t["scope"] for t in api.token_list(settings=settings)}
-    assert listed["viewer"] == "predict" and listed["ops"] == "manage"
+    viewer = api.token_create("viewer", settings=settings)  # no scope given: predict
     assert _eventually(lambda: _post(deployed, viewer) == 200)  # a valid token for predictions
     for action, body in (
         ("deploy", {"ref": str(live + 1)}),
@@ -124,6 +121,9 @@ def test_a_predict_token_cannot_change_what_is_live(deployed, client, settings):
     assert client.status().models["guarded"].version == live  # nothing moved
     assert [e.to_version for e in api.history("guarded", settings=settings)][-1] == live
 
+    ops = api.token_create("ops", scope="manage", settings=settings)
+    listed = {t["name"]: t["scope"] for t in api.token_list(settings=settings)}
+    assert listed["viewer"] == "predict" and listed["ops"] == "manage"
     assert _eventually(lambda: _manage(client, ops, "deploy", {"ref": str(live)}).ok)
     assert _manage(client, ops, "deploy", {"ref": str(live + 1)}).status_code == 200
     assert client.status().models["guarded"].version == live + 1
