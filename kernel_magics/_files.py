@@ -51,17 +51,21 @@ def private_home(home: Path) -> int:
     """Create ``home`` with mode 0700, or take group and other permissions away from it and
     everything in it that this user owns (homes made before this rule, files written under
     a wider umask). Symbolic links are neither followed nor changed. Once per home and
-    process; says so in one line when it changed anything. Returns how many entries changed."""
+    process. Returns how many entries changed.
+
+    An open home is news, said in one line; files a kernel wrote into a private home under
+    its own umask (artifacts of a training) were never reachable, and are tightened quietly."""
     home = Path(home)
     if home in _tightened:
         return 0
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    changed = _tighten(home)
+    was_open = _tighten(home)
+    changed = was_open
     for root, dirs, files in os.walk(home):
         for name in dirs + files:
             changed += _tighten(Path(root, name))
     _tightened.add(home)
-    if changed:
+    if was_open:
         log.warning(
             "kernel-magics: made %d entries of %s private to their owner "
             "(the home is now 0700, its files 0600)",

@@ -238,3 +238,10 @@ def test_the_home_is_private_and_old_homes_are_tightened(settings, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "private" in lines[0] and str(home) in lines[0], done.stderr
     assert _open_to_others(home) == []
+    # A file a kernel wrote into the private home under its umask: tightened without a word.
+    written = home / "artifacts" / "written-by-a-kernel"
+    written.write_text("x")
+    written.chmod(0o644)
+    again = subprocess.run(done.args, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stderr == ""
+    assert _open_to_others(home) == []
