@@ -9,8 +9,10 @@
     kernel-magics history NAME [--json]
     kernel-magics predict NAME --input FILE.json|FILE.csv|FILE.npy [--raw] [--json]
     kernel-magics serve start [--workers N] [--host H --allow-remote] | status [--json] | stop
-                        | logs [--lines N] | token [--new NAME | --revoke NAME | --list]
-    kernel-magics store serve --backend postgresql://... [--artifacts DIR] [--host H --port P]
+                        | logs [--lines N]
+                        | token [--new NAME [--scope predict|manage] | --revoke NAME | --list]
+    kernel-magics store serve [--backend-file PATH] [--artifacts DIR] [--host H --port P]
+                                      (the database URL: MLFLOW_BACKEND_STORE_URI or the file)
     kernel-magics pipeline run NOTEBOOK [-p NAME VALUE]... [--name RUN_NAME] [--output PATH]
     kernel-magics pipeline rerun RUN_ID [-p NAME VALUE]... [--source] [--output PATH]
 
@@ -171,7 +173,7 @@ def _store(args: argparse.Namespace, settings: Settings) -> int:
     from kernel_magics import store_server
 
     options = store_server.ServerOptions(
-        backend=args.backend,
+        backend=store_server.backend_url(args.backend, args.backend_file),
         artifacts=Path(args.artifacts),
         host=args.host,
         port=args.port,
@@ -235,7 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
         "artifacts; kernels then set MLFLOW_TRACKING_URI=http://HOST:PORT"
     )
     s = store_actions.add_parser("serve", help=text, description=text)
-    s.add_argument("--backend", required=True, metavar="URL", help="postgresql://USER@HOST:PORT/DB")
+    s.add_argument(
+        "--backend",
+        metavar="URL",
+        help="postgresql://USER@HOST:PORT/DB without a password (a command line is public); "
+        "else MLFLOW_BACKEND_STORE_URI or --backend-file",
+    )
+    s.add_argument(
+        "--backend-file",
+        metavar="PATH",
+        help="a file (mode 0600) holding the database URL with its password",
+    )
     s.add_argument(
         "--artifacts",
         default=str(Path("~/.kernel-magics/server-artifacts").expanduser()),

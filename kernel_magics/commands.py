@@ -64,7 +64,7 @@ def _logs(args: argparse.Namespace, settings: Settings) -> Rendered:
 
 def _token(args: argparse.Namespace, settings: Settings) -> Rendered:
     if args.new:
-        return Rendered(api.token_create(args.new, settings=settings))
+        return Rendered(api.token_create(args.new, scope=args.scope, settings=settings))
     if args.revoke:
         api.token_revoke(args.revoke, settings=settings)
         return Rendered(f"Token {args.revoke!r} revoked.")
@@ -96,6 +96,14 @@ SERVE_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         },
     ),
     (("--new",), {"metavar": "NAME", "help": "token: create a named token, print it once"}),
+    (
+        ("--scope",),
+        {
+            "choices": api.TOKEN_SCOPES,
+            "help": "token --new: predict (default: predictions, metrics, status) or manage "
+            "(also deploy, rollback, promote, undeploy)",
+        },
+    ),
     (("--revoke",), {"metavar": "NAME", "help": "token: revoke a named token"}),
     (("--list",), {"action": "store_true", "help": "token: list named tokens"}),
     (("--lines",), {"type": positive_int, "default": 50, "help": "logs: how many lines"}),
@@ -111,4 +119,6 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> Rendered:
         raise InvalidInput("give one of --new, --revoke and --list")
     if (args.new or args.revoke or args.list) and args.action != "token":
         raise InvalidInput("--new, --revoke and --list belong to the token sub-command")
+    if args.scope and not args.new:
+        raise InvalidInput("--scope goes with token --new NAME")
     return handler(args, settings)

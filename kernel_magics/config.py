@@ -50,6 +50,9 @@ class Settings:
     max_wait_ms: float = 1.0
     torch_threads: int = 1
     predict_requires_token: bool = True
+    # /metrics labels its series with token names and model names: it takes a token (any scope)
+    # unless this is off, for a Prometheus scraper on this machine; beyond loopback it always does.
+    metrics_requires_token: bool = True
     max_body_bytes: int = 64 * 1024 * 1024
     max_rows: int = 65536
     request_timeout_s: float = 30.0
@@ -93,6 +96,10 @@ class Settings:
     @property
     def requires_predict_token(self) -> bool:
         return self.predict_requires_token or not self.is_loopback
+
+    @property
+    def requires_metrics_token(self) -> bool:
+        return self.metrics_requires_token or not self.is_loopback
 
     def check_bind(self) -> None:
         """Refuse a non-loopback address unless ``allow_remote`` says it is meant."""

@@ -60,7 +60,10 @@ def usage_lines(usage: Mapping[str, TokenUsage] | None) -> list[str]:
 def tokens_text(named: list[dict]) -> str:
     if not named:
         return "No named tokens (the home token is printed by `kernel-magics serve token`)."
-    return "\n".join(f"{t['name']:<20} created {t.get('created', '')}" for t in named)
+    return "\n".join(
+        f"{t['name']:<20} scope {t.get('scope', ''):<8} created {t.get('created', '')}"
+        for t in named
+    )
 
 
 def status_html(status: ServerStatus | None) -> str:

@@ -24,6 +24,12 @@ class NotFound(KernelMagicsError):
     http_status = 404
 
 
+class Forbidden(KernelMagicsError):
+    """A valid token whose scope does not allow the request (a predict token deploying)."""
+
+    http_status = 403
+
+
 class DeployFailed(KernelMagicsError):
     """A version could not be loaded or warmed; whatever was live keeps serving."""
 

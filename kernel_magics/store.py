@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kernel_magics._files import PRIVATE_FILE, create_private, private_home
 from kernel_magics.config import (
     DEPLOYMENTS_EXPERIMENT_NAME,
     EXPERIMENT_NAME,
@@ -162,8 +163,9 @@ class Store:
             # "Creating initial MLflow database tables..." is noise in a notebook cell.
             logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
+            private_home(self.settings.home)
             if self.is_embedded:
-                self.settings.home.mkdir(parents=True, exist_ok=True)
+                create_private(self.settings.home / "mlflow.db")
             with self.write_lock():
                 self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         return self._client
@@ -184,7 +186,9 @@ class Store:
             self.settings.lock_dir.mkdir(parents=True, exist_ok=True)
             # One instance per Store: FileLock counts nested acquisitions of the same object,
             # so a locked method may call another locked method.
-            self._lock = FileLock(str(self.settings.lock_dir / "store.lock"), timeout=120)
+            self._lock = FileLock(
+                str(self.settings.lock_dir / "store.lock"), timeout=120, mode=PRIVATE_FILE
+            )
         with self._lock:
             yield
 

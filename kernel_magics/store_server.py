@@ -8,6 +8,11 @@ artifact folder: the kernel side and the inference process download a version in
 
 MLflow's default server form spawns a job-execution runner and several workers (≈ 15 processes,
 3.3 GB here); one worker without the job runner is ≈ 0.5 GB and enough for a team's notebooks.
+
+The database URL often carries a password, and every user of the machine can read every
+process's command line (``ps``): the URL comes from ``MLFLOW_BACKEND_STORE_URI`` or a file
+(``--backend-file``), never from argv unless it has no password, and the ``mlflow server``
+child gets it through its environment (which MLflow's server reads), not its arguments.
 """
 
 from __future__ import annotations
@@ -20,14 +25,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel_magics._files import PRIVATE_UMASK, open_private_append
 from kernel_magics.config import LOOPBACK_HOSTS
 from kernel_magics.errors import InvalidInput, ServiceUnavailable
 
 BACKEND_SCHEMES = ("postgresql", "mysql", "sqlite", "mssql")
 READY_TIMEOUT_S = 120.0
+BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"  # MLflow's own name: ``mlflow server`` reads it too
 
 
 @dataclass(frozen=True)
@@ -44,11 +52,47 @@ class ServerOptions:
         return f"http://{self.host}:{self.port}"
 
 
+def backend_url(
+    argument: str | None, file: str | None, environ: Mapping[str, str] = os.environ
+) -> str:
+    """The database URL from ``--backend-file``, else ``MLFLOW_BACKEND_STORE_URI``, else
+    ``--backend`` when it carries no password (a command line is public: ``ps``)."""
+    if sum(bool(x) for x in (argument, file)) > 1:
+        raise InvalidInput("give one of --backend and --backend-file")
+    if file:
+        path = Path(file).expanduser()
+        try:
+            mode = path.stat().st_mode
+            url = path.read_text().strip()
+        except OSError as err:
+            raise InvalidInput(f"cannot read --backend-file {file}: {err.strerror}") from None
+        if mode & 0o077 and _has_password(url):
+            raise InvalidInput(
+                f"--backend-file {file} holds a password and other users may read it: "
+                f"chmod 600 {file}"
+            )
+        return url
+    if argument:
+        if _has_password(argument):
+            raise InvalidInput(
+                f"--backend {_redacted(argument)} puts a password on the command line, where "
+                f"`ps` shows it to every user: set {BACKEND_ENV} or use --backend-file PATH"
+            )
+        return argument
+    url = environ.get(BACKEND_ENV, "").strip()
+    if not url:
+        raise InvalidInput(
+            f"no database URL: set {BACKEND_ENV}=postgresql://USER:PASSWORD@HOST:PORT/DB, or "
+            "use --backend-file PATH (or --backend URL without a password)"
+        )
+    return url
+
+
 def check_options(options: ServerOptions) -> None:
     scheme = options.backend.split(":", 1)[0].split("+", 1)[0]
     if scheme not in BACKEND_SCHEMES:
         raise InvalidInput(
-            f"--backend {options.backend!r} is not a database URL "
+            f"backend {_redacted(options.backend)!r} is not a database URL "
             "(use postgresql://USER@HOST:PORT/DB, or mysql://, sqlite:///PATH)"
         )
     if not 0 < options.port < 65536:
@@ -72,8 +116,6 @@ def server_command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
         "-m",
         "mlflow",
         "server",
-        "--backend-store-uri",
-        options.backend,
         "--artifacts-destination",
         str(Path(options.artifacts).expanduser().resolve()),
         "--host",
@@ -84,6 +126,7 @@ def server_command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
         str(options.workers),
     ]
     env = dict(os.environ)
+    env[BACKEND_ENV] = options.backend  # not an argument: ps shows arguments to everyone
     # The job-execution runner (MLflow 3) is what makes the default form heavy; the lifecycle
     # never submits jobs.
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
@@ -94,11 +137,16 @@ def start(options: ServerOptions, *, log_file: Path | None = None) -> subprocess
     """Start the server in its own process group (``stop`` ends the group) and wait until it
     answers ``/health``."""
     command, env = server_command(options)
-    Path(options.artifacts).expanduser().mkdir(parents=True, exist_ok=True)
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    Path(options.artifacts).expanduser().mkdir(mode=0o700, parents=True, exist_ok=True)
+    out = os.fdopen(open_private_append(log_file), "ab") if log_file else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            umask=PRIVATE_UMASK,  # the artifacts it writes are for this user alone
         )
     finally:
         if log_file:
@@ -170,10 +218,15 @@ def serve(options: ServerOptions) -> int:
             signal.signal(sig, handler)
 
 
+def _has_password(url: str) -> bool:
+    creds, at, _ = url.partition("://")[2].rpartition("@")
+    return bool(at) and ":" in creds
+
+
 def _redacted(url: str) -> str:
     """A backend URL without its password, for printing."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds:
+    if not _has_password(url):
         return url
+    scheme, sep, rest = url.partition("://")
+    creds, _, host = rest.rpartition("@")
     return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"

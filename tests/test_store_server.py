@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -29,12 +30,16 @@ import torch
 
 from kernel_magics import api, store_server
 from kernel_magics.config import Settings, load_settings
+from kernel_magics.errors import InvalidInput
 from kernel_magics.serving.process.cleanup import state_pids, stop_pids
 from kernel_magics.store import Store
 from kernel_magics.targets.local import LocalTarget
 
 # Debian's postgresql (Makefile: apt-get install postgresql); the newest installed major version.
 PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+# The cluster trusts loopback (any password is accepted), so a URL can carry one to show where
+# it travels: never on a command line.
+PG_PASSWORD = secrets.token_hex(12)
 
 
 def free_port() -> int:
@@ -85,14 +90,16 @@ def postgres() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def tracking_url(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``kernel-magics store serve`` on the cluster; yields its URL."""
+    """``kernel-magics store serve`` on the cluster, the URL (with a password) in the
+    environment; yields the server's URL."""
     artifacts, port = tmp_path_factory.mktemp("server-artifacts"), free_port()
     log = tmp_path_factory.mktemp("server-log") / "server.log"
     command = [
-        sys.executable, "-m", "kernel_magics.cli", "store", "serve", "--backend", postgres,
+        sys.executable, "-m", "kernel_magics.cli", "store", "serve",
         "--artifacts", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_MAGICS_", "MLFLOW_"))}
+    env[store_server.BACKEND_ENV] = postgres.replace("postgres@", f"postgres:{PG_PASSWORD}@", 1)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -237,22 +244,63 @@ def test_four_parallel_trainings_lose_nothing(
     assert all(v.sha256 for v in versions)
 
 
+def _readable(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
+
+
+def test_the_database_password_is_on_no_command_line(tracking_url: str) -> None:
+    """``ps`` shows every process's arguments to every user: the password travels in the
+    environment of the command and of its ``mlflow server`` (readable by their owner only)."""
+    secret = PG_PASSWORD.encode()
+    procs = [p for p in Path("/proc").iterdir() if p.name.isdigit()]
+    assert not [p.name for p in procs if secret in _readable(p / "cmdline")]
+    holders = [p for p in procs if secret in _readable(p / "environ")]
+    commands = [_readable(p / "cmdline").replace(b"\0", b" ") for p in holders]
+    assert any(b"kernel_magics.cli store serve" in c for c in commands), commands
+    assert any(b"mlflow server" in c for c in commands), commands
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
         (["--backend", "nonsense"], "is not a database URL"),
         (["--backend", "postgresql://u@db/x", "--host", "0.0.0.0"], "--allow-remote"),
         (["--backend", "postgresql://u@db/x", "--port", "0"], "--port must be"),
+        (["--backend", "postgresql://u:hunter2@db/x"], "MLFLOW_BACKEND_STORE_URI"),
+        ([], "no database URL: set MLFLOW_BACKEND_STORE_URI"),
+        (["--backend-file", "/nonexistent/url"], "cannot read --backend-file"),
+        (["--backend", "postgresql://u@db/x", "--backend-file", "f"], "one of --backend and"),
     ],
 )
 def test_store_serve_refuses_bad_options_in_one_line(
-    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
     from kernel_magics import cli
 
+    monkeypatch.delenv(store_server.BACKEND_ENV, raising=False)
     assert cli.main(["store", "serve", *argv]) == cli.EXIT_ERROR
     err = capsys.readouterr().err.strip()
-    assert expected in err and "\n" not in err
+    assert expected in err and "\n" not in err and "hunter2" not in err
+
+
+def test_the_backend_url_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    url = "postgresql://u:hunter2@db:5432/x"
+    file = tmp_path / "backend"
+    file.write_text(url + "\n")
+    file.chmod(0o644)
+    with pytest.raises(InvalidInput, match="chmod 600") as refused:
+        store_server.backend_url(None, str(file), {})
+    assert "hunter2" not in str(refused.value)
+    file.chmod(0o600)
+    assert store_server.backend_url(None, str(file), {}) == url
+    assert store_server.backend_url(None, None, {store_server.BACKEND_ENV: url}) == url
+    options = store_server.ServerOptions(backend=url, artifacts=tmp_path)
+    command, env = store_server.server_command(options)
+    assert not [arg for arg in command if "hunter2" in arg]
+    assert env[store_server.BACKEND_ENV] == url
 
 
 def test_quickstart_runs_unchanged_against_the_tracking_server(

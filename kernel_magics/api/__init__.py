@@ -44,10 +44,12 @@ from kernel_magics.api._versions import optimize, register, train
 from kernel_magics.catalog import ModelSummary, VersionRow
 from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
 from kernel_magics.registration import RegisterResult
+from kernel_magics.serving.tokens import SCOPES as TOKEN_SCOPES
 from kernel_magics.tracking import TrainResult
 from kernel_magics.training.config import TrainConfig
 
 __all__ = [
+    "TOKEN_SCOPES",
     "TrainResult",
     "TrainConfig",
     "RegisterResult",

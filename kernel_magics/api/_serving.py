@@ -168,9 +168,11 @@ def server_token(*, settings: Settings | None = None) -> str:
     return _target(_settings(settings)).token()
 
 
-def token_create(name: str, *, settings: Settings | None = None) -> str:
-    """A new named bearer token (shown once; its usage is metered under ``name``)."""
-    return tokens.create_token(_settings(settings), name)
+def token_create(name: str, *, scope: str | None = None, settings: Settings | None = None) -> str:
+    """A new named bearer token (shown once; its usage is metered under ``name``). ``scope``
+    ``"predict"`` (the default, ``None``) may predict and read ``/metrics`` and ``/v1/status``;
+    ``"manage"`` may also deploy, roll back, promote and undeploy over HTTP."""
+    return tokens.create_token(_settings(settings), name, scope or tokens.PREDICT)
 
 
 def token_revoke(name: str, *, settings: Settings | None = None) -> None:
@@ -179,5 +181,5 @@ def token_revoke(name: str, *, settings: Settings | None = None) -> None:
 
 
 def token_list(*, settings: Settings | None = None) -> list[dict]:
-    """Named tokens: ``[{"name", "created"}]`` (never the tokens themselves)."""
+    """Named tokens: ``[{"name", "scope", "created"}]`` (never the tokens themselves)."""
     return tokens.list_tokens(_settings(settings))

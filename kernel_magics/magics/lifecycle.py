@@ -56,6 +56,7 @@ class KernelMagics(Magics, Configurable):
     max_wait_ms = _setting(Float, "max_wait_ms", "how long the batcher waits to fill a batch")
     torch_threads = _setting(Int, "torch_threads", "torch threads per worker")
     predict_requires_token = _setting(Bool, "predict_requires_token", "predictions need the token")
+    metrics_requires_token = _setting(Bool, "metrics_requires_token", "/metrics needs a token")
     max_body_bytes = _setting(Int, "max_body_bytes", "largest request body accepted")
     max_rows = _setting(Int, "max_rows", "most rows one prediction request may carry")
     request_timeout_s = _setting(Float, "request_timeout_s", "seconds before a request gives up")
@@ -270,6 +271,7 @@ class KernelMagics(Magics, Configurable):
             %serve logs --lines 20
             %serve token
             %serve token --new dashboard
+            %serve token --new release-bot --scope manage
             %serve token --list
         """
         rendered = commands.run_serve(args, self.settings())

@@ -51,6 +51,7 @@ from kernel_magics.serving.request.codecs import (
 from kernel_magics.serving.request.model import LoadedModel
 from kernel_magics.serving.request.model_table import model_from_spec
 from kernel_magics.serving.request.protocol import Request, describe_error, dumps, error_body
+from kernel_magics.serving.tokens import MANAGE_ACTIONS
 from kernel_magics.store import not_found
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,6 @@ GATEWAY_APP = "kernel-magics"
 # ':' is not allowed in model names (naming.py), so no model's application can be the gateway's.
 MODEL_APP_PREFIX = "kernel-magics:"
 JSON = "application/json"
-_MANAGE = ("deploy", "rollback", "undeploy", "promote")
 
 # (status, body, content type, extra headers): what a model replica answers the gateway
 Answer = tuple[int, bytes, str, dict[str, str]]
@@ -297,7 +297,7 @@ class Gateway:
         name, slash, action = rest.partition("/")
         if slash and action == "invocations":
             route, allowed = "invocations", "POST"
-        elif slash and action in _MANAGE:
+        elif slash and action in MANAGE_ACTIONS:
             message = (
                 f"{action} of a model served by Ray runs from the kernel side "
                 "(%deploy, kernel_magics.api, the kernel-magics CLI), not over this HTTP API"

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from kernel_magics.errors import (
     DeployFailed,
+    Forbidden,
     InvalidInput,
     KernelMagicsError,
     NotFound,
@@ -30,6 +31,7 @@ RESTARTING = "inference process is restarting; retry in a few seconds"
 _ERRORS: dict[int, type[KernelMagicsError]] = {
     400: InvalidInput,
     401: InvalidInput,
+    403: Forbidden,
     404: NotFound,
     405: InvalidInput,
     409: DeployFailed,

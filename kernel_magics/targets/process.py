@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from kernel_magics._files import PRIVATE_UMASK, open_private_append, private_home
 from kernel_magics._pids import pid_alive
 from kernel_magics.config import PREFERRED_PORT_ENV, Settings
 from kernel_magics.errors import ServiceUnavailable
@@ -121,7 +122,7 @@ class LocalProcess:
             return self.url or ""
         from filelock import FileLock, Timeout
 
-        self.settings.lock_dir.mkdir(parents=True, exist_ok=True)
+        self._make_lock_dir()
         try:
             with FileLock(self._start_lock, timeout=timeout):
                 state = self.state()  # someone may have started it while we waited
@@ -156,7 +157,7 @@ class LocalProcess:
     def _start(self, workers: int | None, timeout: float) -> str:
         s = self.settings if workers is None else self.settings.replace(workers=workers)
         s.check_bind()
-        s.log_file.parent.mkdir(parents=True, exist_ok=True)
+        private_home(s.home)
         try:
             stale = json.loads(s.state_file.read_text())
         except (OSError, ValueError):
@@ -169,7 +170,7 @@ class LocalProcess:
             env[PREFERRED_PORT_ENV] = str(stale["port"])
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.reap()
-        with open(s.log_file, "ab") as log:
+        with os.fdopen(open_private_append(s.log_file), "ab") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "kernel_magics.serving"],
                 stdin=subprocess.DEVNULL,
@@ -178,6 +179,7 @@ class LocalProcess:
                 env=env,
                 start_new_session=True,
                 close_fds=True,
+                umask=PRIVATE_UMASK,
             )
         if not self._wait_ready(self._proc.pid, timeout):
             if self._proc.poll() is None:
@@ -236,9 +238,13 @@ class LocalProcess:
         file is written; stopping before that would miss the process it is starting."""
         from filelock import FileLock, Timeout
 
-        self.settings.lock_dir.mkdir(parents=True, exist_ok=True)
+        self._make_lock_dir()
         with contextlib.suppress(Timeout), FileLock(self._start_lock, timeout=timeout):
             pass
+
+    def _make_lock_dir(self) -> None:
+        private_home(self.settings.home)  # the home is created private, before anything in it
+        self.settings.lock_dir.mkdir(parents=True, exist_ok=True)
 
     @property
     def _start_lock(self) -> str:

@@ -141,7 +141,7 @@ def test_a_request_id_always_gets_the_same_version(client: LocalTarget, mlp: str
 
 
 def test_both_versions_are_metered_and_reachable_by_version(client: LocalTarget, mlp: str) -> None:
-    text = requests.get(f"{client.url}/metrics").text
+    text = requests.get(f"{client.url}/metrics", headers=auth(client)).text
     counts = {
         v: sum(
             float(line.rsplit(" ", 1)[1])

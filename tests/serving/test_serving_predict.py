@@ -118,7 +118,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_rows(settings, client
     # Each request got exactly its own row back: equal to that row forwarded alone.
     for i, got in results.items():
         np.testing.assert_allclose(got, batched.expected(X[i : i + 1])[0], rtol=1e-5, atol=1e-6)
-    text = requests.get(f"{client.url}/metrics").text
+    text = requests.get(f"{client.url}/metrics", headers=auth(client)).text
     counts = {}
     for fam in text_string_to_metric_families(text):
         if fam.name == "km_batch_size":
@@ -261,7 +261,7 @@ def test_model_listing(client, mlp):
 
 def test_metrics_parse(client, mlp, http_):
     http_.post(predict_url(client), json={"instances": rows(3).tolist()})
-    text = requests.get(f"{client.url}/metrics").text
+    text = requests.get(f"{client.url}/metrics", headers=auth(client)).text
     names = {fam.name for fam in text_string_to_metric_families(text)}
     assert {
         "km_requests",

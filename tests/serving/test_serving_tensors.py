@@ -161,7 +161,7 @@ def test_npy_of_the_wrong_dtype_or_shape_is_refused(client, deployed, http_):
 
 def _batch_sizes(client: LocalTarget, model: str) -> tuple[float, float]:
     """(forwards, rows) the batcher ran for ``model`` so far."""
-    text = requests.get(f"{client.url}/metrics").text
+    text = requests.get(f"{client.url}/metrics", headers=auth(client)).text
     sums = {"count": 0.0, "sum": 0.0}
     for fam in text_string_to_metric_families(text):
         if fam.name == "km_batch_size":

@@ -50,7 +50,7 @@ def _fresh_predict(client: LocalTarget) -> tuple[int, int]:
 
 
 def _requests_total(client: LocalTarget) -> float:
-    text = requests.get(f"{client.url}/metrics", timeout=10).text
+    text = requests.get(f"{client.url}/metrics", headers=auth(client), timeout=10).text
     total = 0.0
     for fam in text_string_to_metric_families(text):
         if fam.name == "km_requests":

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from kernel_magics._files import write_atomic
+from kernel_magics._files import PRIVATE_UMASK, private_home, write_atomic
 from kernel_magics.config import PREFERRED_PORT_ENV, Settings, load_settings
 from kernel_magics.errors import KernelMagicsError, clip
 from kernel_magics.serving.control.transitions import LiveModel, run_transition
@@ -64,7 +64,8 @@ class Supervisor:
     # -- start-up -----------------------------------------------------------------------------
     async def run(self) -> int:
         s = self.settings
-        for folder in (s.home, s.run_dir, s.log_file.parent):
+        private_home(s.home)
+        for folder in (s.run_dir, s.log_file.parent):
             folder.mkdir(parents=True, exist_ok=True)
         os.chmod(s.run_dir, 0o700)
         if await self._other_running():
@@ -268,6 +269,9 @@ class Supervisor:
 
 
 def main() -> int:
+    # What this process and its workers write (server.json, metrics files, sockets, model
+    # caches) is its owner's alone, whoever started it.
+    os.umask(PRIVATE_UMASK)
     settings = load_settings()
     logging.basicConfig(
         level=logging.INFO,

@@ -43,14 +43,14 @@ from kernel_magics.serving.request.protocol import (
     dumps,
     error_body,
 )
-from kernel_magics.serving.tokens import ANONYMOUS, TokenTable
+from kernel_magics.serving.tokens import ANONYMOUS, MANAGE, MANAGE_ACTIONS, TokenTable, refusal
 from kernel_magics.store import not_found
 
 log = logging.getLogger(__name__)
 _MODELS = b"/v1/models"
 _MODELS_SLASH = b"/v1/models/"
 _V2 = b"/v2"
-_ACTIONS = (b"deploy", b"rollback", b"undeploy", b"promote")
+_ACTIONS = tuple(action.encode() for action in MANAGE_ACTIONS)
 _RELAY_TIMEOUT = 600.0  # a deploy loads and warms in every worker; big models take a while
 _AUTH_HINT = b'www-authenticate: Bearer realm="kernel-magics"\r\n'
 
@@ -65,6 +65,7 @@ class WorkerApp(ControlRoutes):
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="loader")
         self.max_rows = settings.max_rows
         self.predict_auth = settings.requires_predict_token
+        self.metrics_auth = settings.requires_metrics_token
         self.tokens = TokenTable(settings)
         self.usage = metrics.Usage()
         self.unknown_errors = metrics.unknown_model_errors()
@@ -297,8 +298,12 @@ class WorkerApp(ControlRoutes):
 
     # -- management, relayed to the supervisor ------------------------------------------------
     def manage(self, req: Request, conn: Connection, name: bytes, action: bytes) -> None:
-        if not self._authorized(req):
+        who = self.tokens.identify(req.headers.get(b"authorization"))
+        if who is None:
             return self._unauthorized(req, conn)
+        refused = refusal(who, self.tokens.scope(who), MANAGE, action.decode())
+        if refused is not None:
+            return conn.send(403, dumps(refused), req=req)
         self.loop.create_task(self._relay(req, conn, name.decode("latin-1"), action.decode()))
 
     async def _relay(self, req: Request, conn: Connection, name: str, action: str) -> None:
@@ -324,6 +329,9 @@ class WorkerApp(ControlRoutes):
         conn.send(200, dumps({"status": "ok", "models": models}), req=req)
 
     def metrics(self, req: Request, conn: Connection) -> None:
+        # token names are labels here: not for anyone who can reach the port
+        if self.metrics_auth and not self._authorized(req):
+            return self._unauthorized(req, conn)
         conn.send(200, metrics.render(), metrics.CONTENT_TYPE, req=req)
 
     def openapi(self, req: Request, conn: Connection) -> None:

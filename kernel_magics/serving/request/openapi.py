@@ -26,7 +26,7 @@ def _manage(action: str, body: str | None, summary: str) -> dict:
         "parameters": [NAME_PARAM],
         "responses": {
             "200": json_response(ref("ManageResponse")),
-            **errors(400, 401, 404, 409, 413, 503),
+            **errors(400, 401, 403, 404, 409, 413, 503),
         },
     }
     if body:
@@ -246,13 +246,15 @@ def document_template() -> dict:
             },
             "/metrics": {
                 "get": {
-                    "summary": "Prometheus metrics",
+                    "summary": "Prometheus metrics (a token unless metrics_requires_token is off)",
                     "operationId": "metrics",
+                    "security": SECURED,
                     "responses": {
                         "200": {
                             "description": "Prometheus text format",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
+                        },
+                        **errors(401),
                     },
                 }
             },

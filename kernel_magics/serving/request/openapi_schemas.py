@@ -45,6 +45,7 @@ def errors(*codes: int) -> dict:
     words = {
         400: "Bad input (malformed body, wrong shape or dtype, values that do not fit, NaN)",
         401: "Missing or wrong bearer token",
+        403: "The token's scope does not allow this (management needs scope manage)",
         404: "Model not deployed, or unknown version",
         409: "The version could not be loaded or warmed; the live version keeps serving",
         413: "Body or row count over the limit",
@@ -65,7 +66,10 @@ SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
         "required": ["error"],
-        "properties": {"error": {"type": "string", "description": "One line naming the problem"}},
+        "properties": {
+            "error": {"type": "string", "description": "One line naming the problem"},
+            "required_scope": {"type": "string", "description": "403: the token scope needed"},
+        },
     },
     "PredictRequest": {
         "type": "object",
