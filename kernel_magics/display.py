@@ -16,15 +16,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from kernel_magics.errors import first_line
+from kernel_magics.metric_names import key_metrics
 from kernel_magics.records import HistoryEvent, TransitionResult
 from kernel_magics.store import TAG_PARENT
 
-# The metrics worth a column, per task, best first (training logs validation metrics by these
-# names; kernel_magics.training.metrics has its own list but imports torch, too heavy here).
-KEY_METRICS = {
-    "classification": ("accuracy", "f1_macro"),
-    "regression": ("mse", "r2"),
-}
 _BADGE = (
     '<span style="background:#1a7f37;color:#fff;border-radius:4px;padding:0 6px;'
     'font-size:0.85em;font-weight:600">LIVE</span>'
@@ -120,17 +115,8 @@ def _number(value: Any) -> str:
 number = _number  # 4 significant digits, as every table shows a metric
 
 
-def key_metrics(metrics: dict[str, float], task: str | None) -> list[tuple[str, float]]:
-    """The metrics a table shows for a version: accuracy/f1_macro or mse/r2, else val_loss."""
-    keys = KEY_METRICS.get(task or "") or KEY_METRICS["classification"] + KEY_METRICS["regression"]
-    found = [(key, metrics[key]) for key in keys if key in metrics]
-    if not found and "val_loss" in metrics:
-        found = [("val_loss", metrics["val_loss"])]
-    return found
-
-
 def _metrics_text(metrics: dict[str, float], task: str | None) -> str:
-    return " ".join(f"{k}={_number(v)}" for k, v in key_metrics(metrics, task))
+    return " ".join(f"{k}={_number(v)}" for k, v in key_metrics(metrics, task).items())
 
 
 # -- models -------------------------------------------------------------------------------------

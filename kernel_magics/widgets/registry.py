@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_magics import api, display
 from kernel_magics.config import Settings
+from kernel_magics.metric_names import key_metrics
 from kernel_magics.widgets import registry_data, views
 from kernel_magics.widgets._svg import line_chart
 from kernel_magics.widgets.front_end import Snapshot, show_with_snapshot
@@ -233,7 +234,7 @@ class RegistryBrowser:
     def _curves(self, rows: list[VersionRow]) -> str:
         """Loss curves of both runs in one chart, their key metric in another."""
         losses, metric_series = [], []
-        keys = [k for k, _ in display.key_metrics(rows[0].metrics, rows[0].task)][:1]
+        keys = list(key_metrics(rows[0].metrics, rows[0].task))[:1]
         for row in rows:
             if not row.run_id:
                 continue
