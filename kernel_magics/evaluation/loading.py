@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from kernel_magics.errors import InvalidInput
 from kernel_magics.preprocess import TableEncoder, read_encoder
 from kernel_magics.store import Store, VersionInfo, parse_ref
+from kernel_magics.warmup import wait_for_warmup
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,7 +56,9 @@ def _load(store: Store, name: str, version: int) -> LoadedVersion:
     from kernel_magics.serving.request.loaders import loader_for
     from kernel_magics.serving.request.model_files import read_example, read_signature
 
-    _wait_for_warmup()
+    # loading a pt2 program while %load_ext's warm-up runs would import torch._dynamo from two
+    # threads at once, which can break that module for the whole process
+    wait_for_warmup()
     info = store.resolve(name, version)
     spec = Lifecycle(store.settings, store).spec_for(info)  # IntegrityError if files changed
     folder = Path(spec.path)
@@ -79,17 +82,6 @@ def _load(store: Store, name: str, version: int) -> LoadedVersion:
         size,
         read_encoder(folder),
     )
-
-
-def _wait_for_warmup(timeout: float = 120) -> None:
-    """``%load_ext`` warms MLflow and torch.export in a thread; loading a pt2 program while it
-    runs imports torch._dynamo from two threads at once, which can break that module for the
-    whole process. Wait for it (it takes a few seconds, once)."""
-    from kernel_magics import warmup
-
-    thread = getattr(warmup, "_started", None)
-    if thread is not None and thread.is_alive():
-        thread.join(timeout)
 
 
 def forward(loaded: LoadedVersion, X: np.ndarray, batch_size: int = 4096) -> torch.Tensor:
