@@ -52,9 +52,9 @@ def load_version(store: Store, target: str | VersionInfo) -> LoadedVersion:
 
 @functools.lru_cache(maxsize=4)
 def _load(store: Store, name: str, version: int) -> LoadedVersion:
+    from kernel_magics.formats.loaders import loader_for
+    from kernel_magics.formats.model_files import read_example, read_signature
     from kernel_magics.serving.control.lifecycle import Lifecycle
-    from kernel_magics.serving.request.loaders import loader_for
-    from kernel_magics.serving.request.model_files import read_example, read_signature
 
     # loading a pt2 program while %load_ext's warm-up runs would import torch._dynamo from two
     # threads at once, which can break that module for the whole process

@@ -80,7 +80,7 @@ class OnnxModule(torch.nn.Module):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        from kernel_magics.serving.request.loader_onnx import load_onnx
+        from kernel_magics.formats.onnx import load_onnx
 
         self.path = path
         self._forward = load_onnx(path).fn

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from kernel_magics.errors import InvalidInput
+from kernel_magics.formats.model_files import Signature, fmt_shape
 from kernel_magics.serving.request.codecs import PayloadTooLarge
-from kernel_magics.serving.request.model_files import Signature, fmt_shape
 
 _NOT_NUMBERS = "non-numeric values (strings, null or objects)"
 _KINDS = {"b": "booleans", "f": "numbers", "i": "numbers", "u": "numbers", "c": "complex numbers"}

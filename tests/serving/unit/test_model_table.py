@@ -13,10 +13,10 @@ import torch
 from unitkit import TinyMLP, rows, run_loop
 
 from kernel_magics.errors import DeployFailed, InvalidInput
+from kernel_magics.formats.loaders import LOADERS, Graph, loader, loader_for
 from kernel_magics.records import HistoryEvent, ModelSpec
 from kernel_magics.serving.request.codecs import PayloadTooLarge
 from kernel_magics.serving.request.inflight import InFlight
-from kernel_magics.serving.request.loaders import LOADERS, Graph, loader, loader_for
 from kernel_magics.serving.request.model import LoadedModel
 from kernel_magics.serving.request.model_table import ModelTable, model_from_spec
 

@@ -53,7 +53,7 @@ class Loader:
 LOADERS: dict[str, Loader] = {}
 # Formats served by modules of their own, which register with ``@loader`` when imported; named
 # here (not imported) so that nothing of theirs loads until a version is (onnx: optimize).
-FORMAT_MODULES = ("kernel_magics.serving.request.loader_onnx",)
+FORMAT_MODULES = ("kernel_magics.formats.onnx",)
 
 
 def loader(fmt: str, file: str) -> Callable[[LoadFn], LoadFn]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from kernel_magics.errors import DeployFailed
-from kernel_magics.serving.request.loaders import Graph, loader
+from kernel_magics.formats.loaders import Graph, loader
 
 ONNX_FILE = "model.onnx"
 
