@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 
 from kernel_magics import api, display_optimize
 from kernel_magics.config import load_settings
-from kernel_magics.errors import DeployFailed, InvalidInput
+from kernel_magics.errors import DeployFailed, IntegrityError, InvalidInput
 
 
 class MLP(nn.Module):
@@ -213,6 +213,9 @@ def test_tampered_onnx_version_is_refused(parent):
     path.write_bytes(bytes(data))
     with pytest.raises(DeployFailed, match="changed since registration"):
         api.deploy(f"digits-tamper@{r.version}")
+    # the kernel loads a version to optimize through the same check as the inference process
+    with pytest.raises(IntegrityError, match="changed since registration"):
+        api.optimize(f"digits-tamper@{r.version}", export="onnx", name="digits-tamper-2")
 
 
 # -- what cannot be done, in one line -----------------------------------------------------------

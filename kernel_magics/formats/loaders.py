@@ -1,16 +1,13 @@
-"""Model loaders, one per serialization format, picked by the version's ``km.format`` tag.
+"""The registry of model formats: one loader per format, picked by the version's ``km.format``
+tag (``loader_for``).
 
-A new format is one decorated function::
-
-    @loader("onnx", "data/model.onnx")
-    def _load_onnx(path: Path) -> Graph: ...
-
+A format registers itself with ``@loader(format, file, flavor=...)`` when its module is
+imported; ``FORMAT_MODULES`` names those modules (see the package docstring for adding one).
 ``path`` is the format's file inside the MLflow model folder. Versions registered before the
-tag existed are recognised by which registered file is present (``loader_for``).
+tag existed are recognised by which registered file is present, in ``FORMAT_MODULES`` order.
 
-Pickle (MLflow's format for models torch.export cannot trace) is acceptable only because the
-supervisor hands workers folders from the store after their content hash was checked; request
-bodies are never unpickled.
+Nothing here imports torch or a runtime: a format's module imports what it needs, and only
+when a version of that format is loaded.
 """
 
 from __future__ import annotations
@@ -20,11 +17,12 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from kernel_magics.errors import DeployFailed
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -48,19 +46,26 @@ class Loader:
     format: str
     file: str  # relative to the model folder
     load: LoadFn
+    flavor: str  # the MLflow flavor in the folder's MLmodel file
 
 
 LOADERS: dict[str, Loader] = {}
-# Formats served by modules of their own, which register with ``@loader`` when imported; named
-# here (not imported) so that nothing of theirs loads until a version is (onnx: optimize).
-FORMAT_MODULES = ("kernel_magics.formats.onnx",)
+# The registry: one module per format, each registering with ``@loader`` when imported. Named
+# here (not imported) so that nothing of a format loads until a version of it does (onnxruntime
+# only for an ONNX version). Untagged versions are recognised in this order.
+FORMAT_MODULES = (
+    "kernel_magics.formats.pt2",
+    "kernel_magics.formats.torch_pickle",
+    "kernel_magics.formats.onnx",
+)
 
 
-def loader(fmt: str, file: str) -> Callable[[LoadFn], LoadFn]:
-    """Register ``fn`` as the loader of format ``fmt``, whose model is the file ``file``."""
+def loader(fmt: str, file: str, *, flavor: str) -> Callable[[LoadFn], LoadFn]:
+    """Register ``fn`` as the loader of format ``fmt``, whose model is the file ``file`` in a
+    folder whose MLmodel declares ``flavor``."""
 
     def register(fn: LoadFn) -> LoadFn:
-        LOADERS[fmt] = Loader(fmt, file, fn)
+        LOADERS[fmt] = Loader(fmt, file, fn, flavor)
         return fn
 
     return register
@@ -85,70 +90,13 @@ def loader_for(folder: Path, fmt: str | None) -> Loader:
     raise DeployFailed(f"no {files} in {folder}")
 
 
+def served_flavors() -> set[str]:
+    """The MLflow flavors some registered format loads (``pytorch``, ``onnx``)."""
+    _import_format_modules()
+    return {found.flavor for found in LOADERS.values()}
+
+
 @functools.cache
 def _import_format_modules() -> None:
     for module in FORMAT_MODULES:
         importlib.import_module(module)
-
-
-@loader("pt2", "data/model.pt2")
-def load_pt2(path: Path) -> Graph:
-    """``torch.export`` program (no pickled code)."""
-    ep = torch.export.load(str(path))
-    return Graph(ep.module(), static_batch(ep), graph_call(ep))
-
-
-@loader("pickle", "data/model.pth")
-def load_pickle(path: Path) -> Graph:
-    """MLflow's pickle format: a whole ``nn.Module`` (classes travel by value)."""
-    model = torch.load(path, map_location="cpu", weights_only=False)
-    if hasattr(model, "eval"):
-        model.eval()
-    return Graph(model)
-
-
-def graph_call(ep: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The exported graph called directly with its lifted weights: skips ``.module()``'s input
-    flattening and guards (≈50 µs a call, most of a small model's forward). None when the
-    graph has a signature we do not handle (several inputs or outputs, mutated buffers)."""
-    from torch.export.graph_signature import InputKind, OutputKind
-
-    sig = ep.graph_signature
-    if [o.kind for o in sig.output_specs] != [OutputKind.USER_OUTPUT]:
-        return None
-    lifted: list[Any] = []
-    user_at = None
-    for i, spec in enumerate(sig.input_specs):
-        if spec.kind == InputKind.USER_INPUT:
-            if user_at is not None:
-                return None
-            user_at = i
-            lifted.append(None)
-        elif spec.kind == InputKind.PARAMETER:
-            lifted.append(ep.state_dict[spec.target])
-        elif spec.kind == InputKind.BUFFER:
-            source = ep.state_dict if spec.persistent is not False else ep.constants
-            lifted.append(source[spec.target])
-        elif spec.kind in (InputKind.CONSTANT_TENSOR, InputKind.CUSTOM_OBJ):
-            lifted.append(ep.constants[spec.target])
-        else:
-            return None
-    if user_at != len(lifted) - 1:
-        return None
-    gm = ep.graph_module
-    weights = tuple(lifted[:-1])
-
-    def call(x: torch.Tensor) -> torch.Tensor:
-        return gm(*weights, x)[0]
-
-    return call
-
-
-def static_batch(ep: Any) -> int | None:
-    """torch.export fixes a size-1 example dimension: such a model only takes that batch size."""
-    for node in ep.graph_module.graph.nodes:
-        if node.op == "placeholder" and node.name in ep.graph_signature.user_inputs:
-            val = node.meta.get("val")
-            if val is not None and val.dim() > 0 and isinstance(val.shape[0], int):
-                return int(val.shape[0])
-    return None

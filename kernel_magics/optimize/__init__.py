@@ -175,12 +175,13 @@ def _check(
 def _load_parent(store: Store, name: str, ref: str | None) -> Parent:
     from kernel_magics.formats.loaders import loader_for
     from kernel_magics.formats.model_files import read_example, read_signature
+    from kernel_magics.formats.verified import verified_folder
     from kernel_magics.optimize.measure import served
     from kernel_magics.optimize.methods import Parent
     from kernel_magics.registration import example_rows
 
     info = store.resolve(name, ref)
-    folder = Path(store.local_path(info))
+    folder = verified_folder(store, info)
     fmt = info.tags.get(TAG_FORMAT) or loader_for(folder, None).format
     example = read_example(folder)
     signature = read_signature(folder, example)

@@ -1,5 +1,5 @@
 """ONNX export with a dynamic batch dimension, checked against torch, logged in MLflow's onnx
-flavor with its signature (what the worker's ``loader_onnx`` serves with onnxruntime).
+flavor with its signature (what ``formats/onnx.py`` serves with onnxruntime).
 
 onnx, onnxscript (the exporter's dependency) and onnxruntime are imported only here, when an
 optimization runs: ``pip install 'kernel-magics[optimize]'``.
