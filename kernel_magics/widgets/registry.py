@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics import api, display
+from kernel_magics.api import _runs as registry_data
 from kernel_magics.config import Settings
 from kernel_magics.metric_names import key_metrics
-from kernel_magics.widgets import registry_data, views
+from kernel_magics.widgets import views
 from kernel_magics.widgets._svg import line_chart
 from kernel_magics.widgets.front_end import Snapshot, show_with_snapshot
 
