@@ -18,7 +18,6 @@ from typing import Any
 from kernel_magics.errors import first_line
 from kernel_magics.metric_names import key_metrics
 from kernel_magics.records import HistoryEvent, TransitionResult
-from kernel_magics.store import TAG_PARENT
 
 _BADGE = (
     '<span style="background:#1a7f37;color:#fff;border-radius:4px;padding:0 6px;'
@@ -140,7 +139,7 @@ def _model_rows(summaries: Sequence[Any]) -> list[list[str]]:
                     v.task or "",
                     _metrics_text(v.metrics, v.task),
                     v.format or "",
-                    v.tags.get(TAG_PARENT) or "",
+                    v.parent,
                     # The summary's live version is the one alias lookup; rows follow it.
                     "LIVE" if s.live_version == v.version else "",
                 ]

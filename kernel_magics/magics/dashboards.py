@@ -13,10 +13,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic import line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from kernel_magics import display
+from kernel_magics import api, display
 from kernel_magics.argtypes import number
 from kernel_magics.magics._args import FeatureMagics, View, front_end, word
-from kernel_magics.store import validate_name
 from kernel_magics.widgets.front_end import widgets_render
 
 _INTERVAL = number(float, 0.2)
@@ -61,7 +60,7 @@ class DashboardMagics(FeatureMagics):
             stopped = ServiceMonitor.stop_all()
             display.show(views.monitors_stopped_line(stopped))
             return
-        name = validate_name(args.name) if args.name else None
+        name = api.validate_name(args.name) if args.name else None
         settings = self.kernel_magics.settings()
         if widgets_render():
             ServiceMonitor(settings, name, interval_s=args.interval, minutes=args.minutes).show()

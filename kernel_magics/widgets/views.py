@@ -14,7 +14,6 @@ from typing import Any
 from kernel_magics import display, display_status
 from kernel_magics.metric_names import direction, key_metrics
 from kernel_magics.records import RecentError, ServerStatus
-from kernel_magics.store import TAG_PARENT, TAG_RECIPE
 from kernel_magics.widgets.rates import ModelRates, TokenRates
 
 _SMALL = "font-size:0.9em;line-height:1.35"
@@ -218,8 +217,8 @@ def version_details_html(
         ("task", row.task or ""),
         ("size", _size(size_bytes)),
         ("run", row.run_id or ""),
-        ("parent", row.tags.get(TAG_PARENT, "")),  # lineage
-        ("recipe", row.tags.get(TAG_RECIPE, "")),
+        ("parent", row.parent),  # lineage
+        ("recipe", row.recipe),
     ]
     head = f"<p><b>{html.escape(name)} v{row.version}</b>{badge}</p>"
     parts = [head, _pairs_html([(k, v) for k, v in facts if v])]
@@ -230,7 +229,7 @@ def version_details_html(
         ]
     if params:
         parts += ["<p>params</p>", _pairs_html(sorted(params.items()))]
-    tags = sorted((k, v) for k, v in row.tags.items() if k not in (TAG_PARENT, TAG_RECIPE))
+    tags = sorted(row.other_tags().items())
     if tags:
         shown = [(k, v if len(v) <= 40 else v[:39] + "…") for k, v in tags]  # hashes, JSON
         parts += ["<p>tags</p>", _pairs_html(shown)]
