@@ -8,10 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from kernel_magics import display, display_optimize
+from kernel_magics import display
+from kernel_magics.display import dashboards as views
+from kernel_magics.display import optimize as display_optimize
 from kernel_magics.evaluation.promotion import decide
 from kernel_magics.metric_names import KEY_METRICS, direction, is_better, key_metrics
-from kernel_magics.widgets import views
 from kernel_magics.widgets._svg import COLORS
 
 
@@ -48,7 +49,7 @@ def test_the_models_table_and_the_progress_line_show_the_same_regression_metrics
 
     metrics = {"mse": 2.5, "mae": 1.25, "r2": 0.8}
     row = SimpleNamespace(version=1, created=None, metrics=metrics, task="regression")
-    table = display._metrics_text(metrics, "regression")
+    table = display.messages._metrics_text(metrics, "regression")
     line = epoch_line(EpochResult(1, 1, 1.0, 1.0, metrics, 0.1))
     for name in KEY_METRICS["regression"]:
         assert f"{name}=" in table and f"{name}=" in views.version_label(row, None)

@@ -18,9 +18,10 @@ import torch
 import torch.nn as nn
 from IPython.core.error import UsageError
 
-from kernel_magics import api, display_optimize
+from kernel_magics import api
 from kernel_magics.api._context import _store  # the store the api writes to
 from kernel_magics.config import load_settings
+from kernel_magics.display import optimize as display_optimize
 from kernel_magics.errors import DeployFailed, IntegrityError, InvalidInput
 
 

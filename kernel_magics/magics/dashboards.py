@@ -51,7 +51,7 @@ class DashboardMagics(FeatureMagics):
             %monitor digits --interval 2
             %monitor --stop
         """
-        from kernel_magics.widgets import views
+        from kernel_magics.display import dashboards as views
         from kernel_magics.widgets.monitor import ServiceMonitor, snapshot_views
 
         if args.stop:

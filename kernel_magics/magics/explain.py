@@ -14,8 +14,9 @@ from typing import Any
 from IPython.core.magic import line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from kernel_magics import api, display_explain
+from kernel_magics import api
 from kernel_magics.argtypes import positive_int
+from kernel_magics.display import explain as display_explain
 from kernel_magics.magics._args import FeatureMagics, View, front_end, word
 
 VIEWS: list[View] = [

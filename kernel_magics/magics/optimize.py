@@ -14,8 +14,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic import line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from kernel_magics import api, display_optimize
+from kernel_magics import api
 from kernel_magics.argtypes import number, positive_int
+from kernel_magics.display import optimize as display_optimize
 from kernel_magics.magics._args import FeatureMagics, View, front_end, word
 
 _POSITIVE = number(float, 0, inclusive=False)

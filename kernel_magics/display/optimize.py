@@ -11,7 +11,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from kernel_magics.display import _html_table, _text_table
+from kernel_magics.display.messages import _html_table, _text_table
 from kernel_magics.metric_names import is_better
 from kernel_magics.widgets._svg import COLORS
 

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from kernel_magics.display import _html_table, _number, _text_table
+from kernel_magics.display.messages import _html_table, _number, _text_table
 
 _BEST_STYLE = "background:#dafbe1;font-weight:600"
 _BAD_STYLE = "color:#cf222e;font-weight:600"

@@ -13,8 +13,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from kernel_magics.display import _html_table, _number, _text_table
-from kernel_magics.display_eval import _figure, _img, _png
+from kernel_magics.display.evaluation import _figure, _img, _png
+from kernel_magics.display.messages import _html_table, _number, _text_table
 
 SHOWN_FEATURES = 20  # ranked features in a table or plot
 SHOWN_ROWS = 4  # rows with signed values in the table and the bar plot

@@ -11,7 +11,8 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kernel_magics import display, display_status
+from kernel_magics import display
+from kernel_magics.display import status as display_status
 from kernel_magics.metric_names import direction, key_metrics
 from kernel_magics.records import RecentError, ServerStatus
 from kernel_magics.widgets.rates import ModelRates, TokenRates
