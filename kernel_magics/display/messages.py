@@ -1,4 +1,5 @@
-"""Every message and rendering the front ends show, in one place.
+"""The lifecycle's messages and renderings: models, transitions, history, predictions, training
+lines, and the output helpers (``show``, the tables) the other display modules share.
 
 Each view comes as plain text (terminals, the CLI, logs, papermill's text outputs) and, where a
 notebook can do better, as HTML. ``show`` picks: inside a Jupyter kernel (``ZMQInteractiveShell``)
@@ -95,7 +96,7 @@ def _html_table(
     )
 
 
-# the dashboards (kernel_magics.widgets.views) build their tables with these too
+# the dashboards (display/dashboards.py) build their tables with these too
 text_table, html_table = _text_table, _html_table
 LIVE_BADGE = _BADGE
 

@@ -1,8 +1,8 @@
 """``%monitor``: the inference process live in the notebook (``widgets.monitor``), or one
 snapshot of it where widgets do not render (papermill, nbconvert, a terminal).
 
-Parses the line and hands over to the widget or to ``widgets.views``; nothing heavy is imported
-until the magic runs. Settings are the ``KernelMagics`` ones (``%config KernelMagics.*``).
+Parses the line and hands over to the widget or to ``display/dashboards.py``; nothing heavy is
+imported until the magic runs. Settings are the ``KernelMagics`` ones (``%config KernelMagics.*``).
 """
 
 from __future__ import annotations

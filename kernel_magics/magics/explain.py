@@ -2,7 +2,7 @@
 this kernel (Integrated Gradients through Captum).
 
 Parses the line, evaluates X in the notebook's namespace, calls ``kernel_magics.api`` and
-returns its ``Explanation``, which ``display_explain`` renders (registered with IPython's
+returns its ``Explanation``, which ``display/explain.py`` renders (registered with IPython's
 formatters by type name, so nothing here imports torch or captum until the magic runs).
 """
 

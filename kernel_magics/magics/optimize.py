@@ -1,7 +1,7 @@
 """``%optimize``: quantize, prune, distill or export a registered version from the notebook.
 
 Parses the line, evaluates the notebook expressions, calls ``api.optimize`` and shows
-``display_optimize``'s table; registered by ``load_ipython_extension``. Nothing heavy is
+``display/optimize.py``'s table; registered by ``load_ipython_extension``. Nothing heavy is
 imported here: the optimization libraries load when a method runs.
 """
 

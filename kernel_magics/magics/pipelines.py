@@ -2,8 +2,8 @@
 version on held-out data (or cross-validation of its recipe), versions side by side.
 
 Parses the line, evaluates the notebook's expressions, calls ``kernel_magics.api`` and returns
-its records, which ``display_eval`` renders (registered with IPython's formatters by type name,
-so nothing here imports torch, scikit-learn, MLflow or papermill until a magic runs). Settings
+its records, which ``display/evaluation.py`` renders (registered with IPython's formatters by type
+name, so nothing here imports torch, scikit-learn, MLflow or papermill until a magic runs). Settings
 and progress are the ``KernelMagics`` ones (``%config KernelMagics.*``).
 """
 

@@ -1,4 +1,4 @@
-"""Models in a worker (``request/model.py``, ``loaders.py``, ``model_table.py``,
+"""Models in a worker (``request/model.py``, ``formats/``, ``model_table.py``,
 ``inflight.py``): real models loaded from folders laid out as MLflow writes them."""
 
 from __future__ import annotations
