@@ -89,7 +89,7 @@ class Run:
 
     def __init__(self, settings: Any) -> None:
         from kernel_magics import api
-        from kernel_magics._pids import pid_alive
+        from kernel_magics.serving.process.pids import pid_alive
         from kernel_magics.store import Store
 
         self.api, self.s, self.alive, self.store = api, settings, pid_alive, Store(settings)

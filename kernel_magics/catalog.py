@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from kernel_magics.store import TAG_PARENT, TAG_RECIPE
+
 if TYPE_CHECKING:
     from kernel_magics.records import ServerStatus
     from kernel_magics.store import Store
@@ -23,6 +25,21 @@ class VersionRow:
     aliases: tuple[str, ...]
     live: bool
     tags: dict[str, str] = field(default_factory=dict)  # km.parent, km.recipe, ...
+
+    # Lineage, so that front ends show it without knowing the store's tag names.
+    @property
+    def parent(self) -> str:
+        """``NAME@VERSION`` this version was derived from (``km.parent``), or ""."""
+        return self.tags.get(TAG_PARENT, "")
+
+    @property
+    def recipe(self) -> str:
+        """How it was made, in its author's words (``km.recipe``), or ""."""
+        return self.tags.get(TAG_RECIPE, "")
+
+    def other_tags(self) -> dict[str, str]:
+        """The version's tags besides its lineage."""
+        return {k: v for k, v in self.tags.items() if k not in (TAG_PARENT, TAG_RECIPE)}
 
 
 @dataclass

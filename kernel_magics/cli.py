@@ -137,7 +137,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
     """``pipeline run NOTEBOOK`` / ``pipeline rerun RUN_ID``: a failed notebook is an error
     (exit 2, the failing cell's error on one line); the progress bar goes to stdout."""
-    from kernel_magics import display_eval
+    from kernel_magics.display import evaluation as display_eval
     from kernel_magics.pipelines.execute import progress_mode, skip_unused_imports
     from kernel_magics.pipelines.run import parse_value
 

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kernel_magics import api, display_status
+from kernel_magics import api
 from kernel_magics.argtypes import positive_int
 from kernel_magics.config import Settings
+from kernel_magics.display import status as display_status
 from kernel_magics.errors import InvalidInput
 
 EXIT_OK, EXIT_NOT_RUNNING = 0, 1

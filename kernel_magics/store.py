@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kernel_magics._files import PRIVATE_FILE, create_private, private_home
 from kernel_magics.config import (
     DEPLOYMENTS_EXPERIMENT_NAME,
     EXPERIMENT_NAME,
@@ -30,6 +29,7 @@ from kernel_magics.config import (
 from kernel_magics.errors import InvalidInput, NotFound, StoreError, clip
 from kernel_magics.naming import NAME_MAX_LENGTH, is_valid_name, is_version_text, parse_version
 from kernel_magics.serving.deploy_options import DEPLOY_OPTIONS
+from kernel_magics.serving.files import PRIVATE_FILE, create_private, private_home
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

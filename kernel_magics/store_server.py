@@ -29,9 +29,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernel_magics._files import PRIVATE_UMASK, open_private_append
 from kernel_magics.config import LOOPBACK_HOSTS
 from kernel_magics.errors import InvalidInput, ServiceUnavailable
+from kernel_magics.serving.files import PRIVATE_UMASK, open_private_append
 
 BACKEND_SCHEMES = ("postgresql", "mysql", "sqlite", "mssql")
 READY_TIMEOUT_S = 120.0

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from kernel_magics import api
-from kernel_magics._pids import pid_alive
 from kernel_magics.records import ServerStatus
+from kernel_magics.serving.process.pids import pid_alive
 
 
 def _wait_ready(timeout: float = 90.0) -> ServerStatus:

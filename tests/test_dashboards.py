@@ -95,7 +95,7 @@ def test_snapshot_route_answers_everything_in_one_request(served: Any) -> None:
 
 
 def test_server_status_is_one_call_to_the_process(served: Any) -> None:
-    from kernel_magics.api import _target  # the target api.server_status() talks through
+    from kernel_magics.api._context import _target  # the target api.server_status() talks through
 
     target = _target(served)
     calls: list[str] = []

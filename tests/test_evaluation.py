@@ -15,10 +15,12 @@ import torch
 from IPython.core.error import UsageError
 from sklearn import metrics as skm
 
-from kernel_magics import api, display_eval
+from kernel_magics import api
 from kernel_magics.config import load_settings
+from kernel_magics.display import evaluation as display_eval
 from kernel_magics.evaluation import CVResult, EvaluationResult, decide
-from kernel_magics.evaluation.compare import Comparison, direction
+from kernel_magics.evaluation.compare import Comparison
+from kernel_magics.metric_names import direction
 from kernel_magics.store import Store
 
 TRAIN, TEST = slice(0, 1200), slice(1200, None)

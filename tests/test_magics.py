@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 from IPython.core.error import UsageError
 
-from kernel_magics import api, display, display_status
+from kernel_magics import api, display
 from kernel_magics.config import Settings
+from kernel_magics.display import status as display_status
 from kernel_magics.errors import DeployFailed
 from kernel_magics.magics import KernelMagics, split_args
 from kernel_magics.magics._results import TrainingStopped
@@ -295,7 +296,7 @@ def test_show_sends_a_bundle_in_a_notebook(monkeypatch: pytest.MonkeyPatch) -> N
     import IPython.display
 
     shown: list[tuple[Any, dict]] = []
-    monkeypatch.setattr(display, "in_notebook", lambda: True)
+    monkeypatch.setattr(display.messages, "in_notebook", lambda: True)
     monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append((obj, kw)))
     display.show("text", "<b>html</b>")
     assert shown == [({"text/plain": "text", "text/html": "<b>html</b>"}, {"raw": True})]

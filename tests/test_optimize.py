@@ -18,9 +18,11 @@ import torch
 import torch.nn as nn
 from IPython.core.error import UsageError
 
-from kernel_magics import api, display_optimize
+from kernel_magics import api
+from kernel_magics.api._context import _store  # the store the api writes to
 from kernel_magics.config import load_settings
-from kernel_magics.errors import DeployFailed, InvalidInput
+from kernel_magics.display import optimize as display_optimize
+from kernel_magics.errors import DeployFailed, IntegrityError, InvalidInput
 
 
 class MLP(nn.Module):
@@ -72,7 +74,7 @@ def parent(ns: Any, digits: tuple[np.ndarray, np.ndarray]) -> str:
 
 
 def tags(version: int, name: str = "digits") -> dict[str, str]:
-    return dict(api._store(load_settings()).resolve(name, version).tags)
+    return dict(_store(load_settings()).resolve(name, version).tags)
 
 
 def check_lineage(r: Any, recipe_start: str) -> dict[str, str]:
@@ -82,7 +84,7 @@ def check_lineage(r: Any, recipe_start: str) -> dict[str, str]:
     assert t["km.format"] == r.format and t["km.sha256"]
     for key in ("size_bytes", "params", "p50_us_b1", "p50_us_b64", "accuracy", "f1_macro"):
         assert f"km.opt.{key}" in t and f"km.opt.parent.{key}" in t
-    metrics = api._store(load_settings()).client.get_run(r.run_id).data.metrics
+    metrics = _store(load_settings()).client.get_run(r.run_id).data.metrics
     assert metrics["accuracy"] == pytest.approx(r.figures.metrics["accuracy"])
     assert metrics["parent_size_bytes"] == r.parent_figures.size_bytes
     return t
@@ -135,8 +137,8 @@ def test_unstructured_pruning_zeroes_and_says_it_does_not_shrink(parent, digits)
     check_lineage(r, "prune 50% unstructured")
     assert r.figures.params == r.parent_figures.params
     assert any("does not change" in n or "do not change" in n for n in r.notes)
-    folder = api._store(load_settings()).local_path(
-        api._store(load_settings()).resolve("digits", r.version)
+    folder = _store(load_settings()).local_path(
+        _store(load_settings()).resolve("digits", r.version)
     )
     state = torch.export.load(str(Path(folder) / "data" / "model.pt2")).state_dict
     matrices = [t for t in state.values() if t.ndim == 2]
@@ -154,7 +156,7 @@ def test_distillation_reports_labels_only_beside_it(parent, digits):
     assert r.figures.params < r.parent_figures.params
     text = display_optimize.optimize_text(r)
     assert "labels only" in text and ("distillation helped" in text or "did not help" in text)
-    history = api._store(load_settings()).client.get_metric_history(r.run_id, "val_loss")
+    history = _store(load_settings()).client.get_metric_history(r.run_id, "val_loss")
     assert len(history) == 3  # logged as a training run
 
 
@@ -206,13 +208,16 @@ def test_onnx_version_serves_swaps_and_rolls_back(parent, digits):
 
 def test_tampered_onnx_version_is_refused(parent):
     r = api.optimize(parent, export="onnx", name="digits-tamper")
-    store = api._store(load_settings())
+    store = _store(load_settings())
     path = Path(store.local_path(store.resolve("digits-tamper", r.version))) / "model.onnx"
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(DeployFailed, match="changed since registration"):
         api.deploy(f"digits-tamper@{r.version}")
+    # the kernel loads a version to optimize through the same check as the inference process
+    with pytest.raises(IntegrityError, match="changed since registration"):
+        api.optimize(f"digits-tamper@{r.version}", export="onnx", name="digits-tamper-2")
 
 
 # -- what cannot be done, in one line -----------------------------------------------------------

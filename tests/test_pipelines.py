@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from IPython.core.error import UsageError
 
-from kernel_magics import api, display_eval
+from kernel_magics import api
 from kernel_magics.config import load_settings
+from kernel_magics.display import evaluation as display_eval
 from kernel_magics.pipelines import EXPERIMENT, PipelineFailed, provenance
 from kernel_magics.pipelines.execute import progress_mode
 from kernel_magics.pipelines.record import PipelineRecord

@@ -19,6 +19,7 @@ import requests
 from IPython.core.error import UsageError
 
 from kernel_magics import api
+from kernel_magics.api._context import _settings, _store  # the store the api writes to
 from kernel_magics.errors import InvalidInput
 from kernel_magics.preprocess import Scaling, TableEncoder
 
@@ -127,7 +128,7 @@ def test_diabetes_predicts_in_the_targets_range(shell: Any, diabetes: Any) -> No
     assert predicted.std() > 20  # it answers per row, not the mean
     # validation metrics are in raw units: an MSE of thousands, not of a scaled 0.5
     assert diabetes.metrics["mse"] > 500 and diabetes.metrics["r2"] > 0.2
-    params = api._store(api._settings(None)).client.get_run(diabetes.run_id).data.params
+    params = _store(_settings(None)).client.get_run(diabetes.run_id).data.params
     assert params["scale"] == "standard" and params["scaled_targets"] == "standard over 1 columns"
     assert params["scaled_features"] == "standard over 10 columns"
     assert type(diabetes.net).__module__ == "__main__"  # the network as trained, inside
@@ -150,7 +151,7 @@ def test_scale_option_is_checked_and_recorded(shell: Any, run_cell: Any) -> None
     r = run_cell(
         shell, "%train Reg() --data Xd yd --epochs 2 --scale minmax --val-split 0 --name dm"
     )
-    params = api._store(api._settings(None)).client.get_run(r.run_id).data.params
+    params = _store(_settings(None)).client.get_run(r.run_id).data.params
     assert params["scale"] == "minmax" and params["scaled_features"] == "minmax over 10 columns"
     raw = run_cell(shell, "%train Reg() --data Xd yd --epochs 1 --scale none --name dn")
     assert raw.model is raw.net  # nothing to undo: the network itself is registered

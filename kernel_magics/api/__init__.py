@@ -12,17 +12,14 @@ and only render what they return. Every failure a user can cause raises a
 
 The functions live in ``_versions`` (train, register, optimize), ``_serving`` (deploy … predict,
 models, the serving target and its tokens) and ``_analysis`` (pipelines, evaluate, compare,
-explain); ``_context`` holds the per-settings store and target every one of them goes through.
+explain), ``_runs`` (runs and versions, read-only: params, metric histories, sizes);
+``_context`` holds the per-settings store and target every one of them goes through.
 """
 
 from __future__ import annotations
 
 from kernel_magics.api._analysis import compare, evaluate, explain, pipeline_rerun, pipeline_run
-
-# the per-settings context, for callers that need the store or the target itself (tests)
-from kernel_magics.api._context import _settings as _settings
-from kernel_magics.api._context import _store as _store
-from kernel_magics.api._context import _target as _target
+from kernel_magics.api._runs import last_run_id, metric_history, run_params, version_size
 from kernel_magics.api._serving import (
     deploy,
     history,
@@ -45,6 +42,7 @@ from kernel_magics.catalog import ModelSummary, VersionRow
 from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
 from kernel_magics.registration import RegisterResult
 from kernel_magics.serving.tokens import SCOPES as TOKEN_SCOPES
+from kernel_magics.store import validate_name
 from kernel_magics.tracking import TrainResult
 from kernel_magics.training.config import TrainConfig
 
@@ -81,4 +79,9 @@ __all__ = [
     "compare",  # pipelines and evaluation
     "explain",  # explanations
     "optimize",  # kernel-magics optimize
+    "run_params",  # runs and versions, read-only
+    "metric_history",
+    "version_size",
+    "last_run_id",
+    "validate_name",  # the model-name rule, for front ends that check a name before a call
 ]

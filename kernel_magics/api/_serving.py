@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics import catalog
-from kernel_magics._request_rows import request_rows
 from kernel_magics.api._context import _settings, _store, _target, _version_info
+from kernel_magics.api._request_rows import request_rows
 from kernel_magics.catalog import ModelSummary
 from kernel_magics.config import Settings
 from kernel_magics.errors import ServiceUnavailable

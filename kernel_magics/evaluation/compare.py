@@ -18,10 +18,9 @@ from typing import Any
 from kernel_magics.errors import InvalidInput
 from kernel_magics.evaluation import html_view
 from kernel_magics.evaluation.loading import LoadedVersion, load_version
+from kernel_magics.metric_names import direction
 from kernel_magics.store import TAG_PARENT, TAG_RECIPE, Store, validate_name
 
-HIGHER = ("accuracy", "precision", "recall", "f1", "roc_auc", "auc", "r2")
-LOWER = ("loss", "mse", "mae", "rmse", "error")
 SECTIONS = ("metrics", "evaluation", "params", "lineage", "model")
 LATENCY_CALLS = 50
 LATENCY_TIE = 0.05
@@ -51,18 +50,6 @@ class Comparison:
         raise KeyError(name)
 
     _repr_html_ = html_view  # the view the front end registered
-
-
-def direction(name: str) -> str | None:
-    """Which way a metric improves, from its name (``val_loss``: lower; ``f1_macro``: higher)."""
-    key = name.lower().removeprefix("km.eval.").removeprefix("km.cv.")
-    if key.endswith("_std"):
-        return "lower"
-    if any(word in key for word in LOWER):
-        return "lower"
-    if any(word in key for word in HIGHER):
-        return "higher"
-    return None
 
 
 def compare(

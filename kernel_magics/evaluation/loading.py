@@ -1,7 +1,7 @@
 """A registered version, loaded in this process the way the inference process loads it.
 
 The folder comes from the store and is checked against the SHA-256 recorded at registration
-(``Lifecycle.spec_for``); the model is read by the serving loader of its ``km.format`` (pt2
+(``formats.verified``); the model is read by the format loader of its ``km.format`` (pt2
 through ``torch.export.load(...).module()``, MLflow's pickle format through ``torch.load``), so
 what is evaluated is exactly what ``%deploy`` would serve. Versions are immutable: a loaded one
 is kept for the next call (a few, by store, name and version).
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_magics.errors import InvalidInput
 from kernel_magics.preprocess import TableEncoder, read_encoder
-from kernel_magics.store import Store, VersionInfo, parse_ref
+from kernel_magics.store import TAG_FORMAT, Store, VersionInfo, parse_ref
+from kernel_magics.warmup import wait_for_warmup
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,15 +52,16 @@ def load_version(store: Store, target: str | VersionInfo) -> LoadedVersion:
 
 @functools.lru_cache(maxsize=4)
 def _load(store: Store, name: str, version: int) -> LoadedVersion:
-    from kernel_magics.serving.control.lifecycle import Lifecycle
-    from kernel_magics.serving.request.loaders import loader_for
-    from kernel_magics.serving.request.model_files import read_example, read_signature
+    from kernel_magics.formats.loaders import loader_for
+    from kernel_magics.formats.model_files import read_example, read_signature
+    from kernel_magics.formats.verified import verified_folder
 
-    _wait_for_warmup()
+    # loading a pt2 program while %load_ext's warm-up runs would import torch._dynamo from two
+    # threads at once, which can break that module for the whole process
+    wait_for_warmup()
     info = store.resolve(name, version)
-    spec = Lifecycle(store.settings, store).spec_for(info)  # IntegrityError if files changed
-    folder = Path(spec.path)
-    loader = loader_for(folder, spec.format)
+    folder = verified_folder(store, info)  # IntegrityError if its files changed
+    loader = loader_for(folder, info.tags.get(TAG_FORMAT))
     graph = loader.load(folder / loader.file)
     example = read_example(folder)
     if example is not None:
@@ -79,17 +81,6 @@ def _load(store: Store, name: str, version: int) -> LoadedVersion:
         size,
         read_encoder(folder),
     )
-
-
-def _wait_for_warmup(timeout: float = 120) -> None:
-    """``%load_ext`` warms MLflow and torch.export in a thread; loading a pt2 program while it
-    runs imports torch._dynamo from two threads at once, which can break that module for the
-    whole process. Wait for it (it takes a few seconds, once)."""
-    from kernel_magics import warmup
-
-    thread = getattr(warmup, "_started", None)
-    if thread is not None and thread.is_alive():
-        thread.join(timeout)
 
 
 def forward(loaded: LoadedVersion, X: np.ndarray, batch_size: int = 4096) -> torch.Tensor:

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from kernel_magics.errors import InvalidInput
-from kernel_magics.evaluation.compare import direction
+from kernel_magics.metric_names import direction
 
 
 @dataclass(frozen=True)

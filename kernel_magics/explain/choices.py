@@ -109,7 +109,7 @@ def _frame_columns(X: Any) -> list[str] | None:
 
 
 def _version_columns(loaded: LoadedVersion) -> list[str] | None:
-    from kernel_magics.serving.request.model_files import read_signature
+    from kernel_magics.formats.model_files import read_signature
 
     try:
         columns = read_signature(loaded.folder, loaded.example).columns

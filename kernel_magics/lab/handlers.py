@@ -25,8 +25,9 @@ import tornado.web
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
-from kernel_magics.display import key_metrics, to_json
+from kernel_magics.display import to_json
 from kernel_magics.errors import InvalidInput, KernelMagicsError, first_line
+from kernel_magics.metric_names import key_metrics
 
 ROUTE_PREFIX = "kernel-magics"
 _NAME = r"(?P<name>[^/]+)"  # api validates the name itself and answers 400
@@ -90,12 +91,12 @@ class _KernelMagicsHandler(APIHandler):
 
 def _models_document() -> dict[str, Any]:
     """``api.models()`` as JSON, each version with the metrics the ``%models`` table shows
-    (``display.key_metrics``), so the panel and the magic pick the same ones."""
+    (``metric_names.key_metrics``), so the panel and the magic pick the same ones."""
     models = []
     for summary in _api().models():
         doc = dataclasses.asdict(summary)
         for version, row in zip(summary.versions, doc["versions"], strict=True):
-            row["key_metrics"] = dict(key_metrics(version.metrics, version.task))
+            row["key_metrics"] = key_metrics(version.metrics, version.task)
         models.append(doc)
     return {"models": models}
 

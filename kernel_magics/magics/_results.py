@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel_magics import display
+from kernel_magics import api, display
 from kernel_magics.config import Settings
 from kernel_magics.errors import TrainingInterrupted
 from kernel_magics.training.progress import NullProgress
@@ -25,22 +25,8 @@ def training_stopped(
 ) -> TrainingStopped:
     """Say once that the run was KILLED (the reporter already said where it stopped)."""
     detail = str(err) if isinstance(reporter, NullProgress) else None
-    line = display.training_stopped_line(_last_run_id(settings), detail)
+    line = display.training_stopped_line(api.last_run_id(settings=settings), detail)
     return TrainingStopped(line)
-
-
-def _last_run_id(settings: Settings) -> str | None:
-    """The run the interrupted training opened (MLflow remembers it per thread)."""
-    try:
-        import mlflow
-
-        from kernel_magics.store import Store
-
-        with Store(settings).tracking():
-            run = mlflow.last_active_run()
-        return run.info.run_id if run is not None else None
-    except Exception:  # the store itself may be what failed: the line still stands
-        return None
 
 
 _PREDICTIONS_CLASS: Any = None

@@ -1,8 +1,8 @@
 """``%monitor``: the inference process live in the notebook (``widgets.monitor``), or one
 snapshot of it where widgets do not render (papermill, nbconvert, a terminal).
 
-Parses the line and hands over to the widget or to ``widgets.views``; nothing heavy is imported
-until the magic runs. Settings are the ``KernelMagics`` ones (``%config KernelMagics.*``).
+Parses the line and hands over to the widget or to ``display/dashboards.py``; nothing heavy is
+imported until the magic runs. Settings are the ``KernelMagics`` ones (``%config KernelMagics.*``).
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic import line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from kernel_magics import display
+from kernel_magics import api, display
 from kernel_magics.argtypes import number
 from kernel_magics.magics._args import FeatureMagics, View, front_end, word
-from kernel_magics.store import validate_name
 from kernel_magics.widgets.front_end import widgets_render
 
 _INTERVAL = number(float, 0.2)
@@ -52,7 +51,7 @@ class DashboardMagics(FeatureMagics):
             %monitor digits --interval 2
             %monitor --stop
         """
-        from kernel_magics.widgets import views
+        from kernel_magics.display import dashboards as views
         from kernel_magics.widgets.monitor import ServiceMonitor, snapshot_views
 
         if args.stop:
@@ -61,7 +60,7 @@ class DashboardMagics(FeatureMagics):
             stopped = ServiceMonitor.stop_all()
             display.show(views.monitors_stopped_line(stopped))
             return
-        name = validate_name(args.name) if args.name else None
+        name = api.validate_name(args.name) if args.name else None
         settings = self.kernel_magics.settings()
         if widgets_render():
             ServiceMonitor(settings, name, interval_s=args.interval, minutes=args.minutes).show()

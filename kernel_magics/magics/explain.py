@@ -2,7 +2,7 @@
 this kernel (Integrated Gradients through Captum).
 
 Parses the line, evaluates X in the notebook's namespace, calls ``kernel_magics.api`` and
-returns its ``Explanation``, which ``display_explain`` renders (registered with IPython's
+returns its ``Explanation``, which ``display/explain.py`` renders (registered with IPython's
 formatters by type name, so nothing here imports torch or captum until the magic runs).
 """
 
@@ -14,8 +14,9 @@ from typing import Any
 from IPython.core.magic import line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from kernel_magics import api, display_explain
+from kernel_magics import api
 from kernel_magics.argtypes import positive_int
+from kernel_magics.display import explain as display_explain
 from kernel_magics.magics._args import FeatureMagics, View, front_end, word
 
 VIEWS: list[View] = [

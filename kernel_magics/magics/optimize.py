@@ -1,7 +1,7 @@
 """``%optimize``: quantize, prune, distill or export a registered version from the notebook.
 
 Parses the line, evaluates the notebook expressions, calls ``api.optimize`` and shows
-``display_optimize``'s table; registered by ``load_ipython_extension``. Nothing heavy is
+``display/optimize.py``'s table; registered by ``load_ipython_extension``. Nothing heavy is
 imported here: the optimization libraries load when a method runs.
 """
 
@@ -14,8 +14,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic import line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from kernel_magics import api, display_optimize
+from kernel_magics import api
 from kernel_magics.argtypes import number, positive_int
+from kernel_magics.display import optimize as display_optimize
 from kernel_magics.magics._args import FeatureMagics, View, front_end, word
 
 _POSITIVE = number(float, 0, inclusive=False)

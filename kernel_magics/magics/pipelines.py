@@ -2,8 +2,8 @@
 version on held-out data (or cross-validation of its recipe), versions side by side.
 
 Parses the line, evaluates the notebook's expressions, calls ``kernel_magics.api`` and returns
-its records, which ``display_eval`` renders (registered with IPython's formatters by type name,
-so nothing here imports torch, scikit-learn, MLflow or papermill until a magic runs). Settings
+its records, which ``display/evaluation.py`` renders (registered with IPython's formatters by type
+name, so nothing here imports torch, scikit-learn, MLflow or papermill until a magic runs). Settings
 and progress are the ``KernelMagics`` ones (``%config KernelMagics.*``).
 """
 
@@ -16,8 +16,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic import line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from kernel_magics import api, display_eval
+from kernel_magics import api
 from kernel_magics.argtypes import positive_int
+from kernel_magics.display import evaluation as display_eval
 from kernel_magics.magics._args import FeatureMagics, View, front_end, word
 
 # (module, class, text view, HTML view): registered by name, resolved when first shown

@@ -173,14 +173,15 @@ def _check(
 
 # -- the parent and the data --------------------------------------------------------------------
 def _load_parent(store: Store, name: str, ref: str | None) -> Parent:
+    from kernel_magics.formats.loaders import loader_for
+    from kernel_magics.formats.model_files import read_example, read_signature
+    from kernel_magics.formats.verified import verified_folder
     from kernel_magics.optimize.measure import served
     from kernel_magics.optimize.methods import Parent
     from kernel_magics.registration import example_rows
-    from kernel_magics.serving.request.loaders import loader_for
-    from kernel_magics.serving.request.model_files import read_example, read_signature
 
     info = store.resolve(name, ref)
-    folder = Path(store.local_path(info))
+    folder = verified_folder(store, info)
     fmt = info.tags.get(TAG_FORMAT) or loader_for(folder, None).format
     example = read_example(folder)
     signature = read_signature(folder, example)

@@ -76,7 +76,7 @@ def served(folder: str | Path, fmt: str | None, label: str = "model") -> Any:
 
 
 def model_file(folder: str | Path, fmt: str | None) -> Path:
-    from kernel_magics.serving.request.loaders import loader_for
+    from kernel_magics.formats.loaders import loader_for
 
     found = loader_for(Path(folder), fmt)
     return Path(folder) / found.file

@@ -1,5 +1,5 @@
 """ONNX export with a dynamic batch dimension, checked against torch, logged in MLflow's onnx
-flavor with its signature (what the worker's ``loader_onnx`` serves with onnxruntime).
+flavor with its signature (what ``formats/onnx.py`` serves with onnxruntime).
 
 onnx, onnxscript (the exporter's dependency) and onnxruntime are imported only here, when an
 optimization runs: ``pip install 'kernel-magics[optimize]'``.
@@ -80,7 +80,7 @@ class OnnxModule(torch.nn.Module):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        from kernel_magics.serving.request.loader_onnx import load_onnx
+        from kernel_magics.formats.onnx import load_onnx
 
         self.path = path
         self._forward = load_onnx(path).fn

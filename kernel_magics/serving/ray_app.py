@@ -38,18 +38,14 @@ from kernel_magics.serving.request import invocations
 from kernel_magics.serving.request.canary import REQUEST_ID, Split
 from kernel_magics.serving.request.codecs import (
     NPY,
-    UnsupportedMediaType,
-    json_rows,
     labelled_json,
-    media_type,
-    npy_decode,
     npy_encode,
     predictions_json,
     wants_labels,
-    wants_npy,
 )
 from kernel_magics.serving.request.model import LoadedModel
 from kernel_magics.serving.request.model_table import model_from_spec
+from kernel_magics.serving.request.predict_request import decode_invocations, decode_predict
 from kernel_magics.serving.request.protocol import Request, describe_error, dumps, error_body
 from kernel_magics.serving.tokens import MANAGE_ACTIONS
 from kernel_magics.store import not_found
@@ -197,28 +193,22 @@ class ModelServer:
         tags: dict[str, str],
         labels: bool = False,
     ) -> Answer:
-        ctype = media_type(headers.get("content-type", "").encode("latin-1"))
-        if ctype == NPY:
-            array, npy_out = npy_decode(body), True
-        elif ctype == b"application/json" or not ctype:
-            array = json_rows(body)
-            npy_out = wants_npy(headers.get("accept", "").encode("latin-1"))
-        else:
-            raise UnsupportedMediaType(
-                f"unsupported Content-Type {ctype.decode('latin-1')[:100]!r}: "
-                "use application/json or application/x-npy"
-            )
-        array = model.check(array, self.max_rows)
-        classes = model.check_labels() if labels else None
-        if classes is not None and npy_out:
-            raise InvalidInput("labels are answered as JSON: drop 'Accept: application/x-npy'")
+        decoded = decode_predict(
+            model,
+            body,
+            headers.get("content-type", "").encode("latin-1"),
+            headers.get("accept", "").encode("latin-1"),
+            labels,
+            self.max_rows,
+        )
+        array, classes = decoded.array, decoded.classes
         if array.shape[0] > model.max_batch_size:  # @serve.batch refuses an item over its limit
             out = await self._forward(model, array)
         else:
             out = await self._batched((model, array))
         if isinstance(out, BaseException):
             return 400, error_body(_model_error(out)), JSON, tags
-        if npy_out:
+        if decoded.npy_out:
             return 200, npy_encode(out), NPY.decode(), tags
         if classes is not None:
             return 200, labelled_json(out, classes), JSON, tags
@@ -228,14 +218,9 @@ class ModelServer:
         self, model: LoadedModel, body: bytes, headers: dict[str, str], tags: dict[str, str]
     ) -> Answer:
         ctype = headers.get("content-type")
-        try:
-            parsed = invocations.parse(body, ctype.encode("latin-1") if ctype else None, model)
-        except KernelMagicsError:
-            raise
-        except Exception as err:  # pandas can fail in many ways on odd input
-            return 400, error_body(f"Invalid input: {describe_error(err, 450)}"), JSON, tags
-        if parsed.array.shape[0] > self.max_rows:
-            raise InvalidInput(f"{parsed.array.shape[0]} rows is over the limit of {self.max_rows}")
+        parsed = decode_invocations(
+            model, body, ctype.encode("latin-1") if ctype else None, self.max_rows
+        )
         # alone and exactly as given: the MLflow-compatible answer depends on the request
         out = await self._forward(model, parsed.array)
         if isinstance(out, BaseException):

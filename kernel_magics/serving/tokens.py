@@ -26,9 +26,9 @@ import json
 import secrets
 import time
 
-from kernel_magics._files import private_home, write_atomic
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, NotFound
+from kernel_magics.serving.files import private_home, write_atomic
 from kernel_magics.store import validate_name
 
 HOME_TOKEN_NAME = "default"

@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from kernel_magics._files import PRIVATE_UMASK, open_private_append, private_home
-from kernel_magics._pids import pid_alive
 from kernel_magics.config import PREFERRED_PORT_ENV, Settings
 from kernel_magics.errors import ServiceUnavailable
+from kernel_magics.serving.files import PRIVATE_UMASK, open_private_append, private_home
 from kernel_magics.serving.process import ipc
+from kernel_magics.serving.process.pids import pid_alive
 
 RESTARTING = "inference process is restarting; retry in a few seconds"
 

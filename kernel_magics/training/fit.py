@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from kernel_magics.errors import InvalidInput, TrainingInterrupted, first_line
+from kernel_magics.metric_names import key_metrics
 from kernel_magics.training.config import TrainConfig
 from kernel_magics.training.data import PreparedData
 from kernel_magics.training.losses import Loss, check_loss_value, check_targets, make_loss
-from kernel_magics.training.metrics import format_value, key_metrics, task_metrics
+from kernel_magics.training.metrics import format_value, task_metrics
 from kernel_magics.training.progress import NullProgress, Progress, StopRequested, stop_check
 
 EVAL_CHUNK = 1024  # rows per forward when evaluating: bounded memory on large validation sets

@@ -82,18 +82,8 @@ def task_metrics(task: str, y_true: Any, output: Any) -> dict[str, float]:
     return {}
 
 
-# The metrics worth showing in a one-line summary, per task, best first.
-KEY_METRICS = {"classification": ("accuracy", "f1_macro"), "regression": ("mse", "mae", "r2")}
-
-
 def format_value(value: float) -> str:
     """Three decimals for losses and scores; large errors (MSE on raw prices) without noise."""
     if not math.isfinite(value):
         return str(value)
     return f"{value:.3f}" if abs(value) < 1000 else f"{value:.1f}"
-
-
-def key_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """The headline metrics present in ``metrics`` (all of them if none is a known one)."""
-    keys = [k for keys in KEY_METRICS.values() for k in keys if k in metrics]
-    return {k: metrics[k] for k in keys} if keys else dict(metrics)

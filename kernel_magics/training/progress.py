@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from kernel_magics.errors import InvalidInput
-from kernel_magics.training.metrics import format_value, key_metrics
+from kernel_magics.metric_names import key_metrics
+from kernel_magics.training.metrics import format_value
 
 if TYPE_CHECKING:
     from kernel_magics.training.fit import EpochResult

@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kernel_magics.training.metrics import format_value, key_metrics
+from kernel_magics.metric_names import key_metrics
+from kernel_magics.training.metrics import format_value
 from kernel_magics.training.progress import register_progress, unregister_progress
 
 if TYPE_CHECKING:

@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_magics import api, display
 from kernel_magics.config import Settings
-from kernel_magics.widgets import registry_data, views
+from kernel_magics.display import dashboards as views
+from kernel_magics.metric_names import key_metrics
 from kernel_magics.widgets._svg import line_chart
 from kernel_magics.widgets.front_end import Snapshot, show_with_snapshot
+
+CURVES = ("train_loss", "val_loss")  # the loss curves of a comparison
 
 if TYPE_CHECKING:
     from kernel_magics.catalog import ModelSummary, VersionRow
@@ -149,9 +152,9 @@ class RegistryBrowser:
         self._background(lambda: self._load_details(summary.name, row, live))
 
     def _load_details(self, name: str, row: VersionRow, live: int | None) -> None:
-        params = registry_data.run_params(self.settings, row.run_id) if row.run_id else {}
+        params = api.run_params(row.run_id, settings=self.settings) if row.run_id else {}
         try:
-            size = registry_data.version_size(self.settings, name, row.version)
+            size = api.version_size(name, row.version, settings=self.settings)
         except Exception:  # files missing from the store: the deploy would say so
             size = None
         if self.version() is row:  # still the one selected
@@ -224,7 +227,7 @@ class RegistryBrowser:
             self.comparison.value = "<p>pick two different versions to compare</p>"
             return
         params = [
-            registry_data.run_params(self.settings, r.run_id) if r.run_id else {} for r in rows
+            api.run_params(r.run_id, settings=self.settings) if r.run_id else {} for r in rows
         ]
         self.comparison.value = views.comparison_html(
             summary.name, rows, params, self._curves(rows)
@@ -233,19 +236,15 @@ class RegistryBrowser:
     def _curves(self, rows: list[VersionRow]) -> str:
         """Loss curves of both runs in one chart, their key metric in another."""
         losses, metric_series = [], []
-        keys = [k for k, _ in display.key_metrics(rows[0].metrics, rows[0].task)][:1]
+        keys = list(key_metrics(rows[0].metrics, rows[0].task))[:1]
         for row in rows:
             if not row.run_id:
                 continue
-            for key in registry_data.CURVES:
-                values = [
-                    v for _, v in registry_data.metric_history(self.settings, row.run_id, key)
-                ]
+            for key in CURVES:
+                values = [v for _, v in api.metric_history(row.run_id, key, settings=self.settings)]
                 losses.append((f"v{row.version} {key}", values))
             for key in keys:
-                values = [
-                    v for _, v in registry_data.metric_history(self.settings, row.run_id, key)
-                ]
+                values = [v for _, v in api.metric_history(row.run_id, key, settings=self.settings)]
                 metric_series.append((f"v{row.version} {key}", values))
         charts = [line_chart(losses, width=440)] if losses else []
         if metric_series:

@@ -14,6 +14,7 @@ from raykit import Load, RayHead, ray_settings, url
 from servekit import MLP, Logged, log_model, rows
 
 from kernel_magics import api
+from kernel_magics.api._context import _target  # the target the api predicts through
 from kernel_magics.config import Settings
 from kernel_magics.errors import IntegrityError, InvalidInput, NotFound
 
@@ -125,7 +126,7 @@ def test_a_tampered_version_is_refused_and_the_live_one_keeps_serving(
     weights.write_bytes(weights.read_bytes() + b"\0")
     with pytest.raises(IntegrityError, match="changed since registration"):
         api.deploy("mlp@3", settings=settings)
-    _, version = api._target(settings).predict("mlp", X)
+    _, version = _target(settings).predict("mlp", X)
     assert version == 1
 
 

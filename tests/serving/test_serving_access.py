@@ -14,8 +14,9 @@ import pytest
 import requests
 from servekit import MLP, log_model, rows
 
-from kernel_magics import api, display_status
+from kernel_magics import api
 from kernel_magics.config import Settings
+from kernel_magics.display import status as display_status
 from kernel_magics.errors import InvalidInput, NotFound
 from kernel_magics.records import TokenUsage
 from kernel_magics.serving.process.cleanup import state_pids, stop_pids

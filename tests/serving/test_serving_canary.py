@@ -20,8 +20,8 @@ import pytest
 import requests
 from servekit import MLP, auth, log_model, rows
 
-from kernel_magics import display_status
 from kernel_magics.config import Settings, load_settings
+from kernel_magics.display import status as display_status
 from kernel_magics.errors import InvalidInput
 from kernel_magics.store import Store
 from kernel_magics.targets.local import LocalTarget

@@ -28,9 +28,9 @@ from servekit import (
     rows,
 )
 
-from kernel_magics._pids import pid_alive
 from kernel_magics.config import Settings
 from kernel_magics.errors import DeployFailed, InvalidInput, NotFound, ServiceUnavailable
+from kernel_magics.serving.process.pids import pid_alive
 from kernel_magics.store import Store
 from kernel_magics.targets.local import LocalTarget
 

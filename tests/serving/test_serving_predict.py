@@ -196,6 +196,34 @@ def npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def test_too_many_rows_is_413_on_every_route(client, mlp, http_):
+    """One row limit, one status: :predict, /invocations and v2 refuse with 413 alike."""
+    X = rows(MAX_ROWS + 1)
+    v2_body = {
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": list(X.shape),
+                "datatype": "FP32",
+                "data": X.ravel().tolist(),
+            }
+        ]
+    }
+    routes = [
+        (predict_url(client), {"instances": X.tolist()}),
+        (f"{client.url}/v1/models/mlp/invocations", {"inputs": X.tolist()}),
+        (f"{client.url}/v2/models/mlp/infer", v2_body),
+    ]
+    for url, body in routes:
+        r = http_.post(url, json=body)
+        assert r.status_code == 413, (url, r.text)
+        assert (
+            r.json()["error"]
+            == f"{MAX_ROWS + 1} rows is over the limit of {MAX_ROWS} rows per request"
+        )
+    assert http_.post(predict_url(client), json={"instances": rows(2).tolist()}).status_code == 200
+
+
 def test_npy_limits_and_nan(client, mlp, http_):
     h = {"Content-Type": "application/x-npy"}
     nan = rows(2)

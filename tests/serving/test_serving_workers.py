@@ -17,8 +17,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from servekit import MLP, auth, log_model, rows
 
-from kernel_magics._pids import pid_alive
 from kernel_magics.config import Settings, load_settings
+from kernel_magics.serving.process.pids import pid_alive
 from kernel_magics.targets.local import LocalTarget
 
 

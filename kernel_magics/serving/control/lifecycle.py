@@ -18,13 +18,13 @@ import logging
 from dataclasses import dataclass
 
 from kernel_magics.config import Settings
-from kernel_magics.errors import IntegrityError, InvalidInput, KernelMagicsError, NotFound
+from kernel_magics.errors import InvalidInput, KernelMagicsError, NotFound
+from kernel_magics.formats.verified import verified_folder
 from kernel_magics.records import HistoryEvent, ModelSpec
 from kernel_magics.store import (
     TAG_FORMAT,
     Store,
     VersionInfo,
-    hash_model_dir,
     not_found,
     transition_event,
     validate_name,
@@ -64,24 +64,8 @@ class Lifecycle:
 
     def spec_for(self, info: VersionInfo, **options: float) -> ModelSpec:
         """Local path of a version, verified against the hash recorded at registration."""
-        path = self.store.local_path(info)
-        expected = info.sha256
-        if not expected:
-            raise IntegrityError(
-                f"{info.name} v{info.version} has no recorded content hash "
-                "(not registered by kernel-magics); refusing to load it"
-            )
-        try:
-            actual = hash_model_dir(path)
-        except NotFound:
-            raise IntegrityError(
-                f"{info.name} v{info.version}: model files are missing from the store ({path})"
-            ) from None
-        if actual != expected:
-            raise IntegrityError(
-                f"{info.name} v{info.version}: model files changed since registration "
-                f"(hash {actual[:12]}… ≠ recorded {expected[:12]}…); refusing to load them"
-            )
+        path = verified_folder(self.store, info)
+        sha256 = info.sha256 or ""  # never empty: verified_folder refuses a version without one
         # explicit options win; else what the version's last deploy asked for; else defaults
         recorded = info.serve_options
         batch = options.get("max_batch_size", recorded.get("max_batch_size"))
@@ -90,7 +74,7 @@ class Lifecycle:
             name=info.name,
             version=info.version,
             path=str(path),
-            sha256=expected,
+            sha256=sha256,
             task=info.task,
             # picks the worker's loader; None for versions registered before the tag existed
             format=info.tags.get(TAG_FORMAT),

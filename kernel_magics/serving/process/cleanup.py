@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from kernel_magics._pids import pid_alive
+from kernel_magics.serving.process.pids import pid_alive
 
 _POLL_S = 0.05
 

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from kernel_magics._files import PRIVATE_UMASK, private_home, write_atomic
 from kernel_magics.config import PREFERRED_PORT_ENV, Settings, load_settings
 from kernel_magics.errors import KernelMagicsError, clip
 from kernel_magics.serving.control.transitions import LiveModel, run_transition
+from kernel_magics.serving.files import PRIVATE_UMASK, private_home, write_atomic
 from kernel_magics.serving.process import ipc
 from kernel_magics.serving.process.pool import WorkerProcesses
 from kernel_magics.serving.request.connections import raise_open_files_limit

@@ -23,18 +23,14 @@ from kernel_magics.serving.request import status as status_snapshot
 from kernel_magics.serving.request.batcher import InferenceThread, Item
 from kernel_magics.serving.request.codecs import (
     NPY,
-    UnsupportedMediaType,
-    json_rows,
     labelled_json,
-    media_type,
-    npy_decode,
     npy_encode,
     predictions_json,
     wants_labels,
-    wants_npy,
 )
 from kernel_magics.serving.request.model import LoadedModel
 from kernel_magics.serving.request.model_table import ModelTable
+from kernel_magics.serving.request.predict_request import decode_invocations, decode_predict
 from kernel_magics.serving.request.protocol import (
     JSON,
     Connection,
@@ -195,29 +191,21 @@ class WorkerApp(ControlRoutes):
         model = self._model(req, conn, raw_name)
         if model is None:
             return
-        stats = model.stats
-        ctype = media_type(req.headers.get(b"content-type", b""))
+        headers = req.headers
         try:
-            if ctype == NPY:
-                array, npy_out = npy_decode(req.body), True
-            elif ctype == b"application/json" or not ctype:
-                array = json_rows(req.body)
-                npy_out = wants_npy(req.headers.get(b"accept", b""))
-            else:
-                raise UnsupportedMediaType(
-                    f"unsupported Content-Type {ctype.decode('latin-1')[:100]!r}: "
-                    "use application/json or application/x-npy"
-                )
-            array = model.check(array, self.max_rows)
-            classes = model.check_labels() if wants_labels(req.query) else None
-            if classes is not None and npy_out:
-                raise InvalidInput("labels are answered as JSON: drop 'Accept: application/x-npy'")
+            decoded = decode_predict(
+                model,
+                req.body,
+                headers.get(b"content-type", b""),
+                headers.get(b"accept", b""),
+                wants_labels(req.query),
+                self.max_rows,
+            )
         except InvalidInput as err:
-            stats.errors.inc()
-            self.recent_errors.add(err.http_status, str(err), model.name, model.version)
-            conn.send(err.http_status, error_body(str(err)), req=req)
+            self._refuse(model, req, conn, err)
             return
-        if npy_out:
+        array, classes = decoded.array, decoded.classes
+        if decoded.npy_out:
             self._submit(model, req, conn, who, array, lambda out: (npy_encode(out), NPY))
         elif classes is not None:
             labelled = lambda out: (labelled_json(out, classes), JSON)  # noqa: E731
@@ -232,27 +220,24 @@ class WorkerApp(ControlRoutes):
         model = self._model(req, conn, raw_name)
         if model is None:
             return
-        stats = model.stats
         try:
-            parsed = invocations.parse(req.body, req.headers.get(b"content-type"), model)
-            if parsed.array.shape[0] > self.max_rows:
-                raise InvalidInput(
-                    f"{parsed.array.shape[0]} rows is over the limit of {self.max_rows}"
-                )
+            parsed = decode_invocations(
+                model, req.body, req.headers.get(b"content-type"), self.max_rows
+            )
         except InvalidInput as err:
-            stats.errors.inc()
-            self.recent_errors.add(err.http_status, str(err), model.name, model.version)
-            conn.send(err.http_status, error_body(str(err)), req=req)
-            return
-        except Exception as err:  # pandas can fail in many ways on odd input
-            stats.errors.inc()
-            message = f"Invalid input: {describe_error(err, 450)}"
-            self.recent_errors.add(400, message, model.name, model.version)
-            conn.send(400, error_body(message), req=req)
+            self._refuse(model, req, conn, err)
             return
         # run alone and exactly as given: the MLflow-compatible answer depends on the request
         encode = lambda out: (invocations.answer(out, parsed), JSON)  # noqa: E731
         self._submit(model, req, conn, who, parsed.array, encode, alone=True)
+
+    def _refuse(
+        self, model: LoadedModel, req: Request, conn: Connection, err: InvalidInput
+    ) -> None:
+        """Answer a request refused before it was queued (counted as the model's error)."""
+        model.stats.errors.inc()
+        self.recent_errors.add(err.http_status, str(err), model.name, model.version)
+        conn.send(err.http_status, error_body(str(err)), req=req)
 
     def _submit(
         self,

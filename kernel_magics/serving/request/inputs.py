@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from kernel_magics.errors import InvalidInput
+from kernel_magics.formats.model_files import Signature, fmt_shape
 from kernel_magics.serving.request.codecs import PayloadTooLarge
-from kernel_magics.serving.request.model_files import Signature, fmt_shape
 
 _NOT_NUMBERS = "non-numeric values (strings, null or objects)"
 _KINDS = {"b": "booleans", "f": "numbers", "i": "numbers", "u": "numbers", "c": "complex numbers"}
@@ -40,11 +40,9 @@ def check_rows(array: np.ndarray, sig: Signature, max_rows: int) -> np.ndarray:
             f"expected a {len(shape)}-D array of rows shaped {fmt_shape(shape)}, "
             f"got shape {array.shape}"
         )
-    rows = array.shape[0]
-    if rows == 0:
+    if array.shape[0] == 0:
         raise InvalidInput("empty batch: send at least one row")
-    if rows > max_rows:
-        raise PayloadTooLarge(f"{rows} rows is over the limit of {max_rows} rows per request")
+    check_row_count(array.shape[0], max_rows)
     for want, got in zip(shape[1:], array.shape[1:], strict=True):
         if want != -1 and want != got:
             if len(shape) == 2:
@@ -57,6 +55,12 @@ def check_rows(array: np.ndarray, sig: Signature, max_rows: int) -> np.ndarray:
     if not array.flags.c_contiguous:
         array = np.ascontiguousarray(array)
     return array
+
+
+def check_row_count(rows: int, max_rows: int) -> None:
+    """The one row limit of every route (``:predict``, ``/invocations``, v2): 413 over it."""
+    if rows > max_rows:
+        raise PayloadTooLarge(f"{rows} rows is over the limit of {max_rows} rows per request")
 
 
 def _cast(array: np.ndarray, sig: Signature) -> np.ndarray:

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from kernel_magics.errors import DeployFailed, InvalidInput
+from kernel_magics.formats.loaders import loader_for
+from kernel_magics.formats.model_files import Signature, read_example, read_signature
 from kernel_magics.preprocess import TableEncoder, read_encoder
 from kernel_magics.serving.request.inflight import InFlight
 from kernel_magics.serving.request.inputs import check_rows
-from kernel_magics.serving.request.loaders import loader_for
-from kernel_magics.serving.request.model_files import Signature, read_example, read_signature
 from kernel_magics.serving.request.protocol import describe_error
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from kernel_magics.errors import InvalidInput
+from kernel_magics.formats.model_files import Signature
 from kernel_magics.serving.request.codecs import PayloadTooLarge, json_rows
 from kernel_magics.serving.request.inputs import check_rows
-from kernel_magics.serving.request.model_files import Signature
 
 IMAGES = Signature(np.dtype("float32"), (-1, 1, 8, 8))
 TOKENS = Signature(np.dtype("int64"), (-1, 12))

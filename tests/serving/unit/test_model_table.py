@@ -1,4 +1,4 @@
-"""Models in a worker (``request/model.py``, ``loaders.py``, ``model_table.py``,
+"""Models in a worker (``request/model.py``, ``formats/``, ``model_table.py``,
 ``inflight.py``): real models loaded from folders laid out as MLflow writes them."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import torch
 from unitkit import TinyMLP, rows, run_loop
 
 from kernel_magics.errors import DeployFailed, InvalidInput
+from kernel_magics.formats.loaders import LOADERS, Graph, loader, loader_for
 from kernel_magics.records import HistoryEvent, ModelSpec
 from kernel_magics.serving.request.codecs import PayloadTooLarge
 from kernel_magics.serving.request.inflight import InFlight
-from kernel_magics.serving.request.loaders import LOADERS, Graph, loader, loader_for
 from kernel_magics.serving.request.model import LoadedModel
 from kernel_magics.serving.request.model_table import ModelTable, model_from_spec
 
@@ -136,7 +136,7 @@ def test_the_loader_is_picked_by_the_format_tag_and_files_only_without_it(model_
 def torchscript() -> Iterator[str]:
     """A third format, registered as any new one would be, and removed afterwards."""
 
-    @loader("torchscript", "data/model.ts")
+    @loader("torchscript", "data/model.ts", flavor="pytorch")
     def load_torchscript(path: Path) -> Graph:
         return Graph(torch.jit.load(str(path)))
 
@@ -152,6 +152,32 @@ def test_a_new_format_is_one_registered_function(model_dir, torchscript):
     assert model.fmt == "torchscript"
     x = rows(3, seed=5)
     np.testing.assert_allclose(model.forward(x), expected(mlp, x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_new_format_brings_its_mlflow_flavor(model_dir):
+    """A folder is read when some registered format loads its flavor: a new format needs no
+    edit of the folder reader, and a flavor nothing loads is refused with what is served."""
+    import yaml
+
+    mlp = TinyMLP(seed=6)
+    folder = model_dir(mlp, rows(4))
+    meta = yaml.safe_load((folder / "MLmodel").read_text())
+    meta["flavors"] = {"torchscript": {"file": "data/model.ts"}}
+    (folder / "MLmodel").write_text(yaml.safe_dump(meta))
+    torch.jit.trace(mlp.eval(), torch.from_numpy(rows(2))).save(str(folder / "data" / "model.ts"))
+    with pytest.raises(DeployFailed, match=r"has torchscript; served: onnx, pytorch"):
+        loaded(folder, fmt="pt2")
+
+    @loader("torchscript", "data/model.ts", flavor="torchscript")
+    def load_torchscript(path: Path) -> Graph:
+        return Graph(torch.jit.load(str(path)))
+
+    try:
+        model = loaded(folder, fmt="torchscript")
+        x = rows(3, seed=7)
+        np.testing.assert_allclose(model.forward(x), expected(mlp, x), rtol=1e-6, atol=1e-6)
+    finally:
+        del LOADERS["torchscript"]
 
 
 def test_broken_folders_fail_the_load_with_one_line(model_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""The ONNX loader: versions registered in MLflow's onnx flavor (``km.format = "onnx"``, the
+"""``onnx``: versions registered in MLflow's onnx flavor (``km.format = "onnx"``, the
 file ``model.onnx``), served by onnxruntime through the same routes, batching, hot swap and
 hash check as the torch formats.
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from kernel_magics.errors import DeployFailed
-from kernel_magics.serving.request.loaders import Graph, loader
+from kernel_magics.formats.loaders import Graph, loader
 
 ONNX_FILE = "model.onnx"
 
@@ -35,7 +35,7 @@ def session(path: Path, threads: int | None = None) -> object:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-@loader("onnx", ONNX_FILE)
+@loader("onnx", ONNX_FILE, flavor="onnx")
 def load_onnx(path: Path) -> Graph:
     """One input tensor → one output tensor; a fixed batch dimension is honoured."""
     sess = session(path)

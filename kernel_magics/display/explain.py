@@ -4,7 +4,7 @@ Text: one line per row (target, output, attribution sum, convergence delta) and 
 ranked by mean |attribution| with the signed values of the first rows. HTML: the same tables and
 an inline PNG: bars of mean |attribution| per feature beside signed bars for a few rows, or,
 for image-shaped rows ((C, H, W) or (H, W)), each row's input next to its attribution heat map.
-Pictures go through ``display_eval``'s matplotlib helpers (imported lazily; without matplotlib
+Pictures go through ``evaluation.py``'s matplotlib helpers (imported lazily; without matplotlib
 the tables stand alone). Nothing here calls the core.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from kernel_magics.display import _html_table, _number, _text_table
-from kernel_magics.display_eval import _figure, _img, _png
+from kernel_magics.display.evaluation import _figure, _img, _png
+from kernel_magics.display.messages import _html_table, _number, _text_table
 
 SHOWN_FEATURES = 20  # ranked features in a table or plot
 SHOWN_ROWS = 4  # rows with signed values in the table and the bar plot

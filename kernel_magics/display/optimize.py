@@ -11,7 +11,8 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from kernel_magics.display import _html_table, _text_table
+from kernel_magics.display.messages import _html_table, _text_table
+from kernel_magics.metric_names import is_better
 from kernel_magics.widgets._svg import COLORS
 
 HEADERS = ("version", "format", "size", "params", "p50 batch 1", "p50 batch 64")
@@ -52,13 +53,12 @@ def _all(result: Any) -> list[Any]:
 
 _NAMES = {"size_bytes": "size", "params": "parameters", "p50_us_b1": "p50 batch 1"}
 _NAMES |= {"p50_us_b64": "p50 batch 64", "f1_macro": "F1 (macro)", "mse": "MSE"}
-HIGHER_IS_BETTER = ("accuracy", "F1 (macro)")
 
 
 def ratios(result: Any) -> list[tuple[str, float]]:
-    """New ÷ parent for each figure (1.0 = unchanged), named for people."""
+    """New ÷ parent for each figure (1.0 = unchanged), by figure name (``size_bytes``, ``mse``)."""
     old, new = result.parent_figures.flat(), result.figures.flat()
-    return [(_NAMES.get(k, k), new[k] / old[k]) for k in new if k in old and old[k]]
+    return [(k, new[k] / old[k]) for k in new if k in old and old[k]]
 
 
 def verdict(result: Any) -> list[str]:
@@ -108,7 +108,8 @@ def optimize_html(result: Any) -> str:
 
 
 def bar_chart(items: Sequence[tuple[str, float]], *, width: int = 460) -> str:
-    """Horizontal bars of new ÷ parent per figure, with a line at 1× (the parent)."""
+    """Horizontal bars of new ÷ parent per figure (green where the new version is at least as
+    good: ``metric_names.is_better``), with a line at 1× (the parent)."""
     row, left, right = 22, 120, 60
     height = row * len(items) + 30
     top = max((v for _, v in items), default=1.0)
@@ -118,10 +119,10 @@ def bar_chart(items: Sequence[tuple[str, float]], *, width: int = 460) -> str:
         f'font-family="sans-serif" font-size="11">',
         f'<text x="{left}" y="12">new ÷ parent (1× = parent)</text>',
     ]
-    for i, (label, value) in enumerate(items):
+    for i, (key, value) in enumerate(items):
         y = 20 + i * row
-        better = value >= 1 if label in HIGHER_IS_BETTER else value <= 1
-        color = COLORS[2] if better else COLORS[3]
+        label = _NAMES.get(key, key)
+        color = COLORS[2] if is_better(key, value, 1.0) else COLORS[3]
         parts.append(
             f'<text x="{left - 6}" y="{y + 14}" text-anchor="end">{html.escape(label)}</text>'
             f'<rect x="{left}" y="{y + 3}" width="{value * scale:.1f}" height="{row - 8}" '

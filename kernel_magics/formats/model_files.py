@@ -1,5 +1,6 @@
 """Reading a model version's MLflow folder without MLflow: its signature and input example
-(``MLmodel``, ``input_example.json``). The model itself is read by ``loaders.py``."""
+(``MLmodel``, ``input_example.json``). The model itself is read by its format's loader
+(``loaders.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from kernel_magics.errors import DeployFailed
+from kernel_magics.formats.loaders import served_flavors
 
 
 @dataclass
@@ -34,15 +36,17 @@ def _tensor_specs(raw: str | None) -> list[dict]:
     return json.loads(raw) if raw else []
 
 
-SERVED_FLAVORS = {"pytorch", "onnx"}  # onnx: kernel-magics optimize (loader_onnx.py)
-
-
 def read_signature(folder: Path, example: np.ndarray | None) -> Signature:
     import yaml  # only at load time
 
     meta = yaml.safe_load((folder / "MLmodel").read_text())
-    if not SERVED_FLAVORS & set(meta.get("flavors") or {}):
-        raise DeployFailed(f"{folder} is not an MLflow PyTorch or ONNX model (no such flavor)")
+    flavors = set(meta.get("flavors") or {})
+    served = served_flavors()
+    if not served & flavors:
+        raise DeployFailed(
+            f"{folder} holds no flavor that a registered format loads "
+            f"(it has {', '.join(sorted(flavors)) or 'none'}; served: {', '.join(sorted(served))})"
+        )
     sig = meta.get("signature") or {}
     inputs = _tensor_specs(sig.get("inputs"))
     outputs = _tensor_specs(sig.get("outputs"))

@@ -1,6 +1,6 @@
 """What the front ends show for pipelines, evaluations and comparisons (text and HTML).
 
-Same rules as ``display.py``: plain text for terminals, the CLI and papermill's text outputs;
+Same rules as ``messages.py``: plain text for terminals, the CLI and papermill's text outputs;
 HTML for a notebook; nothing here calls the core, callers pass what it returned. Pictures (a
 confusion matrix, a residual plot) are drawn with matplotlib when it is installed, as an inline
 PNG, else as an HTML heat map / inline SVG.
@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from kernel_magics.display import _html_table, _number, _text_table
+from kernel_magics.display.messages import _html_table, _number, _text_table
 
 _BEST_STYLE = "background:#dafbe1;font-weight:600"
 _BAD_STYLE = "color:#cf222e;font-weight:600"

@@ -1,4 +1,5 @@
-"""Every message and rendering the front ends show, in one place.
+"""The lifecycle's messages and renderings: models, transitions, history, predictions, training
+lines, and the output helpers (``show``, the tables) the other display modules share.
 
 Each view comes as plain text (terminals, the CLI, logs, papermill's text outputs) and, where a
 notebook can do better, as HTML. ``show`` picks: inside a Jupyter kernel (``ZMQInteractiveShell``)
@@ -16,15 +17,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from kernel_magics.errors import first_line
+from kernel_magics.metric_names import key_metrics
 from kernel_magics.records import HistoryEvent, TransitionResult
-from kernel_magics.store import TAG_PARENT
 
-# The metrics worth a column, per task, best first (training logs validation metrics by these
-# names; kernel_magics.training.metrics has its own list but imports torch, too heavy here).
-KEY_METRICS = {
-    "classification": ("accuracy", "f1_macro"),
-    "regression": ("mse", "r2"),
-}
 _BADGE = (
     '<span style="background:#1a7f37;color:#fff;border-radius:4px;padding:0 6px;'
     'font-size:0.85em;font-weight:600">LIVE</span>'
@@ -101,7 +96,7 @@ def _html_table(
     )
 
 
-# the dashboards (kernel_magics.widgets.views) build their tables with these too
+# the dashboards (display/dashboards.py) build their tables with these too
 text_table, html_table = _text_table, _html_table
 LIVE_BADGE = _BADGE
 
@@ -120,17 +115,8 @@ def _number(value: Any) -> str:
 number = _number  # 4 significant digits, as every table shows a metric
 
 
-def key_metrics(metrics: dict[str, float], task: str | None) -> list[tuple[str, float]]:
-    """The metrics a table shows for a version: accuracy/f1_macro or mse/r2, else val_loss."""
-    keys = KEY_METRICS.get(task or "") or KEY_METRICS["classification"] + KEY_METRICS["regression"]
-    found = [(key, metrics[key]) for key in keys if key in metrics]
-    if not found and "val_loss" in metrics:
-        found = [("val_loss", metrics["val_loss"])]
-    return found
-
-
 def _metrics_text(metrics: dict[str, float], task: str | None) -> str:
-    return " ".join(f"{k}={_number(v)}" for k, v in key_metrics(metrics, task))
+    return " ".join(f"{k}={_number(v)}" for k, v in key_metrics(metrics, task).items())
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -154,7 +140,7 @@ def _model_rows(summaries: Sequence[Any]) -> list[list[str]]:
                     v.task or "",
                     _metrics_text(v.metrics, v.task),
                     v.format or "",
-                    v.tags.get(TAG_PARENT) or "",
+                    v.parent,
                     # The summary's live version is the one alias lookup; rows follow it.
                     "LIVE" if s.live_version == v.version else "",
                 ]

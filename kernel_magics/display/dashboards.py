@@ -11,9 +11,10 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kernel_magics import display, display_status
+from kernel_magics import display
+from kernel_magics.display import status as display_status
+from kernel_magics.metric_names import direction, key_metrics
 from kernel_magics.records import RecentError, ServerStatus
-from kernel_magics.store import TAG_PARENT, TAG_RECIPE
 from kernel_magics.widgets.rates import ModelRates, TokenRates
 
 _SMALL = "font-size:0.9em;line-height:1.35"
@@ -185,7 +186,7 @@ def version_label(row: Any, live: int | None) -> str:
     if row.version == live:
         parts.append("LIVE")
     metrics = " ".join(
-        f"{k}={display.number(v)}" for k, v in display.key_metrics(row.metrics, row.task)
+        f"{k}={display.number(v)}" for k, v in key_metrics(row.metrics, row.task).items()
     )
     parts += [p for p in (metrics, display.when(row.created)) if p]
     return " · ".join(parts)
@@ -217,8 +218,8 @@ def version_details_html(
         ("task", row.task or ""),
         ("size", _size(size_bytes)),
         ("run", row.run_id or ""),
-        ("parent", row.tags.get(TAG_PARENT, "")),  # lineage
-        ("recipe", row.tags.get(TAG_RECIPE, "")),
+        ("parent", row.parent),  # lineage
+        ("recipe", row.recipe),
     ]
     head = f"<p><b>{html.escape(name)} v{row.version}</b>{badge}</p>"
     parts = [head, _pairs_html([(k, v) for k, v in facts if v])]
@@ -229,7 +230,7 @@ def version_details_html(
         ]
     if params:
         parts += ["<p>params</p>", _pairs_html(sorted(params.items()))]
-    tags = sorted((k, v) for k, v in row.tags.items() if k not in (TAG_PARENT, TAG_RECIPE))
+    tags = sorted(row.other_tags().items())
     if tags:
         shown = [(k, v if len(v) <= 40 else v[:39] + "…") for k, v in tags]  # hashes, JSON
         parts += ["<p>tags</p>", _pairs_html(shown)]
@@ -245,20 +246,6 @@ def _pairs_html(pairs: Sequence[tuple[str, str]]) -> str:
     return f"<table style='{_SMALL}'>{rows}</table>"
 
 
-_HIGHER = ("accuracy", "precision", "recall", "f1", "auc", "r2")
-_LOWER = ("loss", "mse", "mae", "rmse", "error")
-
-
-def better(metric: str) -> str | None:
-    """Which way a metric improves, from its name: "higher", "lower" or None."""
-    key = metric.lower()
-    if any(word in key for word in _LOWER):
-        return "lower"
-    if any(word in key for word in _HIGHER):
-        return "higher"
-    return None
-
-
 def comparison_html(
     name: str,
     rows: Sequence[Any],
@@ -271,9 +258,9 @@ def comparison_html(
     table_rows = []
     for metric in sorted({k for r in rows for k in r.metrics}):
         values = [r.metrics.get(metric) for r in rows]
-        direction = better(metric)
+        better = direction(metric)
         known = [v for v in values if v is not None]
-        best = (max if direction == "higher" else min)(known) if direction and known else None
+        best = (max if better == "higher" else min)(known) if better and known else None
         cells = [
             ("<b>" if v == best and len(known) > 1 else "")
             + ("–" if v is None else html.escape(display.number(v)))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping
 
-from kernel_magics.display import _html_table
+from kernel_magics.display.messages import _html_table
 from kernel_magics.records import ServerStatus, TokenUsage
 
 NOT_RUNNING = "The inference process is not running (the first deploy starts it)."
