@@ -96,6 +96,7 @@ def register_version(
     serialization: str = "pt2",
     log_fn: LogFn | None = None,
     encoder: TableEncoder | None = None,
+    finish: Callable[[Path, str], Mapping[str, str]] | None = None,
 ) -> RegisterResult:
     """Log ``model`` and register it as the next version of ``name``.
 
@@ -109,8 +110,11 @@ def register_version(
     artifact exported elsewhere (optimize's ONNX files; ``model`` then runs that artifact for
     the probe) and returns ``(model_info, format, notes)``. ``encoder`` (a fitted
     ``preprocess.TableEncoder``) is saved in the model folder as the version's declared encoding
-    step; ``example`` is then already encoded. Bad input raises ``InvalidInput``
-    or ``NotFound`` before anything is written.
+    step; ``example`` is then already encoded. ``finish(folder, format)`` runs once the model
+    is logged and hashed, before the version exists, and returns more tags for it (optimize's
+    measured ``km.opt.*`` figures): the version is created last, in one call with every tag, so
+    a process killed at any point leaves no version without them. Bad input raises
+    ``InvalidInput`` or ``NotFound`` before anything is written.
     """
     import mlflow
 
@@ -152,6 +156,9 @@ def register_version(
             local = mlflow.artifacts.download_artifacts(info.model_uri)
             sha256 = hash_model_dir(local)
             tags.update({TAG_SHA256: sha256, TAG_FORMAT: fmt})
+        if finish is not None:  # outside the write lock: measuring takes seconds
+            tags.update(finish(Path(local), fmt))
+        with store.write_lock(), store_errors("could not register the version in the store"):
             version = create_version(
                 store, name, info, run.info.run_id, {k: v for k, v in tags.items() if v}
             )

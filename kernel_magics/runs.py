@@ -40,9 +40,11 @@ def mlflow_run(store: Store, run_name: str, *, run_id: str | None = None) -> Ite
         experiment_id = store.experiment_id()
     with store.write_lock(), store_errors("cannot start a run in the model store"):
         if run_id is None:
+            from kernel_magics.orphans import owner_tags
             from kernel_magics.pipelines import pipeline_tags  # inside a pipeline: link to it
 
-            tags = pipeline_tags()
+            # the owner: a later sweep marks the run KILLED if this process dies with it open
+            tags = {**pipeline_tags(), **owner_tags()}
             run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
         else:
             run = mlflow.start_run(run_id=run_id)

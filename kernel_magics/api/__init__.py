@@ -40,7 +40,7 @@ from kernel_magics.api._serving import (
     token_revoke,
     undeploy,
 )
-from kernel_magics.api._versions import optimize, register, train
+from kernel_magics.api._versions import optimize, register, store_doctor, train
 from kernel_magics.catalog import ModelSummary, VersionRow
 from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
 from kernel_magics.registration import RegisterResult
@@ -79,4 +79,5 @@ __all__ = [
     "compare",  # pipelines and evaluation
     "explain",  # explanations
     "optimize",  # kernel-magics optimize
+    "store_doctor",  # runs left RUNNING by killed processes
 ]
