@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.errors import InvalidInput, first_line
-from kernel_magics.runs import FORMATS, create_version, log_model, mlflow_run, store_errors
+from kernel_magics.runs import (
+    FORMATS,
+    create_version,
+    log_model,
+    mlflow_run,
+    removed_on_failure,
+    store_errors,
+)
 from kernel_magics.store import (
     TAG_CLASSES,
     TAG_FORMAT,
@@ -145,7 +152,8 @@ def register_version(
                 retry_locked(mlflow.log_metrics, logged_metrics)
             mlflow.set_tags({"km.model": name})
         started = time.perf_counter()
-        with store.write_lock(), store_errors("could not save the model to the store"):
+        saving = store_errors("could not save the model to the store")
+        with store.write_lock(), saving, removed_on_failure(store, run):
             with eval_mode(model), tempfile.TemporaryDirectory() as extra:
                 files = [str(encoder.write(Path(extra)))] if encoder is not None else []
                 info, fmt, log_notes = (

@@ -163,8 +163,10 @@ class Store:
         if self._client is None:
             from mlflow import MlflowClient
 
-            # "Creating initial MLflow database tables..." is noise in a notebook cell.
-            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+            # "Creating initial MLflow database tables..." is noise in a notebook cell, and its
+            # tracebacks of database errors (hundreds of lines on a full disk) repeat what the
+            # caller reports as one StoreError line.
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
             if self.is_embedded:
                 self.settings.home.mkdir(parents=True, exist_ok=True)
