@@ -140,7 +140,10 @@ async def run_transition(
             plan = await asyncio.to_thread(store.plan, name, action, ref, **options)
         except KernelMagicsError as err:
             return answer(err.http_status, {"error": str(err)})
-        if plan.unchanged:  # already live as asked: nothing to load, move or record
+        live = pool.live.get(name)
+        if plan.unchanged and live is not None and live.spec.version == plan.to_version:
+            # already live as asked, and served (a version a restart could not restore is
+            # loaded again): nothing to load, move or record
             return answer(200, _unchanged_body(plan))
         workers = pool.ready_workers()
         if not workers:

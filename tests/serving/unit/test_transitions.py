@@ -207,6 +207,14 @@ def test_deploying_the_live_version_changes_nothing_and_rollback_skips_it(life):
     assert "unchanged" not in call.body
 
 
+def test_the_live_version_the_process_does_not_serve_is_loaded_again(life):
+    transition(life, MemoryPool(), "deploy", {"ref": 2})
+    fresh = MemoryPool()  # a restarted process that could not restore v2: it serves nothing
+    call = transition(life, fresh, "deploy", {"ref": 2})
+    assert call.status == 200 and "unchanged" not in call.body
+    assert fresh.serving == {0: {NAME: 2}, 1: {NAME: 2}}
+
+
 def test_new_serving_options_for_the_live_version_apply_and_rollback_skips_them(life):
     pool = MemoryPool()
     transition(life, pool, "deploy", {"ref": 1})
