@@ -13,6 +13,7 @@
                         | token [--new NAME [--scope predict|manage] | --revoke NAME | --list]
     kernel-magics store serve [--backend-file PATH] [--artifacts DIR] [--host H --port P]
                                       (the database URL: MLFLOW_BACKEND_STORE_URI or the file)
+    kernel-magics store doctor
     kernel-magics pipeline run NOTEBOOK [-p NAME VALUE]... [--name RUN_NAME] [--output PATH]
     kernel-magics pipeline rerun RUN_ID [-p NAME VALUE]... [--source] [--output PATH]
 
@@ -169,7 +170,14 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
 
 # -- store serve (kernel_magics.store_server) ---------------------------------------------------
 def _store(args: argparse.Namespace, settings: Settings) -> int:
-    """``store serve``: a lean MLflow tracking server (PostgreSQL backend) for a team."""
+    """``store serve``: a lean MLflow tracking server (PostgreSQL backend) for a team;
+    ``store doctor``: mark runs left RUNNING by killed processes KILLED, saying which."""
+    if args.action == "doctor":
+        fixed = api.store_doctor(settings=settings)
+        for orphan in fixed:
+            print(orphan.line())
+        print(f"{len(fixed)} run(s) fixed" if fixed else "nothing to fix")
+        return EXIT_OK
     from kernel_magics import store_server
 
     options = store_server.ServerOptions(
@@ -262,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow a host other than loopback (the server has no authentication)",
     )
+    text = "mark runs left RUNNING by a killed process KILLED, and print them"
+    store_actions.add_parser("doctor", help=text, description=text)
     p = command("pipeline", _pipeline, "run a notebook as a recorded pipeline, or rerun one")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, target, text in (

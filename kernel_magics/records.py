@@ -145,6 +145,8 @@ class TransitionResult(_Wire):
     history: tuple[HistoryEvent, ...] = ()
     # action "canary": the share of requests (percent) ``version`` answers beside the live one
     canary: int | None = None
+    # the version asked for was already live as asked: nothing changed, nothing was recorded
+    unchanged: bool = False
 
     @classmethod
     def from_wire(cls, doc: Any) -> TransitionResult:
@@ -160,6 +162,7 @@ class TransitionResult(_Wire):
             url=doc.get("url"),
             history=_history(doc.get("history")),
             canary=_int_or_none(doc.get("canary"), "canary"),
+            unchanged=bool(doc.get("unchanged", False)),
         )
 
     def with_url(self, url: str | None) -> TransitionResult:

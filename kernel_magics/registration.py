@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.errors import InvalidInput, first_line
-from kernel_magics.runs import FORMATS, create_version, log_model, mlflow_run, store_errors
+from kernel_magics.runs import (
+    FORMATS,
+    create_version,
+    log_model,
+    mlflow_run,
+    removed_on_failure,
+    store_errors,
+)
 from kernel_magics.store import (
     TAG_CLASSES,
     TAG_FORMAT,
@@ -96,6 +103,7 @@ def register_version(
     serialization: str = "pt2",
     log_fn: LogFn | None = None,
     encoder: TableEncoder | None = None,
+    finish: Callable[[Path, str], Mapping[str, str]] | None = None,
 ) -> RegisterResult:
     """Log ``model`` and register it as the next version of ``name``.
 
@@ -109,8 +117,11 @@ def register_version(
     artifact exported elsewhere (optimize's ONNX files; ``model`` then runs that artifact for
     the probe) and returns ``(model_info, format, notes)``. ``encoder`` (a fitted
     ``preprocess.TableEncoder``) is saved in the model folder as the version's declared encoding
-    step; ``example`` is then already encoded. Bad input raises ``InvalidInput``
-    or ``NotFound`` before anything is written.
+    step; ``example`` is then already encoded. ``finish(folder, format)`` runs once the model
+    is logged and hashed, before the version exists, and returns more tags for it (optimize's
+    measured ``km.opt.*`` figures): the version is created last, in one call with every tag, so
+    a process killed at any point leaves no version without them. Bad input raises
+    ``InvalidInput`` or ``NotFound`` before anything is written.
     """
     import mlflow
 
@@ -141,7 +152,8 @@ def register_version(
                 retry_locked(mlflow.log_metrics, logged_metrics)
             mlflow.set_tags({"km.model": name})
         started = time.perf_counter()
-        with store.write_lock(), store_errors("could not save the model to the store"):
+        saving = store_errors("could not save the model to the store")
+        with store.write_lock(), saving, removed_on_failure(store, run):
             with eval_mode(model), tempfile.TemporaryDirectory() as extra:
                 files = [str(encoder.write(Path(extra)))] if encoder is not None else []
                 info, fmt, log_notes = (
@@ -152,6 +164,9 @@ def register_version(
             local = mlflow.artifacts.download_artifacts(info.model_uri)
             sha256 = hash_model_dir(local)
             tags.update({TAG_SHA256: sha256, TAG_FORMAT: fmt})
+        if finish is not None:  # outside the write lock: measuring takes seconds
+            tags.update(finish(Path(local), fmt))
+        with store.write_lock(), store_errors("could not register the version in the store"):
             version = create_version(
                 store, name, info, run.info.run_id, {k: v for k, v in tags.items() if v}
             )

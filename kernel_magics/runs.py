@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.errors import KernelMagicsError, StoreError, TrainingInterrupted, first_line
@@ -48,9 +51,11 @@ def mlflow_run(store: Store, run_name: str, *, run_id: str | None = None) -> Ite
         experiment_id = store.experiment_id()
     with store.write_lock(), store_errors("cannot start a run in the model store"):
         if run_id is None:
+            from kernel_magics.orphans import owner_tags
             from kernel_magics.pipelines import pipeline_tags  # inside a pipeline: link to it
 
-            tags = pipeline_tags()
+            # the owner: a later sweep marks the run KILLED if this process dies with it open
+            tags = {**pipeline_tags(), **owner_tags()}
             run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
         else:
             run = mlflow.start_run(run_id=run_id)
@@ -88,6 +93,38 @@ def _end_run(status: str, store: Store) -> None:
         log.warning("could not mark the run %s: %s", status, err)
 
 
+@contextlib.contextmanager
+def removed_on_failure(store: Store, run: ActiveRun) -> Iterator[None]:
+    """Model folders that a failed log leaves in a local artifact folder are removed: after a
+    full disk, a half-written model would keep it full (and the run could not even be marked
+    FAILED). Callers hold the store's write lock, so every new folder is this log's."""
+    from urllib.parse import unquote, urlparse
+
+    location = store.client.get_experiment(run.info.experiment_id).artifact_location or ""
+    if not location.startswith("file:"):  # a server's artifacts: not ours to clean up here
+        yield
+        return
+    root = Path(unquote(urlparse(location).path)) / "models"
+    before = set(os.listdir(root)) if root.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        for entry in (set(os.listdir(root)) if root.is_dir() else set()) - before:
+            shutil.rmtree(root / entry, ignore_errors=True)
+        raise
+
+
+def _storage_failure(err: BaseException) -> bool:
+    """A failure to write (disk full, file too large, database full), not to export: such an
+    error must not be retried with another format."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) or "database or disk is full" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def log_model(
     model: torch.nn.Module,
     example: np.ndarray,
@@ -114,6 +151,8 @@ def log_model(
                 )
             return info, "pt2", []
         except Exception as err:  # torch.export failures come in many exception types
+            if _storage_failure(err):
+                raise
             reason = first_line(err, limit=200)
             log.warning("torch.export failed (%s); saving with the pickle format", reason)
             note = (

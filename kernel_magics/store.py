@@ -65,6 +65,9 @@ def not_found(name: str, known: list[str], kind: str = "registered") -> str:
     return f"no {kind} model named {name!r} ({kind}: {', '.join(known) or none})"
 
 
+# Store URIs this process has swept for runs left RUNNING by killed processes (orphans.py).
+_SWEPT: set[str] = set()
+
 # MLflow's SQL stores cap the values of one IN (...) filter; stay well below every backend's.
 RUN_ID_BATCH = 100
 
@@ -140,8 +143,11 @@ class VersionInfo:
 class Store:
     """A thin, typed facade over ``MlflowClient`` for one tracking URI."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, sweep: bool = True):
         self.settings = settings
+        # on first opening, mark runs whose process was killed KILLED (orphans.py); the doctor
+        # opens without it, to report what it finds
+        self._sweep = sweep
         self._client: MlflowClient | None = None
         self._experiment_ids: dict[str, str] = {}
         self._lock: Any = None
@@ -160,14 +166,21 @@ class Store:
         if self._client is None:
             from mlflow import MlflowClient
 
-            # "Creating initial MLflow database tables..." is noise in a notebook cell.
-            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+            # "Creating initial MLflow database tables..." is noise in a notebook cell, and its
+            # tracebacks of database errors (hundreds of lines on a full disk) repeat what the
+            # caller reports as one StoreError line.
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
             private_home(self.settings.home)
             if self.is_embedded:
                 create_private(self.settings.home / "mlflow.db")
             with self.write_lock():
                 self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            if self._sweep and self.uri not in _SWEPT:  # runs a killed process left: once
+                from kernel_magics.orphans import sweep_quietly
+
+                _SWEPT.add(self.uri)
+                sweep_quietly(self)
         return self._client
 
     @contextlib.contextmanager

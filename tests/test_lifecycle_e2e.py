@@ -82,6 +82,15 @@ def test_deploy_v2_hot_swaps(ns: Any, versions: dict, capsys: pytest.CaptureFixt
     assert api.server_status().pid == pid  # same process: a swap, not a restart
 
 
+def test_redeploying_the_live_version_changes_nothing(
+    ns: Any, versions: dict, capsys: pytest.CaptureFixture
+) -> None:
+    ns.run_line_magic("deploy", "digits@2")
+    assert capsys.readouterr().out.strip() == "digits v2 is already live; nothing changed"
+    assert_serves(ns, versions, 2)
+    # the rollback below still returns to v1 and the history lists no v2 → v2 event
+
+
 def test_rollback_returns_to_v1(ns: Any, versions: dict, capsys: pytest.CaptureFixture) -> None:
     ns.run_line_magic("rollback", "digits")
     assert capsys.readouterr().out.startswith("digits v1 is live again (was v2)")

@@ -220,6 +220,33 @@ def test_cli_run_and_rerun(tmp_path: Path) -> None:
     assert "no such notebook" in missing.stderr
 
 
+SHIPPED = Path(__file__).resolve().parents[1] / "notebooks" / "pipelines"
+
+
+@pytest.mark.parametrize(
+    ("notebook", "parameter", "value"),
+    [
+        ("train.ipynb", "name", "x --data __import__('os').system('touch {file}') y"),
+        ("evaluate.ipynb", "version", "1 --data __import__('os').system('touch {file}') y"),
+    ],
+)
+def test_a_shipped_pipeline_runs_no_code_from_a_parameter(
+    notebook: str, parameter: str, value: str, tmp_path: Path, km_home: Path
+) -> None:
+    """papermill writes each parameter as a literal; the shipped notebooks must use them as
+    values too (spliced into a magic line, a ``--data`` argument is evaluated)."""
+    proof = tmp_path / "ran"
+    # breast_cancer: the smallest bundled data set (evaluate trains a version before it evaluates)
+    done = cli(
+        "pipeline", "run", str(SHIPPED / notebook), "-p", parameter,
+        value.format(file=proof), "-p", "dataset", "breast_cancer",
+    )  # fmt: skip
+    assert not proof.exists(), "a parameter ran code"
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    (line,) = done.stderr.splitlines()  # the pipeline failed on the value, in one line
+    assert "InvalidInput" in line or "NotFound" in line, line
+
+
 def test_api_failure_raises_with_the_record(tmp_path: Path) -> None:
     notebook = write_notebook(tmp_path / "boom.ipynb", "n = 1", ["raise ValueError(f'boom {n}')"])
     with pytest.raises(PipelineFailed) as caught:

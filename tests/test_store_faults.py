@@ -117,3 +117,72 @@ def test_full_disk_registers_nothing(tmp_path: Path) -> None:
     assert not store.model_exists("full") or store.versions("full") == []
     # the store is still usable afterwards
     assert store.model_names() == [] or "full" in store.model_names()
+
+
+# A store on a real, tiny file system: a 32 MiB tmpfs mounted in a mount namespace of the child's
+# own (``unshare -rm``: no root needed where user namespaces are allowed). A first training
+# succeeds; a ballast file then leaves 400 KiB free, less than the next model needs (a 1 MiB
+# weight matrix), so saving it fails with the real "No space left on device" / "database or disk
+# is full"; the ballast is removed and the same training is tried again.
+DISK_FULL_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np, torch
+    from kernel_magics import api
+    from kernel_magics.config import load_settings
+    from kernel_magics.errors import KernelMagicsError
+    from kernel_magics.store import Store
+
+    home = os.environ["KERNEL_MAGICS_HOME"]
+    rng = np.random.default_rng(0)
+    X = rng.random((200, 64), dtype=np.float32)
+    y = (X[:, 0] > 0.5).astype(int)
+
+    def net():
+        torch.manual_seed(0)
+        wide = torch.nn.Linear(64, 4096)  # 1 MiB of weights
+        return torch.nn.Sequential(wide, torch.nn.ReLU(), torch.nn.Linear(4096, 2))
+
+    api.train(net(), X, y, name="before", epochs=1, progress="none")
+    models = os.path.join(home, "artifacts", "kernel-magics", "models")
+    out = {"folders_before": len(os.listdir(models))}
+    free = os.statvfs(home).f_bavail * os.statvfs(home).f_frsize
+    with open(os.path.join(home, "ballast"), "wb") as fh:
+        fh.write(bytes(max(0, free - 400 * 1024)))
+    try:
+        api.train(net(), X, y, name="full", epochs=1, progress="none")
+        out["full"] = "trained"
+    except KernelMagicsError as err:
+        out["full"] = f"{type(err).__name__}: {err}"
+    out["folders_after"] = len(os.listdir(models))
+    store = Store(load_settings(), sweep=False)
+    runs = store.client.search_runs([store.experiment_id()], "tags.`km.model` = 'full'")
+    out["statuses"] = [r.info.status for r in runs]
+    os.remove(os.path.join(home, "ballast"))  # space is back
+    out["again"] = api.train(net(), X, y, name="full", epochs=1, progress="none").version
+    print(json.dumps(out))
+    """
+)
+
+
+def test_disk_full_during_training_fails_the_run_and_cleans_up(tmp_path: Path) -> None:
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    home = mount / "home"
+    script = f'mount -t tmpfs -o size=32m tmpfs {mount} && exec {sys.executable} -c "$0"'
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, DISK_FULL_SCRIPT],
+        env=_child_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == ""  # no MLflow or SQLAlchemy tracebacks: the error is one line
+    out = _last_json(proc.stdout)
+    assert out["full"].startswith("StoreError: could not save the model to the store: ")
+    assert "\n" not in out["full"]
+    assert "disk is full" in out["full"] or "No space left on device" in out["full"]
+    assert out["statuses"] == ["FAILED"]  # not RUNNING
+    assert out["folders_after"] == out["folders_before"]  # the partial model folder is gone
+    assert out["again"] == 1  # the next training works once space is back

@@ -56,6 +56,8 @@ export interface ITransitionResult {
   previous_version: number | null;
   load_ms: number | null;
   reused: boolean;
+  /** the version was already live as asked: nothing changed, nothing was recorded */
+  unchanged?: boolean;
 }
 
 export type Action = 'deploy' | 'rollback' | 'undeploy';

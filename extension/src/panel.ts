@@ -191,6 +191,9 @@ export class ModelsPanel extends Widget {
 
 /** One line for a finished transition, e.g. "digits: rollback v2 → v1 (8 ms)". */
 function describe(result: ITransitionResult): string {
+  if (result.unchanged) {
+    return `${result.name}: v${result.version} is already live; nothing changed`;
+  }
   const from = result.previous_version === null ? '–' : `v${result.previous_version}`;
   const to = result.version === null ? 'nothing live' : `v${result.version}`;
   // a rollback to the standby loads nothing: say so rather than "0 ms"

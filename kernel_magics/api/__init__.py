@@ -37,7 +37,7 @@ from kernel_magics.api._serving import (
     token_revoke,
     undeploy,
 )
-from kernel_magics.api._versions import optimize, register, train
+from kernel_magics.api._versions import optimize, register, store_doctor, train
 from kernel_magics.catalog import ModelSummary, VersionRow
 from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
 from kernel_magics.registration import RegisterResult
@@ -84,4 +84,5 @@ __all__ = [
     "version_size",
     "last_run_id",
     "validate_name",  # the model-name rule, for front ends that check a name before a call
+    "store_doctor",  # runs left RUNNING by killed processes
 ]

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import torch
 
     from kernel_magics.optimize import OptimizeResult
+    from kernel_magics.orphans import Orphan
 
 
 # -- training and registration ------------------------------------------------------------------
@@ -197,3 +198,13 @@ def optimize(
         seed=seed,
         progress=progress,
     )
+
+
+def store_doctor(settings: Settings | None = None) -> list[Orphan]:
+    """Mark runs left RUNNING by a process that is gone (a killed kernel, ``pipeline run`` or
+    its notebook's kernel) KILLED; the runs it marked. The store also does this once per
+    process when it opens; this is the same sweep on demand, reporting what it found."""
+    from kernel_magics.orphans import sweep
+    from kernel_magics.store import Store
+
+    return sweep(Store(_settings(settings), sweep=False))

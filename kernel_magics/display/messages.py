@@ -247,6 +247,8 @@ def transition_line(result: TransitionResult) -> str:
     was = f"was v{previous}" if previous is not None else "nothing was live"
     if result.action == "undeploy" or result.version is None:
         return f"{result.name} is no longer served ({was})"
+    if result.unchanged:
+        return f"{result.name} v{result.version} is already live; nothing changed"
     if result.action == "canary":  # the live version stays; the canary answers its share
         line = f"{result.name} v{result.version} is a canary for {result.canary}% of requests"
         loaded = _loaded(result)
@@ -279,6 +281,8 @@ def transition_html(result: TransitionResult) -> str:
     was = f"was v{previous}" if previous is not None else "nothing was live"
     if result.action == "undeploy" or result.version is None:
         return f"<p><b>{name}</b> is no longer served ({html.escape(was)})</p>"
+    if result.unchanged:
+        return f"<p><b>{name}</b> v{result.version} is already {_BADGE}; nothing changed</p>"
     again = " again" if result.action == "rollback" else ""
     parts = [f"<b>{name}</b> v{result.version} {_BADGE}{again} ({html.escape(was)})"]
     if result.url:

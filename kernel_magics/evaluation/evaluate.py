@@ -178,6 +178,7 @@ def log_to_version(
 
     from mlflow.entities import Metric, Param, RunTag
 
+    from kernel_magics.orphans import owner_tags
     from kernel_magics.pipelines import pipeline_tags
 
     client = store.client
@@ -186,6 +187,7 @@ def log_to_version(
     for step, values in enumerate(steps or []):
         batch += [Metric(k, float(v), now, step) for k, v in values.items() if math.isfinite(v)]
     tags = {"km.model": name, "km.version": str(version), "km.eval.kind": kind, **pipeline_tags()}
+    tags.update(owner_tags())  # a sweep ends the run if this process dies before it does
     experiment_id = store.experiment_id(EXPERIMENT)
     with store.write_lock():
         run = retry_locked(

@@ -38,6 +38,8 @@ from kernel_magics.preprocess import read_encoder
 from kernel_magics.store import TAG_FORMAT, Store, parse_ref, retry_locked, validate_name
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from kernel_magics.optimize.methods import Candidate, Parent
     from kernel_magics.training.data import PreparedData
 
@@ -277,6 +279,18 @@ def _register_and_measure(
             mlflow.set_tags({"km.model": target, "km.parent": parent.ref})
         if candidate.train is not None:
             candidate.train(_epoch_logger(store), reporter)
+        rows = parent.example
+        measured: dict[str, Any] = {}
+
+        def finish(folder: Path, fmt: str) -> dict[str, str]:
+            """Measure the logged model beside its parent before the version exists: its
+            figures are tags the version is created with (one call, nothing after it)."""
+            figures = measure(folder, fmt, f"{target} (new)", rows, val)
+            before = measure(parent.folder, parent.format, f"{parent.ref} (parent)", rows, val)
+            baseline = _baseline(candidate, figures, val)
+            measured.update(figures=figures, before=before, baseline=baseline)
+            return _record(store, candidate.recipe, figures, before, baseline, candidate.checks)
+
         registered = register_version(
             store,
             candidate.model,
@@ -289,14 +303,10 @@ def _register_and_measure(
             log_fn=candidate.log_fn,
             serialization=candidate.serialization,
             encoder=parent.encoder,
+            finish=finish,
         )
-        new_ref = f"{target}@{registered.version}"
-        folder = store.local_path(store.resolve(target, registered.version))
-        rows = parent.example
-        figures = measure(folder, registered.format, f"{new_ref} (new)", rows, val)
-        before = measure(parent.folder, parent.format, f"{parent.ref} (parent)", rows, val)
-        baseline = _baseline(candidate, figures, val)
-        result = OptimizeResult(
+        new_label = f"{target}@{registered.version} (new)"
+        return OptimizeResult(
             name=target,
             version=registered.version,
             run_id=run.info.run_id,
@@ -304,14 +314,12 @@ def _register_and_measure(
             method="",
             recipe=candidate.recipe,
             format=registered.format,
-            parent_figures=before,
-            figures=figures,
-            baseline=baseline,
+            parent_figures=measured["before"],
+            figures=replace(measured["figures"], label=new_label),
+            baseline=measured["baseline"],
             checks=dict(candidate.checks),
             notes=registered.notes + candidate.notes,
         )
-        _record(store, result)
-    return result
 
 
 def _epoch_logger(store: Store) -> Any:
@@ -342,24 +350,29 @@ def _baseline(candidate: Candidate, figures: Figures, val: Validation | None) ->
     return replace(figures, label=label, metrics=metrics)
 
 
-def _record(store: Store, result: OptimizeResult) -> None:
-    """Figures as metrics of the run and ``km.opt.*`` tags of the version (for %compare)."""
+def _record(
+    store: Store,
+    recipe: str,
+    figures: Figures,
+    before: Figures,
+    baseline: Figures | None,
+    checks: Mapping[str, float],
+) -> dict[str, str]:
+    """Figures as metrics of the run; returns them as the ``km.opt.*`` tags of the version to
+    be created (for %compare)."""
     import mlflow
 
     from kernel_magics.registration import store_errors
 
-    values = dict(result.figures.flat())
-    values.update({f"parent_{k}": v for k, v in result.parent_figures.flat().items()})
-    if result.baseline is not None:
-        values.update({f"labels_only_{k}": v for k, v in result.baseline.metrics.items()})
-    values.update(result.checks)
-    tags = {TAG_PREFIX + "method": result.recipe.split()[0]}
+    values = dict(figures.flat())
+    values.update({f"parent_{k}": v for k, v in before.flat().items()})
+    if baseline is not None:
+        values.update({f"labels_only_{k}": v for k, v in baseline.metrics.items()})
+    values.update(checks)
+    tags = {TAG_PREFIX + "method": recipe.split()[0]}
     tags.update(
         {TAG_PREFIX + k.replace("parent_", "parent."): f"{v:.6g}" for k, v in values.items()}
     )
     with store.write_lock(), store_errors("could not log the figures to the store"):
         retry_locked(mlflow.log_metrics, values)
-        for key, value in tags.items():
-            retry_locked(
-                store.client.set_model_version_tag, result.name, str(result.version), key, value
-            )
+    return tags

@@ -27,6 +27,7 @@ from typing import Any
 
 from kernel_magics.errors import InvalidInput, NotFound
 from kernel_magics.evaluation import html_view
+from kernel_magics.orphans import owner_tags
 from kernel_magics.pipelines import EXPERIMENT, TAG_PIPELINE_RUN, pipeline_tags, provenance
 from kernel_magics.store import Store, retry_locked
 
@@ -141,6 +142,7 @@ def open_run(store: Store, spec: RunSpec, scratch: Path) -> Started:
     if spec.rerun_of:
         tags[TAG_RERUN_OF] = spec.rerun_of
     tags.update(pipeline_tags())  # a pipeline started inside another one is linked to it
+    tags.update(owner_tags())  # a sweep marks the run KILLED if this process dies with it open
     params = [Param(k, _param_text(v)) for k, v in parameters.items()]
     experiment_id = store.experiment_id(EXPERIMENT)
     client = store.client

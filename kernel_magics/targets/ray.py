@@ -237,6 +237,16 @@ class RayTarget:
         lifecycle = self._lifecycle()
         with self._lock(name):
             plan = lifecycle.plan(name, action, ref, canary, **(options or {}))
+            if plan.unchanged:  # already live as asked: nothing to update or record
+                return TransitionResult(
+                    name=name,
+                    action=plan.action,
+                    version=plan.to_version,
+                    previous_version=plan.from_version,
+                    url=self.base_url,
+                    history=plan.history,
+                    unchanged=True,
+                )
             before = _config_from_store(lifecycle, name)
             after = _config_after(lifecycle, plan)
             started = time.perf_counter()

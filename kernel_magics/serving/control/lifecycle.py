@@ -55,6 +55,10 @@ class Plan:
     options: tuple[tuple[str, object], ...] = ()
     # The canary's share (percent) for action "canary"; None otherwise.
     canary: int | None = None
+    # A deploy (or rollback --to) of the version that is already live, with the options it
+    # already serves with and no canary running: nothing loads, nothing moves, nothing is
+    # recorded. A recorded "v2 → v2" would make the next rollback return to v2 itself.
+    unchanged: bool = False
 
 
 class Lifecycle:
@@ -87,11 +91,13 @@ class Lifecycle:
         self, name: str, live: int | None, history: tuple[HistoryEvent, ...]
     ) -> int:
         """The version that was live before the current one (the newest event that made the
-        current version live names it); rolling back twice therefore returns to where it began."""
+        current version live names it); rolling back twice therefore returns to where it began.
+        Events from a version to itself (a re-deploy with other serving options, or one recorded
+        before re-deploying the live version became a no-op) never name a target."""
         if live is None:
             raise InvalidInput(f"{name} is not deployed; nothing to roll back")
         for event in reversed(history):
-            if event.action in CANARY_EVENTS:
+            if event.action in CANARY_EVENTS or event.from_version == event.to_version:
                 continue
             if event.to_version == live and event.from_version is not None:
                 return event.from_version
@@ -137,7 +143,8 @@ class Lifecycle:
         changed = tuple(
             (k, v) for k, v in sorted(options.items()) if info.serve_options.get(k) != v
         )
-        return Plan(name, action, spec, live, info.version, history, changed)
+        unchanged = info.version == live and not changed and running is None
+        return Plan(name, action, spec, live, info.version, history, changed, unchanged=unchanged)
 
     def _canary_start(
         self, name: str, ref: str | int | None, percent: int, live: int | None, options: dict

@@ -38,7 +38,7 @@ from kernel_magics.serving.deploy_options import (
 )
 
 if TYPE_CHECKING:
-    from kernel_magics.serving.control.lifecycle import Lifecycle
+    from kernel_magics.serving.control.lifecycle import Lifecycle, Plan
 
 Answer = Callable[[int, dict], None]
 History = tuple[HistoryEvent, ...]
@@ -141,6 +141,11 @@ async def run_transition(
             plan = await asyncio.to_thread(store.plan, name, action, ref, **options)
         except KernelMagicsError as err:
             return answer(err.http_status, {"error": str(err)})
+        live = pool.live.get(name)
+        if plan.unchanged and live is not None and live.spec.version == plan.to_version:
+            # already live as asked, and served (a version a restart could not restore is
+            # loaded again): nothing to load, move or record
+            return answer(200, _unchanged_body(plan))
         workers = pool.ready_workers()
         if not workers:
             return answer(503, {"error": "inference process is restarting; retry in a few seconds"})
@@ -180,6 +185,18 @@ async def run_transition(
             await asyncio.to_thread(store.record, plan, event)
         except Exception as err:  # the alias moved and the process serves it: only the log lags
             log.error("%s %s: could not append the event to the history: %s", action, name, err)
+
+
+def _unchanged_body(plan: Plan) -> dict[str, Any]:
+    """The answer to a deploy of the version already live (``TransitionResult.unchanged``)."""
+    return {
+        "name": plan.name,
+        "version": plan.to_version,
+        "previous_version": plan.from_version,
+        "action": plan.action,
+        "unchanged": True,
+        "history": [e.to_wire() for e in plan.history],
+    }
 
 
 def _arrow(before: int | None, after: int | None) -> str:

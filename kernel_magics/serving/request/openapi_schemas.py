@@ -224,6 +224,10 @@ SCHEMAS: dict[str, Any] = {
             },
             "canary": {"type": "integer", "nullable": True},
             "load_ms": {"type": "number", "nullable": True},
+            "unchanged": {
+                "type": "boolean",
+                "description": "The version was already live as asked: nothing changed",
+            },
             "history": ref("History"),
         },
     },

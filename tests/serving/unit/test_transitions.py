@@ -188,6 +188,46 @@ def test_rollback_returns_to_the_previous_version(life):
     assert (call.status, call.body["version"]) == (200, 2)
 
 
+def test_deploying_the_live_version_changes_nothing_and_rollback_skips_it(life):
+    pool = MemoryPool()
+    transition(life, pool, "deploy", {"ref": 1})
+    transition(life, pool, "deploy", {"ref": 2})
+    events = len(life.store.history(NAME))
+    pool.calls.clear()
+    for body in ({"ref": 2}, {"ref": "2"}, None):  # None: the newest, v2 too
+        call = transition(life, pool, "deploy", body)
+        assert call.status == 200 and call.body["unchanged"] is True, call.body
+        assert (call.body["version"], call.body["previous_version"]) == (2, 2)
+    call = transition(life, pool, "rollback", {"to": 2})
+    assert call.status == 200 and call.body["unchanged"] is True
+    assert pool.calls == []  # nothing loaded, activated or discarded
+    assert len(life.store.history(NAME)) == events  # nothing recorded
+    call = transition(life, pool, "rollback")
+    assert (call.status, call.body["version"], call.body["previous_version"]) == (200, 1, 2)
+    assert "unchanged" not in call.body
+
+
+def test_the_live_version_the_process_does_not_serve_is_loaded_again(life):
+    transition(life, MemoryPool(), "deploy", {"ref": 2})
+    fresh = MemoryPool()  # a restarted process that could not restore v2: it serves nothing
+    call = transition(life, fresh, "deploy", {"ref": 2})
+    assert call.status == 200 and "unchanged" not in call.body
+    assert fresh.serving == {0: {NAME: 2}, 1: {NAME: 2}}
+
+
+def test_new_serving_options_for_the_live_version_apply_and_rollback_skips_them(life):
+    pool = MemoryPool()
+    transition(life, pool, "deploy", {"ref": 1})
+    transition(life, pool, "deploy", {"ref": 2})
+    call = transition(life, pool, "deploy", {"ref": 2, "max_batch_size": 7})
+    assert call.status == 200 and "unchanged" not in call.body  # a real change: loaded, recorded
+    assert pool.live[NAME].spec.max_batch_size == 7
+    events = life.store.history(NAME)
+    assert (events[-1]["from_version"], events[-1]["to_version"]) == (2, 2)
+    call = transition(life, pool, "rollback")  # past the v2 → v2 event, to the version before
+    assert (call.status, call.body["version"]) == (200, 1)
+
+
 def test_a_version_failing_to_load_anywhere_is_discarded_everywhere(life):
     pool = MemoryPool()
     transition(life, pool, "deploy", {"ref": 1})
