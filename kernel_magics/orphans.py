@@ -20,7 +20,7 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kernel_magics._pids import pid_alive
+from kernel_magics.serving.process.pids import pid_alive
 
 if TYPE_CHECKING:
     from kernel_magics.store import Store

@@ -19,12 +19,12 @@ import nbformat
 import numpy as np
 import pytest
 import torch
-from kernel_magics._pids import pid_alive
 
 from kernel_magics import api
 from kernel_magics.config import load_settings
 from kernel_magics.orphans import TAG_KILLED, TAG_OWNER
 from kernel_magics.pipelines import EXPERIMENT as PIPELINES
+from kernel_magics.serving.process.pids import pid_alive
 from kernel_magics.store import Store
 
 TRAIN_FOREVER = textwrap.dedent(

@@ -158,6 +158,27 @@ def test_distillation_reports_labels_only_beside_it(parent, digits):
     assert "labels only" in text and ("distillation helped" in text or "did not help" in text)
     history = _store(load_settings()).client.get_metric_history(r.run_id, "val_loss")
     assert len(history) == 3  # logged as a training run
+    # validated on the plain labels, as %train is: its curves and table have the accuracy
+    accuracy = _store(load_settings()).client.get_metric_history(r.run_id, "accuracy")
+    assert {1, 2, 3} <= {m.step for m in accuracy} and all(0 <= m.value <= 1 for m in accuracy)
+
+
+def test_optimize_trainings_are_named_for_the_user(parent, digits):
+    """The training widget's title names what is trained, not a class such as GraphModule."""
+    titles: list[str] = []
+
+    class Titles:  # a reporter that keeps the titles it is given
+        def start(self, epochs: int, steps: int, title: str) -> None:
+            titles.append(title)
+
+        def __getattr__(self, name: str) -> Any:
+            return lambda *a, **k: False
+
+    X, y = digits
+    student = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    api.optimize(parent, distill=True, student=student, X=X, y=y, epochs=1, progress=Titles())
+    api.optimize(parent, prune=0.3, X=X, y=y, finetune_epochs=1, progress=Titles())
+    assert titles == [f"Sequential distilled from {parent}", f"{parent} pruned: fine-tuning"]
 
 
 def test_without_data_says_no_validation(parent):

@@ -34,6 +34,8 @@ class DistillationLoss:
         self.alpha = alpha
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.ndim == 1:  # labels alone (the validation rows): the task's own loss
+            return F.cross_entropy(outputs, targets.long())
         labels, teacher = targets[:, 0].long(), targets[:, 1:]
         t = self.temperature
         soft = F.kl_div(
@@ -82,19 +84,28 @@ def distill(
     alpha: float,
     on_epoch: Callable[[Any], None] | None = None,
     progress: Any = None,
+    title: str | None = None,
 ) -> Distilled:
     """Train ``student`` (in place) on ``teacher``'s outputs and the labels; train a copy of its
-    initial weights on the labels alone for comparison."""
+    initial weights on the labels alone for comparison. The teacher's outputs ride along with
+    the training labels only: validation keeps the plain labels, so its loss is cross-entropy
+    and its metrics (accuracy, F1) are measured as ``%train`` measures them."""
     from kernel_magics.training.fit import fit
 
     baseline = copy.deepcopy(student)
     packed = dataclasses.replace(
         data,
         y_train=_pack(data.y_train, teacher(data.X_train.numpy())),
-        y_val=_pack(data.y_val, teacher(data.X_val.numpy())) if len(data.X_val) else data.y_val,
     )
     loss = DistillationLoss(temperature, alpha)
-    fitted = fit(student, packed, config.replace(loss=loss), on_epoch=on_epoch, progress=progress)
+    fitted = fit(
+        student,
+        packed,
+        config.replace(loss=loss),
+        on_epoch=on_epoch,
+        progress=progress,
+        title=title,
+    )
     fit(baseline, data, config.replace(loss=None))
     return Distilled(student, baseline, fitted.history)
 

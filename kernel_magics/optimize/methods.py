@@ -163,7 +163,8 @@ def pruned(
 
             release = prune.keep_zeros(module, masks) if masks else (lambda: None)
             try:
-                fit(module, data, config, on_epoch=on_epoch, progress=progress)
+                title = f"{parent.ref} pruned: fine-tuning"  # not the graph's class name
+                fit(module, data, config, on_epoch=on_epoch, progress=progress, title=title)
             finally:
                 release()
 
@@ -208,6 +209,7 @@ def distilled(
             alpha=alpha,
             on_epoch=on_epoch,
             progress=progress,
+            title=f"{type(model).__name__} distilled from {parent.ref}",
         )
         candidate.baseline = done.labels_only
 

@@ -53,9 +53,10 @@ def fit(
     *,
     on_epoch: Callable[[EpochResult], None] | None = None,
     progress: Progress | None = None,
+    title: str | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``data`` as ``config`` says; the same call gives the same
-    weights.
+    weights. ``title`` names the training for the reporter (the model's class by default).
 
     The loss is ``config.loss`` (cross-entropy for classification and MSE for regression by
     default). A kernel interrupt, or the reporter's ``stop_requested()`` turning true (checked
@@ -79,7 +80,7 @@ def fit(
     history: list[EpochResult] = []
     epoch = 0
     started = time.perf_counter()
-    reporter.start(epochs, len(sizes), type(model).__name__)
+    reporter.start(epochs, len(sizes), title or type(model).__name__)
     try:
         # fork_rng: seeding must not reset the notebook's own random stream.
         devices = [device.index or 0] if device.type == "cuda" else []

@@ -83,7 +83,10 @@ def task_metrics(task: str, y_true: Any, output: Any) -> dict[str, float]:
 
 
 def format_value(value: float) -> str:
-    """Three decimals for losses and scores; large errors (MSE on raw prices) without noise."""
+    """Three decimals for losses and scores; large errors (MSE on raw prices) without noise;
+    small ones with three significant digits, so a loss of 0.0003 does not read 0.000."""
     if not math.isfinite(value):
         return str(value)
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.3g}"
     return f"{value:.3f}" if abs(value) < 1000 else f"{value:.1f}"

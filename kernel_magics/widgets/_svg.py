@@ -34,8 +34,20 @@ def nice_ticks(lo: float, hi: float, most: int = 5) -> list[float]:
     return [round(k * step, 12) for k in range(first, last + 1)]
 
 
+_SUFFIXES = ((1e9, "G"), (1e6, "M"), (1e3, "k"))
+
+
 def tick_label(value: float, step: float) -> str:
-    """As many decimals as the step needs: 0.25 → "0.25", 2.0 → "2", 1500 → "1500"."""
+    """As many decimals as the step needs: 0.25 → "0.25", 2.0 → "2", 1500 → "1500"; large
+    values with a suffix (2500000 → "2.5M", 25000 → "25k") and tiny steps in scientific notation
+    (0.00025 → "2.5e-04"), so a label never outgrows the margin."""
+    if abs(value) >= 1e4 or step >= 1e4:
+        if value == 0:
+            return "0"
+        scale, suffix = next((s, x) for s, x in _SUFFIXES if max(abs(value), step) >= s)
+        return tick_label(value / scale, step / scale) + suffix
+    if 0 < step < 1e-3:
+        return "0" if value == 0 else f"{value:.1e}"
     exponent = math.floor(math.log10(step) + 1e-9) if step > 0 else 0
     mantissa = step / 10**exponent if step > 0 else 1.0
     decimals = max(0, -exponent) + (1 if exponent <= 0 and abs(mantissa - 2.5) < 1e-6 else 0)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kernel_magics.metric_names import key_metrics
+from kernel_magics.metric_names import direction, key_metrics
 from kernel_magics.training.metrics import format_value
 from kernel_magics.training.progress import register_progress, unregister_progress
 
@@ -231,12 +231,28 @@ class WidgetProgress:
             ]
         )
         shown = list(key_metrics(self.history[-1].metrics)) if self.history else []
-        self.metrics_plot.value = line_chart(
-            [(name, [r.metrics.get(name, float("nan")) for r in self.history]) for name in shown],
-            y_label="training rows" if on_train else "validation",
-            empty="metrics after the first epoch",
+        where = "training rows" if on_train else "validation"
+        self.metrics_plot.value = "".join(
+            line_chart(
+                [
+                    (name, [r.metrics.get(name, float("nan")) for r in self.history])
+                    for name in group
+                ],
+                y_label=f"{group[0]} ({where})" if len(group) == 1 else where,
+                empty="metrics after the first epoch",
+            )
+            for group in same_scale(shown)
         )
         self.table.value = metrics_table(self.history)
+
+
+def same_scale(names: list[str]) -> list[list[str]]:
+    """Metrics that share a chart: scores (accuracy, F1, R², higher is better, about 0 to 1)
+    together; each error (MSE in millions beside MAE in hundreds) on a chart of its own, so no
+    curve is flattened to zero by another's scale. Always one group, empty or not."""
+    scores = [n for n in names if direction(n) == "higher"]
+    groups = ([scores] if scores else []) + [[n] for n in names if n not in scores]
+    return groups or [[]]
 
 
 TABLE_ROWS = 10  # the newest epochs shown; every epoch is in the MLflow run and the curve

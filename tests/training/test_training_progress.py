@@ -269,6 +269,25 @@ def test_widget_epoch_end_and_finish(shell):
     assert reporter.bar.bar_style == "success" and reporter.bar.value == 30
 
 
+def test_regression_curves_each_on_a_readable_scale(shell):
+    """MSE in millions, MAE in hundreds and R² near 1 on one axis flattened two of them to zero:
+    scores share a chart, each error gets its own, and large ticks carry a suffix."""
+    reporter = W.WidgetProgress()
+    reporter.start(2, 10, "Net")
+    for n, mse in ((1, 4.2e6), (2, 2.9e6)):
+        metrics = {"mse": mse, "mae": 1500.0 / n, "r2": 0.5 + 0.1 * n}
+        reporter.epoch_end(epoch(n, 2, metrics=metrics, train_loss=0.0004 / n))
+    charts = ET.fromstring(f"<div>{reporter.metrics_plot.value}</div>")
+    labels = [
+        [el.get("data-label") for el in svg.iter() if el.tag.endswith("polyline")] for svg in charts
+    ]
+    assert labels == [["r2"], ["mse"], ["mae"]]
+    mse_ticks = [el.text for el in charts[1].iter() if el.tag.endswith("text")]
+    assert any(t and t.endswith("M") for t in mse_ticks), mse_ticks
+    assert all(len(t) <= 6 for t in mse_ticks if t and t[0].isdigit())
+    assert "train_loss 0.0002" in reporter.label.value  # not 0.000
+
+
 def test_widget_during_a_real_fit(shell, small_digits, make_mlp, capsys, widget_registered):
     reporter = P.make_progress("widget")
     result = fit(make_mlp(), small_digits, TrainConfig(epochs=3), progress=reporter)
