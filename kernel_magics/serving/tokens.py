@@ -22,7 +22,7 @@ import time
 
 from kernel_magics._files import write_atomic
 from kernel_magics.config import Settings
-from kernel_magics.errors import InvalidInput, NotFound
+from kernel_magics.errors import InvalidInput, NotFound, clip
 from kernel_magics.store import validate_name
 
 HOME_TOKEN_NAME = "default"
@@ -60,7 +60,7 @@ def create_token(settings: Settings, name: str) -> str:
         validate_name(name)
     except InvalidInput:
         raise InvalidInput(
-            f"invalid token name {name!r}: use letters, digits, '-', '_' and '.'"
+            f"invalid token name {clip(name)!r}: use letters, digits, '-', '_' and '.'"
         ) from None
     if name in (HOME_TOKEN_NAME, ANONYMOUS):
         raise InvalidInput(f"{name!r} is reserved; choose another token name")
@@ -75,7 +75,9 @@ def create_token(settings: Settings, name: str) -> str:
 def revoke_token(settings: Settings, name: str) -> None:
     named = _read_named(settings)
     if name not in named:
-        raise NotFound(f"no token named {name!r} (named tokens: {', '.join(named) or 'none'})")
+        raise NotFound(
+            f"no token named {clip(name)!r} (named tokens: {', '.join(named) or 'none'})"
+        )
     del named[name]
     write_atomic(settings.tokens_file, json.dumps(named, indent=1), private=True)
 
