@@ -52,7 +52,7 @@ def validate_name(name: str) -> str:
     """Model names travel in URLs and file paths (the rule is ``naming``'s)."""
     if not is_valid_name(name):
         raise InvalidInput(
-            f"invalid model name {name!r}: use letters, digits, '-', '_' and '.' "
+            f"invalid model name {clip(name)!r}: use letters, digits, '-', '_' and '.' "
             f"(not starting with '.', at most {NAME_MAX_LENGTH} characters)"
         )
     return name
@@ -62,7 +62,7 @@ def not_found(name: str, known: list[str], kind: str = "registered") -> str:
     """The one wording for an unknown model, naming what exists: ``no registered model named
     'x' (registered: a, b)``; ``kind`` "deployed" for what the inference process serves."""
     none = "none yet" if kind == "registered" else "none"
-    return f"no {kind} model named {name!r} ({kind}: {', '.join(known) or none})"
+    return f"no {kind} model named {clip(name)!r} ({kind}: {', '.join(known) or none})"
 
 
 # Store URIs this process has swept for runs left RUNNING by killed processes (orphans.py).

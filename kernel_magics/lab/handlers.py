@@ -28,6 +28,7 @@ from jupyter_server.utils import url_path_join
 from kernel_magics.display import to_json
 from kernel_magics.errors import InvalidInput, KernelMagicsError, first_line
 from kernel_magics.metric_names import key_metrics
+from kernel_magics.naming import parse_version
 
 ROUTE_PREFIX = "kernel-magics"
 _NAME = r"(?P<name>[^/]+)"  # api validates the name itself and answers 400
@@ -74,8 +75,8 @@ class _KernelMagicsHandler(APIHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(to_json({"error": message}))
 
-    def _body_int(self, key: str) -> int | None:
-        """An optional whole number from the JSON body (an empty body is ``{}``)."""
+    def _body_version(self, key: str) -> int | None:
+        """An optional version number from the JSON body (an empty body is ``{}``)."""
         body = self.get_json_body() if self.request.body else None
         if body is None:
             return None
@@ -84,9 +85,10 @@ class _KernelMagicsHandler(APIHandler):
         value = body.get(key)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidInput(f"{key!r} must be a whole number, got {value!r}")
-        return value
+        try:
+            return parse_version(value)
+        except InvalidInput as err:
+            raise InvalidInput(f"{key!r} must be a version number: {err}") from None
 
 
 def _models_document() -> dict[str, Any]:
@@ -130,10 +132,10 @@ class TransitionHandler(_KernelMagicsHandler):
     async def post(self, name: str, action: str) -> None:
         try:
             if action == "deploy":
-                version = self._body_int("version")
+                version = self._body_version("version")
                 await self._answer(lambda: _api().deploy(name, version).to_wire())
             elif action == "rollback":
-                to = self._body_int("to")
+                to = self._body_version("to")
                 await self._answer(lambda: _api().rollback(name, to).to_wire())
             else:
                 await self._answer(lambda: _api().undeploy(name).to_wire())

@@ -27,7 +27,7 @@ import secrets
 import time
 
 from kernel_magics.config import Settings
-from kernel_magics.errors import InvalidInput, NotFound
+from kernel_magics.errors import InvalidInput, NotFound, clip
 from kernel_magics.serving.files import private_home, write_atomic
 from kernel_magics.store import validate_name
 
@@ -99,7 +99,7 @@ def create_token(settings: Settings, name: str, scope: str = PREDICT) -> str:
         validate_name(name)
     except InvalidInput:
         raise InvalidInput(
-            f"invalid token name {name!r}: use letters, digits, '-', '_' and '.'"
+            f"invalid token name {clip(name)!r}: use letters, digits, '-', '_' and '.'"
         ) from None
     if name in (HOME_TOKEN_NAME, ANONYMOUS):
         raise InvalidInput(f"{name!r} is reserved; choose another token name")
@@ -115,7 +115,9 @@ def create_token(settings: Settings, name: str, scope: str = PREDICT) -> str:
 def revoke_token(settings: Settings, name: str) -> None:
     named = _read_named(settings)
     if name not in named:
-        raise NotFound(f"no token named {name!r} (named tokens: {', '.join(named) or 'none'})")
+        raise NotFound(
+            f"no token named {clip(name)!r} (named tokens: {', '.join(named) or 'none'})"
+        )
     del named[name]
     write_atomic(settings.tokens_file, json.dumps(named, indent=1), private=True)
 

@@ -256,6 +256,8 @@ def test_error_bodies_quote_at_most_a_few_hundred_characters(port, client):
             timeout=60,
         ),  # fmt: skip
         requests.delete(f"{base}/v1/models/{'n' * 60_000}", headers=h, timeout=60),
+        requests.post(f"{base}/v1/models/guard/deploy", json={big[:300_000]: 1}, headers=h),
+        requests.post(f"{base}/v1/models/{'n' * 60_000}/deploy", headers=h, timeout=60),
     ]
     for r in answers:
         assert 400 <= r.status_code < 500, r.text[:300]

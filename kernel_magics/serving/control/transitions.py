@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 
-from kernel_magics.errors import InvalidInput, KernelMagicsError
+from kernel_magics.errors import InvalidInput, KernelMagicsError, clip
 from kernel_magics.naming import is_version_text, parse_version
 from kernel_magics.records import HistoryEvent, ModelSpec
 from kernel_magics.serving.deploy_options import (
@@ -273,7 +273,7 @@ def parse_manage_body(action: str, raw: bytes) -> tuple[Any, dict]:
             ref = str(parse_version(ref))
     unknown = set(doc) - {"ref", "canary", *DEPLOY_OPTIONS}
     if unknown:
-        raise InvalidInput(f"unknown deploy option(s): {', '.join(sorted(unknown))}")
+        raise InvalidInput(f"unknown deploy option(s): {clip(', '.join(sorted(unknown)))}")
     options: dict[str, Any] = {}
     canary = doc.get("canary")
     if canary is not None:
@@ -313,7 +313,8 @@ def parse_manage_body(action: str, raw: bytes) -> tuple[Any, dict]:
 
 def _rollback_target(doc: dict) -> int | None:
     if set(doc) - {"to"}:
-        raise InvalidInput(f"unknown rollback option(s): {', '.join(sorted(set(doc) - {'to'}))}")
+        unknown = ", ".join(sorted(set(doc) - {"to"}))
+        raise InvalidInput(f"unknown rollback option(s): {clip(unknown)}")
     to = doc.get("to")
     if to is None:
         return None

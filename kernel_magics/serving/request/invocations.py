@@ -40,14 +40,15 @@ def parse(body: bytes, content_type: bytes | None, model: Any) -> Parsed:
     if charset != "utf-8":
         raise UnsupportedMediaType("The scoring server only supports UTF-8")
     if unexpected:
-        raise UnsupportedMediaType(f"Unrecognized content type parameters: {', '.join(unexpected)}")
+        shown = clip(", ".join(unexpected))
+        raise UnsupportedMediaType(f"Unrecognized content type parameters: {shown}")
     sig = model.signature
     if mime == "text/csv":
         return _csv(body, sig)
     if mime != "application/json":
         raise UnsupportedMediaType(
             "This predictor only supports the following content types: "
-            f"['text/csv', 'application/json']. Got '{mime}'."
+            f"['text/csv', 'application/json']. Got '{clip(mime)}'."
         )
     doc = _json(body)
     if any(k in doc for k in _LLM_KEYS):

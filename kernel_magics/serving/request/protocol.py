@@ -112,14 +112,12 @@ class Connection(asyncio.Protocol):
         "_size",
         "_paused",
         "_early",
-        "_head",
         "_head_chunks",
-        "_headers",
+        "_read_len",
         "_repeats",
         "_in_head",
         "_head_began",
         "_in_message",
-        "_fresh",
         "_idle_since",
         "_lingering",
         "closed",
@@ -145,14 +143,12 @@ class Connection(asyncio.Protocol):
         self._size = 0
         self._paused = False
         self._early = False
-        self._head = 0  # bytes of the request line and headers parsed so far
         self._head_chunks = 0  # bytes of whole reads that arrived while the head was incomplete
-        self._headers = 0
+        self._read_len = 0  # bytes of the read being parsed
         self._repeats: dict[bytes, list[bytes]] | None = None
         self._in_head = False  # between the first byte of a request and the end of its head
         self._head_began = False  # ... and that first byte came in the read being parsed
         self._in_message = False
-        self._fresh = True  # no request began yet
         self._idle_since = 0.0
         self._lingering: asyncio.Transport | None = None
         self.closed = False
@@ -180,6 +176,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._head_began = False
+        self._read_len = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -189,14 +186,14 @@ class Connection(asyncio.Protocol):
             if not self.busy and not self.queue:
                 self._fail(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as err:
-            if isinstance(err.__context__, HeadTooLarge):  # raised by on_url / on_header
+            if isinstance(err.__context__, HeadTooLarge):  # raised by on_headers_complete
                 self._fail(431, str(err.__context__))
             else:
                 self._fail(400, f"malformed HTTP request: {err}")
             return
         if self._in_head and not self._head_began:
-            # A header name or value still incomplete is buffered inside the parser, which
-            # reports it only when it ends: count whole reads so that it is bounded too.
+            # A head spread over reads: count whole reads, so that what the parser buffers
+            # (an unfinished name or value) and what this connection keeps stay bounded.
             self._head_chunks += len(data)
             if self._head_chunks > MAX_HEAD_BYTES:
                 self._fail(431, _head_too_large())
@@ -209,21 +206,13 @@ class Connection(asyncio.Protocol):
         self._chunks = []
         self._size = 0
         self._early = False
-        self._head = self._head_chunks = self._headers = 0
+        self._head_chunks = 0
         self._in_head = self._head_began = self._in_message = True
-        self._fresh = False
 
     def on_url(self, url: bytes) -> None:
-        self._head += len(url)
-        if self._head > MAX_HEAD_BYTES:
-            raise HeadTooLarge(_head_too_large())
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head += len(name) + len(value) + 4
-        self._headers += 1
-        if self._head > MAX_HEAD_BYTES or self._headers > MAX_HEADERS:
-            raise HeadTooLarge(_head_too_large())
         key = name.lower()
         headers = self._req.headers
         if key in headers:  # repeated: comma-joined once the head is complete (RFC 9110 5.3)
@@ -240,10 +229,16 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         req = self._req
-        if self._repeats is not None:
-            for key, values in self._repeats.items():
-                req.headers[key] = b",".join(values)
-            self._repeats = None
+        # The head is measured only when it could be over a limit: a head that came in one read
+        # of at most MAX_HEAD_BYTES, without repeated fields, is the common case and costs
+        # nothing here. (Whatever its size, a head in one read costs time linear in that read.)
+        if (
+            self._repeats is not None
+            or not self._head_began
+            or self._read_len > MAX_HEAD_BYTES
+            or len(req.headers) > MAX_HEADERS
+        ):
+            self._check_head(req)
         req.method = self.parser.get_method()
         path, _, req.query = self._url.partition(b"?")
         req.path = path
@@ -261,6 +256,20 @@ class Connection(asyncio.Protocol):
                 self._answer_early(req)
                 return
             self.transport.write(_CONTINUE)
+
+    def _check_head(self, req: Request) -> None:
+        """431 for a head over the limits; repeated fields comma-joined (RFC 9110 5.3)."""
+        fields, size = len(req.headers), len(self._url)
+        for key, value in req.headers.items():
+            size += len(key) + len(value) + 4
+        if self._repeats is not None:
+            for key, values in self._repeats.items():
+                fields += len(values) - 1
+                size += sum(map(len, values)) - len(values[0]) + (len(key) + 4) * (len(values) - 1)
+                req.headers[key] = b",".join(values)
+            self._repeats = None
+        if size > MAX_HEAD_BYTES or fields > MAX_HEADERS:
+            raise HeadTooLarge(_head_too_large())
 
     def on_body(self, body: bytes) -> None:
         req = self._req
@@ -404,7 +413,8 @@ class Connection(asyncio.Protocol):
             if self._req.t0 < head_before:
                 self._fail(408, "request head not received in time; the connection is closed")
         elif not self._in_message and not self.queue:
-            if self._idle_since < (head_before if self._fresh else idle_before):
+            fresh = self._req.t0 == 0.0  # no request began on this connection yet
+            if self._idle_since < (head_before if fresh else idle_before):
                 if self.transport is not None:
                     self.transport.close()
                 self.closed = True
