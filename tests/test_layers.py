@@ -12,8 +12,8 @@ from pathlib import Path
 import kernel_magics
 
 ROOT = Path(kernel_magics.__file__).parent
-# Parse, call kernel_magics.api, render. "kernel_magics.display" also names the display_*
-# modules beside it.
+# Parse, call kernel_magics.api, render ("kernel_magics.display" also matches display_*.py, the
+# views' modules before they became the display/ package).
 FRONT_ENDS = (
     "kernel_magics.magics",
     "kernel_magics.widgets",
@@ -25,7 +25,6 @@ FRONT_ENDS = (
 )
 # kernel_magics/__init__.py is IPython's %load_ext hook: it hands over to magics/.
 EXTENSION_HOOK = "kernel_magics"
-STORE = ("kernel_magics.store", "mlflow", "kernel_magics.api._")
 
 
 def _imports() -> dict[str, set[str]]:
@@ -46,10 +45,7 @@ def _imports() -> dict[str, set[str]]:
 
 
 def _within(name: str, prefixes: tuple[str, ...]) -> bool:
-    return any(
-        name == p or name.startswith(p if p.endswith(("_", ".")) else (p + ".", p + "_"))
-        for p in prefixes
-    )
+    return any(name == p or name.startswith((p + ".", p + "_")) for p in prefixes)
 
 
 def _store_module(name: str) -> bool:
