@@ -3,6 +3,7 @@
  * answers. Deploy / Rollback / Undeploy call the same REST routes; the outcome of each call
  * (or its error) is one line at the top.
  */
+import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { ServerConnection } from '@jupyterlab/services';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
@@ -97,9 +98,13 @@ export class ModelsPanel extends Widget {
   }
 
   private async load(): Promise<void> {
+    const generation = this.generation;
     try {
       const [models, status] = await Promise.all([this.client.models(), this.client.status()]);
       const histories = await Promise.all(models.map(m => this.client.history(m.name)));
+      if (generation !== this.generation) {
+        return; // read before an action changed what is live: the action's answer is newer
+      }
       const history: ISnapshot['history'] = {};
       models.forEach((m, i) => (history[m.name] = histories[i]));
       this.snapshot = { models, status, history };
@@ -147,7 +152,7 @@ export class ModelsPanel extends Widget {
   }
 
   private async act(name: string, action: Action, version?: number): Promise<void> {
-    if (this.busyModel !== null) {
+    if (this.busyModel !== null || !(await confirmAction(name, action, version))) {
       return;
     }
     this.busyModel = name;
@@ -158,6 +163,7 @@ export class ModelsPanel extends Widget {
       const body = action === 'deploy' && version !== undefined ? { version } : {};
       const result = await this.client.transition(name, action, body);
       this.noticeNode.textContent = describe(result);
+      this.apply(result);
     } catch (error) {
       this.noticeNode.textContent = '';
       this.showError(String((error as Error).message ?? error));
@@ -165,8 +171,29 @@ export class ModelsPanel extends Widget {
       this.busyModel = null;
       this.selected.delete(name);
     }
+    if (this.pending !== null) {
+      await this.pending; // a refresh begun before the action: its answer is discarded
+    }
     await this.refresh();
     this.render(true);
+  }
+
+  /** Show what the action's answer says at once, before the next refresh confirms it. */
+  private apply(result: ITransitionResult): void {
+    this.generation += 1;
+    const model = this.snapshot?.models.find(m => m.name === result.name);
+    if (this.snapshot === null || model === undefined || result.unchanged) {
+      return;
+    }
+    model.live_version = result.version;
+    model.versions.forEach(v => (v.live = v.version === result.version));
+    const event: IHistoryEvent = {
+      time: new Date().toISOString(),
+      action: result.action,
+      from_version: result.previous_version,
+      to_version: result.version
+    };
+    this.snapshot.history[result.name] = [...(this.snapshot.history[result.name] ?? []), event];
   }
 
   private showError(message: string): void {
@@ -186,7 +213,28 @@ export class ModelsPanel extends Widget {
   private renderedKey = '';
   private busyModel: string | null = null;
   private pending: Promise<void> | null = null;
+  private generation = 0; // bumped by each action: loads begun before it are stale
   private timer: number | null = null;
+}
+
+/** Changing what is live (or serving nothing) is asked once more: a stray click would
+ * otherwise reach every client of the model. */
+async function confirmAction(name: string, action: Action, version?: number): Promise<boolean> {
+  const what =
+    action === 'deploy'
+      ? `Deploy ${name} v${version}? It becomes the live version for every client.`
+      : action === 'rollback'
+        ? `Roll ${name} back to the version live before this one?`
+        : `Undeploy ${name}? Its clients get 404 until a version is deployed again.`;
+  const label = { deploy: 'Deploy', rollback: 'Roll back', undeploy: 'Undeploy' }[action];
+  const accept =
+    action === 'undeploy' ? Dialog.warnButton({ label }) : Dialog.okButton({ label });
+  const answer = await showDialog({
+    title: `${label} ${name}`,
+    body: what,
+    buttons: [Dialog.cancelButton(), accept]
+  });
+  return answer.button.accept;
 }
 
 /** One line for a finished transition, e.g. "digits: rollback v2 → v1 (8 ms)". */

@@ -80,19 +80,29 @@ function lineage(version: IVersionRow): string {
   return [parent ? `from ${parent}` : '', recipe ?? ''].filter(Boolean).join(' · ');
 }
 
+/** "accuracy 0.961 · f1_macro 0.958": every key metric of a version, for its tooltip. */
+function allMetrics(v: IVersionRow): string {
+  return Object.entries(v.key_metrics ?? {})
+    .map(([n, value]) => `${n} ${formatNumber(value)}`)
+    .join(' · ');
+}
+
 function versionTable(model: IModelSummary): HTMLElement {
   const versions = [...model.versions].sort((a, b) => b.version - a.version);
+  // The sidebar is narrow: one column, the headline metric (the first key metric the server
+  // names: accuracy, mse…); every metric is in the row's tooltip and in %models.
   const metricNames: string[] = [];
   for (const v of versions) {
-    for (const n of Object.keys(v.key_metrics ?? {})) {
-      if (!metricNames.includes(n)) {
-        metricNames.push(n);
-      }
+    const first = Object.keys(v.key_metrics ?? {})[0];
+    if (first !== undefined && metricNames.length === 0) {
+      metricNames.push(first);
     }
   }
   const rows: HTMLElement[] = [];
   for (const v of versions) {
-    const about = [v.task, v.format, v.run_id ? `run ${v.run_id}` : ''].filter(Boolean);
+    const about = [allMetrics(v), v.task, v.format, v.run_id ? `run ${v.run_id}` : ''].filter(
+      Boolean
+    );
     rows.push(
       h(
         'tr',
@@ -125,7 +135,6 @@ function versionTable(model: IModelSummary): HTMLElement {
     }
   }
   const head = h('tr', {}, ...['version', 'created', ...metricNames].map(t => h('th', {}, t)));
-  // a narrow sidebar scrolls the table sideways rather than squeezing it
   return h(
     'div',
     { class: 'jp-KmModels-tableScroll' },

@@ -57,10 +57,32 @@ def test_models_panel_rolls_back_and_follows_changes(
     expect(card.locator(".jp-KmModels-events li").first).to_contain_text("deploy v1 → v2")
     save_screenshot(page, tmp_path, "panel-before-rollback")
 
+    # the sidebar is narrow: one metric column (the headline), every metric in the tooltip
+    headers = card.locator("thead th").all_inner_texts()
+    assert headers == ["version", "created", "accuracy"], headers
+    assert "f1_macro" in (card.locator("tr[data-version]").first.get_attribute("title") or "")
+
+    # changing what is live is asked once more: Cancel leaves it as it was
     card.locator('button[data-action="rollback"]').click()
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog).to_contain_text(f"Roll {MODEL} back")
+    dialog.locator(".jp-mod-reject").click()
+    expect(dialog).to_have_count(0)
+    assert served_version(lab) == 2
+    expect(live).to_have_text("live v2")
+
+    # accepted: the card shows the action's answer at once, with the store unreachable for
+    # the panel meanwhile (its refreshes fail), so nothing but the answer can have updated it
+    card.locator('button[data-action="rollback"]').click()
+    page.route("**/kernel-magics/models*", lambda route: route.abort())
+    page.locator(".jp-Dialog .jp-mod-accept").click()
     expect(live).to_have_text("live v1")
+    expect(card.locator(".jp-KmModels-events li").first).to_contain_text("rollback v2 → v1")
     expect(page.locator(".jp-KmModels-notice")).to_contain_text(f"{MODEL}: rollback v2 → v1")
+    page.unroute("**/kernel-magics/models*")
+    page.locator(".jp-KmModels-refresh").click()
     expect(page.locator(".jp-KmModels-error")).to_be_hidden()
+    expect(live).to_have_text("live v1")
     assert served_version(lab) == 1
     widen_left_area(page, page.locator(PANEL), 420)
     save_screenshot(page, tmp_path, "lab-with-models-panel")
@@ -82,6 +104,7 @@ def test_models_panel_shows_a_failed_action_as_one_line(lab: LabSession, page: P
         "select => { select.add(new Option('v99', '99')); select.value = '99'; }"
     )
     card.locator('button[data-action="deploy"]').click()
+    page.locator(".jp-Dialog .jp-mod-accept").click()
     error = page.locator(".jp-KmModels-error")
     expect(error).to_be_visible()
     expect(error).to_contain_text("404")
