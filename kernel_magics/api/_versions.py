@@ -106,8 +106,8 @@ def train(
 
 
 def register(
-    model: torch.nn.Module,
-    example: Any,
+    model: Any,
+    example: Any = None,
     *,
     name: str,
     task: str | None = None,
@@ -116,6 +116,7 @@ def register(
     params: dict[str, Any] | None = None,
     parent: str | None = None,
     recipe: str | None = None,
+    sample: Any = None,
     settings: Settings | None = None,
 ) -> RegisterResult:
     """Register a model trained anywhere (your own loop, a library) as the next version of
@@ -127,6 +128,13 @@ def register(
     ``task``: "classification" (outputs are class scores; ``classes`` names them),
     "regression" or "other". ``parent`` ("NAME@VERSION", which must exist) and ``recipe`` (how
     it was made) are kept on the version and shown by ``models()``.
+
+    ``model`` may also be a fitted scikit-learn estimator or Pipeline (converted to ONNX and
+    checked against its own outputs on ``example`` and ``sample`` rows; served by the
+    estimator itself, with the reason in ``notes``, where conversion fails or changes the
+    answers), an ``onnx.ModelProto``, or the path of a ``.onnx``, ``.joblib`` or ``.pkl``
+    file (unpickling runs the file's code: a warning says so). Task and classes then come
+    from the model.
     """
     return register_version(
         _store(_settings(settings)),
@@ -139,6 +147,7 @@ def register(
         params=params,
         parent=parent,
         recipe=recipe,
+        sample=sample,
     )
 
 
