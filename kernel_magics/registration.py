@@ -134,6 +134,8 @@ def register_version(
     foreign = None if log_fn else prepare(model, example, sample=sample, task=task, classes=classes)
     if foreign is None:
         model = check_model(model)
+        if example is None:
+            raise InvalidInput("give an example: a few input rows of the model (--example X[:5])")
         inputs, notes = example_rows(example)
         probe(model, inputs)
     else:  # scikit-learn, a model file: checked and converted, logged by its own log_fn

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 # -- training and registration ------------------------------------------------------------------
 def train(
-    model: torch.nn.Module,
+    model: Any,
     X: Any,
     y: Any = None,
     *,
@@ -58,7 +58,11 @@ def train(
     KILLED; nothing is registered.
     ``nproc`` > 1 (or ``nnodes`` > 1 with ``rdzv_endpoint``) trains with PyTorch DDP under
     torchrun (``training.distributed``); the kernel still logs the run and registers once.
+    A scikit-learn estimator (``MLPClassifier((32,))``, a ``Pipeline``) is fitted with its
+    own ``fit`` on the training split instead (``frameworks.sklearn_training``; val_split,
+    seed and task apply) and registered like ``register`` registers one.
     """
+    from kernel_magics.frameworks import is_sklearn
     from kernel_magics.registration import check_model
     from kernel_magics.training.data import prepare_data
     from kernel_magics.training.fit import fit
@@ -66,7 +70,8 @@ def train(
     from kernel_magics.training.scaling import scale_data
 
     validate_name(name)
-    check_model(model)
+    if not is_sklearn(model):
+        check_model(model)
     given = {
         "epochs": epochs,
         "lr": lr,
@@ -84,6 +89,10 @@ def train(
         "rdzv_endpoint": rdzv_endpoint,
     }
     config = (config or TrainConfig()).replace(**{k: v for k, v in given.items() if v is not None})
+    if is_sklearn(model):  # its own fit: the split, run, metrics and record of a torch training
+        from kernel_magics.frameworks.sklearn_training import train_estimator
+
+        return train_estimator(_store(_settings(settings)), model, X, y, name=name, config=config)
     data = prepare_data(
         X,
         y,

@@ -17,6 +17,7 @@ from kernel_magics.frameworks import LogFn, Prepared
 
 ONNX_SUFFIXES = (".onnx",)
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+MODEL_FILE_SUFFIXES = ONNX_SUFFIXES + PICKLE_SUFFIXES  # a name ending so is a file, not code
 
 
 class UnpicklingWarning(UserWarning):
@@ -32,8 +33,8 @@ def prepare_file(
     classes: list | None = None,
 ) -> Prepared:
     suffix = path.suffix.lower()
-    if suffix not in ONNX_SUFFIXES + PICKLE_SUFFIXES:
-        known = ", ".join(ONNX_SUFFIXES + PICKLE_SUFFIXES)
+    if suffix not in MODEL_FILE_SUFFIXES:
+        known = ", ".join(MODEL_FILE_SUFFIXES)
         raise InvalidInput(f"{path}: a model file ends in {known}")
     if not path.is_file():
         raise InvalidInput(f"no model file {path}")
@@ -57,17 +58,17 @@ def unpickle(path: Path) -> Any:
     """The object in a joblib or pickle file, after the one-line warning."""
     import joblib
 
-    warnings.warn(
-        f"unpickling {path.name} runs the code it holds: load only files you trust",
-        UnpicklingWarning,
-        stacklevel=4,
-    )
+    warnings.warn(unpickling_message(path), UnpicklingWarning, stacklevel=4)
     try:
         return joblib.load(path)
     except Exception as err:  # a pickle fails in any way its code does
         raise InvalidInput(
             f"{path} could not be unpickled: {type(err).__name__}: {first_line(err)}"
         ) from None
+
+
+def unpickling_message(path: Path | str) -> str:
+    return f"unpickling {Path(path).name} runs the code it holds: load only files you trust"
 
 
 def _read_onnx(path: Path) -> Any:
