@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 # to the outputs' scale (max(1, max |output|)); classifiers must also pick the same class.
 TOLERANCE = 1e-5
 EXAMPLE_ROWS = 5
+# Fewer check rows than this: the note asks for a sample (a tree's float32 thresholds change
+# the answer only for rows near them, which two example rows rarely are).
+FEW_ROWS = 100
 INPUT_DTYPES = (np.float32, np.float64)  # tried in this order
 
 
@@ -132,6 +135,8 @@ def convert_checked(
                 f"converted to ONNX with {name} inputs: outputs within {tolerance:.1e} of the "
                 f"estimator's on {len(rows)} rows (max |diff| {diff:.1e})"
             )
+            if len(rows) < FEW_ROWS:
+                note += "; pass more rows to check on as sample= (--sample X[:500])"
             return onx, dtype, record, [*(_tried_note(t) for t in tried), note]
         changed = "" if same_class else ", a different class for some rows"
         tried.append(f"{name} inputs change the outputs by {diff:.1e} > {tolerance:.1e}{changed}")

@@ -155,7 +155,7 @@ def test_a_regressor_answers_its_predictions(km_home: Path) -> None:
     X, y = load_diabetes(return_X_y=True)
     ridge = make_pipeline(StandardScaler(), Ridge()).fit(X, y)
     r = api.register(ridge, X[:2], name="sk-ridge", sample=X[:100])
-    assert r.format == "onnx"
+    assert r.format == "onnx" and "--sample" not in " ".join(r.notes)
     info = Store(load_settings()).resolve("sk-ridge", r.version)
     assert info.task == "regression"
     api.deploy("sk-ridge")
@@ -227,6 +227,7 @@ def test_register_a_joblib_file_after_one_warning_line(
         "warning: unpickling model.joblib runs the code it holds: load only files you trust"
     ]
     assert r.format == "onnx" and any("unpickled model.joblib" in n for n in r.notes)
+    assert any("pass more rows to check on" in n for n in r.notes)  # 2 example rows only
     api.deploy("from-file")
     assert (api.predict("from-file", X[:30]) == mlp.predict(X[:30])).all()
 
