@@ -13,6 +13,7 @@ from typing import Any
 import joblib
 import mlflow
 import numpy as np
+import onnx
 import pytest
 import requests
 import torch
@@ -48,6 +49,14 @@ def mlp(data: tuple[np.ndarray, np.ndarray]) -> MLPClassifier:
 def registered_mlp(km_home: Path, data: Any, mlp: MLPClassifier) -> Any:
     X, _ = data
     return api.register(mlp, X[:2], name="sk-mlp", sample=X[:300])
+
+
+@pytest.fixture(scope="module")
+def shell(ip: Any, data: tuple[np.ndarray, np.ndarray]) -> Any:
+    """The notebook: X and y loaded."""
+    X, y = data
+    ip.user_ns.update(X=X, y=y)
+    return ip
 
 
 def _conversion(name: str, version: int) -> dict:
@@ -167,12 +176,11 @@ def test_a_regressor_answers_its_predictions(km_home: Path) -> None:
 
 
 # -- %train and %register in a notebook ---------------------------------------------------------
-def test_train_fits_an_estimator_and_registers_it(ip: Any, run_cell: Any, data: Any) -> None:
-    X, y = data
-    ip.user_ns.update(X=X, y=y)
-    run_cell(ip, "from sklearn.neural_network import MLPClassifier")
-    run_cell(ip, "r = %train MLPClassifier((32,), max_iter=200) --data X y --name sk-trained")
-    r = ip.user_ns["r"]
+def test_train_fits_an_estimator_and_registers_it(shell: Any, run_cell: Any, data: Any) -> None:
+    X, _ = data
+    run_cell(shell, "from sklearn.neural_network import MLPClassifier")
+    run_cell(shell, "r = %train MLPClassifier((32,), max_iter=200) --data X y --name sk-trained")
+    r = shell.user_ns["r"]
     assert r.format == "onnx" and r.version == 1
     assert set(r.metrics) >= {"accuracy", "f1_macro"} and r.metrics["accuracy"] > 0.8
     assert r.history == [{"epoch": 1, **r.metrics}]
@@ -186,7 +194,7 @@ def test_train_fits_an_estimator_and_registers_it(ip: Any, run_cell: Any, data: 
 
 
 def test_register_an_onnx_file_without_a_warning(
-    ip: Any, run_cell: Any, tmp_path: Path, data: Any, capsys: Any
+    shell: Any, run_cell: Any, tmp_path: Path, data: Any, capsys: Any
 ) -> None:
     X, _ = data
     torch.manual_seed(0)
@@ -203,7 +211,7 @@ def test_register_an_onnx_file_without_a_warning(
     capsys.readouterr()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        r = run_cell(ip, f"%register {path} --name exported --example X[:2]")
+        r = run_cell(shell, f"%register {path} --name exported --example X[:2]")
     assert not [w for w in caught if issubclass(w.category, UnpicklingWarning)]
     assert "warning" not in capsys.readouterr().err
     assert r.format == "onnx"
@@ -212,15 +220,21 @@ def test_register_an_onnx_file_without_a_warning(
         expected = net(torch.from_numpy(X[:20])).numpy()
     assert np.abs(api.predict("exported", X[:20]) - expected).max() < 1e-5
 
+    # the same graph as an onnx.ModelProto, no example: its fixed input shape gives one
+    v2 = api.register(onnx.load(str(path)), name="exported")
+    assert v2.format == "onnx" and v2.notes == ["example: 2 rows of zeros"]
+    api.deploy("exported")
+    assert np.abs(api.predict("exported", X[:20]) - expected).max() < 1e-5
+
 
 def test_register_a_joblib_file_after_one_warning_line(
-    ip: Any, run_cell: Any, tmp_path: Path, data: Any, mlp: Any, capsys: Any
+    shell: Any, run_cell: Any, tmp_path: Path, data: Any, mlp: Any, capsys: Any
 ) -> None:
     X, _ = data
     path = tmp_path / "model.joblib"
     joblib.dump(mlp, path)
     capsys.readouterr()
-    r = run_cell(ip, f"%register {path} --name from-file --example X[:2]")
+    r = run_cell(shell, f"%register {path} --name from-file --example X[:2]")
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "unpickling" in line]
     assert lines == [
@@ -234,7 +248,7 @@ def test_register_a_joblib_file_after_one_warning_line(
 
 # -- bad input: one line, nothing registered ----------------------------------------------------
 def test_bad_models_fail_in_one_line_and_register_nothing(
-    ip: Any, run_cell: Any, tmp_path: Path, data: Any
+    shell: Any, run_cell: Any, tmp_path: Path, data: Any
 ) -> None:
     X, y = data
     not_onnx = tmp_path / "notes.onnx"
@@ -243,7 +257,7 @@ def test_bad_models_fail_in_one_line_and_register_nothing(
     broken.write_bytes(b"\x80\x04 this is no pickle")
     text = tmp_path / "numbers.joblib"
     joblib.dump([1, 2, 3], text)
-    ip.user_ns["unfitted"] = MLPClassifier((8,))
+    shell.user_ns["unfitted"] = MLPClassifier((8,))
     cases = {
         "%register unfitted --name bad --example X[:2]": "not fitted",
         "%register 42 --name bad --example X[:2]": "torch.nn.Module",
@@ -254,7 +268,7 @@ def test_bad_models_fail_in_one_line_and_register_nothing(
     }
     for line, said in cases.items():
         with pytest.raises(UsageError) as err:
-            run_cell(ip, line)
+            run_cell(shell, line)
         message = str(err.value)
         assert said in message and "\n" not in message, (line, message)
     assert _versions("bad") == 0
