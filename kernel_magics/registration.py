@@ -11,6 +11,7 @@ loading it. Everything a caller can get wrong is checked before any run is opene
 
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
 import tempfile
@@ -89,7 +90,7 @@ class RegisterResult:
 
 def register_version(
     store: Store,
-    model: torch.nn.Module,
+    model: Any,
     example: Any,
     *,
     name: str,
@@ -104,6 +105,7 @@ def register_version(
     log_fn: LogFn | None = None,
     encoder: TableEncoder | None = None,
     finish: Callable[[Path, str], Mapping[str, str]] | None = None,
+    sample: Any = None,
 ) -> RegisterResult:
     """Log ``model`` and register it as the next version of ``name``.
 
@@ -117,7 +119,10 @@ def register_version(
     artifact exported elsewhere (optimize's ONNX files; ``model`` then runs that artifact for
     the probe) and returns ``(model_info, format, notes)``. ``encoder`` (a fitted
     ``preprocess.TableEncoder``) is saved in the model folder as the version's declared encoding
-    step; ``example`` is then already encoded. ``finish(folder, format)`` runs once the model
+    step; ``example`` is then already encoded. A scikit-learn estimator, an ONNX model or a
+    model file path (``frameworks.prepare``) is converted and checked on ``example`` and
+    ``sample`` (more rows) instead of exported; its task and classes come from the model.
+    ``finish(folder, format)`` runs once the model
     is logged and hashed, before the version exists, and returns more tags for it (optimize's
     measured ``km.opt.*`` figures): the version is created last, in one call with every tag, so
     a process killed at any point leaves no version without them. Bad input raises
@@ -136,14 +141,24 @@ def register_version(
         raise InvalidInput(f"serialization must be one of {', '.join(FORMATS)}")
     if recipe is not None and (not isinstance(recipe, str) or len(recipe) > MAX_RECIPE_CHARS):
         raise InvalidInput(f"recipe must be text of at most {MAX_RECIPE_CHARS} characters")
-    model = check_model(model)
-    inputs, notes = example_rows(example)
-    probe(model, inputs)
+    from kernel_magics.frameworks import prepare
+
+    foreign = None if log_fn else prepare(model, example, sample=sample, task=task, classes=classes)
+    if foreign is None:
+        model = check_model(model)
+        if example is None:
+            raise InvalidInput("give an example: a few input rows of the model (--example X[:5])")
+        inputs, notes = example_rows(example)
+        probe(model, inputs)
+    else:  # scikit-learn, a model file: checked and converted, logged by its own log_fn
+        inputs, notes, log_fn = foreign.inputs, list(foreign.notes), foreign.log_fn
+        checked_task, class_tag = foreign.task, _classes_tag(foreign.classes)
     with store_errors(f"cannot open the model store at {store.uri}"):
         parent_ref = resolve_parent(store, parent)
 
     tags = {TAG_TASK: checked_task, TAG_CLASSES: class_tag, TAG_PARENT: parent_ref}
     tags[TAG_RECIPE] = recipe or None
+    tags.update(foreign.tags if foreign else {})
     with store.tracking(), mlflow_run(store, f"{name}-register", run_id=run_id) as run:
         with store.write_lock(), store_errors("could not log to the store"):
             if logged_params:
@@ -154,7 +169,8 @@ def register_version(
         started = time.perf_counter()
         saving = store_errors("could not save the model to the store")
         with store.write_lock(), saving, removed_on_failure(store, run):
-            with eval_mode(model), tempfile.TemporaryDirectory() as extra:
+            training_mode = eval_mode(model) if foreign is None else contextlib.nullcontext()
+            with training_mode, tempfile.TemporaryDirectory() as extra:
                 files = [str(encoder.write(Path(extra)))] if encoder is not None else []
                 info, fmt, log_notes = (
                     log_fn(inputs, files)

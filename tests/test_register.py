@@ -129,7 +129,8 @@ def test_api_register_takes_tensors_and_dataframes(shell: Any) -> None:
     ("line", "expected"),
     [
         ("42 --name bad --example X[:2]", "the model must be a torch.nn.Module, got int"),
-        ("net --name bad --example None", "the example is a single NoneType"),
+        ("net --name bad --example None", "give an example"),
+        ("net --name bad", "give an example"),
         ("net --name bad --example 'hello'", "the example is a single str"),
         ("net --name bad --example X[:0]", "the example has no rows"),
         ("net --name bad --example X[:5, :10]", "the model failed on the example: RuntimeError"),

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 # -- training and registration ------------------------------------------------------------------
 def train(
-    model: torch.nn.Module,
+    model: Any,
     X: Any,
     y: Any = None,
     *,
@@ -59,7 +59,11 @@ def train(
     KILLED; nothing is registered.
     ``nproc`` > 1 (or ``nnodes`` > 1 with ``rdzv_endpoint``) trains with PyTorch DDP under
     torchrun (``training.distributed``); the kernel still logs the run and registers once.
+    A scikit-learn estimator (``MLPClassifier((32,))``, a ``Pipeline``) is fitted with its
+    own ``fit`` on the training split instead (``frameworks.sklearn_training``; val_split,
+    seed and task apply) and registered like ``register`` registers one.
     """
+    from kernel_magics.frameworks import is_sklearn
     from kernel_magics.registration import check_model
     from kernel_magics.training.data import prepare_data
     from kernel_magics.training.fit import fit
@@ -67,7 +71,8 @@ def train(
     from kernel_magics.training.scaling import scale_data
 
     validate_name(name)
-    check_model(model)
+    if not is_sklearn(model):
+        check_model(model)
     given = {
         "epochs": epochs,
         "lr": lr,
@@ -85,6 +90,10 @@ def train(
         "rdzv_endpoint": rdzv_endpoint,
     }
     config = (config or TrainConfig()).replace(**{k: v for k, v in given.items() if v is not None})
+    if is_sklearn(model):  # its own fit: the split, run, metrics and record of a torch training
+        from kernel_magics.frameworks.sklearn_training import train_estimator
+
+        return train_estimator(_store(_settings(settings)), model, X, y, name=name, config=config)
     data = prepare_data(
         X,
         y,
@@ -107,8 +116,8 @@ def train(
 
 
 def register(
-    model: torch.nn.Module,
-    example: Any,
+    model: Any,
+    example: Any = None,
     *,
     name: str,
     task: str | None = None,
@@ -117,6 +126,7 @@ def register(
     params: dict[str, Any] | None = None,
     parent: str | None = None,
     recipe: str | None = None,
+    sample: Any = None,
     settings: Settings | None = None,
 ) -> RegisterResult:
     """Register a model trained anywhere (your own loop, a library) as the next version of
@@ -128,6 +138,13 @@ def register(
     ``task``: "classification" (outputs are class scores; ``classes`` names them),
     "regression" or "other". ``parent`` ("NAME@VERSION", which must exist) and ``recipe`` (how
     it was made) are kept on the version and shown by ``models()``.
+
+    ``model`` may also be a fitted scikit-learn estimator or Pipeline (converted to ONNX and
+    checked against its own outputs on ``example`` and ``sample`` rows; served by the
+    estimator itself, with the reason in ``notes``, where conversion fails or changes the
+    answers), an ``onnx.ModelProto``, or the path of a ``.onnx``, ``.joblib`` or ``.pkl``
+    file (unpickling runs the file's code: a warning says so). Task and classes then come
+    from the model.
     """
     return register_version(
         _store(_settings(settings)),
@@ -140,6 +157,7 @@ def register(
         params=params,
         parent=parent,
         recipe=recipe,
+        sample=sample,
     )
 
 

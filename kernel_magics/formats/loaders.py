@@ -57,6 +57,7 @@ FORMAT_MODULES = (
     "kernel_magics.formats.pt2",
     "kernel_magics.formats.torch_pickle",
     "kernel_magics.formats.onnx",
+    "kernel_magics.formats.sklearn",
 )
 
 

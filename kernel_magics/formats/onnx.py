@@ -20,8 +20,9 @@ from kernel_magics.formats.loaders import Graph, loader
 ONNX_FILE = "model.onnx"
 
 
-def session(path: Path, threads: int | None = None) -> object:
-    """An onnxruntime CPU session of ``path`` (``threads`` intra-op threads, default torch's)."""
+def session(path: Path | bytes, threads: int | None = None) -> object:
+    """An onnxruntime CPU session of ``path`` (or a serialized graph; ``threads`` intra-op
+    threads, default torch's)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -32,7 +33,8 @@ def session(path: Path, threads: int | None = None) -> object:
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: no optimizer chatter in the worker's log
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 @loader("onnx", ONNX_FILE, flavor="onnx")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
+import warnings
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -20,6 +22,12 @@ from IPython.core.magic_arguments import argument, kwds, magic_arguments
 from kernel_magics import api, display
 from kernel_magics.argtypes import non_negative_float, number, positive_int
 from kernel_magics.errors import InvalidInput, TrainingInterrupted
+from kernel_magics.frameworks.files import (
+    MODEL_FILE_SUFFIXES,
+    PICKLE_SUFFIXES,
+    UnpicklingWarning,
+    unpickling_message,
+)
 from kernel_magics.magics._args import FeatureMagics, View, front_end, word
 from kernel_magics.magics._results import training_stopped
 from kernel_magics.preprocess import ENCODINGS, SCALES
@@ -214,14 +222,18 @@ class TrainingMagics(FeatureMagics):
 
     @line_magic
     @magic_arguments()
-    @argument("model", metavar="MODEL_EXPR", help="a trained nn.Module expression")
+    @argument(
+        "model",
+        metavar="MODEL_EXPR|FILE",
+        help="a trained nn.Module or scikit-learn model, or a .onnx/.joblib/.pkl file",
+    )
     @argument("--name", type=word, required=True, help="model name")
     @argument(
         "--example",
-        required=True,
         metavar="EXPR",
         help="a few input rows in the dtype the model takes (array, tensor, DataFrame)",
     )
+    @argument("--sample", metavar="EXPR", help="more rows to check a converted model's answers on")
     @argument("--task", choices=REGISTER_TASKS, help="what the outputs are (default: not said)")
     @argument(
         "--classes", nargs="+", metavar="LABEL", help="labels in output order: 0 1 2, or a list"
@@ -240,15 +252,39 @@ class TrainingMagics(FeatureMagics):
         task, classes, parent and recipe. %deploy, %predict and %rollback then treat it like
         any other version.
 
+        A fitted scikit-learn estimator or Pipeline is converted to ONNX and checked against
+        its own answers on --example and --sample (or served by the estimator itself, with the
+        reason said); a .onnx file registers as it is; a .joblib/.pkl file is unpickled here
+        first (it runs the file's code: a warning says so). Their task and classes come from
+        the model.
+
         Examples::
 
             r = %register net --name digits-own --example X[:5] --task classification
+            %register clf --name digits-sk --example X[:2] --sample X[:200]
+            %register model.onnx --name exported
+            %register model.joblib --name saved --example X[:2]
             %register net --name digits-own --example X[:5] --metrics '{"accuracy": 0.95}'
             %register net --name digits-ft --example X[:5] --parent digits@1 --recipe 'lr 1e-4'
         """
+        example, sample = (
+            None if text is None else self.kernel_magics._eval(text, what)
+            for text, what in ((args.example, "the example"), (args.sample, "the sample"))
+        )
+        model = self._model(word(args.model))
+        with warnings.catch_warnings():
+            if isinstance(model, str) and model.lower().endswith(PICKLE_SUFFIXES):
+                print(f"warning: {unpickling_message(model)}", file=sys.stderr)  # one line
+                warnings.simplefilter("ignore", UnpicklingWarning)
+            return self._register(model, example, sample, args)
+
+    def _register(
+        self, model: Any, example: Any, sample: Any, args: argparse.Namespace
+    ) -> RegisterResult:
         return api.register(
-            self.kernel_magics._eval(args.model, "the model"),
-            self.kernel_magics._eval(args.example, "the example"),
+            model,
+            example,
+            sample=sample,
             name=args.name,
             task=args.task,
             classes=_labels(args.classes),
@@ -258,6 +294,12 @@ class TrainingMagics(FeatureMagics):
             recipe=" ".join(map(word, args.recipe)) if args.recipe else None,
             settings=self.kernel_magics.settings(),
         )
+
+    def _model(self, text: str) -> Any:
+        """A model file by its name (``model.onnx``, ``model.pkl``), else an expression."""
+        if text.lower().endswith(MODEL_FILE_SUFFIXES):
+            return text
+        return self.kernel_magics._eval(text, "the model")
 
     def _mapping(self, text: str | None, option: str) -> Any:
         """A JSON object, or an expression of the namespace (a dict)."""

@@ -1,0 +1,83 @@
+"""Models of other frameworks entering the lifecycle: scikit-learn estimators and pipelines
+(``sklearn_models.py``), ONNX models and model files given by path (``files.py``: ``.onnx``,
+``.joblib``, ``.pkl``).
+
+``registration.register_version`` asks ``prepare`` first: a torch module gets ``None`` and
+takes the torch path; anything this package knows becomes a ``Prepared`` version (its input
+rows, how to log it, its task, classes and tags) registered through the same run, hash and
+version creation as a torch model. Nothing here imports scikit-learn, skl2onnx or onnx before
+such a model arrives.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The version tag recording how a model of another framework is served: the converter, the
+# input dtype, the largest difference found against the model's own answers and the tolerance
+# it was held to, or why it was not converted (JSON).
+TAG_CONVERSION = "km.conversion"
+
+# ``log(example, extra_files) -> (model_info, km.format, notes)``, as registration.LogFn.
+LogFn = Callable[[Any, list[str]], tuple[Any, str, list[str]]]
+
+
+@dataclass
+class Prepared:
+    """A model of another framework, checked and ready to log (nothing written yet)."""
+
+    inputs: np.ndarray  # the input example, in the dtype the served version takes
+    log_fn: LogFn
+    task: str | None
+    classes: list | None
+    tags: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare(
+    model: Any,
+    example: Any,
+    *,
+    sample: Any = None,
+    task: str | None = None,
+    classes: list | None = None,
+) -> Prepared | None:
+    """``model`` as a version of another framework; None for a torch module (the torch path).
+    A path (str or Path) is a model file; a fitted scikit-learn estimator converts to ONNX.
+    Bad input raises ``InvalidInput`` before anything is written."""
+    if isinstance(model, str | Path):
+        from kernel_magics.frameworks.files import prepare_file
+
+        return prepare_file(Path(model), example, sample=sample, task=task, classes=classes)
+    if is_sklearn(model):
+        from kernel_magics.frameworks.sklearn_models import prepare_estimator
+
+        return prepare_estimator(model, example, sample=sample, task=task, classes=classes)
+    if _is_onnx_proto(model):
+        from kernel_magics.frameworks.files import prepare_onnx
+
+        return prepare_onnx(model, example, task=task, classes=classes)
+    return None
+
+
+def is_sklearn(obj: Any) -> bool:
+    """A scikit-learn estimator (never imports scikit-learn: one not loaded made none)."""
+    if "sklearn" not in sys.modules:
+        return False
+    from sklearn.base import BaseEstimator
+
+    return isinstance(obj, BaseEstimator)
+
+
+def _is_onnx_proto(obj: Any) -> bool:
+    if "onnx" not in sys.modules:
+        return False
+    import onnx
+
+    return isinstance(obj, onnx.ModelProto)
