@@ -129,7 +129,28 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(display.to_json(rendered.document))
     else:
         print(rendered.text)
+        if args.action == "status" and rendered.exit_code == EXIT_OK:
+            print(next_steps(settings))
     return rendered.exit_code
+
+
+def next_steps(settings: Settings) -> str:
+    """What a terminal user does next with a running process (``make demo`` ends with it): where
+    the store is, how to browse it in the MLflow UI, how to stop the process."""
+    if settings.tracking_uri:
+        store, ui = settings.tracking_uri, f"open {settings.tracking_uri} (the tracking server)"
+    else:
+        mlflow = Path(sys.executable).with_name("mlflow")
+        command = str(mlflow) if mlflow.exists() else "mlflow"
+        store = f"{settings.home}  (mlflow.db + artifacts/)"
+        ui = f"{command} ui --backend-store-uri {settings.store_uri} --port 5000"
+    return "\n".join(
+        [
+            f"store             : {store}",
+            f"MLflow UI         : {ui}",
+            "stop the process  : kernel-magics serve stop",
+        ]
+    )
 
 
 def _pipeline(args: argparse.Namespace, settings: Settings) -> int:

@@ -87,6 +87,19 @@ def test_deploy_then_status(versions: dict) -> None:
     assert (served["version"] if isinstance(served, dict) else served) == 1
 
 
+def test_serve_status_says_what_next(versions: dict, km_home: Path) -> None:
+    """`make demo` ends with this view: what is live where, the store, the MLflow UI, how to
+    stop."""
+    out = cli("serve", "status").stdout
+    url = json.loads(cli("serve", "status", "--json").stdout)["url"]
+    lines = out.splitlines()
+    assert lines[0].startswith(f"Inference process at {url} ")
+    assert any(line.split() == ["digits", "v1", "(live)"] for line in lines)
+    assert f"mlflow ui --backend-store-uri sqlite:///{km_home}/mlflow.db" in out
+    assert lines[-1].split(":", 1)[1].strip() == "kernel-magics serve stop"
+    assert "{" not in out  # no raw JSON
+
+
 @pytest.mark.parametrize("file", ["x.json", "instances.json", "x.csv", "x.npy"])
 def test_predict_from_files(versions: dict, inputs: dict, file: str) -> None:
     expected = local(versions[1], inputs["X"])
