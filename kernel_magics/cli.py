@@ -12,6 +12,7 @@
                         | logs [--lines N] | token [--new NAME | --revoke NAME | --list]
     kernel-magics store serve --backend postgresql://... [--artifacts DIR] [--host H --port P]
     kernel-magics pipeline run NOTEBOOK [-p NAME VALUE]... [--name RUN_NAME] [--output PATH]
+                                        [--allow-extra-params]
     kernel-magics pipeline rerun RUN_ID [-p NAME VALUE]... [--source] [--output PATH]
 
 Exit codes: 0 done; 1 ``serve status`` found no running inference process (with ``--json`` it
@@ -170,6 +171,7 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
             run_name=args.name,
             output=args.output,
             progress=progress,
+            allow_extra_params=args.allow_extra_params,
             settings=settings,
         )
         print(display.to_json(record) if args.json else display_eval.pipeline_text(record))
@@ -293,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--json", action="store_true", help="print JSON")
         if action == "run":
             a.add_argument("--name", help="the run's name (default: the notebook's)")
+            a.add_argument(
+                "--allow-extra-params",
+                action="store_true",
+                help="pass -p names the notebook's parameters cell does not set",
+            )
         else:
             a.add_argument(
                 "--source",

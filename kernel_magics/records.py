@@ -175,6 +175,8 @@ class ModelState(_Wire):
     state: str = "live"
     format: str | None = None
     task: str | None = None
+    # A classifier's labels in output order (km.classes); () none; None: the target did not say
+    classes: tuple | None = None
     loaded_at: str | None = None
     max_batch_size: int | None = None
     max_wait_ms: float | None = None
@@ -203,6 +205,7 @@ class ModelState(_Wire):
             state=str(doc.get("state") or "live"),
             format=doc.get("format"),
             task=doc.get("task"),
+            classes=tuple(doc["classes"] or ()) if "classes" in doc else None,
             loaded_at=doc.get("loaded_at"),
             max_batch_size=_int_or_none(doc.get("max_batch_size"), "max_batch_size"),
             max_wait_ms=_float_or_none(doc.get("max_wait_ms"), "max_wait_ms"),

@@ -111,6 +111,25 @@ def test_predict_from_files(versions: dict, inputs: dict, file: str) -> None:
         assert [int(v) for v in labels] == expected.argmax(axis=1).tolist()
 
 
+def test_predict_imports_neither_mlflow_nor_torch(versions: dict, inputs: dict) -> None:
+    """A terminal's predict is an HTTP call: the labels come from the serving target, so the
+    command starts in a fraction of a second instead of importing MLflow and torch."""
+    path = str(inputs["folder"] / "x.npy")
+    code = (
+        "import sys\n"
+        "from kernel_magics import cli\n"
+        f"code = cli.main(['predict', 'digits', '--input', {path!r}])\n"
+        "heavy = {'torch', 'mlflow', 'sqlalchemy', 'pandas', 'IPython'}\n"
+        "print('loaded', sorted(heavy & {m.split('.')[0] for m in sys.modules}), code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    *labels, last = done.stdout.splitlines()
+    assert last == "loaded [] 0", done.stdout
+    assert [int(v) for v in labels] == local(versions[1], inputs["X"]).argmax(axis=1).tolist()
+
+
 def test_deploy_rollback_history(versions: dict) -> None:
     assert cli("deploy", "digits").stdout.startswith("digits v2 is live (was v1)")
     result = json.loads(cli("rollback", "digits", "--json").stdout)

@@ -117,6 +117,8 @@ def test_split_args_keeps_expressions_whole(line: str, tokens: list[str]) -> Non
         ("train", "Net() --data X y --epochs -1", "--epochs"),
         ("train", "Net() --data X y --epochs two", "--epochs"),
         ("train", "Net() --data X y --lr 0", "--lr"),
+        ("train", "Net() --data X y --epoch 3", "arguments: --epoch 3; did you mean --epochs?"),
+        ("deploy", "digits --canery 10", "did you mean --canary?"),
         ("train", "Net() --data X y --task clustering", "--task"),
         ("train", "Net() --data X y z", "Y_EXPR"),
         ("train", "Net() --data X y --target label", "not both"),
