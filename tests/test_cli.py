@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from kernel_magics import api
+from kernel_magics import api, catalog, display
+from kernel_magics.config import load_settings
+from kernel_magics.store import Store
+from kernel_magics.store_sqlite import SqliteCatalog
 from kernel_magics.tracking import TrainResult
 
 SCRIPT = Path(sys.executable).with_name("kernel-magics")
@@ -141,6 +144,27 @@ def test_deploy_rollback_history(versions: dict) -> None:
         ("rollback", 2, 1),
     ]
     assert api.models()[0].served_version == 1
+
+
+def test_models_reads_the_embedded_store_without_mlflow(versions: dict, km_home: Path) -> None:
+    """`kernel-magics models` reads the embedded SQLite store directly (no MLflow import) and
+    lists exactly what MLflow's own client reads."""
+    code = (
+        "import sys\n"
+        "from kernel_magics import cli\n"
+        "code = cli.main(['models', '--json'])\n"
+        "print('loaded', 'mlflow' in sys.modules, 'torch' in sys.modules, code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    document, last = done.stdout.rsplit("\n", 2)[0], done.stdout.splitlines()[-1]
+    assert last == "loaded False False 0", done.stdout
+    settings, status = load_settings(), api.server_status()
+    direct = catalog.summaries(SqliteCatalog(settings.sqlite_file), status)
+    assert direct == catalog.summaries(Store(settings), status)  # what MLflow reads
+    assert json.loads(document) == json.loads(display.to_json(direct))
+    assert [(m.name, m.live_version) for m in direct] == [("digits", 1)]
 
 
 @pytest.mark.parametrize(

@@ -151,6 +151,15 @@ def models(*, settings: Settings | None = None) -> list[ModelSummary]:
         status = _target(s).status()
     except ServiceUnavailable:
         status = None
+    db = s.sqlite_file
+    if not s.tracking_uri and db.is_file():
+        # the embedded store is read without importing MLflow (≈ 2 s of a terminal command)
+        import sqlite3
+
+        from kernel_magics.store_sqlite import SqliteCatalog
+
+        with contextlib.suppress(sqlite3.Error):  # a schema it does not know: MLflow reads it
+            return catalog.summaries(SqliteCatalog(db), status)
     return catalog.summaries(_store(s), status)
 
 
