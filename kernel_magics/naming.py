@@ -20,3 +20,10 @@ NAME_PATTERN = f"^[{_FIRST}][{_REST}]{{0,{NAME_MAX_LENGTH - 1}}}$"
 def is_valid_name(name: str) -> bool:
     """True when ``name`` follows the rule (the same as ``NAME_PATTERN``)."""
     return 0 < len(name) <= NAME_MAX_LENGTH and set(name) <= NAME_CHARS and not name.startswith(".")
+
+
+def unknown_verb(rest: str) -> str:
+    """The 404 message for ``/v1/models/NAME:VERB`` with a verb other than ``predict`` (a name
+    never holds ':', so whatever follows it is a verb)."""
+    name, _, verb = rest.partition(":")
+    return f"unknown verb {verb[:50]!r}: POST /v1/models/{name[:200]}:predict predicts"

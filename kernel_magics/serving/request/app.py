@@ -16,6 +16,7 @@ from typing import Any
 
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput
+from kernel_magics.naming import unknown_verb
 from kernel_magics.serving.control.worker_routes import ControlRoutes
 from kernel_magics.serving.process import ipc
 from kernel_magics.serving.request import invocations, metrics, v2
@@ -112,6 +113,8 @@ class WorkerApp(ControlRoutes):
             elif rest.endswith(b":predict"):
                 if self._method(req, conn, b"POST"):
                     self.predict(req, conn, rest[:-8])
+            elif b":" in rest:  # a verb other than :predict (names never hold ':')
+                conn.send(404, error_body(unknown_verb(rest.decode("latin-1"))), req=req)
             elif self._method(req, conn, b"GET"):
                 self.model_info(req, conn, rest)
             return
