@@ -125,7 +125,8 @@ def explain(
     settings: Settings | None = None,
 ) -> Explanation:
     """Per-feature attributions of version ``ref`` ("NAME", "NAME@VERSION", "NAME@ALIAS") for
-    the rows of ``X`` (the first ``rows``): Captum's Integrated Gradients on the version loaded
+    the rows of ``X`` (the first ``rows``; a bare NAME is the live version, else the newest,
+    and ``why`` says which): Captum's Integrated Gradients on the version loaded
     in this process after its hash check. ``target``: a class label or output index (default:
     each row's predicted class; output 0 of a regressor). ``baseline``: "zeros", "mean" or an
     array shaped like one row. Nothing is written to the store."""
