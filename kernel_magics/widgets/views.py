@@ -42,7 +42,8 @@ MONITOR_HEADERS = (
     "req/s",
     "p50 ms",
     "p99 ms",
-    "errors",
+    "4xx",  # client errors: a wrong shape is not the service failing
+    "5xx",  # server errors
     "mean batch",
     "rows/s",
     "queue",
@@ -58,7 +59,8 @@ def _rate_rows(rates: Sequence[ModelRates]) -> list[list[str]]:
             _figure(r.requests_s),
             _figure(r.p50_ms, 2),
             _figure(r.p99_ms, 2),
-            _percent(r.error_rate),
+            _percent(r.client_error_rate),
+            _percent(r.server_error_rate),
             _figure(r.mean_batch),
             _figure(r.rows_s),
             str(r.queue),

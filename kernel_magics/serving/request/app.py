@@ -284,6 +284,7 @@ class WorkerApp(ControlRoutes):
                     body, ctype = encode(out)
                 except Exception as exc:  # the model's output does not fit the answer format
                     stats.errors.inc()
+                    stats.server_errors.inc()
                     log.exception("%s v%s: encoding the answer failed", model.name, model.version)
                     msg = f"could not encode the model's output: {describe_error(exc)}"
                     recent_errors.add(500, msg, model.name, model.version)
