@@ -196,6 +196,17 @@ def test_train_returns_the_result(ns: Any, run_cell: Any, capsys: pytest.Capture
     assert "net v1 registered" in capsys.readouterr().out  # the Out[] of the cell
 
 
+def test_printing_a_training_result_is_one_line(ns: Any) -> None:
+    """print(r) of a long training is a summary; every epoch stays in r.history."""
+    r = ns.user_ns["r"]
+    long = dataclasses.replace(r, history=r.history * 300)
+    text = str(long)
+    assert "\n" not in text and len(text) < 300, text
+    assert text.startswith("TrainResult(net v1, run ") and "300 epochs in r.history" in text
+    assert f"accuracy={r.metrics['accuracy']:.4g}" in text
+    assert len(long.history) == 300 and repr(long) == text
+
+
 def test_train_on_a_dataframe_target_column(ns: Any, digits: tuple[np.ndarray, np.ndarray]) -> None:
     X, y = digits
     frame = pd.DataFrame(X[:200], columns=[f"p{i}" for i in range(64)]).assign(label=y[:200])
