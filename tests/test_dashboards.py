@@ -177,6 +177,32 @@ def test_registry_browser_details_and_comparison(served: Any, widgets_on: None) 
     assert "<b>" in comparison  # the better value of each metric
 
 
+def test_registry_browser_opens_on_the_newest_model(
+    served: Any, ns: Any, widgets_on: None, capsys: Any
+) -> None:
+    """The model the notebook just trained, not the alphabetically first; %models NAME opens
+    on NAME; every version in a readable table (the full creation time, nothing cut off)."""
+    X, y = ns.user_ns["X"], ns.user_ns["y"]
+    api.train(mlp(8), X, y, name="zz-newest", epochs=1, progress="none")
+    browser = RegistryBrowser(served)
+    browser.refresh()
+    assert browser.model_picker.value == "zz-newest"  # after "digits" alphabetically
+    named = RegistryBrowser(served, MODEL)
+    named.refresh()
+    assert named.model_picker.value == MODEL and named.versions.value == live_version()
+    table = named.version_table.value
+    (summary,) = [s for s in named.summaries if s.name == MODEL]
+    for row in summary.versions:
+        assert f"v{row.version}" in table and display.when(row.created) in table
+    assert table.index(">v2<") < table.index(">v1<")  # newest first
+    assert f"<b>v{live_version()}</b>" in table and "LIVE" in table
+    ns.run_line_magic("models", f"{MODEL} --static")
+    out = capsys.readouterr().out
+    assert MODEL in out and "zz-newest" not in out
+    with pytest.raises(UsageError, match="no registered model named 'nope'"):
+        ns.run_line_magic("models", "nope --static")
+
+
 # -- the service monitor -------------------------------------------------------------------------
 def test_monitor_polls_without_blocking_and_its_timer_stops(
     served: Any, ns: Any, widgets_on: None

@@ -181,6 +181,28 @@ def pending_line(action: str, name: str, what: str = "") -> str:
     return " ".join(p for p in (_PENDING.get(action, action), name, what) if p) + "…"
 
 
+def versions_table_html(summary: Any, selected: Any = None) -> str:
+    """Every version of one model, newest first: live, created (to the minute), key metrics,
+    format and parent; the selected version in bold."""
+    rows, marked = [], []
+    for v in reversed(summary.versions):
+        metrics = " ".join(
+            f"{k}={display.number(x)}" for k, x in display.key_metrics(v.metrics, v.task)
+        )
+        live = "LIVE" if v.version == summary.live_version else ""
+        parent = v.tags.get(TAG_PARENT, "")
+        rows.append(
+            [f"v{v.version}", live, display.when(v.created), metrics, v.format or "", parent]
+        )
+        marked.append(selected is not None and v.version == selected.version)
+    table = _table_html(("version", "live", "created", "metrics", "format", "parent"), rows)
+    for row, bold in zip(rows, marked, strict=True):
+        if bold:  # the version the picker and the buttons act on
+            first = f">{html.escape(row[0])}</td>"
+            table = table.replace(first, f"><b>{html.escape(row[0])}</b></td>", 1)
+    return table
+
+
 def version_label(row: Any, live: int | None) -> str:
     """One line per version in the browser's list: ``v3 · LIVE · accuracy=0.95 · created``."""
     parts = [f"v{row.version}"]
