@@ -4,8 +4,10 @@ so ``--epochs -1`` fails before anything is opened or started."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+from kernel_magics.errors import closest
 
 
 def number(kind: type, minimum: float, *, inclusive: bool = True) -> Callable[[str], Any]:
@@ -32,3 +34,25 @@ non_negative_float = number(float, 0)
 def version(text: str) -> int:
     """A version number, written ``2`` or ``v2``."""
     return positive_int(text.removeprefix("v"))
+
+
+def option_hint(parser: argparse.ArgumentParser, tokens: Sequence[str]) -> str:
+    """``; did you mean --epochs?`` for the first option in ``tokens`` that ``parser`` (or one
+    of its sub-commands) does not know and that is close to one it does; else "". Appended to
+    argparse's "unrecognized arguments" by the magics' front end and the console script."""
+    known = sorted({flag for flag in _flags(parser) if flag.startswith("--")})
+    for token in tokens:
+        flag = token.split("=", 1)[0]
+        if flag.startswith("--") and flag not in known:
+            match = closest(flag, known)
+            if match:
+                return f"; did you mean {match}?"
+    return ""
+
+
+def _flags(parser: argparse.ArgumentParser) -> Iterator[str]:
+    yield from parser._option_string_actions
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _flags(sub)

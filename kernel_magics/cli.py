@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel_magics import __version__, api, commands, display
-from kernel_magics.argtypes import non_negative_float, positive_int, version
+from kernel_magics.argtypes import non_negative_float, option_hint, positive_int, version
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput, KernelMagicsError
 from kernel_magics.records import TransitionResult
@@ -206,9 +206,12 @@ def _store(args: argparse.Namespace, settings: Settings) -> int:
 
 # -- parser -------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
-    """Usage mistakes are one line on stderr and exit code 2, like every other error."""
+    """Usage mistakes are one line on stderr and exit code 2, like every other error; an
+    unknown option close to a known one says which (``--alow-extra-params``)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            message += option_hint(self, message.split(":", 1)[1].split())
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

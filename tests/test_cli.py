@@ -177,6 +177,7 @@ def test_models_reads_the_embedded_store_without_mlflow(versions: dict, km_home:
         (("predict", "digits", "--input", "missing.json"), "missing.json"),
         (("predict", "digits", "--input", "{folder}/narrow.json"), "5"),
         (("serve", "restart"), "unknown sub-command"),
+        (("deploy", "digits", "--canery", "3"), "--canery 3; did you mean --canary?"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(

@@ -15,7 +15,8 @@ from IPython.core.magic import Magics
 from IPython.core.magic_arguments import argument
 
 from kernel_magics import display
-from kernel_magics.errors import KernelMagicsError, closest
+from kernel_magics.argtypes import option_hint
+from kernel_magics.errors import KernelMagicsError
 from kernel_magics.warmup import wait_for_warmup
 
 _OPENING, _CLOSING, _QUOTES = "([{", ")]}", "'\""
@@ -91,26 +92,13 @@ def front_end(func: Callable[[Any, argparse.Namespace], Any]) -> Callable[..., A
         try:
             args = parser.parse_args(tokens)
         except UsageError as err:
-            hint = _option_hint(parser, tokens)
+            hint = option_hint(parser, tokens)
             raise UsageError(f"{err}{hint} (see %{func.__name__}?)") from None
         with usage_errors():
             return func(self, args)
 
     magic.__doc__ = inspect.cleandoc(func.__doc__ or "")
     return magic
-
-
-def _option_hint(parser: argparse.ArgumentParser, tokens: list[str]) -> str:
-    """``; did you mean --epochs?`` for the first option in ``tokens`` the parser does not know
-    and that is close to one it does (``--epoch 3``, ``--learning-rate``)."""
-    known = [flag for flag in parser._option_string_actions if flag.startswith("--")]
-    for token in tokens:
-        flag = token.split("=", 1)[0]
-        if flag.startswith("--") and flag not in parser._option_string_actions:
-            match = closest(flag, known)
-            if match:
-                return f"; did you mean {match}?"
-    return ""
 
 
 def tidy_help(magics_class: type) -> None:
