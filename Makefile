@@ -26,9 +26,7 @@ demo: setup
 		--kernel python3 --log-output --no-progress-bar
 	@echo
 	@echo "executed notebook : $(abspath $(DEMO_OUT))/quickstart.out.ipynb"
-	@echo "store (home)      : $(DEMO_HOME)  (mlflow.db + artifacts/)"
-	@echo "inference process : $$(KERNEL_MAGICS_HOME=$(DEMO_HOME) $(BIN)/kernel-magics serve status --json)"
-	@echo "open the MLflow UI: $(abspath $(BIN))/mlflow ui --backend-store-uri sqlite:///$(DEMO_HOME)/mlflow.db --port 5000"
+	@KERNEL_MAGICS_HOME=$(DEMO_HOME) $(BIN)/kernel-magics serve status
 
 test: setup test-py test-ray test-notebooks
 

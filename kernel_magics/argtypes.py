@@ -4,10 +4,10 @@ so ``--epochs -1`` fails before anything is opened or started."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from kernel_magics.errors import InvalidInput, clip
+from kernel_magics.errors import InvalidInput, clip, closest
 from kernel_magics.naming import parse_version
 
 
@@ -39,3 +39,25 @@ def version(text: str) -> int:
         return parse_version(text)
     except InvalidInput as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def option_hint(parser: argparse.ArgumentParser, tokens: Sequence[str]) -> str:
+    """``; did you mean --epochs?`` for the first option in ``tokens`` that ``parser`` (or one
+    of its sub-commands) does not know and that is close to one it does; else "". Appended to
+    argparse's "unrecognized arguments" by the magics' front end and the console script."""
+    known = sorted({flag for flag in _flags(parser) if flag.startswith("--")})
+    for token in tokens:
+        flag = token.split("=", 1)[0]
+        if flag.startswith("--") and flag not in known:
+            match = closest(flag, known)
+            if match:
+                return f"; did you mean {match}?"
+    return ""
+
+
+def _flags(parser: argparse.ArgumentParser) -> Iterator[str]:
+    yield from parser._option_string_actions
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _flags(sub)

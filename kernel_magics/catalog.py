@@ -5,13 +5,23 @@ which version is live (the store's alias) and served (the serving target's snaps
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from kernel_magics.store import TAG_PARENT, TAG_RECIPE
 
 if TYPE_CHECKING:
     from kernel_magics.records import ServerStatus
-    from kernel_magics.store import Store
+    from kernel_magics.store import VersionInfo
+
+
+class CatalogSource(Protocol):
+    """What a listing reads: ``Store`` (MLflow) or ``store_sqlite.SqliteCatalog``."""
+
+    def live_by_model(self) -> dict[str, int | None]: ...
+
+    def versions(self, name: str) -> list[VersionInfo]: ...
+
+    def run_metrics(self, run_ids: list[str]) -> dict[str, dict[str, float]]: ...
 
 
 @dataclass
@@ -50,7 +60,7 @@ class ModelSummary:
     versions: list[VersionRow] = field(default_factory=list)
 
 
-def summaries(store: Store, status: ServerStatus | None) -> list[ModelSummary]:
+def summaries(store: CatalogSource, status: ServerStatus | None) -> list[ModelSummary]:
     served = {n: m.version for n, m in status.models.items()} if status else {}
     live_versions = store.live_by_model()  # one search: every model and its live alias
     out = []

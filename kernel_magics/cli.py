@@ -15,6 +15,7 @@
                                       (the database URL: MLFLOW_BACKEND_STORE_URI or the file)
     kernel-magics store doctor
     kernel-magics pipeline run NOTEBOOK [-p NAME VALUE]... [--name RUN_NAME] [--output PATH]
+                                        [--allow-extra-params]
     kernel-magics pipeline rerun RUN_ID [-p NAME VALUE]... [--source] [--output PATH]
 
 Exit codes: 0 done; 1 ``serve status`` found no running inference process (with ``--json`` it
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel_magics import __version__, api, commands, display
-from kernel_magics.argtypes import non_negative_float, positive_int, version
+from kernel_magics.argtypes import non_negative_float, option_hint, positive_int, version
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput, KernelMagicsError
 from kernel_magics.records import TransitionResult
@@ -132,7 +133,28 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(display.to_json(rendered.document))
     else:
         print(rendered.text)
+        if args.action == "status" and rendered.exit_code == EXIT_OK:
+            print(next_steps(settings))
     return rendered.exit_code
+
+
+def next_steps(settings: Settings) -> str:
+    """What a terminal user does next with a running process (``make demo`` ends with it): where
+    the store is, how to browse it in the MLflow UI, how to stop the process."""
+    if settings.tracking_uri:
+        store, ui = settings.tracking_uri, f"open {settings.tracking_uri} (the tracking server)"
+    else:
+        mlflow = Path(sys.executable).with_name("mlflow")
+        command = str(mlflow) if mlflow.exists() else "mlflow"
+        store = f"{settings.home}  (mlflow.db + artifacts/)"
+        ui = f"{command} ui --backend-store-uri {settings.store_uri} --port 5000"
+    return "\n".join(
+        [
+            f"store             : {store}",
+            f"MLflow UI         : {ui}",
+            "stop the process  : kernel-magics serve stop",
+        ]
+    )
 
 
 def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
@@ -152,6 +174,7 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> int:
             run_name=args.name,
             output=args.output,
             progress=progress,
+            allow_extra_params=args.allow_extra_params,
             settings=settings,
         )
         print(display.to_json(record) if args.json else display_eval.pipeline_text(record))
@@ -193,9 +216,12 @@ def _store(args: argparse.Namespace, settings: Settings) -> int:
 
 # -- parser -------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
-    """Usage mistakes are one line on stderr and exit code 2, like every other error."""
+    """Usage mistakes are one line on stderr and exit code 2, like every other error; an
+    unknown option close to a known one says which (``--alow-extra-params``)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            message += option_hint(self, message.split(":", 1)[1].split())
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -294,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--json", action="store_true", help="print JSON")
         if action == "run":
             a.add_argument("--name", help="the run's name (default: the notebook's)")
+            a.add_argument(
+                "--allow-extra-params",
+                action="store_true",
+                help="pass -p names the notebook's parameters cell does not set",
+            )
         else:
             a.add_argument(
                 "--source",

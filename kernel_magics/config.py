@@ -69,7 +69,12 @@ class Settings:
     def store_uri(self) -> str:
         if self.tracking_uri:
             return self.tracking_uri
-        return f"sqlite:///{self.home / 'mlflow.db'}"
+        return f"sqlite:///{self.sqlite_file}"
+
+    @property
+    def sqlite_file(self) -> Path:
+        """The embedded store's database (used when ``tracking_uri`` is empty)."""
+        return self.home / "mlflow.db"
 
     @property
     def artifact_root(self) -> Path:

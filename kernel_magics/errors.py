@@ -7,6 +7,8 @@ CLI prints them to stderr with exit code 2, and the inference process maps them 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class KernelMagicsError(Exception):
     """Base class: ``str(err)`` is a complete one-line message for the user."""
@@ -83,3 +85,18 @@ def first_line(err: BaseException | str, limit: int = 300) -> str:
     if not first and isinstance(err, BaseException):
         return type(err).__name__
     return first[:limit]
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The one of ``choices`` a mistyped ``word`` most likely meant, or None when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'epochs'?)`` for the closest of ``choices`` to a mistyped ``word``, or
+    an empty string when none is close: the next step every "unknown X" message offers."""
+    match = closest(word, choices)
+    return f" (did you mean {match!r}?)" if match else ""

@@ -52,3 +52,10 @@ def parse_version(ref: object) -> int:
     if not 1 <= number <= VERSION_MAX:
         raise InvalidInput(f"version {clip(ref)} is out of range: versions are 1 to {VERSION_MAX}")
     return number
+
+
+def unknown_verb(rest: str) -> str:
+    """The 404 message for ``/v1/models/NAME:VERB`` with a verb other than ``predict`` (a name
+    never holds ':', so whatever follows it is a verb)."""
+    name, _, verb = rest.partition(":")
+    return f"unknown verb {verb[:50]!r}: POST /v1/models/{name[:200]}:predict predicts"

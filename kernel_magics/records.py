@@ -178,6 +178,8 @@ class ModelState(_Wire):
     state: str = "live"
     format: str | None = None
     task: str | None = None
+    # A classifier's labels in output order (km.classes); () none; None: the target did not say
+    classes: tuple | None = None
     loaded_at: str | None = None
     max_batch_size: int | None = None
     max_wait_ms: float | None = None
@@ -206,6 +208,7 @@ class ModelState(_Wire):
             state=str(doc.get("state") or "live"),
             format=doc.get("format"),
             task=doc.get("task"),
+            classes=tuple(doc["classes"] or ()) if "classes" in doc else None,
             loaded_at=doc.get("loaded_at"),
             max_batch_size=_int_or_none(doc.get("max_batch_size"), "max_batch_size"),
             max_wait_ms=_float_or_none(doc.get("max_wait_ms"), "max_wait_ms"),
@@ -251,7 +254,8 @@ class VersionStats(_Wire):
     model: str
     version: int
     requests: int = 0
-    errors: int = 0
+    errors: int = 0  # answered with an error: 4xx (the request's fault) and 5xx
+    server_errors: int = 0  # the 5xx among them (the service's fault)
     rows: int = 0  # rows through forward passes
     batches: int = 0  # forward passes
     queue: int = 0  # requests waiting for a forward pass now
@@ -266,6 +270,18 @@ class VersionStats(_Wire):
     @property
     def error_rate(self) -> float | None:
         return self.errors / self.requests if self.requests else None
+
+    @property
+    def client_errors(self) -> int:
+        return max(0, self.errors - self.server_errors)
+
+    @property
+    def client_error_rate(self) -> float | None:
+        return self.client_errors / self.requests if self.requests else None
+
+    @property
+    def server_error_rate(self) -> float | None:
+        return self.server_errors / self.requests if self.requests else None
 
     @property
     def p50_ms(self) -> float | None:
@@ -302,6 +318,7 @@ class VersionStats(_Wire):
             self,
             requests=self.requests - earlier.requests,
             errors=max(0, self.errors - earlier.errors),
+            server_errors=max(0, self.server_errors - earlier.server_errors),
             rows=max(0, self.rows - earlier.rows),
             batches=max(0, self.batches - earlier.batches),
             latency_count=max(0, self.latency_count - earlier.latency_count),
@@ -327,6 +344,7 @@ class VersionStats(_Wire):
             version=version,
             requests=_count(doc.get("requests"), "requests"),
             errors=_count(doc.get("errors"), "errors"),
+            server_errors=_count(doc.get("server_errors"), "server_errors"),
             rows=_count(doc.get("rows"), "rows"),
             batches=_count(doc.get("batches"), "batches"),
             queue=_count(doc.get("queue"), "queue"),

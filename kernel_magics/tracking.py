@@ -36,7 +36,7 @@ class TrainResult:
     version: int
     run_id: str
     metrics: dict[str, float]
-    history: list[dict[str, float]]
+    history: list[dict[str, float]] = field(repr=False)  # one dict per epoch: r.history
     # The registered module: raw features in, raw units out (the scaling fitted on the
     # training split inside it, see training/scaling.py). ``net`` is the module that was
     # trained, the same object the caller passed in; it takes scaled features.
@@ -59,6 +59,16 @@ class TrainResult:
         rows = self.encoder.encode(X) if self.encoder else model_input_array(X, "X")
         with torch.inference_mode():
             return self.model(torch.from_numpy(rows)).numpy()
+
+    def __repr__(self) -> str:
+        """One line, whatever the epochs (``print(r)`` of 300 epochs was a wall of text); the
+        per-epoch figures stay in ``r.history``."""
+        figures = " ".join(f"{k}={v:.4g}" for k, v in self.metrics.items())
+        epochs = len(self.history)
+        return (
+            f"TrainResult({self.name} v{self.version}, run {self.run_id}, {self.format}; "
+            f"{figures}; {epochs} epoch{'s' if epochs != 1 else ''} in r.history)"
+        )
 
     def _repr_html_(self) -> str | None:
         # The HTML view belongs to the front end (``%load_ext`` registers it with IPython's

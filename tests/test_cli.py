@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from kernel_magics import api
+from kernel_magics import api, catalog, display
+from kernel_magics.config import load_settings
+from kernel_magics.store import Store
+from kernel_magics.store_sqlite import SqliteCatalog
 from kernel_magics.tracking import TrainResult
 
 SCRIPT = Path(sys.executable).with_name("kernel-magics")
@@ -87,6 +90,19 @@ def test_deploy_then_status(versions: dict) -> None:
     assert (served["version"] if isinstance(served, dict) else served) == 1
 
 
+def test_serve_status_says_what_next(versions: dict, km_home: Path) -> None:
+    """`make demo` ends with this view: what is live where, the store, the MLflow UI, how to
+    stop."""
+    out = cli("serve", "status").stdout
+    url = json.loads(cli("serve", "status", "--json").stdout)["url"]
+    lines = out.splitlines()
+    assert lines[0].startswith(f"Inference process at {url} ")
+    assert any(line.split() == ["digits", "v1", "(live)"] for line in lines)
+    assert f"mlflow ui --backend-store-uri sqlite:///{km_home}/mlflow.db" in out
+    assert lines[-1].split(":", 1)[1].strip() == "kernel-magics serve stop"
+    assert "{" not in out  # no raw JSON
+
+
 @pytest.mark.parametrize("file", ["x.json", "instances.json", "x.csv", "x.npy"])
 def test_predict_from_files(versions: dict, inputs: dict, file: str) -> None:
     expected = local(versions[1], inputs["X"])
@@ -96,6 +112,25 @@ def test_predict_from_files(versions: dict, inputs: dict, file: str) -> None:
     if file == "x.json":  # labels, one per line
         labels = cli("predict", "digits", "--input", path).stdout.split()
         assert [int(v) for v in labels] == expected.argmax(axis=1).tolist()
+
+
+def test_predict_imports_neither_mlflow_nor_torch(versions: dict, inputs: dict) -> None:
+    """A terminal's predict is an HTTP call: the labels come from the serving target, so the
+    command starts in a fraction of a second instead of importing MLflow and torch."""
+    path = str(inputs["folder"] / "x.npy")
+    code = (
+        "import sys\n"
+        "from kernel_magics import cli\n"
+        f"code = cli.main(['predict', 'digits', '--input', {path!r}])\n"
+        "heavy = {'torch', 'mlflow', 'sqlalchemy', 'pandas', 'IPython'}\n"
+        "print('loaded', sorted(heavy & {m.split('.')[0] for m in sys.modules}), code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    *labels, last = done.stdout.splitlines()
+    assert last == "loaded [] 0", done.stdout
+    assert [int(v) for v in labels] == local(versions[1], inputs["X"]).argmax(axis=1).tolist()
 
 
 def test_deploy_rollback_history(versions: dict) -> None:
@@ -111,6 +146,27 @@ def test_deploy_rollback_history(versions: dict) -> None:
     assert api.models()[0].served_version == 1
 
 
+def test_models_reads_the_embedded_store_without_mlflow(versions: dict, km_home: Path) -> None:
+    """`kernel-magics models` reads the embedded SQLite store directly (no MLflow import) and
+    lists exactly what MLflow's own client reads."""
+    code = (
+        "import sys\n"
+        "from kernel_magics import cli\n"
+        "code = cli.main(['models', '--json'])\n"
+        "print('loaded', 'mlflow' in sys.modules, 'torch' in sys.modules, code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    document, last = done.stdout.rsplit("\n", 2)[0], done.stdout.splitlines()[-1]
+    assert last == "loaded False False 0", done.stdout
+    settings, status = load_settings(), api.server_status()
+    direct = catalog.summaries(SqliteCatalog(settings.sqlite_file), status)
+    assert direct == catalog.summaries(Store(settings), status)  # what MLflow reads
+    assert json.loads(document) == json.loads(display.to_json(direct))
+    assert [(m.name, m.live_version) for m in direct] == [("digits", 1)]
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -121,6 +177,7 @@ def test_deploy_rollback_history(versions: dict) -> None:
         (("predict", "digits", "--input", "missing.json"), "missing.json"),
         (("predict", "digits", "--input", "{folder}/narrow.json"), "5"),
         (("serve", "restart"), "unknown sub-command"),
+        (("deploy", "digits", "--canery", "3"), "--canery 3; did you mean --canary?"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(

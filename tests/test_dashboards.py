@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import subprocess
 import sys
 import time
@@ -27,13 +28,13 @@ from IPython.core.error import UsageError
 
 from kernel_magics import api, display
 from kernel_magics.config import load_settings
-from kernel_magics.errors import NotFound, TrainingInterrupted
+from kernel_magics.errors import InvalidInput, NotFound, TrainingInterrupted
 from kernel_magics.magics._results import TrainingStopped
 from kernel_magics.records import ServerStatus
 from kernel_magics.training.progress import register_progress
 from kernel_magics.widgets import progress as widget_progress
 from kernel_magics.widgets.front_end import widgets_render
-from kernel_magics.widgets.monitor import ServiceMonitor
+from kernel_magics.widgets.monitor import ServiceMonitor, snapshot_views
 from kernel_magics.widgets.registry import RegistryBrowser
 
 MODEL = "digits"
@@ -176,6 +177,32 @@ def test_registry_browser_details_and_comparison(served: Any, widgets_on: None) 
     assert "<b>" in comparison  # the better value of each metric
 
 
+def test_registry_browser_opens_on_the_newest_model(
+    served: Any, ns: Any, widgets_on: None, capsys: Any
+) -> None:
+    """The model the notebook just trained, not the alphabetically first; %models NAME opens
+    on NAME; every version in a readable table (the full creation time, nothing cut off)."""
+    X, y = ns.user_ns["X"], ns.user_ns["y"]
+    api.train(mlp(8), X, y, name="zz-newest", epochs=1, progress="none")
+    browser = RegistryBrowser(served)
+    browser.refresh()
+    assert browser.model_picker.value == "zz-newest"  # after "digits" alphabetically
+    named = RegistryBrowser(served, MODEL)
+    named.refresh()
+    assert named.model_picker.value == MODEL and named.versions.value == live_version()
+    table = named.version_table.value
+    (summary,) = [s for s in named.summaries if s.name == MODEL]
+    for row in summary.versions:
+        assert f"v{row.version}" in table and display.when(row.created) in table
+    assert table.index(">v2<") < table.index(">v1<")  # newest first
+    assert f"<b>v{live_version()}</b>" in table and "LIVE" in table
+    ns.run_line_magic("models", f"{MODEL} --static")
+    out = capsys.readouterr().out
+    assert MODEL in out and "zz-newest" not in out
+    with pytest.raises(UsageError, match="no registered model named 'nope'"):
+        ns.run_line_magic("models", "nope --static")
+
+
 # -- the service monitor -------------------------------------------------------------------------
 def test_monitor_polls_without_blocking_and_its_timer_stops(
     served: Any, ns: Any, widgets_on: None
@@ -214,6 +241,32 @@ def test_monitor_stop_magic_and_minutes(
     short.show()
     time.sleep(1.5)
     assert not short.is_running
+
+
+def test_monitor_tells_client_errors_from_server_errors(served: Any, ns: Any) -> None:
+    """A client's wrong shape (400) is no failure of the service: 4xx and 5xx are apart; a
+    quiet window keeps the figures of the text view instead of "–"; rates never go below 0."""
+    X = ns.user_ns["X"]
+    before = api.server_status().models[MODEL].stats
+    with pytest.raises(InvalidInput):
+        api.predict(MODEL, X[:2, :10])
+    stats = api.server_status().models[MODEL].stats
+    assert stats.client_errors == before.client_errors + 1
+    assert stats.server_errors == before.server_errors == 0
+    monitor = ServiceMonitor(served, MODEL, interval_s=60)
+    monitor.tick()
+    monitor.tick()  # nothing happened in between: a window without requests
+    text, _ = snapshot_views(served, MODEL)
+    header, _, row = monitor.static_text().splitlines()[1:4]
+    assert header.split()[7:9] == ["4xx", "5xx"]
+    cells = row.split()
+    assert cells[3] != "–" and cells[6] == "0.0%" and cells[5].endswith("%")
+    assert float(cells[5].rstrip("%")) > 0  # the bad request, as a client error
+    static_row = text.splitlines()[3].split()
+    assert static_row[3:7] == cells[3:7]  # p50, p99, 4xx, 5xx: the same figures as the text view
+    svg = monitor.plot_svg()
+    ticks = re.findall(r'text-anchor="end"[^>]*>([^<]+)<', svg)
+    assert ticks and min(float(t) for t in ticks) >= 0, ticks
 
 
 # -- where widgets do not render -----------------------------------------------------------------

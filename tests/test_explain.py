@@ -72,6 +72,28 @@ def usage_error(ip: Any, line: str) -> str:
     return message
 
 
+def test_a_bare_name_explains_the_live_version(shell: Any) -> None:
+    """What %predict answers with is what %explain explains: the live version, else the
+    newest; the header says which and why."""
+    X = shell.user_ns["X"]
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        api.train(_mlp(4, 2), X, (X[:, 0] > 0).astype(np.int64), name="pair", epochs=1)
+    store = Store(load_settings())
+    store.set_live("pair", 1)
+    try:
+        live = shell.run_line_magic("explain", "pair X[:3]")
+        assert (live.version, live.why) == (1, "the live version; v2 is newer")
+        text = shell.display_formatter.format(live)[0]["text/plain"]
+        assert text.startswith("pair v1 (the live version; v2 is newer): Integrated Gradients")
+        asked = api.explain("pair@2", X[:3])
+        assert (asked.version, asked.why) == (2, "")
+    finally:
+        store.set_live("pair", None)
+    newest = api.explain("pair", X[:3])
+    assert (newest.version, newest.why) == (2, "the newest version; none is live")
+
+
 # -- a tabular classifier -----------------------------------------------------------------------
 def test_the_deciding_feature_ranks_first(shell: Any, run_cell: Any) -> None:
     e = run_cell(shell, "e = %explain toy frame[:20]\ne")
@@ -156,7 +178,10 @@ def test_views_are_registered(shell: Any) -> None:
     e = shell.user_ns["e"]
     bundle = shell.display_formatter.format(e)[0]
     text = bundle["text/plain"]
-    assert text.startswith("toy v1: Integrated Gradients on 20 rows (classification;")
+    assert text.startswith(
+        "toy v1 (the newest version; none is live): Integrated Gradients on 20 rows "
+        "(classification;"
+    )
     assert "sum of attributions" in text and "signal" in text
     html = bundle["text/html"]
     assert "<img alt='feature attributions'" in html and "noise_a" in html

@@ -218,5 +218,8 @@ def test_undeploy_stops_serving(ns: Any, versions: dict, capsys: pytest.CaptureF
     assert summary.live_version is None and summary.served_version is None
     with pytest.raises(UsageError) as caught:
         ns.run_line_magic("predict", "digits X[:2]")
-    assert type(caught.value) is UsageError and "digits" in str(caught.value)
+    assert type(caught.value) is UsageError
+    message = str(caught.value)  # the next step: the model is registered, deploy it
+    assert "no deployed model named 'digits'" in message
+    assert "it is registered: %deploy digits" in message
     assert api.history("digits")[-1].action == "undeploy"

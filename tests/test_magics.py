@@ -118,6 +118,8 @@ def test_split_args_keeps_expressions_whole(line: str, tokens: list[str]) -> Non
         ("train", "Net() --data X y --epochs -1", "--epochs"),
         ("train", "Net() --data X y --epochs two", "--epochs"),
         ("train", "Net() --data X y --lr 0", "--lr"),
+        ("train", "Net() --data X y --epoch 3", "arguments: --epoch 3; did you mean --epochs?"),
+        ("deploy", "digits --canery 10", "did you mean --canary?"),
         ("train", "Net() --data X y --task clustering", "--task"),
         ("train", "Net() --data X y z", "Y_EXPR"),
         ("train", "Net() --data X y --target label", "not both"),
@@ -193,6 +195,17 @@ def test_train_returns_the_result(ns: Any, run_cell: Any, capsys: pytest.Capture
     assert text.startswith("net v1 registered") and r.run_id in text
     assert r.run_id in r._repr_html_()
     assert "net v1 registered" in capsys.readouterr().out  # the Out[] of the cell
+
+
+def test_printing_a_training_result_is_one_line(ns: Any) -> None:
+    """print(r) of a long training is a summary; every epoch stays in r.history."""
+    r = ns.user_ns["r"]
+    long = dataclasses.replace(r, history=r.history * 300)
+    text = str(long)
+    assert "\n" not in text and len(text) < 300, text
+    assert text.startswith("TrainResult(net v1, run ") and "300 epochs in r.history" in text
+    assert f"accuracy={r.metrics['accuracy']:.4g}" in text
+    assert len(long.history) == 300 and repr(long) == text
 
 
 def test_train_on_a_dataframe_target_column(ns: Any, digits: tuple[np.ndarray, np.ndarray]) -> None:

@@ -21,6 +21,7 @@ from IPython.core.error import UsageError
 from kernel_magics import api
 from kernel_magics.config import load_settings
 from kernel_magics.display import evaluation as display_eval
+from kernel_magics.errors import InvalidInput
 from kernel_magics.pipelines import EXPERIMENT, PipelineFailed, provenance
 from kernel_magics.pipelines.execute import progress_mode
 from kernel_magics.pipelines.record import PipelineRecord
@@ -247,6 +248,33 @@ def test_a_shipped_pipeline_runs_no_code_from_a_parameter(
     assert "InvalidInput" in line or "NotFound" in line, line
 
 
+def test_unknown_parameter_runs_nothing(project: dict, store: Store, tmp_path: Path) -> None:
+    """A typo in a -p name (`epoch` for `epochs`) is refused before anything runs: no run, no
+    kernel; the same rule for the CLI, the magic and the API."""
+    runs_before = _pipeline_runs(store)
+    notebook = str(project["folder"] / "train.ipynb")
+    done = cli("pipeline", "run", notebook, "-p", "epoch", "3")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    (line,) = done.stderr.splitlines()
+    assert "unknown parameter 'epoch' (did you mean 'epochs'?)" in line
+    assert "sets data, seed, epochs" in line and "--allow-extra-params" in line
+    with pytest.raises(InvalidInput, match="did you mean 'seed'"):
+        api.pipeline_run(notebook, {"sed": 1}, progress="none")
+    bare = write_notebook(tmp_path / "bare.ipynb", "", ["print(1)"])
+    bare.write_text(bare.read_text().replace('"parameters"', '"other"'))
+    with pytest.raises(InvalidInput, match="has no cell tagged 'parameters'"):
+        api.pipeline_run(str(bare), {"x": 1}, progress="none")
+    assert _pipeline_runs(store) == runs_before
+    # asked for explicitly, an extra name is passed and recorded
+    extra = api.pipeline_run(str(bare), {"x": 1}, progress="none", allow_extra_params=True)
+    assert extra.status == "FINISHED" and extra.parameters == {"x": 1}
+
+
+def _pipeline_runs(store: Store) -> int:
+    found = store.client.get_experiment_by_name(EXPERIMENT)
+    return len(store.client.search_runs([found.experiment_id])) if found else 0
+
+
 def test_api_failure_raises_with_the_record(tmp_path: Path) -> None:
     notebook = write_notebook(tmp_path / "boom.ipynb", "n = 1", ["raise ValueError(f'boom {n}')"])
     with pytest.raises(PipelineFailed) as caught:
@@ -280,11 +308,12 @@ def test_magic_runs_a_notebook(ip: Any, tmp_path: Path, capsys: pytest.CaptureFi
     [
         ("nb.ipynb -p x", "expected 2 arguments"),
         ("rerun abc --name x", "no run"),
+        ("{notebook} -p epoch 3", "unknown parameter 'epoch' (did you mean 'epochs'?)"),
     ],
 )
-def test_magic_mistakes(ip: Any, line: str, expected: str) -> None:
+def test_magic_mistakes(ip: Any, project: dict, line: str, expected: str) -> None:
     with pytest.raises(UsageError) as caught:
-        ip.run_line_magic("pipeline", line)
+        ip.run_line_magic("pipeline", line.format(notebook=project["folder"] / "train.ipynb"))
     assert expected in str(caught.value) and "\n" not in str(caught.value)
 
 

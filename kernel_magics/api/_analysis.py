@@ -26,6 +26,7 @@ def pipeline_run(
     run_name: str | None = None,
     output: str | None = None,
     progress: str = "bar",
+    allow_extra_params: bool = False,
     settings: Settings | None = None,
 ) -> PipelineRecord:
     """Execute ``notebook`` with papermill (``parameters`` go after its ``parameters`` cell) in
@@ -33,7 +34,10 @@ def pipeline_run(
     parameters, provenance, the input and executed notebooks, the notebook's own metrics
     (``kernel_magics.pipelines.log_metric``) and the versions it registered. ``progress``:
     "bar" (papermill's), "text" (a line per cell) or "none". A failing cell raises
-    ``PipelineFailed`` (its error on one line) after the run was stored as FAILED."""
+    ``PipelineFailed`` (its error on one line) after the run was stored as FAILED.
+
+    A parameter the notebook's parameters cell does not set is refused before anything runs
+    ("unknown parameter 'epoch' (did you mean 'epochs'?)") unless ``allow_extra_params``."""
     from kernel_magics.pipelines.run import run_pipeline
 
     return run_pipeline(
@@ -43,6 +47,7 @@ def pipeline_run(
         run_name=run_name,
         output=output,
         progress=progress,
+        allow_extra_params=allow_extra_params,
     )
 
 
@@ -120,7 +125,8 @@ def explain(
     settings: Settings | None = None,
 ) -> Explanation:
     """Per-feature attributions of version ``ref`` ("NAME", "NAME@VERSION", "NAME@ALIAS") for
-    the rows of ``X`` (the first ``rows``): Captum's Integrated Gradients on the version loaded
+    the rows of ``X`` (the first ``rows``; a bare NAME is the live version, else the newest,
+    and ``why`` says which): Captum's Integrated Gradients on the version loaded
     in this process after its hash check. ``target``: a class label or output index (default:
     each row's predicted class; output 0 of a regressor). ``baseline``: "zeros", "mean" or an
     array shaped like one row. Nothing is written to the store."""

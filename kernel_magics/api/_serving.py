@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics import catalog
@@ -9,7 +11,7 @@ from kernel_magics.api._context import _settings, _store, _target, _version_info
 from kernel_magics.api._request_rows import request_rows
 from kernel_magics.catalog import ModelSummary
 from kernel_magics.config import Settings
-from kernel_magics.errors import ServiceUnavailable
+from kernel_magics.errors import KernelMagicsError, NotFound, ServiceUnavailable
 from kernel_magics.naming import parse_version
 from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
 from kernel_magics.serving import tokens
@@ -103,17 +105,44 @@ def predict(
 
     validate_name(name)
     s = _settings(settings)
-    outputs, version = _target(s).predict(name, request_rows(X))
+    try:
+        outputs, version = _target(s).predict(name, request_rows(X))
+    except NotFound as err:
+        raise NotFound(f"{err}{_registered_hint(s, name)}") from None
     if raw:
         return outputs
-    info = _version_info(s, name, version)
-    if info.task == "classification" and outputs.ndim == 2:
+    task, classes = _labels(s, name, version)
+    if task == "classification" and outputs.ndim == 2:
         index = outputs.argmax(axis=1)
-        classes = info.classes
         return (
             np.asarray(classes, dtype=object)[index].astype(type(classes[0])) if classes else index
         )
     return outputs
+
+
+@functools.lru_cache(maxsize=256)
+def _labels(settings: Settings, name: str, version: int) -> tuple[str | None, tuple | None]:
+    """The task and class labels of the version that answered. The serving target has them
+    loaded, so a terminal's `kernel-magics predict` never imports MLflow; the store answers
+    only when the target now serves another version (a swap or a canary in between).
+    Versions never change once registered, hence the cache."""
+    with contextlib.suppress(KernelMagicsError):
+        served = _target(settings).model(name)
+        said = served.classes is not None or served.task != "classification"
+        if served.version == version and said:
+            return served.task, served.classes or None
+    info = _version_info(settings, name, version)
+    return info.task, info.classes
+
+
+def _registered_hint(settings: Settings, name: str) -> str:
+    """The next step when a model is registered but not deployed (only then is the store read:
+    a prediction itself needs no MLflow)."""
+    try:
+        _store(settings).resolve(name)
+    except KernelMagicsError:
+        return ""
+    return f"; it is registered: %deploy {name} (kernel-magics deploy {name} in a terminal)"
 
 
 # -- what exists --------------------------------------------------------------------------------
@@ -124,6 +153,15 @@ def models(*, settings: Settings | None = None) -> list[ModelSummary]:
         status = _target(s).status()
     except ServiceUnavailable:
         status = None
+    db = s.sqlite_file
+    if not s.tracking_uri and db.is_file():
+        # the embedded store is read without importing MLflow (≈ 2 s of a terminal command)
+        import sqlite3
+
+        from kernel_magics.store_sqlite import SqliteCatalog
+
+        with contextlib.suppress(sqlite3.Error):  # a schema it does not know: MLflow reads it
+            return catalog.summaries(SqliteCatalog(db), status)
     return catalog.summaries(_store(s), status)
 
 

@@ -43,7 +43,8 @@ MONITOR_HEADERS = (
     "req/s",
     "p50 ms",
     "p99 ms",
-    "errors",
+    "4xx",  # client errors: a wrong shape is not the service failing
+    "5xx",  # server errors
     "mean batch",
     "rows/s",
     "queue",
@@ -59,7 +60,8 @@ def _rate_rows(rates: Sequence[ModelRates]) -> list[list[str]]:
             _figure(r.requests_s),
             _figure(r.p50_ms, 2),
             _figure(r.p99_ms, 2),
-            _percent(r.error_rate),
+            _percent(r.client_error_rate),
+            _percent(r.server_error_rate),
             _figure(r.mean_batch),
             _figure(r.rows_s),
             str(r.queue),
@@ -178,6 +180,28 @@ _PENDING = {"deploy": "deploying", "rollback": "rolling back", "undeploy": "unde
 def pending_line(action: str, name: str, what: str = "") -> str:
     """What the browser says while an action runs: ``deploying digits v2…``."""
     return " ".join(p for p in (_PENDING.get(action, action), name, what) if p) + "…"
+
+
+def versions_table_html(summary: Any, selected: Any = None) -> str:
+    """Every version of one model, newest first: live, created (to the minute), key metrics,
+    format and parent; the selected version in bold."""
+    rows, marked = [], []
+    for v in reversed(summary.versions):
+        metrics = " ".join(
+            f"{k}={display.number(x)}" for k, x in key_metrics(v.metrics, v.task).items()
+        )
+        live = "LIVE" if v.version == summary.live_version else ""
+        parent = v.parent
+        rows.append(
+            [f"v{v.version}", live, display.when(v.created), metrics, v.format or "", parent]
+        )
+        marked.append(selected is not None and v.version == selected.version)
+    table = _table_html(("version", "live", "created", "metrics", "format", "parent"), rows)
+    for row, bold in zip(rows, marked, strict=True):
+        if bold:  # the version the picker and the buttons act on
+            first = f">{html.escape(row[0])}</td>"
+            table = table.replace(first, f"><b>{html.escape(row[0])}</b></td>", 1)
+    return table
 
 
 def version_label(row: Any, live: int | None) -> str:

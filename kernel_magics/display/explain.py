@@ -24,7 +24,7 @@ DRAWN_IMAGES = 6  # rows drawn as heat maps
 def _title(e: Any) -> str:
     rows = f"{e.rows} row{'s' if e.rows != 1 else ''}"
     return (
-        f"{e.name} v{e.version}: Integrated Gradients on {rows} "
+        f"{e.name} v{e.version}{f' ({e.why})' if e.why else ''}: Integrated Gradients on {rows} "
         f"({e.task}; baseline {e.baseline}, {e.steps} steps)"
     )
 

@@ -20,7 +20,7 @@ from kernel_magics.errors import InvalidInput, first_line
 from kernel_magics.evaluation.loading import LoadedVersion, forward, input_rows, load_version
 from kernel_magics.explain.choices import feature_names, output_labels, resolve_targets, task_of
 from kernel_magics.explain.record import Explanation
-from kernel_magics.store import Store
+from kernel_magics.store import Store, parse_ref
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +51,8 @@ def explain(
     of a single-output regressor). ``baseline``: "zeros", "mean" (the mean row of ``X``) or an
     array shaped like one row. ``steps``: interpolation steps of the integral."""
     _check_options(baseline, steps, rows)
-    loaded = load_version(store, ref)
+    version_ref, why = _default_version(store, ref)
+    loaded = load_version(store, version_ref)
     data = input_rows(X, loaded)
     if data.dtype.kind in "biu":
         raise InvalidInput(
@@ -91,7 +92,24 @@ def explain(
         steps=steps,
         predicted=predicted,
         notes=_notes(outputs, targets, delta, steps),
+        why=why,
     )
+
+
+def _default_version(store: Store, ref: str) -> tuple[str, str]:
+    """A bare NAME means what ``%predict`` answers with: the live version, else the newest.
+    Returns the ref to load and, for a bare name, why that version (the explanation's header
+    says it)."""
+    name, version = parse_ref(ref)
+    if version is not None:
+        return ref, ""
+    newest = store.resolve(name).version
+    live = store.live_version(name)
+    if live is None:
+        return f"{name}@{newest}", "the newest version; none is live"
+    if live == newest:
+        return f"{name}@{live}", "the live version"
+    return f"{name}@{live}", f"the live version; v{newest} is newer"
 
 
 def _check_options(baseline: Any, steps: int, rows: int | None) -> None:

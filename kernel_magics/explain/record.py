@@ -34,6 +34,7 @@ class Explanation:
     steps: int = 50
     predicted: list[Any] | None = None  # the predicted class label per row (classifiers)
     notes: list[str] = field(default_factory=list)
+    why: str = ""  # for a bare NAME: why this version ("the live version", "the newest ...")
 
     _repr_html_ = html_view  # the view the front end registered
 

@@ -15,6 +15,7 @@ from IPython.core.magic import Magics
 from IPython.core.magic_arguments import argument
 
 from kernel_magics import display
+from kernel_magics.argtypes import option_hint
 from kernel_magics.errors import KernelMagicsError
 from kernel_magics.warmup import wait_for_warmup
 
@@ -91,7 +92,8 @@ def front_end(func: Callable[[Any, argparse.Namespace], Any]) -> Callable[..., A
         try:
             args = parser.parse_args(tokens)
         except UsageError as err:
-            raise UsageError(f"{err} (see %{func.__name__}?)") from None
+            hint = option_hint(parser, tokens)
+            raise UsageError(f"{err}{hint} (see %{func.__name__}?)") from None
         with usage_errors():
             return func(self, args)
 

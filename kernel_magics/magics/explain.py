@@ -56,7 +56,8 @@ class ExplainMagics(FeatureMagics):
         """Which input features moved a registered version's output, row by row.
 
         Integrated Gradients (Captum) on the version loaded in this kernel after its hash
-        check, exactly as %deploy would serve it; the inference process is not involved.
+        check, exactly as %deploy would serve it; the inference process is not involved. A
+        bare NAME is the live version (what %predict answers with), else the newest.
         Classifiers: each row's predicted class is explained unless --target names a class
         (its label, or an output index); regressors: output 0 (--target K for another).
         Shows a table and a bar plot of the attributions per feature (image-shaped rows: a

@@ -23,9 +23,11 @@ from traitlets.config.configurable import Configurable
 from kernel_magics import api, commands, display
 from kernel_magics.argtypes import non_negative_float, positive_int, version
 from kernel_magics.config import Settings, load_settings
+from kernel_magics.errors import NotFound
 from kernel_magics.magics._args import View, arguments, front_end, word
 from kernel_magics.magics._results import predictions_view
 from kernel_magics.records import TransitionResult
+from kernel_magics.store import not_found
 from kernel_magics.widgets.front_end import widgets_render
 
 _DEFAULTS = Settings()
@@ -204,6 +206,7 @@ class KernelMagics(Magics, Configurable):
     # -- what exists ----------------------------------------------------------------------------
     @line_magic
     @magic_arguments()
+    @argument("name", nargs="?", type=word, metavar="NAME", help="open on (or list) this model")
     @argument("--json", action="store_true", help="print JSON instead of a table")
     @argument("--static", action="store_true", help="the table, even where widgets render")
     @front_end
@@ -214,12 +217,14 @@ class KernelMagics(Magics, Configurable):
 
         In JupyterLab or Notebook: a registry browser (versions with metrics, params, size,
         lineage and tags; two versions side by side with their training curves; Deploy,
-        Rollback and Undeploy buttons). Under papermill, nbconvert or a terminal, and with
-        --static: the table.
+        Rollback and Undeploy buttons), open on NAME or else on the most recently changed
+        model. Under papermill, nbconvert or a terminal, and with --static: the table (of NAME
+        only when given).
 
         Examples::
 
             %models
+            %models digits
             %models --static
             %models --json
         """
@@ -227,9 +232,14 @@ class KernelMagics(Magics, Configurable):
         if not args.json and not args.static and widgets_render():
             from kernel_magics.widgets.registry import RegistryBrowser
 
-            RegistryBrowser(settings).show()
+            RegistryBrowser(settings, args.name).show()
             return
         summaries = api.models(settings=settings)
+        if args.name:
+            known = [s.name for s in summaries]
+            if args.name not in known:
+                raise NotFound(not_found(args.name, known))
+            summaries = [s for s in summaries if s.name == args.name]
         if args.json:
             display.show(display.to_json(summaries))
         else:

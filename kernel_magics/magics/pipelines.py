@@ -62,12 +62,18 @@ class PipelineMagics(FeatureMagics):
         action="store_true",
         help="rerun: execute the file at the recorded path, not the copy stored with the run",
     )
+    @argument(
+        "--allow-extra-params",
+        action="store_true",
+        help="pass -p names the notebook's parameters cell does not set",
+    )
     @front_end
     def pipeline(self, args: argparse.Namespace) -> Any:
         """Execute a notebook with papermill as one recorded MLflow run, or rerun one.
 
         The notebook runs in a fresh kernel of this environment with these settings; its
-        parameters go after its cell tagged `parameters`. The run (experiment
+        parameters go after its cell tagged `parameters` (a name that cell does not set is
+        refused unless --allow-extra-params). The run (experiment
         kernel-magics-pipelines) records the parameters, provenance (git commit, package
         versions, SHA-256 of input files, seeds), the input and executed notebooks, metrics the
         notebook logs with kernel_magics.pipelines.log_metric and the versions it registered.
@@ -104,6 +110,7 @@ class PipelineMagics(FeatureMagics):
             run_name=args.name,
             output=args.output,
             progress=self._progress(),
+            allow_extra_params=args.allow_extra_params,
             settings=settings,
         )
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel_magics.config import Settings
-from kernel_magics.errors import InvalidInput, KernelMagicsError
+from kernel_magics.errors import InvalidInput, KernelMagicsError, did_you_mean
 from kernel_magics.pipelines import ENV_RUN, PipelineFailed
 from kernel_magics.pipelines.record import PipelineRecord, RunSpec
 from kernel_magics.pipelines.recorder import make_recorder
@@ -38,11 +38,16 @@ def run_pipeline(
     output: str | os.PathLike[str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     progress: str = "bar",
+    allow_extra_params: bool = False,
 ) -> PipelineRecord:
-    """Execute ``notebook`` with ``parameters`` as one recorded MLflow run; see the module."""
+    """Execute ``notebook`` with ``parameters`` as one recorded MLflow run; see the module.
+    Every parameter name must be one the notebook's parameters cell sets, unless
+    ``allow_extra_params``: a typo would otherwise run with the default and record the typo."""
     path = Path(notebook).expanduser()
     if path.suffix != ".ipynb" or not path.is_file():
         raise InvalidInput(f"{notebook}: no such notebook (.ipynb file)")
+    if not allow_extra_params:
+        check_declared(path, parameters or {})
     spec = RunSpec(
         cwd=str(Path(cwd or Path.cwd()).resolve()),
         notebook=str(path.resolve()),
@@ -138,6 +143,29 @@ def check_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
                 "notebook (use numbers, strings, booleans, None, lists or dicts)"
             )
     return dict(parameters)
+
+
+def check_declared(notebook: Path, parameters: Mapping[str, Any]) -> None:
+    """Refuse a parameter the notebook's cell tagged ``parameters`` does not set (papermill
+    would inject it, the notebook would ignore it, the run would record it)."""
+    if not parameters:
+        return
+    import papermill
+
+    declared = list(papermill.inspect_notebook(str(notebook)))
+    unknown = [name for name in parameters if name not in declared]
+    if not unknown:
+        return
+    hint = "; --allow-extra-params passes it anyway"
+    if not declared:
+        raise InvalidInput(
+            f"unknown parameter {unknown[0]!r}: {notebook.name} has no cell tagged "
+            f"'parameters'{hint}"
+        )
+    raise InvalidInput(
+        f"unknown parameter {unknown[0]!r}{did_you_mean(unknown[0], declared)}: "
+        f"{notebook.name}'s parameters cell sets {', '.join(declared)}{hint}"
+    )
 
 
 def parse_value(text: str) -> Any:

@@ -33,6 +33,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 
 from kernel_magics.errors import InvalidInput, KernelMagicsError
+from kernel_magics.naming import unknown_verb
 from kernel_magics.records import ModelSpec
 from kernel_magics.serving.request import invocations
 from kernel_magics.serving.request.canary import REQUEST_ID, Split
@@ -292,6 +293,8 @@ class Gateway:
             return _answer(404, error_body(f"no route {path[:200]}"))
         elif rest.endswith(":predict"):
             name, route, allowed = rest[: -len(":predict")], "predict", "POST"
+        elif ":" in rest:
+            return _answer(404, error_body(unknown_verb(rest)))
         else:
             route, allowed = "describe", "GET"
         if method != allowed:

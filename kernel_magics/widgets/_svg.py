@@ -64,10 +64,12 @@ def line_chart(
     x_label: str = "epoch",
     y_label: str = "loss",
     empty: str = "waiting for the first epoch",
+    y_min: float | None = None,
 ) -> str:
     """SVG of one polyline per ``(label, values)``. Value i is drawn at ``x_values[i]``, or at
     x = i + 1 (the epoch) without them. Non-finite values are skipped, so a NaN loss leaves a
-    gap rather than breaking the scale."""
+    gap rather than breaking the scale. ``y_min``: the axis never goes below it (a rate or a
+    latency is never negative, even when a flat curve is padded)."""
     n = max((len(values) for _, values in series), default=0)
     xs = list(x_values) if x_values is not None else [float(i + 1) for i in range(n)]
     finite = [v for _, values in series for v in values if math.isfinite(v)]
@@ -75,6 +77,8 @@ def line_chart(
     if hi - lo < 1e-12:  # a flat curve still needs a visible range
         pad = abs(hi) * 0.1 or 1.0
         lo, hi = lo - pad, hi + pad
+    if y_min is not None and lo < y_min:
+        lo, hi = y_min, max(hi, y_min + 1e-9)
     y_ticks = nice_ticks(lo, hi)
     lo, hi = y_ticks[0], y_ticks[-1]
     x_lo, x_hi = (min(xs[:n]), max(xs[:n])) if n else (0.0, 1.0)

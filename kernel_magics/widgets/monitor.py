@@ -184,7 +184,12 @@ class ServiceMonitor:
                 for name in names
             ]
 
-        common: dict[str, Any] = {"x_values": xs, "x_label": "seconds ago", "width": 400}
+        common: dict[str, Any] = {
+            "x_values": xs,
+            "x_label": "seconds ago",
+            "width": 400,
+            "y_min": 0.0,
+        }
         charts = (
             line_chart(series(0), y_label="requests/s", **common),
             line_chart(series(1), y_label="p99 latency (ms)", **common),

@@ -19,10 +19,15 @@ class ModelRates:
     version: int
     state: str
     requests: int  # since the process started
-    errors: int
+    client_errors: int  # 4xx since the process started: the request's fault (a wrong shape)
+    server_errors: int  # 5xx since the process started: the service's fault
     requests_s: float | None
     rows_s: float | None
-    error_rate: float | None  # of the window's requests (since start without a window)
+    # Shares of the window's requests; latency and batch figures of the window too. A window
+    # without requests keeps the figures since the process started, so the widget shows the
+    # same numbers as the text view of one snapshot, never "–" for a quiet minute.
+    client_error_rate: float | None
+    server_error_rate: float | None
     mean_batch: float | None
     p50_ms: float | None
     p99_ms: float | None
@@ -58,19 +63,22 @@ def model_rates(
             continue
         total = state.stats or VersionStats(name, state.version)
         window = total.since(before.get((name, state.version))) if seconds else total
+        figures = window if window.requests else total
         rows.append(
             ModelRates(
                 name=name,
                 version=state.version,
                 state=state.state,
                 requests=total.requests,
-                errors=total.errors,
+                client_errors=total.client_errors,
+                server_errors=total.server_errors,
                 requests_s=window.requests / seconds if seconds else None,
                 rows_s=window.rows / seconds if seconds else None,
-                error_rate=window.error_rate,
-                mean_batch=window.mean_batch_size,
-                p50_ms=window.p50_ms,
-                p99_ms=window.p99_ms,
+                client_error_rate=figures.client_error_rate,
+                server_error_rate=figures.server_error_rate,
+                mean_batch=figures.mean_batch_size,
+                p50_ms=figures.p50_ms,
+                p99_ms=figures.p99_ms,
                 queue=total.queue,
             )
         )

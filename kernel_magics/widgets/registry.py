@@ -29,10 +29,13 @@ if TYPE_CHECKING:
 
 
 class RegistryBrowser:
-    def __init__(self, settings: Settings) -> None:
+    """Opens on ``name`` when given, else on the most recently changed model (the one the
+    notebook just trained), not the alphabetically first."""
+
+    def __init__(self, settings: Settings, name: str | None = None) -> None:
         import ipywidgets as widgets
 
-        self.settings = settings
+        self.settings, self.focus = settings, name
         self.summaries: list[ModelSummary] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="km-registry")
         self._futures: list[concurrent.futures.Future[Any]] = []
@@ -47,7 +50,9 @@ class RegistryBrowser:
 
         self.model_picker = widgets.Dropdown(description="model")
         self.refresh_button = button("Refresh", tooltip="read the registry again")
-        self.versions = widgets.Select(rows=8, layout=widgets.Layout(width="380px"))
+        # A table of every version (nothing cut off) and a picker naming the one acted on.
+        self.versions = widgets.Dropdown(description="version", layout={"width": "auto"})
+        self.version_table = widgets.HTML()
         self.details = widgets.HTML()
         self.deploy_button = button("Deploy", "success", "make the selected version live")
         self.rollback_button = button("Rollback", "", "back to the version live before")
@@ -60,7 +65,9 @@ class RegistryBrowser:
         self.box = widgets.VBox(
             [
                 widgets.HBox([self.model_picker, self.refresh_button]),
-                widgets.HBox([self.versions, self.details]),
+                self.version_table,
+                self.versions,
+                self.details,
                 widgets.HBox([self.deploy_button, self.rollback_button, self.undeploy_button]),
                 self.answer,
                 widgets.HBox([self.compare_a, self.compare_b, self.compare_button]),
@@ -113,10 +120,12 @@ class RegistryBrowser:
         self.summaries = api.models(settings=self.settings)
         names = [s.name for s in self.summaries]
         keep = self.model_picker.value if self.model_picker.value in names else None
+        if keep is None:
+            keep = self.focus if self.focus in names else _latest(self.summaries)
         self._quiet_observers = True
         try:
             self.model_picker.options = names
-            self.model_picker.value = keep if keep is not None else (names[0] if names else None)
+            self.model_picker.value = keep
         finally:
             self._quiet_observers = False
         self._model_changed()
@@ -144,6 +153,7 @@ class RegistryBrowser:
 
     def _version_changed(self) -> None:
         row, summary = self.version(), self.summary()
+        self.version_table.value = views.versions_table_html(summary, row) if summary else ""
         if row is None or summary is None:
             self.details.value = ""
             return
@@ -255,6 +265,12 @@ class RegistryBrowser:
         future = self._pool.submit(_quiet, fn)
         self._futures.append(future)
         return future
+
+
+def _latest(summaries: list[ModelSummary]) -> str | None:
+    """The model whose newest version was created last (None: no models)."""
+    dated = [(max((v.created for v in s.versions), default=0.0), s.name) for s in summaries]
+    return max(dated)[1] if dated else None
 
 
 def _quiet(fn: Callable[[], Any]) -> Any:

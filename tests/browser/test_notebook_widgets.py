@@ -82,7 +82,7 @@ def test_models_and_monitor_widgets(lab: LabSession, page: Page, tmp_path: Path)
 
     # %models: the registry browser, the live version selected; its static copy stays hidden
     browser = cells.nth(1)
-    versions = browser.locator(".widget-select select")
+    versions = browser.locator(".widget-dropdown select", has_text="LIVE")
     expect(versions).to_contain_text("v2 · LIVE", timeout=60_000)
     expect(browser.locator("[class^='km-static-']")).to_be_hidden()
     expect(browser.locator(".widget-html-content").first).to_contain_text("digits v2")

@@ -247,6 +247,10 @@ def test_npy_limits_and_nan(client, mlp, http_):
 def test_routes_methods_and_tokens(client, mlp):
     url = client.url
     assert requests.get(f"{url}/v1/models/nope:predict").status_code == 405
+    # an unknown verb is no route (404), not a method to change (405)
+    r = requests.post(f"{url}/v1/models/mlp:generate", json={"instances": [[1.0]]})
+    assert r.status_code == 404 and r.json()["error"].startswith("unknown verb 'generate'")
+    assert ":predict" in r.json()["error"]
     assert requests.get(f"{url}/nothing/here").status_code == 404
     assert requests.post(f"{url}/health").status_code == 405
     r = requests.post(f"{url}/v1/models/mlp:predict", json={"instances": rows(1).tolist()})

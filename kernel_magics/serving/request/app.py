@@ -16,6 +16,7 @@ from typing import Any
 
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, clip
+from kernel_magics.naming import unknown_verb
 from kernel_magics.serving.control.worker_routes import ControlRoutes
 from kernel_magics.serving.process import ipc
 from kernel_magics.serving.request import invocations, metrics, v2
@@ -109,6 +110,8 @@ class WorkerApp(ControlRoutes):
             elif rest.endswith(b":predict"):
                 if self._method(req, conn, b"POST"):
                     self.predict(req, conn, rest[:-8])
+            elif b":" in rest:  # a verb other than :predict (names never hold ':')
+                conn.send(404, error_body(unknown_verb(rest.decode("latin-1"))), req=req)
             elif self._method(req, conn, b"GET"):
                 self.model_info(req, conn, rest)
             return
@@ -267,6 +270,7 @@ class WorkerApp(ControlRoutes):
                     body, ctype = encode(out)
                 except Exception as exc:  # the model's output does not fit the answer format
                     stats.errors.inc()
+                    stats.server_errors.inc()
                     log.exception("%s v%s: encoding the answer failed", model.name, model.version)
                     msg = f"could not encode the model's output: {describe_error(exc)}"
                     recent_errors.add(500, msg, model.name, model.version)

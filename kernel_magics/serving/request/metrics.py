@@ -43,6 +43,10 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 6553
 
 REQUESTS = Counter("km_requests", "Prediction requests answered", _LABELS)
 ERRORS = Counter("km_request_errors", "Prediction requests answered with an error", _LABELS)
+# The 5xx among them (the service's fault); the rest are 4xx (the client's request).
+SERVER_ERRORS = Counter(
+    "km_request_server_errors", "Prediction requests answered with a 5xx error", _LABELS
+)
 LATENCY = Histogram(
     "km_request_latency_seconds",
     "Time from a prediction request being parsed to its answer being written",
@@ -88,12 +92,13 @@ class Usage:
 
 
 class ModelStats:
-    __slots__ = ("requests", "errors", "latency", "batch", "queue")
+    __slots__ = ("requests", "errors", "server_errors", "latency", "batch", "queue")
 
     def __init__(self, model: str, version: int):
         labels = (model, str(version))
         self.requests = REQUESTS.labels(*labels)
         self.errors = ERRORS.labels(*labels)
+        self.server_errors = SERVER_ERRORS.labels(*labels)
         self.latency = LATENCY.labels(*labels)
         self.batch = BATCH.labels(*labels)
         self.queue = QUEUE.labels(*labels)

@@ -182,6 +182,8 @@ class LoadedModel:
             "state": "live",
             "loaded_at": self.loaded_at,
             "task": self.task,
+            # the labels a client turns scores into (api.predict, without a store lookup)
+            "classes": list(self.classes) if self.classes else None,
             "format": self.fmt,
             "fast_path": self.fast_path,
             "fixed_batch": self.fixed_batch,

@@ -146,6 +146,12 @@ SCHEMAS: dict[str, Any] = {
             "state": {"type": "string", "enum": ["live"]},
             "loaded_at": {"type": "string"},
             "task": {"type": "string", "nullable": True},
+            "classes": {
+                "type": "array",
+                "nullable": True,
+                "description": "A classifier's labels in output order",
+                "items": {},
+            },
             "format": {"type": "string"},
             "fast_path": {"type": "boolean"},
             "fixed_batch": {"type": "integer", "nullable": True},

@@ -51,6 +51,7 @@ class RecentErrors:
 _SAMPLE_FIELDS = {
     "km_requests_total": "requests",
     "km_request_errors_total": "errors",
+    "km_request_server_errors_total": "server_errors",
     "km_batch_size_sum": "rows",
     "km_batch_size_count": "batches",
     "km_queue_depth": "queue",
@@ -121,6 +122,7 @@ def collect() -> tuple[list[VersionStats], dict[str, dict[str, int]], int]:
                 version=key[1],
                 requests=int(fields.get("requests", 0)),
                 errors=int(fields.get("errors", 0)),
+                server_errors=int(fields.get("server_errors", 0)),
                 rows=int(fields.get("rows", 0)),
                 batches=int(fields.get("batches", 0)),
                 queue=max(0, int(fields.get("queue", 0))),
