@@ -53,6 +53,12 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     max_rows: int = 65536
     request_timeout_s: float = 30.0
+    # Generative models (kernel_magics/generative): sequences decoded together in one forward,
+    # the KV-cache budget in tokens (prompt + max_tokens of every running sequence), and how
+    # many requests may wait for a slot before new ones get 429.
+    gen_max_running: int = 16
+    gen_kv_cache_tokens: int = 32768
+    gen_max_queued: int = 64
 
     # -- derived paths -----------------------------------------------------------------------
     @property

@@ -23,6 +23,7 @@ from kernel_magics.api._analysis import compare, evaluate, explain, pipeline_rer
 from kernel_magics.api._context import _settings as _settings
 from kernel_magics.api._context import _store as _store
 from kernel_magics.api._context import _target as _target
+from kernel_magics.api._generate import Generation, generate
 from kernel_magics.api._serving import (
     deploy,
     history,
@@ -58,6 +59,8 @@ __all__ = [
     "VersionRow",
     "train",
     "register",
+    "generate",
+    "Generation",
     "deploy",
     "rollback",
     "promote",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.api._context import _settings, _store
 from kernel_magics.config import Settings
+from kernel_magics.errors import InvalidInput
 from kernel_magics.registration import RegisterResult, register_version
 from kernel_magics.store import validate_name
 from kernel_magics.tracking import TrainResult, run_training
@@ -106,10 +108,11 @@ def train(
 
 
 def register(
-    model: torch.nn.Module,
-    example: Any,
+    model: torch.nn.Module | str | os.PathLike[str],
+    example: Any = None,
     *,
     name: str,
+    tokenizer: Any = None,
     task: str | None = None,
     classes: list | None = None,
     metrics: dict[str, float] | None = None,
@@ -127,7 +130,25 @@ def register(
     ``task``: "classification" (outputs are class scores; ``classes`` names them),
     "regression" or "other". ``parent`` ("NAME@VERSION", which must exist) and ``recipe`` (how
     it was made) are kept on the version and shown by ``models()``.
+
+    A language model: a transformers causal LM with its ``tokenizer``, or ``model`` the path of
+    a ``save_pretrained`` folder holding both (no ``example``); stored as safetensors, config
+    and tokenizer files and served by ``/v1/completions`` (``kernel_magics.generative``).
     """
+    if tokenizer is not None or is_generative(model):
+        from kernel_magics.generative.register import register_generative
+
+        return register_generative(
+            _store(_settings(settings)),
+            model,
+            tokenizer,
+            name=name,
+            metrics=metrics,
+            params=params,
+            recipe=recipe,
+        )
+    if example is None or isinstance(model, (str, os.PathLike)):
+        raise InvalidInput("example is required: a few input rows of the model")
     return register_version(
         _store(_settings(settings)),
         model,
@@ -139,6 +160,13 @@ def register(
         params=params,
         parent=parent,
         recipe=recipe,
+    )
+
+
+def is_generative(model: Any) -> bool:
+    """A model folder or a transformers model object (transformers is not imported to ask)."""
+    return isinstance(model, (str, os.PathLike)) or type(model).__module__.startswith(
+        "transformers."
     )
 
 

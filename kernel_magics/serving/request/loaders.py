@@ -38,6 +38,7 @@ class Graph:
     fn: Callable[[torch.Tensor], Any]
     fixed_batch: int | None = None
     direct: Callable[[torch.Tensor], torch.Tensor] | None = None
+    generator: Any = None  # a generative model's engine (kernel_magics.generative.loader)
 
 
 LoadFn = Callable[[Path], Graph]
@@ -48,19 +49,23 @@ class Loader:
     format: str
     file: str  # relative to the model folder
     load: LoadFn
+    takes_tensors: bool = True  # False: no signature or input example (generative models)
 
 
 LOADERS: dict[str, Loader] = {}
 # Formats served by modules of their own, which register with ``@loader`` when imported; named
 # here (not imported) so that nothing of theirs loads until a version is (onnx: optimize).
-FORMAT_MODULES = ("kernel_magics.serving.request.loader_onnx",)
+FORMAT_MODULES = (
+    "kernel_magics.serving.request.loader_onnx",
+    "kernel_magics.generative.loader",
+)
 
 
-def loader(fmt: str, file: str) -> Callable[[LoadFn], LoadFn]:
+def loader(fmt: str, file: str, *, takes_tensors: bool = True) -> Callable[[LoadFn], LoadFn]:
     """Register ``fn`` as the loader of format ``fmt``, whose model is the file ``file``."""
 
     def register(fn: LoadFn) -> LoadFn:
-        LOADERS[fmt] = Loader(fmt, file, fn)
+        LOADERS[fmt] = Loader(fmt, file, fn, takes_tensors)
         return fn
 
     return register
