@@ -41,7 +41,7 @@ from kernel_magics.api._serving import (
     token_revoke,
     undeploy,
 )
-from kernel_magics.api._versions import optimize, register, train
+from kernel_magics.api._versions import is_generative, optimize, register, train
 from kernel_magics.catalog import ModelSummary, VersionRow
 from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
 from kernel_magics.registration import RegisterResult
@@ -61,6 +61,7 @@ __all__ = [
     "register",
     "generate",
     "Generation",
+    "is_generative",
     "deploy",
     "rollback",
     "promote",

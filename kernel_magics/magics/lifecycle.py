@@ -59,6 +59,11 @@ class KernelMagics(Magics, Configurable):
     max_body_bytes = _setting(Int, "max_body_bytes", "largest request body accepted")
     max_rows = _setting(Int, "max_rows", "most rows one prediction request may carry")
     request_timeout_s = _setting(Float, "request_timeout_s", "seconds before a request gives up")
+    gen_max_running = _setting(Int, "gen_max_running", "sequences a language model decodes at once")
+    gen_kv_cache_tokens = _setting(
+        Int, "gen_kv_cache_tokens", "KV-cache budget of a language model, in tokens"
+    )
+    gen_max_queued = _setting(Int, "gen_max_queued", "requests waiting for a slot before 429")
     progress = CaselessStrEnum(
         ["auto", "widget", "text", "none"],
         default_value="auto",

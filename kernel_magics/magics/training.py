@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -214,13 +215,22 @@ class TrainingMagics(FeatureMagics):
 
     @line_magic
     @magic_arguments()
-    @argument("model", metavar="MODEL_EXPR", help="a trained nn.Module expression")
+    @argument(
+        "model",
+        metavar="MODEL_EXPR|FOLDER",
+        help="a trained nn.Module expression, or a language model's save_pretrained folder",
+    )
     @argument("--name", type=word, required=True, help="model name")
     @argument(
         "--example",
-        required=True,
         metavar="EXPR",
-        help="a few input rows in the dtype the model takes (array, tensor, DataFrame)",
+        help="a few input rows in the dtype the model takes (array, tensor, DataFrame); "
+        "required for a tensor model",
+    )
+    @argument(
+        "--tokenizer",
+        metavar="EXPR",
+        help="a language model's tokenizer (with a transformers causal LM as MODEL_EXPR)",
     )
     @argument("--task", choices=REGISTER_TASKS, help="what the outputs are (default: not said)")
     @argument(
@@ -245,10 +255,37 @@ class TrainingMagics(FeatureMagics):
             r = %register net --name digits-own --example X[:5] --task classification
             %register net --name digits-own --example X[:5] --metrics '{"accuracy": 0.95}'
             %register net --name digits-ft --example X[:5] --parent digits@1 --recipe 'lr 1e-4'
+
+        A language model (a transformers causal LM and its tokenizer, or a folder saved with
+        save_pretrained) is stored as safetensors, config and tokenizer files and served by
+        /v1/completions, /v1/chat/completions and %generate::
+
+            %register lm --tokenizer tok --name tiny-lm
+            %register ./my-model-folder --name tiny-lm
         """
+        km = self.kernel_magics
+        folder = os.path.expanduser(word(args.model))
+        if args.tokenizer is None and args.example is None and os.path.isdir(folder):
+            model: Any = folder
+        else:
+            model = km._eval(args.model, "the model")
+        if args.tokenizer is not None or api.is_generative(model):
+            return api.register(
+                model,
+                tokenizer=None
+                if args.tokenizer is None
+                else km._eval(args.tokenizer, "--tokenizer"),
+                name=args.name,
+                metrics=self._mapping(args.metrics, "--metrics"),
+                params=self._mapping(args.params, "--params"),
+                recipe=" ".join(map(word, args.recipe)) if args.recipe else None,
+                settings=km.settings(),
+            )
+        if args.example is None:
+            raise InvalidInput("--example is required: a few input rows of the model")
         return api.register(
-            self.kernel_magics._eval(args.model, "the model"),
-            self.kernel_magics._eval(args.example, "the example"),
+            model,
+            km._eval(args.example, "the example"),
             name=args.name,
             task=args.task,
             classes=_labels(args.classes),

@@ -16,7 +16,7 @@ from kernel_magics.serving.process.cleanup import state_pids, stop_pids
 from kernel_magics.targets.local import LocalTarget
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-CONTEXT = 128
+CONTEXT = 512
 
 
 def train_tokenizer(vocab: int = 1024) -> Any:
