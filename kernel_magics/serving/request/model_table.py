@@ -59,7 +59,7 @@ class ModelTable:
         previous = self.live.get(name)
         self.live[name] = model
         if previous is not None and previous is not model:
-            self._release(self.standby.get(name), keep=previous)
+            self.release(self.standby.get(name), keep=previous)
             self.standby[name] = previous
         elif self.standby.get(name) is model:
             del self.standby[name]
@@ -90,19 +90,19 @@ class ModelTable:
         """Drop staged copies of ``name`` (only ``version``'s when given): how many."""
         keys = [k for k in self.staged if k[0] == name and (version is None or k[1] == version)]
         for key in keys:
-            self._release(self.staged.pop(key))
+            self.release(self.staged.pop(key))
         return len(keys)
 
     def unload(self, name: str, history: History | None) -> LoadedModel | None:
         """Stop serving ``name``: the model that was live, if any."""
         model = self.live.pop(name, None)
-        self._release(self.standby.pop(name, None), keep=model)
+        self.release(self.standby.pop(name, None), keep=model)
         self.canary.pop(name, None)
         if history is not None:
             self.history[name] = history
         return model
 
-    def _release(self, model: LoadedModel | None, keep: LoadedModel | None = None) -> None:
+    def release(self, model: LoadedModel | None, keep: LoadedModel | None = None) -> None:
         """Close a model this table no longer holds anywhere (its engine thread, if any)."""
         if model is None or model is keep:
             return
