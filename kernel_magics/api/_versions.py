@@ -109,7 +109,7 @@ def train(
 
 def register(
     model: torch.nn.Module | str | os.PathLike[str],
-    example: Any = None,
+    example: Any = ...,
     *,
     name: str,
     tokenizer: Any = None,
@@ -147,7 +147,9 @@ def register(
             params=params,
             recipe=recipe,
         )
-    if example is None or isinstance(model, (str, os.PathLike)):
+    if example is ... or isinstance(
+        model, (str, os.PathLike)
+    ):  # ...: not given (None is bad input)
         raise InvalidInput("example is required: a few input rows of the model")
     return register_version(
         _store(_settings(settings)),
