@@ -197,6 +197,7 @@ class Engine:
             seq.slot = len(self.running)
             self.running.append(seq)
             self._prefill(seq)
+            self._flush()  # its first token goes out now, not after the other prefills
         self._retire()
 
     def _prefill(self, seq: Sequence) -> None:
