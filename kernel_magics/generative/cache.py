@@ -32,7 +32,7 @@ class SlotCache:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         # set by the engine before each forward
-        self.prefill_slot = -1  # >= 0: a prompt being written into that slot
+        self.prefill_slot = -1  # >= 0: new prompts being written from that slot on
         self.rows = 0  # decode: slots 0..rows-1 take one token each
         self.positions: torch.Tensor | None = None  # decode: where each row writes
         self.kv_len = 0  # decode: keys attended (the longest running sequence + 1)
@@ -68,11 +68,11 @@ class SlotCache:
         self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        if self.prefill_slot >= 0:  # key: [1, heads, prompt, dim]
-            slot, length = self.prefill_slot, key.shape[2]
-            keys[slot, :, :length] = key[0]
-            values[slot, :, :length] = value[0]
-            return keys[slot : slot + 1, :, :length], values[slot : slot + 1, :, :length]
+        if self.prefill_slot >= 0:  # key: [new prompts, heads, longest prompt, dim]
+            first, last, length = self.prefill_slot, self.prefill_slot + key.shape[0], key.shape[2]
+            keys[first:last, :, :length] = key
+            values[first:last, :, :length] = value
+            return keys[first:last, :, :length], values[first:last, :, :length]
         rows, positions = self._arange[: self.rows], self.positions
         keys[rows, :, positions] = key[:, :, 0]
         values[rows, :, positions] = value[:, :, 0]

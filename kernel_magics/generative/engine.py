@@ -2,9 +2,9 @@
 
 One engine thread per served version. Between two decode steps it admits waiting requests
 (FIFO) while a slot is free and the KV-cache budget holds their reservation (prompt +
-``max_tokens``): each admitted prompt is prefilled by one forward into its cache slot. Then one
-forward decodes one token for every running sequence at once (``cache.SlotCache``); a sequence
-leaves the batch as soon as it ends (EOS, a stop string, ``max_tokens``, or its client gone) and
+``max_tokens``): the prompts admitted together are prefilled by one forward into their
+slots. Then one forward decodes one token for every running sequence at once
+(``cache.SlotCache``); a sequence leaves the batch as soon as it ends (EOS, a stop string, ``max_tokens``, or its client gone) and
 its slot is reused at the next step. The waiting queue is bounded: past it ``submit`` raises
 ``Overloaded`` (429 with Retry-After).
 
@@ -184,42 +184,54 @@ class Engine:
         self._retire()
 
     def _admit(self) -> None:
+        admitted: list[Sequence] = []
         while len(self.running) < self.max_running:
             with self._wake:
                 if not self.waiting:
-                    return
+                    break
                 seq = self.waiting[0]
                 if self.reserved + seq.reservation > self.kv_cache_tokens:
-                    return  # FIFO: it waits for cache room rather than being overtaken
+                    break  # FIFO: it waits for cache room rather than being overtaken
                 self.waiting.popleft()
             self.reserved += seq.reservation
-            self.cache.reserve(max(s.reservation for s in [*self.running, seq]))
             seq.slot = len(self.running)
             self.running.append(seq)
-            self._prefill(seq)
-            self._flush()  # its first token goes out now, not after the other prefills
-        self._retire()
+            admitted.append(seq)
+        if admitted:
+            self.cache.reserve(max(s.reservation for s in self.running))
+            self._prefill(admitted)
+            self._flush()  # first tokens go out before the next decode step
+            self._retire()
 
-    def _prefill(self, seq: Sequence) -> None:
-        length = len(seq.prompt_ids)
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        """One forward over the new prompts, right-padded to the longest, written into their
+        (consecutive) slots. Padding only ever sits after a prompt's last token: causality
+        hides it from the real positions, and decoding overwrites it before unmasking it."""
         cache = self.cache
-        cache.prefill_slot = seq.slot
+        length = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.zeros((len(seqs), length), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq.prompt_ids)] = torch.tensor(seq.prompt_ids)
         mask = torch.full((length, length), torch.finfo(cache.dtype).min, dtype=cache.dtype)
-        mask = mask.triu(1)[None, None]
+        mask = mask.triu(1)[None, None].expand(len(seqs), 1, length, length)
+        cache.prefill_slot = seqs[0].slot
         try:
             out = self.model(
-                input_ids=torch.tensor([seq.prompt_ids]),
-                position_ids=torch.arange(length)[None],
+                input_ids=ids,
+                position_ids=torch.arange(length)[None].expand(len(seqs), length),
                 attention_mask=mask,
                 cache=cache,
                 use_cache=True,
-                logits_to_keep=1,
             )
         finally:
             cache.prefill_slot = -1
-        seq.first_token_at = time.perf_counter()
-        token = choose(out.logits[:, -1], [seq.params], [seq.generator])[0]
-        self._append(seq, token)
+        last = torch.tensor([len(s.prompt_ids) - 1 for s in seqs])
+        logits = out.logits[torch.arange(len(seqs)), last]
+        now = time.perf_counter()
+        tokens = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        for seq, token in zip(seqs, tokens, strict=True):
+            seq.first_token_at = now
+            self._append(seq, token)
 
     def _decode(self) -> None:
         running, cache = self.running, self.cache
