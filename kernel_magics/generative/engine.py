@@ -2,11 +2,11 @@
 
 One engine thread per served version. Between two decode steps it admits waiting requests
 (FIFO) while a slot is free and the KV-cache budget holds their reservation (prompt +
-``max_tokens``): the prompts admitted together are prefilled by one forward into their
-slots. Then one forward decodes one token for every running sequence at once
-(``cache.SlotCache``); a sequence leaves the batch as soon as it ends (EOS, a stop string, ``max_tokens``, or its client gone) and
-its slot is reused at the next step. The waiting queue is bounded: past it ``submit`` raises
-``Overloaded`` (429 with Retry-After).
+``max_tokens``); the prompts admitted together are prefilled by one forward into their slots.
+Then one forward decodes one token for every running sequence at once (``cache.SlotCache``);
+a sequence leaves the batch as soon as it ends (EOS, a stop string, ``max_tokens``, or its
+client gone) and its slot is reused at the next step. The waiting queue is bounded: past it
+``submit`` raises ``Overloaded`` (429 with Retry-After).
 
 Events (text deltas, the finish reason) are handed to each sequence's ``post`` callable once per
 step, in one call per sink (``loop.call_soon_threadsafe`` for HTTP requests), so a step wakes
