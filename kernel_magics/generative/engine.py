@@ -97,6 +97,7 @@ class Engine:
         self.running: list[Sequence] = []
         self.reserved = 0  # cache tokens reserved by the running sequences
         self.generated = 0  # tokens produced since load (status)
+        self.cancelled = 0  # running sequences dropped because their client went away
         self._wake = threading.Condition()
         self._stopped = False
         self._events: list[tuple[Sequence, str, str | None]] = []
@@ -148,6 +149,7 @@ class Engine:
             "kv_cache_bytes": self.cache.bytes,
             "context_length": self.context_length,
             "generated_tokens": self.generated,
+            "cancelled": self.cancelled,
         }
 
     # -- the engine thread -------------------------------------------------------------------
@@ -181,6 +183,7 @@ class Engine:
         for seq in self.running:
             if seq.cancelled:
                 seq.finish_reason = "cancelled"
+                self.cancelled += 1
         self._retire()
 
     def _admit(self) -> None:

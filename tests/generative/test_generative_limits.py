@@ -81,13 +81,14 @@ def test_queue_full_is_429_with_retry_after(client: LocalTarget, served: str) ->
 
 
 def test_disconnect_frees_the_slot(client: LocalTarget, served: str) -> None:
-    before = generation(client)["generated_tokens"]
+    before = generation(client)
     open_stream(client, 480).close()
     deadline = time.monotonic() + 20
     while generation(client)["running"] and time.monotonic() < deadline:
         time.sleep(0.01)
     state = generation(client)
     assert state["running"] == 0 and state["kv_cache_reserved"] == 0
-    assert state["generated_tokens"] - before < 480  # stopped early, not run to its end
+    assert state["cancelled"] == before["cancelled"] + 1  # dropped at a step, not run to its end
+    assert state["generated_tokens"] - before["generated_tokens"] < 480
     oai = openai.OpenAI(base_url=f"{client.url}/v1", api_key=client.token(), max_retries=0)
     assert oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=3).usage
