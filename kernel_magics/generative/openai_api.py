@@ -22,6 +22,7 @@ from kernel_magics.generative.engine import Sequence
 from kernel_magics.generative.sampling import SamplingParams
 from kernel_magics.serving.request.protocol import Connection, Request
 from kernel_magics.serving.request.streaming import ChunkedResponse
+from kernel_magics.serving.tokens import ANONYMOUS
 
 if TYPE_CHECKING:
     from kernel_magics.serving.request.app import WorkerApp
@@ -69,8 +70,9 @@ def _answer(app: WorkerApp, req: Request, conn: Connection, chat: bool) -> None:
         generator.engine.check_length(len(ids), params.max_tokens)
     except KernelMagicsError as err:
         return _fail(conn, req, err)
-    app.usage.request(who or "anonymous")
-    reply = _Reply(app, model, req, conn, chat, bool(body.get("stream")))
+    who = who or ANONYMOUS
+    app.usage.request(who)
+    reply = _Reply(app, model, req, conn, chat, bool(body.get("stream")), who)
     seq = Sequence(ids, params, reply.on_event, post=app.loop.call_soon_threadsafe)
     reply.seq = seq
     model.inflight.enter()
@@ -88,10 +90,10 @@ class _Reply:
 
     def __init__(
         self, app: WorkerApp, model: LoadedModel, req: Request, conn: Connection, chat: bool,
-        stream: bool,
+        stream: bool, who: str,
     ) -> None:  # fmt: skip
         self.app, self.model, self.req, self.conn = app, model, req, conn
-        self.chat, self.stream = chat, stream
+        self.chat, self.stream, self.who = chat, stream, who
         self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         self.created = int(time.time())
         self.label = f"{model.name}@{model.version}"
@@ -133,6 +135,9 @@ class _Reply:
 
     def _close(self) -> None:
         self.done = True
+        seq = self.seq
+        if seq is not None:
+            self.app.usage.tokens(self.who, seq.prompt_tokens, seq.completion_tokens)
         if self.out is not None:
             self.out.end()
         stats = self.model.stats

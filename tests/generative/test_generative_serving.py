@@ -180,3 +180,15 @@ def test_deploy_while_streaming_fails_no_stream(client: LocalTarget, served: str
     assert swap.version == 2 and answer.model == "tiny@2"
     api.rollback("tiny")
     assert after.completions.create(model="tiny", prompt=PROMPT, max_tokens=2).model == "tiny@1"
+
+
+def test_tokens_are_metered_per_api_token(oai: openai.OpenAI, client: LocalTarget) -> None:
+    before = api.server_status().usage
+    out = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=7, temperature=0)
+    usage = api.server_status().usage
+    name = next(n for n in usage if usage[n].completion_tokens)
+    was = before.get(name)
+    assert usage[name].completion_tokens - (was.completion_tokens if was else 0) == 7
+    assert usage[name].prompt_tokens - (was.prompt_tokens if was else 0) == out.usage.prompt_tokens
+    text = requests.get(f"{client.url}/metrics", timeout=10).text
+    assert f'km_token_completion_tokens_total{{token="{name}"}}' in text

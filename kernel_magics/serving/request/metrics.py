@@ -63,16 +63,33 @@ LOADS = Counter("km_model_loads", "Model versions loaded into a worker", _LABELS
 # where predictions allow it); never the token itself.
 TOKEN_REQUESTS = Counter("km_token_requests", "Prediction requests per token", ("token",))
 TOKEN_ROWS = Counter("km_token_rows", "Rows sent for inference per token", ("token",))
+# generative models: what each API token asked of them, in the model's tokens
+TOKEN_PROMPT = Counter(
+    "km_token_prompt_tokens", "Prompt tokens generated from, per token", ("token",)
+)
+TOKEN_COMPLETION = Counter(
+    "km_token_completion_tokens", "Completion tokens generated, per token", ("token",)
+)
 
 
 class Usage:
     """Per-token counters with their label children cached (the hot path only calls ``inc``)."""
 
-    __slots__ = ("_requests", "_rows")
+    __slots__ = ("_requests", "_rows", "_prompt", "_completion")
 
     def __init__(self) -> None:
         self._requests: dict[str, Any] = {}
         self._rows: dict[str, Any] = {}
+        self._prompt: dict[str, Any] = {}
+        self._completion: dict[str, Any] = {}
+
+    def tokens(self, token: str, prompt: int, completion: int) -> None:
+        """A generation's prompt and completion tokens, metered for the API token."""
+        if token not in self._prompt:
+            self._prompt[token] = TOKEN_PROMPT.labels(token)
+            self._completion[token] = TOKEN_COMPLETION.labels(token)
+        self._prompt[token].inc(prompt)
+        self._completion[token].inc(completion)
 
     def request(self, token: str) -> None:
         child = self._requests.get(token)
