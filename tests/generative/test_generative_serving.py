@@ -192,3 +192,16 @@ def test_tokens_are_metered_per_api_token(oai: openai.OpenAI, client: LocalTarge
     assert usage[name].prompt_tokens - (was.prompt_tokens if was else 0) == out.usage.prompt_tokens
     text = requests.get(f"{client.url}/metrics", timeout=10).text
     assert f'km_token_completion_tokens_total{{token="{name}"}}' in text
+
+
+def test_openapi_documents_no_rows_for_a_language_model(client: LocalTarget, served: str) -> None:
+    paths = requests.get(f"{client.url}/openapi.json", timeout=10).json()["paths"]
+    assert "/v1/models/tiny:predict" not in paths and "/v1/models/{name}:predict" in paths
+    # and :predict on it says where to go instead
+    r = requests.post(
+        f"{client.url}/v1/models/tiny:predict",
+        json={"instances": [[1.0]]},
+        headers={"authorization": f"Bearer {client.token()}"},
+        timeout=10,
+    )
+    assert r.status_code == 400 and "/v1/completions" in r.json()["error"]
