@@ -101,6 +101,7 @@ class _Reply:
         self.seq: Sequence | None = None
         self.out: ChunkedResponse | None = None
         self.done = False
+        self.last_text_at = 0.0  # when the previous piece of text arrived (metrics)
 
     def start(self) -> None:
         self.out = ChunkedResponse(self.conn, self.req, extra_headers=self.model.response_headers)
@@ -112,6 +113,13 @@ class _Reply:
             seq.cancelled = True  # the client is gone: the engine frees the slot next step
             self._close()
             return
+        if delta and self.model.stats is not None:
+            now = time.perf_counter()
+            if self.last_text_at:
+                self.model.stats.inter_token.observe(now - self.last_text_at)
+            else:
+                self.model.stats.ttft.observe(now - self.req.t0)
+            self.last_text_at = now
         if self.out is not None:
             if delta or finish is None:
                 self.out.write(self._chunk(delta, None, first=not self.text))

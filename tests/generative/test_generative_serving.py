@@ -205,3 +205,23 @@ def test_openapi_documents_no_rows_for_a_language_model(client: LocalTarget, ser
         timeout=10,
     )
     assert r.status_code == 400 and "/v1/completions" in r.json()["error"]
+
+
+def test_time_to_first_token_and_inter_token_in_prometheus(
+    oai: openai.OpenAI, client: LocalTarget
+) -> None:
+    def count(text: str, metric: str) -> float:
+        prefix = f'{metric}_count{{model="tiny",version="1"}} '
+        lines = [line for line in text.splitlines() if line.startswith(prefix)]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    before = requests.get(f"{client.url}/metrics", timeout=10).text
+    list(oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, stream=True, seed=1))
+    after = requests.get(f"{client.url}/metrics", timeout=10).text
+    assert (
+        count(after, "km_generation_ttft_seconds")
+        == count(before, "km_generation_ttft_seconds") + 1
+    )
+    assert count(after, "km_generation_inter_token_seconds") > count(
+        before, "km_generation_inter_token_seconds"
+    )

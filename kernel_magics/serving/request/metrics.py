@@ -58,6 +58,20 @@ QUEUE = Gauge(
     _LABELS,
     multiprocess_mode="livesum",
 )
+# generative models: time to first token (request parsed → first text written) and between
+# two tokens of one stream
+TTFT = Histogram(
+    "km_generation_ttft_seconds",
+    "Time from a generation request being parsed to its first text",
+    _LABELS,
+    buckets=_LATENCY_BUCKETS,
+)
+INTER_TOKEN = Histogram(
+    "km_generation_inter_token_seconds",
+    "Time between two pieces of text of one generation",
+    _LABELS,
+    buckets=_LATENCY_BUCKETS,
+)
 LOADS = Counter("km_model_loads", "Model versions loaded into a worker", _LABELS)
 # Usage metering per bearer token name ("default" = the home token, "anonymous" = no token
 # where predictions allow it); never the token itself.
@@ -105,7 +119,7 @@ class Usage:
 
 
 class ModelStats:
-    __slots__ = ("requests", "errors", "latency", "batch", "queue")
+    __slots__ = ("requests", "errors", "latency", "batch", "queue", "ttft", "inter_token")
 
     def __init__(self, model: str, version: int):
         labels = (model, str(version))
@@ -114,6 +128,8 @@ class ModelStats:
         self.latency = LATENCY.labels(*labels)
         self.batch = BATCH.labels(*labels)
         self.queue = QUEUE.labels(*labels)
+        self.ttft = TTFT.labels(*labels)
+        self.inter_token = INTER_TOKEN.labels(*labels)
 
 
 def unknown_model_errors() -> Counter:
