@@ -225,3 +225,19 @@ def test_time_to_first_token_and_inter_token_in_prometheus(
     assert count(after, "km_generation_inter_token_seconds") > count(
         before, "km_generation_inter_token_seconds"
     )
+
+
+def test_canary_splits_generations(oai: openai.OpenAI, served: str) -> None:
+    assert oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=1).model == "tiny@1"
+    api.deploy("tiny@2", canary=50)
+    try:
+        answered = {
+            oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=1).model
+            for _ in range(4)
+        }
+        assert answered == {"tiny@1", "tiny@2"}
+        pinned = oai.completions.create(model="tiny@2", prompt=PROMPT, max_tokens=1)
+        assert pinned.model == "tiny@2"  # NAME@V reaches the canary too
+    finally:
+        api.rollback("tiny")  # drops the canary
+    assert oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=1).model == "tiny@1"
