@@ -68,7 +68,7 @@ $(MLSERVER_STAMP): | $(STAMP)
 # inference process they started there (only that one: it is found through that home's state file).
 NOTEBOOKS ?= notebooks/quickstart.ipynb notebooks/any_model.ipynb notebooks/optimize.ipynb \
 	notebooks/preprocessing.ipynb notebooks/pipelines/train.ipynb notebooks/pipelines/evaluate.ipynb \
-	notebooks/pipelines/promote.ipynb
+	notebooks/pipelines/promote.ipynb notebooks/generative.ipynb
 test-notebooks: setup
 	home=$$(mktemp -d /tmp/kernel-magics-nbval.XXXXXX); \
 	KERNEL_MAGICS_HOME=$$home KERNEL_MAGICS_PROGRESS=text \

@@ -63,6 +63,12 @@ class Settings:
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 60.0
     max_connections: int = 10000
+    # Generative models (kernel_magics/generative): sequences decoded together in one forward,
+    # the KV-cache budget in tokens (prompt + max_tokens of every running sequence), and how
+    # many requests may wait for a slot before new ones get 429.
+    gen_max_running: int = 16
+    gen_kv_cache_tokens: int = 32768
+    gen_max_queued: int = 64
 
     # -- derived paths -----------------------------------------------------------------------
     @property

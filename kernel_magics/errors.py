@@ -48,6 +48,13 @@ class ServiceUnavailable(KernelMagicsError):
     http_status = 503
 
 
+class Overloaded(KernelMagicsError):
+    """More work than the server takes now (a full queue); retry after ``retry_after`` seconds."""
+
+    http_status = 429
+    retry_after = 1
+
+
 class TrainingInterrupted(KernelMagicsError):
     """Training stopped by a kernel interrupt; the run is recorded as killed, nothing registered."""
 

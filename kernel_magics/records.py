@@ -237,6 +237,8 @@ def _canary(raw: Any) -> dict[str, int] | None:
 class TokenUsage(_Wire):
     requests: int = 0
     rows: int = 0
+    prompt_tokens: int = 0  # generative models (0 for the others)
+    completion_tokens: int = 0
 
 
 def _count(value: Any, what: str) -> int:

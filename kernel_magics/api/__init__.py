@@ -19,6 +19,7 @@ explain), ``_runs`` (runs and versions, read-only: params, metric histories, siz
 from __future__ import annotations
 
 from kernel_magics.api._analysis import compare, evaluate, explain, pipeline_rerun, pipeline_run
+from kernel_magics.api._generate import Generation, generate
 from kernel_magics.api._runs import last_run_id, metric_history, run_params, version_size
 from kernel_magics.api._serving import (
     deploy,
@@ -37,7 +38,7 @@ from kernel_magics.api._serving import (
     token_revoke,
     undeploy,
 )
-from kernel_magics.api._versions import optimize, register, store_doctor, train
+from kernel_magics.api._versions import is_generative, optimize, register, store_doctor, train
 from kernel_magics.catalog import ModelSummary, VersionRow
 from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
 from kernel_magics.registration import RegisterResult
@@ -58,6 +59,9 @@ __all__ = [
     "VersionRow",
     "train",
     "register",
+    "generate",
+    "Generation",
+    "is_generative",
     "deploy",
     "rollback",
     "promote",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.api._context import _settings, _store
@@ -120,6 +122,7 @@ def register(
     example: Any = None,
     *,
     name: str,
+    tokenizer: Any = None,
     task: str | None = None,
     classes: list | None = None,
     metrics: dict[str, float] | None = None,
@@ -145,7 +148,23 @@ def register(
     answers), an ``onnx.ModelProto``, or the path of a ``.onnx``, ``.joblib`` or ``.pkl``
     file (unpickling runs the file's code: a warning says so). Task and classes then come
     from the model.
+
+    A language model: a transformers causal LM with its ``tokenizer``, or ``model`` the path of
+    a ``save_pretrained`` folder holding both (no ``example``); stored as safetensors, config
+    and tokenizer files and served by ``/v1/completions`` (``kernel_magics.generative``).
     """
+    if tokenizer is not None or is_generative(model):
+        from kernel_magics.generative.register import register_generative
+
+        return register_generative(
+            _store(_settings(settings)),
+            model,
+            tokenizer,
+            name=name,
+            metrics=metrics,
+            params=params,
+            recipe=recipe,
+        )
     return register_version(
         _store(_settings(settings)),
         model,
@@ -159,6 +178,16 @@ def register(
         recipe=recipe,
         sample=sample,
     )
+
+
+def is_generative(model: Any) -> bool:
+    """A transformers model object, or a ``save_pretrained`` folder (a folder with the model's
+    ``config.json``); transformers is not imported to ask. Files (``.onnx``, ``.joblib``) and
+    MLflow model folders go to ``register_version``."""
+    if isinstance(model, (str, os.PathLike)):
+        folder = Path(model).expanduser()
+        return (folder / "config.json").is_file() and not (folder / "MLmodel").is_file()
+    return type(model).__module__.startswith("transformers.")
 
 
 # -- optimization (kernel_magics.optimize; its libraries load only when it runs) --------------

@@ -53,7 +53,13 @@ def usage_lines(usage: Mapping[str, TokenUsage] | None) -> list[str]:
         return []
     rows = sorted(usage.items(), key=lambda kv: -kv[1].requests)
     return ["usage by token:"] + [
-        f"  {name:<20} {u.requests:>10,} requests {u.rows:>12,} rows" for name, u in rows
+        f"  {name:<20} {u.requests:>10,} requests {u.rows:>12,} rows"
+        + (
+            f" {u.prompt_tokens:>10,} prompt + {u.completion_tokens:,} completion tokens"
+            if u.prompt_tokens or u.completion_tokens
+            else ""
+        )
+        for name, u in rows
     ]
 
 

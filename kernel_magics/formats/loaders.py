@@ -36,6 +36,7 @@ class Graph:
     fn: Callable[[torch.Tensor], Any]
     fixed_batch: int | None = None
     direct: Callable[[torch.Tensor], torch.Tensor] | None = None
+    generator: Any = None  # a generative model's engine (kernel_magics.generative.loader)
 
 
 LoadFn = Callable[[Path], Graph]
@@ -47,6 +48,7 @@ class Loader:
     file: str  # relative to the model folder
     load: LoadFn
     flavor: str  # the MLflow flavor in the folder's MLmodel file
+    takes_tensors: bool = True  # False: no signature or input example (generative models)
 
 
 LOADERS: dict[str, Loader] = {}
@@ -58,15 +60,19 @@ FORMAT_MODULES = (
     "kernel_magics.formats.torch_pickle",
     "kernel_magics.formats.onnx",
     "kernel_magics.formats.sklearn",
+    "kernel_magics.generative.loader",
 )
 
 
-def loader(fmt: str, file: str, *, flavor: str) -> Callable[[LoadFn], LoadFn]:
+def loader(
+    fmt: str, file: str, *, flavor: str, takes_tensors: bool = True
+) -> Callable[[LoadFn], LoadFn]:
     """Register ``fn`` as the loader of format ``fmt``, whose model is the file ``file`` in a
-    folder whose MLmodel declares ``flavor``."""
+    folder whose MLmodel declares ``flavor``. ``takes_tensors=False``: the model has no tensor
+    signature or input example (a language model answers text routes)."""
 
     def register(fn: LoadFn) -> LoadFn:
-        LOADERS[fmt] = Loader(fmt, file, fn, flavor)
+        LOADERS[fmt] = Loader(fmt, file, fn, flavor, takes_tensors)
         return fn
 
     return register

@@ -13,7 +13,15 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from kernel_magics.magics import dashboards, explain, lifecycle, optimize, pipelines, training
+from kernel_magics.magics import (
+    dashboards,
+    explain,
+    generative,
+    lifecycle,
+    optimize,
+    pipelines,
+    training,
+)
 from kernel_magics.magics._args import (
     register_views,
     split_args,
@@ -27,7 +35,7 @@ from kernel_magics.magics.lifecycle import KernelMagics
 __all__ = ["KernelMagics", "split_args", "usage_errors", "load_ipython_extension"]
 
 # Magics classes besides KernelMagics (which is also a Configurable, registered first).
-_FEATURES = (training, pipelines, optimize, dashboards, explain)
+_FEATURES = (training, pipelines, optimize, dashboards, explain, generative)
 
 
 def load_ipython_extension(ipython: Any) -> None:

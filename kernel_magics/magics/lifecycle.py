@@ -65,6 +65,11 @@ class KernelMagics(Magics, Configurable):
     header_timeout_s = _setting(Float, "header_timeout_s", "seconds a client has to send a head")
     idle_timeout_s = _setting(Float, "idle_timeout_s", "seconds an idle connection stays open")
     max_connections = _setting(Int, "max_connections", "open connections per worker (then 503)")
+    gen_max_running = _setting(Int, "gen_max_running", "sequences a language model decodes at once")
+    gen_kv_cache_tokens = _setting(
+        Int, "gen_kv_cache_tokens", "KV-cache budget of a language model, in tokens"
+    )
+    gen_max_queued = _setting(Int, "gen_max_queued", "requests waiting for a slot before 429")
     progress = CaselessStrEnum(
         ["auto", "widget", "text", "none"],
         default_value="auto",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import warnings
 from typing import Any
@@ -224,14 +225,21 @@ class TrainingMagics(FeatureMagics):
     @magic_arguments()
     @argument(
         "model",
-        metavar="MODEL_EXPR|FILE",
-        help="a trained nn.Module or scikit-learn model, or a .onnx/.joblib/.pkl file",
+        metavar="MODEL_EXPR|FILE|FOLDER",
+        help="a trained nn.Module or scikit-learn model, a .onnx/.joblib/.pkl file, or a "
+        "language model's save_pretrained folder",
     )
     @argument("--name", type=word, required=True, help="model name")
     @argument(
         "--example",
         metavar="EXPR",
-        help="a few input rows in the dtype the model takes (array, tensor, DataFrame)",
+        help="a few input rows in the dtype the model takes (array, tensor, DataFrame); "
+        "required for a tensor model",
+    )
+    @argument(
+        "--tokenizer",
+        metavar="EXPR",
+        help="a language model's tokenizer (with a transformers causal LM as MODEL_EXPR)",
     )
     @argument("--sample", metavar="EXPR", help="more rows to check a converted model's answers on")
     @argument("--task", choices=REGISTER_TASKS, help="what the outputs are (default: not said)")
@@ -266,12 +274,37 @@ class TrainingMagics(FeatureMagics):
             %register model.joblib --name saved --example X[:2]
             %register net --name digits-own --example X[:5] --metrics '{"accuracy": 0.95}'
             %register net --name digits-ft --example X[:5] --parent digits@1 --recipe 'lr 1e-4'
+
+        A language model (a transformers causal LM and its tokenizer, or a folder saved with
+        save_pretrained) is stored as safetensors, config and tokenizer files and served by
+        /v1/completions, /v1/chat/completions and %generate::
+
+            %register lm --tokenizer tok --name tiny-lm
+            %register ./my-model-folder --name tiny-lm
         """
+        km = self.kernel_magics
+        typed = word(args.model)
+        folder = os.path.expanduser(typed)
+        if args.tokenizer is None and args.example is None and os.path.isdir(folder):
+            model: Any = folder  # a save_pretrained folder (or an MLflow model folder)
+        else:
+            model = self._model(typed)
+        if args.tokenizer is not None or api.is_generative(model):
+            return api.register(
+                model,
+                tokenizer=None
+                if args.tokenizer is None
+                else km._eval(args.tokenizer, "--tokenizer"),
+                name=args.name,
+                metrics=self._mapping(args.metrics, "--metrics"),
+                params=self._mapping(args.params, "--params"),
+                recipe=" ".join(map(word, args.recipe)) if args.recipe else None,
+                settings=km.settings(),
+            )
         example, sample = (
-            None if text is None else self.kernel_magics._eval(text, what)
+            None if text is None else km._eval(text, what)
             for text, what in ((args.example, "the example"), (args.sample, "the sample"))
         )
-        model = self._model(word(args.model))
         with warnings.catch_warnings():
             if isinstance(model, str) and model.lower().endswith(PICKLE_SUFFIXES):
                 print(f"warning: {unpickling_message(model)}", file=sys.stderr)  # one line

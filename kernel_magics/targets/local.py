@@ -163,7 +163,12 @@ def status_from_snapshot(doc: dict, state: dict, status: str, kind: str) -> Serv
     process did not answer: then only the state file's part)."""
     models = {m.name: m for m in (ModelState.from_wire(m) for m in doc.get("models") or ())}
     usage = {
-        str(name): TokenUsage(int(u.get("requests") or 0), int(u.get("rows") or 0))
+        str(name): TokenUsage(
+            int(u.get("requests") or 0),
+            int(u.get("rows") or 0),
+            int(u.get("prompt_tokens") or 0),
+            int(u.get("completion_tokens") or 0),
+        )
         for name, u in (doc.get("usage") or {}).items()
     }
     return ServerStatus(

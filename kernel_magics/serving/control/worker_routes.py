@@ -204,7 +204,12 @@ class ControlRoutes:
             self._openapi = None
             log.info("unloaded %s (was v%s)", name, previous and previous.version)
             body = {"name": name, "previous_version": previous and previous.version}
-            self.loop.create_task(self._answer_when_drained(previous, body, req, conn))
+
+            async def answer_then_release() -> None:
+                await self._answer_when_drained(previous, body, req, conn)
+                self.table.release(previous)  # a language model's engine thread ends
+
+            self.loop.create_task(answer_then_release())
 
     def c_serve(self, req: Request, conn: Connection) -> None:
         """Start accepting on the public socket (after the supervisor restored the models)."""

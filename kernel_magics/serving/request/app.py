@@ -16,6 +16,7 @@ from typing import Any
 
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, clip
+from kernel_magics.generative import openai_api
 from kernel_magics.naming import unknown_verb
 from kernel_magics.serving.control.worker_routes import ControlRoutes
 from kernel_magics.serving.process import ipc
@@ -76,6 +77,15 @@ class WorkerApp(ControlRoutes):
             b"/v1/status": (b"GET", lambda req, conn: status_snapshot.answer(self, req, conn)),
             b"/openapi.json": (b"GET", self.openapi),
             _MODELS: (b"GET", self.list_models),
+            # generative models (OpenAI's API): kernel_magics/generative/openai_api.py
+            b"/v1/completions": (
+                b"POST",
+                lambda req, conn: openai_api.completions(self, req, conn),
+            ),
+            b"/v1/chat/completions": (
+                b"POST",
+                lambda req, conn: openai_api.chat_completions(self, req, conn),
+            ),
             _MODELS_SLASH: (b"GET", self.list_models),
         }
         self.control_routes: dict[bytes, tuple[bytes, Callable[[Request, Connection], None]]] = {
@@ -333,7 +343,12 @@ class WorkerApp(ControlRoutes):
 
     def list_models(self, req: Request, conn: Connection) -> None:
         models = [self.table.describe(name) for name in sorted(self.table.live)]
-        conn.send(200, dumps({"models": models}), req=req)
+        # "models" is this server's own listing; "object" + "data" is OpenAI's list shape
+        data = [
+            {"id": m["name"], "object": "model", "created": 0, "owned_by": "kernel-magics"}
+            for m in models
+        ]
+        conn.send(200, dumps({"models": models, "object": "list", "data": data}), req=req)
 
     def model_info(self, req: Request, conn: Connection, raw: bytes) -> None:
         name = raw.decode("latin-1")

@@ -62,21 +62,52 @@ QUEUE = Gauge(
     _LABELS,
     multiprocess_mode="livesum",
 )
+# generative models: time to first token (request parsed → first text written) and between
+# two tokens of one stream
+TTFT = Histogram(
+    "km_generation_ttft_seconds",
+    "Time from a generation request being parsed to its first text",
+    _LABELS,
+    buckets=_LATENCY_BUCKETS,
+)
+INTER_TOKEN = Histogram(
+    "km_generation_inter_token_seconds",
+    "Time between two pieces of text of one generation",
+    _LABELS,
+    buckets=_LATENCY_BUCKETS,
+)
 LOADS = Counter("km_model_loads", "Model versions loaded into a worker", _LABELS)
 # Usage metering per bearer token name ("default" = the home token, "anonymous" = no token
 # where predictions allow it); never the token itself.
 TOKEN_REQUESTS = Counter("km_token_requests", "Prediction requests per token", ("token",))
 TOKEN_ROWS = Counter("km_token_rows", "Rows sent for inference per token", ("token",))
+# generative models: what each API token asked of them, in the model's tokens
+TOKEN_PROMPT = Counter(
+    "km_token_prompt_tokens", "Prompt tokens generated from, per token", ("token",)
+)
+TOKEN_COMPLETION = Counter(
+    "km_token_completion_tokens", "Completion tokens generated, per token", ("token",)
+)
 
 
 class Usage:
     """Per-token counters with their label children cached (the hot path only calls ``inc``)."""
 
-    __slots__ = ("_requests", "_rows")
+    __slots__ = ("_requests", "_rows", "_prompt", "_completion")
 
     def __init__(self) -> None:
         self._requests: dict[str, Any] = {}
         self._rows: dict[str, Any] = {}
+        self._prompt: dict[str, Any] = {}
+        self._completion: dict[str, Any] = {}
+
+    def tokens(self, token: str, prompt: int, completion: int) -> None:
+        """A generation's prompt and completion tokens, metered for the API token."""
+        if token not in self._prompt:
+            self._prompt[token] = TOKEN_PROMPT.labels(token)
+            self._completion[token] = TOKEN_COMPLETION.labels(token)
+        self._prompt[token].inc(prompt)
+        self._completion[token].inc(completion)
 
     def request(self, token: str) -> None:
         child = self._requests.get(token)
@@ -92,7 +123,16 @@ class Usage:
 
 
 class ModelStats:
-    __slots__ = ("requests", "errors", "server_errors", "latency", "batch", "queue")
+    __slots__ = (
+        "requests",
+        "errors",
+        "server_errors",
+        "latency",
+        "batch",
+        "queue",
+        "ttft",
+        "inter_token",
+    )
 
     def __init__(self, model: str, version: int):
         labels = (model, str(version))
@@ -102,6 +142,8 @@ class ModelStats:
         self.latency = LATENCY.labels(*labels)
         self.batch = BATCH.labels(*labels)
         self.queue = QUEUE.labels(*labels)
+        self.ttft = TTFT.labels(*labels)
+        self.inter_token = INTER_TOKEN.labels(*labels)
 
 
 def unknown_model_errors() -> Counter:

@@ -52,6 +52,7 @@ class LoadedModel:
     batcher: Any = None  # set by the worker
     response_headers: bytes = b""
     inflight: InFlight = field(default_factory=InFlight)
+    generator: Any = None  # a generative model (generative/loader.py): it answers /v1/completions
 
     # -- loading ---------------------------------------------------------------------------
     def load(self) -> None:
@@ -59,13 +60,14 @@ class LoadedModel:
         folder = Path(self.path)
         if not (folder / "MLmodel").is_file():
             raise DeployFailed(f"{self.name} v{self.version}: no MLmodel file in {folder}")
-        self.example = read_example(folder)
-        self.signature = read_signature(folder, self.example)
-        self.encoder = read_encoder(folder)
         try:
             loader = loader_for(folder, self.format)
         except DeployFailed as err:
             raise DeployFailed(f"{self.name} v{self.version}: {err}") from None
+        if loader.takes_tensors:
+            self.example = read_example(folder)
+            self.signature = read_signature(folder, self.example)
+            self.encoder = read_encoder(folder)
         self.fmt = loader.format
         try:
             graph = loader.load(folder / loader.file)
@@ -75,6 +77,9 @@ class LoadedModel:
                 f"{describe_error(err)}"
             ) from err
         self.fn, self.fixed_batch = graph.fn, graph.fixed_batch
+        if graph.generator is not None:
+            self.generator = graph.generator
+            self.generator.engine.name = f"{self.name} v{self.version}"
         if graph.direct is not None:
             self._adopt_if_same(graph.direct)
         self.load_ms = (time.perf_counter() - started) * 1000
@@ -114,6 +119,12 @@ class LoadedModel:
         """Forward the input example at batch 1 and at the largest batch; a failure here fails
         the deploy rather than the first request."""
         started = time.perf_counter()
+        if self.generator is not None:
+            try:
+                self.warm_ms = self.generator.warm()
+            except Exception as err:
+                raise DeployFailed(f"{self.name} v{self.version}: {describe_error(err)}") from err
+            return
         for rows in sorted({1, self.fixed_batch or self.max_batch_size}):
             batch = self._example_batch(rows)
             if batch is None:
@@ -157,6 +168,11 @@ class LoadedModel:
         declared encoding step takes table rows (records or lists of values) and encodes them
         first; ``table_rows=False`` (the v2 tensor protocol, which has no strings) takes the
         encoded matrix the graph takes."""
+        if self.generator is not None:
+            raise InvalidInput(
+                f"{self.name} v{self.version} is a generative model: "
+                "POST /v1/completions or /v1/chat/completions"
+            )
         assert self.signature is not None
         if self.encoder is not None and table_rows:
             array = self.encoder.encode(array)
@@ -176,23 +192,32 @@ class LoadedModel:
 
     def describe(self) -> dict:
         sig = self.signature.describe() if self.signature else {}
-        return {
-            "name": self.name,
-            "version": self.version,
-            "state": "live",
-            "loaded_at": self.loaded_at,
-            "task": self.task,
-            # the labels a client turns scores into (api.predict, without a store lookup)
-            "classes": list(self.classes) if self.classes else None,
-            "format": self.fmt,
-            "fast_path": self.fast_path,
-            "fixed_batch": self.fixed_batch,
-            "max_batch_size": self.max_batch_size,
-            "max_wait_ms": self.max_wait_ms,
-            "load_ms": round(self.load_ms, 2),
-            "warm_ms": round(self.warm_ms, 2),
-            **sig,
-        } | ({"preprocess": json.loads(self.encoder.to_json())} if self.encoder else {})
+        return (
+            {
+                "name": self.name,
+                "version": self.version,
+                "state": "live",
+                "loaded_at": self.loaded_at,
+                "task": self.task,
+                # the labels a client turns scores into (api.predict, without a store lookup)
+                "classes": list(self.classes) if self.classes else None,
+                "format": self.fmt,
+                "fast_path": self.fast_path,
+                "fixed_batch": self.fixed_batch,
+                "max_batch_size": self.max_batch_size,
+                "max_wait_ms": self.max_wait_ms,
+                "load_ms": round(self.load_ms, 2),
+                "warm_ms": round(self.warm_ms, 2),
+                **sig,
+            }
+            | ({"preprocess": json.loads(self.encoder.to_json())} if self.encoder else {})
+            | (self.generator.describe() if self.generator is not None else {})
+        )
+
+    def close(self) -> None:
+        """Release what outlives the last reference (a generative model's engine thread)."""
+        if self.generator is not None:
+            self.generator.close()
 
 
 def _as_numpy(out: Any) -> np.ndarray:

@@ -59,6 +59,7 @@ class ModelTable:
         previous = self.live.get(name)
         self.live[name] = model
         if previous is not None and previous is not model:
+            self.release(self.standby.get(name), keep=previous)
             self.standby[name] = previous
         elif self.standby.get(name) is model:
             del self.standby[name]
@@ -89,17 +90,26 @@ class ModelTable:
         """Drop staged copies of ``name`` (only ``version``'s when given): how many."""
         keys = [k for k in self.staged if k[0] == name and (version is None or k[1] == version)]
         for key in keys:
-            del self.staged[key]
+            self.release(self.staged.pop(key))
         return len(keys)
 
     def unload(self, name: str, history: History | None) -> LoadedModel | None:
         """Stop serving ``name``: the model that was live, if any."""
         model = self.live.pop(name, None)
-        self.standby.pop(name, None)
+        self.release(self.standby.pop(name, None), keep=model)
         self.canary.pop(name, None)
         if history is not None:
             self.history[name] = history
         return model
+
+    def release(self, model: LoadedModel | None, keep: LoadedModel | None = None) -> None:
+        """Close a model this table no longer holds anywhere (its engine thread, if any)."""
+        if model is None or model is keep:
+            return
+        held = [*self.live.values(), *self.standby.values(), *self.staged.values()]
+        held += [split.model for split in self.canary.values()]
+        if not any(m is model for m in held):
+            model.close()
 
     def reusable(self, spec: ModelSpec, batch: int, wait_ms: float) -> LoadedModel | None:
         """A loaded model that is exactly what ``spec`` asks for: the live one (a deploy of the

@@ -192,7 +192,8 @@ def document(models: list[dict] | None = None, max_rows: int = 65536) -> dict:
     """The API, plus one set of concrete paths per live model (regenerated on every swap)."""
     doc = document_template()
     for model in models or []:
-        doc["paths"].update(_model_paths(model, max_rows))
+        if "generation" not in model:  # a language model takes no rows (docs/generative.md)
+            doc["paths"].update(_model_paths(model, max_rows))
     return doc
 
 

@@ -58,7 +58,12 @@ _SAMPLE_FIELDS = {
     "km_request_latency_seconds_count": "latency_count",
     "km_request_latency_seconds_sum": "latency_sum_s",
 }
-_TOKEN_FIELDS = {"km_token_requests_total": "requests", "km_token_rows_total": "rows"}
+_TOKEN_FIELDS = {
+    "km_token_requests_total": "requests",
+    "km_token_rows_total": "rows",
+    "km_token_prompt_tokens_total": "prompt_tokens",
+    "km_token_completion_tokens_total": "completion_tokens",
+}
 _OURS = (
     metrics.REQUESTS,
     metrics.ERRORS,
@@ -67,6 +72,8 @@ _OURS = (
     metrics.QUEUE,
     metrics.TOKEN_REQUESTS,
     metrics.TOKEN_ROWS,
+    metrics.TOKEN_PROMPT,
+    metrics.TOKEN_COMPLETION,
 )
 
 
@@ -93,7 +100,9 @@ def collect() -> tuple[list[VersionStats], dict[str, dict[str, int]], int]:
             name, labels, value = sample.name, sample.labels, sample.value
             token_field = _TOKEN_FIELDS.get(name)
             if token_field is not None:
-                entry = usage.setdefault(labels.get("token", ""), {"requests": 0, "rows": 0})
+                entry = usage.setdefault(
+                    labels.get("token", ""), dict.fromkeys(_TOKEN_FIELDS.values(), 0)
+                )
                 entry[token_field] += int(value)
                 continue
             model, raw_version = labels.get("model"), labels.get("version")

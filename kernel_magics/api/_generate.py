@@ -1,0 +1,121 @@
+"""Generating text from a served language model, streamed from the inference process."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kernel_magics.api._context import _settings, _target
+from kernel_magics.config import Settings
+from kernel_magics.errors import (
+    InvalidInput,
+    KernelMagicsError,
+    NotFound,
+    Overloaded,
+    ServiceUnavailable,
+)
+from kernel_magics.views import front_end_view
+
+_ERRORS: dict[int, type[KernelMagicsError]] = {400: InvalidInput, 404: NotFound, 429: Overloaded}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What ``generate`` produced and how fast (client side, over HTTP)."""
+
+    model: str  # NAME@VERSION that answered
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float  # request sent → first text
+    seconds: float  # request sent → last chunk
+
+    @property
+    def tokens_per_s(self) -> float:
+        decode = self.seconds - self.ttft_s
+        return (
+            (self.completion_tokens - 1) / decode
+            if decode > 0 and self.completion_tokens > 1
+            else 0.0
+        )
+
+    def _repr_html_(self) -> str | None:
+        return front_end_view(self, "text/html")
+
+
+def generate(
+    model: str,
+    prompt: str,
+    *,
+    max_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    stop: list[str] | None = None,
+    on_text: Callable[[str], None] | None = None,
+    settings: Settings | None = None,
+) -> Generation:
+    """Stream a completion of ``prompt`` from ``model`` (``NAME`` or ``NAME@VERSION``, deployed
+    on the local serving target); ``on_text(piece)`` is called as each piece arrives."""
+    serving = _target(_settings(settings))
+    url, token = getattr(serving, "url", None), getattr(serving, "token", None)
+    if url is None or token is None:
+        raise ServiceUnavailable("the inference process is not running: %deploy a model first")
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "seed": seed,
+        "stop": stop or None,
+        "stream": True,
+    }
+    request = urllib.request.Request(
+        f"{url}/v1/completions",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", "authorization": f"Bearer {token()}"},
+    )
+    started = time.perf_counter()
+    first = 0.0
+    pieces: list[str] = []
+    last: dict = {}
+    try:
+        with urllib.request.urlopen(request, timeout=_settings(settings).request_timeout_s) as resp:
+            for raw in resp:
+                line = raw.strip()
+                if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                    continue
+                last = json.loads(line[6:])
+                piece = last["choices"][0]["text"]
+                if piece:
+                    first = first or time.perf_counter()
+                    pieces.append(piece)
+                    if on_text is not None:
+                        on_text(piece)
+    except urllib.error.HTTPError as err:
+        try:
+            message = json.loads(err.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = f"HTTP {err.code}"
+        raise _ERRORS.get(err.code, ServiceUnavailable)(message) from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+        raise ServiceUnavailable(f"the inference process did not answer: {err}") from None
+    ended = time.perf_counter()
+    usage = last.get("usage") or {}
+    return Generation(
+        model=str(last.get("model", model)),
+        text="".join(pieces),
+        finish_reason=str(last.get("choices", [{}])[0].get("finish_reason")),
+        prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        completion_tokens=int(usage.get("completion_tokens", 0)),
+        ttft_s=(first or ended) - started,
+        seconds=ended - started,
+    )

@@ -1,0 +1,89 @@
+"""The KV cache of the running batch: one preallocated row ("slot") per running sequence.
+
+Each layer holds keys and values as ``[slots, kv_heads, capacity, head_dim]``. The running
+sequences always occupy slots ``0..n-1`` (a finished sequence's slot is filled by the last
+one), so a decode step attends over the view ``[:n, :, :longest]`` without copying the batch
+together. Sequences of different lengths share that forward: each writes its new key at its
+own position and the additive mask hides the positions past its length. The capacity grows
+(doubling, up to the model's context length) with the longest reservation admitted.
+
+The model calls ``update`` once per layer (transformers' ``Cache`` protocol for the attention
+of Llama-like architectures); the engine sets ``mode`` before each forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+_MIN_CAPACITY = 64
+
+
+class SlotCache:
+    """Not thread-safe: only the engine thread touches it."""
+
+    def __init__(
+        self, layers: int, slots: int, kv_heads: int, head_dim: int, dtype: torch.dtype
+    ) -> None:
+        self.layers, self.slots, self.kv_heads, self.head_dim = layers, slots, kv_heads, head_dim
+        self.dtype = dtype
+        self.capacity = 0
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        # set by the engine before each forward
+        self.prefill_slot = -1  # >= 0: new prompts being written from that slot on
+        self.rows = 0  # decode: slots 0..rows-1 take one token each
+        self.positions: torch.Tensor | None = None  # decode: where each row writes
+        self.kv_len = 0  # decode: keys attended (the longest running sequence + 1)
+        self._arange = torch.arange(slots)
+
+    # -- memory ------------------------------------------------------------------------------
+    def reserve(self, tokens: int) -> None:
+        """Make room for a sequence of ``tokens`` tokens (prompt + completion) in every slot."""
+        if tokens <= self.capacity:
+            return
+        capacity = max(_MIN_CAPACITY, self.capacity)
+        while capacity < tokens:
+            capacity *= 2
+        shape = (self.slots, self.kv_heads, capacity, self.head_dim)
+        keys = [torch.zeros(shape, dtype=self.dtype) for _ in range(self.layers)]
+        values = [torch.zeros(shape, dtype=self.dtype) for _ in range(self.layers)]
+        if self.capacity:
+            for old, new in zip(self.keys + self.values, keys + values, strict=True):
+                new[:, :, : self.capacity].copy_(old)
+        self.keys, self.values, self.capacity = keys, values, capacity
+
+    @property
+    def bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def move(self, source: int, dest: int, length: int) -> None:
+        """Slot ``source``'s first ``length`` positions into slot ``dest`` (compaction)."""
+        for tensor in self.keys + self.values:
+            tensor[dest, :, :length].copy_(tensor[source, :, :length])
+
+    # -- transformers' Cache protocol (what the attention layers call) -----------------------
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if self.prefill_slot >= 0:  # key: [new prompts, heads, longest prompt, dim]
+            first, last, length = self.prefill_slot, self.prefill_slot + key.shape[0], key.shape[2]
+            keys[first:last, :, :length] = key
+            values[first:last, :, :length] = value
+            return keys[first:last, :, :length], values[first:last, :, :length]
+        rows, positions = self._arange[: self.rows], self.positions
+        keys[rows, :, positions] = key[:, :, 0]
+        values[rows, :, positions] = value[:, :, 0]
+        return keys[: self.rows, :, : self.kv_len], values[: self.rows, :, : self.kv_len]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.kv_len
+
+    def __len__(self) -> int:
+        return self.layers
+
+    @property
+    def is_compileable(self) -> bool:
+        return False

@@ -1,0 +1,340 @@
+"""Continuous batching for one loaded causal language model.
+
+One engine thread per served version. Between two decode steps it admits waiting requests
+(FIFO) while a slot is free and the KV-cache budget holds their reservation (prompt +
+``max_tokens``); the prompts admitted together are prefilled by one forward into their slots.
+Then one forward decodes one token for every running sequence at once (``cache.SlotCache``);
+a sequence leaves the batch as soon as it ends (EOS, a stop string, ``max_tokens``, or its
+client gone) and its slot is reused at the next step. The waiting queue is bounded: past it
+``submit`` raises ``Overloaded`` (429 with Retry-After).
+
+Events (text deltas, the finish reason) are handed to each sequence's ``post`` callable once per
+step, in one call per sink (``loop.call_soon_threadsafe`` for HTTP requests), so a step wakes
+the event loop once, not once per stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kernel_magics.errors import InvalidInput, Overloaded
+from kernel_magics.generative.cache import SlotCache
+from kernel_magics.generative.sampling import SamplingParams, choose, generator_for
+
+log = logging.getLogger(__name__)
+
+Post = Callable[..., Any]  # post(fn, *args): run fn(*args) where the sequence's owner lives
+# on_event(seq, text_delta, finish_reason or None), run through ``post``
+OnEvent = Callable[["Sequence", str, "str | None"], None]
+
+
+def _direct(fn: Callable[..., Any], *args: Any) -> None:
+    fn(*args)
+
+
+@dataclass(eq=False)
+class Sequence:
+    prompt_ids: list[int]
+    params: SamplingParams
+    on_event: OnEvent
+    post: Post = _direct
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    cancelled: bool = False  # set by the owner (a client gone); the engine drops it next step
+    slot: int = -1
+    sent: int = 0  # characters of the text already delivered
+    generator: torch.Generator | None = None
+    submitted: float = 0.0
+    first_token_at: float = 0.0
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def reservation(self) -> int:
+        return len(self.prompt_ids) + self.params.max_tokens
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_running: int,
+        kv_cache_tokens: int,
+        max_queued: int,
+        name: str = "",
+    ) -> None:
+        config = model.config
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        dtype = next(model.parameters()).dtype
+        self.max_running, self.kv_cache_tokens, self.max_queued = (
+            max_running,
+            kv_cache_tokens,
+            max_queued,
+        )
+        self.cache = SlotCache(config.num_hidden_layers, max_running, kv_heads, head_dim, dtype)
+        self.eos = _eos_ids(model, tokenizer)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.reserved = 0  # cache tokens reserved by the running sequences
+        self.generated = 0  # tokens produced since load (status)
+        self.cancelled = 0  # running sequences dropped because their client went away
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._events: list[tuple[Sequence, str, str | None]] = []
+        self._thread = threading.Thread(target=self._run, name=f"generate-{name}", daemon=True)
+        self._thread.start()
+
+    # -- the owner's side (any thread) -------------------------------------------------------
+    def check_length(self, prompt_tokens: int, max_tokens: int) -> None:
+        if prompt_tokens == 0:
+            raise InvalidInput("the prompt is empty")
+        if prompt_tokens + max_tokens > self.context_length:
+            raise InvalidInput(
+                f"the prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) is over the "
+                f"model's context length of {self.context_length} tokens"
+            )
+        if prompt_tokens + max_tokens > self.kv_cache_tokens:
+            raise InvalidInput(
+                f"the prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) is over the "
+                f"KV-cache budget of {self.kv_cache_tokens} tokens (setting gen_kv_cache_tokens)"
+            )
+
+    def submit(self, seq: Sequence) -> None:
+        self.check_length(seq.prompt_tokens, seq.params.max_tokens)
+        seq.generator = generator_for(seq.params)
+        seq.submitted = time.perf_counter()
+        with self._wake:
+            if self._stopped:
+                raise Overloaded(f"{self.name} is being unloaded; retry")
+            if len(self.waiting) >= self.max_queued:
+                raise Overloaded(
+                    f"{self.name}: {len(self.running)} sequences running and {len(self.waiting)} "
+                    "queued (the limit, setting gen_max_queued); retry later"
+                )
+            self.waiting.append(seq)
+            self._wake.notify()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+
+    def describe(self) -> dict:
+        return {
+            "running": len(self.running),
+            "queued": len(self.waiting),
+            "max_running": self.max_running,
+            "kv_cache_tokens": self.kv_cache_tokens,
+            "kv_cache_reserved": self.reserved,
+            "kv_cache_bytes": self.cache.bytes,
+            "context_length": self.context_length,
+            "generated_tokens": self.generated,
+            "cancelled": self.cancelled,
+        }
+
+    # -- the engine thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self.waiting and not self.running and not self._stopped:
+                    self._wake.wait()
+                if self._stopped:
+                    break
+            try:
+                with torch.inference_mode():
+                    self._drop_cancelled()
+                    self._admit()
+                    if self.running:
+                        self._decode()
+            except Exception as err:  # a bug or the model failing: end every sequence, go on
+                log.exception("%s: generation step failed", self.name)
+                for seq in self.running:
+                    self._finish(seq, f"error: {type(err).__name__}")
+                self._retire()
+            self._flush()
+        for seq in list(self.waiting) + self.running:
+            self._finish(seq, "abort")
+        self._flush()
+
+    def _drop_cancelled(self) -> None:
+        if any(s.cancelled for s in self.waiting):
+            with self._wake:
+                self.waiting = deque(s for s in self.waiting if not s.cancelled)
+        for seq in self.running:
+            if seq.cancelled:
+                seq.finish_reason = "cancelled"
+                self.cancelled += 1
+        self._retire()
+
+    def _admit(self) -> None:
+        admitted: list[Sequence] = []
+        while len(self.running) < self.max_running:
+            with self._wake:
+                if not self.waiting:
+                    break
+                seq = self.waiting[0]
+                if self.reserved + seq.reservation > self.kv_cache_tokens:
+                    break  # FIFO: it waits for cache room rather than being overtaken
+                self.waiting.popleft()
+            self.reserved += seq.reservation
+            seq.slot = len(self.running)
+            self.running.append(seq)
+            admitted.append(seq)
+        if admitted:
+            self.cache.reserve(max(s.reservation for s in self.running))
+            self._prefill(admitted)
+            self._flush()  # first tokens go out before the next decode step
+            self._retire()
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        """One forward over the new prompts, right-padded to the longest, written into their
+        (consecutive) slots. Padding only ever sits after a prompt's last token: causality
+        hides it from the real positions, and decoding overwrites it before unmasking it."""
+        cache = self.cache
+        length = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.zeros((len(seqs), length), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq.prompt_ids)] = torch.tensor(seq.prompt_ids)
+        mask = torch.full((length, length), torch.finfo(cache.dtype).min, dtype=cache.dtype)
+        mask = mask.triu(1)[None, None].expand(len(seqs), 1, length, length)
+        cache.prefill_slot = seqs[0].slot
+        try:
+            out = self.model(
+                input_ids=ids,
+                position_ids=torch.arange(length)[None].expand(len(seqs), length),
+                attention_mask=mask,
+                cache=cache,
+                use_cache=True,
+            )
+        finally:
+            cache.prefill_slot = -1
+        last = torch.tensor([len(s.prompt_ids) - 1 for s in seqs])
+        logits = out.logits[torch.arange(len(seqs)), last]
+        now = time.perf_counter()
+        tokens = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        for seq, token in zip(seqs, tokens, strict=True):
+            seq.first_token_at = now
+            self._append(seq, token)
+
+    def _decode(self) -> None:
+        running, cache = self.running, self.cache
+        positions = [len(s.prompt_ids) + len(s.tokens) - 1 for s in running]
+        kv_len = max(positions) + 1
+        pos = torch.tensor(positions)
+        cache.rows, cache.positions, cache.kv_len = len(running), pos, kv_len
+        hidden = torch.arange(kv_len)[None, :] > pos[:, None]
+        mask = torch.zeros(hidden.shape, dtype=cache.dtype).masked_fill_(
+            hidden, torch.finfo(cache.dtype).min
+        )[:, None, None, :]
+        out = self.model(
+            input_ids=torch.tensor([[s.tokens[-1]] for s in running]),
+            position_ids=pos[:, None],
+            attention_mask=mask,
+            cache=cache,
+            use_cache=True,
+        )
+        tokens = choose(
+            out.logits[:, -1], [s.params for s in running], [s.generator for s in running]
+        )
+        for seq, token in zip(running, tokens, strict=True):
+            self._append(seq, token)
+        self._retire()
+
+    def _append(self, seq: Sequence, token: int) -> None:
+        """Record a sampled token; queue the text it adds and whether the sequence ended."""
+        self.generated += 1
+        finish = None
+        if token in self.eos:
+            finish = "stop"
+        else:
+            seq.tokens.append(token)
+            if len(seq.tokens) >= seq.params.max_tokens:
+                finish = "length"
+        if finish is None and not seq.tokens:
+            return
+        text = self.tokenizer.decode(seq.tokens, skip_special_tokens=True)
+        stops = seq.params.stop
+        if stops:
+            cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+        if finish is None:
+            # hold back what could still become a stop string or an incomplete character
+            hold = max((len(s) - 1 for s in stops), default=0)
+            end = len(text) - hold
+            if text.endswith("\ufffd"):
+                end = min(end, len(text) - 1)
+            end = max(end, seq.sent)
+        else:
+            end = len(text)
+        delta, seq.sent = text[seq.sent : end], end
+        if finish is not None:
+            seq.finish_reason = finish
+        if delta or finish is not None:
+            self._events.append((seq, delta, finish))
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.finish_reason = reason
+        self._events.append((seq, "", reason))
+
+    def _retire(self) -> None:
+        """Take ended sequences out of the batch; the others move down to fill their slots."""
+        if not any(s.finish_reason for s in self.running):
+            return
+        kept: list[Sequence] = []
+        for seq in self.running:
+            if seq.finish_reason:
+                self.reserved -= seq.reservation
+                continue
+            if seq.slot != len(kept):
+                self.cache.move(seq.slot, len(kept), len(seq.prompt_ids) + len(seq.tokens))
+                seq.slot = len(kept)
+            kept.append(seq)
+        self.running = kept
+
+    def _flush(self) -> None:
+        events, self._events = self._events, []
+        by_sink: dict[Any, list] = {}
+        for event in events:
+            by_sink.setdefault(event[0].post, []).append(event)
+        for post, batch in by_sink.items():
+            post(_deliver, batch)
+
+
+def _deliver(events: list[tuple[Sequence, str, str | None]]) -> None:
+    for seq, delta, finish in events:
+        try:
+            seq.on_event(seq, delta, finish)
+        except Exception:  # one broken consumer must not stop the others' events
+            log.exception("delivering generated text failed")
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)

@@ -1,0 +1,97 @@
+"""The inference process's loader of the ``transformers`` format (registered in
+``formats/loaders.py``'s ``FORMAT_MODULES``): the model and tokenizer from the version's
+``hf/`` folder, and its continuous-batching engine sized by the settings."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from kernel_magics.config import Settings, load_settings
+from kernel_magics.errors import InvalidInput
+from kernel_magics.formats.loaders import Graph, loader
+from kernel_magics.generative.engine import Engine, Sequence
+from kernel_magics.generative.register import FLAVOR, FORMAT, HF_DIR, load_folder
+from kernel_magics.generative.sampling import SamplingParams
+
+# Used when the tokenizer has no chat template (documented in docs/generative.md).
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+_ROLES = ("system", "user", "assistant", "developer", "tool")
+
+
+class Generator:
+    """A loaded language model: its tokenizer, its engine, prompt preparation."""
+
+    def __init__(self, model: Any, tokenizer: Any, settings: Settings, name: str) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.engine = Engine(
+            model,
+            tokenizer,
+            max_running=settings.gen_max_running,
+            kv_cache_tokens=settings.gen_kv_cache_tokens,
+            max_queued=settings.gen_max_queued,
+            name=name,
+        )
+
+    def encode(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def chat_prompt(self, messages: Any) -> str:
+        """The chat as one prompt: the tokenizer's chat template, else ``PLAIN_CHAT_TEMPLATE``."""
+        if not isinstance(messages, list) or not messages:
+            raise InvalidInput("messages must be a non-empty list of {role, content} objects")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in _ROLES:
+                raise InvalidInput(f"messages[{i}] needs a role among {', '.join(_ROLES)}")
+            if not isinstance(m.get("content"), str):
+                raise InvalidInput(f"messages[{i}].content must be text")
+        template = getattr(self.tokenizer, "chat_template", None) or PLAIN_CHAT_TEMPLATE
+        return str(
+            self.tokenizer.apply_chat_template(
+                messages, chat_template=template, tokenize=False, add_generation_prompt=True
+            )
+        )
+
+    def warm(self) -> float:
+        """One short greedy generation through the engine; a failure fails the deploy."""
+        import threading
+
+        started = time.perf_counter()
+        done = threading.Event()
+        failed: list[str] = []
+
+        def on_event(seq: Sequence, delta: str, finish: str | None) -> None:
+            if finish is not None:
+                if finish.startswith("error"):
+                    failed.append(finish)
+                done.set()
+
+        ids = self.encode("Hello") or [0]
+        self.engine.submit(Sequence(ids, SamplingParams(max_tokens=2, temperature=0.0), on_event))
+        if not done.wait(120) or failed:
+            raise RuntimeError(f"warm-up generation failed ({failed[0] if failed else 'timeout'})")
+        return (time.perf_counter() - started) * 1000
+
+    def close(self) -> None:
+        self.engine.stop()
+
+    def describe(self) -> dict:
+        return {"generation": self.engine.describe()}
+
+
+def _refuse(_: Any) -> Any:
+    raise InvalidInput("a generative model answers /v1/completions and /v1/chat/completions")
+
+
+@loader(FORMAT, f"{HF_DIR}/config.json", flavor=FLAVOR, takes_tensors=False)
+def load_transformers(path: Path) -> Graph:
+    import torch
+
+    settings = load_settings()
+    torch.set_num_threads(max(1, settings.torch_threads))
+    model, tokenizer = load_folder(path.parent)
+    return Graph(_refuse, generator=Generator(model, tokenizer, settings, path.parent.parent.name))

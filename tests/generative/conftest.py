@@ -1,0 +1,91 @@
+"""A tiny causal language model for the generative tests: a byte-level BPE tokenizer trained on
+CPython's help texts (pydoc_data, shipped with Python) and a 2-layer Llama with random weights
+(≈ 240 k parameters), built once per session; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kernel_magics.config import Settings, load_settings
+from kernel_magics.serving.process.cleanup import state_pids, stop_pids
+from kernel_magics.targets.local import LocalTarget
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+CONTEXT = 512
+
+
+def train_tokenizer(vocab: int = 1024) -> Any:
+    from pydoc_data.topics import topics
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(list(topics.values()), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+def tiny_llama(vocab: int = 1024, seed: int = 0) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=CONTEXT,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Any:
+    return train_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def lm(tokenizer: Any) -> Any:
+    return tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def lm_folder(lm: Any, tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    lm.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def settings(km_home: Path) -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings) -> Iterator[LocalTarget]:
+    """One running inference process for the module; stopped (by PID) at the end."""
+    c = LocalTarget(settings)
+    c.ensure_running(timeout=90)
+    try:
+        yield c
+    finally:
+        pids = state_pids(settings.state_file)
+        c.stop()
+        stop_pids(pids)

@@ -1,0 +1,121 @@
+"""The continuous-batching engine in-process on the tiny Llama: the same tokens as
+transformers' own greedy ``generate`` whatever runs beside a sequence, sampling with a seed,
+stop strings, the bounded queue, cancellation."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import torch
+
+from kernel_magics.errors import InvalidInput, Overloaded
+from kernel_magics.generative.engine import Engine, Sequence
+from kernel_magics.generative.sampling import SamplingParams
+
+PROMPTS = [
+    "The for statement is used to iterate",
+    "Objects",
+    "A class definition defines a class object and",
+    "Exceptions are raised",
+]
+
+
+class Collector:
+    def __init__(self, expected: int) -> None:
+        self.left, self.done = expected, threading.Event()
+        self.text: dict[int, str] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, seq: Sequence, delta: str, finish: str | None) -> None:
+        with self.lock:
+            self.text[id(seq)] = self.text.get(id(seq), "") + delta
+            if finish is not None:
+                self.left -= 1
+                if self.left == 0:
+                    self.done.set()
+
+
+@pytest.fixture(scope="module")
+def engine(lm: Any, tokenizer: Any) -> Any:
+    e = Engine(lm, tokenizer, max_running=4, kv_cache_tokens=4096, max_queued=8, name="t")
+    yield e
+    e.stop()
+
+
+def run(engine: Engine, tokenizer: Any, prompts: list[str], params: SamplingParams) -> tuple:
+    collect = Collector(len(prompts))
+    seqs = [Sequence(tokenizer(p)["input_ids"], params, collect) for p in prompts]
+    for seq in seqs:
+        engine.submit(seq)
+    assert collect.done.wait(60)
+    return seqs, [collect.text[id(s)] for s in seqs]
+
+
+def reference(lm: Any, tokenizer: Any, prompt: str, n: int) -> list[int]:
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    out = lm.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=1)
+    return out[0, ids.shape[1] :].tolist()
+
+
+def test_batched_greedy_matches_generate(engine: Engine, lm: Any, tokenizer: Any) -> None:
+    # 8 prompts of different lengths through 4 slots: sequences join and leave mid-batch
+    params = SamplingParams(max_tokens=24, temperature=0.0)
+    seqs, texts = run(engine, tokenizer, PROMPTS * 2, params)
+    with torch.inference_mode():
+        expected = {p: reference(lm, tokenizer, p, 24) for p in PROMPTS}
+    for prompt, seq, text in zip(PROMPTS * 2, seqs, texts, strict=True):
+        assert seq.tokens == expected[prompt]
+        assert seq.finish_reason == "length"
+        assert text == tokenizer.decode(seq.tokens)
+    assert engine.reserved == 0 and not engine.running
+
+
+def test_seed_gives_the_same_tokens(engine: Engine, tokenizer: Any) -> None:
+    params = SamplingParams(max_tokens=20, temperature=0.9, top_p=0.9, top_k=40, seed=7)
+    seqs, _ = run(engine, tokenizer, [PROMPTS[0], PROMPTS[1], PROMPTS[0]], params)
+    assert seqs[0].tokens == seqs[2].tokens
+    other, _ = run(engine, tokenizer, [PROMPTS[0]], SamplingParams(max_tokens=20, seed=8))
+    assert other[0].tokens != seqs[0].tokens
+
+
+def test_stop_string_ends_before_it(engine: Engine, tokenizer: Any) -> None:
+    seqs, texts = run(engine, tokenizer, [PROMPTS[2]], SamplingParams(max_tokens=40, temperature=0))
+    full = texts[0]
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    assert stop.strip()
+    seqs, texts = run(
+        engine, tokenizer, [PROMPTS[2]], SamplingParams(max_tokens=40, temperature=0, stop=(stop,))
+    )
+    assert texts[0] == full[: full.index(stop)]
+    assert seqs[0].finish_reason == "stop"
+
+
+def test_too_long_names_prompt_and_max_tokens(engine: Engine, tokenizer: Any) -> None:
+    ids = tokenizer(PROMPTS[0])["input_ids"]
+    with pytest.raises(InvalidInput, match=rf"\({len(ids)} tokens\) \+ max_tokens \(600\)"):
+        engine.submit(Sequence(ids, SamplingParams(max_tokens=600), lambda *a: None))
+
+
+def test_queue_is_bounded_and_cancel_frees_the_slot(lm: Any, tokenizer: Any) -> None:
+    e = Engine(lm, tokenizer, max_running=1, kv_cache_tokens=4096, max_queued=1, name="small")
+    try:
+        first_text = threading.Event()
+        ids = tokenizer(PROMPTS[0])["input_ids"]
+        long = Sequence(
+            ids, SamplingParams(max_tokens=450, temperature=0), lambda *a: first_text.set()
+        )
+        e.submit(long)
+        assert first_text.wait(30)
+        collect = Collector(1)
+        queued = Sequence(ids, SamplingParams(max_tokens=3, temperature=0), collect)
+        e.submit(queued)
+        with pytest.raises(Overloaded, match="queued"):
+            e.submit(Sequence(ids, SamplingParams(max_tokens=3), lambda *a: None))
+        long.cancelled = True
+        assert collect.done.wait(30)
+        assert long.finish_reason == "cancelled" and len(long.tokens) < 450
+        assert queued.finish_reason == "length"
+    finally:
+        e.stop()

@@ -1,0 +1,243 @@
+"""A language model through the whole lifecycle: %register (objects and a folder), %deploy to the
+real inference process, then the official ``openai`` client over real HTTP (sync, streaming,
+16 concurrent async streams), OpenAI-shaped errors, seeds, stop strings, %generate, and a
+deploy while streams run."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import requests
+
+from kernel_magics import api
+from kernel_magics.targets.local import LocalTarget
+
+PROMPT = "The for statement is used to iterate over"
+
+
+@pytest.fixture(scope="module")
+def served(ip: Any, client: LocalTarget, lm: Any, tokenizer: Any, lm_folder: Path) -> str:
+    ip.user_ns.update(lm=lm, tok=tokenizer)
+    v1 = ip.run_line_magic("register", "lm --tokenizer tok --name tiny")
+    v2 = ip.run_line_magic("register", f"{lm_folder} --name tiny")
+    assert (v1.version, v2.version, v1.format) == (1, 2, "transformers")
+    api.deploy("tiny@1")
+    return "tiny"
+
+
+@pytest.fixture(scope="module")
+def oai(client: LocalTarget, served: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{client.url}/v1", api_key=client.token(), max_retries=0)
+
+
+def test_completion_and_chat(oai: openai.OpenAI) -> None:
+    out = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=12, temperature=0)
+    assert out.model == "tiny@1" and out.object == "text_completion"
+    assert out.usage.completion_tokens == 12 and out.usage.prompt_tokens > 0
+    assert out.usage.total_tokens == out.usage.prompt_tokens + 12
+    assert out.choices[0].finish_reason == "length" and out.choices[0].text
+    chat = oai.chat.completions.create(
+        model="tiny@1", messages=[{"role": "user", "content": "Hello"}], max_tokens=5
+    )
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.usage.completion_tokens == 5
+
+
+def test_stream_matches_the_whole_answer(oai: openai.OpenAI) -> None:
+    whole = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=30, temperature=0)
+    chunks = list(
+        oai.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=30, temperature=0, stream=True
+        )
+    )
+    assert len(chunks) > 2
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert chunks[-1].usage.completion_tokens == 30
+    chat = list(
+        oai.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True
+        )
+    )
+    assert chat[0].choices[0].delta.role == "assistant"
+    assert chat[-1].usage.completion_tokens == 8
+
+
+def test_stream_ends_with_done(client: LocalTarget, served: str) -> None:
+    body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 4, "stream": True}
+    headers = {"authorization": f"Bearer {client.token()}"}
+    r = requests.post(f"{client.url}/v1/completions", json=body, headers=headers, timeout=30)
+    assert r.headers["content-type"] == "text/event-stream"
+    events = [line for line in r.text.split("\n\n") if line]
+    assert events[-1] == "data: [DONE]"
+
+
+def test_seed_and_stop(oai: openai.OpenAI) -> None:
+    def sample(seed: int, **kw: Any) -> str:
+        out = oai.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=20, temperature=1.0, seed=seed, **kw
+        )
+        return out.choices[0].text
+
+    assert sample(3) == sample(3)
+    assert sample(3) != sample(4)
+    text = sample(3)
+    stop = text[8:10]
+    cut = oai.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=20, temperature=1.0, seed=3, stop=[stop]
+    )
+    assert cut.choices[0].text == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_bad_input_is_400_in_openai_shape(oai: openai.OpenAI, client: LocalTarget) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=600)
+    message = err.value.body["message"]
+    assert "max_tokens (600)" in message and "context length of 512" in message
+    assert err.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        oai.completions.create(model="tiny", prompt=PROMPT, temperature=5)
+    with pytest.raises(openai.NotFoundError, match="nope"):
+        oai.completions.create(model="nope", prompt=PROMPT)
+    with pytest.raises(openai.NotFoundError, match="tiny v2 is not served"):
+        oai.completions.create(model="tiny@2", prompt=PROMPT)
+    # the process keeps serving
+    assert oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=2).choices
+
+
+def test_models_list_in_both_shapes(oai: openai.OpenAI, client: LocalTarget) -> None:
+    assert [m.id for m in oai.models.list().data] == ["tiny"]
+    doc = requests.get(f"{client.url}/v1/models", timeout=10).json()
+    assert doc["object"] == "list" and doc["models"][0]["format"] == "transformers"
+
+
+def test_generate_magic_streams_then_one_line(ip: Any, served: str, capsys: Any) -> None:
+    ip.run_line_magic("generate", 'tiny "The for statement" --max-tokens 10 --seed 1')
+    out = capsys.readouterr().out
+    text, _, figures = out.rstrip("\n").rpartition("\n")
+    assert text.strip()
+    assert figures.startswith("[tiny@1: 10 tokens (length), time to first token")
+    assert figures.endswith("tokens/s]")
+
+
+def test_sixteen_async_streams(client: LocalTarget, served: str) -> None:
+    async def main() -> list[str]:
+        aio = openai.AsyncOpenAI(base_url=f"{client.url}/v1", api_key=client.token())
+
+        async def one(i: int) -> str:
+            stream = await aio.completions.create(
+                model="tiny", prompt=f"{PROMPT} {i}", max_tokens=24, temperature=0, stream=True
+            )
+            pieces = [chunk async for chunk in stream]
+            assert pieces[-1].usage.completion_tokens == 24
+            return "".join(c.choices[0].text for c in pieces)
+
+        return await asyncio.gather(*(one(i) for i in range(16)))
+
+    texts = asyncio.run(main())
+    alone = openai.OpenAI(base_url=f"{client.url}/v1", api_key=client.token())
+    # batched with 15 others, a greedy stream says what it says alone
+    solo = alone.completions.create(
+        model="tiny", prompt=f"{PROMPT} 5", max_tokens=24, temperature=0
+    )
+    assert texts[5] == solo.choices[0].text
+
+
+def test_deploy_while_streaming_fails_no_stream(client: LocalTarget, served: str) -> None:
+    results: list[tuple[str, str]] = []
+    failures: list[BaseException] = []
+    started = threading.Barrier(9)
+
+    def stream() -> None:
+        try:
+            oai = openai.OpenAI(base_url=f"{client.url}/v1", api_key=client.token())
+            chunks = oai.completions.create(
+                model="tiny", prompt=PROMPT, max_tokens=200, temperature=0, stream=True
+            )
+            started.wait(30)
+            pieces = list(chunks)
+            results.append((pieces[-1].model, pieces[-1].choices[0].finish_reason))
+        except BaseException as err:
+            failures.append(err)
+
+    threads = [threading.Thread(target=stream) for _ in range(8)]
+    for t in threads:
+        t.start()
+    started.wait(30)
+    swap = api.deploy("tiny@2")
+    after = openai.OpenAI(base_url=f"{client.url}/v1", api_key=client.token())
+    answer = after.completions.create(model="tiny", prompt=PROMPT, max_tokens=2)
+    for t in threads:
+        t.join(60)
+    assert not failures
+    assert results == [("tiny@1", "length")] * 8  # each finished on the version it started on
+    assert swap.version == 2 and answer.model == "tiny@2"
+    api.rollback("tiny")
+    assert after.completions.create(model="tiny", prompt=PROMPT, max_tokens=2).model == "tiny@1"
+
+
+def test_tokens_are_metered_per_api_token(oai: openai.OpenAI, client: LocalTarget) -> None:
+    before = api.server_status().usage
+    out = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=7, temperature=0)
+    usage = api.server_status().usage
+    name = next(n for n in usage if usage[n].completion_tokens)
+    was = before.get(name)
+    assert usage[name].completion_tokens - (was.completion_tokens if was else 0) == 7
+    assert usage[name].prompt_tokens - (was.prompt_tokens if was else 0) == out.usage.prompt_tokens
+    text = requests.get(f"{client.url}/metrics", timeout=10).text
+    assert f'km_token_completion_tokens_total{{token="{name}"}}' in text
+
+
+def test_openapi_documents_no_rows_for_a_language_model(client: LocalTarget, served: str) -> None:
+    paths = requests.get(f"{client.url}/openapi.json", timeout=10).json()["paths"]
+    assert "/v1/models/tiny:predict" not in paths and "/v1/models/{name}:predict" in paths
+    # and :predict on it says where to go instead
+    r = requests.post(
+        f"{client.url}/v1/models/tiny:predict",
+        json={"instances": [[1.0]]},
+        headers={"authorization": f"Bearer {client.token()}"},
+        timeout=10,
+    )
+    assert r.status_code == 400 and "/v1/completions" in r.json()["error"]
+
+
+def test_time_to_first_token_and_inter_token_in_prometheus(
+    oai: openai.OpenAI, client: LocalTarget
+) -> None:
+    def count(text: str, metric: str) -> float:
+        prefix = f'{metric}_count{{model="tiny",version="1"}} '
+        lines = [line for line in text.splitlines() if line.startswith(prefix)]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    before = requests.get(f"{client.url}/metrics", timeout=10).text
+    list(oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, stream=True, seed=1))
+    after = requests.get(f"{client.url}/metrics", timeout=10).text
+    assert (
+        count(after, "km_generation_ttft_seconds")
+        == count(before, "km_generation_ttft_seconds") + 1
+    )
+    assert count(after, "km_generation_inter_token_seconds") > count(
+        before, "km_generation_inter_token_seconds"
+    )
+
+
+def test_canary_splits_generations(oai: openai.OpenAI, served: str) -> None:
+    assert oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=1).model == "tiny@1"
+    api.deploy("tiny@2", canary=50)
+    try:
+        answered = {
+            oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=1).model
+            for _ in range(4)
+        }
+        assert answered == {"tiny@1", "tiny@2"}
+        pinned = oai.completions.create(model="tiny@2", prompt=PROMPT, max_tokens=1)
+        assert pinned.model == "tiny@2"  # NAME@V reaches the canary too
+    finally:
+        api.rollback("tiny")  # drops the canary
+    assert oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=1).model == "tiny@1"
