@@ -85,7 +85,10 @@ def test_models_and_monitor_widgets(lab: LabSession, page: Page, tmp_path: Path)
     versions = browser.locator(".widget-dropdown select", has_text="LIVE")
     expect(versions).to_contain_text("v2 · LIVE", timeout=60_000)
     expect(browser.locator("[class^='km-static-']")).to_be_hidden()
-    expect(browser.locator(".widget-html-content").first).to_contain_text("digits v2")
+    # the versions table (live v2 marked), then the selected version's details
+    table = browser.locator(".widget-html-content").first
+    expect(table).to_contain_text("v2LIVE")
+    expect(browser.locator(".widget-html-content", has_text="digits v2").first).to_be_visible()
     browser.locator("button.jupyter-button", has_text="Rollback").click()
     expect(browser.locator(".widget-html-content", has_text="again")).to_contain_text(
         "digits", timeout=60_000
