@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from labkit import MODEL, LabSession, open_lab
+from kit.lab import MODEL, LabSession, open_lab
 from playwright.sync_api import Page, expect
 
 from kernel_magics import api

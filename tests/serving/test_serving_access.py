@@ -11,7 +11,7 @@ import time
 
 import pytest
 import requests
-from servekit import MLP, log_model, rows
+from kit.serving import MLP, log_model, rows
 
 from kernel_magics import api, display_status
 from kernel_magics.config import Settings
