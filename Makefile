@@ -90,10 +90,10 @@ test-notebooks: setup
 	status=$$?; KERNEL_MAGICS_HOME=$$home $(BIN)/kernel-magics serve stop >/dev/null 2>&1; \
 	rm -rf $$home; exit $$status
 
-# ruff (lint and format) on everything, mypy on the package.
+# The pre-commit hooks on every tracked file (ruff check and format, codespell, the TOML and
+# YAML checks: .pre-commit-config.yaml), then mypy on the package.
 lint: setup
-	$(BIN)/ruff check kernel_magics tests bench
-	$(BIN)/ruff format --check kernel_magics tests bench
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pre-commit run --all-files --show-diff-on-failure
 	$(BIN)/mypy
 
 # wrk (Debian) is the load generator; without it the benchmark uses its bounded Python client.
