@@ -185,7 +185,7 @@ def save_screenshot(
     page: Page, folder: Path, name: str, publish: bool = False, only: Locator | None = None
 ) -> Path:
     """A screenshot in the test's folder: the page, or ``only`` down to the end of its content.
-    ``publish`` also copies it to docs/images/ when KM_SCREENSHOTS=1 (how the README's
+    ``publish`` also copies it to docs/images/ when KM_SCREENSHOTS=1 (how docs/dashboards.md's
     picture is refreshed)."""
     path = folder / f"{name}.png"
     if only is None:
