@@ -28,8 +28,9 @@ demo: setup
 	@echo
 	@echo "executed notebook : $(abspath $(DEMO_OUT))/quickstart.out.ipynb"
 	@echo "store (home)      : $(DEMO_HOME)  (mlflow.db + artifacts/)"
-	@echo "inference process : $$(KERNEL_MAGICS_HOME=$(DEMO_HOME) $(BIN)/kernel-magics serve status --json)"
 	@echo "open the MLflow UI: $(abspath $(BIN))/mlflow ui --backend-store-uri sqlite:///$(DEMO_HOME)/mlflow.db --port 5000"
+	@echo "inference process (keeps serving; $(BIN)/kernel-magics serve stop stops it):"
+	@KERNEL_MAGICS_HOME=$(DEMO_HOME) $(BIN)/kernel-magics serve status | sed 's/^/  /'
 
 test: setup setup-system test-py test-ray test-notebooks
 
