@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from kit.children import SETTINGS_PREFIXES
 from kit.home import stop_inference_process
+from kit.shell import interactive_shell, run_cell
 
 from kernel_magics.config import load_settings
 
@@ -146,7 +148,7 @@ def km_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("km-home")
     with pytest.MonkeyPatch.context() as mp:
         for key in list(os.environ):
-            if key.startswith(("KERNEL_MAGICS_", "MLFLOW_")):
+            if key.startswith(SETTINGS_PREFIXES):
                 mp.delenv(key)
         mp.setenv("KERNEL_MAGICS_HOME", str(home))
         mp.setenv("KERNEL_MAGICS_PROGRESS", "none")
@@ -162,12 +164,7 @@ def km_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def ip(km_home: Path) -> Iterator[Any]:
     """The real InteractiveShell with ``%load_ext kernel_magics`` (unloaded after the module)."""
-    from IPython.core.history import HistoryAccessor
-
-    HistoryAccessor.enabled = False  # no SQLite history file for a throwaway shell
-    from IPython.core.interactiveshell import InteractiveShell
-
-    shell = InteractiveShell.instance()
+    shell = interactive_shell()
     shell.run_line_magic("load_ext", "kernel_magics")
     yield shell
     shell.run_line_magic("unload_ext", "kernel_magics")
@@ -182,20 +179,10 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return (X / 16.0).astype(np.float32), y
 
 
-def _run_cell(shell: Any, code: str) -> Any:
-    result = shell.run_cell(code)
-    result.raise_error()
-    return result.result
-
-
-@pytest.fixture(scope="session")
-def run_cell() -> Any:
-    """``run_cell(shell, code)``: run a cell like a notebook does and re-raise what it raised.
-
-    A fixture rather than an importable helper: tests/serving has a conftest of its own, so
-    ``from conftest import ...`` would find whichever was imported first.
-    """
-    return _run_cell
+@pytest.fixture(scope="session", name="run_cell")
+def run_cell_fixture() -> Any:
+    """``run_cell(shell, code)`` of ``kit.shell``, for the tests that take it as a fixture."""
+    return run_cell
 
 
 NET_CELL = """
@@ -217,5 +204,5 @@ def ns(ip: Any, digits: tuple[np.ndarray, np.ndarray]) -> Any:
     (so the class lives in ``__main__``, as in a real notebook)."""
     X, y = digits
     ip.user_ns.update(X=X, y=y)
-    _run_cell(ip, NET_CELL)
+    run_cell(ip, NET_CELL)
     return ip

@@ -9,7 +9,6 @@ started here listens on 127.0.0.1 and is stopped by PID (process group) at the e
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from kit.children import TRAIN_SCRIPT, child_env, last_json
+from kit.children import TRAIN_SCRIPT, child_env, clean_env, last_json
 from kit.home import stop_inference_process
 from kit.net import free_port
 
@@ -85,10 +84,9 @@ def tracking_url(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         sys.executable, "-m", "kernel_magics.cli", "store", "serve", "--backend", postgres,
         "--artifacts", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_MAGICS_", "MLFLOW_"))}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, env=clean_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     url = f"http://127.0.0.1:{port}"
     try:

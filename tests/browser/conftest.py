@@ -8,13 +8,13 @@ started.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from kit.children import clean_env
 from kit.home import stop_inference_process
 from kit.lab import MODEL, LabServer, LabSession, start_lab
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -70,8 +70,7 @@ def _first_call(server: LabServer) -> None:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSession]:
     base = tmp_path_factory.mktemp("lab")
     home = base / "km-home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_MAGICS_", "MLFLOW_"))}
-    env.update(
+    env = clean_env(
         KERNEL_MAGICS_HOME=str(home),
         KERNEL_MAGICS_PROGRESS="none",
         # the test home's inference process is already running: kernels only attach to it

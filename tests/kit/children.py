@@ -9,6 +9,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+# The environment variables that configure kernel-magics and MLflow.
+SETTINGS_PREFIXES = ("KERNEL_MAGICS_", "MLFLOW_")
+
 # argv: SEED NAME. Prints {"version", "run_id"}; a KernelMagicsError prints {"error", "kind"}
 # and exits 3.
 TRAIN_SCRIPT = textwrap.dedent(
@@ -32,12 +35,17 @@ TRAIN_SCRIPT = textwrap.dedent(
 )
 
 
-def child_env(home: Path, **extra: str) -> dict[str, str]:
-    """This environment without kernel-magics' and MLflow's settings, then ``home`` and
-    ``extra``: what a fresh shell on the same machine would have."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_MAGICS_", "MLFLOW_"))}
-    env.update({"KERNEL_MAGICS_HOME": str(home), "KERNEL_MAGICS_PROGRESS": "none", **extra})
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without kernel-magics' and MLflow's settings, plus ``extra``: what a
+    fresh shell on the same machine would have (the test run's own home stays out)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIXES)}
+    env.update(extra)
     return env
+
+
+def child_env(home: Path, **extra: str) -> dict[str, str]:
+    """``clean_env`` with ``home`` as the home folder and no progress output."""
+    return clean_env(KERNEL_MAGICS_HOME=str(home), KERNEL_MAGICS_PROGRESS="none", **extra)
 
 
 def last_json(stdout: str) -> dict[str, Any]:
