@@ -9,7 +9,8 @@ DEMO_OUT    ?= .demo
 # The demo uses the embedded default store (KERNEL_MAGICS_HOME, default ~/.kernel-magics).
 DEMO_HOME   ?= $(or $(KERNEL_MAGICS_HOME),$(HOME)/.kernel-magics)
 
-.PHONY: setup demo test test-py test-ray test-notebooks test-mlserver lint bench clean browser-deps
+.PHONY: setup setup-system demo test test-unit test-py test-ray test-notebooks test-mlserver lint bench \
+	clean
 
 setup: $(STAMP)
 
@@ -28,17 +29,28 @@ demo: setup
 	@echo "executed notebook : $(abspath $(DEMO_OUT))/quickstart.out.ipynb"
 	@KERNEL_MAGICS_HOME=$(DEMO_HOME) $(BIN)/kernel-magics serve status
 
-test: setup test-py test-ray test-notebooks
+test: setup setup-system test-py test-ray test-notebooks
 
-# tests/browser drives Debian's Chromium (Playwright downloads no browser); make demo needs none.
-browser-deps:
-	@command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null || \
-		{ apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+# What the tests need from Debian, installed once: Chromium for tests/browser (Playwright
+# downloads no browser) and PostgreSQL for the store on an MLflow tracking server. Nothing to
+# do (and no apt-get) when both are there; make demo needs neither.
+setup-system:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+			{ apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; }; \
+	fi
 
-# PostgreSQL (Debian's) for the tests of the store on an MLflow tracking server.
-test-py: setup lint browser-deps
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
-		{ apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
+# The fast tier: the tests that run in this process alone (tests/conftest.py gives every test
+# its tier). nbval and schemathesis serve other tiers: not loaded here.
+test-unit: setup
+	$(BIN)/pytest tests -m unit -q -p no:cacheprovider -p no:nbval -p no:schemathesis
+
+# Everything but the Ray tests (their own target) and tests/optional (make test-mlserver).
+test-py: setup lint
 	$(BIN)/pytest tests -q -p no:cacheprovider --ignore=tests/ray --ignore=tests/optional
 
 # The ray target against a real local Ray head. Ray binds every interface it finds, so the head
@@ -76,10 +88,10 @@ test-notebooks: setup
 	status=$$?; KERNEL_MAGICS_HOME=$$home $(BIN)/kernel-magics serve stop >/dev/null 2>&1; \
 	rm -rf $$home; exit $$status
 
-# ruff (lint and format) on everything, mypy on the package.
+# The pre-commit hooks on every tracked file (ruff check and format, codespell, the TOML and
+# YAML checks: .pre-commit-config.yaml), then mypy on the package.
 lint: setup
-	$(BIN)/ruff check kernel_magics tests bench
-	$(BIN)/ruff format --check kernel_magics tests bench
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pre-commit run --all-files --show-diff-on-failure
 	$(BIN)/mypy
 
 # wrk (Debian) is the load generator; without it the benchmark uses its bounded Python client.

@@ -15,7 +15,8 @@ calls behind the dashboards take.
    over the 200 versions: median and p95 of repeated calls.
 
 Goals: req/s with the monitor within 3% of without; one snapshot ≤ 50 ms. Prints a table with
-PASS/FAIL; everything started here is stopped by PID.
+PASS/FAIL and writes it to ``bench/results-dashboard.md``; everything started here is stopped by
+PID.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results-dashboard.md"
 sys.path.insert(0, str(HERE))  # the benchmark's helpers, next to this script
 sys.path.insert(0, str(HERE.parent))  # kernel_magics from the checkout
 
@@ -202,19 +204,21 @@ def main(argv: list[str] | None = None) -> int:
                 "info",
             ),
         ]
-        print(
+        report = (
+            f"# Dashboard benchmark ({time.strftime('%Y-%m-%d %H:%M')})\n"
             f"\n## Dashboards ({loader.tool}, {args.duration:g} s per run, median of "
             f"{args.rounds} runs each, alternated; 1-min load average {load_avg:.1f} on "
-            f"{os.cpu_count()} cores)\n"
-        )
-        print(table(rows))
-        print(
+            f"{os.cpu_count()} cores)\n\n"
+            f"{table(rows)}\n"
             "\nreq/s per run: without "
             + ", ".join(f"{r:.0f}" for r in runs["without"])
             + "; with "
             + ", ".join(f"{r:.0f}" for r in runs["with"])
+            + "\n"
         )
-        print(f"\ntotal {time.monotonic() - started:.0f} s")
+        print("\n" + report)
+        RESULTS.write_text(report)  # what docs/dashboards.md links: never copied by hand
+        print(f"written to {RESULTS}; total {time.monotonic() - started:.0f} s")
         return 0 if slowdown <= GOAL_SLOWDOWN and idle[0] <= GOAL_SNAPSHOT_MS else 1
     finally:
         try:

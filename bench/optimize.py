@@ -16,7 +16,8 @@ fp32, ONNX fp32 and ONNX int8 versions serve through the inference process.
    against the held-out labels through HTTP.
 
 Goal: ONNX int8 serves bulk rows ≥ 1.5× the pt2 fp32 version, accuracy within 0.5 points.
-Prints both tables with PASS/FAIL; everything started here is stopped by PID.
+Prints both tables with PASS/FAIL and writes them to ``bench/results-optimize.md``;
+everything started here is stopped by PID.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results-optimize.md"
 sys.path.insert(0, str(HERE))  # the benchmark's helpers, next to this script
 sys.path.insert(0, str(HERE.parent))  # kernel_magics from the checkout
 
@@ -191,15 +193,18 @@ def main(argv: list[str] | None = None) -> int:
         loader = Loader(tmp, force_python=args.python_client)
         load = os.getloadavg()[0]
         figures = serve(api, loader, tmp, served, (X_val, truth), args.duration, args.rounds)
-        print("\n## Trade-offs on digits (one thread, in-process, held-out 20%)\n")
-        print(table)
-        print(
+        report = (
+            f"# Optimization benchmark ({time.strftime('%Y-%m-%d %H:%M')})\n"
+            "\n## Trade-offs on digits (one thread, in-process, held-out 20%)\n\n"
+            f"{table}\n"
             f"\n## Serving through the inference process ({loader.tool}, {args.duration:g} s, "
             f"best of {args.rounds} interleaved passes; 1-min load average {load:.1f} "
-            f"on {os.cpu_count()} cores)\n"
+            f"on {os.cpu_count()} cores)\n\n"
+            f"{serving_table(figures)}\n"
         )
-        print(serving_table(figures))
-        print(f"\ntotal {time.monotonic() - started:.0f} s")
+        print("\n" + report)
+        RESULTS.write_text(report)  # what docs/optimization.md links: never copied by hand
+        print(f"written to {RESULTS}; total {time.monotonic() - started:.0f} s")
         return 0 if verdicts(figures)[0] else 1
     finally:
         try:

@@ -1,4 +1,5 @@
-"""Fault-recovery figures of kernel-magics' inference process (the README's "Reliability" table).
+"""Fault-recovery figures of kernel-magics' inference process (bench/reliability.md, linked from
+docs/reliability.md).
 
     .venv/bin/python bench/reliability.py
 

@@ -223,6 +223,12 @@ class ModelState(_Wire):
             canary=_canary(doc.get("canary")),
         )
 
+    def to_wire(self) -> dict[str, Any]:
+        doc = super().to_wire()
+        # the stats' own wire form: JSON has no infinity for the last latency bucket
+        doc["stats"] = self.stats.to_wire() if self.stats else None
+        return doc
+
 
 def _canary(raw: Any) -> dict[str, int] | None:
     if not raw:
@@ -418,8 +424,5 @@ class ServerStatus(_Wire):
         doc = super().to_wire()
         # nested records with their own wire form (infinite bucket bounds, derived figures)
         doc["versions"] = [v.to_wire() for v in self.versions]
-        doc["models"] = {
-            name: {**doc["models"][name], "stats": m.stats.to_wire() if m.stats else None}
-            for name, m in self.models.items()
-        }
+        doc["models"] = {name: m.to_wire() for name, m in self.models.items()}
         return doc

@@ -2,56 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from kit.children import TRAIN_SCRIPT, child_env, last_json
 
 from kernel_magics.config import load_settings
 from kernel_magics.store import Store
-
-# One training run in a child process: what a parallel papermill run does.
-TRAIN_SCRIPT = textwrap.dedent(
-    """
-    import json, sys, numpy as np, torch
-    from kernel_magics import api
-    from kernel_magics.errors import KernelMagicsError
-    seed = int(sys.argv[1])
-    rng = np.random.default_rng(seed)
-    X = rng.random((120, 6), dtype=np.float32)
-    y = (X[:, 0] > 0.5).astype(int)
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    try:
-        r = api.train(net, X, y, name=sys.argv[2], epochs=2, progress="none", seed=seed)
-    except KernelMagicsError as err:
-        print(json.dumps({"error": str(err), "kind": type(err).__name__}))
-        sys.exit(3)
-    print(json.dumps({"version": r.version, "run_id": r.run_id}))
-    """
-)
-
-
-def _child_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_MAGICS_", "MLFLOW_"))}
-    env.update({"KERNEL_MAGICS_HOME": str(home), "KERNEL_MAGICS_PROGRESS": "none", **extra})
-    return env
-
-
-def _last_json(stdout: str) -> dict:
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    return json.loads(lines[-1]) if lines else {}
 
 
 def test_four_parallel_trainings_lose_nothing(tmp_path: Path) -> None:
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", TRAIN_SCRIPT, str(seed), "shared"],
-            env=_child_env(tmp_path),
+            env=child_env(tmp_path),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -63,7 +29,7 @@ def test_four_parallel_trainings_lose_nothing(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err[-2000:]
         assert "database is locked" not in out + err
-        results.append(_last_json(out))
+        results.append(last_json(out))
     store = Store(load_settings(home=tmp_path, tracking_uri=""))
     versions = store.versions("shared")
     assert sorted(v.version for v in versions) == [1, 2, 3, 4]
@@ -74,7 +40,7 @@ def test_four_parallel_trainings_lose_nothing(tmp_path: Path) -> None:
 
 def test_unreachable_store_is_a_clear_error(tmp_path: Path) -> None:
     # A tracking server that is not there: nothing listens on port 9 (discard) on loopback.
-    env = _child_env(
+    env = child_env(
         tmp_path,
         MLFLOW_TRACKING_URI="http://127.0.0.1:9",
         MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
@@ -88,7 +54,7 @@ def test_unreachable_store_is_a_clear_error(tmp_path: Path) -> None:
         timeout=180,
     )
     assert proc.returncode == 3, proc.stderr[-2000:]
-    answer = _last_json(proc.stdout)
+    answer = last_json(proc.stdout)
     assert answer["kind"] == "StoreError"
     assert "model store" in answer["error"] and "\n" not in answer["error"]
 
@@ -106,13 +72,13 @@ def test_full_disk_registers_nothing(tmp_path: Path) -> None:
     )
     proc = subprocess.run(
         [sys.executable, "-c", limiter + TRAIN_SCRIPT, "0", "full"],
-        env=_child_env(tmp_path),
+        env=child_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert proc.returncode == 3, proc.stderr[-2000:]
-    answer = _last_json(proc.stdout)
+    answer = last_json(proc.stdout)
     assert answer["kind"] == "StoreError" and "\n" not in answer["error"]
     assert not store.model_exists("full") or store.versions("full") == []
     # the store is still usable afterwards

@@ -9,16 +9,12 @@ started here listens on 127.0.0.1 and is stopped by PID (process group) at the e
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,25 +23,21 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from kit.children import TRAIN_SCRIPT, child_env, clean_env, last_json
+from kit.home import stop_inference_process
+from kit.net import free_port
 
 from kernel_magics import api, store_server
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput
-from kernel_magics.serving.process.cleanup import state_pids, stop_pids
+from kernel_magics.serving.process.cleanup import stop_pids
 from kernel_magics.store import Store
-from kernel_magics.targets.local import LocalTarget
 
-# Debian's postgresql (Makefile: apt-get install postgresql); the newest installed major version.
+# Debian's postgresql (`make setup-system`); the newest installed major version.
 PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
 # The cluster trusts loopback (any password is accepted), so a URL can carry one to show where
 # it travels: never on a command line.
 PG_PASSWORD = secrets.token_hex(12)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _as_postgres(*command: str) -> None:
@@ -98,7 +90,7 @@ def tracking_url(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         sys.executable, "-m", "kernel_magics.cli", "store", "serve",
         "--artifacts", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_MAGICS_", "MLFLOW_"))}
+    env = clean_env()
     env[store_server.BACKEND_ENV] = postgres.replace("postgres@", f"postgres:{PG_PASSWORD}@", 1)
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -123,11 +115,7 @@ def settings(tracking_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     try:
         yield s
     finally:
-        LocalTarget(s).process.wait_for_start(timeout=90)
-        pids = state_pids(s.state_file)
-        with contextlib.suppress(Exception):
-            api.server_stop(settings=s)
-        stop_pids(pids)
+        stop_inference_process(s)
 
 
 def _mlp(seed: int) -> torch.nn.Module:
@@ -199,32 +187,13 @@ def test_restart_serves_what_was_live_from_the_store_alone(
     )
 
 
-TRAIN_SCRIPT = textwrap.dedent(
-    """
-    import json, sys, numpy as np, torch
-    from kernel_magics import api
-    seed = int(sys.argv[1])
-    rng = np.random.default_rng(seed)
-    X = rng.random((120, 6), dtype=np.float32)
-    y = (X[:, 0] > 0.5).astype(int)
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    r = api.train(net, X, y, name="parallel", epochs=2, progress="none", seed=seed)
-    print(json.dumps({"version": r.version, "run_id": r.run_id}))
-    """
-)
-
-
 def test_four_parallel_trainings_lose_nothing(
     settings: Settings, tracking_url: str, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_MAGICS_", "MLFLOW_"))}
-    env.update(
-        KERNEL_MAGICS_HOME=str(tmp_path), MLFLOW_TRACKING_URI=tracking_url, OMP_NUM_THREADS="1"
-    )
+    env = child_env(tmp_path, MLFLOW_TRACKING_URI=tracking_url, OMP_NUM_THREADS="1")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", TRAIN_SCRIPT, str(seed)],
+            [sys.executable, "-c", TRAIN_SCRIPT, str(seed), "parallel"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -236,7 +205,7 @@ def test_four_parallel_trainings_lose_nothing(
     for proc in procs:
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err[-2000:]
-        results.append(json.loads([line for line in out.splitlines() if line][-1]))
+        results.append(last_json(out))
     versions = Store(settings).versions("parallel")
     assert sorted(v.version for v in versions) == [1, 2, 3, 4]
     assert sorted(r["version"] for r in results) == [1, 2, 3, 4]

@@ -56,6 +56,9 @@ def export(model: torch.nn.Module, example: np.ndarray, path: Path) -> None:
     from torch.export import Dim
 
     x = torch.from_numpy(np.ascontiguousarray(example))
+    # A graph from torch.export is already in eval form but reports training mode: say eval,
+    # or the exporter warns that dropout and batch norm may behave as in training.
+    model.eval()
     try:
         with _quiet(), torch.no_grad():
             torch.onnx.export(

@@ -137,7 +137,8 @@ def _prepare(
         n_outputs = y_all.shape[1]
 
     train_idx, val_idx, stratified = _split(len(features), y_all, task, val_split, seed)
-    X_all = torch.from_numpy(features)
+    # torch warns on read-only arrays (a DataFrame's values can be one): copy only those
+    X_all = torch.from_numpy(features if features.flags.writeable else features.copy())
     y_tensor = torch.from_numpy(y_all)
     train_rows, val_rows = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
     metrics_on = "validation" if len(val_rows) else "train"

@@ -8,22 +8,21 @@ started.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from labkit import MODEL, LabServer, LabSession, start_lab
+from kit.children import clean_env
+from kit.home import stop_inference_process
+from kit.lab import MODEL, LabServer, LabSession, start_lab
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from kernel_magics import api
 from kernel_magics.config import Settings, load_settings
-from kernel_magics.serving.process.cleanup import state_pids, stop_pids
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's (`make browser-deps`); Playwright downloads none
+CHROMIUM = "/usr/bin/chromium"  # Debian's (`make setup-system`); Playwright downloads none
 # what FACTS.md measured: without the background-networking flags Chromium keeps dialling out
 CHROMIUM_ARGS = [
     "--headless",
@@ -67,19 +66,11 @@ def _first_call(server: LabServer) -> None:
     server.request("GET", "kernel-magics/models").raise_for_status()
 
 
-def _stop_inference_process(settings: Settings) -> None:
-    pids = state_pids(settings.state_file)  # read first: a clean stop removes the file
-    with contextlib.suppress(Exception):
-        api.server_stop(settings=settings)
-    stop_pids(pids)
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSession]:
     base = tmp_path_factory.mktemp("lab")
     home = base / "km-home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_MAGICS_", "MLFLOW_"))}
-    env.update(
+    env = clean_env(
         KERNEL_MAGICS_HOME=str(home),
         KERNEL_MAGICS_PROGRESS="none",
         # the test home's inference process is already running: kernels only attach to it
@@ -94,7 +85,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSession]:
     finally:
         # independent processes, each a few seconds to stop cleanly: in parallel
         with ThreadPoolExecutor(2) as pool:
-            stops = [pool.submit(server.stop), pool.submit(_stop_inference_process, settings)]
+            stops = [pool.submit(server.stop), pool.submit(stop_inference_process, settings)]
             for stop in stops:
                 stop.result()
 
@@ -102,7 +93,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSession]:
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
     if shutil.which(CHROMIUM) is None:
-        pytest.fail(f"{CHROMIUM} is missing: `make browser-deps` installs Debian's chromium")
+        pytest.fail(f"{CHROMIUM} is missing: `make setup-system` installs Debian's chromium")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import requests
-from labkit import MODEL, LabSession, open_lab, save_screenshot, widen_left_area
+from kit.lab import MODEL, LabSession, open_lab, save_screenshot, widen_left_area
 from playwright.sync_api import Page, expect
 
 from kernel_magics import api

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from labkit import MODEL, LabSession, open_lab
+from kit.lab import MODEL, LabSession, open_lab
 from playwright.sync_api import Page, expect
 
 from kernel_magics import api
@@ -35,7 +35,8 @@ def write_notebook(folder: Path, name: str) -> None:
 
 
 def publish(png: bytes, name: str) -> None:
-    """With KM_SCREENSHOTS=1 the picture goes to docs/images/ (how the README's is refreshed)."""
+    """With KM_SCREENSHOTS=1 the picture goes to docs/images/ (how docs/dashboards.md's is
+    refreshed)."""
     if os.environ.get("KM_SCREENSHOTS") == "1":
         docs = Path(__file__).resolve().parents[2] / "docs" / "images"
         docs.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from raykit import RayHead
+from kit.net import free_port
+from kit.ray_head import RayHead
 
 from kernel_magics.serving.process.cleanup import alive
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "serving"))  # servekit
 
 RAY = Path(sys.executable).with_name("ray")
 
@@ -32,14 +31,6 @@ def _own_network_namespace() -> bool:
     return [name for _, name in socket.if_nameindex()] == ["lo"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def ray_head() -> Iterator[RayHead]:
     if not _own_network_namespace():
@@ -49,7 +40,7 @@ def ray_head() -> Iterator[RayHead]:
         )
     # Ray's unix socket paths must stay short: a short folder under /tmp.
     temp_dir = tempfile.mkdtemp(prefix="kmray-", dir="/tmp")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     args = [str(RAY), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port)]
     args += ["--include-dashboard=false", "--disable-usage-stats", "--temp-dir", temp_dir]
@@ -59,7 +50,7 @@ def ray_head() -> Iterator[RayHead]:
     )
     try:
         _wait_ready(head, temp_dir)
-        yield RayHead(f"127.0.0.1:{port}", _free_port(), temp_dir)
+        yield RayHead(f"127.0.0.1:{port}", free_port(), temp_dir)
     finally:
         import ray
 

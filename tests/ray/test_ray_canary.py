@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import requests
-from raykit import RayHead, url
-from servekit import MLP, log_model, rows
+from kit.ray_head import RayHead, url
+from kit.serving import MLP, log_model, rows
 
 from kernel_magics import api
 from kernel_magics.config import Settings, load_settings

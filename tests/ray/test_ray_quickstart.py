@@ -15,7 +15,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from raykit import RayHead, ray_settings
+from kit.ray_head import RayHead, ray_settings
 
 from kernel_magics import api
 from kernel_magics.store import Store

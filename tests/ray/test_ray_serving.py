@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from raykit import Load, RayHead, ray_settings, url
-from servekit import MLP, Logged, log_model, rows
+from kit.load import Load
+from kit.ray_head import RayHead, ray_settings, url
+from kit.serving import MLP, Logged, log_model, rows
 
 from kernel_magics import api
 from kernel_magics.api._context import _target  # the target the api predicts through
@@ -93,7 +94,7 @@ def test_bad_input_is_a_4xx_json_error(settings: Settings, mlp: list[Logged]):
 
 
 def test_version_swap_under_load_fails_no_request(settings: Settings, mlp: list[Logged]):
-    with Load(settings, "mlp", X) as load:
+    with Load(url(settings, "mlp"), {"instances": X[:1].tolist()}, threads=4) as load:
         load.wait_for(50)
         result = api.deploy("mlp@2", max_batch_size=16, settings=settings)
         load.mark()  # every request sent from here on must be answered by v2

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from servekit import MLP, log_model, rows
+from kit.serving import MLP, log_model, rows
 
 from kernel_magics import api
 from kernel_magics.config import Settings

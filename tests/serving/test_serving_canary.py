@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from servekit import MLP, auth, log_model, rows
+from kit.load import Load
+from kit.serving import MLP, auth, log_model, rows
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.display import status as display_status
@@ -56,7 +57,7 @@ def send(client: LocalTarget, n: int, threads: int = THREADS) -> tuple[Counter, 
         local: Counter = Counter()
         bad = 0
         for _ in range(n):
-            r = s.post(f"{client.url}/v1/models/mlp:predict", json=body, timeout=30)
+            r = s.post(predict_url(client), json=body, timeout=30)
             if r.status_code == 200:
                 local[int(r.headers["X-Model-Version"])] += 1
             else:
@@ -73,39 +74,13 @@ def send(client: LocalTarget, n: int, threads: int = THREADS) -> tuple[Counter, 
     return seen, failed[0]
 
 
-class Load:
-    """Requests from a few threads until stopped: every answer's version, every failure."""
+def predict_url(client: LocalTarget) -> str:
+    return f"{client.url}/v1/models/mlp:predict"
 
-    def __init__(self, client: LocalTarget, threads: int = 3):
-        self.client, self.stop_flag = client, threading.Event()
-        self.versions: list[int] = []
-        self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
 
-    def _run(self) -> None:
-        s = requests.Session()
-        s.headers.update(auth(self.client))
-        body = {"instances": rows(1).tolist()}
-        while not self.stop_flag.is_set():
-            try:
-                r = s.post(f"{self.client.url}/v1/models/mlp:predict", json=body, timeout=30)
-            except requests.RequestException as err:
-                self.failures.append(repr(err))
-                continue
-            if r.status_code == 200:
-                self.versions.append(int(r.headers["X-Model-Version"]))
-            else:
-                self.failures.append(f"{r.status_code} {r.text[:200]}")
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_flag.set()
-        for t in self.threads:
-            t.join()
+def load(client: LocalTarget) -> Load:
+    """Three clients sending 1-row predictions to ``mlp`` until the ``with`` block ends."""
+    return Load(predict_url(client), {"instances": rows(1).tolist()}, auth(client))
 
 
 def test_canary_takes_its_exact_share(client: LocalTarget, mlp: str) -> None:
@@ -188,16 +163,13 @@ def test_a_respawned_worker_restores_the_split(
 
 
 def test_promote_under_load_fails_nothing(client: LocalTarget, mlp: str) -> None:
-    with Load(client) as load:
-        while len(load.versions) < 50:
-            time.sleep(0.01)
+    with load(client) as sent:
+        sent.wait_for(50)
         result = client.promote(mlp)
-        after = len(load.versions)
-        while len(load.versions) < after + 100:
-            time.sleep(0.01)
+        after = sent.wait_for(100)
     assert (result.action, result.version, result.previous_version) == ("promote", 2, 1)
-    assert load.failures == []
-    assert set(load.versions[after + 3 * 2 :]) == {2}  # in flight at the call: one per thread
+    assert sent.failed == []
+    assert set(sent.versions[after + 3 * 2 :]) == {2}  # in flight at the call: one per thread
     assert Store(client.settings).live_version(mlp) == 2
     assert client.history(mlp)[-1].action == "promote"
     with pytest.raises(InvalidInput, match="no canary"):
@@ -206,17 +178,14 @@ def test_promote_under_load_fails_nothing(client: LocalTarget, mlp: str) -> None
 
 def test_rollback_drops_a_running_canary_under_load(client: LocalTarget, mlp: str) -> None:
     assert client.deploy(mlp, "1", canary=25).action == "canary"
-    with Load(client) as load:
-        while len(load.versions) < 100:
-            time.sleep(0.01)
+    with load(client) as sent:
+        sent.wait_for(100)
         result = client.rollback(mlp)
-        after = len(load.versions)
-        while len(load.versions) < after + 200:
-            time.sleep(0.01)
+        after = sent.wait_for(200)
     assert (result.action, result.version, result.previous_version) == ("canary-drop", 2, 1)
-    assert load.failures == []
-    assert 1 in load.versions[:after]  # the canary had its share before
-    assert set(load.versions[after + 3 * 2 :]) == {2}  # the live version keeps all traffic
+    assert sent.failed == []
+    assert 1 in sent.versions[:after]  # the canary had its share before
+    assert set(sent.versions[after + 3 * 2 :]) == {2}  # the live version keeps all traffic
     assert Store(client.settings).live_version(mlp) == 2
     assert client.history(mlp)[-1].action == "canary-drop"
     info = requests.get(f"{client.url}/v1/models/{mlp}", headers=auth(client)).json()

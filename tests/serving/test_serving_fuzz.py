@@ -22,7 +22,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from servekit import MLP, Logged, auth, log_model, rows
+from kit.serving import MLP, Logged, auth, log_model, rows
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.targets.local import LocalTarget

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import requests
-from mlflowkit import MlflowServe
-from servekit import MLP, Logged, auth, log_model, rows
+from kit.mlflow_serve import MlflowServe
+from kit.serving import MLP, Logged, auth, log_model, rows
 
 from kernel_magics.config import Settings
 from kernel_magics.targets.local import LocalTarget

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from servekit import (
+from kit.serving import (
     MLP,
     SLOW_S,
     Branchy,

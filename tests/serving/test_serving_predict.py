@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import requests
 import torch
+from kit.serving import MLP, Logged, auth, log_model, raw_http, rows
 from prometheus_client.parser import text_string_to_metric_families
-from servekit import MLP, Logged, auth, log_model, raw_http, rows
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput, NotFound

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from mlflowkit import MlflowServe
-from servekit import Logged, auth, log_model
-from tensorkit import MODELS, TOKENS, inputs
+from kit.mlflow_serve import MlflowServe
+from kit.serving import Logged, auth, log_model
+from kit.tensors import MODELS, TOKENS, inputs
 
 from kernel_magics.config import Settings, load_settings
 

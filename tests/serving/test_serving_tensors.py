@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import requests
 import torch
+from kit.serving import Logged, auth, log_model
+from kit.tensors import MODELS, TOKENS, inputs
 from prometheus_client.parser import text_string_to_metric_families
-from servekit import Logged, auth, log_model
-from tensorkit import MODELS, TOKENS, inputs
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.serving.process.cleanup import state_pids

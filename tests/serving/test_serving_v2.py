@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import requests
 import torch
-from servekit import MLP, Logged, auth, log_model, rows
-from tensorkit import TOKENS, BagOfEmbeddings, inputs
+from kit.serving import MLP, Logged, auth, log_model, rows
+from kit.tensors import TOKENS, BagOfEmbeddings, inputs
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.targets.local import LocalTarget

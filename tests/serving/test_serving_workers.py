@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from kit.serving import MLP, auth, log_model, rows
 from prometheus_client.parser import text_string_to_metric_families
-from servekit import MLP, auth, log_model, rows
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.serving.process.pids import pid_alive

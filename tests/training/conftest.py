@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from kit.shell import interactive_shell
 
 
 @pytest.fixture(scope="session")
@@ -68,14 +69,9 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture(scope="session")
-def shell() -> Iterator[Any]:
+def shell() -> Any:
     """The real (terminal-less) IPython InteractiveShell: display() goes through it."""
-    from IPython.core.history import HistoryAccessor
-
-    HistoryAccessor.enabled = False  # no SQLite history file for a throwaway shell
-    from IPython.core.interactiveshell import InteractiveShell
-
-    yield InteractiveShell.instance()
+    return interactive_shell()
 
 
 @pytest.fixture(autouse=True)

@@ -163,6 +163,7 @@ def test_a_registered_front_end_is_used_and_can_leave(monkeypatch, recorder):
         P.make_progress("widget")
 
 
+@pytest.mark.process  # a fresh interpreter
 def test_importing_training_does_not_import_ipywidgets():
     code = (
         "import sys, kernel_magics.training, kernel_magics.training.fit, "
@@ -175,6 +176,7 @@ def test_importing_training_does_not_import_ipywidgets():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.process  # a fresh interpreter
 def test_the_core_imports_no_front_end():
     """Every core module imported (tests/test_layers.py reads the imports inside functions)."""
     code = (

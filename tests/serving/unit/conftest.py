@@ -1,5 +1,5 @@
 """In-process unit tests of the inference process's parts: no subprocess, no HTTP client.
-Helpers live in ``unitkit.py``."""
+Helpers live in ``kit/model_dirs.py``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from unitkit import write_model_dir
+from kit.model_dirs import write_model_dir
 
 ModelDir = Callable[..., Path]
 
@@ -17,7 +17,7 @@ ModelDir = Callable[..., Path]
 @pytest.fixture
 def model_dir(tmp_path: Path) -> ModelDir:
     """``model_dir(model, example, fmt="pt2", name="m", dynamic_batch=True)``: a fresh model
-    folder (see ``unitkit.write_model_dir``)."""
+    folder (see ``kit.model_dirs.write_model_dir``)."""
 
     def make(
         model: torch.nn.Module,

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 import pytest
-from unitkit import run_loop
+from kit.model_dirs import run_loop
 
 from kernel_magics.serving.request.batcher import Batcher, InferenceThread, Item
 

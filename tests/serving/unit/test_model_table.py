@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from unitkit import TinyMLP, rows, run_loop
+from kit.model_dirs import TinyMLP, rows, run_loop
 
 from kernel_magics.errors import DeployFailed, InvalidInput
 from kernel_magics.formats.loaders import LOADERS, Graph, loader, loader_for

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from unitkit import run_loop
+from kit.model_dirs import run_loop
 
 from kernel_magics.serving.request.protocol import Connection, Request, describe_error
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 import pytest
-from servekit import MLP, log_model, rows
-from unitkit import run_loop
+from kit.model_dirs import run_loop
+from kit.serving import MLP, log_model, rows
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput

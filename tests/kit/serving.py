@@ -95,12 +95,6 @@ def rows(n: int, seed: int = 0, features: int = N_FEATURES) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, features)).astype(np.float32)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def raw_http(port: int, data: bytes, read_until_close: bool = True, timeout: float = 10) -> bytes:
     """Send bytes on a fresh TCP connection; return what comes back."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:

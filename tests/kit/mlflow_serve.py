@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import requests
-from servekit import free_port
 
 from kernel_magics.serving.process.cleanup import stop_pids
+from kit.net import free_port
 
 
 class MlflowServe:

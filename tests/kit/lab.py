@@ -1,8 +1,5 @@
 """A real ``jupyter lab`` for the browser tests: started on a free loopback port with throwaway
 Jupyter folders, reached over HTTP with its token, stopped by its PID.
-
-Named ``labkit`` (not ``conftest`` helpers) so the test module can import it without clashing
-with the other test folders' modules.
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +22,7 @@ import requests
 from playwright.sync_api import Locator, Page
 
 from kernel_magics.config import Settings
+from kit.net import free_port
 
 MODEL = "digits"  # the model the session's store holds (two versions, v2 live at the start)
 
@@ -45,12 +42,6 @@ def _stop_with_parent() -> None:
     so a killed pytest run (timeout, SIGKILL) leaves no ``jupyter lab`` behind."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -194,7 +185,7 @@ def save_screenshot(
     page: Page, folder: Path, name: str, publish: bool = False, only: Locator | None = None
 ) -> Path:
     """A screenshot in the test's folder: the page, or ``only`` down to the end of its content.
-    ``publish`` also copies it to docs/images/ when KM_SCREENSHOTS=1 (how the README's
+    ``publish`` also copies it to docs/images/ when KM_SCREENSHOTS=1 (how docs/dashboards.md's
     picture is refreshed)."""
     path = folder / f"{name}.png"
     if only is None:

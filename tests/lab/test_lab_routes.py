@@ -1,0 +1,109 @@
+"""The Models panel's REST routes over HTTP, without a browser: the Jupyter server runs in this
+process with the extension loaded (under pytest-jupyter's base URL ``/a%40b/``, so the routes
+must follow the server's base URL), and ``KERNEL_MAGICS_HOME`` points at the module's home.
+
+What needs no inference process is here: refusals (token, name, body) and what the routes read
+from the store. Deploy and rollback through these routes, on a running process, are driven by
+tests/browser/test_lab_panel.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from tornado.httpclient import HTTPResponse
+
+from kernel_magics import api
+
+Fetch = Callable[..., Awaitable[HTTPResponse]]
+ROUTES = "kernel-magics"
+MODEL = "digits"
+
+
+async def call(jp_fetch: Fetch, method: str, *path: str, **kwargs: Any) -> tuple[int, Any]:
+    """One request to a route: its status and its parsed JSON body (errors included)."""
+    if method == "POST":
+        kwargs.setdefault("body", "")
+    answer = await jp_fetch(ROUTES, *path, method=method, raise_error=False, **kwargs)
+    assert answer.headers["Content-Type"].startswith("application/json"), answer.body[:200]
+    return answer.code, json.loads(answer.body)
+
+
+@pytest.fixture(scope="module")
+def trained(km_home: Path, digits: tuple[np.ndarray, np.ndarray]) -> str:
+    """Two versions of a small classifier in the module's store (nothing deployed)."""
+    X, y = digits
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+        api.train(net, X, y, name=MODEL, epochs=1, lr=0.01, progress="none")
+    return MODEL
+
+
+async def test_every_route_needs_the_token(jp_fetch: Fetch, km_home: Path) -> None:
+    for method, path in [
+        ("GET", ("models",)),
+        ("GET", ("status",)),
+        ("GET", ("history", MODEL)),
+        ("POST", ("models", MODEL, "deploy")),
+        ("POST", ("models", MODEL, "rollback")),
+        ("POST", ("models", MODEL, "undeploy")),
+    ]:
+        status, body = await call(jp_fetch, method, *path, headers={"Authorization": "token no"})
+        assert status == 403, (path, body)
+        assert body["error"] and "\n" not in body["error"]
+
+
+async def test_status_is_null_while_no_inference_process_runs(
+    jp_fetch: Fetch, km_home: Path
+) -> None:
+    assert await call(jp_fetch, "GET", "status") == (200, {"status": None})
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "words"),
+    [
+        ("POST", ("models", MODEL, "rollback"), {"to": "one"}, 400, "'to' must be a whole number"),
+        ("POST", ("models", MODEL, "deploy"), {"version": True}, 400, "'version'"),
+        ("POST", ("models", MODEL, "deploy"), "[1", 400, "JSON"),
+        ("POST", ("models", MODEL, "deploy"), [1, 2], 400, "must be a JSON object"),
+        ("POST", ("models", ".hidden", "undeploy"), None, 400, "invalid model name"),
+        ("POST", ("models", ".hidden", "rollback"), None, 400, "invalid model name"),
+        ("GET", ("history", ".hidden"), None, 400, "invalid model name"),
+    ],
+)
+async def test_bad_requests_are_one_json_line_and_start_nothing(
+    jp_fetch: Fetch, km_home: Path, method: str, path: tuple, body: Any, status: int, words: str
+) -> None:
+    sent = {} if body is None else {"body": body if isinstance(body, str) else json.dumps(body)}
+    code, answer = await call(jp_fetch, method, *path, **sent)
+    assert code == status, answer
+    assert words in answer["error"] and "\n" not in answer["error"]
+    assert api.server_status() is None  # refused before anything started the process
+
+
+async def test_models_lists_versions_with_the_metrics_the_table_shows(
+    jp_fetch: Fetch, trained: str
+) -> None:
+    status, body = await call(jp_fetch, "GET", "models")
+    assert status == 200
+    (model,) = [m for m in body["models"] if m["name"] == trained]
+    assert [v["version"] for v in model["versions"]] == [1, 2]
+    assert model["live_version"] is None and model["served_version"] is None
+    for version in model["versions"]:
+        assert set(version["key_metrics"]) == {"accuracy", "f1_macro"}
+        assert version["key_metrics"]["accuracy"] == version["metrics"]["accuracy"]
+
+
+async def test_history_answers_what_the_api_returns(jp_fetch: Fetch, trained: str) -> None:
+    status, body = await call(jp_fetch, "GET", "history", trained)
+    assert status == 200
+    assert body == {"history": [e.to_wire() for e in api.history(trained)]}
+    status, body = await call(jp_fetch, "GET", "history", "nope")
+    assert status == 404 and "no registered model named 'nope'" in body["error"]
+    assert MODEL in body["error"]  # the names that exist

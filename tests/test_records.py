@@ -1,0 +1,227 @@
+"""Every record of ``kernel_magics/records.py`` survives its trip through JSON: ``to_wire``
+gives strict JSON (no NaN or infinity, which neither orjson nor a browser reads back) and
+``from_wire`` rebuilds an equal record, for records hypothesis draws over each field's range."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernel_magics.errors import InvalidInput
+from kernel_magics.records import (
+    HistoryEvent,
+    ModelSpec,
+    ModelState,
+    RecentError,
+    ServerStatus,
+    TokenUsage,
+    TransitionResult,
+    VersionStats,
+)
+
+names = st.text(min_size=1, max_size=20)
+texts = st.text(max_size=30)
+versions = st.integers(min_value=1, max_value=10**6)
+counts = st.integers(min_value=0, max_value=10**9)
+seconds = st.floats(min_value=0, max_value=1e10, allow_nan=False, allow_infinity=False)
+optional_versions = st.none() | versions
+optional_floats = st.none() | seconds
+# What a JSON document holds (the input / output descriptions of a model).
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+    max_leaves=8,
+)
+json_objects = st.dictionaries(texts, json_values, max_size=4)
+
+
+# Enough draws to reach every field's edge (None, 0, +Inf, empty text) in the fast tier.
+DRAWS = settings(max_examples=40, deadline=None)
+
+
+def through_json(doc: dict[str, Any]) -> Any:
+    """What the other side of a process boundary reads: strict JSON both ways."""
+    return json.loads(json.dumps(doc, allow_nan=False))
+
+
+history_events = st.builds(
+    HistoryEvent,
+    time=texts,
+    action=texts,
+    from_version=optional_versions,
+    to_version=optional_versions,
+)
+
+
+@st.composite
+def latency_buckets(draw: st.DrawFn) -> tuple[tuple[float, int], ...]:
+    """Prometheus's cumulative buckets: rising bounds ending at +Inf, counts that never fall."""
+    bounds = sorted(set(draw(st.lists(seconds, max_size=6))))
+    increments = draw(st.lists(counts, min_size=len(bounds) + 1, max_size=len(bounds) + 1))
+    total, buckets = 0, []
+    for bound, step in zip([*bounds, float("inf")], increments, strict=True):
+        total += step
+        buckets.append((bound, total))
+    return tuple(buckets) if draw(st.booleans()) else ()
+
+
+version_stats = st.builds(
+    VersionStats,
+    model=names,
+    version=versions,
+    requests=counts,
+    errors=counts,
+    rows=counts,
+    batches=counts,
+    queue=counts,
+    latency_count=counts,
+    latency_sum_s=seconds,
+    latency_buckets=latency_buckets(),
+)
+canaries = st.none() | st.fixed_dictionaries(
+    {"version": versions, "percent": st.integers(min_value=1, max_value=99)}
+)
+model_states = st.builds(
+    ModelState,
+    name=names,
+    version=versions,
+    state=names,
+    format=st.none() | names,
+    task=st.none() | names,
+    loaded_at=st.none() | texts,
+    max_batch_size=optional_versions,
+    max_wait_ms=optional_floats,
+    fast_path=st.booleans(),
+    fixed_batch=optional_versions,
+    load_ms=optional_floats,
+    warm_ms=optional_floats,
+    input=st.none() | json_objects,
+    output=st.none() | json_objects,
+    history=st.lists(history_events, max_size=3).map(tuple),
+    stats=st.none() | version_stats,
+    canary=canaries,
+)
+model_specs = st.builds(
+    ModelSpec,
+    name=names,
+    version=versions,
+    path=texts,
+    sha256=texts,
+    task=st.none() | names,
+    format=st.none() | names,
+    max_batch_size=optional_versions,
+    max_wait_ms=optional_floats,
+    classes=st.none() | st.lists(st.integers() | texts, max_size=5).map(tuple),
+)
+transition_results = st.builds(
+    TransitionResult,
+    name=texts,
+    action=texts,
+    version=optional_versions,
+    previous_version=optional_versions,
+    load_ms=optional_floats,
+    ready_at=optional_floats,
+    reused=st.booleans(),
+    url=st.none() | texts,
+    history=st.lists(history_events, max_size=3).map(tuple),
+    canary=st.none() | st.integers(min_value=1, max_value=99),
+)
+recent_errors = st.builds(
+    RecentError,
+    time=seconds,
+    status=st.integers(min_value=400, max_value=599),
+    message=texts,
+    model=texts,
+    version=optional_versions,
+)
+
+ROUND_TRIPS = [
+    (HistoryEvent, history_events),
+    (ModelSpec, model_specs),
+    (TransitionResult, transition_results),
+    (VersionStats, version_stats),
+    (ModelState, model_states),
+    (RecentError, recent_errors),
+]
+
+
+@pytest.mark.parametrize(
+    ("record", "strategy"), ROUND_TRIPS, ids=[record.__name__ for record, _ in ROUND_TRIPS]
+)
+def test_a_record_comes_back_equal_from_its_wire_form(record: type, strategy: Any) -> None:
+    @DRAWS
+    @given(strategy)
+    def round_trip(value: Any) -> None:
+        assert record.from_wire(through_json(value.to_wire())) == value
+
+    round_trip()
+
+
+@DRAWS
+@given(
+    st.builds(
+        ServerStatus,
+        url=st.none() | texts,
+        pid=optional_versions,
+        status=names,
+        target=names,
+        port=optional_versions,
+        workers=st.lists(versions, max_size=4).map(tuple),
+        started_at=st.none() | texts,
+        models=st.dictionaries(names, model_states, max_size=3),
+        usage=st.dictionaries(names, st.builds(TokenUsage, counts, counts), max_size=3),
+        snapshot_at=optional_floats,
+        versions=st.lists(version_stats, max_size=3).map(tuple),
+        errors=st.lists(recent_errors, max_size=3).map(tuple),
+        log=st.lists(texts, max_size=3).map(tuple),
+        unknown_model_errors=counts,
+    )
+)
+def test_a_server_status_is_strict_json_whose_parts_read_back(status: ServerStatus) -> None:
+    """``%serve status --json`` and the panel's status route print ``to_wire``; what it holds
+    reads back with each part's own ``from_wire``."""
+    doc = through_json(status.to_wire())
+    assert {name: ModelState.from_wire(m) for name, m in doc["models"].items()} == status.models
+    assert tuple(VersionStats.from_wire(v) for v in doc["versions"]) == status.versions
+    assert tuple(RecentError.from_wire(e) for e in doc["errors"]) == status.errors
+    assert {name: TokenUsage(**u) for name, u in doc["usage"].items()} == status.usage
+    assert (doc["url"], doc["pid"], doc["status"], doc["port"]) == (
+        status.url,
+        status.pid,
+        status.status,
+        status.port,
+    )
+    assert tuple(doc["workers"]) == status.workers and tuple(doc["log"]) == status.log
+
+
+@DRAWS
+@given(version_stats)
+def test_version_stats_send_their_derived_figures_too(stats: VersionStats) -> None:
+    doc = through_json(stats.to_wire())
+    assert doc["mean_batch_size"] == stats.mean_batch_size
+    assert doc["p50_ms"] == stats.p50_ms and doc["p99_ms"] == stats.p99_ms
+
+
+@pytest.mark.parametrize(
+    ("record", "doc", "field"),
+    [
+        (ModelSpec, {"name": "m", "path": "/x"}, "version"),
+        (ModelSpec, {"name": "m", "version": "two", "path": "/x"}, "version"),
+        (HistoryEvent, {"from_version": True}, "from_version"),
+        (TransitionResult, {"load_ms": "fast"}, "load_ms"),
+        (ModelState, {"name": "m"}, "version"),
+        (ModelState, {"version": 1, "canary": {"version": "x", "percent": 5}}, "canary"),
+        (VersionStats, {"model": "m", "version": 1, "requests": [1]}, "requests"),
+        (RecentError, {"status": "teapot"}, "status"),
+        (HistoryEvent, ["not", "an", "object"], "JSON object"),
+    ],
+)
+def test_a_malformed_record_fails_where_it_arrives_naming_the_field(
+    record: type, doc: Any, field: str
+) -> None:
+    with pytest.raises(InvalidInput, match=field):
+        record.from_wire(doc)
