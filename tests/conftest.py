@@ -55,6 +55,12 @@ TIERS = {
     "test_pipelines.py": "process",
     "test_store_faults.py": "process",
     "test_store_server.py": "service",
+    "test_kernel_queue.py": "process",  # a real ipykernel through jupyter_client
+    "test_kills.py": "process",
+    "test_layers.py": "unit",  # its import check in a fresh interpreter is marked process
+    "test_metric_names.py": "unit",
+    "frameworks": "process",
+    "generative": "process",
 }
 # A test using one of these fixtures is at least in its tier, whatever its path.
 FIXTURE_TIERS = {

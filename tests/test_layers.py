@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import kernel_magics
 
 ROOT = Path(kernel_magics.__file__).parent
@@ -77,6 +79,7 @@ def test_front_ends_reach_the_store_only_through_the_api() -> None:
     assert {m: n for m, n in wrong.items() if n} == {}
 
 
+@pytest.mark.process  # a fresh interpreter
 def test_the_inference_process_imports_no_ipython_or_mlflow() -> None:
     """What a supervisor and a worker import as they start (``serving/__main__`` would start
     one), with every registered format loaded."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -138,14 +139,14 @@ def test_disk_full_during_training_fails_the_run_and_cleans_up(tmp_path: Path) -
     script = f'mount -t tmpfs -o size=32m tmpfs {mount} && exec {sys.executable} -c "$0"'
     proc = subprocess.run(
         ["unshare", "-rm", "sh", "-c", script, DISK_FULL_SCRIPT],
-        env=_child_env(home),
+        env=child_env(home),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr == ""  # no MLflow or SQLAlchemy tracebacks: the error is one line
-    out = _last_json(proc.stdout)
+    out = last_json(proc.stdout)
     assert out["full"].startswith("StoreError: could not save the model to the store: ")
     assert "\n" not in out["full"]
     assert "disk is full" in out["full"] or "No space left on device" in out["full"]

@@ -43,7 +43,7 @@ from kernel_magics.catalog import ModelSummary, VersionRow
 from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
 from kernel_magics.registration import RegisterResult
 from kernel_magics.serving.tokens import SCOPES as TOKEN_SCOPES
-from kernel_magics.store import validate_name
+from kernel_magics.store import not_found, validate_name
 from kernel_magics.tracking import TrainResult
 from kernel_magics.training.config import TrainConfig
 
@@ -88,5 +88,6 @@ __all__ = [
     "version_size",
     "last_run_id",
     "validate_name",  # the model-name rule, for front ends that check a name before a call
+    "not_found",  # the one wording for an unknown model
     "store_doctor",  # runs left RUNNING by killed processes
 ]

@@ -27,7 +27,6 @@ from kernel_magics.errors import NotFound
 from kernel_magics.magics._args import View, arguments, front_end, word
 from kernel_magics.magics._results import predictions_view
 from kernel_magics.records import TransitionResult
-from kernel_magics.store import not_found
 from kernel_magics.widgets.front_end import widgets_render
 
 _DEFAULTS = Settings()
@@ -243,7 +242,7 @@ class KernelMagics(Magics, Configurable):
         if args.name:
             known = [s.name for s in summaries]
             if args.name not in known:
-                raise NotFound(not_found(args.name, known))
+                raise NotFound(api.not_found(args.name, known))
             summaries = [s for s in summaries if s.name == args.name]
         if args.json:
             display.show(display.to_json(summaries))

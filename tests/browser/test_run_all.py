@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labkit import LabServer, open_lab, start_lab
+from kit.lab import LabServer, open_lab, start_lab
 from playwright.sync_api import Page
 
 from kernel_magics import api

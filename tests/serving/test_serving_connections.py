@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from servekit import MLP, auth, log_model, rows
+from kit.serving import MLP, auth, log_model, rows
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.serving.process.cleanup import state_pids, stop_pids

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from servekit import MLP, auth, log_model, rows
+from kit.serving import MLP, auth, log_model, rows
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.targets.local import LocalTarget
