@@ -15,6 +15,7 @@ Each connection sends one request, waits for the whole response, then sends the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -98,10 +99,8 @@ class Load:
         if self.record:
             self.events.append((c.sent_at, now, 0, ""))
         if c.sock is not None:
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(c.sock)
-            except (KeyError, ValueError):
-                pass
             c.sock.close()
             c.sock = None
         c.retry_at = now + RECONNECT_DELAY_S

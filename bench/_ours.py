@@ -136,10 +136,11 @@ class Ours:
             with contextlib.suppress(Exception):
                 status = _wire(self.api.server_status(settings=self.s))
                 live = (status.get("models") or {}).get(self.name) or {}
-                if str(live.get("version")) == str(answer.get("version")):
-                    if isinstance(live.get("warm_ms"), int | float):
-                        out["warm_ms"] = live["warm_ms"]
-                        out["warm_from"] = "status"
+                if str(live.get("version")) == str(answer.get("version")) and isinstance(
+                    live.get("warm_ms"), int | float
+                ):
+                    out["warm_ms"] = live["warm_ms"]
+                    out["warm_from"] = "status"
         return out
 
     def stop(self) -> None:

@@ -152,9 +152,9 @@ def _running_from(folder: str) -> list[int]:
         if pid == os.getpid():
             continue
         with contextlib.suppress(OSError):
-            if folder in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                if alive(pid):
-                    found.append(pid)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            if folder in cmdline and alive(pid):
+                found.append(pid)
     return found
 
 

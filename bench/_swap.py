@@ -48,7 +48,8 @@ def swap_under_load(
     proc = spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     calls: dict[str, Any] = {}
     try:
-        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stdin is not None
         proc.stdout.readline()  # "started"
         time.sleep(phase_s)
         for key, fn in (

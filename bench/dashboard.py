@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         fill_store(settings)
         api.deploy(NAME, 1)
         status = api.server_status()
-        assert status is not None and status.url
+        assert status is not None
+        assert status.url
         port = int(status.url.rsplit(":", 1)[1])
         endpoint = Endpoint(port, f"/v1/models/{NAME}:predict", api.server_token())
         body = make_bodies(tmp).files["ours_1"]

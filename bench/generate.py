@@ -30,8 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from _log import log  # noqa: E402
-from _procs import private_home, spawn, stop_children, stop_leftover_server  # noqa: E402
+from _log import log
+from _procs import private_home, spawn, stop_children, stop_leftover_server
 
 PROMPTS = [
     "The for statement is used to iterate over",

@@ -24,7 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _procs import private_home, stop_leftover_server  # noqa: E402
+import contextlib
+
+from _procs import private_home, stop_leftover_server
 
 IDLE = 1010
 STARTED_WITH = 1024
@@ -79,10 +81,8 @@ def flood(port: int, copies: int) -> str:
 
 
 def _send_all(s: socket.socket, data: bytes) -> None:
-    try:
+    with contextlib.suppress(OSError):
         s.sendall(data)
-    except OSError:
-        pass
 
 
 def idle_sockets(port: int) -> str:

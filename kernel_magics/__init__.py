@@ -16,13 +16,13 @@ __version__ = "0.1.0"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def load_ipython_extension(ipython):  # noqa: ANN001 - IPython's hook signature
+def load_ipython_extension(ipython):
     from kernel_magics.magics import load_ipython_extension as _load
 
     _load(ipython)
 
 
-def unload_ipython_extension(ipython):  # noqa: ANN001
+def unload_ipython_extension(ipython):
     from kernel_magics.magics import unload_ipython_extension as _unload
 
     _unload(ipython)

@@ -183,10 +183,8 @@ def create_version(store: Store, name: str, info: Any, run_id: str, tags: dict[s
     from mlflow.exceptions import MlflowException
 
     if not store.model_exists(name):
-        try:
+        with contextlib.suppress(MlflowException):  # a parallel process registered it first
             store.client.create_registered_model(name)
-        except MlflowException:  # a parallel process registered the name first
-            pass
     version = retry_locked(
         store.client.create_model_version,
         name=name,

@@ -64,7 +64,8 @@ def test_load_ext_starts_the_inference_process(
         # with no call from the user (only the state file is read here).
         os.kill(status.pid, signal.SIGKILL)
         state = _state_after(km_home / "server.json", status.pid)
-        assert state["status"] == "ready" and pid_alive(state["pid"])
+        assert state["status"] == "ready"
+        assert pid_alive(state["pid"])
         assert state["url"] == status.url  # same port: scripts keep their URL
         assert _wait_ready().pid == state["pid"]
     finally:

@@ -84,7 +84,8 @@ def test_deploy_then_status(versions: dict) -> None:
     out = cli("deploy", "digits@1").stdout.strip()
     assert out.startswith("digits v1 is live (nothing was live) at http://127.0.0.1:")
     status = json.loads(cli("serve", "status", "--json").stdout)
-    assert status["running"] is True and status["pid"] > 0
+    assert status["running"] is True
+    assert status["pid"] > 0
     assert status["url"].startswith("http://127.0.0.1:")
     served = status["models"]["digits"]
     assert (served["version"] if isinstance(served, dict) else served) == 1
@@ -185,7 +186,9 @@ def test_errors_are_one_line_and_exit_2(
 ) -> None:
     done = cli(*(a.format(folder=inputs["folder"]) for a in args), ok=2)
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kernel-magics") and expected in lines[0]
+    assert len(lines) == 1
+    assert lines[0].startswith("kernel-magics")
+    assert expected in lines[0]
     assert api.models()[0].live_version == 1  # nothing changed
 
 
@@ -202,10 +205,13 @@ def test_serve_token_logs_and_stop(versions: dict) -> None:
 
 def test_named_tokens(km_home: Path) -> None:
     made = cli("serve", "token", "--new", "ci").stdout.strip()
-    assert len(made) >= 32 and made not in (km_home / "tokens.json").read_text()
+    assert len(made) >= 32
+    assert made not in (km_home / "tokens.json").read_text()
     assert cli("serve", "token", "--list").stdout.startswith("ci ")
     assert "revoked" in cli("serve", "token", "--revoke", "ci").stdout
     err = cli("serve", "token", "--revoke", "ci", ok=2).stderr
-    assert err.count("\n") == 1 and "no token named 'ci'" in err
+    assert err.count("\n") == 1
+    assert "no token named 'ci'" in err
     err = cli("serve", "start", "--host", "0.0.0.0", ok=2).stderr
-    assert err.count("\n") == 1 and "allow_remote" in err
+    assert err.count("\n") == 1
+    assert "allow_remote" in err

@@ -74,7 +74,8 @@ def live_version() -> int | None:
 # -- the status snapshot -------------------------------------------------------------------------
 def test_snapshot_route_answers_everything_in_one_request(served: Any) -> None:
     status = api.server_status()
-    assert status is not None and status.url
+    assert status is not None
+    assert status.url
     token = api.server_token()
     assert requests.get(f"{status.url}/v1/status", timeout=10).status_code == 401
     doc = requests.get(
@@ -86,12 +87,18 @@ def test_snapshot_route_answers_everything_in_one_request(served: Any) -> None:
     (model,) = doc["models"]
     assert (model["name"], model["version"], model["standby_version"]) == (MODEL, 2, 1)
     stats = model["stats"]
-    assert stats["requests"] == 5 and stats["rows"] == 20 and stats["errors"] == 0
-    assert stats["mean_batch_size"] == 4.0 and 0 < stats["p50_ms"] <= stats["p99_ms"]
+    assert stats["requests"] == 5
+    assert stats["rows"] == 20
+    assert stats["errors"] == 0
+    assert stats["mean_batch_size"] == 4.0
+    assert 0 < stats["p50_ms"] <= stats["p99_ms"]
     assert {(v["model"], v["version"]) for v in doc["versions"]} == {(MODEL, 1), (MODEL, 2)}
-    assert doc["usage"]["default"]["requests"] >= 6 and doc["unknown_model_errors"] == 1
-    assert doc["errors"][-1]["status"] == 404 and "'nope'" in doc["errors"][-1]["message"]
-    assert doc["supervisor"]["pid"] == status.pid and doc["worker"]["pid"] in status.workers
+    assert doc["usage"]["default"]["requests"] >= 6
+    assert doc["unknown_model_errors"] == 1
+    assert doc["errors"][-1]["status"] == 404
+    assert "'nope'" in doc["errors"][-1]["message"]
+    assert doc["supervisor"]["pid"] == status.pid
+    assert doc["worker"]["pid"] in status.workers
     assert any("deploy digits: v1 → v2" in line for line in doc["log"])
 
 
@@ -112,8 +119,10 @@ def test_server_status_is_one_call_to_the_process(served: Any) -> None:
     finally:
         del target.http.request
     assert calls == ["/v1/status"]
-    assert isinstance(status, ServerStatus) and status.models[MODEL].stats is not None
-    assert status.models[MODEL].stats.requests == 5 and status.errors[-1].status == 404
+    assert isinstance(status, ServerStatus)
+    assert status.models[MODEL].stats is not None
+    assert status.models[MODEL].stats.requests == 5
+    assert status.errors[-1].status == 404
 
 
 def test_run_metrics_reads_only_the_runs_asked_for(served: Any) -> None:
@@ -131,32 +140,39 @@ def test_run_metrics_reads_only_the_runs_asked_for(served: Any) -> None:
 def test_registry_browser_buttons_change_what_is_live(served: Any, widgets_on: None) -> None:
     browser = RegistryBrowser(served)
     browser.show()
-    assert browser.model_picker.value == MODEL and browser.versions.value == 2  # the live one
+    assert browser.model_picker.value == MODEL
+    assert browser.versions.value == 2
     labels = [label for label, _ in browser.versions.options]  # newest first
-    assert labels[0].startswith("v2 · LIVE · accuracy=") and labels[1].startswith("v1 · accuracy=")
+    assert labels[0].startswith("v2 · LIVE · accuracy=")
+    assert labels[1].startswith("v1 · accuracy=")
     browser.versions.value = 1
     started = time.perf_counter()
     browser.deploy_button.click()
     clicked = time.perf_counter() - started
     assert browser.deploy_button.disabled  # while it runs; the kernel is free meanwhile
     browser.wait()
-    assert clicked < 0.1 and live_version() == 1
+    assert clicked < 0.1
+    assert live_version() == 1
     assert browser.answer.value.startswith("<b>digits</b> v1")
     assert "already loaded (standby)" in browser.answer.value  # v1 was the standby
     browser.rollback_button.click()
     browser.wait()
-    assert live_version() == 2 and "again" in browser.answer.value
+    assert live_version() == 2
+    assert "again" in browser.answer.value
     browser.undeploy_button.click()
     browser.wait()
-    assert live_version() is None and "no longer served" in browser.answer.value
+    assert live_version() is None
+    assert "no longer served" in browser.answer.value
     browser.undeploy_button.click()  # nothing to undeploy: one line, in red, no traceback
     browser.wait()
     assert "digits is not deployed" in browser.answer.value
-    assert "Traceback" not in browser.answer.value and "#cf222e" in browser.answer.value
+    assert "Traceback" not in browser.answer.value
+    assert "#cf222e" in browser.answer.value
     browser.versions.value = 2
     browser.deploy_button.click()
     browser.wait()
-    assert live_version() == 2 and not browser.deploy_button.disabled
+    assert live_version() == 2
+    assert not browser.deploy_button.disabled
     assert "digits v2 is live" in browser.static_text()  # the saved notebook's copy
 
 
@@ -171,7 +187,8 @@ def test_registry_browser_details_and_comparison(served: Any, widgets_on: None) 
     browser.compare_button.click()
     browser.wait()
     comparison = browser.comparison.value
-    assert "v1 vs v2" in comparison and "param hidden" not in comparison
+    assert "v1 vs v2" in comparison
+    assert "param hidden" not in comparison
     for label in ("v1 train_loss", "v2 val_loss", "v1 accuracy", "v2 accuracy"):
         assert f'data-label="{label}"' in comparison, label
     assert "<b>" in comparison  # the better value of each metric
@@ -189,16 +206,20 @@ def test_registry_browser_opens_on_the_newest_model(
     assert browser.model_picker.value == "zz-newest"  # after "digits" alphabetically
     named = RegistryBrowser(served, MODEL)
     named.refresh()
-    assert named.model_picker.value == MODEL and named.versions.value == live_version()
+    assert named.model_picker.value == MODEL
+    assert named.versions.value == live_version()
     table = named.version_table.value
     (summary,) = [s for s in named.summaries if s.name == MODEL]
     for row in summary.versions:
-        assert f"v{row.version}" in table and display.when(row.created) in table
+        assert f"v{row.version}" in table
+        assert display.when(row.created) in table
     assert table.index(">v2<") < table.index(">v1<")  # newest first
-    assert f"<b>v{live_version()}</b>" in table and "LIVE" in table
+    assert f"<b>v{live_version()}</b>" in table
+    assert "LIVE" in table
     ns.run_line_magic("models", f"{MODEL} --static")
     out = capsys.readouterr().out
-    assert MODEL in out and "zz-newest" not in out
+    assert MODEL in out
+    assert "zz-newest" not in out
     with pytest.raises(UsageError, match="no registered model named 'nope'"):
         ns.run_line_magic("models", "nope --static")
 
@@ -209,25 +230,33 @@ def test_monitor_polls_without_blocking_and_its_timer_stops(
 ) -> None:
     monitor = ServiceMonitor(served, MODEL, interval_s=0.2)
     monitor.show()
-    assert monitor.is_running and ServiceMonitor.running[MODEL] is monitor
+    assert monitor.is_running
+    assert ServiceMonitor.running[MODEL] is monitor
     X = ns.user_ns["X"]
     deadline = time.monotonic() + 20
     while monitor.ticks < 8 and time.monotonic() < deadline:
         api.predict(MODEL, X[:8])  # the kernel keeps working while the monitor polls
     assert monitor.ticks >= 8, monitor.last_error
     body = monitor.body.value
-    assert "req/s" in body and "digits" in body and "v2" in body and "p99 ms" in body
-    assert "<svg" in monitor.plots.value and 'data-label="digits"' in monitor.plots.value
+    assert "req/s" in body
+    assert "digits" in body
+    assert "v2" in body
+    assert "p99 ms" in body
+    assert "<svg" in monitor.plots.value
+    assert 'data-label="digits"' in monitor.plots.value
     rates = [r for r in monitor.points if MODEL in r[1]]
     assert any(figures[MODEL][0] > 0 for _, figures in rates)  # requests/s seen
     again = ServiceMonitor(served, MODEL, interval_s=0.2)
     again.show()  # re-running the cell: the first monitor's timer stops
-    assert not monitor.is_running and again.is_running
+    assert not monitor.is_running
+    assert again.is_running
     again.stop_button.click()
-    assert not again.is_running and MODEL not in ServiceMonitor.running
+    assert not again.is_running
+    assert MODEL not in ServiceMonitor.running
     ticks = again.ticks
     time.sleep(0.6)
-    assert again.ticks == ticks and again.stop_button.disabled
+    assert again.ticks == ticks
+    assert again.stop_button.disabled
 
 
 def test_monitor_stop_magic_and_minutes(
@@ -236,7 +265,8 @@ def test_monitor_stop_magic_and_minutes(
     ns.run_line_magic("monitor", "--interval 0.2")
     assert None in ServiceMonitor.running
     ns.run_line_magic("monitor", "--stop")
-    assert "1 monitor stopped." in capsys.readouterr().out and not ServiceMonitor.running
+    assert "1 monitor stopped." in capsys.readouterr().out
+    assert not ServiceMonitor.running
     short = ServiceMonitor(served, interval_s=0.2, minutes=0.005)  # 0.3 s
     short.show()
     time.sleep(1.5)
@@ -260,13 +290,16 @@ def test_monitor_tells_client_errors_from_server_errors(served: Any, ns: Any) ->
     header, _, row = monitor.static_text().splitlines()[1:4]
     assert header.split()[7:9] == ["4xx", "5xx"]
     cells = row.split()
-    assert cells[3] != "–" and cells[6] == "0.0%" and cells[5].endswith("%")
+    assert cells[3] != "–"
+    assert cells[6] == "0.0%"
+    assert cells[5].endswith("%")
     assert float(cells[5].rstrip("%")) > 0  # the bad request, as a client error
     static_row = text.splitlines()[3].split()
     assert static_row[3:7] == cells[3:7]  # p50, p99, 4xx, 5xx: the same figures as the text view
     svg = monitor.plot_svg()
     ticks = re.findall(r'text-anchor="end"[^>]*>([^<]+)<', svg)
-    assert ticks and min(float(t) for t in ticks) >= 0, ticks
+    assert ticks, ticks
+    assert min(float(t) for t in ticks) >= 0, ticks
 
 
 # -- where widgets do not render -----------------------------------------------------------------
@@ -274,10 +307,13 @@ def test_static_views_under_a_plain_shell(served: Any, ns: Any, capsys: Any) -> 
     assert not widgets_render()  # a terminal shell: no front end
     ns.run_line_magic("models", "")
     out = capsys.readouterr().out
-    assert "LIVE" in out and "served" not in out.splitlines()[0]
+    assert "LIVE" in out
+    assert "served" not in out.splitlines()[0]
     ns.run_line_magic("monitor", MODEL)
     out = capsys.readouterr().out
-    assert "req/s" in out and "digits  v2" in out and "recent errors:" in out
+    assert "req/s" in out
+    assert "digits  v2" in out
+    assert "recent errors:" in out
     ns.run_line_magic("models", "--static")
     assert "LIVE" in capsys.readouterr().out
 
@@ -307,8 +343,10 @@ def test_stop_button_ends_a_training_like_an_interrupt(ns: Any) -> None:
     reporter = ClickStopAfter()
     with pytest.raises(TrainingInterrupted, match="training stopped at epoch 1/50"):
         api.train(mlp(), X, y, name="stopped", epochs=50, progress=reporter)
-    assert reporter.done == 3 and reporter.bar.bar_style == "warning"
-    assert reporter.stop_button.disabled and len(killed_runs("stopped")) == 1
+    assert reporter.done == 3
+    assert reporter.bar.bar_style == "warning"
+    assert reporter.stop_button.disabled
+    assert len(killed_runs("stopped")) == 1
     assert "stopped" not in [s.name for s in api.models()]
     # the kernel is usable: the next training registers as usual
     assert api.train(mlp(), X, y, name="stopped", epochs=1, progress="none").version == 1
@@ -337,7 +375,8 @@ def test_stopped_train_magic_says_it_once(ns: Any, run_cell: Any) -> None:
         assert (
             line == f"run {run.info.run_id} is recorded as KILLED in MLflow; nothing was registered"
         )
-        assert "UsageError" not in line and "interrupted" not in line  # the bar said where
+        assert "UsageError" not in line
+        assert "interrupted" not in line
     finally:
         widget_progress.register()
 
@@ -352,7 +391,8 @@ def test_train_summary_names_the_version_it_registered(ns: Any) -> None:
         widget_progress.register()
     assert (result.name, result.version) == ("named", 1)
     (widget,) = made
-    assert "named v1 registered" in widget.title.value and "Training" not in widget.title.value
+    assert "named v1 registered" in widget.title.value
+    assert "Training" not in widget.title.value
     out = ns.display_formatter.format(result)[0]["text/plain"]
     assert out.startswith("named v1 registered")
 
@@ -367,7 +407,8 @@ def test_training_widget_polish(ns: Any) -> None:
     fit(mlp(), data, TrainConfig(epochs=12), progress=reporter)
     reporter.conclude("digits v7 registered")
     summary = reporter.summary_html(reporter.status, reporter.message)
-    assert "digits v7 registered" in summary and "Training" not in summary
+    assert "digits v7 registered" in summary
+    assert "Training" not in summary
     assert "line-height" in reporter.table.value  # not double-spaced inside a widget
     seconds = reporter.table.value.split("<td")[-1]
     assert seconds.endswith(" ms</td></tr></table>") or " s</td>" in seconds
@@ -381,9 +422,12 @@ def test_training_widget_polish(ns: Any) -> None:
 def test_help_and_usage(ns: Any, capsys: Any) -> None:
     ns.run_line_magic("models", "--help")
     out = capsys.readouterr().out
-    assert out.startswith("Usage:") and "--static" in out
+    assert out.startswith("Usage:")
+    assert "--static" in out
     doc = ns.find_line_magic("train").__doc__
-    assert not doc.startswith("::") and "Examples::" not in doc and "Examples:" in doc
+    assert not doc.startswith("::")
+    assert "Examples::" not in doc
+    assert "Examples:" in doc
     usage = doc.split("\n\n")[0]
     assert usage.split()[1:3] == ["%train", "MODEL_EXPR"]
     assert "{adam,adamw,sgd,rmsprop}" in usage
@@ -405,13 +449,17 @@ def test_one_not_found_wording_naming_what_exists(served: Any, ns: Any) -> None:
 def test_transition_and_prediction_views(served: Any, ns: Any, capsys: Any) -> None:
     assert not api.deploy(MODEL, 1).reused  # v1 loads; v2 stays loaded as the standby
     back = api.rollback(MODEL)  # to v2: nothing to load
-    assert back.version == 2 and back.reused
+    assert back.version == 2
+    assert back.reused
     assert display.transition_line(back).endswith("already loaded (standby)")
     html_view = display.transition_html(back)
-    assert display.LIVE_BADGE in html_view and f"{back.url}/v1/models/digits:predict" in html_view
+    assert display.LIVE_BADGE in html_view
+    assert f"{back.url}/v1/models/digits:predict" in html_view
     labels = ns.run_line_magic("predict", "digits X[:3]")
-    assert repr(labels).startswith("array([") and isinstance(labels, np.ndarray)
-    assert "<b>digits</b>" in labels._repr_html_() and "3 predictions" in labels._repr_html_()
+    assert repr(labels).startswith("array([")
+    assert isinstance(labels, np.ndarray)
+    assert "<b>digits</b>" in labels._repr_html_()
+    assert "3 predictions" in labels._repr_html_()
     assert (labels == 1)._repr_html_() is None  # a derived array is a plain array again
     ns.run_line_magic("serve", "logs --lines 200")
     logs = capsys.readouterr().out
@@ -466,12 +514,13 @@ def test_stop_click_reaches_a_kernel_busy_training(km_home: Path, served: Any) -
             "--name clicked"
         )
         stop_comm, clicked, errors = _click_stop(client, cell)
-        assert stop_comm and clicked is not None
+        assert stop_comm
+        assert clicked is not None
         reply = client.get_shell_msg(timeout=60)
-        assert reply["parent_header"]["msg_id"] == cell and reply["content"]["status"] == "error"
-        assert any("recorded as KILLED" in e for e in errors) and not any(
-            "UsageError" in e for e in errors
-        )
+        assert reply["parent_header"]["msg_id"] == cell
+        assert reply["content"]["status"] == "error"
+        assert any("recorded as KILLED" in e for e in errors)
+        assert not any("UsageError" in e for e in errors)
         assert _execute(client, "assert 1 + 1 == 2") == "ok"  # the kernel goes on
     finally:
         client.stop_channels()
@@ -509,7 +558,10 @@ def _click_stop(client: Any, cell: str) -> tuple[str | None, float | None, list[
                 clicked = time.monotonic()
         elif kind == "error":
             errors += content["traceback"]
-        elif kind == "status" and content["execution_state"] == "idle":
-            if msg["parent_header"].get("msg_id") == cell:
-                break
+        elif (
+            kind == "status"
+            and content["execution_state"] == "idle"
+            and msg["parent_header"].get("msg_id") == cell
+        ):
+            break
     return stop_comm, clicked, errors

@@ -31,7 +31,8 @@ def usage_error(ip: Any, magic: str, line: str) -> str:
         ip.run_line_magic(magic, line)
     assert type(caught.value) is UsageError
     message = str(caught.value)
-    assert message and "\n" not in message
+    assert message
+    assert "\n" not in message
     return message
 
 
@@ -62,7 +63,8 @@ def _outputs(model: torch.nn.Module, X: np.ndarray) -> np.ndarray:
 # -- classification ---------------------------------------------------------------------------
 def test_classification_metrics_are_sklearns(ns: Any, versions: dict, run_cell: Any) -> None:
     e = run_cell(ns, "e = %evaluate digits@2 --data X[1200:] y[1200:]\ne")
-    assert isinstance(e, EvaluationResult) and (e.name, e.version, e.task) == (
+    assert isinstance(e, EvaluationResult)
+    assert (e.name, e.version, e.task) == (
         "digits",
         2,
         "classification",
@@ -86,7 +88,9 @@ def test_classification_metrics_are_sklearns(ns: Any, versions: dict, run_cell: 
     assert [e.per_class[str(c)]["f1"] for c in range(10)] == pytest.approx(list(per_class[2]))
     assert [e.per_class[str(c)]["support"] for c in range(10)] == list(per_class[3])
     assert e.confusion == skm.confusion_matrix(y, predicted).tolist()
-    assert e.rows == len(y) and e.forward_seconds > 0 and e.other_seconds > 0
+    assert e.rows == len(y)
+    assert e.forward_seconds > 0
+    assert e.other_seconds > 0
 
 
 def test_evaluation_is_logged_to_the_version(ns: Any, km_home: Path) -> None:
@@ -95,7 +99,8 @@ def test_evaluation_is_logged_to_the_version(ns: Any, km_home: Path) -> None:
     tags = store.resolve("digits", 2).tags
     for metric, value in e.metrics.items():
         assert float(tags[f"km.eval.{metric}"]) == pytest.approx(value, rel=1e-5)
-    assert tags["km.eval.run"] == e.run_id and tags["km.eval.rows"] == str(e.rows)
+    assert tags["km.eval.run"] == e.run_id
+    assert tags["km.eval.rows"] == str(e.rows)
     run = store.client.get_run(e.run_id)
     assert run.info.status == "FINISHED"
     assert (run.data.tags["km.model"], run.data.tags["km.version"]) == ("digits", "2")
@@ -126,7 +131,8 @@ def test_string_labels_and_binary_roc_auc(ns: Any) -> None:
     labels = np.where(y == 1, "benign", "malignant")
     r = api.train(_mlp(30, 2, 0), X[:400], labels[:400], name="cancer", epochs=3, lr=1e-2)
     e = api.evaluate("cancer", X[400:], labels[400:])
-    assert e.labels == ["benign", "malignant"] and set(e.per_class) == {"benign", "malignant"}
+    assert e.labels == ["benign", "malignant"]
+    assert set(e.per_class) == {"benign", "malignant"}
     probs = torch.softmax(torch.from_numpy(_outputs(r.model, X[400:])).double(), dim=1).numpy()
     truth = (labels[400:] == "malignant").astype(int)
     assert e.metrics["roc_auc"] == pytest.approx(skm.roc_auc_score(truth, probs[:, 1]), rel=1e-6)
@@ -158,8 +164,10 @@ def test_regression_metrics_are_sklearns() -> None:
 # -- cross-validation ---------------------------------------------------------------------------
 def test_cross_validation_of_the_recipe(ns: Any, versions: dict, run_cell: Any) -> None:
     cv = run_cell(ns, "cv = %evaluate digits@1 --data X[:600] y[:600] --cv 3 --model Net()\ncv")
-    assert isinstance(cv, CVResult) and (cv.folds, len(cv.per_fold)) == (3, 3)
-    assert cv.recipe["epochs"] == 1 and cv.recipe["lr"] == 1e-2  # v1's recorded params
+    assert isinstance(cv, CVResult)
+    assert (cv.folds, len(cv.per_fold)) == (3, 3)
+    assert cv.recipe["epochs"] == 1
+    assert cv.recipe["lr"] == 1e-2
     accuracies = [fold["accuracy"] for fold in cv.per_fold]
     assert cv.metrics["accuracy"] == pytest.approx((np.mean(accuracies), np.std(accuracies)))
     tags = Store(load_settings()).resolve("digits", 1).tags
@@ -175,14 +183,17 @@ def test_cross_validation_of_the_recipe(ns: Any, versions: dict, run_cell: Any) 
 # -- comparison ---------------------------------------------------------------------------------
 def test_compare_marks_the_better_version(ns: Any, versions: dict, run_cell: Any) -> None:
     c = run_cell(ns, "%compare digits 1 2")
-    assert isinstance(c, Comparison) and c.versions == [1, 2]
+    assert isinstance(c, Comparison)
+    assert c.versions == [1, 2]
     accuracy = c.row("accuracy", "metrics")
     assert accuracy.values == pytest.approx(
         [versions[1].metrics["accuracy"], versions[2].metrics["accuracy"]]
     )
-    assert accuracy.best == [1] and c.row("val_loss").best == [1]
+    assert accuracy.best == [1]
+    assert c.row("val_loss").best == [1]
     assert c.row("eval.accuracy").values[1] is not None  # %evaluate digits@2 above
-    assert c.row("epochs", "params").values == ["1", "8"] and c.row("epochs").best == []
+    assert c.row("epochs", "params").values == ["1", "8"]
+    assert c.row("epochs").best == []
     assert c.row("parameters").values == [64 * 16 + 16 + 16 * 10 + 10] * 2
     assert c.row("size_bytes").values[0] > 0
     assert all(v > 0 for v in c.row("latency_ms").values)
@@ -190,7 +201,8 @@ def test_compare_marks_the_better_version(ns: Any, versions: dict, run_cell: Any
     line = next(
         row for row in text.splitlines() if row.startswith("metrics") and " accuracy" in row
     )
-    assert line.rstrip().endswith("*") and line.count("*") == 1
+    assert line.rstrip().endswith("*")
+    assert line.count("*") == 1
     assert "background:#dafbe1" in html
 
 
@@ -217,7 +229,8 @@ def test_promotion_decisions() -> None:
     assert decide("accuracy", 2, 0.9).deploy  # nothing live
     assert decide("accuracy", 2, 0.95, 1, 0.90, margin=0.01).deploy
     kept = decide("accuracy", 2, 0.905, 1, 0.90, margin=0.01)
-    assert not kept.deploy and kept.reason.startswith("keeping v1")
+    assert not kept.deploy
+    assert kept.reason.startswith("keeping v1")
     assert decide("mse", 2, 0.8, 1, 1.0, margin=0.1).deploy  # lower is better
     assert not decide("mse", 2, 1.2, 1, 1.0).deploy
     assert not decide("accuracy", 2, 0.9, 2, 0.9).deploy  # already live

@@ -68,7 +68,8 @@ def usage_error(ip: Any, line: str) -> str:
         ip.run_line_magic("explain", line)
     assert type(caught.value) is UsageError
     message = str(caught.value)
-    assert message and "\n" not in message
+    assert message
+    assert "\n" not in message
     return message
 
 
@@ -97,9 +98,11 @@ def test_a_bare_name_explains_the_live_version(shell: Any) -> None:
 # -- a tabular classifier -----------------------------------------------------------------------
 def test_the_deciding_feature_ranks_first(shell: Any, run_cell: Any) -> None:
     e = run_cell(shell, "e = %explain toy frame[:20]\ne")
-    assert isinstance(e, Explanation) and (e.ref, e.task) == ("toy@1", "classification")
+    assert isinstance(e, Explanation)
+    assert (e.ref, e.task) == ("toy@1", "classification")
     assert e.feature_names == COLUMNS  # from the DataFrame
-    assert e.attributions.shape == (20, 4) and e.outputs.shape == (20, 2)
+    assert e.attributions.shape == (20, 4)
+    assert e.outputs.shape == (20, 2)
     assert e.ranking()[0][0] == "signal"
     importance = e.importance()
     assert importance[0] > 2 * importance[1:].max()
@@ -150,7 +153,8 @@ def test_target_by_label_and_by_index(shell: Any, run_cell: Any) -> None:
     assert (
         np.sign(high.attributions[:, 0]).tolist() != np.sign(by_label.attributions[:, 0]).tolist()
     )
-    assert high.target_labels == ["high"] * 6 and high.targets == [0] * 6
+    assert high.target_labels == ["high"] * 6
+    assert high.targets == [0] * 6
 
 
 # -- a regressor with two outputs -------------------------------------------------------------
@@ -158,14 +162,18 @@ def test_regression_output_by_index(shell: Any, run_cell: Any) -> None:
     first = run_cell(shell, "%explain reg X[:30] --target 0 --rows 10")
     second = api.explain("reg", shell.user_ns["X"][:10], target="1")
     assert (first.task, first.rows, first.predicted) == ("regression", 10, None)
-    assert first.target_labels == ["output 0"] * 10 and second.targets == [1] * 10
-    assert first.ranking()[0][0] == "f1" and second.ranking()[0][0] == "f2"
+    assert first.target_labels == ["output 0"] * 10
+    assert second.targets == [1] * 10
+    assert first.ranking()[0][0] == "f1"
+    assert second.ranking()[0][0] == "f2"
 
 
 # -- an image-shaped model ----------------------------------------------------------------------
 def test_image_rows_get_heat_maps(shell: Any, run_cell: Any) -> None:
     e = run_cell(shell, "%explain img images[:3]")
-    assert e.attributions.shape == (3, 1, 8, 8) and e.feature_names == [] and not e.tabular
+    assert e.attributions.shape == (3, 1, 8, 8)
+    assert e.feature_names == []
+    assert not e.tabular
     # the pixel that decides the class carries the largest mean |attribution|
     assert np.unravel_index(e.importance().argmax(), (1, 8, 8)) == (0, 2, 5)
     bundle = shell.display_formatter.format(e)[0]
@@ -182,9 +190,11 @@ def test_views_are_registered(shell: Any) -> None:
         "toy v1 (the newest version; none is live): Integrated Gradients on 20 rows "
         "(classification;"
     )
-    assert "sum of attributions" in text and "signal" in text
+    assert "sum of attributions" in text
+    assert "signal" in text
     html = bundle["text/html"]
-    assert "<img alt='feature attributions'" in html and "noise_a" in html
+    assert "<img alt='feature attributions'" in html
+    assert "noise_a" in html
     assert e._repr_html_() == html
     assert "--target CLASS" in shell.find_line_magic("explain").__doc__
 

@@ -134,9 +134,13 @@ class _StopClicker:
         kind, content = msg["msg_type"], msg["content"]
         if kind == "comm_open" and content["data"]["state"].get("description") == "Stop":
             self.comm = content["comm_id"]  # the newest training widget's button
-        elif kind == "comm_msg" and self.comm and not self.clicked:
-            if content["data"].get("state", {}).get("value"):
-                click = {"method": "custom", "content": {"event": "click"}}
-                message = self.client.session.msg("comm_msg", {"comm_id": self.comm, "data": click})
-                self.client.shell_channel.send(message)
-                self.clicked = True
+        elif (
+            kind == "comm_msg"
+            and self.comm
+            and not self.clicked
+            and content["data"].get("state", {}).get("value")
+        ):
+            click = {"method": "custom", "content": {"event": "click"}}
+            message = self.client.session.msg("comm_msg", {"comm_id": self.comm, "data": click})
+            self.client.shell_channel.send(message)
+            self.clicked = True

@@ -124,20 +124,23 @@ def test_a_killed_training_is_marked_killed_by_the_doctor(store: Store, reap: li
     assert int(pid) == trainer.pid  # the owner tag names the training process
     # while the owner runs, the doctor leaves its run alone
     done = kernel_magics("store", "doctor")
-    assert done.returncode == 0 and done.stdout.strip() == "nothing to fix", done
+    assert done.returncode == 0, done
+    assert done.stdout.strip() == "nothing to fix", done
     assert store.client.get_run(run.info.run_id).info.status == "RUNNING"
 
     kill(trainer.pid)
     trainer.wait(timeout=30)
     assert store.client.get_run(run.info.run_id).info.status == "RUNNING"  # what MLflow leaves
     done = kernel_magics("store", "doctor")
-    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[-1] == "1 run(s) fixed"
     assert lines[0].startswith(f"run {run.info.run_id} (forever-train, experiment kernel-magics)")
     assert f"its process {pid} on {host} is gone: marked KILLED" in lines[0]
     after = store.client.get_run(run.info.run_id)
-    assert after.info.status == "KILLED" and TAG_KILLED in after.data.tags
+    assert after.info.status == "KILLED"
+    assert TAG_KILLED in after.data.tags
     assert kernel_magics("store", "doctor").stdout.strip() == "nothing to fix"
     assert not store.model_exists("forever")  # nothing registered
 
@@ -149,7 +152,8 @@ def test_the_next_process_to_open_the_store_sweeps(store: Store, reap: list) -> 
     kill(trainer.pid)
     trainer.wait(timeout=30)
     done = kernel_magics("models")  # any command that opens the store
-    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr
     assert store.client.get_run(run.info.run_id).info.status == "KILLED"
 
 
@@ -170,9 +174,11 @@ def test_an_optimization_killed_as_its_version_appears_leaves_it_complete(
         kill(optimizer.pid)  # the moment the version is visible
     optimizer.wait(timeout=30)
     # created in one call with everything it carries: its hash and its measured figures
-    assert version.sha256 and version.tags.get("km.format") == "onnx"
+    assert version.sha256
+    assert version.tags.get("km.format") == "onnx"
     assert version.tags.get("km.opt.method") == "export"
-    assert "km.opt.size_bytes" in version.tags and "km.opt.parent.size_bytes" in version.tags
+    assert "km.opt.size_bytes" in version.tags
+    assert "km.opt.parent.size_bytes" in version.tags
     kernel_magics("store", "doctor")
     (run,) = [r for r in runs(store, "opt") if r.info.run_id == version.run_id]
     assert store.client.get_run(run.info.run_id).info.status in ("FINISHED", "KILLED")

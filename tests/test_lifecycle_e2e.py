@@ -60,9 +60,11 @@ def assert_serves(ns: Any, versions: dict[int, TrainResult], version: int) -> No
 
 def test_train_returns_results(ns: Any, versions: dict[int, TrainResult]) -> None:
     r1, r2 = versions[1], versions[2]
-    assert isinstance(r1, TrainResult) and isinstance(r2, TrainResult)
+    assert isinstance(r1, TrainResult)
+    assert isinstance(r2, TrainResult)
     assert (r1.name, r1.version, r2.version) == ("digits", 1, 2)
-    assert r1.run_id != r2.run_id and r1.format == r2.format == "pt2"
+    assert r1.run_id != r2.run_id
+    assert r1.format == r2.format == "pt2"
     assert type(r1.net).__module__ == "__main__"  # the class exists only in this "notebook"
     assert 0.0 <= r2.metrics["accuracy"] <= 1.0
 
@@ -118,17 +120,22 @@ def test_models_shows_what_exists_and_what_is_live(ns: Any, capsys: pytest.Captu
     lines = capsys.readouterr().out.splitlines()
     v1 = next(line for line in lines if line.startswith("digits") and " v1 " in line)
     v2 = next(line for line in lines if line.startswith("digits") and " v2 " in line)
-    assert "LIVE" in v1 and "accuracy=" in v1  # one "live" column (was: live, served)
-    assert "LIVE" not in v2 and "inference process serves" not in "\n".join(lines)
+    assert "LIVE" in v1
+    assert "accuracy=" in v1
+    assert "LIVE" not in v2
+    assert "inference process serves" not in "\n".join(lines)
 
 
 def test_serve_status_and_token(ns: Any, capsys: pytest.CaptureFixture) -> None:
     ns.run_line_magic("serve", "status --json")
     status = json.loads(capsys.readouterr().out)
-    assert status["url"].startswith("http://127.0.0.1:") and status["pid"] > 0
+    assert status["url"].startswith("http://127.0.0.1:")
+    assert status["pid"] > 0
     ns.run_line_magic("serve", "status")
     out = capsys.readouterr().out
-    assert status["url"] in out and "digits" in out and "v1" in out
+    assert status["url"] in out
+    assert "digits" in out
+    assert "v1" in out
     ns.run_line_magic("serve", "token")
     assert len(capsys.readouterr().out.strip()) >= 16
     ns.run_line_magic("serve", "logs --lines 5")
@@ -206,7 +213,8 @@ def test_bad_input_changes_nothing(
         ns.run_line_magic(magic, line)
     assert type(caught.value) is UsageError  # exactly: IPython then shows no traceback
     message = str(caught.value)
-    assert expected in message and "\n" not in message
+    assert expected in message
+    assert "\n" not in message
     assert_serves(ns, versions, 1)
     assert [v.version for v in api.models()[0].versions] == [1, 2]
 
@@ -215,7 +223,8 @@ def test_undeploy_stops_serving(ns: Any, versions: dict, capsys: pytest.CaptureF
     ns.run_line_magic("undeploy", "digits")
     assert capsys.readouterr().out.strip() == "digits is no longer served (was v1)"
     (summary,) = api.models()
-    assert summary.live_version is None and summary.served_version is None
+    assert summary.live_version is None
+    assert summary.served_version is None
     with pytest.raises(UsageError) as caught:
         ns.run_line_magic("predict", "digits X[:2]")
     assert type(caught.value) is UsageError

@@ -40,7 +40,8 @@ def usage_error(ip: Any, magic: str, line: str) -> str:
         ip.run_line_magic(magic, line)
     assert type(caught.value) is UsageError  # a subclass would be shown with a traceback
     message = str(caught.value)
-    assert message and "\n" not in message
+    assert message
+    assert "\n" not in message
     return message
 
 
@@ -180,19 +181,23 @@ def test_interrupted_training_is_one_line_and_registers_nothing(ns: Any, run_cel
     with pytest.raises(TrainingStopped) as caught:
         ns.run_line_magic("train", "Stopper() --data X y --epochs 2 --name stopped")
     (message,) = caught.value._render_traceback_()
-    assert "interrupted" in message and "KILLED" in message and "nothing was registered" in message
+    assert "interrupted" in message
+    assert "KILLED" in message
+    assert "nothing was registered" in message
     assert "stopped" not in [s.name for s in api.models()]
 
 
 # -- training through the magic -----------------------------------------------------------------
 def test_train_returns_the_result(ns: Any, run_cell: Any, capsys: pytest.CaptureFixture) -> None:
     r = run_cell(ns, "r = %train Net() --data X y --epochs 1 --lr 1e-2 --seed 1\nr")
-    assert isinstance(r, TrainResult) and ns.user_ns["r"] is r
+    assert isinstance(r, TrainResult)
+    assert ns.user_ns["r"] is r
     assert (r.name, r.version) == ("net", 1)  # default name: the class name, lowercased
     assert type(r.net).__module__ == "__main__"  # r.model: the registered pipeline around it
     assert {"accuracy", "f1_macro", "val_loss"} <= set(r.metrics)
     text = ns.display_formatter.format(r)[0]["text/plain"]
-    assert text.startswith("net v1 registered") and r.run_id in text
+    assert text.startswith("net v1 registered")
+    assert r.run_id in text
     assert r.run_id in r._repr_html_()
     assert "net v1 registered" in capsys.readouterr().out  # the Out[] of the cell
 
@@ -202,10 +207,13 @@ def test_printing_a_training_result_is_one_line(ns: Any) -> None:
     r = ns.user_ns["r"]
     long = dataclasses.replace(r, history=r.history * 300)
     text = str(long)
-    assert "\n" not in text and len(text) < 300, text
-    assert text.startswith("TrainResult(net v1, run ") and "300 epochs in r.history" in text
+    assert "\n" not in text, text
+    assert len(text) < 300, text
+    assert text.startswith("TrainResult(net v1, run ")
+    assert "300 epochs in r.history" in text
     assert f"accuracy={r.metrics['accuracy']:.4g}" in text
-    assert len(long.history) == 300 and repr(long) == text
+    assert len(long.history) == 300
+    assert repr(long) == text
 
 
 def test_train_on_a_dataframe_target_column(ns: Any, digits: tuple[np.ndarray, np.ndarray]) -> None:
@@ -225,7 +233,9 @@ def test_models_and_status_without_a_server(ns: Any, capsys: pytest.CaptureFixtu
     capsys.readouterr()
     assert ns.run_line_magic("models", "") is None
     out = capsys.readouterr().out
-    assert "net" in out and "v1" in out and "LIVE" not in out
+    assert "net" in out
+    assert "v1" in out
+    assert "LIVE" not in out
     ns.run_line_magic("models", "--json")
     listed = json.loads(capsys.readouterr().out)
     assert {m["name"] for m in listed} >= {"net", "frame"}
@@ -260,10 +270,12 @@ def test_models_views() -> None:
     lines = text.splitlines()
     assert lines[0].split() == list(display.MODEL_HEADERS)
     v1 = next(line for line in lines if line.startswith("digits") and " v1 " in line)
-    assert "LIVE" in v1 and "accuracy=0.9" in v1  # one "live" column (was: live, served)
+    assert "LIVE" in v1
+    assert "accuracy=0.9" in v1
     assert "mse=2.5 r2=0.8" in text
     html_text = display.models_html(summaries)
-    assert html_text.count(">LIVE<") == 1 and "&lt;prices&gt;" in html_text
+    assert html_text.count(">LIVE<") == 1
+    assert "&lt;prices&gt;" in html_text
     assert display.models_text([]) == display.NO_MODELS
     summaries[0].served_version = None
     assert "v1 is live but the inference process serves nothing" in display.models_text(summaries)
@@ -290,7 +302,9 @@ def test_status_history_and_predictions_views() -> None:
         text.splitlines()[0]
         == "Inference process at http://127.0.0.1:5000 (pid 42, 2 workers, ready)"
     )
-    assert "digits" in text and "v3 (ready)" in text and "v1" in text
+    assert "digits" in text
+    assert "v3 (ready)" in text
+    assert "v1" in text
     assert "<table" in display_status.status_html(status)
     events = [
         HistoryEvent("2026-01-01T10:00:00.1+00:00", "deploy", None, 1),

@@ -52,7 +52,8 @@ def test_the_models_table_and_the_progress_line_show_the_same_regression_metrics
     table = display.messages._metrics_text(metrics, "regression")
     line = epoch_line(EpochResult(1, 1, 1.0, 1.0, metrics, 0.1))
     for name in KEY_METRICS["regression"]:
-        assert f"{name}=" in table and f"{name}=" in views.version_label(row, None)
+        assert f"{name}=" in table
+        assert f"{name}=" in views.version_label(row, None)
         assert f" {name} " in line
 
 
@@ -62,14 +63,16 @@ def test_registry_comparison_bolds_the_smaller_spread() -> None:
         SimpleNamespace(version=2, metrics={"accuracy_std": 0.01}),
     ]
     html_text = views.comparison_html("digits", rows, [{}, {}])
-    assert "<b>0.01</b>" in html_text and "<b>0.05</b>" not in html_text
+    assert "<b>0.01</b>" in html_text
+    assert "<b>0.05</b>" not in html_text
 
 
 def test_optimize_chart_colours_a_lower_score_as_worse() -> None:
     chart = display_optimize.bar_chart([("r2", 0.9), ("mse", 0.9), ("size_bytes", 0.5)])
     bars = [part.split('fill="')[1].split('"')[0] for part in chart.split("<rect")[1:]]
     assert bars == [COLORS[3], COLORS[2], COLORS[2]]  # r2 fell: worse; mse and size fell: better
-    assert is_better("accuracy", 1.01, 1.0) and not is_better("p50_us_b1", 1.2, 1.0)
+    assert is_better("accuracy", 1.01, 1.0)
+    assert not is_better("p50_us_b1", 1.2, 1.0)
 
 
 def test_promotion_reads_the_same_direction() -> None:

@@ -80,10 +80,13 @@ def tags(version: int, name: str = "digits") -> dict[str, str]:
 def check_lineage(r: Any, recipe_start: str) -> dict[str, str]:
     t = tags(r.version, r.name)
     assert t["km.parent"] == "digits@1"
-    assert t["km.recipe"] == r.recipe and r.recipe.startswith(recipe_start)
-    assert t["km.format"] == r.format and t["km.sha256"]
+    assert t["km.recipe"] == r.recipe
+    assert r.recipe.startswith(recipe_start)
+    assert t["km.format"] == r.format
+    assert t["km.sha256"]
     for key in ("size_bytes", "params", "p50_us_b1", "p50_us_b64", "accuracy", "f1_macro"):
-        assert f"km.opt.{key}" in t and f"km.opt.parent.{key}" in t
+        assert f"km.opt.{key}" in t
+        assert f"km.opt.parent.{key}" in t
     metrics = _store(load_settings()).client.get_run(r.run_id).data.metrics
     assert metrics["accuracy"] == pytest.approx(r.figures.metrics["accuracy"])
     assert metrics["parent_size_bytes"] == r.parent_figures.size_bytes
@@ -99,7 +102,8 @@ def test_export_onnx_matches_torch(parent, digits):
     assert r.figures.params == r.parent_figures.params
     assert r.figures.metrics["accuracy"] == pytest.approx(r.parent_figures.metrics["accuracy"])
     text = display_optimize.optimize_text(r)
-    assert "p50 batch 64" in text and "within the 0.0001 tolerance" in text
+    assert "p50 batch 64" in text
+    assert "within the 0.0001 tolerance" in text
     assert "<svg" in display_optimize.optimize_html(r)
 
 
@@ -125,7 +129,9 @@ def test_structured_pruning_shrinks(parent, digits):
     X, y = digits
     r = api.optimize(parent, prune=0.5, structured=True, finetune_epochs=1, X=X, y=y)
     check_lineage(r, "prune 50% structured")
-    assert r.format == "pt2" and "64→32, 64→32" in r.recipe and "fine-tuned 1 epoch" in r.recipe
+    assert r.format == "pt2"
+    assert "64→32, 64→32" in r.recipe
+    assert "fine-tuned 1 epoch" in r.recipe
     assert r.figures.params < 0.5 * r.parent_figures.params
     assert r.figures.size_bytes < r.parent_figures.size_bytes
     assert r.figures.metrics["accuracy"] >= r.parent_figures.metrics["accuracy"] - 0.15
@@ -151,16 +157,19 @@ def test_distillation_reports_labels_only_beside_it(parent, digits):
     student = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
     r = api.optimize(parent, distill=True, student=student, X=X, y=y, epochs=3)
     t = check_lineage(r, "distill into Sequential (T=4, alpha=0.5, 3 epochs)")
-    assert r.baseline is not None and "accuracy" in r.baseline.metrics
+    assert r.baseline is not None
+    assert "accuracy" in r.baseline.metrics
     assert float(t["km.opt.labels_only_accuracy"]) == pytest.approx(r.baseline.metrics["accuracy"])
     assert r.figures.params < r.parent_figures.params
     text = display_optimize.optimize_text(r)
-    assert "labels only" in text and ("distillation helped" in text or "did not help" in text)
+    assert "labels only" in text
+    assert "distillation helped" in text or "did not help" in text
     history = _store(load_settings()).client.get_metric_history(r.run_id, "val_loss")
     assert len(history) == 3  # logged as a training run
     # validated on the plain labels, as %train is: its curves and table have the accuracy
     accuracy = _store(load_settings()).client.get_metric_history(r.run_id, "accuracy")
-    assert {1, 2, 3} <= {m.step for m in accuracy} and all(0 <= m.value <= 1 for m in accuracy)
+    assert {1, 2, 3} <= {m.step for m in accuracy}
+    assert all(0 <= m.value <= 1 for m in accuracy)
 
 
 def test_optimize_trainings_are_named_for_the_user(parent, digits):
@@ -183,7 +192,9 @@ def test_optimize_trainings_are_named_for_the_user(parent, digits):
 
 def test_without_data_says_no_validation(parent):
     r = api.optimize(parent, export="onnx", name="digits-onnx")
-    assert r.name == "digits-onnx" and r.figures.metrics == {} and not r.validated
+    assert r.name == "digits-onnx"
+    assert r.figures.metrics == {}
+    assert not r.validated
     assert "no validation data" in display_optimize.optimize_text(r)
 
 
@@ -215,7 +226,8 @@ def test_onnx_version_serves_swaps_and_rolls_back(parent, digits):
     via_json, _ = _post(
         settings, json.dumps({"instances": X[:5].tolist()}).encode(), "application/json"
     )
-    assert served_by == str(onnx_version) and via_npy.shape == (256, 10)
+    assert served_by == str(onnx_version)
+    assert via_npy.shape == (256, 10)
     np.testing.assert_allclose(via_json, via_npy[:5], atol=1e-5)
     labels = api.predict("digits", X[:3])
     assert labels.shape == (3,)
@@ -285,9 +297,11 @@ def test_pickle_version_quantizes_with_torch_ao(odd_models, digits):
 # -- the magic ----------------------------------------------------------------------------------
 def test_magic_makes_a_version_and_shows_the_table(ns, parent, run_cell):
     r = run_cell(ns, "r = %optimize digits@1 --export onnx --quantize dynamic --data X y\nr")
-    assert r.format == "onnx" and r.recipe.startswith("quantize dynamic int8")
+    assert r.format == "onnx"
+    assert r.recipe.startswith("quantize dynamic int8")
     text = ns.display_formatter.format(r)[0]["text/plain"]
-    assert "digits@1 (parent)" in text and "new vs parent" in text
+    assert "digits@1 (parent)" in text
+    assert "new vs parent" in text
 
 
 @pytest.mark.parametrize(

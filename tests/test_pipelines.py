@@ -103,7 +103,8 @@ def first(project: dict, km_home: Path) -> PipelineRecord:
 # -- a run ----------------------------------------------------------------------------------------
 def test_run_is_one_mlflow_run_with_params(first: PipelineRecord, store: Store) -> None:
     run = store.client.get_run(first.run_id)
-    assert run.info.status == "FINISHED" and first.status == "FINISHED"
+    assert run.info.status == "FINISHED"
+    assert first.status == "FINISHED"
     assert run.info.run_name == "nightly"
     experiment = store.client.get_experiment(run.info.experiment_id)
     assert experiment.name == EXPERIMENT
@@ -117,7 +118,8 @@ def test_input_and_executed_notebooks_are_stored(first: PipelineRecord, project:
     assert stored.read_bytes() == (project["folder"] / "train.ipynb").read_bytes()
     executed = nbformat.read(first.executed_notebook or "", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert injected and "seed = 3" in injected[0].source
+    assert injected
+    assert "seed = 3" in injected[0].source
     printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     # the kernel ran this interpreter with this home
     assert f"env {load_settings().home} {sys.executable}" in printed
@@ -129,7 +131,8 @@ def test_provenance(first: PipelineRecord, project: dict) -> None:
     assert p["git_dirty"] == "false"
     assert p["sha256.data"] == provenance.file_sha256(project["data"])
     assert p["seed.seed"] == "3"
-    assert p["package.torch"].startswith("2.") and p["package.papermill"]
+    assert p["package.torch"].startswith("2.")
+    assert p["package.papermill"]
     assert {f"package.{name}" for name in provenance.PACKAGES} <= set(p)
     assert p["project_version"]
 
@@ -147,7 +150,8 @@ def test_the_version_it_registered_is_linked(first: PipelineRecord, store: Store
 def test_views(first: PipelineRecord, ip: Any) -> None:
     bundle = ip.display_formatter.format(first)[0]
     assert bundle["text/plain"].startswith("pipeline nightly: FINISHED")
-    assert "piped v1" in bundle["text/plain"] and first.run_id in bundle["text/html"]
+    assert "piped v1" in bundle["text/plain"]
+    assert first.run_id in bundle["text/html"]
 
 
 # -- rerun ----------------------------------------------------------------------------------------
@@ -159,25 +163,30 @@ def test_rerun_repeats_with_equal_metrics(first: PipelineRecord, project: dict, 
         result = ip.run_line_magic("pipeline", f"rerun {first.run_id}")
     finally:
         notebook.write_text(original)
-    assert isinstance(result, RerunResult) and result.rerun.rerun_of == first.run_id
+    assert isinstance(result, RerunResult)
+    assert result.rerun.rerun_of == first.run_id
     assert result.rerun.executed_from == "stored copy"
     assert result.rerun.parameters == first.parameters
     assert [v.version for v in result.rerun.versions] == [2]  # a new version, same recipe
     names = [row.name for row in result.rows]
-    assert "double_accuracy" in names and "piped/accuracy" in names and "piped/val_loss" in names
+    assert "double_accuracy" in names
+    assert "piped/accuracy" in names
+    assert "piped/val_loss" in names
     assert result.all_equal, display_eval.rerun_text(result)
     text = ip.display_formatter.format(result)[0]["text/plain"]
-    assert "all equal" in text and first.run_id in text
+    assert "all equal" in text
+    assert first.run_id in text
 
 
 def test_metric_comparison() -> None:
-    assert (
-        MetricDelta("a", 1.0, 1.0).identical and MetricDelta("a", float("nan"), float("nan")).equal
-    )
+    assert MetricDelta("a", 1.0, 1.0).identical
+    assert MetricDelta("a", float("nan"), float("nan")).equal
     rounded = MetricDelta("a", 2.1020002, 2.1020004)  # float32 rounding: equal, not identical
-    assert rounded.equal and not rounded.identical
+    assert rounded.equal
+    assert not rounded.identical
     changed = MetricDelta("a", 1.0, 1.5)
-    assert not changed.equal and changed.delta == 0.5
+    assert not changed.equal
+    assert changed.delta == 0.5
     assert MetricDelta("a", 1.0, None).delta is None
 
 
@@ -193,7 +202,8 @@ def test_failing_notebook_from_the_cli(project: dict, store: Store) -> None:
     assert done.returncode == 2, (done.stdout, done.stderr)
     (line,) = done.stderr.splitlines()  # exactly one line
     assert line.startswith("kernel-magics: error: pipeline run ")
-    assert "failed at cell [" in line and "]: UsageError: " in line
+    assert "failed at cell [" in line
+    assert "]: UsageError: " in line
     run_id = line.split("pipeline run ")[1].split()[0]
     run = store.client.get_run(run_id)
     assert run.info.status == "FAILED"
@@ -203,21 +213,25 @@ def test_failing_notebook_from_the_cli(project: dict, store: Store) -> None:
     (failed,) = [c for c in nb.cells if c.metadata.get("papermill", {}).get("exception")]
     assert "UsageError" in "".join(o.get("text", "") for o in failed.outputs)  # the error cell
     (last,) = [c for c in nb.cells if "never reached" in c.source]
-    assert last.outputs == [] and last.execution_count is None  # stopped at the error
+    assert last.outputs == []
+    assert last.execution_count is None
     assert "broken" not in store.model_names()  # nothing half-registered
 
 
 def test_cli_run_and_rerun(tmp_path: Path) -> None:
     notebook = write_notebook(tmp_path / "two.ipynb", "n = 1", ["print(n * 2)"])
     done = cli("pipeline", "run", str(notebook), "-p", "n", "21", "--json")
-    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr
     record = json.loads(done.stdout)
-    assert record["status"] == "FINISHED" and record["parameters"] == {"n": 21}
+    assert record["status"] == "FINISHED"
+    assert record["parameters"] == {"n": 21}
     again = cli("pipeline", "rerun", record["run_id"])
     assert again.returncode == 0, again.stderr
     assert f"of {record['run_id']} (notebook: stored copy): no metrics to compare" in again.stdout
     missing = cli("pipeline", "run", str(tmp_path / "nope.ipynb"))
-    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert missing.returncode == 2
+    assert missing.stderr.count("\n") == 1
     assert "no such notebook" in missing.stderr
 
 
@@ -257,7 +271,8 @@ def test_unknown_parameter_runs_nothing(project: dict, store: Store, tmp_path: P
     assert done.returncode == 2, (done.stdout, done.stderr)
     (line,) = done.stderr.splitlines()
     assert "unknown parameter 'epoch' (did you mean 'epochs'?)" in line
-    assert "sets data, seed, epochs" in line and "--allow-extra-params" in line
+    assert "sets data, seed, epochs" in line
+    assert "--allow-extra-params" in line
     with pytest.raises(InvalidInput, match="did you mean 'seed'"):
         api.pipeline_run(notebook, {"sed": 1}, progress="none")
     bare = write_notebook(tmp_path / "bare.ipynb", "", ["print(1)"])
@@ -267,7 +282,8 @@ def test_unknown_parameter_runs_nothing(project: dict, store: Store, tmp_path: P
     assert _pipeline_runs(store) == runs_before
     # asked for explicitly, an extra name is passed and recorded
     extra = api.pipeline_run(str(bare), {"x": 1}, progress="none", allow_extra_params=True)
-    assert extra.status == "FINISHED" and extra.parameters == {"x": 1}
+    assert extra.status == "FINISHED"
+    assert extra.parameters == {"x": 1}
 
 
 def _pipeline_runs(store: Store) -> int:
@@ -281,7 +297,9 @@ def test_api_failure_raises_with_the_record(tmp_path: Path) -> None:
         api.pipeline_run(str(notebook), {"n": 2}, progress="none")
     assert "failed at cell [3]: ValueError: boom 2 (executed notebook: " in str(caught.value)
     record = caught.value.record
-    assert record.status == "FAILED" and record.error and record.executed_notebook
+    assert record.status == "FAILED"
+    assert record.error
+    assert record.executed_notebook
 
 
 # -- the magic ------------------------------------------------------------------------------------
@@ -298,7 +316,8 @@ def test_magic_runs_a_notebook(ip: Any, tmp_path: Path, capsys: pytest.CaptureFi
         ip.config.KernelMagics.pop("progress", None)
         magics = ip.magics_manager.registry["KernelMagics"]
         magics.progress = magics.trait_defaults("progress")
-    assert record.metrics == {"x": 40.0} and record.parameters == {"x": 4}
+    assert record.metrics == {"x": 40.0}
+    assert record.parameters == {"x": 4}
     assert (tmp_path / "o.ipynb").is_file()
     assert "cell 2: ok" in capsys.readouterr().out  # text progress, one line per cell
 
@@ -314,7 +333,8 @@ def test_magic_runs_a_notebook(ip: Any, tmp_path: Path, capsys: pytest.CaptureFi
 def test_magic_mistakes(ip: Any, project: dict, line: str, expected: str) -> None:
     with pytest.raises(UsageError) as caught:
         ip.run_line_magic("pipeline", line.format(notebook=project["folder"] / "train.ipynb"))
-    assert expected in str(caught.value) and "\n" not in str(caught.value)
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)
 
 
 # -- small parts ----------------------------------------------------------------------------------

@@ -90,10 +90,12 @@ def test_scaling_fits_per_column_and_keeps_constant_columns() -> None:
     scaled = standard.apply(X)
     np.testing.assert_allclose(scaled.mean(axis=0), 0, atol=1e-6)
     np.testing.assert_allclose(scaled[:, [0, 2]].std(axis=0), 1, atol=1e-6)
-    assert (scaled[:, 1] == 0).all() and standard.scale[1] == 1  # a constant column: not /0
+    assert (scaled[:, 1] == 0).all()
+    assert standard.scale[1] == 1
     np.testing.assert_allclose(standard.invert(scaled), X, rtol=1e-6)
     minmax = Scaling.fit(X, "minmax").apply(X)
-    assert minmax[:, [0, 2]].min() == 0 and minmax[:, [0, 2]].max() == 1
+    assert minmax[:, [0, 2]].min() == 0
+    assert minmax[:, [0, 2]].max() == 1
     images = np.arange(24, dtype=np.float32).reshape(2, 1, 3, 4)
     assert Scaling.fit(images, "standard").center.shape == ()  # one mean for every pixel
 
@@ -127,9 +129,11 @@ def test_diabetes_predicts_in_the_targets_range(shell: Any, diabetes: Any) -> No
     assert abs(predicted.mean() - yd.mean()) < 0.2 * yd.mean()  # not ~0.1, as unscaled was
     assert predicted.std() > 20  # it answers per row, not the mean
     # validation metrics are in raw units: an MSE of thousands, not of a scaled 0.5
-    assert diabetes.metrics["mse"] > 500 and diabetes.metrics["r2"] > 0.2
+    assert diabetes.metrics["mse"] > 500
+    assert diabetes.metrics["r2"] > 0.2
     params = _store(_settings(None)).client.get_run(diabetes.run_id).data.params
-    assert params["scale"] == "standard" and params["scaled_targets"] == "standard over 1 columns"
+    assert params["scale"] == "standard"
+    assert params["scaled_targets"] == "standard over 1 columns"
     assert params["scaled_features"] == "standard over 10 columns"
     assert type(diabetes.net).__module__ == "__main__"  # the network as trained, inside
 
@@ -152,7 +156,8 @@ def test_scale_option_is_checked_and_recorded(shell: Any, run_cell: Any) -> None
         shell, "%train Reg() --data Xd yd --epochs 2 --scale minmax --val-split 0 --name dm"
     )
     params = _store(_settings(None)).client.get_run(r.run_id).data.params
-    assert params["scale"] == "minmax" and params["scaled_features"] == "minmax over 10 columns"
+    assert params["scale"] == "minmax"
+    assert params["scaled_features"] == "minmax over 10 columns"
     raw = run_cell(shell, "%train Reg() --data Xd yd --epochs 1 --scale none --name dn")
     assert raw.model is raw.net  # nothing to undo: the network itself is registered
     assert "nope" not in [s.name for s in api.models()]
@@ -183,7 +188,9 @@ def test_unseen_category_is_a_400_and_the_model_keeps_serving(shell: Any, houses
     bad = _post("/v1/models/houses:predict", {"instances": [[80.0, 3, "berlin"]]})
     assert bad.status_code == 400
     error = bad.json()["error"]
-    assert "'city'" in error and "'berlin'" in error and "'paris'" in error
+    assert "'city'" in error
+    assert "'berlin'" in error
+    assert "'paris'" in error
     good = _post("/v1/models/houses:predict", {"instances": [[80.0, 3, "paris"]]})
     assert good.status_code == 200
     want = houses.predict(pd.DataFrame({"size": [80.0], "rooms": [3], "city": ["paris"]}))
@@ -234,7 +241,9 @@ def test_predict_sends_raw_frames_with_strings(shell: Any, houses: Any) -> None:
 
 
 def test_a_classifier_answers_its_labels_on_request(shell: Any, run_cell: Any, houses: Any) -> None:
-    words = np.array("zero one two three four five six seven eight nine".split())
+    words = np.array(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    )
     shell.user_ns["words"] = words[shell.user_ns["y"]]
     run_cell(shell, "%train Net() --data X words --epochs 2 --lr 1e-2 --name spelled")
     api.deploy("spelled")
@@ -251,7 +260,8 @@ def test_a_classifier_answers_its_labels_on_request(shell: Any, run_cell: Any, h
     assert "labels" not in plain
     api.deploy("houses")
     refused = _post("/v1/models/houses:predict?labels=1", {"instances": [[80.0, 3, "paris"]]})
-    assert refused.status_code == 400 and "no class labels" in refused.json()["error"]
+    assert refused.status_code == 400
+    assert "no class labels" in refused.json()["error"]
 
 
 def test_openapi_and_v2_of_an_encoded_version(shell: Any, houses: Any) -> None:

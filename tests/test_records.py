@@ -195,7 +195,8 @@ def test_a_server_status_is_strict_json_whose_parts_read_back(status: ServerStat
         status.status,
         status.port,
     )
-    assert tuple(doc["workers"]) == status.workers and tuple(doc["log"]) == status.log
+    assert tuple(doc["workers"]) == status.workers
+    assert tuple(doc["log"]) == status.log
 
 
 @DRAWS
@@ -203,7 +204,8 @@ def test_a_server_status_is_strict_json_whose_parts_read_back(status: ServerStat
 def test_version_stats_send_their_derived_figures_too(stats: VersionStats) -> None:
     doc = through_json(stats.to_wire())
     assert doc["mean_batch_size"] == stats.mean_batch_size
-    assert doc["p50_ms"] == stats.p50_ms and doc["p99_ms"] == stats.p99_ms
+    assert doc["p50_ms"] == stats.p50_ms
+    assert doc["p99_ms"] == stats.p99_ms
 
 
 @pytest.mark.parametrize(

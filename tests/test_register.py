@@ -62,15 +62,18 @@ def test_register_an_own_loop_model(shell: Any, run_cell: Any, km_home: Path) ->
     )
     assert isinstance(r, RegisterResult)
     assert (r.name, r.version, r.format, r.parent) == ("own", 1, "pt2", None)
-    assert r.recipe == "own loop, 60 Adam steps" and len(r.sha256) == 64
+    assert r.recipe == "own loop, 60 Adam steps"
+    assert len(r.sha256) == 64
     assert shell.user_ns["net"].training  # the caller's mode is left alone
     run = _store(km_home).client.get_run(r.run_id)
     assert run.data.metrics == {"accuracy": 0.91}
     assert run.data.params == {"steps": "60", "optimizer": "adam"}
     assert run.info.status == "FINISHED"
     info = _store(km_home).resolve("own", 1)
-    assert info.task == "classification" and info.classes == list(range(10))
-    assert info.recipe == "own loop, 60 Adam steps" and info.sha256 == r.sha256
+    assert info.task == "classification"
+    assert info.classes == list(range(10))
+    assert info.recipe == "own loop, 60 Adam steps"
+    assert info.sha256 == r.sha256
     # the views the front end registered: text for terminals, a table in a notebook
     views = shell.display_formatter.format(r)[0]
     assert views["text/plain"].startswith("own v1 registered")
@@ -97,7 +100,8 @@ def test_lineage_parent_and_one_row_example(shell: Any, run_cell: Any, km_home: 
         shell,
         "%register net --name own-small --example X[:1] --parent own@1 --recipe 'pruned'",
     )
-    assert r.parent == "own@1" and r.version == 1
+    assert r.parent == "own@1"
+    assert r.version == 1
     assert any("repeated to 2" in note for note in r.notes)
     summary = {s.name: s for s in api.models()}["own-small"]
     assert summary.versions[0].tags["km.parent"] == "own@1"
@@ -122,7 +126,8 @@ def test_api_register_takes_tensors_and_dataframes(shell: Any) -> None:
     X = shell.user_ns["X"]
     frame = pd.DataFrame(X[:4], columns=[f"p{i}" for i in range(64)])
     r = api.register(shell.user_ns["net"], frame, name="from-frame", task="other")
-    assert r.version == 1 and r.format == "pt2"
+    assert r.version == 1
+    assert r.format == "pt2"
 
 
 @pytest.mark.parametrize(
@@ -154,7 +159,8 @@ def test_bad_input_is_one_line_and_registers_nothing(
     with pytest.raises(UsageError) as caught:
         shell.run_line_magic("register", line)
     message = str(caught.value)
-    assert type(caught.value) is UsageError and "\n" not in message
+    assert type(caught.value) is UsageError
+    assert "\n" not in message
     assert expected in message
     assert _versions(km_home) == before
 
@@ -185,7 +191,8 @@ def test_registered_versions_deploy_like_trained_ones(shell: Any) -> None:
     settings = load_settings()
     store = Store(settings)
     plan = Lifecycle(settings, store).plan("own", "deploy", "1")  # checks the hash
-    assert plan.to_version == 1 and plan.spec is not None
+    assert plan.to_version == 1
+    assert plan.spec is not None
     assert (plan.spec.format, plan.spec.sha256) == ("pt2", store.resolve("own", 1).sha256)
 
 

@@ -57,7 +57,8 @@ def test_unreachable_store_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 3, proc.stderr[-2000:]
     answer = last_json(proc.stdout)
     assert answer["kind"] == "StoreError"
-    assert "model store" in answer["error"] and "\n" not in answer["error"]
+    assert "model store" in answer["error"]
+    assert "\n" not in answer["error"]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE semantics are Linux's")
@@ -80,7 +81,8 @@ def test_full_disk_registers_nothing(tmp_path: Path) -> None:
     )
     assert proc.returncode == 3, proc.stderr[-2000:]
     answer = last_json(proc.stdout)
-    assert answer["kind"] == "StoreError" and "\n" not in answer["error"]
+    assert answer["kind"] == "StoreError"
+    assert "\n" not in answer["error"]
     assert not store.model_exists("full") or store.versions("full") == []
     # the store is still usable afterwards
     assert store.model_names() == [] or "full" in store.model_names()

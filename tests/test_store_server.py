@@ -104,7 +104,7 @@ def tracking_url(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         # The command stops its server on TERM; KILL after 20 s if it did not.
         store_server.stop(proc, timeout=20)  # type: ignore[arg-type]
         # The command stopped its server (a process group of its own) before it exited.
-        with pytest.raises(OSError):
+        with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
@@ -140,7 +140,8 @@ def test_lifecycle_through_the_tracking_server(
     store = Store(settings)
     assert store.uri == tracking_url
     info = store.resolve("team", 1)
-    assert info.sha256 and not info.source.startswith(("file:", "/"))  # proxied, not a path
+    assert info.sha256
+    assert not info.source.startswith(("file:", "/"))
     local = Path(store.local_path(info))  # downloaded through the server into home/cache
     assert settings.cache_dir in local.parents or local == settings.cache_dir
     assert store.resolve("team", 1).run_id == r1.run_id
@@ -181,7 +182,8 @@ def test_restart_serves_what_was_live_from_the_store_alone(
     while (status is None or "team" not in status.models) and time.monotonic() < deadline:
         time.sleep(0.5)
         status = api.server_status(settings=settings)
-    assert status is not None and status.models["team"].version == 1
+    assert status is not None
+    assert status.models["team"].version == 1
     np.testing.assert_allclose(
         api.predict("team", X[:8], raw=True, settings=settings), before, atol=1e-6
     )
@@ -252,7 +254,9 @@ def test_store_serve_refuses_bad_options_in_one_line(
     monkeypatch.delenv(store_server.BACKEND_ENV, raising=False)
     assert cli.main(["store", "serve", *argv]) == cli.EXIT_ERROR
     err = capsys.readouterr().err.strip()
-    assert expected in err and "\n" not in err and "hunter2" not in err
+    assert expected in err
+    assert "\n" not in err
+    assert "hunter2" not in err
 
 
 def test_the_backend_url_from_a_file_or_the_environment(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ encoding step (``preprocess.py``). numpy and pandas are imported when called.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.errors import InvalidInput, first_line
@@ -38,10 +39,8 @@ def request_rows(X: Any) -> np.ndarray:
     except (TypeError, ValueError) as err:
         raise InvalidInput(f"cannot turn the input into an array: {first_line(err)}") from None
     if array.dtype.kind == "O":  # e.g. a DataFrame of mixed numeric columns
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             array = array.astype(np.float32)
-        except (TypeError, ValueError):
-            pass
     kind = array.dtype.kind
     if kind == "f":
         array = array.astype(np.float32, copy=False)

@@ -56,7 +56,7 @@ def _answer(app: WorkerApp, req: Request, conn: Connection, chat: bool) -> None:
     if who is None and app.predict_auth:
         msg = "missing or wrong bearer token: send 'Authorization: Bearer <token>'"
         conn.send(401, error_json(401, msg), req=req)
-        return
+        return None
     try:
         body = _body(req)
         model = _resolve(app, req, body.get("model"))
@@ -83,6 +83,7 @@ def _answer(app: WorkerApp, req: Request, conn: Connection, chat: bool) -> None:
         return _fail(conn, req, err)
     if reply.stream:
         reply.start()
+    return None
 
 
 class _Reply:

@@ -94,7 +94,7 @@ class OptimizeMagics(FeatureMagics):
         if args.student and not args.distill:
             raise UsageError("--student goes with --distill (see %optimize?)")
         data = args.data or (None, None)
-        result = api.optimize(
+        return api.optimize(
             args.target,
             quantize=args.quantize,
             calibration=self._eval(args.calibration, "--calibration"),
@@ -114,7 +114,6 @@ class OptimizeMagics(FeatureMagics):
             progress=self.kernel_magics.progress,
             settings=self.kernel_magics.settings(),
         )
-        return result
 
 
 VIEWS: list[View] = [

@@ -91,10 +91,8 @@ def execute(
         count, stderr = _failed_cell(output)
         count = count or err.exec_count
         where = f"cell [{count}]" if count else f"cell {err.cell_index + 1}"
-        if err.evalue:
-            detail = f"{err.ename}: {first_line(err.evalue)}"
-        else:  # IPython shows a UsageError on stderr, not as an error output
-            detail = stderr or err.ename
+        # no evalue: IPython shows a UsageError on stderr, not as an error output
+        detail = f"{err.ename}: {first_line(err.evalue)}" if err.evalue else stderr or err.ename
         raise PipelineFailed(f"{where}: {detail}") from None
     except (KeyboardInterrupt, KernelMagicsError):  # ours: e.g. the run could not be opened
         raise

@@ -4,6 +4,7 @@ for their owner alone (home 0700, files 0600), as the tokens always were."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -35,10 +36,8 @@ def create_private(path: Path) -> None:
     """Create ``path`` empty with mode 0600 unless it exists (SQLite keeps an existing file's
     mode for the database and gives its journal the same)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
-    except FileExistsError:
-        pass
 
 
 def open_private_append(path: Path) -> int:

@@ -433,7 +433,8 @@ def _config_after(lifecycle: Lifecycle, plan: Plan) -> dict[str, Any] | None:
     if plan.action == "undeploy":
         return None
     if plan.action == "canary":  # beside the live version, which stays
-        assert plan.spec is not None and plan.from_version is not None
+        assert plan.spec is not None
+        assert plan.from_version is not None
         live = lifecycle.spec_for(lifecycle.store.resolve(plan.name, plan.from_version))
         return {"live": live.to_wire(), "canary": plan.spec.to_wire(), "percent": plan.canary}
     if plan.action == "canary-drop":

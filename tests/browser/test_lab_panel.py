@@ -27,7 +27,8 @@ ROUTES = "kernel-magics"  # the REST routes' prefix under the server's base URL
 def served_version(lab: LabSession) -> int:
     """The version the inference process answers with, asked over its own HTTP API."""
     status = api.server_status(settings=lab.settings)
-    assert status is not None and status.url
+    assert status is not None
+    assert status.url
     token = api.server_token(settings=lab.settings)
     answer = requests.get(
         f"{status.url.rstrip('/')}/v1/models/{MODEL}",
@@ -167,7 +168,8 @@ def test_models_status_and_history_answer_what_the_api_returns(lab: LabSession) 
 
     history = lab.server.request("GET", f"{ROUTES}/history/{MODEL}").json()["history"]
     expected = [e.to_wire() for e in api.history(MODEL, settings=lab.settings)]
-    assert history == expected and history[0]["action"] == "deploy"
+    assert history == expected
+    assert history[0]["action"] == "deploy"
 
 
 def served_models(lab: LabSession) -> dict[str, int]:
@@ -203,7 +205,8 @@ def test_errors_are_one_json_line_with_the_error_class_status(lab: LabSession) -
         answer = lab.server.request(method, path, **body)
         assert answer.status_code == status, (path, answer.text)
         error = answer.json()["error"]
-        assert words in error and "\n" not in error, (path, error)
+        assert words in error, (path, error)
+        assert "\n" not in error, (path, error)
 
 
 def test_every_route_needs_the_token(lab: LabSession) -> None:

@@ -88,11 +88,13 @@ def test_a_classifier_converts_and_states_its_tolerance(registered_mlp: Any) -> 
     assert r.format == "onnx"
     assert any("converted to ONNX with float32 inputs" in n for n in r.notes)
     record = _conversion("sk-mlp", r.version)
-    assert record["converter"] == "skl2onnx" and record["input_dtype"] == "float32"
+    assert record["converter"] == "skl2onnx"
+    assert record["input_dtype"] == "float32"
     assert record["rows_checked"] == 302  # the example and the sample
     assert 0 <= record["max_abs_diff"] <= record["tolerance"] == TOLERANCE
     info = Store(load_settings()).resolve("sk-mlp", r.version)
-    assert info.task == "classification" and info.classes == list(range(10))
+    assert info.task == "classification"
+    assert info.classes == list(range(10))
 
 
 def test_served_answers_are_the_estimators(registered_mlp: Any, data: Any, mlp: Any) -> None:
@@ -113,9 +115,11 @@ def test_bad_rows_get_a_4xx_and_the_model_keeps_serving(registered_mlp: Any, dat
     X, _ = data
     api.deploy("sk-mlp")
     wrong = _post("/v1/models/sk-mlp:predict", {"instances": [[1.0, 2.0, 3.0]]})
-    assert 400 <= wrong.status_code < 500 and "error" in wrong.json()
+    assert 400 <= wrong.status_code < 500
+    assert "error" in wrong.json()
     words = _post("/v1/models/sk-mlp:predict", {"instances": [["a"] * 64]})
-    assert 400 <= words.status_code < 500 and "error" in words.json()
+    assert 400 <= words.status_code < 500
+    assert "error" in words.json()
     assert api.predict("sk-mlp", X[:3], raw=True).shape == (3, 10)
 
 
@@ -130,7 +134,8 @@ def test_v2_hot_swaps_in_and_rolls_back(registered_mlp: Any, data: Any, mlp: Any
     X, y = data
     other = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, y)
     v2 = api.register(other, X[:2], name="sk-mlp", sample=X[:100])
-    assert v2.version == registered_mlp.version + 1 and v2.format == "onnx"
+    assert v2.version == registered_mlp.version + 1
+    assert v2.format == "onnx"
     rows = X[400:450]
     api.deploy("sk-mlp")
     served = api.predict("sk-mlp", rows, raw=True)
@@ -152,7 +157,8 @@ def test_a_tree_that_float32_would_change_is_served_exactly(km_home: Path, data:
     assert r.format == "sklearn"
     assert any("not converted to ONNX" in n and "float32" in n for n in r.notes)
     record = _conversion("sk-forest", r.version)
-    assert record["served_by"] == "sklearn" and "float32" in record["reason"]
+    assert record["served_by"] == "sklearn"
+    assert "float32" in record["reason"]
     api.deploy("sk-forest")
     rows = X[:64]  # float32 holds these exactly; the version takes them as float64
     expected = forest.predict_proba(rows.astype(np.float64))
@@ -164,7 +170,8 @@ def test_a_regressor_answers_its_predictions(km_home: Path) -> None:
     X, y = load_diabetes(return_X_y=True)
     ridge = make_pipeline(StandardScaler(), Ridge()).fit(X, y)
     r = api.register(ridge, X[:2], name="sk-ridge", sample=X[:100])
-    assert r.format == "onnx" and "--sample" not in " ".join(r.notes)
+    assert r.format == "onnx"
+    assert "--sample" not in " ".join(r.notes)
     info = Store(load_settings()).resolve("sk-ridge", r.version)
     assert info.task == "regression"
     api.deploy("sk-ridge")
@@ -181,8 +188,10 @@ def test_train_fits_an_estimator_and_registers_it(shell: Any, run_cell: Any, dat
     run_cell(shell, "from sklearn.neural_network import MLPClassifier")
     run_cell(shell, "r = %train MLPClassifier((32,), max_iter=200) --data X y --name sk-trained")
     r = shell.user_ns["r"]
-    assert r.format == "onnx" and r.version == 1
-    assert set(r.metrics) >= {"accuracy", "f1_macro"} and r.metrics["accuracy"] > 0.8
+    assert r.format == "onnx"
+    assert r.version == 1
+    assert set(r.metrics) >= {"accuracy", "f1_macro"}
+    assert r.metrics["accuracy"] > 0.8
     assert r.history == [{"epoch": 1, **r.metrics}]
     assert isinstance(r.net, MLPClassifier)
     assert r.predict(X[:5]).shape == (5, 10)
@@ -222,7 +231,8 @@ def test_register_an_onnx_file_without_a_warning(
 
     # the same graph as an onnx.ModelProto, no example: its fixed input shape gives one
     v2 = api.register(onnx.load(str(path)), name="exported")
-    assert v2.format == "onnx" and v2.notes == ["example: 2 rows of zeros"]
+    assert v2.format == "onnx"
+    assert v2.notes == ["example: 2 rows of zeros"]
     api.deploy("exported")
     assert np.abs(api.predict("exported", X[:20]) - expected).max() < 1e-5
 
@@ -240,7 +250,8 @@ def test_register_a_joblib_file_after_one_warning_line(
     assert lines == [
         "warning: unpickling model.joblib runs the code it holds: load only files you trust"
     ]
-    assert r.format == "onnx" and any("unpickled model.joblib" in n for n in r.notes)
+    assert r.format == "onnx"
+    assert any("unpickled model.joblib" in n for n in r.notes)
     assert any("pass more rows to check on" in n for n in r.notes)  # 2 example rows only
     api.deploy("from-file")
     assert (api.predict("from-file", X[:30]) == mlp.predict(X[:30])).all()
@@ -270,5 +281,6 @@ def test_bad_models_fail_in_one_line_and_register_nothing(
         with pytest.raises(UsageError) as err:
             run_cell(shell, line)
         message = str(err.value)
-        assert said in message and "\n" not in message, (line, message)
+        assert said in message, (line, message)
+        assert "\n" not in message, (line, message)
     assert _versions("bad") == 0

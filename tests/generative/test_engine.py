@@ -69,7 +69,8 @@ def test_batched_greedy_matches_generate(engine: Engine, lm: Any, tokenizer: Any
         assert seq.tokens == expected[prompt]
         assert seq.finish_reason == "length"
         assert text == tokenizer.decode(seq.tokens)
-    assert engine.reserved == 0 and not engine.running
+    assert engine.reserved == 0
+    assert not engine.running
 
 
 def test_seed_gives_the_same_tokens(engine: Engine, tokenizer: Any) -> None:
@@ -115,7 +116,8 @@ def test_queue_is_bounded_and_cancel_frees_the_slot(lm: Any, tokenizer: Any) -> 
             e.submit(Sequence(ids, SamplingParams(max_tokens=3), lambda *a: None))
         long.cancelled = True
         assert collect.done.wait(30)
-        assert long.finish_reason == "cancelled" and len(long.tokens) < 450
+        assert long.finish_reason == "cancelled"
+        assert len(long.tokens) < 450
         assert queued.finish_reason == "length"
     finally:
         e.stop()

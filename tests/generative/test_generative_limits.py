@@ -74,7 +74,9 @@ def test_queue_full_is_429_with_retry_after(client: LocalTarget, served: str) ->
         t.start()
     for t in threads:
         t.join(120)
-    assert refused and answered and len(refused) + len(answered) == 8
+    assert refused
+    assert answered
+    assert len(refused) + len(answered) == 8
     assert refused[0].response.headers["retry-after"] == "1"
     assert refused[0].body["type"] == "rate_limit_error"
     assert "queued" in refused[0].body["message"]
@@ -87,7 +89,8 @@ def test_disconnect_frees_the_slot(client: LocalTarget, served: str) -> None:
     while generation(client)["running"] and time.monotonic() < deadline:
         time.sleep(0.01)
     state = generation(client)
-    assert state["running"] == 0 and state["kv_cache_reserved"] == 0
+    assert state["running"] == 0
+    assert state["kv_cache_reserved"] == 0
     assert state["cancelled"] == before["cancelled"] + 1  # dropped at a step, not run to its end
     assert state["generated_tokens"] - before["generated_tokens"] < 480
     oai = openai.OpenAI(base_url=f"{client.url}/v1", api_key=client.token(), max_retries=0)

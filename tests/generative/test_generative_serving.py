@@ -37,10 +37,13 @@ def oai(client: LocalTarget, served: str) -> openai.OpenAI:
 
 def test_completion_and_chat(oai: openai.OpenAI) -> None:
     out = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=12, temperature=0)
-    assert out.model == "tiny@1" and out.object == "text_completion"
-    assert out.usage.completion_tokens == 12 and out.usage.prompt_tokens > 0
+    assert out.model == "tiny@1"
+    assert out.object == "text_completion"
+    assert out.usage.completion_tokens == 12
+    assert out.usage.prompt_tokens > 0
     assert out.usage.total_tokens == out.usage.prompt_tokens + 12
-    assert out.choices[0].finish_reason == "length" and out.choices[0].text
+    assert out.choices[0].finish_reason == "length"
+    assert out.choices[0].text
     chat = oai.chat.completions.create(
         model="tiny@1", messages=[{"role": "user", "content": "Hello"}], max_tokens=5
     )
@@ -99,7 +102,8 @@ def test_bad_input_is_400_in_openai_shape(oai: openai.OpenAI, client: LocalTarge
     with pytest.raises(openai.BadRequestError) as err:
         oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=600)
     message = err.value.body["message"]
-    assert "max_tokens (600)" in message and "context length of 512" in message
+    assert "max_tokens (600)" in message
+    assert "context length of 512" in message
     assert err.value.body["type"] == "invalid_request_error"
     with pytest.raises(openai.BadRequestError, match="temperature"):
         oai.completions.create(model="tiny", prompt=PROMPT, temperature=5)
@@ -114,7 +118,8 @@ def test_bad_input_is_400_in_openai_shape(oai: openai.OpenAI, client: LocalTarge
 def test_models_list_in_both_shapes(oai: openai.OpenAI, client: LocalTarget) -> None:
     assert [m.id for m in oai.models.list().data] == ["tiny"]
     doc = requests.get(f"{client.url}/v1/models", timeout=10).json()
-    assert doc["object"] == "list" and doc["models"][0]["format"] == "transformers"
+    assert doc["object"] == "list"
+    assert doc["models"][0]["format"] == "transformers"
 
 
 def test_generate_magic_streams_then_one_line(ip: Any, served: str, capsys: Any) -> None:
@@ -177,7 +182,8 @@ def test_deploy_while_streaming_fails_no_stream(client: LocalTarget, served: str
         t.join(60)
     assert not failures
     assert results == [("tiny@1", "length")] * 8  # each finished on the version it started on
-    assert swap.version == 2 and answer.model == "tiny@2"
+    assert swap.version == 2
+    assert answer.model == "tiny@2"
     api.rollback("tiny")
     assert after.completions.create(model="tiny", prompt=PROMPT, max_tokens=2).model == "tiny@1"
 
@@ -196,7 +202,8 @@ def test_tokens_are_metered_per_api_token(oai: openai.OpenAI, client: LocalTarge
 
 def test_openapi_documents_no_rows_for_a_language_model(client: LocalTarget, served: str) -> None:
     paths = requests.get(f"{client.url}/openapi.json", timeout=10).json()["paths"]
-    assert "/v1/models/tiny:predict" not in paths and "/v1/models/{name}:predict" in paths
+    assert "/v1/models/tiny:predict" not in paths
+    assert "/v1/models/{name}:predict" in paths
     # and :predict on it says where to go instead
     r = requests.post(
         f"{client.url}/v1/models/tiny:predict",
@@ -204,7 +211,8 @@ def test_openapi_documents_no_rows_for_a_language_model(client: LocalTarget, ser
         headers={"authorization": f"Bearer {client.token()}"},
         timeout=10,
     )
-    assert r.status_code == 400 and "/v1/completions" in r.json()["error"]
+    assert r.status_code == 400
+    assert "/v1/completions" in r.json()["error"]
 
 
 def test_time_to_first_token_and_inter_token_in_prometheus(

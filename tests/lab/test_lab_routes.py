@@ -56,7 +56,8 @@ async def test_every_route_needs_the_token(jp_fetch: Fetch, km_home: Path) -> No
     ]:
         status, body = await call(jp_fetch, method, *path, headers={"Authorization": "token no"})
         assert status == 403, (path, body)
-        assert body["error"] and "\n" not in body["error"]
+        assert body["error"]
+        assert "\n" not in body["error"]
 
 
 async def test_status_is_null_while_no_inference_process_runs(
@@ -83,7 +84,8 @@ async def test_bad_requests_are_one_json_line_and_start_nothing(
     sent = {} if body is None else {"body": body if isinstance(body, str) else json.dumps(body)}
     code, answer = await call(jp_fetch, method, *path, **sent)
     assert code == status, answer
-    assert words in answer["error"] and "\n" not in answer["error"]
+    assert words in answer["error"]
+    assert "\n" not in answer["error"]
     assert api.server_status() is None  # refused before anything started the process
 
 
@@ -94,7 +96,8 @@ async def test_models_lists_versions_with_the_metrics_the_table_shows(
     assert status == 200
     (model,) = [m for m in body["models"] if m["name"] == trained]
     assert [v["version"] for v in model["versions"]] == [1, 2]
-    assert model["live_version"] is None and model["served_version"] is None
+    assert model["live_version"] is None
+    assert model["served_version"] is None
     for version in model["versions"]:
         assert set(version["key_metrics"]) == {"accuracy", "f1_macro"}
         assert version["key_metrics"]["accuracy"] == version["metrics"]["accuracy"]
@@ -105,5 +108,6 @@ async def test_history_answers_what_the_api_returns(jp_fetch: Fetch, trained: st
     assert status == 200
     assert body == {"history": [e.to_wire() for e in api.history(trained)]}
     status, body = await call(jp_fetch, "GET", "history", "nope")
-    assert status == 404 and "no registered model named 'nope'" in body["error"]
+    assert status == 404
+    assert "no registered model named 'nope'" in body["error"]
     assert MODEL in body["error"]  # the names that exist

@@ -121,7 +121,8 @@ def model_dir(settings: Settings, digits: tuple[np.ndarray, np.ndarray]) -> Path
         torch.nn.functional.cross_entropy(net(Xt), yt).backward()
         opt.step()
     r = api.register(net.eval(), X[:4], name=NAME, task="classification", settings=settings)
-    assert r.version == 1 and r.format == "pt2"
+    assert r.version == 1
+    assert r.format == "pt2"
     store = Store(settings)
     return Path(store.local_path(store.resolve(NAME, r.version)))
 
@@ -131,7 +132,9 @@ def ours(settings: Settings, model_dir: Path) -> Server:
     """The inference process (stopped by km_home's clean-up, by PID)."""
     api.deploy(NAME, settings=settings)
     status = api.server_status(settings=settings)
-    assert status is not None and status.url and "127.0.0.1" in status.url
+    assert status is not None
+    assert status.url
+    assert "127.0.0.1" in status.url
     http = session(Authorization=f"Bearer {api.server_token(settings=settings)}")
     return Server("kernel-magics", status.url.rstrip("/"), http)
 
@@ -249,15 +252,18 @@ def test_infer_outputs_match(
     other, want = outputs(theirs.post(path, body))
     for key in ("model_name", "model_version", "id"):
         assert mine[key] == other[key], key
-    assert mine["model_name"] == NAME and mine["model_version"] == "1"
+    assert mine["model_name"] == NAME
+    assert mine["model_version"] == "1"
     a, b = mine["outputs"][0], other["outputs"][0]
     assert a["shape"] == b["shape"] == [rows, 10]
     assert a["datatype"] == b["datatype"] == "FP32"
     np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
     assert (got.argmax(1) == want.argmax(1)).all()
     # by design: the output's name and MLServer's content-type parameters
-    assert a["name"] == "output-0" and b["name"] == "output-1"
-    assert "parameters" not in a and b["parameters"] == {"content_type": "np"}
+    assert a["name"] == "output-0"
+    assert b["name"] == "output-1"
+    assert "parameters" not in a
+    assert b["parameters"] == {"content_type": "np"}
 
 
 def test_model_metadata(ours: Server, theirs: Server) -> None:
@@ -270,7 +276,8 @@ def test_model_metadata(ours: Server, theirs: Server) -> None:
         x, y = mine[key][0], other[key][0]
         assert (x["datatype"], x["shape"]) == (y["datatype"], y["shape"]), key
     assert mine["inputs"][0]["name"] == other["inputs"][0]["name"] == "input-0"
-    assert mine["outputs"][0]["shape"] == [-1, 10] and mine["inputs"][0]["shape"] == [-1, 64]
+    assert mine["outputs"][0]["shape"] == [-1, 10]
+    assert mine["inputs"][0]["shape"] == [-1, 64]
     # by design: versions and platform
     assert (mine["versions"], mine["platform"]) == (["1"], "pytorch")
     assert (other["versions"], other["platform"]) == ([], "")
@@ -320,7 +327,8 @@ def test_invalid_tensors_400_here_500_on_mlserver(ours: Server, theirs: Server, 
     t, words = MLSERVER_500[case]
     a = ours.post("/v2/models/digits/infer", {"inputs": [t]})
     b = theirs.post("/v2/models/digits/infer", {"inputs": [t]})
-    assert a.status_code == 400 and words in a.json()["error"], a.text
+    assert a.status_code == 400, a.text
+    assert words in a.json()["error"], a.text
     assert b.status_code == 500, b.text
 
 

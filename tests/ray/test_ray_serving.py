@@ -50,7 +50,8 @@ def test_deploy_then_predict_over_the_api_and_plain_http(settings: Settings, mlp
     np.testing.assert_array_equal(labels, expected.argmax(axis=1))
 
     r = requests.post(url(settings, "mlp"), json={"instances": X.tolist()}, timeout=30)
-    assert r.status_code == 200 and r.headers["x-model-version"] == "1"
+    assert r.status_code == 200
+    assert r.headers["x-model-version"] == "1"
     close(r.json()["predictions"], expected)
 
     r = requests.post(url(settings, "mlp", "/invocations"), json={"inputs": X.tolist()}, timeout=30)
@@ -58,10 +59,13 @@ def test_deploy_then_predict_over_the_api_and_plain_http(settings: Settings, mlp
     close(r.json()["predictions"], expected)
 
     status = api.server_status(settings=settings)
-    assert status is not None and status.target == "ray" and status.models["mlp"].version == 1
+    assert status is not None
+    assert status.target == "ray"
+    assert status.models["mlp"].version == 1
     assert status.models["mlp"].input == {"dtype": "float32", "shape": [-1, 32]}
     (summary,) = api.models(settings=settings)
-    assert summary.name == "mlp" and summary.served_version == 1
+    assert summary.name == "mlp"
+    assert summary.served_version == 1
 
 
 def test_bad_input_is_a_4xx_json_error(settings: Settings, mlp: list[Logged]):
@@ -84,9 +88,11 @@ def test_bad_input_is_a_4xx_json_error(settings: Settings, mlp: list[Logged]):
         assert r.headers["content-type"].startswith("application/json")
         assert r.json()["error"]
     r = requests.get(url(settings, "mlp"), timeout=30)
-    assert r.status_code == 405 and "POST" in r.json()["error"]
+    assert r.status_code == 405
+    assert "POST" in r.json()["error"]
     r = requests.post(url(settings, "mlp", "/deploy"), json={}, timeout=30)
-    assert r.status_code == 501 and "kernel side" in r.json()["error"]
+    assert r.status_code == 501
+    assert "kernel side" in r.json()["error"]
     with pytest.raises(InvalidInput, match="32"):
         api.predict("mlp", rows(2, features=5), settings=settings)
     with pytest.raises(NotFound):
@@ -101,10 +107,12 @@ def test_version_swap_under_load_fails_no_request(settings: Settings, mlp: list[
         load.wait_for(100)
     assert (result.version, result.previous_version) == (2, 1)
     assert load.failed == []
-    assert load.seen[1] > 0 and load.seen[2] > 0
+    assert load.seen[1] > 0
+    assert load.seen[2] > 0
     assert set(load.after_mark) == {2}
     state = api.server_status(settings=settings)
-    assert state is not None and state.models["mlp"].max_batch_size == 16
+    assert state is not None
+    assert state.models["mlp"].max_batch_size == 16
 
 
 def test_rollback_reuses_the_standby_and_history_lists_every_step(
@@ -142,5 +150,6 @@ def test_undeploy_removes_the_application(settings: Settings, mlp: list[Logged])
     result = api.undeploy("mlp", settings=settings)
     assert (result.action, result.version, result.previous_version) == ("undeploy", None, 1)
     r = requests.post(url(settings, "mlp"), json={"instances": X.tolist()}, timeout=30)
-    assert r.status_code == 404 and "no deployed model" in r.json()["error"]
+    assert r.status_code == 404
+    assert "no deployed model" in r.json()["error"]
     assert api.history("mlp", settings=settings)[-1].action == "undeploy"

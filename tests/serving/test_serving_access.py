@@ -59,7 +59,8 @@ def test_named_token_is_metered_then_revoked(deployed, client, settings):
     assert usage["dashboard"].rows == before.rows + 8
     assert usage["default"].rows >= 2
     text = display_status.status_text(api.server_status(settings=settings))
-    assert "usage by token:" in text and "dashboard" in text
+    assert "usage by token:" in text
+    assert "dashboard" in text
     assert [t["name"] for t in api.token_list(settings=settings)] == ["dashboard"]
 
     api.token_revoke("dashboard", settings=settings)
@@ -117,14 +118,16 @@ def test_a_predict_token_cannot_change_what_is_live(deployed, client, settings):
         answer = _manage(client, viewer, action, body)
         assert answer.status_code == 403, (action, answer.text)
         doc = answer.json()
-        assert doc["required_scope"] == "manage" and "'viewer'" in doc["error"]
+        assert doc["required_scope"] == "manage"
+        assert "'viewer'" in doc["error"]
         assert "'manage'" in doc["error"]
     assert client.status().models["guarded"].version == live  # nothing moved
     assert [e.to_version for e in api.history("guarded", settings=settings)][-1] == live
 
     ops = api.token_create("ops", scope="manage", settings=settings)
     listed = {t["name"]: t["scope"] for t in api.token_list(settings=settings)}
-    assert listed["viewer"] == "predict" and listed["ops"] == "manage"
+    assert listed["viewer"] == "predict"
+    assert listed["ops"] == "manage"
     assert _eventually(lambda: _manage(client, ops, "deploy", {"ref": str(live)}).ok)
     assert _manage(client, ops, "deploy", {"ref": str(live + 1)}).status_code == 200
     assert client.status().models["guarded"].version == live + 1
@@ -148,7 +151,8 @@ def test_token_scope_from_the_command_line(settings, capsys):
     assert any(line.split()[:3] == ["board", "scope", "predict"] for line in lines)
     assert cli.main(["serve", "status", "--scope", "manage"]) == cli.EXIT_ERROR
     err = capsys.readouterr().err.strip()
-    assert "--scope goes with token --new" in err and "\n" not in err
+    assert "--scope goes with token --new" in err
+    assert "\n" not in err
     for name in ("release", "board"):
         api.token_revoke(name, settings=settings)
 
@@ -162,10 +166,12 @@ def test_metrics_need_a_token_unless_opened_on_loopback(deployed, client, settin
     for headers in ({}, {"Authorization": "Bearer not-a-token"}):
         answer = requests.get(url, headers=headers, timeout=10)
         assert answer.status_code == 401
-        assert "board" not in answer.text and "token" in answer.json()["error"]
+        assert "board" not in answer.text
+        assert "token" in answer.json()["error"]
     for token in (board, client.token()):
         answer = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
-        assert answer.status_code == 200 and 'km_token_requests_total{token="board"}' in answer.text
+        assert answer.status_code == 200
+        assert 'km_token_requests_total{token="board"}' in answer.text
     api.token_revoke("board", settings=settings)
 
     opened = settings.replace(home=tmp_path, metrics_requires_token=False)
@@ -175,7 +181,8 @@ def test_metrics_need_a_token_unless_opened_on_loopback(deployed, client, settin
     scraped.ensure_running(timeout=90)
     try:
         answer = requests.get(f"{scraped.url}/metrics", timeout=10)
-        assert answer.status_code == 200 and "km_" in answer.text
+        assert answer.status_code == 200
+        assert "km_" in answer.text
         assert _post(f"{scraped.url}/v1/models/guarded:predict", None) == 401  # predict: still
     finally:
         pids = state_pids(opened.state_file)
@@ -237,12 +244,15 @@ def test_the_home_is_private_and_old_homes_are_tightened(settings, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "private" in lines[0] and str(home) in lines[0], done.stderr
+    assert len(lines) == 1, done.stderr
+    assert "private" in lines[0], done.stderr
+    assert str(home) in lines[0], done.stderr
     assert _open_to_others(home) == []
     # A file a kernel wrote into the private home under its umask: tightened without a word.
     written = home / "artifacts" / "written-by-a-kernel"
     written.write_text("x")
     written.chmod(0o644)
     again = subprocess.run(done.args, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and again.stderr == ""
+    assert again.returncode == 0
+    assert again.stderr == ""
     assert _open_to_others(home) == []

@@ -95,7 +95,8 @@ def test_canary_takes_its_exact_share(client: LocalTarget, mlp: str) -> None:
     assert abs(seen[2] - total // 10) <= WORKERS, seen
     assert seen[1] + seen[2] == total
     info = requests.get(f"{client.url}/v1/models/{mlp}", headers=auth(client)).json()
-    assert info["version"] == 1 and info["canary"] == {"version": 2, "percent": 10}
+    assert info["version"] == 1
+    assert info["canary"] == {"version": 2, "percent": 10}
     assert client.model(mlp).canary == {"version": 2, "percent": 10}  # the record, too
     shown = display_status.status_text(client.status())  # what %serve status prints
     assert "v1 (live) + canary v2 at 10%" in shown
@@ -127,14 +128,16 @@ def test_both_versions_are_metered_and_reachable_by_version(client: LocalTarget,
         )
         for v in (1, 2)
     }
-    assert counts[1] > 0 and counts[2] > 0
+    assert counts[1] > 0
+    assert counts[2] > 0
     x = rows(2)
     body = {"inputs": [{"name": "input-0", "shape": [2, 32], "datatype": "FP32",
                         "data": x.ravel().tolist()}]}  # fmt: skip
     r = requests.post(
         f"{client.url}/v2/models/mlp/versions/2/infer", json=body, headers=auth(client)
     )
-    assert r.status_code == 200 and r.json()["model_version"] == "2"
+    assert r.status_code == 200
+    assert r.json()["model_version"] == "2"
     meta = requests.get(f"{client.url}/v2/models/mlp", headers=auth(client)).json()
     assert meta["versions"] == ["1", "2"]
 
@@ -143,7 +146,8 @@ def test_a_restarted_process_restores_the_split(client: LocalTarget, mlp: str) -
     client.stop()
     client.ensure_running(timeout=90)
     seen, failed = send(client, 100, threads=1)
-    assert failed == 0 and seen == Counter({1: 90, 2: 10})
+    assert failed == 0
+    assert seen == Counter({1: 90, 2: 10})
 
 
 def test_a_respawned_worker_restores_the_split(
@@ -159,7 +163,8 @@ def test_a_respawned_worker_restores_the_split(
         time.sleep(0.1)
     assert victim not in state["workers"], state
     seen, failed = send(client, 50, threads=1)
-    assert failed == 0 and seen == Counter({1: 45, 2: 5})
+    assert failed == 0
+    assert seen == Counter({1: 45, 2: 5})
 
 
 def test_promote_under_load_fails_nothing(client: LocalTarget, mlp: str) -> None:

@@ -137,7 +137,8 @@ def _fuzz_operation(
 
 def test_fuzz_from_openapi(client, mlp, record_property):
     base = client.url
-    assert base and base.startswith("http://127.0.0.1:"), base
+    assert base, base
+    assert base.startswith("http://127.0.0.1:"), base
     before = _pids(client)
 
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json").exclude(

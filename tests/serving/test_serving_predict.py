@@ -231,13 +231,16 @@ def test_npy_limits_and_nan(client, mlp, http_):
     r = http_.post(predict_url(client), data=npy_bytes(nan), headers=h)
     assert (r.status_code, r.json()["error"]) == (400, "input contains NaN or infinity")
     r = http_.post(predict_url(client), data=npy_bytes(rows(MAX_ROWS + 1)), headers=h)
-    assert r.status_code == 413 and "rows" in r.json()["error"]
+    assert r.status_code == 413
+    assert "rows" in r.json()["error"]
     r = http_.post(predict_url(client), data=b"x" * (MAX_BODY + 1), headers=h)
-    assert r.status_code == 413 and "limit" in r.json()["error"]
+    assert r.status_code == 413
+    assert "limit" in r.json()["error"]
     obj = io.BytesIO()
     np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     r = http_.post(predict_url(client), data=obj.getvalue(), headers=h)
-    assert r.status_code == 400 and "not numeric" in r.json()["error"]
+    assert r.status_code == 400
+    assert "not numeric" in r.json()["error"]
     with pytest.raises(InvalidInput, match="expected rows of 32 features, got 3"):
         client.predict("mlp", rows(2, features=3))
     with pytest.raises(NotFound, match=r"no deployed model named 'nope' \(deployed: .*mlp"):
@@ -249,12 +252,14 @@ def test_routes_methods_and_tokens(client, mlp):
     assert requests.get(f"{url}/v1/models/nope:predict").status_code == 405
     # an unknown verb is no route (404), not a method to change (405)
     r = requests.post(f"{url}/v1/models/mlp:generate", json={"instances": [[1.0]]})
-    assert r.status_code == 404 and r.json()["error"].startswith("unknown verb 'generate'")
+    assert r.status_code == 404
+    assert r.json()["error"].startswith("unknown verb 'generate'")
     assert ":predict" in r.json()["error"]
     assert requests.get(f"{url}/nothing/here").status_code == 404
     assert requests.post(f"{url}/health").status_code == 405
     r = requests.post(f"{url}/v1/models/mlp:predict", json={"instances": rows(1).tolist()})
-    assert r.status_code == 401 and "token" in r.json()["error"]
+    assert r.status_code == 401
+    assert "token" in r.json()["error"]
     r = requests.post(
         f"{url}/v1/models/mlp:predict",
         json={"instances": rows(1).tolist()},
@@ -265,9 +270,11 @@ def test_routes_methods_and_tokens(client, mlp):
     assert requests.post(f"{url}/v1/models/mlp/undeploy").status_code == 401
     assert requests.get(f"{url}/ping").status_code == 200
     health = requests.get(f"{url}/health").json()
-    assert health["status"] == "ok" and health["models"]["mlp"] == mlp.version
+    assert health["status"] == "ok"
+    assert health["models"]["mlp"] == mlp.version
     doc = requests.get(f"{url}/openapi.json").json()
-    assert doc["openapi"].startswith("3.") and "/v1/models/{name}:predict" in doc["paths"]
+    assert doc["openapi"].startswith("3.")
+    assert "/v1/models/{name}:predict" in doc["paths"]
     # Each live model gets concrete paths with its exact row shape.
     body = doc["paths"]["/v1/models/mlp:predict"]["post"]["requestBody"]
     row = body["content"]["application/json"]["schema"]["oneOf"][0]["properties"]["instances"]
@@ -276,19 +283,23 @@ def test_routes_methods_and_tokens(client, mlp):
         f"{url}/v1/models/nope:predict", json={"instances": [[1]]}, headers=auth(client)
     )
     error = r.json()["error"]
-    assert r.status_code == 404 and error.startswith("no deployed model named 'nope' (deployed:")
+    assert r.status_code == 404
+    assert error.startswith("no deployed model named 'nope' (deployed:")
 
 
 def test_model_listing(client, mlp):
     info = client.model("mlp")
-    assert info.version == mlp.version and info.state == "live"
+    assert info.version == mlp.version
+    assert info.state == "live"
     assert info.input == {"dtype": "float32", "shape": [-1, 32]}
-    assert info.format == "pt2" and info.fast_path is True
+    assert info.format == "pt2"
+    assert info.fast_path is True
     assert info.history[-1].to_version == mlp.version
     names = [m.name for m in client.models()]
     assert "mlp" in names
     status = client.status()
-    assert status.status == "ready" and status.models["mlp"].version == mlp.version
+    assert status.status == "ready"
+    assert status.models["mlp"].version == mlp.version
 
 
 def test_metrics_parse(client, mlp, http_):
@@ -325,7 +336,8 @@ def test_keepalive_pipelining_and_chunked(client, mlp):
     for part in (body[:half], body[half:]):
         chunked += b"%x\r\n%s\r\n" % (len(part), part)
     answer = raw_http(port, chunked + b"0\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 200 OK") and b"predictions" in answer
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert b"predictions" in answer
     assert raw_http(port, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400")
     # The process still serves after all that.
     assert requests.get(f"{client.url}/ping").status_code == 200
@@ -336,4 +348,5 @@ def test_client_reattaches_from_another_instance(settings, client, mlp):
     assert other.url == client.url
     assert other.ensure_running() == client.url
     out, version = other.predict("mlp", rows(2))
-    assert version == mlp.version and out.shape == (2, 10)
+    assert version == mlp.version
+    assert out.shape == (2, 10)

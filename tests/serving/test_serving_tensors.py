@@ -78,9 +78,11 @@ def test_json_and_npy_answers_equal_the_eval_mode_model(client, deployed, http_,
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     r = http_.post(url(client, name), data=npy_bytes(x), headers={"Content-Type": NPY})
-    assert r.status_code == 200 and r.headers["Content-Type"] == NPY, r.text
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"] == NPY, r.text
     got = np.load(io.BytesIO(r.content), allow_pickle=False)
-    assert got.shape == want.shape and got.dtype == np.float32
+    assert got.shape == want.shape
+    assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     out, version = client.predict(name, x)  # the kernel side's client (npy both ways)
     assert version == logged.version
@@ -150,13 +152,16 @@ def test_what_does_not_fit_is_a_400_naming_dtype_and_shape(settings, client, dep
 def test_npy_of_the_wrong_dtype_or_shape_is_refused(client, deployed, http_):
     h = {"Content-Type": NPY}
     r = http_.post(url(client, "tokens"), data=npy_bytes(np.full((2, TOKENS), 0.5)), headers=h)
-    assert r.status_code == 400 and TOKENS_EXPECTED in r.json()["error"]
+    assert r.status_code == 400
+    assert TOKENS_EXPECTED in r.json()["error"]
     r = http_.post(url(client, "mask"), data=npy_bytes(np.ones((2, 6), np.int64)), headers=h)
-    assert r.status_code == 400 and "expected bool values" in r.json()["error"]
+    assert r.status_code == 400
+    assert "expected bool values" in r.json()["error"]
     r = http_.post(
         url(client, "conv"), data=npy_bytes(np.ones((2, 1, 8, 7), np.float32)), headers=h
     )
-    assert r.status_code == 400 and "got rows shaped (1, 8, 7)" in r.json()["error"]
+    assert r.status_code == 400
+    assert "got rows shaped (1, 8, 7)" in r.json()["error"]
 
 
 def _batch_sizes(client: LocalTarget, model: str) -> tuple[float, float]:
@@ -195,7 +200,8 @@ def test_bad_requests_in_a_batch_window_leave_their_neighbours_alone(client, dep
         answers = {key: f.result() for key, f in futures.items()}
     for (kind, i), r in answers.items():
         if kind == "bad":
-            assert r.status_code == 400 and r.json()["error"], r.text
+            assert r.status_code == 400, r.text
+            assert r.json()["error"], r.text
             continue
         assert r.status_code == 200, r.text
         want = eager(deployed["conv"], good[i])
@@ -222,7 +228,8 @@ def test_the_openapi_document_gives_each_model_its_exact_shape_and_dtype(client,
     while conv.get("type") == "array":
         sizes.append((conv["minItems"], conv["maxItems"]))
         conv = conv["items"]
-    assert sizes == [(1, 1), (8, 8), (8, 8)] and conv["type"] == "number"
+    assert sizes == [(1, 1), (8, 8), (8, 8)]
+    assert conv["type"] == "number"
     tokens = row_schema("tokens")
     assert tokens["items"] == {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
     assert row_schema("mask")["items"] == {"type": "boolean"}

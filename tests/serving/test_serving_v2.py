@@ -52,10 +52,13 @@ def test_infer_float_model_matches_the_documented_exchange(
     r = http_.post(f"{client.url}/v2/models/mlp/infer", json={"inputs": [tensor(X, "FP32")]})
     assert r.status_code == 200, r.text
     doc = r.json()
-    assert doc["model_name"] == "mlp" and doc["model_version"] == "2"
+    assert doc["model_name"] == "mlp"
+    assert doc["model_version"] == "2"
     assert "id" not in doc
     (out,) = doc["outputs"]
-    assert out["name"] == "output-0" and out["datatype"] == "FP32" and out["shape"] == [3, 10]
+    assert out["name"] == "output-0"
+    assert out["datatype"] == "FP32"
+    assert out["shape"] == [3, 10]
     assert len(out["data"]) == 30  # flat, row-major
     got = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
     np.testing.assert_allclose(got, models["mlp"].expected(X), atol=1e-6)
@@ -87,7 +90,8 @@ def test_int64_token_model(
     r = http_.post(f"{client.url}/v2/models/tokens/infer", json={"inputs": [tensor(X, "INT64")]})
     assert r.status_code == 200, r.text
     out = r.json()["outputs"][0]
-    assert out["shape"] == [4, 2] and out["datatype"] == "FP32"
+    assert out["shape"] == [4, 2]
+    assert out["datatype"] == "FP32"
     with torch.no_grad():
         want = models["tokens"].model(torch.from_numpy(X)).numpy()
     np.testing.assert_allclose(np.asarray(out["data"]).reshape(4, 2), want, rtol=1e-5, atol=1e-6)
@@ -100,15 +104,18 @@ def test_health_server_and_model_metadata(
     assert http_.get(f"{base}/v2/health/live").status_code == 200
     assert http_.get(f"{base}/v2/health/ready").json() == {"ready": True}
     server = http_.get(f"{base}/v2").json()
-    assert server["name"] == "kernel-magics" and "version" in server
+    assert server["name"] == "kernel-magics"
+    assert "version" in server
     meta = http_.get(f"{base}/v2/models/tokens").json()
-    assert meta["name"] == "tokens" and meta["versions"] == ["1"]
+    assert meta["name"] == "tokens"
+    assert meta["versions"] == ["1"]
     assert meta["platform"] == "pytorch"
     assert meta["inputs"] == [{"name": "input-0", "datatype": "INT64", "shape": [-1, TOKENS]}]
     assert meta["outputs"][0]["name"] == "output-0"
     assert http_.get(f"{base}/v2/models/mlp/versions/2").json()["versions"] == ["2"]
     ready = http_.get(f"{base}/v2/models/mlp/ready")
-    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert ready.status_code == 200
+    assert ready.json()["ready"] is True
     assert http_.get(f"{base}/v2/models/mlp/versions/2/ready").status_code == 200
 
 
@@ -127,7 +134,8 @@ def test_version_paths_other_than_the_served_one_are_404(
             else (http_.get(url))
         )
         assert r.status_code == 404, url
-        assert "mlp v1 is not served" in r.json()["error"] and "v2" in r.json()["error"]
+        assert "mlp v1 is not served" in r.json()["error"]
+        assert "v2" in r.json()["error"]
 
 
 @pytest.mark.parametrize(
@@ -170,7 +178,8 @@ def test_malformed_requests_are_4xx_json(
 def test_not_json_and_no_token(client: LocalTarget, models: dict[str, Logged]) -> None:
     url = f"{client.url}/v2/models/mlp/infer"
     r = requests.post(url, data=b"{", headers={**auth(client), "Content-Type": "application/json"})
-    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    assert r.status_code == 400
+    assert "not valid JSON" in r.json()["error"]
     r = requests.post(url, data=b"x", headers={**auth(client), "Content-Type": "text/plain"})
     assert r.status_code == 415
     assert requests.post(url, json={"inputs": []}).status_code == 401  # same token rule

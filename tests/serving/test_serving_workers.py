@@ -61,7 +61,8 @@ def _requests_total(client: LocalTarget) -> float:
 
 def test_two_workers_swap_together_and_metrics_aggregate(client, deployed, settings):
     state = json.loads(settings.state_file.read_text())
-    assert len(state["workers"]) == 2 and state["workers_ready"] == 2
+    assert len(state["workers"]) == 2
+    assert state["workers_ready"] == 2
     before = _requests_total(client)
     answers = [_fresh_predict(client) for _ in range(30)]
     assert answers == [(200, 1)] * 30
@@ -105,7 +106,8 @@ def test_one_worker_killed_the_other_keeps_serving(client, deployed, settings):
     for t in threads:
         t.join()
     assert state["workers_ready"] == 2, state
-    assert survivor in state["workers"] and not pid_alive(victim)
+    assert survivor in state["workers"]
+    assert not pid_alive(victim)
     assert served_meanwhile > 0, "nothing was answered while a worker was down"
     assert len(errors) <= 3, errors  # at most one in-flight request per hammering thread
     assert _fresh_predict(client) == (200, 2)

@@ -77,7 +77,8 @@ def test_two_ranks_match_one_process_and_register_once(shell: Any, run_cell: Any
 
     store = Store(load_settings())
     versions = store.versions("ddp")
-    assert [v.version for v in versions] == [1] and versions[0].run_id == two.run_id
+    assert [v.version for v in versions] == [1]
+    assert versions[0].run_id == two.run_id
     params = store.client.get_run(two.run_id).data.params
     assert (params["nproc"], params["nnodes"]) == ("2", "1")
     assert "nproc" not in store.client.get_run(one.run_id).data.params
@@ -103,7 +104,8 @@ def test_a_failing_rank_fails_the_run_and_registers_nothing(shell: Any) -> None:
         )
     message = str(caught.value)
     assert "\n" not in message
-    assert "rank 1" in message and "RuntimeError: boom on rank 1" in message
+    assert "rank 1" in message
+    assert "RuntimeError: boom on rank 1" in message
     store = Store(load_settings())
     assert not store.model_exists("ddp-fail")
     from mlflow import MlflowClient
@@ -172,7 +174,8 @@ def test_stop_ends_every_rank_and_registers_nothing(shell: Any, km_home: Path) -
             nproc=2,
             progress=reporter,
         )
-    assert reporter.finished is not None and reporter.finished[0] == "interrupted"
+    assert reporter.finished is not None
+    assert reporter.finished[0] == "interrupted"
     assert _worker_pids(km_home) == []  # torchrun's whole process group is gone
     assert not Store(load_settings()).model_exists("ddp-stop")
 
@@ -234,8 +237,10 @@ def test_two_nodes_register_once(km_home: Path, tmp_path: Path) -> None:
         answers.append(json.loads(lines[-1]))
     primary = [a for a in answers if "version" in a]
     secondary = [a for a in answers if "secondary" in a]
-    assert len(primary) == 1 and len(secondary) == 1, answers
-    assert primary[0]["version"] == 1 and primary[0]["accuracy"] > 0.5
+    assert len(primary) == 1, answers
+    assert len(secondary) == 1, answers
+    assert primary[0]["version"] == 1
+    assert primary[0]["accuracy"] > 0.5
     assert "node 1 of 2" in secondary[0]["secondary"]
     assert primary[0]["weight"] == pytest.approx(secondary[0]["weight"], abs=1e-5)
     assert [v.version for v in Store(load_settings()).versions("ddp-nodes")] == [1]

@@ -101,7 +101,8 @@ def test_cnn_on_images(shell: Any, km_home: Path) -> None:
     assert (r.name, r.version, r.format) == ("cnn", 1, "pt2")
     assert r.metrics["accuracy"] > 0.5
     spec, graph = _signature_and_graph(km_home, "cnn", 1)
-    assert spec.shape == (-1, 1, 8, 8) and spec.type == np.dtype("float32")
+    assert spec.shape == (-1, 1, 8, 8)
+    assert spec.type == np.dtype("float32")
     batch = torch.from_numpy(shell.user_ns["images"][:3])  # 3 rows: the batch is dynamic
     with torch.no_grad():
         torch.testing.assert_close(graph(batch), r.model(batch))
@@ -109,7 +110,8 @@ def test_cnn_on_images(shell: Any, km_home: Path) -> None:
 
 def test_gru_on_sequences(shell: Any, km_home: Path) -> None:
     r = shell.run_line_magic("train", "GRUNet() --data sequences seq_labels --epochs 2 --name gru")
-    assert r.format == "pt2" and 0 <= r.metrics["accuracy"] <= 1
+    assert r.format == "pt2"
+    assert 0 <= r.metrics["accuracy"] <= 1
     spec, graph = _signature_and_graph(km_home, "gru", r.version)
     assert spec.shape == (-1, 6, 3)
     assert graph(torch.zeros(7, 6, 3)).shape == (7, 2)
@@ -119,7 +121,8 @@ def test_embedding_model_on_int64_tokens(shell: Any, km_home: Path) -> None:
     r = shell.run_line_magic("train", "Bag() --data tokens token_labels --epochs 2 --name bag")
     assert [c for c in api.models() if c.name == "bag"][0].versions[0].task == "classification"
     spec, graph = _signature_and_graph(km_home, "bag", r.version)
-    assert spec.shape == (-1, 7) and spec.type == np.dtype("int64")  # ids, not floats
+    assert spec.shape == (-1, 7)
+    assert spec.type == np.dtype("int64")
     tokens = torch.from_numpy(shell.user_ns["tokens"][:4])
     with torch.no_grad():
         torch.testing.assert_close(graph(tokens), r.model(tokens))
@@ -132,7 +135,8 @@ def test_several_regression_outputs(shell: Any, km_home: Path) -> None:
     )
     assert {"mse", "mae", "r2"} <= set(r.metrics)
     params = _run_params(km_home, r.run_id)
-    assert params["loss"] == "huber" and params["task"] == "regression"
+    assert params["loss"] == "huber"
+    assert params["task"] == "regression"
 
 
 def test_per_position_tagger_with_a_notebook_loss(shell: Any, km_home: Path) -> None:
@@ -144,7 +148,8 @@ def test_per_position_tagger_with_a_notebook_loss(shell: Any, km_home: Path) -> 
     assert r.metrics["accuracy"] > 0.6  # per position
     assert _run_params(km_home, r.run_id)["loss"] == "tag_loss"
     spec, graph = _signature_and_graph(km_home, "tagger", r.version)
-    assert spec.shape == (-1, 7) and spec.type == np.dtype("int64")
+    assert spec.shape == (-1, 7)
+    assert spec.type == np.dtype("int64")
     assert graph(torch.zeros(2, 7, dtype=torch.int64)).shape == (2, 7, 3)
 
 
@@ -163,7 +168,8 @@ def test_mistakes_stay_one_line(shell: Any, line: str, expected: str) -> None:
     before = {s.name: len(s.versions) for s in api.models()}
     with pytest.raises(UsageError) as caught:
         shell.run_line_magic("train", line + " --name mistake")
-    assert type(caught.value) is UsageError and "\n" not in str(caught.value)
+    assert type(caught.value) is UsageError
+    assert "\n" not in str(caught.value)
     assert expected in str(caught.value)
     assert {s.name: len(s.versions) for s in api.models()} == before
 

@@ -53,7 +53,8 @@ def test_digits_mlp_learns(digits, make_mlp, recorder):
     steps = math.ceil(len(digits.X_train) / 64)
     assert recorder.calls[0] == ("start", (5, steps, "Sequential"))
     assert recorder.kinds() == ["start"] + ["epoch_end"] * 5 + ["finish"]
-    assert recorder.calls[-1][1][0] == "done" and "accuracy" in recorder.calls[-1][1][1]
+    assert recorder.calls[-1][1][0] == "done"
+    assert "accuracy" in recorder.calls[-1][1][1]
     assert recorder.steps == 5 * steps
 
 
@@ -115,7 +116,8 @@ def test_without_validation_set_metrics_are_on_training_rows(digits_xy, make_mlp
     X, y = digits_xy
     data = prepare_data(X / 16.0, y, val_split=0)
     result = fit(make_mlp(), data, TrainConfig(epochs=2))
-    assert result.metrics_on == "train" and result.history[0].metrics_on == "train"
+    assert result.metrics_on == "train"
+    assert result.history[0].metrics_on == "train"
     assert math.isfinite(result.final_metrics["val_loss"])
 
 
@@ -266,7 +268,8 @@ def _still_usable(model):
     assert all(p.grad is None for p in model.parameters())
     with torch.no_grad():
         out = model(torch.rand(3, 64))
-    assert out.shape == (3, 10) and torch.isfinite(out).all()
+    assert out.shape == (3, 10)
+    assert torch.isfinite(out).all()
 
 
 def test_failing_callback_reports_failed_and_reraises(digits, make_mlp, recorder):

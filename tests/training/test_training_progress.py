@@ -74,7 +74,8 @@ def test_text_progress_prints_one_line_per_epoch(small_digits, make_mlp, capsys)
     lines = out.splitlines()
     assert len(lines) == 4
     for i, line in enumerate(lines[:3], start=1):
-        assert line.startswith(f"epoch {i}/3  train_loss ") and "accuracy" in line
+        assert line.startswith(f"epoch {i}/3  train_loss ")
+        assert "accuracy" in line
     assert lines[3].startswith("Sequential done: trained 3 epochs in ")
 
 
@@ -217,7 +218,8 @@ def test_widget_structure_and_start(shell, capsys):
     assert isinstance(reporter.bar, widgets.IntProgress)
     assert all(isinstance(w, widgets.HTML) for w in (reporter.title, reporter.plot, reporter.table))
     assert (reporter.bar.max, reporter.bar.value) == (100, 0)
-    assert "Net" in reporter.title.value and reporter.label.value == "epoch 1/4"
+    assert "Net" in reporter.title.value
+    assert reporter.label.value == "epoch 1/4"
     assert "<svg" in reporter.plot.value
     # display() went through the shell exactly once (a terminal shell prints the repr).
     assert capsys.readouterr().out.count("VBox(") == 1
@@ -229,7 +231,9 @@ def test_widget_step_is_throttled(shell):
     reporter.start(2, 500, "Net")
     for _ in range(500):  # 500 batches within one instant: no redraw at all
         reporter.step(0.5)
-    assert reporter.redraws == 0 and reporter.bar.value == 0 and reporter.done == 500
+    assert reporter.redraws == 0
+    assert reporter.bar.value == 0
+    assert reporter.done == 500
     for _ in range(500):  # 500 batches over 5 s: at most 10 redraws a second
         clock.now += 0.01
         reporter.step(0.25)
@@ -268,7 +272,8 @@ def test_widget_epoch_end_and_finish(shell):
     assert reporter.bar.bar_style == "warning"
     assert reporter.label.value == "training interrupted at epoch 2/3"
     reporter.finish("done", "trained")
-    assert reporter.bar.bar_style == "success" and reporter.bar.value == 30
+    assert reporter.bar.bar_style == "success"
+    assert reporter.bar.value == 30
 
 
 def test_regression_curves_each_on_a_readable_scale(shell):
@@ -312,8 +317,10 @@ def test_widget_summary_is_static_html_of_the_run(shell):
         reporter.epoch_end(epoch(n, 12))
     summary = reporter.summary_html("done", "trained 12 epochs")
     doc = ET.fromstring(summary)  # well-formed: it is saved into the notebook as is
-    assert "Training Net" in summary and "trained 12 epochs" in summary
-    assert "width:100%" in summary and "<svg" in summary
+    assert "Training Net" in summary
+    assert "trained 12 epochs" in summary
+    assert "width:100%" in summary
+    assert "<svg" in summary
     rows = doc.find(".//table").findall("tr")
     assert len(rows) == 1 + 1 + W.TABLE_ROWS  # header, "earlier epochs", the newest ten
     assert rows[1][0].text.startswith("… 2 earlier epochs")
@@ -327,7 +334,8 @@ def test_line_chart_is_valid_svg_with_axes_and_labels():
     )
     texts = [el.text for el in svg.iter() if el.tag.endswith("text")]
     assert {"train loss", "val loss", "epoch", "loss", "1", "2", "3"} <= set(texts)
-    assert "0.5" in texts and "2.5" in texts  # y axis spans the data, in round ticks
+    assert "0.5" in texts
+    assert "2.5" in texts
     assert len([el for el in svg.iter() if el.tag.endswith("polyline")]) == 2
 
 
@@ -344,4 +352,5 @@ def test_line_chart_edge_cases(series):
     svg = ET.fromstring(line_chart(series))
     for el in svg.iter():
         for value in el.attrib.values():
-            assert "nan" not in value and "inf" not in value
+            assert "nan" not in value
+            assert "inf" not in value

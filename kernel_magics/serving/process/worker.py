@@ -41,7 +41,7 @@ def _import_torch(settings: Settings) -> None:
         torch.set_num_interop_threads(1)
     # Pre-import the torch.export deserializer (≈1.7 s) and load a tiny exported model once: the
     # first load in a process costs ~0.2-0.3 s more than later ones, which a deploy would pay.
-    import torch._export.serde.serialize  # noqa: F401
+    import torch._export.serde.serialize
 
     try:
         tiny = torch.export.load(str(WARMUP_MODEL)).module()

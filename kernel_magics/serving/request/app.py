@@ -124,7 +124,7 @@ class WorkerApp(ControlRoutes):
                 conn.send(404, error_body(unknown_verb(rest.decode("latin-1"))), req=req)
             elif self._method(req, conn, b"GET"):
                 self.model_info(req, conn, rest)
-            return
+            return None
         if path.startswith(_V2):  # the Open Inference Protocol (request/v2.py)
             return v2.route(self, req, conn)
         route = self.static.get(path)
@@ -132,6 +132,7 @@ class WorkerApp(ControlRoutes):
             self._not_found(req, conn)
         elif self._method(req, conn, route[0]):
             route[1](req, conn)
+        return None
 
     def handle_control(self, req: Request, conn: Connection) -> None:
         route = self.control_routes.get(req.path)
@@ -304,6 +305,7 @@ class WorkerApp(ControlRoutes):
         if refused is not None:
             return conn.send(403, dumps(refused), req=req)
         self.loop.create_task(self._relay(req, conn, name.decode("latin-1"), action.decode()))
+        return None
 
     async def _relay(self, req: Request, conn: Connection, name: str, action: str) -> None:
         target = f"/v1/models/{name}/{action}"
@@ -332,6 +334,7 @@ class WorkerApp(ControlRoutes):
         if self.metrics_auth and not self._authorized(req):
             return self._unauthorized(req, conn)
         conn.send(200, metrics.render(), metrics.CONTENT_TYPE, req=req)
+        return None
 
     def openapi(self, req: Request, conn: Connection) -> None:
         if self._openapi is None:

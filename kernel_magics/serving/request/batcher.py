@@ -132,10 +132,7 @@ class InferenceThread:
         stats = batcher.stats
         if stats is not None:
             stats.queue.dec(len(items))
-        if len(items) == 1:
-            batch = items[0].array
-        else:
-            batch = np.concatenate([it.array for it in items])
+        batch = items[0].array if len(items) == 1 else np.concatenate([it.array for it in items])
         try:
             out = model.forward(batch)
             if out.shape[:1] != batch.shape[:1]:

@@ -231,7 +231,7 @@ def _model_route(app: WorkerApp, req: Request, conn: Connection, parts: list[byt
         if app._method(req, conn, b"GET"):
             model = _pinned(app, req, conn, raw.decode("latin-1"), version)
             if model is None:
-                return
+                return None
             if rest:
                 conn.send(200, dumps({"name": model.name, "ready": True}), req=req)
             else:
@@ -239,6 +239,7 @@ def _model_route(app: WorkerApp, req: Request, conn: Connection, parts: list[byt
                 conn.send(200, dumps(metadata(model, served)), req=req)
     else:
         app._not_found(req, conn)
+    return None
 
 
 def _pinned(

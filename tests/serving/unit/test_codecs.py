@@ -33,7 +33,8 @@ def test_json_rows_takes_instances_or_inputs_of_any_rank():
     assert json_rows(b'{"instances": [[1, 2], [3, 4]]}').tolist() == [[1, 2], [3, 4]]
     assert json_rows(b'{"inputs": [[1.5, 2]]}').dtype == np.float64
     cube = json_rows(b'{"inputs": [[[1, 2], [3, 4]], [[5, 6], [7, 8]]]}')
-    assert cube.shape == (2, 2, 2) and cube.dtype == np.int64
+    assert cube.shape == (2, 2, 2)
+    assert cube.dtype == np.int64
 
 
 def test_json_rows_leaves_what_fits_to_the_model_check():
@@ -61,7 +62,8 @@ def test_json_rows_leaves_what_fits_to_the_model_check():
 def test_json_rows_refuses_bad_bodies_with_one_line(body, fragment):
     with pytest.raises(InvalidInput) as info:
         json_rows(body)
-    assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -156,7 +158,8 @@ def test_media_type_and_accept():
     assert media_type(b"Application/JSON; charset=utf-8") == b"application/json"
     assert media_type(b"") == b""
     assert wants_npy(b"application/json, application/x-npy;q=0.9")
-    assert not wants_npy(b"") and not wants_npy(b"*/*")
+    assert not wants_npy(b"")
+    assert not wants_npy(b"*/*")
 
 
 def test_predictions_json_is_exact_for_float32_and_keeps_any_rank():

@@ -28,7 +28,9 @@ def body(rows: object) -> np.ndarray:
 def test_n_d_float_rows_are_cast_and_made_contiguous():
     x = np.random.default_rng(0).random((3, 1, 8, 8))  # float64
     out = check_rows(x, IMAGES, 100)
-    assert out.dtype == np.float32 and out.shape == (3, 1, 8, 8) and out.flags.c_contiguous
+    assert out.dtype == np.float32
+    assert out.shape == (3, 1, 8, 8)
+    assert out.flags.c_contiguous
     np.testing.assert_array_equal(out, x.astype(np.float32))
     transposed = np.ascontiguousarray(np.swapaxes(x, 2, 3)).swapaxes(2, 3)  # not C order
     assert check_rows(transposed.astype(np.float32), IMAGES, 100).flags.c_contiguous
@@ -38,7 +40,8 @@ def test_n_d_float_rows_are_cast_and_made_contiguous():
 def test_int64_models_take_whole_numbers():
     ids = [[i for i in range(12)], [11 - i for i in range(12)]]
     out = check_rows(body(ids), TOKENS, 100)
-    assert out.dtype == np.int64 and out.tolist() == ids
+    assert out.dtype == np.int64
+    assert out.tolist() == ids
     # 1.0 is a valid token id (a float array of whole numbers); int32 and uint8 are widened
     assert check_rows(body([[1.0] * 12]), TOKENS, 100).tolist() == [[1] * 12]
     assert check_rows(np.ones((1, 12), np.uint8), TOKENS, 100).dtype == np.int64
@@ -48,7 +51,8 @@ def test_int64_models_take_whole_numbers():
 
 def test_bool_models_take_booleans():
     out = check_rows(body([[True, False] * 3]), FLAGS, 10)
-    assert out.dtype == np.bool_ and out.tolist() == [[True, False] * 3]
+    assert out.dtype == np.bool_
+    assert out.tolist() == [[True, False] * 3]
 
 
 TOKENS_GOT = "expected int64 values shaped (N, 12); got "

@@ -44,7 +44,8 @@ def test_pt2_with_a_dynamic_batch_takes_the_fast_path(model_dir):
     assert (model.fmt, model.fast_path, model.fixed_batch) == ("pt2", True, None)
     x = rows(5, seed=1)
     np.testing.assert_allclose(model.forward(x), expected(mlp, x), rtol=1e-6, atol=1e-6)
-    assert model.load_ms > 0 and model.warm_ms > 0
+    assert model.load_ms > 0
+    assert model.warm_ms > 0
     assert model.response_headers == b"x-model-name: m\r\nx-model-version: 1\r\n"
     described = model.describe()
     assert described["input"] == {"dtype": "float32", "shape": [-1, 4]}
@@ -62,7 +63,8 @@ def test_a_one_row_example_freezes_the_batch_and_forward_steps_through_it(model_
 def test_a_static_batch_above_one_pads_the_last_step(model_dir):
     mlp = TinyMLP(seed=6)
     model = loaded(model_dir(mlp, rows(3), dynamic_batch=False))
-    assert model.fixed_batch == 3 and model.fast_path
+    assert model.fixed_batch == 3
+    assert model.fast_path
     for n in (1, 3, 5, 7):  # 7 rows: steps of 3, 3, then 1 real row padded to 3
         x = rows(n, seed=n)
         np.testing.assert_allclose(model.forward(x), expected(mlp, x), rtol=1e-6, atol=1e-6)
@@ -198,7 +200,8 @@ def mlp_model(model_dir) -> LoadedModel:
 
 def test_check_casts_and_makes_contiguous(mlp_model):
     out = mlp_model.check(np.asfortranarray(rows(3).astype(np.float64)), 10)
-    assert out.dtype == np.float32 and out.flags.c_contiguous
+    assert out.dtype == np.float32
+    assert out.flags.c_contiguous
     np.testing.assert_array_equal(out, rows(3))
     ints = mlp_model.check(np.ones((2, 4), dtype=np.int64), 10)
     assert ints.dtype == np.float32
@@ -239,7 +242,9 @@ def test_stage_activate_standby_and_rollback_by_swap(model_dir):
     assert table.activate("m", 1, (event(1),)) == (v1, None)
     table.stage(v2)
     assert table.activate("m", 2, (event(1), event(2, 1))) == (v2, v1)
-    assert table.live["m"] is v2 and table.standby["m"] is v1 and not table.staged
+    assert table.live["m"] is v2
+    assert table.standby["m"] is v1
+    assert not table.staged
     # a rollback to the standby loads nothing: it is reusable, staged and activated again
     reused = table.reusable(spec_for(Path(v1.path), 1), 16, 0.0)
     assert reused is v1
@@ -277,13 +282,15 @@ def test_discard_and_unload(model_dir):
     v2 = loaded(model_dir(TinyMLP(), rows(4), name="v2"), version=2)
     table.stage(v1)
     table.stage(v2)
-    assert table.discard("m", 2) == 1 and list(table.staged) == [("m", 1)]
+    assert table.discard("m", 2) == 1
+    assert list(table.staged) == [("m", 1)]
     assert table.discard("other") == 0
     table.activate("m", 1, (event(1),))
     table.stage(v2)
     assert table.discard("m") == 1
     assert table.unload("m", (event(1), event(None, 1))) is v1
-    assert not table.live and not table.standby
+    assert not table.live
+    assert not table.standby
     assert table.unload("m", None) is None
 
 
@@ -293,7 +300,8 @@ def test_model_from_spec_fills_unset_options_from_the_worker_settings(tmp_path):
     assert (model.max_batch_size, model.max_wait_ms, model.format) == (64, 2.0, "pickle")
     set_ = model_from_spec(spec_for(tmp_path, max_batch_size=8, max_wait_ms=0.0), 64, 2.0)
     assert (set_.max_batch_size, set_.max_wait_ms) == (8, 0.0)
-    assert model.task == "regression" and model.sha256 == "x"
+    assert model.task == "regression"
+    assert model.sha256 == "x"
 
 
 def test_inflight_drains():
@@ -306,6 +314,7 @@ def test_inflight_drains():
         loop = asyncio.get_running_loop()
         loop.call_later(0.02, inflight.leave)
         loop.call_later(0.04, inflight.leave)
-        assert await inflight.drained(1.0) and inflight.count == 0
+        assert await inflight.drained(1.0)
+        assert inflight.count == 0
 
     run_loop(scenario())

@@ -119,12 +119,17 @@ GET = b"GET /ping?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"
 
 def test_a_request_is_parsed_and_the_connection_kept_alive():
     (r,), closed = exchange(post("/v1/p", b"hello", "X-Thing: a\r\nX-Thing: b\r\n"), responses=1)
-    assert r.status == 200 and r.headers["connection"] == "keep-alive" and not closed
+    assert r.status == 200
+    assert r.headers["connection"] == "keep-alive"
+    assert not closed
     doc = r.json()
-    assert doc["method"] == "POST" and doc["path"] == "/v1/p" and doc["body"] == "hello"
+    assert doc["method"] == "POST"
+    assert doc["path"] == "/v1/p"
+    assert doc["body"] == "hello"
     assert doc["headers"]["x-thing"] == "a,b"  # repeated headers are comma-joined, names lowered
     (g,), _ = exchange(GET, responses=1)
-    assert g.json()["query"] == "x=1" and g.json()["path"] == "/ping"
+    assert g.json()["query"] == "x=1"
+    assert g.json()["path"] == "/ping"
 
 
 def test_pipelined_requests_are_answered_in_order_even_when_the_first_answers_late():
@@ -152,34 +157,43 @@ def test_a_request_split_across_packets_and_a_chunked_body():
 
 def test_connection_close_and_http_1_0_close_after_the_answer():
     (r,), closed = exchange(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    assert r.status == 200 and r.headers["connection"] == "close" and closed
+    assert r.status == 200
+    assert r.headers["connection"] == "close"
+    assert closed
     (r,), closed = exchange(b"GET /a HTTP/1.0\r\n\r\n")
-    assert r.headers["connection"] == "close" and closed
+    assert r.headers["connection"] == "close"
+    assert closed
 
 
 def test_oversized_bodies_are_refused_with_413():
     # declared over the limit (but within 4×): drained, answered 413, then closed
     (r,), closed = exchange(post("/big", b"x" * (MAX_BODY + 1)))
-    assert r.status == 413 and "limit" in r.json()["error"] and closed
+    assert r.status == 413
+    assert "limit" in r.json()["error"]
+    assert closed
     # declared far over: refused at the headers, without reading the body
     head = f"POST /huge HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY * 100}\r\n\r\n"
     (r,), closed = exchange(head.encode() + b"x" * 10)
-    assert r.status == 413 and closed
+    assert r.status == 413
+    assert closed
     # chunked, so only counted while reading
     chunk = b"x" * 600
     body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(3)) + b"0\r\n\r\n"
     chunked = b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body
     (r,), closed = exchange(chunked)
-    assert r.status == 413 and closed
+    assert r.status == 413
+    assert closed
 
 
 def test_expect_100_continue():
     head = b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
     answers, _ = exchange([head, b"ok"], responses=1)
-    assert [a.status for a in answers] == [100, 200] and answers[1].json()["body"] == "ok"
+    assert [a.status for a in answers] == [100, 200]
+    assert answers[1].json()["body"] == "ok"
     big = f"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY + 1}\r\n"
     answers, closed = exchange((big + "Expect: 100-continue\r\n\r\n").encode())
-    assert [a.status for a in answers] == [413] and closed  # refused before the body is sent
+    assert [a.status for a in answers] == [413]
+    assert closed
 
 
 @pytest.mark.parametrize(
@@ -193,7 +207,9 @@ def test_expect_100_continue():
 )
 def test_malformed_requests_get_400_and_the_connection_closes(raw):
     (r,), closed = exchange(raw)
-    assert r.status == 400 and r.json()["error"] and closed
+    assert r.status == 400
+    assert r.json()["error"]
+    assert closed
 
 
 def test_an_upgrade_is_answered_as_plain_http_once_then_the_connection_closes():
@@ -201,12 +217,15 @@ def test_an_upgrade_is_answered_as_plain_http_once_then_the_connection_closes():
     for handler_answers_late in (False, True):
         path = b"/later" if handler_answers_late else b"/u"
         (r,), closed = exchange(upgrade.replace(b"/u", path) + b"\x81\x05hello")
-        assert r.status == 200 and r.headers["connection"] == "close" and closed
+        assert r.status == 200
+        assert r.headers["connection"] == "close"
+        assert closed
 
 
 def test_a_handler_bug_is_a_500_and_the_connection_keeps_serving():
     answers, closed = exchange(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n" + GET, responses=2)
-    assert [a.status for a in answers] == [500, 200] and not closed
+    assert [a.status for a in answers] == [500, 200]
+    assert not closed
     assert answers[0].json()["error"] == "internal error: RuntimeError"
 
 
@@ -228,7 +247,8 @@ def test_describe_error_quotes_the_first_line_only():
 )
 def test_request_heads_over_the_limits_get_431_and_the_connection_closes(data):
     (answer,), closed = exchange(data)
-    assert answer.status == 431 and closed
+    assert answer.status == 431
+    assert closed
     assert "request head over the limit" in answer.json()["error"]
 
 

@@ -163,13 +163,17 @@ def test_deploy_loads_everywhere_then_switches_and_answers_before_the_history_wr
     events_before = len(life.store.history(NAME))
     call = transition(life, pool, "deploy", {"ref": "1", "max_batch_size": 8})
     assert call.status == 200, call.body
-    assert call.body["version"] == 1 and call.body["previous_version"] is None
-    assert call.body["load_ms"] == 1.5 and isinstance(call.body["ready_at"], float)
+    assert call.body["version"] == 1
+    assert call.body["previous_version"] is None
+    assert call.body["load_ms"] == 1.5
+    assert isinstance(call.body["ready_at"], float)
     assert call.body["history"][-1]["to_version"] == 1
     assert [c[0] for c in pool.calls] == ["load", "load", "activate", "activate"]
     assert pool.serving == {0: {NAME: 1}, 1: {NAME: 1}}
     live = pool.live[NAME]
-    assert live.spec.version == 1 and live.spec.format == "pt2" and live.spec.max_batch_size == 8
+    assert live.spec.version == 1
+    assert live.spec.format == "pt2"
+    assert live.spec.max_batch_size == 8
     assert live.history[-1].to_version == 1
     assert life.store.live_version(NAME) == 1
     # the answer went out before the event was appended; it is there once the call finished
@@ -183,7 +187,8 @@ def test_rollback_returns_to_the_previous_version(life):
     transition(life, pool, "deploy", {"ref": 2})
     call = transition(life, pool, "rollback")
     assert (call.status, call.body["version"], call.body["previous_version"]) == (200, 1, 2)
-    assert pool.serving[0][NAME] == 1 and pool.live[NAME].spec.version == 1
+    assert pool.serving[0][NAME] == 1
+    assert pool.live[NAME].spec.version == 1
     call = transition(life, pool, "rollback", {"to": 2})
     assert (call.status, call.body["version"]) == (200, 2)
 
@@ -196,10 +201,12 @@ def test_deploying_the_live_version_changes_nothing_and_rollback_skips_it(life):
     pool.calls.clear()
     for body in ({"ref": 2}, {"ref": "2"}, None):  # None: the newest, v2 too
         call = transition(life, pool, "deploy", body)
-        assert call.status == 200 and call.body["unchanged"] is True, call.body
+        assert call.status == 200, call.body
+        assert call.body["unchanged"] is True, call.body
         assert (call.body["version"], call.body["previous_version"]) == (2, 2)
     call = transition(life, pool, "rollback", {"to": 2})
-    assert call.status == 200 and call.body["unchanged"] is True
+    assert call.status == 200
+    assert call.body["unchanged"] is True
     assert pool.calls == []  # nothing loaded, activated or discarded
     assert len(life.store.history(NAME)) == events  # nothing recorded
     call = transition(life, pool, "rollback")
@@ -211,7 +218,8 @@ def test_the_live_version_the_process_does_not_serve_is_loaded_again(life):
     transition(life, MemoryPool(), "deploy", {"ref": 2})
     fresh = MemoryPool()  # a restarted process that could not restore v2: it serves nothing
     call = transition(life, fresh, "deploy", {"ref": 2})
-    assert call.status == 200 and "unchanged" not in call.body
+    assert call.status == 200
+    assert "unchanged" not in call.body
     assert fresh.serving == {0: {NAME: 2}, 1: {NAME: 2}}
 
 
@@ -220,7 +228,8 @@ def test_new_serving_options_for_the_live_version_apply_and_rollback_skips_them(
     transition(life, pool, "deploy", {"ref": 1})
     transition(life, pool, "deploy", {"ref": 2})
     call = transition(life, pool, "deploy", {"ref": 2, "max_batch_size": 7})
-    assert call.status == 200 and "unchanged" not in call.body  # a real change: loaded, recorded
+    assert call.status == 200
+    assert "unchanged" not in call.body
     assert pool.live[NAME].spec.max_batch_size == 7
     events = life.store.history(NAME)
     assert (events[-1]["from_version"], events[-1]["to_version"]) == (2, 2)
@@ -234,11 +243,13 @@ def test_a_version_failing_to_load_anywhere_is_discarded_everywhere(life):
     pool.refuse_load = {1}
     pool.calls.clear()
     call = transition(life, pool, "deploy", {"ref": 2})
-    assert call.status == 409 and call.body["error"] == f"{NAME} cannot load here"
+    assert call.status == 409
+    assert call.body["error"] == f"{NAME} cannot load here"
     assert [c[0] for c in pool.calls] == ["load", "load", "discard", "discard"]
     assert pool.staged == {0: set(), 1: set()}
     assert pool.serving == {0: {NAME: 1}, 1: {NAME: 1}}  # v1 keeps serving
-    assert pool.live[NAME].spec.version == 1 and life.store.live_version(NAME) == 1
+    assert pool.live[NAME].spec.version == 1
+    assert life.store.live_version(NAME) == 1
 
 
 def test_undeploy_unloads_and_clears_the_mirror(life):
@@ -246,7 +257,8 @@ def test_undeploy_unloads_and_clears_the_mirror(life):
     transition(life, pool, "deploy", {})
     call = transition(life, pool, "undeploy")
     assert (call.status, call.body["version"], call.body["previous_version"]) == (200, None, 2)
-    assert NAME not in pool.live and pool.serving == {0: {}, 1: {}}
+    assert NAME not in pool.live
+    assert pool.serving == {0: {}, 1: {}}
     assert life.store.live_version(NAME) is None
     assert transition(life, pool, "undeploy").status == 400  # not deployed
 
@@ -256,7 +268,8 @@ def test_a_worker_gone_at_activation_does_not_fail_the_call(life, caplog):
     pool.gone_at_activate = {0}
     with caplog.at_level(logging.ERROR, logger=MemoryPool.log.name):
         call = transition(life, pool, "deploy", {"ref": 1})
-    assert call.status == 200 and pool.serving[1] == {NAME: 1}
+    assert call.status == 200
+    assert pool.serving[1] == {NAME: 1}
     assert pool.live[NAME].spec.version == 1  # its respawn restores from the mirror
     assert "worker 0: worker 0 did not answer" in caplog.text
 
@@ -268,8 +281,11 @@ def test_refusals_change_nothing(life):
     for worker in pool.workers:
         worker.ready = False
     call = transition(life, pool, "deploy", {"ref": 1})
-    assert call.status == 503 and "restarting" in call.body["error"]
-    assert pool.calls == [] and not pool.live and life.store.live_version(NAME) is None
+    assert call.status == 503
+    assert "restarting" in call.body["error"]
+    assert pool.calls == []
+    assert not pool.live
+    assert life.store.live_version(NAME) is None
 
 
 def test_a_bad_body_is_refused_before_the_store_is_asked(life):
