@@ -208,7 +208,7 @@ class ModelState(_Wire):
             state=str(doc.get("state") or "live"),
             format=doc.get("format"),
             task=doc.get("task"),
-            classes=tuple(doc["classes"] or ()) if "classes" in doc else None,
+            classes=tuple(doc["classes"]) if isinstance(doc.get("classes"), list) else None,
             loaded_at=doc.get("loaded_at"),
             max_batch_size=_int_or_none(doc.get("max_batch_size"), "max_batch_size"),
             max_wait_ms=_float_or_none(doc.get("max_wait_ms"), "max_wait_ms"),

@@ -138,7 +138,11 @@ def test_disk_full_during_training_fails_the_run_and_cleans_up(tmp_path: Path) -
     mount = tmp_path / "disk"
     mount.mkdir()
     home = mount / "home"
-    script = f'mount -t tmpfs -o size=32m tmpfs {mount} && exec {sys.executable} -c "$0"'
+    # the home made as the project makes one (0700): the run's one line is then the error alone
+    script = (
+        f"mount -t tmpfs -o size=32m,mode=0700 tmpfs {mount} && mkdir -m 0700 {home} && "
+        f'exec {sys.executable} -c "$0"'
+    )
     proc = subprocess.run(
         ["unshare", "-rm", "sh", "-c", script, DISK_FULL_SCRIPT],
         env=child_env(home),

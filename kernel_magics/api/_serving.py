@@ -158,8 +158,10 @@ def models(*, settings: Settings | None = None) -> list[ModelSummary]:
         # the embedded store is read without importing MLflow (≈ 2 s of a terminal command)
         import sqlite3
 
+        from kernel_magics.serving.files import private_home
         from kernel_magics.store_sqlite import SqliteCatalog
 
+        private_home(s.home)  # as a store does when it opens: a listing must not skip it
         with contextlib.suppress(sqlite3.Error):  # a schema it does not know: MLflow reads it
             return catalog.summaries(SqliteCatalog(db), status)
     return catalog.summaries(_store(s), status)

@@ -90,10 +90,11 @@ def loader_for(folder: Path, fmt: str | None) -> Loader:
         if not (folder / found.file).is_file():
             raise DeployFailed(f"no {found.file} in {folder} (format {fmt})")
         return found
-    for candidate in LOADERS.values():
+    ordered = sorted(LOADERS.values(), key=_registry_order)
+    for candidate in ordered:
         if (folder / candidate.file).is_file():
             return candidate
-    files = " or ".join(candidate.file for candidate in LOADERS.values())
+    files = " or ".join(candidate.file for candidate in ordered)
     raise DeployFailed(f"no {files} in {folder}")
 
 
@@ -101,6 +102,13 @@ def served_flavors() -> set[str]:
     """The MLflow flavors some registered format loads (``pytorch``, ``onnx``)."""
     _import_format_modules()
     return {found.flavor for found in LOADERS.values()}
+
+
+def _registry_order(found: Loader) -> int:
+    """``FORMAT_MODULES`` order, whatever order the modules happened to be imported in (a
+    kernel feature may import one format directly before the registry imports the rest)."""
+    module = found.load.__module__
+    return FORMAT_MODULES.index(module) if module in FORMAT_MODULES else len(FORMAT_MODULES)
 
 
 @functools.cache

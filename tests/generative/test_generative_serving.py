@@ -196,7 +196,7 @@ def test_tokens_are_metered_per_api_token(oai: openai.OpenAI, client: LocalTarge
     was = before.get(name)
     assert usage[name].completion_tokens - (was.completion_tokens if was else 0) == 7
     assert usage[name].prompt_tokens - (was.prompt_tokens if was else 0) == out.usage.prompt_tokens
-    text = requests.get(f"{client.url}/metrics", timeout=10).text
+    text = _metrics(client)
     assert f'km_token_completion_tokens_total{{token="{name}"}}' in text
 
 
@@ -223,9 +223,9 @@ def test_time_to_first_token_and_inter_token_in_prometheus(
         lines = [line for line in text.splitlines() if line.startswith(prefix)]
         return float(lines[0].split()[-1]) if lines else 0.0
 
-    before = requests.get(f"{client.url}/metrics", timeout=10).text
+    before = _metrics(client)
     list(oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, stream=True, seed=1))
-    after = requests.get(f"{client.url}/metrics", timeout=10).text
+    after = _metrics(client)
     assert (
         count(after, "km_generation_ttft_seconds")
         == count(before, "km_generation_ttft_seconds") + 1
@@ -249,3 +249,11 @@ def test_canary_splits_generations(oai: openai.OpenAI, served: str) -> None:
     finally:
         api.rollback("tiny")  # drops the canary
     assert oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=1).model == "tiny@1"
+
+
+def _metrics(client: LocalTarget) -> str:
+    """The Prometheus text (``/metrics`` needs a token: its series name tokens and models)."""
+    headers = {"authorization": f"Bearer {client.token()}"}
+    answer = requests.get(f"{client.url}/metrics", headers=headers, timeout=10)
+    answer.raise_for_status()
+    return answer.text

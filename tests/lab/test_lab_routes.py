@@ -69,7 +69,13 @@ async def test_status_is_null_while_no_inference_process_runs(
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "words"),
     [
-        ("POST", ("models", MODEL, "rollback"), {"to": "one"}, 400, "'to' must be a whole number"),
+        (
+            "POST",
+            ("models", MODEL, "rollback"),
+            {"to": "one"},
+            400,
+            "'to' must be a version number",
+        ),
         ("POST", ("models", MODEL, "deploy"), {"version": True}, 400, "'version'"),
         ("POST", ("models", MODEL, "deploy"), "[1", 400, "JSON"),
         ("POST", ("models", MODEL, "deploy"), [1, 2], 400, "must be a JSON object"),

@@ -200,7 +200,7 @@ class LoadedModel:
                 "loaded_at": self.loaded_at,
                 "task": self.task,
                 # the labels a client turns scores into (api.predict, without a store lookup)
-                "classes": list(self.classes) if self.classes else None,
+                "classes": list(self.classes or ()),  # [] none (a regressor)
                 "format": self.fmt,
                 "fast_path": self.fast_path,
                 "fixed_batch": self.fixed_batch,
