@@ -51,9 +51,11 @@ def open_stream(client: LocalTarget, max_tokens: int) -> http.client.HTTPConnect
     return conn
 
 
-def generation(client: LocalTarget) -> dict:
+def generation(client: LocalTarget, name: str = "tiny") -> dict:
+    """The engine's counters of ``name`` (the process may serve other models too)."""
     doc = requests.get(f"{client.url}/v1/models", timeout=10).json()
-    return doc["models"][0]["generation"]
+    (model,) = [m for m in doc["models"] if m["name"] == name]
+    return model["generation"]
 
 
 def test_queue_full_is_429_with_retry_after(client: LocalTarget, served: str) -> None:
@@ -83,6 +85,14 @@ def test_queue_full_is_429_with_retry_after(client: LocalTarget, served: str) ->
 
 
 def test_disconnect_frees_the_slot(client: LocalTarget, served: str) -> None:
+    # what the queue test left running ends first: this stream must hold the running slot
+    # (a request dropped while still queued is not a cancelled sequence)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        idle = generation(client)
+        if idle["running"] == 0 and idle["queued"] == 0:
+            break
+        time.sleep(0.05)
     before = generation(client)
     open_stream(client, 480).close()
     deadline = time.monotonic() + 20
