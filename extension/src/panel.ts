@@ -108,7 +108,7 @@ export class ModelsPanel extends Widget {
       const history: ISnapshot['history'] = {};
       models.forEach((m, i) => (history[m.name] = histories[i]));
       this.snapshot = { models, status, history };
-      this.showError('');
+      this.showError(this.actionError); // a refresh does not hide what an action answered
       this.render();
     } catch (error) {
       // keep showing the last good snapshot under the error line
@@ -156,6 +156,7 @@ export class ModelsPanel extends Widget {
       return;
     }
     this.busyModel = name;
+    this.actionError = '';
     this.showError('');
     this.noticeNode.textContent = `${name}: ${action}${version !== undefined ? ` v${version}` : ''}…`;
     this.render(true);
@@ -166,7 +167,8 @@ export class ModelsPanel extends Widget {
       this.apply(result);
     } catch (error) {
       this.noticeNode.textContent = '';
-      this.showError(String((error as Error).message ?? error));
+      this.actionError = String((error as Error).message ?? error);
+      this.showError(this.actionError);
     } finally {
       this.busyModel = null;
       this.selected.delete(name);
@@ -213,6 +215,7 @@ export class ModelsPanel extends Widget {
   private renderedKey = '';
   private busyModel: string | null = null;
   private pending: Promise<void> | null = null;
+  private actionError = ''; // the last action's error: shown until the next action
   private generation = 0; // bumped by each action: loads begun before it are stale
   private timer: number | null = null;
 }
