@@ -19,7 +19,7 @@ explain), ``_runs`` (runs and versions, read-only: params, metric histories, siz
 from __future__ import annotations
 
 from kernel_magics.api._analysis import compare, evaluate, explain, pipeline_rerun, pipeline_run
-from kernel_magics.api._generate import Generation, generate
+from kernel_magics.api._generate import Generation, chat, generate
 from kernel_magics.api._runs import last_run_id, metric_history, run_params, version_size
 from kernel_magics.api._serving import (
     deploy,
@@ -60,6 +60,7 @@ __all__ = [
     "train",
     "register",
     "generate",
+    "chat",
     "Generation",
     "is_generative",
     "deploy",
