@@ -14,16 +14,19 @@ from collections.abc import Mapping
 KEY_METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("accuracy", "f1_macro"),
     "regression": ("mse", "mae", "r2"),
+    "text-generation": ("perplexity", "accuracy"),  # a language model trained on text
 }
 # Name fragments that say which way a metric improves; a name with both ("loss_f1") is a loss.
 HIGHER = ("accuracy", "precision", "recall", "f1", "auc", "r2")
-LOWER = ("loss", "mse", "mae", "rmse", "error")
+LOWER = ("loss", "mse", "mae", "rmse", "error", "perplexity")
 
 
 def key_metrics(metrics: Mapping[str, float], task: str | None = None) -> dict[str, float]:
     """The headline metrics present in ``metrics``, best first: the task's (both tasks' when
     the task is unknown), else ``val_loss`` when that is all there is."""
-    keys = KEY_METRICS.get(task or "") or KEY_METRICS["classification"] + KEY_METRICS["regression"]
+    keys = KEY_METRICS.get(task or "") or (
+        ("perplexity",) + KEY_METRICS["classification"] + KEY_METRICS["regression"]
+    )
     found = {key: metrics[key] for key in keys if key in metrics}
     if not found and "val_loss" in metrics:
         found = {"val_loss": metrics["val_loss"]}

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from kernel_magics.preprocess import TableEncoder
+    from kernel_magics.registration import RegisterResult
     from kernel_magics.training.config import TrainConfig
     from kernel_magics.training.data import PreparedData
     from kernel_magics.training.fit import EpochResult, FitResult
@@ -83,8 +84,15 @@ def run_training(
     data: PreparedData,
     config: TrainConfig,
     fit_fn: Callable[..., FitResult],
+    *,
+    register: Callable[[Any, PreparedData], tuple[Any, RegisterResult]] | None = None,
+    extra_params: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Wrap ``fit_fn(on_epoch=...) -> FitResult`` in an MLflow run and register the model."""
+    """Wrap ``fit_fn(on_epoch=...) -> FitResult`` in an MLflow run and register the model.
+
+    ``register(model, data) -> (registered model, RegisterResult)`` registers it another way
+    than as a pt2 graph (a language model with its tokenizer, ``training/text.py``), inside
+    the same run; ``extra_params`` are logged with the configuration's."""
     import mlflow
 
     from kernel_magics.training.scaling import registered_model
@@ -96,6 +104,7 @@ def run_training(
             params.update(
                 model_class=type(model).__name__, task=data.task, n_features=data.n_features
             )
+            params.update(extra_params or {})
             if data.scaling is not None:
                 params["scaled_features"] = data.scaling.describe()
             if data.target_scaling is not None:
@@ -111,16 +120,19 @@ def run_training(
 
         fitted = fit_fn(on_epoch=on_epoch)
         started = time.perf_counter()
-        served = registered_model(model, data)
-        registered = register_version(
-            store,
-            served,
-            data.input_example,
-            name=name,
-            task=data.task,
-            classes=data.classes,
-            encoder=data.encoder,
-        )
+        if register is not None:
+            served, registered = register(model, data)
+        else:
+            served = registered_model(model, data)
+            registered = register_version(
+                store,
+                served,
+                data.input_example,
+                name=name,
+                task=data.task,
+                classes=data.classes,
+                encoder=data.encoder,
+            )
         bookkeeping = time.perf_counter() - started
 
     return TrainResult(

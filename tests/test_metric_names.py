@@ -41,6 +41,11 @@ def test_key_metrics_per_task_best_first() -> None:
     assert list(key_metrics(metrics)) == ["accuracy", "mse", "mae", "r2"]
     assert key_metrics({"val_loss": 0.3, "lr": 0.1}, "classification") == {"val_loss": 0.3}
     assert key_metrics({"lr": 0.1}) == {}
+    # a language model trained on text: perplexity first, whether the task is said or not
+    lm = {"perplexity": 120.0, "accuracy": 0.1, "val_loss": 4.8}
+    assert list(key_metrics(lm, "text-generation")) == ["perplexity", "accuracy"]
+    assert list(key_metrics(lm)) == ["perplexity", "accuracy"]
+    assert direction("perplexity") == "lower"
 
 
 def test_the_models_table_and_the_progress_line_show_the_same_regression_metrics() -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_magics.api._context import _settings, _store
 from kernel_magics.config import Settings
+from kernel_magics.errors import InvalidInput
 from kernel_magics.registration import RegisterResult, register_version
 from kernel_magics.store import validate_name
 from kernel_magics.tracking import TrainResult, run_training
@@ -24,10 +25,13 @@ if TYPE_CHECKING:
 # -- training and registration ------------------------------------------------------------------
 def train(
     model: Any,
-    X: Any,
+    X: Any = None,
     y: Any = None,
     *,
     name: str,
+    text: Any = None,
+    tokenizer: Any = None,
+    block_size: int = 128,
     config: TrainConfig | None = None,
     epochs: int | None = None,
     lr: float | None = None,
@@ -64,6 +68,11 @@ def train(
     A scikit-learn estimator (``MLPClassifier((32,))``, a ``Pipeline``) is fitted with its
     own ``fit`` on the training split instead (``frameworks.sklearn_training``; val_split,
     seed and task apply) and registered like ``register`` registers one.
+
+    A language model: ``text`` (the corpus, or the path of a UTF-8 file) instead of X, with
+    the ``tokenizer``; ``model`` is a transformers causal LM trained on blocks of
+    ``block_size`` tokens (perplexity and next-token accuracy per epoch on held-out blocks)
+    and registered with its tokenizer as a generative version (``training.text``).
     """
     from kernel_magics.frameworks import is_sklearn
     from kernel_magics.registration import check_model
@@ -73,7 +82,7 @@ def train(
     from kernel_magics.training.scaling import scale_data
 
     validate_name(name)
-    if not is_sklearn(model):
+    if text is None and not is_sklearn(model):
         check_model(model)
     given = {
         "epochs": epochs,
@@ -92,6 +101,23 @@ def train(
         "rdzv_endpoint": rdzv_endpoint,
     }
     config = (config or TrainConfig()).replace(**{k: v for k, v in given.items() if v is not None})
+    if text is not None:
+        from kernel_magics.training.text import train_text
+
+        if X is not None or y is not None:
+            raise InvalidInput("give either X (and y) or text, not both")
+        return train_text(
+            _store(_settings(settings)),
+            model,
+            tokenizer,
+            text,
+            name=name,
+            block_size=block_size,
+            config=config,
+            progress=make_progress(progress) if isinstance(progress, str) else progress,
+        )
+    if X is None:
+        raise InvalidInput("train needs X (and y), or text with a tokenizer")
     if is_sklearn(model):  # its own fit: the split, run, metrics and record of a torch training
         from kernel_magics.frameworks.sklearn_training import train_estimator
 

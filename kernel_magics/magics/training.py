@@ -41,6 +41,7 @@ from kernel_magics.training.progress import make_progress
 
 _TRAIN_USAGE_FORMAT = (
     "train MODEL_EXPR --data X_EXPR [Y_EXPR] [--target COLUMN] [--name NAME]\n"
+    "       MODEL_EXPR --text CORPUS --tokenizer TOK_EXPR [--block-size T] [--name NAME]\n"
     "             [--epochs N] [--lr LR] [--batch-size N] [--optimizer {%s}]\n"
     "             [--weight-decay WD] [--val-split FRACTION] [--seed SEED]\n"
     "             [--task {%s}] [--loss LOSS]\n"
@@ -86,7 +87,19 @@ class TrainingMagics(FeatureMagics):
     @magic_arguments()
     @kwds(usage=_TRAIN_USAGE)  # MODEL_EXPR first, as every example writes it
     @argument("model", metavar="MODEL_EXPR", help="an nn.Module expression: Net(), model")
-    @argument("--data", nargs="+", required=True, metavar="EXPR", help="X_EXPR [Y_EXPR]")
+    @argument("--data", nargs="+", metavar="EXPR", help="X_EXPR [Y_EXPR]")
+    @argument(
+        "--text",
+        metavar="CORPUS",
+        help="a causal LM's corpus instead of --data: a str expression or a file path",
+    )
+    @argument("--tokenizer", metavar="TOK_EXPR", help="the tokenizer of --text's language model")
+    @argument(
+        "--block-size",
+        type=positive_int,
+        default=128,
+        help="tokens per training row with --text; default %(default)s",
+    )
     @argument("--target", type=word, help="target column of a DataFrame X (instead of Y_EXPR)")
     @argument("--name", type=word, help="model name (default: class name, lowercased)")
     @argument("--epochs", type=positive_int, default=_TRAIN.epochs, help="default: %(default)s")
@@ -172,7 +185,17 @@ class TrainingMagics(FeatureMagics):
             %train Tagger() --data tokens tags --task classification --loss my_loss
             %train Net() --data X y --epochs 5 --nproc 2
             %train Net() --data houses --target price --encode onehot   # raw rows in, raw out
+            %train lm --text corpus --tokenizer tok --block-size 64 --name tiny-lm
+
+        With --text, MODEL_EXPR is a transformers causal LM and CORPUS a str expression or a
+        text file's path: it is cut into blocks of --block-size tokens, the epochs report
+        perplexity and next-token accuracy on held-out blocks, and the model is registered
+        with its tokenizer as a language model (%generate, %chat, /v1/completions).
         """
+        if args.text is not None:
+            return self._train_text(args)
+        if not args.data:
+            raise UsageError("give --data X_EXPR [Y_EXPR], or --text CORPUS --tokenizer TOK")
         if len(args.data) > 2:
             raise UsageError(
                 f"--data takes X_EXPR and optionally Y_EXPR, got {len(args.data)} expressions"
@@ -205,6 +228,38 @@ class TrainingMagics(FeatureMagics):
         if not TrainingMagics._trained_once and result.bookkeeping_seconds > 1.0:
             result.notes.append(display.warm_up_note(result.bookkeeping_seconds))
         TrainingMagics._trained_once = True
+        conclude = getattr(reporter, "conclude", None)
+        if conclude is not None:  # the widget's title: what was registered
+            conclude(f"{result.name} v{result.version} registered")
+        return result
+
+    def _train_text(self, args: argparse.Namespace) -> TrainResult:
+        """``--text``: a causal language model trained on a corpus (``training/text.py``)."""
+        if args.data or args.target:
+            raise UsageError("give either --data or --text, not both")
+        if args.tokenizer is None:
+            raise UsageError("--text needs --tokenizer TOK_EXPR (the model's tokenizer)")
+        options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+        config = TrainConfig(**{**options, "loss": self._loss(args.loss)})
+        model = self.kernel_magics._eval(args.model, "the model")
+        tokenizer = self.kernel_magics._eval(args.tokenizer, "the tokenizer")
+        path = os.path.expanduser(word(args.text))
+        corpus = path if os.path.isfile(path) else self.kernel_magics._eval(args.text, "the text")
+        settings = self.kernel_magics.settings()
+        reporter = make_progress(self.kernel_magics.progress)
+        try:
+            result = api.train(
+                model,
+                name=args.name or type(model).__name__.lower(),
+                text=corpus,
+                tokenizer=tokenizer,
+                block_size=args.block_size,
+                config=config,
+                progress=reporter,
+                settings=settings,
+            )
+        except TrainingInterrupted as err:
+            raise training_stopped(reporter, err, settings) from None
         conclude = getattr(reporter, "conclude", None)
         if conclude is not None:  # the widget's title: what was registered
             conclude(f"{result.name} v{result.version} registered")

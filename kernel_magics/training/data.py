@@ -75,6 +75,9 @@ class PreparedData:
     # with these; input_example stays raw, as the registered graph takes it.
     scaling: Scaling | None = None
     target_scaling: Scaling | None = None
+    # Next-token rows of a text (training/text.py): the metrics are perplexity and next-token
+    # accuracy, not per-class scores over the vocabulary.
+    language_model: bool = False
 
 
 def prepare_data(

@@ -20,7 +20,7 @@ from kernel_magics.metric_names import key_metrics
 from kernel_magics.training.config import TrainConfig
 from kernel_magics.training.data import PreparedData
 from kernel_magics.training.losses import Loss, check_loss_value, check_targets, make_loss
-from kernel_magics.training.metrics import format_value, task_metrics
+from kernel_magics.training.metrics import format_value, language_model_metrics, task_metrics
 from kernel_magics.training.progress import NullProgress, Progress, StopRequested, stop_check
 
 EVAL_CHUNK = 1024  # rows per forward when evaluating: bounded memory on large validation sets
@@ -353,6 +353,8 @@ def _evaluate(
         ]
     out = torch.cat(outs)
     loss = float(loss_fn(out, y).item())
+    if data.language_model:
+        return loss, language_model_metrics(loss, y, out)
     if data.target_scaling is not None:  # metrics in the targets' own units
         from kernel_magics.training.scaling import unscale_targets
 

@@ -68,6 +68,14 @@ def regression_metrics(y_true: Any, pred: Any) -> dict[str, float]:
     }
 
 
+def language_model_metrics(loss: float, y_true: Any, logits: Any) -> dict[str, float]:
+    """Perplexity (exp of the mean next-token cross-entropy ``loss``) and next-token accuracy
+    (the most likely token is the next one) of a language model's logits."""
+    truth, scores = _numpy(y_true), _numpy(logits)
+    accuracy = float((scores.argmax(axis=-1) == truth).mean()) if truth.size else math.nan
+    return {"perplexity": math.exp(min(loss, 700.0)), "accuracy": accuracy}
+
+
 def task_metrics(task: str, y_true: Any, output: Any) -> dict[str, float]:
     """The metrics for ``task`` ("classification" or "regression") from the model's output;
     none when the output does not line up with the targets (a custom loss may pair them in

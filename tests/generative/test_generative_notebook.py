@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any
@@ -103,3 +104,51 @@ def test_stop_closes_the_stream_and_frees_the_slot(client: LocalTarget, served: 
     assert state["kv_cache_reserved"] == 0
     assert state["cancelled"] == before["cancelled"] + 1  # dropped at a step, not run to the end
     assert state["generated_tokens"] - before["generated_tokens"] < 400
+
+
+@pytest.fixture(scope="module")
+def corpus() -> str:
+    """About 3 KB of CPython's help texts (shipped with Python)."""
+    from pydoc_data.topics import topics
+
+    return "\n".join(topics[k] for k in sorted(topics))[:3000]
+
+
+def test_train_text_lowers_the_loss_and_registers_a_served_version(
+    ip: Any, served: str, tokenizer: Any, corpus: str, capsys: Any
+) -> None:
+    from generative.conftest import tiny_llama
+
+    ip.user_ns.update(fresh=tiny_llama(seed=1), tok=tokenizer, corpus=corpus)
+    result = ip.run_line_magic(
+        "train",
+        "fresh --text corpus --tokenizer tok --block-size 32 --epochs 2 --lr 3e-3 "
+        "--batch-size 8 --name tinytext",
+    )
+    losses = [epoch["val_loss"] for epoch in result.history]
+    assert losses[1] < losses[0]  # on held-out blocks
+    assert result.history[1]["perplexity"] == pytest.approx(math.exp(losses[1]))
+    assert (result.name, result.version, result.format) == ("tinytext", 1, "transformers")
+    (summary,) = [m for m in api.models() if m.name == "tinytext"]
+    (row,) = summary.versions
+    assert row.metrics["perplexity"] == pytest.approx(result.metrics["perplexity"])
+    assert api.run_params(result.run_id)["block_size"] == "32"
+    api.deploy("tinytext")
+    capsys.readouterr()
+    ip.run_line_magic("generate", 'tinytext "The for statement" --max-tokens 5 --seed 1')
+    figures = capsys.readouterr().out.rstrip().rpartition("\n")[2]
+    assert figures.startswith("[tinytext@1: 5 tokens (length)")
+
+
+def test_train_text_bad_input_is_one_line(ip: Any, tokenizer: Any) -> None:
+    from IPython.core.error import UsageError
+
+    from generative.conftest import tiny_llama
+
+    ip.user_ns.update(fresh=tiny_llama(seed=1), tok=tokenizer)
+    with pytest.raises(UsageError, match="fewer than 2 blocks of 32"):
+        ip.run_line_magic("train", "fresh --text 'short' --tokenizer tok --block-size 32")
+    with pytest.raises(UsageError, match="--text needs --tokenizer"):
+        ip.run_line_magic("train", "fresh --text 'short'")
+    with pytest.raises(UsageError, match="over the model's context length of 512"):
+        ip.run_line_magic("train", "fresh --text 'short' --tokenizer tok --block-size 600")
