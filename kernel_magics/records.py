@@ -24,6 +24,7 @@ __all__ = [
     "ModelState",
     "TokenUsage",
     "VersionStats",
+    "GenerationState",
     "RecentError",
     "ServerStatus",
 ]
@@ -170,6 +171,33 @@ class TransitionResult(_Wire):
 
 
 @dataclass(frozen=True)
+class GenerationState(_Wire):
+    """A served language model's engine now (``generative/engine.py``): sequences in the
+    running batch and waiting, and the KV-cache tokens reserved out of its budget."""
+
+    running: int = 0
+    queued: int = 0
+    max_running: int = 0
+    kv_cache_tokens: int = 0  # the budget (setting gen_kv_cache_tokens)
+    kv_cache_reserved: int = 0
+    generated_tokens: int = 0  # since the version was loaded
+    cancelled: int = 0  # sequences dropped because their client went away
+
+    @property
+    def kv_cache_use(self) -> float | None:
+        """The share of the KV-cache budget reserved by running sequences."""
+        return self.kv_cache_reserved / self.kv_cache_tokens if self.kv_cache_tokens else None
+
+    @classmethod
+    def from_wire(cls, doc: Any) -> GenerationState:
+        doc = _mapping(doc, "a generation state")
+        return cls(**{f.name: _count(doc.get(f.name), f.name) for f in dataclasses.fields(cls)})
+
+    def to_wire(self) -> dict[str, Any]:
+        return super().to_wire() | {"kv_cache_use": self.kv_cache_use}
+
+
+@dataclass(frozen=True)
 class ModelState(_Wire):
     """What a serving target reports for one deployed model: always this shape."""
 
@@ -195,6 +223,8 @@ class ModelState(_Wire):
     stats: VersionStats | None = None
     # A canary beside the live version: ``{"version": V, "percent": P}``; None when none runs.
     canary: dict[str, int] | None = None
+    # A language model's engine (running, queued, KV cache); None for every other model.
+    generation: GenerationState | None = None
 
     @classmethod
     def from_wire(cls, doc: Any) -> ModelState:
@@ -221,12 +251,16 @@ class ModelState(_Wire):
             history=_history(doc.get("history")),
             stats=VersionStats.from_wire(doc["stats"]) if doc.get("stats") else None,
             canary=_canary(doc.get("canary")),
+            generation=(
+                GenerationState.from_wire(doc["generation"]) if doc.get("generation") else None
+            ),
         )
 
     def to_wire(self) -> dict[str, Any]:
         doc = super().to_wire()
         # the stats' own wire form: JSON has no infinity for the last latency bucket
         doc["stats"] = self.stats.to_wire() if self.stats else None
+        doc["generation"] = self.generation.to_wire() if self.generation else None
         return doc
 
 
@@ -251,6 +285,45 @@ def _count(value: Any, what: str) -> int:
     return _int_or_none(value, what) or 0
 
 
+Buckets = tuple[tuple[float, int], ...]  # Prometheus's cumulative (upper bound s, count)
+
+
+def bucket_quantile_ms(buckets: Buckets, q: float) -> float | None:
+    """The ``q`` quantile in ms of a cumulative histogram, interpolated inside its bucket as
+    Prometheus's ``histogram_quantile`` does; None without observations."""
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):  # beyond the last finite bucket: its bound
+                return lower_bound * 1000
+            inside = (rank - lower_count) / (count - lower_count) if count > lower_count else 1
+            return (lower_bound + (bound - lower_bound) * inside) * 1000
+        lower_bound, lower_count = bound, count
+    return lower_bound * 1000
+
+
+def _buckets_since(now: Buckets, earlier: Buckets) -> Buckets:
+    before = dict(earlier)
+    return tuple((bound, max(0, count - before.get(bound, 0))) for bound, count in now)
+
+
+def _buckets_from_wire(raw: Any) -> Buckets:
+    buckets = []
+    for pair in raw or ():
+        bound, count = _float_or_none(pair[0], "bucket bound"), _count(pair[1], "bucket")
+        buckets.append((float("inf") if bound is None else bound, count))
+    return tuple(buckets)
+
+
+def _buckets_to_wire(buckets: Buckets) -> list[list[Any]]:
+    # JSON has no infinity: the last bucket's bound travels as null
+    return [[None if bound == float("inf") else bound, count] for bound, count in buckets]
+
+
 @dataclass(frozen=True)
 class VersionStats(_Wire):
     """Counters of one served version since its process started, summed over workers.
@@ -269,7 +342,11 @@ class VersionStats(_Wire):
     queue: int = 0  # requests waiting for a forward pass now
     latency_count: int = 0
     latency_sum_s: float = 0.0
-    latency_buckets: tuple[tuple[float, int], ...] = ()
+    latency_buckets: Buckets = ()
+    # a language model: completion tokens generated, time to first token and between tokens
+    tokens: int = 0
+    ttft_buckets: Buckets = ()
+    inter_token_buckets: Buckets = ()
 
     @property
     def mean_batch_size(self) -> float | None:
@@ -300,28 +377,26 @@ class VersionStats(_Wire):
         return self.quantile_ms(0.99)
 
     def quantile_ms(self, q: float) -> float | None:
-        """The ``q`` quantile of the latency in ms, interpolated inside its bucket as
-        Prometheus's ``histogram_quantile`` does; None without observations."""
-        total = self.latency_buckets[-1][1] if self.latency_buckets else 0
-        if total <= 0:
-            return None
-        rank = q * total
-        lower_bound, lower_count = 0.0, 0
-        for bound, count in self.latency_buckets:
-            if count >= rank:
-                if bound == float("inf"):  # beyond the last finite bucket: its bound
-                    return lower_bound * 1000
-                inside = (rank - lower_count) / (count - lower_count) if count > lower_count else 1
-                return (lower_bound + (bound - lower_bound) * inside) * 1000
-            lower_bound, lower_count = bound, count
-        return lower_bound * 1000
+        """The ``q`` quantile of the latency in ms (``bucket_quantile_ms``)."""
+        return bucket_quantile_ms(self.latency_buckets, q)
+
+    @property
+    def ttft_p50_ms(self) -> float | None:
+        return bucket_quantile_ms(self.ttft_buckets, 0.5)
+
+    @property
+    def ttft_p99_ms(self) -> float | None:
+        return bucket_quantile_ms(self.ttft_buckets, 0.99)
+
+    @property
+    def inter_token_p99_ms(self) -> float | None:
+        return bucket_quantile_ms(self.inter_token_buckets, 0.99)
 
     def since(self, earlier: VersionStats | None) -> VersionStats:
         """What happened between ``earlier`` (a previous snapshot) and this one; the whole
         count when there is no earlier one or the counters restarted (a process restart)."""
         if earlier is None or earlier.requests > self.requests:
             return self
-        before = dict(earlier.latency_buckets)
         return dataclasses.replace(
             self,
             requests=self.requests - earlier.requests,
@@ -331,9 +406,11 @@ class VersionStats(_Wire):
             batches=max(0, self.batches - earlier.batches),
             latency_count=max(0, self.latency_count - earlier.latency_count),
             latency_sum_s=max(0.0, self.latency_sum_s - earlier.latency_sum_s),
-            latency_buckets=tuple(
-                (bound, max(0, count - before.get(bound, 0)))
-                for bound, count in self.latency_buckets
+            latency_buckets=_buckets_since(self.latency_buckets, earlier.latency_buckets),
+            tokens=max(0, self.tokens - earlier.tokens),
+            ttft_buckets=_buckets_since(self.ttft_buckets, earlier.ttft_buckets),
+            inter_token_buckets=_buckets_since(
+                self.inter_token_buckets, earlier.inter_token_buckets
             ),
         )
 
@@ -343,10 +420,6 @@ class VersionStats(_Wire):
         version = _int_or_none(doc.get("version"), "version")
         if version is None:
             raise InvalidInput("version stats need a version")
-        buckets = []
-        for pair in doc.get("latency_buckets") or ():
-            bound, count = _float_or_none(pair[0], "bucket bound"), _count(pair[1], "bucket")
-            buckets.append((float("inf") if bound is None else bound, count))
         return cls(
             model=str(doc.get("model") or ""),
             version=version,
@@ -358,17 +431,22 @@ class VersionStats(_Wire):
             queue=_count(doc.get("queue"), "queue"),
             latency_count=_count(doc.get("latency_count"), "latency_count"),
             latency_sum_s=_float_or_none(doc.get("latency_sum_s"), "latency_sum_s") or 0.0,
-            latency_buckets=tuple(buckets),
+            latency_buckets=_buckets_from_wire(doc.get("latency_buckets")),
+            tokens=_count(doc.get("tokens"), "tokens"),
+            ttft_buckets=_buckets_from_wire(doc.get("ttft_buckets")),
+            inter_token_buckets=_buckets_from_wire(doc.get("inter_token_buckets")),
         )
 
     def to_wire(self) -> dict[str, Any]:
         doc = super().to_wire()
-        # JSON has no infinity: the last bucket's bound travels as null
-        doc["latency_buckets"] = [
-            [None if bound == float("inf") else bound, count]
-            for bound, count in self.latency_buckets
-        ]
+        for key in ("latency_buckets", "ttft_buckets", "inter_token_buckets"):
+            doc[key] = _buckets_to_wire(getattr(self, key))
         doc.update(mean_batch_size=self.mean_batch_size, p50_ms=self.p50_ms, p99_ms=self.p99_ms)
+        doc.update(
+            ttft_p50_ms=self.ttft_p50_ms,
+            ttft_p99_ms=self.ttft_p99_ms,
+            inter_token_p99_ms=self.inter_token_p99_ms,
+        )
         return doc
 
 

@@ -36,6 +36,35 @@ export interface IHistoryEvent {
   to_version: number | null;
 }
 
+/** A served version's counters since the process started (kernel_magics.records.VersionStats):
+ * the fields the panel reads. */
+export interface IVersionStats {
+  /** a language model's completion tokens */
+  tokens?: number;
+  ttft_p50_ms?: number | null;
+  ttft_p99_ms?: number | null;
+  inter_token_p99_ms?: number | null;
+}
+
+/** A language model's engine now (kernel_magics.records.GenerationState). */
+export interface IGenerationState {
+  running: number;
+  queued: number;
+  max_running: number;
+  kv_cache_tokens: number;
+  kv_cache_reserved: number;
+  kv_cache_use: number | null;
+}
+
+/** One served model (kernel_magics.records.ModelState): the fields the panel reads. */
+export interface IServedModel {
+  version: number;
+  state: string;
+  stats?: IVersionStats | null;
+  /** null for every model that is not a language model */
+  generation?: IGenerationState | null;
+}
+
 /** The serving target's snapshot (kernel_magics.records.ServerStatus). */
 export interface IServerStatus {
   url: string | null;
@@ -45,7 +74,9 @@ export interface IServerStatus {
   port: number | null;
   workers: number[];
   started_at: string | null;
-  models: { [name: string]: { version: number; state: string } };
+  models: { [name: string]: IServedModel };
+  /** when the snapshot was taken (seconds since the epoch) */
+  snapshot_at?: number | null;
 }
 
 /** The answer to a deploy, rollback or undeploy (kernel_magics.records.TransitionResult). */

@@ -16,7 +16,7 @@ import {
   ITransitionResult,
   ModelsClient
 } from './api';
-import { h, healthLine, modelCard } from './render';
+import { generationLine, h, healthLine, modelCard } from './render';
 
 /** How often a visible panel refreshes. */
 export const REFRESH_MS = 5000;
@@ -107,6 +107,7 @@ export class ModelsPanel extends Widget {
       }
       const history: ISnapshot['history'] = {};
       models.forEach((m, i) => (history[m.name] = histories[i]));
+      this.tokenRates = tokensPerSecond(this.snapshot?.status ?? null, status);
       this.snapshot = { models, status, history };
       this.showError(this.actionError); // a refresh does not hide what an action answered
       this.render();
@@ -122,7 +123,12 @@ export class ModelsPanel extends Widget {
       return;
     }
     // Rebuilding the DOM every 5 s would close an open version picker: skip when nothing changed.
-    const key = JSON.stringify([snapshot, this.busyModel, [...this.selected]]);
+    const key = JSON.stringify([
+      snapshot,
+      this.tokenRates,
+      this.busyModel,
+      [...this.selected]
+    ]);
     if (!force && key === this.renderedKey) {
       return;
     }
@@ -145,7 +151,8 @@ export class ModelsPanel extends Widget {
           snapshot.history[m.name] ?? [],
           this.selected.get(m.name),
           this.busyModel !== null,
-          handlers
+          handlers,
+          generationLine(snapshot.status?.models[m.name], this.tokenRates[m.name] ?? null)
         )
       )
     );
@@ -212,12 +219,40 @@ export class ModelsPanel extends Widget {
   private readonly listNode = document.createElement('div');
   private readonly selected = new Map<string, number>();
   private snapshot: ISnapshot | null = null;
+  private tokenRates: { [name: string]: number } = {}; // language models, last two snapshots
   private renderedKey = '';
   private busyModel: string | null = null;
   private pending: Promise<void> | null = null;
   private actionError = ''; // the last action's error: shown until the next action
   private generation = 0; // bumped by each action: loads begun before it are stale
   private timer: number | null = null;
+}
+
+/** Tokens/s of each language model between two status snapshots of the same version. */
+function tokensPerSecond(
+  before: IServerStatus | null,
+  now: IServerStatus | null
+): { [name: string]: number } {
+  const rates: { [name: string]: number } = {};
+  const seconds = (now?.snapshot_at ?? 0) - (before?.snapshot_at ?? 0);
+  if (!before || !now || !before.snapshot_at || seconds <= 0) {
+    return rates;
+  }
+  for (const [name, served] of Object.entries(now.models)) {
+    const earlier = before.models[name];
+    const tokens = served.stats?.tokens;
+    const previous = earlier?.stats?.tokens;
+    if (
+      served.generation &&
+      earlier?.version === served.version &&
+      tokens !== undefined &&
+      previous !== undefined &&
+      tokens >= previous
+    ) {
+      rates[name] = (tokens - previous) / seconds;
+    }
+  }
+  return rates;
 }
 
 /** Changing what is live (or serving nothing) is asked once more: a stray click would

@@ -2,7 +2,14 @@
  * DOM for the Models panel, built from the REST answers. Pure functions of their arguments:
  * the panel decides when to call them.
  */
-import { Action, IHistoryEvent, IModelSummary, IServerStatus, IVersionRow } from './api';
+import {
+  Action,
+  IHistoryEvent,
+  IModelSummary,
+  IServedModel,
+  IServerStatus,
+  IVersionRow
+} from './api';
 
 /** How many deployment events each model card lists. */
 const EVENTS_SHOWN = 5;
@@ -193,13 +200,51 @@ function button(
   return node;
 }
 
-/** One model: live/served versions, the actions, its versions and its last events. */
+function milliseconds(value: number | null | undefined): string {
+  return value === null || value === undefined ? '–' : `${Math.round(value)} ms`;
+}
+
+/** A served language model's figures, one line: tokens/s (between the last two snapshots,
+ * null before the second), time to first token p50/p99 and inter-token latency p99 (since the
+ * process started), running and queued sequences, KV-cache use. Null for other models. */
+export function generationLine(
+  served: IServedModel | undefined,
+  tokensPerSecond: number | null
+): HTMLElement | null {
+  const engine = served?.generation;
+  if (!served || !engine) {
+    return null;
+  }
+  const stats = served.stats ?? {};
+  const kv =
+    engine.kv_cache_use === null ? '–' : `${(100 * engine.kv_cache_use).toFixed(1)}%`;
+  const parts = [
+    `${tokensPerSecond === null ? '–' : tokensPerSecond.toFixed(1)} tokens/s`,
+    `TTFT p50 ${milliseconds(stats.ttft_p50_ms)}, p99 ${milliseconds(stats.ttft_p99_ms)}`,
+    `ITL p99 ${milliseconds(stats.inter_token_p99_ms)}`,
+    `running ${engine.running}/${engine.max_running}`,
+    `queued ${engine.queued}`,
+    `KV cache ${kv} of ${engine.kv_cache_tokens.toLocaleString()} tokens`
+  ];
+  return h(
+    'div',
+    {
+      class: 'jp-KmModels-generation',
+      title: 'language model: tokens/s since the last refresh; latencies since the process started'
+    },
+    parts.join(' · ')
+  );
+}
+
+/** One model: live/served versions, the actions, a language model's figures, its versions
+ * and its last events. */
 export function modelCard(
   model: IModelSummary,
   history: IHistoryEvent[],
   selected: number | undefined,
   busy: boolean,
-  handlers: ICardHandlers
+  handlers: ICardHandlers,
+  generation: HTMLElement | null = null
 ): HTMLElement {
   const name = model.name;
   const live = model.live_version === null ? 'nothing live' : `live v${model.live_version}`;
@@ -243,6 +288,7 @@ export function modelCard(
       button('Rollback', 'rollback', name, busy, () => handlers.act(name, 'rollback')),
       button('Undeploy', 'undeploy', name, busy, () => handlers.act(name, 'undeploy'))
     ),
+    ...(generation ? [generation] : []),
     versionTable(model),
     eventList(history)
   );

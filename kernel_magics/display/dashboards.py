@@ -15,7 +15,7 @@ from kernel_magics import display
 from kernel_magics.display import status as display_status
 from kernel_magics.metric_names import direction, key_metrics
 from kernel_magics.records import RecentError, ServerStatus
-from kernel_magics.widgets.rates import ModelRates, TokenRates
+from kernel_magics.widgets.rates import GenerationRates, ModelRates, TokenRates
 
 _SMALL = "font-size:0.9em;line-height:1.35"
 _ERROR = "color:#cf222e"
@@ -71,6 +71,39 @@ def _rate_rows(rates: Sequence[ModelRates]) -> list[list[str]]:
     ]
 
 
+# language models: generation figures beside the request table
+GENERATION_HEADERS = (
+    "language model",
+    "live",
+    "tokens/s",
+    "TTFT p50 ms",
+    "TTFT p99 ms",
+    "ITL p99 ms",  # inter-token latency
+    "running",
+    "queued",
+    "KV cache",
+    "tokens",
+)
+
+
+def _generation_rows(rows: Sequence[GenerationRates]) -> list[list[str]]:
+    return [
+        [
+            g.name,
+            f"v{g.version}",
+            _figure(g.tokens_s),
+            _figure(g.ttft_p50_ms),
+            _figure(g.ttft_p99_ms),
+            _figure(g.inter_token_p99_ms),
+            f"{g.running}/{g.max_running}",
+            str(g.queued),
+            f"{_percent(g.kv_cache_use)} of {g.kv_cache_tokens:,}",
+            f"{g.tokens:,}",
+        ]
+        for g in rows
+    ]
+
+
 def _table_html(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A compact table that keeps its spacing inside a widget (no notebook table styles
     there): numbers right-aligned, the first column left."""
@@ -119,6 +152,7 @@ def monitor_text(
     rates: Sequence[ModelRates],
     tokens: Sequence[TokenRates],
     only: str | None = None,
+    generation: Sequence[GenerationRates] = (),
 ) -> str:
     if status is None:
         return display_status.NOT_RUNNING
@@ -127,6 +161,8 @@ def monitor_text(
         lines.append(display.text_table(MONITOR_HEADERS, _rate_rows(rates)))
     else:
         lines.append(f"{only} is not deployed" if only else "serving no models")
+    if generation:
+        lines.append(display.text_table(GENERATION_HEADERS, _generation_rows(generation)))
     if tokens:
         lines += ["usage by token:", *(f"  {t}" for t in _token_lines(tokens))]
     errors = _error_lines(status.errors, only)
@@ -144,6 +180,7 @@ def monitor_html(
     only: str | None = None,
     plots: str = "",
     title: bool = True,
+    generation: Sequence[GenerationRates] = (),
 ) -> str:
     """The monitor's figures as HTML (``title``: with its heading line; the widget has its
     own)."""
@@ -156,6 +193,8 @@ def monitor_html(
         parts.append(
             f"<p>{html.escape(f'{only} is not deployed' if only else 'serving no models')}</p>"
         )
+    if generation:
+        parts.append(_table_html(GENERATION_HEADERS, _generation_rows(generation)))
     parts.append(plots)
     if tokens:
         items = "".join(f"<li>{html.escape(t)}</li>" for t in _token_lines(tokens))

@@ -103,6 +103,7 @@ class _Reply:
         self.out: ChunkedResponse | None = None
         self.done = False
         self.last_text_at = 0.0  # when the previous piece of text arrived (metrics)
+        self.counted = 0  # completion tokens already added to the version's token counter
 
     def start(self) -> None:
         self.out = ChunkedResponse(self.conn, self.req, extra_headers=self.model.response_headers)
@@ -114,6 +115,10 @@ class _Reply:
             seq.cancelled = True  # the client is gone: the engine frees the slot next step
             self._close()
             return
+        stats = self.model.stats
+        if stats is not None and seq.completion_tokens > self.counted:
+            stats.tokens.inc(seq.completion_tokens - self.counted)
+            self.counted = seq.completion_tokens
         if delta and self.model.stats is not None:
             now = time.perf_counter()
             if self.last_text_at:

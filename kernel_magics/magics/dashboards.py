@@ -37,8 +37,10 @@ class DashboardMagics(FeatureMagics):
     @front_end
     def monitor(self, args: argparse.Namespace) -> None:
         """The inference process, live: per deployed model its live version, requests/s, p50
-        and p99 latency, error rate, mean batch size, rows/s and queue; usage per token,
-        recent errors, the log's last lines and plots of the last minutes.
+        and p99 latency, error rate, mean batch size, rows/s and queue; per language model
+        tokens/s, time to first token p50/p99, inter-token latency p99, running and queued
+        sequences and KV-cache use; usage per token, recent errors, the log's last lines and
+        plots of the last minutes.
 
         One status snapshot (GET /v1/status) per --interval, on a background thread: the
         kernel keeps running cells. The Stop button, --stop, re-running the cell or --minutes

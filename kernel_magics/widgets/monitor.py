@@ -1,9 +1,11 @@
 """``%monitor [NAME]``: the inference process, live, for as long as the widget runs.
 
 Per deployed model: live version, requests/s, p50 and p99 latency, error rate, mean batch size,
-rows/s, queue; usage per token, recent errors, the log's last lines, and plots of the last
-minutes. One ``api.server_status()`` per tick (``GET /v1/status``: a millisecond for the process)
-on a daemon thread, so the kernel keeps running cells.
+rows/s, queue; per language model: tokens/s, time to first token p50/p99, inter-token latency
+p99, running and queued sequences, KV-cache use; usage per token, recent errors, the log's last
+lines, and plots of the last minutes (tokens/s too where a language model is served). One
+``api.server_status()`` per tick (``GET /v1/status``: a millisecond for the process) on a
+daemon thread, so the kernel keeps running cells.
 
 The timer stops with the Stop button, when the front end closes the widget, when a new
 ``%monitor`` for the same model starts (re-running the cell), after ``minutes``, or with
@@ -27,7 +29,7 @@ from kernel_magics.display import dashboards as views
 from kernel_magics.records import ServerStatus
 from kernel_magics.widgets._svg import line_chart
 from kernel_magics.widgets.front_end import Snapshot, show_with_snapshot
-from kernel_magics.widgets.rates import model_rates, token_rates
+from kernel_magics.widgets.rates import generation_rates, model_rates, token_rates
 
 RATE_WINDOW_S = 5.0  # the table's rates: over the last seconds, steadier than one tick
 
@@ -62,7 +64,8 @@ class ServiceMonitor:
         )
         keep = int(window_s / max(interval_s, 0.05)) + 2
         self.samples: collections.deque[ServerStatus] = collections.deque(maxlen=keep)
-        self.points: collections.deque[tuple[float, dict[str, tuple[float, float]]]] = (
+        # per tick: (time, {model: (requests/s, p99 ms, tokens/s; nan where not known)})
+        self.points: collections.deque[tuple[float, dict[str, tuple[float, float, float]]]] = (
             collections.deque(maxlen=keep)
         )
         self.ticks = 0
@@ -150,8 +153,15 @@ class ServiceMonitor:
         previous = self.samples[-1] if self.samples else None
         if previous is None or status.snapshot_at is None:
             return
+        generated = {
+            g.name: g.tokens_s or 0.0 for g in generation_rates(previous, status, self.name)
+        }
         figures = {
-            r.name: (r.requests_s or 0.0, r.p99_ms if r.p99_ms is not None else math.nan)
+            r.name: (
+                r.requests_s or 0.0,
+                r.p99_ms if r.p99_ms is not None else math.nan,
+                generated.get(r.name, math.nan),
+            )
             for r in model_rates(previous, status, self.name)
         }
         self.points.append((status.snapshot_at, figures))
@@ -160,10 +170,13 @@ class ServiceMonitor:
         earlier = self._earlier(status) if status is not None else None
         rates = model_rates(earlier, status, self.name) if status is not None else []
         tokens = token_rates(earlier, status) if status is not None else []
+        generation = generation_rates(earlier, status, self.name) if status is not None else []
         self.title.value = f"<b>{html.escape(views.monitor_title(status, self.name))}</b>"
         self.plots.value = self.plot_svg()
-        self._text = views.monitor_text(status, rates, tokens, self.name)
-        self.body.value = views.monitor_html(status, rates, tokens, self.name, title=False)
+        self._text = views.monitor_text(status, rates, tokens, self.name, generation)
+        self.body.value = views.monitor_html(
+            status, rates, tokens, self.name, title=False, generation=generation
+        )
         if self._snapshot is not None and self.ticks % 10 == 0:  # the saved copy, now and then
             self._snapshot.update(self.static_html(), self.static_text())
 
@@ -179,7 +192,10 @@ class ServiceMonitor:
             return [
                 (
                     name,
-                    [figures.get(name, (math.nan, math.nan))[index] for _, figures in self.points],
+                    [
+                        figures.get(name, (math.nan, math.nan, math.nan))[index]
+                        for _, figures in self.points
+                    ],
                 )
                 for name in names
             ]
@@ -190,10 +206,17 @@ class ServiceMonitor:
             "width": 400,
             "y_min": 0.0,
         }
-        charts = (
+        charts = [
             line_chart(series(0), y_label="requests/s", **common),
             line_chart(series(1), y_label="p99 latency (ms)", **common),
-        )
+        ]
+        generated = [
+            (name, values)
+            for name, values in series(2)
+            if any(not math.isnan(v) for v in values)  # language models only
+        ]
+        if generated:
+            charts.append(line_chart(generated, y_label="tokens/s", **common))
         return f"<div style='display:flex;flex-wrap:wrap'>{''.join(charts)}</div>"
 
     def static_html(self) -> str:
@@ -209,7 +232,8 @@ def snapshot_views(settings: Settings, name: str | None) -> tuple[str, str]:
     status = api.server_status(settings=settings)
     rates = model_rates(None, status, name) if status is not None else []
     tokens = token_rates(None, status) if status is not None else []
+    generation = generation_rates(None, status, name) if status is not None else []
     return (
-        views.monitor_text(status, rates, tokens, name),
-        views.monitor_html(status, rates, tokens, name),
+        views.monitor_text(status, rates, tokens, name, generation),
+        views.monitor_html(status, rates, tokens, name, generation=generation),
     )

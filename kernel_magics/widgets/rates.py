@@ -35,6 +35,27 @@ class ModelRates:
 
 
 @dataclass(frozen=True)
+class GenerationRates:
+    """A served language model's figures: tokens/s and the latency quantiles of the window
+    (since the process started without one, or when the window generated nothing), and its
+    engine now."""
+
+    name: str
+    version: int
+    tokens: int  # completion tokens since the process started
+    tokens_s: float | None
+    ttft_p50_ms: float | None
+    ttft_p99_ms: float | None
+    inter_token_p99_ms: float | None
+    running: int
+    queued: int
+    max_running: int
+    kv_cache_reserved: int
+    kv_cache_tokens: int
+    kv_cache_use: float | None
+
+
+@dataclass(frozen=True)
 class TokenRates:
     name: str
     requests: int
@@ -80,6 +101,42 @@ def model_rates(
                 p50_ms=figures.p50_ms,
                 p99_ms=figures.p99_ms,
                 queue=total.queue,
+            )
+        )
+    return rows
+
+
+def generation_rates(
+    earlier: ServerStatus | None, now: ServerStatus, only: str | None = None
+) -> list[GenerationRates]:
+    """One row per deployed language model (``only``: that one), of its live version."""
+    seconds = _window_s(earlier, now)
+    before: dict[tuple[str, int], VersionStats] = {}
+    if earlier is not None:
+        before = {(v.model, v.version): v for v in earlier.versions}
+    rows = []
+    for name, state in sorted(now.models.items()):
+        engine = state.generation
+        if engine is None or (only is not None and name != only):
+            continue
+        total = state.stats or VersionStats(name, state.version)
+        window = total.since(before.get((name, state.version))) if seconds else total
+        figures = window if window.tokens else total
+        rows.append(
+            GenerationRates(
+                name=name,
+                version=state.version,
+                tokens=total.tokens,
+                tokens_s=window.tokens / seconds if seconds else None,
+                ttft_p50_ms=figures.ttft_p50_ms,
+                ttft_p99_ms=figures.ttft_p99_ms,
+                inter_token_p99_ms=figures.inter_token_p99_ms,
+                running=engine.running,
+                queued=engine.queued,
+                max_running=engine.max_running,
+                kv_cache_reserved=engine.kv_cache_reserved,
+                kv_cache_tokens=engine.kv_cache_tokens,
+                kv_cache_use=engine.kv_cache_use,
             )
         )
     return rows

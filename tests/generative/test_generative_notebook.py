@@ -1,5 +1,7 @@
 """A language model from the notebook's side, through the real inference process: ``%chat``
-(one static turn, the session's turns and messages, Stop freeing the slot)."""
+(one static turn, the session's turns and messages, Stop freeing the slot), ``%train --text``
+(a model trained on a corpus, registered and served), and the generation figures of
+``%monitor`` and ``/metrics``."""
 
 from __future__ import annotations
 
@@ -152,3 +154,60 @@ def test_train_text_bad_input_is_one_line(ip: Any, tokenizer: Any) -> None:
         ip.run_line_magic("train", "fresh --text 'short'")
     with pytest.raises(UsageError, match="over the model's context length of 512"):
         ip.run_line_magic("train", "fresh --text 'short' --tokenizer tok --block-size 600")
+
+
+def test_monitor_shows_generation_figures(client: LocalTarget, served: str, settings: Any) -> None:
+    from kernel_magics.widgets.monitor import ServiceMonitor, snapshot_views
+    from kernel_magics.widgets.rates import generation_rates
+
+    monitor = ServiceMonitor(settings, "tiny", interval_s=0.2)
+    monitor.tick()
+    earlier = api.server_status()
+    for seed in range(3):
+        api.generate("tiny", "The for statement", max_tokens=8, seed=seed)
+    # one stream held open while the snapshot is taken: the engine is busy
+    cancel, arrived = threading.Event(), threading.Event()
+    worker = threading.Thread(
+        target=api.generate,
+        args=("tiny", "Go on"),
+        kwargs={
+            "max_tokens": 400,
+            "temperature": 0,
+            "on_text": lambda _: arrived.set(),
+            "cancel": cancel,
+        },
+    )
+    worker.start()
+    assert arrived.wait(30)
+    busy = api.server_status()
+    monitor.tick()
+    cancel.set()
+    worker.join(30)
+    (row,) = generation_rates(earlier, busy, "tiny")
+    assert row.tokens_s is not None
+    assert row.tokens_s > 0
+    assert row.tokens >= 24
+    for quantile in (row.ttft_p50_ms, row.ttft_p99_ms, row.inter_token_p99_ms):
+        assert quantile is not None
+        assert quantile > 0
+    assert row.running == 1
+    assert row.kv_cache_reserved > 0
+    assert row.kv_cache_use is not None
+    assert row.kv_cache_use > 0
+    # the widget's table and plot, and the text view of one snapshot
+    assert "TTFT p50 ms" in monitor.body.value
+    assert "tokens/s" in monitor.plot_svg()
+    text, page = snapshot_views(settings, "tiny")
+    assert "language model" in text
+    assert "ITL p99 ms" in page
+    # and Prometheus has the same series
+    headers = {"authorization": f"Bearer {client.token()}"}
+    metrics = requests.get(f"{client.url}/metrics", headers=headers, timeout=10).text
+    for series in (
+        'km_generation_tokens_total{model="tiny",version="1"}',
+        'km_generation_running{model="tiny",version="1"}',
+        'km_generation_queued{model="tiny",version="1"}',
+        'km_generation_kv_cache_reserved_tokens{model="tiny",version="1"}',
+        'km_generation_kv_cache_budget_tokens{model="tiny",version="1"} 32768.0',
+    ):
+        assert series in metrics

@@ -66,6 +66,59 @@ async def test_status_is_null_while_no_inference_process_runs(
     assert await call(jp_fetch, "GET", "status") == (200, {"status": None})
 
 
+async def test_status_carries_a_language_models_figures(
+    jp_fetch: Fetch, km_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fields the panel's generation line reads (extension/src/api.ts), derived by the
+    records from what a worker reports. The worker's side (its engine and histograms) is
+    tests/generative/test_generative_notebook.py's; here its report is given as it arrives."""
+    from kernel_magics.records import ModelState, ServerStatus
+
+    served = ModelState.from_wire(
+        {
+            "name": "tiny",
+            "version": 1,
+            "format": "transformers",
+            "stats": {
+                "model": "tiny",
+                "version": 1,
+                "tokens": 480,
+                "ttft_buckets": [[0.01, 2], [0.02, 10], [None, 10]],
+                "inter_token_buckets": [[0.005, 300], [0.01, 470], [None, 470]],
+            },
+            "generation": {
+                "running": 2,
+                "queued": 1,
+                "max_running": 16,
+                "kv_cache_tokens": 32768,
+                "kv_cache_reserved": 8192,
+            },
+        }
+    )
+    status = ServerStatus(
+        url="http://127.0.0.1:1", pid=1, status="ready", models={"tiny": served}, snapshot_at=5.0
+    )
+    monkeypatch.setattr(api, "server_status", lambda **_: status)
+    code, body = await call(jp_fetch, "GET", "status")
+    assert code == 200
+    doc = body["status"]["models"]["tiny"]
+    assert doc["generation"] == {
+        "running": 2,
+        "queued": 1,
+        "max_running": 16,
+        "kv_cache_tokens": 32768,
+        "kv_cache_reserved": 8192,
+        "generated_tokens": 0,
+        "cancelled": 0,
+        "kv_cache_use": 0.25,
+    }
+    assert doc["stats"]["tokens"] == 480
+    assert doc["stats"]["ttft_p50_ms"] == pytest.approx(10 + 10 * 3 / 8)  # inside (10, 20] ms
+    assert doc["stats"]["ttft_p99_ms"] == pytest.approx(10 + 10 * 7.9 / 8)
+    assert doc["stats"]["inter_token_p99_ms"] == pytest.approx(5 + 5 * (465.3 - 300) / 170)
+    assert body["status"]["snapshot_at"] == 5.0
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "words"),
     [

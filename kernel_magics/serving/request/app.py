@@ -333,8 +333,18 @@ class WorkerApp(ControlRoutes):
         # token names are labels here: not for anyone who can reach the port
         if self.metrics_auth and not self._authorized(req):
             return self._unauthorized(req, conn)
+        self.refresh_generation_gauges()
         conn.send(200, metrics.render(), metrics.CONTENT_TYPE, req=req)
         return None
+
+    def refresh_generation_gauges(self) -> None:
+        """The language models' running/queued/KV-cache gauges, read from their engines now
+        (the engines keep plain counters; a gauge per step would cost the decode loop)."""
+        table = self.table
+        served = [*table.live.values(), *(split.model for split in table.canary.values())]
+        for model in served:
+            if model.generator is not None and model.stats is not None:
+                model.stats.set_generation(model.generator.engine.describe())
 
     def openapi(self, req: Request, conn: Connection) -> None:
         if self._openapi is None:

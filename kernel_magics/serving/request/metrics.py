@@ -76,6 +76,34 @@ INTER_TOKEN = Histogram(
     _LABELS,
     buckets=_LATENCY_BUCKETS,
 )
+GEN_TOKENS = Counter("km_generation_tokens", "Completion tokens generated", _LABELS)
+# A language model's engine now, set from ``Engine.describe()`` when /metrics or /v1/status is
+# read (``ModelStats.set_generation``): sequences running and queued, KV-cache tokens reserved
+# and the budget.
+GEN_RUNNING = Gauge(
+    "km_generation_running",
+    "Sequences in the running batch of a language model",
+    _LABELS,
+    multiprocess_mode="livesum",
+)
+GEN_QUEUED = Gauge(
+    "km_generation_queued",
+    "Generation requests waiting for a running slot",
+    _LABELS,
+    multiprocess_mode="livesum",
+)
+GEN_KV_USED = Gauge(
+    "km_generation_kv_cache_reserved_tokens",
+    "KV-cache tokens reserved by the running sequences",
+    _LABELS,
+    multiprocess_mode="livesum",
+)
+GEN_KV_BUDGET = Gauge(
+    "km_generation_kv_cache_budget_tokens",
+    "KV-cache budget in tokens (setting gen_kv_cache_tokens)",
+    _LABELS,
+    multiprocess_mode="livesum",
+)
 LOADS = Counter("km_model_loads", "Model versions loaded into a worker", _LABELS)
 # Usage metering per bearer token name ("default" = the home token, "anonymous" = no token
 # where predictions allow it); never the token itself.
@@ -132,6 +160,11 @@ class ModelStats:
         "queue",
         "ttft",
         "inter_token",
+        "tokens",
+        "gen_running",
+        "gen_queued",
+        "kv_used",
+        "kv_budget",
     )
 
     def __init__(self, model: str, version: int):
@@ -144,6 +177,18 @@ class ModelStats:
         self.queue = QUEUE.labels(*labels)
         self.ttft = TTFT.labels(*labels)
         self.inter_token = INTER_TOKEN.labels(*labels)
+        self.tokens = GEN_TOKENS.labels(*labels)
+        self.gen_running = GEN_RUNNING.labels(*labels)
+        self.gen_queued = GEN_QUEUED.labels(*labels)
+        self.kv_used = GEN_KV_USED.labels(*labels)
+        self.kv_budget = GEN_KV_BUDGET.labels(*labels)
+
+    def set_generation(self, engine: dict[str, Any]) -> None:
+        """The gauges of a language model from its engine's ``describe()``."""
+        self.gen_running.set(engine["running"])
+        self.gen_queued.set(engine["queued"])
+        self.kv_used.set(engine["kv_cache_reserved"])
+        self.kv_budget.set(engine["kv_cache_tokens"])
 
 
 def unknown_model_errors() -> Counter:

@@ -57,6 +57,13 @@ _SAMPLE_FIELDS = {
     "km_queue_depth": "queue",
     "km_request_latency_seconds_count": "latency_count",
     "km_request_latency_seconds_sum": "latency_sum_s",
+    "km_generation_tokens_total": "tokens",
+}
+# histogram buckets → VersionStats field
+_BUCKET_FIELDS = {
+    "km_request_latency_seconds_bucket": "latency_buckets",
+    "km_generation_ttft_seconds_bucket": "ttft_buckets",
+    "km_generation_inter_token_seconds_bucket": "inter_token_buckets",
 }
 _TOKEN_FIELDS = {
     "km_token_requests_total": "requests",
@@ -70,6 +77,9 @@ _OURS = (
     metrics.LATENCY,
     metrics.BATCH,
     metrics.QUEUE,
+    metrics.TTFT,
+    metrics.INTER_TOKEN,
+    metrics.GEN_TOKENS,
     metrics.TOKEN_REQUESTS,
     metrics.TOKEN_ROWS,
     metrics.TOKEN_PROMPT,
@@ -92,7 +102,7 @@ def _families() -> Iterable[Any]:
 def collect() -> tuple[list[VersionStats], dict[str, dict[str, int]], int]:
     """(stats per served version, usage per token, errors for names that are not deployed)."""
     versions: dict[tuple[str, int], dict[str, Any]] = {}
-    buckets: dict[tuple[str, int], dict[float, float]] = {}
+    buckets: dict[tuple[str, int, str], dict[float, float]] = {}
     usage: dict[str, dict[str, int]] = {}
     unknown = 0
     for family in _families():
@@ -113,9 +123,10 @@ def collect() -> tuple[list[VersionStats], dict[str, dict[str, int]], int]:
                     unknown += int(value)
                 continue
             key = (model, int(raw_version))
-            if name == "km_request_latency_seconds_bucket":
+            bucket_field = _BUCKET_FIELDS.get(name)
+            if bucket_field is not None:
                 bound = float(labels["le"])
-                per_version = buckets.setdefault(key, {})
+                per_version = buckets.setdefault((*key, bucket_field), {})
                 per_version[bound] = per_version.get(bound, 0) + value
                 continue
             stat = _SAMPLE_FIELDS.get(name)
@@ -123,7 +134,17 @@ def collect() -> tuple[list[VersionStats], dict[str, dict[str, int]], int]:
                 fields = versions.setdefault(key, {})
                 fields[stat] = fields.get(stat, 0) + value
     stats = []
-    for key in sorted(set(versions) | set(buckets)):
+    histograms = {
+        key: {
+            field: tuple(
+                (bound, int(count))
+                for bound, count in sorted(buckets.get((*key, field), {}).items())
+            )
+            for field in _BUCKET_FIELDS.values()
+        }
+        for key in {k[:2] for k in buckets} | set(versions)
+    }
+    for key in sorted(histograms):
         fields = versions.get(key, {})
         stats.append(
             VersionStats(
@@ -137,9 +158,8 @@ def collect() -> tuple[list[VersionStats], dict[str, dict[str, int]], int]:
                 queue=max(0, int(fields.get("queue", 0))),
                 latency_count=int(fields.get("latency_count", 0)),
                 latency_sum_s=float(fields.get("latency_sum_s", 0.0)),
-                latency_buckets=tuple(
-                    (bound, int(count)) for bound, count in sorted(buckets.get(key, {}).items())
-                ),
+                tokens=int(fields.get("tokens", 0)),
+                **histograms[key],
             )
         )
     return stats, usage, unknown
@@ -168,6 +188,7 @@ def supervisor_state(path: Path) -> dict[str, Any]:
 
 def snapshot(app: WorkerApp) -> dict[str, Any]:
     """The ``/v1/status`` document."""
+    app.refresh_generation_gauges()
     stats, usage, unknown = collect()
     by_version = {(s.model, s.version): s for s in stats}
     models = []
