@@ -108,6 +108,38 @@ def test_stop_closes_the_stream_and_frees_the_slot(client: LocalTarget, served: 
     assert state["generated_tokens"] - before["generated_tokens"] < 400
 
 
+def test_chat_widget_streams_a_turn_and_stops_one(served: str) -> None:
+    from kernel_magics.widgets.chat import ChatWidget
+
+    widget = ChatWidget(ChatSession("tiny", max_tokens=5, temperature=0))
+    widget.input.value = "What is a tuple?"
+    widget.send()
+    assert widget.send_button.disabled  # one turn at a time
+    assert widget._thread is not None
+    widget._thread.join(30)
+    (turn,) = widget.session.turns
+    assert "What is a tuple?" in widget.transcript.value
+    assert "[tiny@1: 5 tokens (length)" in widget.status.value
+    assert widget.input.value == ""
+    assert (widget.send_button.disabled, widget.stop_button.disabled) == (False, True)
+    # Stop during a long answer: the turn ends "cancelled" and is marked in the transcript
+    widget.session.sampling["max_tokens"] = 400
+    widget.send("Go on")
+    deadline = time.monotonic() + 30
+
+    def streaming() -> bool:  # the cursor follows some text of the answer
+        value = widget.transcript.value
+        return "▍" in value and not value.endswith("<b>tiny</b>: ▍</div></div>")
+
+    while not streaming():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    widget.stop()
+    widget._thread.join(30)
+    assert widget.session.turns[-1].stopped
+    assert "(stopped)" in widget.transcript.value
+
+
 @pytest.fixture(scope="module")
 def corpus() -> str:
     """About 3 KB of CPython's help texts (shipped with Python)."""
