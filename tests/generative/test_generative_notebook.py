@@ -149,7 +149,7 @@ def corpus() -> str:
 
 
 def test_train_text_lowers_the_loss_and_registers_a_served_version(
-    ip: Any, served: str, tokenizer: Any, corpus: str, capsys: Any
+    ip: Any, client: LocalTarget, served: str, tokenizer: Any, corpus: str, capsys: Any
 ) -> None:
     from generative.conftest import tiny_llama
 
@@ -172,6 +172,14 @@ def test_train_text_lowers_the_loss_and_registers_a_served_version(
     ip.run_line_magic("generate", 'tinytext "The for statement" --max-tokens 5 --seed 1')
     figures = capsys.readouterr().out.rstrip().rpartition("\n")[2]
     assert figures.startswith("[tinytext@1: 5 tokens (length)")
+    # unloaded, its engine's gauges read 0 rather than their last state
+    headers = {"authorization": f"Bearer {client.token()}"}
+    budget = 'km_generation_kv_cache_budget_tokens{model="tinytext",version="1"} '
+    metrics = requests.get(f"{client.url}/metrics", headers=headers, timeout=10).text
+    assert budget + "32768.0" in metrics
+    api.undeploy("tinytext")
+    metrics = requests.get(f"{client.url}/metrics", headers=headers, timeout=10).text
+    assert budget + "0.0" in metrics
 
 
 def test_train_text_bad_input_is_one_line(ip: Any, tokenizer: Any) -> None:

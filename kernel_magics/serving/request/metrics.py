@@ -190,6 +190,11 @@ class ModelStats:
         self.kv_used.set(engine["kv_cache_reserved"])
         self.kv_budget.set(engine["kv_cache_tokens"])
 
+    def clear_generation(self) -> None:
+        """A language model unloaded: its gauges read 0, not its last state."""
+        for gauge in (self.gen_running, self.gen_queued, self.kv_used, self.kv_budget):
+            gauge.set(0)
+
 
 def unknown_model_errors() -> Counter:
     """Errors for names that are not deployed go to one series, not one per attacker string."""

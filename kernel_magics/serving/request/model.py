@@ -218,6 +218,8 @@ class LoadedModel:
         """Release what outlives the last reference (a generative model's engine thread)."""
         if self.generator is not None:
             self.generator.close()
+            if self.stats is not None:  # its engine is gone: no sequences, no cache held
+                self.stats.clear_generation()
 
 
 def _as_numpy(out: Any) -> np.ndarray:
