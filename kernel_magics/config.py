@@ -69,6 +69,18 @@ class Settings:
     gen_max_running: int = 16
     gen_kv_cache_tokens: int = 32768
     gen_max_queued: int = 64
+    # Canaries that judge themselves (``%deploy NAME@V --canary P --analyze``): the window and
+    # the requests each arm needs when the deploy does not say; how much worse than the live
+    # version a canary may be before it is rolled back (error rate: absolute margin; p99: a
+    # ratio, and at least the slack, so that two sub-millisecond arms never differ "2x" by
+    # noise; accuracy: absolute margin); how often the inference process looks.
+    canary_window_s: float = 60.0
+    canary_min_requests: int = 200
+    canary_error_rate_margin: float = 0.02
+    canary_p99_ratio: float = 2.0
+    canary_p99_slack_ms: float = 10.0
+    canary_accuracy_margin: float = 0.05
+    canary_judge_interval_s: float = 5.0
 
     # -- derived paths -----------------------------------------------------------------------
     @property
@@ -135,6 +147,12 @@ class Settings:
     @property
     def control_socket(self) -> Path:
         return self.run_dir / "control.sock"
+
+    @property
+    def canary_dir(self) -> Path:
+        """The analysis of each judged canary (``serving/control/canary_watch.py``), kept so a
+        restarted process goes on where it was."""
+        return self.home / "canary"
 
     @property
     def lock_dir(self) -> Path:

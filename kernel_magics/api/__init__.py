@@ -40,7 +40,8 @@ from kernel_magics.api._serving import (
 )
 from kernel_magics.api._versions import is_generative, optimize, register, store_doctor, train
 from kernel_magics.catalog import ModelSummary, VersionRow
-from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
+from kernel_magics.quality.canary_judge import METRICS as CANARY_METRICS
+from kernel_magics.records import CanaryRule, HistoryEvent, ServerStatus, TransitionResult
 from kernel_magics.registration import RegisterResult
 from kernel_magics.serving.tokens import SCOPES as TOKEN_SCOPES
 from kernel_magics.store import not_found, validate_name
@@ -54,6 +55,8 @@ __all__ = [
     "RegisterResult",
     "TransitionResult",
     "HistoryEvent",
+    "CanaryRule",  # deploy(..., canary=P, analyze=CanaryRule(...))
+    "CANARY_METRICS",  # the metrics a canary can be judged on
     "ServerStatus",
     "ModelSummary",
     "VersionRow",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from kernel_magics.config import Settings
 from kernel_magics.errors import ServiceUnavailable
 from kernel_magics.records import (
+    CanaryRule,
     HistoryEvent,
     ModelState,
     RecentError,
@@ -85,6 +86,7 @@ class LocalTarget:
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
         canary: int | None = None,
+        analyze: CanaryRule | None = None,
         **unknown: Any,
     ) -> TransitionResult:
         # Unknown options travel to the process, which refuses them by name (one rule, there).
@@ -92,6 +94,7 @@ class LocalTarget:
             "max_batch_size": max_batch_size,
             "max_wait_ms": max_wait_ms,
             "canary": canary,
+            "analyze": analyze.to_wire() if analyze is not None else None,
             **unknown,
         }
         payload = {"ref": ref, **{k: v for k, v in options.items() if v is not None}}

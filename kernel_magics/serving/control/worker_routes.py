@@ -162,6 +162,7 @@ class ControlRoutes:
         try:
             name, percent = str(doc["name"]), int(doc.get("percent") or 0)
             version = int(doc["version"]) if percent else None
+            analyze = bool(doc.get("analyze", False))
             history = _history(doc)
         except (KeyError, TypeError, ValueError, InvalidInput) as err:
             conn.send(
@@ -172,13 +173,16 @@ class ControlRoutes:
             if version is None:
                 dropped = self.table.drop_canary(name)
             else:
-                dropped = self.table.set_canary(name, version, percent)
+                dropped = self.table.set_canary(name, version, percent, analyze)
         except KeyError as err:
             conn.send(404, error_body(str(err).strip("'\"")), req=req)
             return
         if history is not None:
             self.table.history[name] = history
-        log.info("canary %s: %s", name, f"v{version} at {percent}%" if version else "stopped")
+        judged = " (judged)" if analyze and version else ""
+        log.info(
+            "canary %s: %s%s", name, f"v{version} at {percent}%" if version else "stopped", judged
+        )
         body = {"name": name, "version": version, "percent": percent}
         self.loop.create_task(self._answer_when_drained(dropped, body, req, conn))
 
@@ -225,6 +229,10 @@ class ControlRoutes:
             conn.send(200, b'{"serving": true}', req=req)
 
         self.loop.create_task(go())
+
+    def c_arms(self, req: Request, conn: Connection) -> None:
+        """Hand the supervisor what each judged canary's arms answered since it last asked."""
+        conn.send(200, dumps(self.table.take_arms()), req=req)
 
     def c_state(self, req: Request, conn: Connection) -> None:
         state = {

@@ -94,6 +94,7 @@ class WorkerApp(ControlRoutes):
             b"/_control/discard": (b"POST", self.c_discard),
             b"/_control/unload": (b"POST", self.c_unload),
             b"/_control/canary": (b"POST", self.c_canary),
+            b"/_control/arms": (b"POST", self.c_arms),
             b"/_control/state": (b"GET", self.c_state),
             b"/_control/serve": (b"POST", self.c_serve),
         }
@@ -272,7 +273,7 @@ class WorkerApp(ControlRoutes):
         def done(out: Any, err: BaseException | None) -> None:
             try:
                 if err is not None:
-                    stats.errors.inc()
+                    stats.model_errors.inc()
                     message = _model_error(err)
                     recent_errors.add(400, message, model.name, model.version)
                     conn.send(400, error_body(message), extra_headers=headers, req=req)
@@ -280,7 +281,7 @@ class WorkerApp(ControlRoutes):
                 try:
                     body, ctype = encode(out)
                 except Exception as exc:  # the model's output does not fit the answer format
-                    stats.errors.inc()
+                    stats.model_errors.inc()
                     stats.server_errors.inc()
                     log.exception("%s v%s: encoding the answer failed", model.name, model.version)
                     msg = f"could not encode the model's output: {describe_error(exc)}"

@@ -127,6 +127,7 @@ class ModelStats:
         "requests",
         "errors",
         "server_errors",
+        "model_errors",
         "latency",
         "batch",
         "queue",
@@ -139,6 +140,10 @@ class ModelStats:
         self.requests = REQUESTS.labels(*labels)
         self.errors = ERRORS.labels(*labels)
         self.server_errors = SERVER_ERRORS.labels(*labels)
+        # the errors the model itself caused (its forward raised, its output could not be
+        # encoded): the same series as ``errors``; a judged canary's arms count them apart
+        # (request/canary.py)
+        self.model_errors = self.errors
         self.latency = LATENCY.labels(*labels)
         self.batch = BATCH.labels(*labels)
         self.queue = QUEUE.labels(*labels)

@@ -126,6 +126,9 @@ SCHEMAS: dict[str, Any] = {
                 "action": {"type": "string"},
                 "from_version": {"type": "integer", "nullable": True},
                 "to_version": {"type": "integer", "nullable": True},
+                # set when the process promoted or rolled back a judged canary by itself
+                "reason": {"type": "string", "nullable": True},
+                "evidence": {"type": "object", "nullable": True},
             },
         },
     },
