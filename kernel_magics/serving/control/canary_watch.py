@@ -171,7 +171,6 @@ class CanaryWatch:
         def answer(status: int, body: dict) -> None:
             outcome.update(status=status, body=body)
 
-        log.info("%s: %s", name, decision.reason)
         await run_transition(
             self.pool,
             self.lifecycle,
