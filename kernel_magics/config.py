@@ -69,6 +69,11 @@ class Settings:
     gen_max_running: int = 16
     gen_kv_cache_tokens: int = 32768
     gen_max_queued: int = 64
+    # Drift (quality/drift.py): a feature is flagged when its test (KS for numbers, chi² for
+    # categories) has p < drift_p_value AND its PSI >= drift_psi: significant and large
+    # enough to matter (0.1 is the usual "moderate shift" line, 0.25 a major one).
+    drift_p_value: float = 0.01
+    drift_psi: float = 0.1
 
     # -- derived paths -----------------------------------------------------------------------
     @property

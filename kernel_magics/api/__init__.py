@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from kernel_magics.api._analysis import compare, evaluate, explain, pipeline_rerun, pipeline_run
 from kernel_magics.api._generate import Generation, generate
+from kernel_magics.api._quality import drift
 from kernel_magics.api._runs import last_run_id, metric_history, run_params, version_size
 from kernel_magics.api._serving import (
     deploy,
@@ -40,6 +41,7 @@ from kernel_magics.api._serving import (
 )
 from kernel_magics.api._versions import is_generative, optimize, register, store_doctor, train
 from kernel_magics.catalog import ModelSummary, VersionRow
+from kernel_magics.quality.drift import DriftReport
 from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
 from kernel_magics.registration import RegisterResult
 from kernel_magics.serving.tokens import SCOPES as TOKEN_SCOPES
@@ -77,6 +79,8 @@ __all__ = [
     "token_create",
     "token_list",
     "token_revoke",
+    "drift",  # model quality
+    "DriftReport",
     "pipeline_run",  # pipelines and evaluation
     "pipeline_rerun",  # pipelines and evaluation
     "evaluate",  # pipelines and evaluation

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput
 from kernel_magics.quality.profile import (
     OTHER,
@@ -34,8 +35,9 @@ from kernel_magics.quality.profile import (
 )
 from kernel_magics.views import front_end_view
 
-DEFAULT_P_VALUE = 0.01
-DEFAULT_PSI = 0.1  # the usual "moderate shift" line; 0.25 is called a major one
+# The thresholds' defaults live with every other setting (Settings.drift_p_value, drift_psi).
+DEFAULT_P_VALUE: float = Settings.drift_p_value
+DEFAULT_PSI: float = Settings.drift_psi
 _PSI_FLOOR = 1e-4  # a share of 0 would make PSI infinite: empty bins count as this share
 
 
