@@ -3,7 +3,9 @@
 Per feature and for the predictions:
 
 - numbers: the two-sample Kolmogorov-Smirnov test of the current values against the profile's
-  reference sample, and the PSI over the profile's decile bins (plus a bin for missing values);
+  reference sample (and, where either side has missing values, a chi² test of the missing
+  share, the two p-values combined by Bonferroni), and the PSI over the profile's decile bins
+  plus a bin for missing values;
 - categories: the chi² test of the reference and current counts (a 2 × K contingency table; a
   category the reference never had is a column of its own), and the PSI over the categories.
 
@@ -17,6 +19,7 @@ numpy and scipy only: the inference process imports this module.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,10 +153,14 @@ def _numeric(
     reference_counts = np.asarray(reference.counts, dtype=np.float64)
     psi = population_stability(reference_counts, current_counts)
     if len(present) and reference.sample:
-        result = ks_2samp(np.asarray(reference.sample), present)
+        with warnings.catch_warnings():  # large samples: scipy says it used the asymptotic p
+            warnings.simplefilter("ignore", RuntimeWarning)
+            result = ks_2samp(np.asarray(reference.sample), present)
         statistic, p = float(result.statistic), float(result.pvalue)
-    else:  # nothing to test: only the missing share can have moved, and PSI sees that
+    else:  # no values to compare: only the missing share can have moved
         statistic, p = 0.0, 1.0
+    if reference_counts[-1] or current_counts[-1]:
+        p = _with_missing_share(p, reference_counts, current_counts)
     return FeatureDrift(
         reference.name,
         "numeric",
@@ -167,6 +174,25 @@ def _numeric(
         reference_shares=_shares(reference_counts),
         current_shares=_shares(current_counts),
     )
+
+
+def _with_missing_share(
+    p: float, reference_counts: np.ndarray, current_counts: np.ndarray
+) -> float:
+    """KS sees only the values present; a changed share of missing values is tested too (chi²
+    of present/missing counts), the two p-values combined by Bonferroni."""
+    from scipy.stats import chi2_contingency
+
+    table = np.array(
+        [
+            [reference_counts[:-1].sum(), reference_counts[-1]],
+            [current_counts[:-1].sum(), current_counts[-1]],
+        ]
+    )
+    if (table.sum(axis=0) == 0).any():
+        return p
+    missing_p = float(chi2_contingency(table).pvalue)
+    return min(1.0, 2 * min(p, missing_p))
 
 
 def _categorical(
