@@ -69,6 +69,8 @@ class KernelMagics(Magics, Configurable):
         Int, "gen_kv_cache_tokens", "KV-cache budget of a language model, in tokens"
     )
     gen_max_queued = _setting(Int, "gen_max_queued", "requests waiting for a slot before 429")
+    drift_p_value = _setting(Float, "drift_p_value", "%drift flags below this test p-value …")
+    drift_psi = _setting(Float, "drift_psi", "… when the PSI is at least this (0.1)")
     progress = CaselessStrEnum(
         ["auto", "widget", "text", "none"],
         default_value="auto",
