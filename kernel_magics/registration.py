@@ -285,6 +285,7 @@ def reference_profile(
     from kernel_magics.training.inputs import model_input_array
 
     rows = reference_sample(reference)
+    outputs: Any = None  # a model file or an ONNX graph: a profile of the inputs only
     try:
         model_rows = encoder.encode(rows) if encoder else model_input_array(rows, "the reference")
         if model_rows.ndim == 1:
@@ -296,8 +297,6 @@ def reference_profile(
             scores = getattr(estimator, "predict_proba", None)
             outputs = scores(model_rows) if task == "classification" and scores else None
             outputs = estimator.predict(model_rows) if outputs is None else outputs
-        else:
-            outputs = None
     except InvalidInput:
         raise
     except Exception as err:

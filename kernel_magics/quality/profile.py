@@ -29,6 +29,7 @@ numpy only (pandas lazily, for tables): the inference process imports this modul
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,7 +204,9 @@ def _row_statistics(rows: Any) -> dict[str, np.ndarray]:
     for start in range(0, len(rows), TENSOR_CHUNK_ROWS):
         chunk = _numbers(rows[start : start + TENSOR_CHUNK_ROWS], "the rows")
         flat = chunk.reshape(len(chunk), -1)
-        with np.errstate(invalid="ignore"), _quiet_nan_warnings():
+        # an all-NaN row has no statistics: it counts as missing, without numpy's warning
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             parts["row_mean"].append(np.nanmean(flat, axis=1))
             parts["row_std"].append(np.nanstd(flat, axis=1))
             parts["row_min"].append(np.nanmin(flat, axis=1))
@@ -368,17 +371,3 @@ def _numbers(rows: Any, what: str) -> np.ndarray:
     if array.ndim == 0:
         raise InvalidInput(f"{what} must be rows, got a single value")
     return array
-
-
-class _quiet_nan_warnings:
-    """An all-NaN row has no mean: it counts as missing, without numpy's RuntimeWarning."""
-
-    def __enter__(self) -> None:
-        import warnings
-
-        self._catch = warnings.catch_warnings()
-        self._catch.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._catch.__exit__(*exc)

@@ -34,7 +34,9 @@ def _table(rows: int, seed: int) -> pd.DataFrame:
 
 def _mlp(n_in: int, n_out: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(n_in, 16), torch.nn.ReLU(), torch.nn.Linear(16, n_out))
+    return torch.nn.Sequential(
+        torch.nn.Linear(n_in, 16), torch.nn.ReLU(), torch.nn.Linear(16, n_out)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +150,16 @@ def test_a_changed_profile_fails_the_hash_check(shell: Any) -> None:
     path.write_text(path.read_text().replace('"rows":100', '"rows":101', 1))
     with pytest.raises(IntegrityError, match="changed since registration"):
         api.drift("tampered", data=np.zeros((5, 4), np.float32))
+
+
+def test_a_scikit_learn_version_keeps_its_profile_with_its_predictions(shell: Any) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32)
+    api.train(LogisticRegression(), X, (X[:, 0] > 0).astype(np.int64), name="sk")
+    store = _store()
+    profile = read_profile(verified_folder(store, store.resolve("sk", 1)))
+    assert profile is not None
+    assert profile.predictions[0].categories.keys() == {"0", "1"}
+    moved = X + np.array([2, 0, 0], np.float32)  # the decision column: answers move too
+    assert api.drift("sk", data=moved).flagged == ["x0", "prediction"]
