@@ -237,11 +237,11 @@ def _labels(outputs: Any, classes: list[str] | None) -> np.ndarray:
     array = np.asarray(outputs)
     if array.dtype.kind in "OUS":
         return array.reshape(len(array)).astype(str).astype(object)
-    if array.ndim == 2 and array.shape[1] > 1:
-        index = array.argmax(axis=1)
-        names = classes if classes is not None else [str(i) for i in range(array.shape[1])]
+    if array.ndim >= 2 and array.shape[-1] > 1:  # scores on the last axis; (N, T, C): per position
+        index = array.argmax(axis=-1).reshape(-1)
+        names = classes if classes is not None else [str(i) for i in range(array.shape[-1])]
         return np.asarray(names, dtype=object)[index]
-    flat = array.reshape(len(array))
+    flat = array.reshape(-1)
     if flat.dtype.kind == "f" and np.all(flat == np.round(flat)):
         flat = flat.astype(np.int64)
     return np.asarray([str(v) for v in flat.tolist()], dtype=object)

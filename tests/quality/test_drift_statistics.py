@@ -90,6 +90,8 @@ def test_predictions_are_compared_as_class_shares_or_values() -> None:
     assert report.features[-1].prediction
     labels = np.asarray(["a", "b", "c"])[scores.argmax(axis=1)].tolist()  # answered labels
     assert drift_report(profile, _normal(1000, 1), labels).flagged == []
+    per_position = ReferenceProfile.capture(X, rng.random((1000, 7, 3)), task="classification")
+    assert sum(per_position.predictions[0].categories.values()) == 7000  # a label a position
     values = ReferenceProfile.capture(X, X[:, :1] * 2, task="regression")
     assert drift_report(values, X, X[:, :1] * 2 + 3).flagged == ["prediction"]
 
