@@ -130,7 +130,8 @@ def register_version(
     a process killed at any point leaves no version without them. ``reference`` (raw input
     rows, as clients send them) becomes the version's reference profile for drift
     (``quality.profile``, with the model's predictions on those rows), saved in the model
-    folder inside its hash. Bad input raises
+    folder inside its hash; a ``ReferenceProfile`` is saved as it is (optimize carries its
+    parent's). Bad input raises
     ``InvalidInput`` or ``NotFound`` before anything is written.
     """
     import mlflow
@@ -160,9 +161,11 @@ def register_version(
         checked_task, class_tag = foreign.task, _classes_tag(foreign.classes)
     with store_errors(f"cannot open the model store at {store.uri}"):
         parent_ref = resolve_parent(store, parent)
+    from kernel_magics.quality.profile import ReferenceProfile
+
     profile = (
-        None
-        if reference is None
+        reference
+        if reference is None or isinstance(reference, ReferenceProfile)
         else reference_profile(
             model if foreign is None else None,
             reference,

@@ -125,6 +125,10 @@ def test_register_reference_and_the_views(shell: Any, run_cell: Any) -> None:
     assert "flagged when p < 0.01 and PSI ≥ 0.1" in text
     page = report._repr_html_()
     assert page.count("<svg") == len(report.flagged)
+    pruned = api.optimize("own", prune=0.5)  # a derived version keeps its parent's reference
+    derived = api.drift("own", data=shell.user_ns["X2"], version=pruned.version)
+    assert derived.version == 2
+    assert [f.feature for f in derived.features if f.flagged and not f.prediction] == ["x2"]
 
 
 def test_a_version_without_a_profile_is_one_line(shell: Any) -> None:
