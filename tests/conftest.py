@@ -61,6 +61,7 @@ TIERS = {
     "test_metric_names.py": "unit",
     "frameworks": "process",
     "generative": "process",
+    "quality": "process",
 }
 # A test using one of these fixtures is at least in its tier, whatever its path.
 FIXTURE_TIERS = {

@@ -12,7 +12,8 @@ and only render what they return. Every failure a user can cause raises a
 
 The functions live in ``_versions`` (train, register, optimize), ``_serving`` (deploy … predict,
 models, the serving target and its tokens) and ``_analysis`` (pipelines, evaluate, compare,
-explain), ``_runs`` (runs and versions, read-only: params, metric histories, sizes);
+explain), ``_runs`` (runs and versions, read-only: params, metric histories, sizes),
+``_quality`` (the inference log, feedback, live metrics);
 ``_context`` holds the per-settings store and target every one of them goes through.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from kernel_magics.api._analysis import compare, evaluate, explain, pipeline_rerun, pipeline_run
 from kernel_magics.api._generate import Generation, generate
+from kernel_magics.api._quality import feedback, inference_log, live_metrics
 from kernel_magics.api._runs import last_run_id, metric_history, run_params, version_size
 from kernel_magics.api._serving import (
     deploy,
@@ -90,4 +92,7 @@ __all__ = [
     "validate_name",  # the model-name rule, for front ends that check a name before a call
     "not_found",  # the one wording for an unknown model
     "store_doctor",  # runs left RUNNING by killed processes
+    "inference_log",  # the model's quality in service
+    "feedback",
+    "live_metrics",
 ]

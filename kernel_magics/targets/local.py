@@ -186,4 +186,7 @@ def status_from_snapshot(doc: dict, state: dict, status: str, kind: str) -> Serv
         errors=tuple(RecentError.from_wire(e) for e in doc.get("errors") or ()),
         log=tuple(str(line) for line in doc.get("log") or ()),
         unknown_model_errors=int(doc.get("unknown_model_errors") or 0),
+        inference_log={
+            str(k): int(v) for k, v in (doc.get("inference_log") or {}).items() if v is not None
+        },
     )
