@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from kernel_magics.api._context import _settings, _target
+from kernel_magics.api._context import _settings, _store, _target
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput
 from kernel_magics.quality.log_reader import Since
@@ -17,6 +17,8 @@ from kernel_magics.store import validate_name
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from kernel_magics.evaluation.live import LiveEvaluation
 
 
 def inference_log(
@@ -73,6 +75,18 @@ def live_metrics(
 
     validate_name(name)
     return compute(_settings(settings).home, name, version=version, since=since)
+
+
+def evaluate_live(
+    name: str, *, since: Since = None, settings: Settings | None = None
+) -> LiveEvaluation:
+    """``%evaluate NAME --live``: ``live_metrics`` per version, each also logged to the
+    version's MLflow run as ``live_<metric>`` (a point per call: the run's history over time)."""
+    from kernel_magics.evaluation.live import evaluate_live as run
+
+    validate_name(name)
+    s = _settings(settings)
+    return run(_store(s), s.home, name, since)
 
 
 def _as_list(items: Any) -> list:

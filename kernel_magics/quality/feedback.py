@@ -19,7 +19,7 @@ from kernel_magics.errors import InvalidInput, clip
 from kernel_magics.quality.log_store import MAX_REQUEST_ID, connect
 
 MAX_FEEDBACK_ITEMS = 10_000  # labels per request: a body stays a bounded write
-_MAX_LABEL_CHARS = 1000
+MAX_LABEL_CHARS = 1000
 
 Feedback = tuple[str, int, Any]  # (request id, row, label)
 
@@ -57,8 +57,8 @@ def _item(item: Any, index: int) -> Feedback:
         raise InvalidInput(f"{where}: label must be a class label or a number")
     if isinstance(label, float) and label != label:  # NaN
         raise InvalidInput(f"{where}: label must be a class label or a number")
-    if isinstance(label, str) and len(label) > _MAX_LABEL_CHARS:
-        raise InvalidInput(f"{where}: label is longer than {_MAX_LABEL_CHARS} characters")
+    if isinstance(label, str) and len(label) > MAX_LABEL_CHARS:
+        raise InvalidInput(f"{where}: label is longer than {MAX_LABEL_CHARS} characters")
     return rid, row, label
 
 

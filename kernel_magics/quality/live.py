@@ -21,7 +21,7 @@ def live_metrics(
     """Per version of ``name`` with labelled rows (requests answered since ``since``):
     ``{"labelled": N, "accuracy": …, "f1_macro": …}`` for a classifier, or
     ``{"labelled": N, "mse": …, "mae": …}`` for a regressor."""
-    where: list[str] = ["l.model = ?"]
+    where: list[str] = ["f.model = ?"]
     args: list[Any] = [name]
     start = since_epoch(since)
     if start is not None:
@@ -35,8 +35,10 @@ def live_metrics(
         return {}
     try:
         rows = con.execute(
-            "SELECT l.version, l.classifier, l.predicted, f.label FROM log l JOIN feedback f"
-            " ON f.model = l.model AND f.request_id = l.request_id AND f.row = l.row"
+            # feedback first (CROSS JOIN fixes the order): labels are few, the log is long,
+            # and each label finds its row through the log_request index
+            "SELECT l.version, l.classifier, l.predicted, f.label FROM feedback f CROSS JOIN log l"
+            " ON l.model = f.model AND l.request_id = f.request_id AND l.row = f.row"
             f" WHERE {' AND '.join(where)} ORDER BY l.id",
             args,
         ).fetchall()

@@ -85,6 +85,7 @@ class LocalTarget:
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
         canary: int | None = None,
+        log_sample: float | None = None,
         **unknown: Any,
     ) -> TransitionResult:
         # Unknown options travel to the process, which refuses them by name (one rule, there).
@@ -92,6 +93,7 @@ class LocalTarget:
             "max_batch_size": max_batch_size,
             "max_wait_ms": max_wait_ms,
             "canary": canary,
+            "log_sample": log_sample,
             **unknown,
         }
         payload = {"ref": ref, **{k: v for k, v in options.items() if v is not None}}

@@ -297,3 +297,42 @@ def test_log_sample_share_per_deploy(http, client, settings):
         time.sleep(0.05)
     logged = [rid for rid in frame.request_id if rid.startswith("s-")]
     assert logged == ["s-0", "s-4", "s-8"]  # a quarter, evenly, the first one included
+
+
+def test_magics_show_the_log_live_metrics_and_the_monitor_line(ip, client, settings, capsys):
+    client.deploy("pick", log_sample=1.0)  # the test before logged a quarter
+    answered = predict(requests_session(client), client, "pick", [[0, 0, 9, 0]], rid="magic-1")
+    assert answered.status_code == 200
+    deadline = time.monotonic() + 10
+    while "magic-1" not in set(api.inference_log("pick", settings=settings).request_id):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    capsys.readouterr()
+    ip.run_line_magic("log", "pick --limit 1")
+    out = capsys.readouterr().out
+    assert "magic-1" in out
+    assert "[0.0,0.0,9.0]" in out
+    assert "1 logged rows" in out
+
+    api.feedback("pick", [{"request_id": "magic-1", "label": 2}], settings=settings)
+    live = ip.run_line_magic("evaluate", "pick --live --since 1h")
+    assert live.versions[1]["labelled"] >= 1
+    assert "v1 live accuracy" in ip.display_formatter.format(live)[0]["text/plain"]
+    run_id = live.runs[1]
+    from kernel_magics.api._context import _store
+
+    history = _store(settings).client.get_metric_history(run_id, "live_accuracy")
+    assert history[-1].value == pytest.approx(live.versions[1]["accuracy"])
+
+    from kernel_magics.widgets.monitor import snapshot_views
+
+    text, _ = snapshot_views(settings, "pick")
+    assert "pick v1 live accuracy" in text
+
+    from IPython.core.error import UsageError
+
+    for line in ("pick --live --data X y", "pick@1 --live", "pick --since 1h"):
+        with pytest.raises(UsageError):
+            ip.run_line_magic("evaluate", line)
+    with pytest.raises(UsageError):
+        ip.run_line_magic("log", "pick --since yesterday")
