@@ -11,7 +11,9 @@ from kernel_magics.errors import InvalidInput, clip, closest
 from kernel_magics.naming import parse_version
 
 
-def number(kind: type, minimum: float, *, inclusive: bool = True) -> Callable[[str], Any]:
+def number(
+    kind: type, minimum: float, *, inclusive: bool = True, maximum: float | None = None
+) -> Callable[[str], Any]:
     """An argparse type that rejects out-of-range values (``--epochs -1``) at parse time."""
 
     def convert(text: str) -> Any:
@@ -24,6 +26,8 @@ def number(kind: type, minimum: float, *, inclusive: bool = True) -> Callable[[s
             raise argparse.ArgumentTypeError(
                 f"must be {'>=' if inclusive else '>'} {minimum}, got {clip(text)}"
             )
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {clip(text)}")
         return value
 
     return convert
@@ -31,6 +35,7 @@ def number(kind: type, minimum: float, *, inclusive: bool = True) -> Callable[[s
 
 positive_int = number(int, 1)
 non_negative_float = number(float, 0)
+share = number(float, 0, maximum=1)  # a fraction: --log-sample
 
 
 def version(text: str) -> int:

@@ -61,7 +61,8 @@ TIERS = {
     "test_metric_names.py": "unit",
     "frameworks": "process",
     "generative": "process",
-    "quality": "store",
+    "quality": "process",
+    "quality/test_drift.py": "store",
     "quality/test_drift_statistics.py": "unit",
 }
 # A test using one of these fixtures is at least in its tier, whatever its path.

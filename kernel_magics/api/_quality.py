@@ -1,85 +1,98 @@
-"""Model quality of served versions: drift of current rows against a version's reference."""
+"""The model's quality in service: the inference log, feedback and live metrics
+(``kernel_magics/quality``). The log and the metrics are read from the log's file in the home
+folder (the kernel and the inference process share it), so they answer whether or not the
+process runs; feedback goes through the process, which checks it against what it logged.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import json
 from typing import TYPE_CHECKING, Any
 
-from kernel_magics.api._context import _settings, _store
+from kernel_magics.api._context import _settings, _store, _target
 from kernel_magics.config import Settings
-from kernel_magics.errors import InvalidInput, NotFound
+from kernel_magics.errors import InvalidInput
+from kernel_magics.quality.log_reader import Since
 from kernel_magics.store import validate_name
 
 if TYPE_CHECKING:
-    from kernel_magics.quality.drift import DriftReport
-    from kernel_magics.quality.profile import ReferenceProfile
-    from kernel_magics.store import Store, VersionInfo
+    import pandas as pd
+
+    from kernel_magics.evaluation.live import LiveEvaluation
 
 
-def drift(
+def inference_log(
     name: str,
     *,
-    window: str | int | None = None,
-    data: Any = None,
-    version: int | str | None = None,
+    since: Since = None,
+    version: int | None = None,
+    limit: int | None = None,
     settings: Settings | None = None,
-) -> DriftReport:
-    """Drift of ``name``'s current inputs and predictions against its reference profile.
-
-    ``data`` (rows as clients send them: array, DataFrame, list of records): compared with the
-    version's profile, with the version's own predictions on them computed here. ``version``:
-    a number or alias (default: the live version, else the newest). Each feature gets KS (numbers)
-    or chi² (categories) and PSI, flagged against ``Settings.drift_p_value`` and
-    ``drift_psi``. A version registered without a reference profile raises ``NotFound``
-    saying how to add one.
-    """
-    from kernel_magics.quality.drift import drift_report
+) -> pd.DataFrame:
+    """The logged requests of ``name``, one frame row per request row, oldest first: columns
+    ``time`` (UTC), ``version``, ``request_id``, ``row``, ``input``, ``output``,
+    ``latency_ms``. ``since``: a duration ("90s", "30m", "1h", "2d"), seconds, or a time;
+    ``limit``: only the newest N rows."""
+    from kernel_magics.quality.log_reader import read_log
 
     validate_name(name)
-    resolved = _settings(settings)
-    store = _store(resolved)
-    info = _drift_version(store, name, version)
-    profile = version_profile(store, info)
-    if data is None:
-        raise InvalidInput(
-            f"pass the current rows: drift({name!r}, data=X) (the inference log is not read yet)"
-        )
-    if window is not None:
-        raise InvalidInput("window= selects logged rows; with data= the rows are given")
-    report = drift_report(
-        profile,
-        data,
-        _predictions(store, info, data),
-        p_value=resolved.drift_p_value,
-        psi=resolved.drift_psi,
+    return read_log(_settings(settings).home, name, since=since, version=version, limit=limit)
+
+
+def feedback(name: str, feedback: Any, *, settings: Settings | None = None) -> dict[str, Any]:
+    """Send true labels for logged requests: a list of ``{"request_id": ..., "row": 0,
+    "label": ...}`` (``row`` optional), or the whole ``{"feedback": [...]}`` body. Answers
+    ``{"accepted": N, "unknown": [ids not in the log]}``. A classifier's label is compared
+    with the class it answered (its name when the version has class names)."""
+    from kernel_magics.quality.feedback import parse_feedback
+    from kernel_magics.targets.http import check_answer
+
+    validate_name(name)
+    doc = feedback if isinstance(feedback, dict) else {"feedback": _as_list(feedback)}
+    parse_feedback(doc)  # the process checks it too; here a mistake costs no request
+    serving = _target(_settings(settings))
+    serving.ensure_running()
+    status, _, data = serving.request(  # type: ignore[attr-defined]
+        "POST",
+        f"/v1/models/{name}/feedback",
+        json.dumps(doc).encode(),
+        {"Content-Type": "application/json"},
     )
-    return dataclasses.replace(report, name=name, version=info.version, source="data")
+    return dict(check_answer(status, data))
 
 
-def version_profile(store: Store, info: VersionInfo) -> ReferenceProfile:
-    """The reference profile saved in the version's verified folder (hash checked first)."""
-    from kernel_magics.formats.verified import verified_folder
-    from kernel_magics.quality.profile import read_profile
+def live_metrics(
+    name: str,
+    *,
+    version: int | None = None,
+    since: Since = None,
+    settings: Settings | None = None,
+) -> dict[int, dict[str, float]]:
+    """Per version of ``name``, over its logged rows that got feedback (answered since
+    ``since``): ``labelled`` and ``accuracy`` + ``f1_macro`` (a classifier) or ``mse`` +
+    ``mae`` (a regressor)."""
+    from kernel_magics.quality.live import live_metrics as compute
 
-    profile = read_profile(verified_folder(store, info))
-    if profile is None:
-        raise NotFound(
-            f"{info.name} v{info.version} has no reference profile: register it with "
-            "--reference X (api.register(..., reference=X)) or %train it to add one"
-        )
-    return profile
-
-
-def _drift_version(store: Store, name: str, version: int | str | None) -> VersionInfo:
-    if version is not None:
-        return store.resolve(name, version)
-    live = store.live_by_model().get(name)
-    return store.resolve(name, live)  # None: the newest version
+    validate_name(name)
+    return compute(_settings(settings).home, name, version=version, since=since)
 
 
-def _predictions(store: Store, info: VersionInfo, data: Any) -> Any:
-    """The version's outputs on ``data``, computed here as the inference process would."""
-    from kernel_magics.evaluation.loading import forward, input_rows, load_version
+def evaluate_live(
+    name: str, *, since: Since = None, settings: Settings | None = None
+) -> LiveEvaluation:
+    """``%evaluate NAME --live``: ``live_metrics`` per version, each also logged to the
+    version's MLflow run as ``live_<metric>`` (a point per call: the run's history over time)."""
+    from kernel_magics.evaluation.live import evaluate_live as run
 
-    loaded = load_version(store, info)
-    return forward(loaded, input_rows(data, loaded)).float().numpy()
+    validate_name(name)
+    s = _settings(settings)
+    return run(_store(s), s.home, name, since)
+
+
+def _as_list(items: Any) -> list:
+    if hasattr(items, "to_dict"):  # a DataFrame with request_id, row, label columns
+        return list(items.to_dict("records"))
+    try:
+        return list(items)
+    except TypeError:
+        raise InvalidInput("feedback must be a list of {request_id, row, label} items") from None

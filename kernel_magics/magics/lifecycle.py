@@ -21,7 +21,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
 from traitlets.config.configurable import Configurable
 
 from kernel_magics import api, commands, display
-from kernel_magics.argtypes import non_negative_float, positive_int, version
+from kernel_magics.argtypes import non_negative_float, positive_int, share, version
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import NotFound
 from kernel_magics.magics._args import View, arguments, front_end, word
@@ -69,6 +69,9 @@ class KernelMagics(Magics, Configurable):
         Int, "gen_kv_cache_tokens", "KV-cache budget of a language model, in tokens"
     )
     gen_max_queued = _setting(Int, "gen_max_queued", "requests waiting for a slot before 429")
+    log_sample = _setting(Float, "log_sample", "share of requests the inference log keeps (0-1)")
+    log_max_rows = _setting(Int, "log_max_rows", "inference log rows kept per model")
+    log_queue = _setting(Int, "log_queue", "samples waiting for the log writer (then dropped)")
     drift_p_value = _setting(Float, "drift_p_value", "%drift flags below this test p-value …")
     drift_psi = _setting(Float, "drift_psi", "… when the PSI is at least this (0.1)")
     progress = CaselessStrEnum(
@@ -111,6 +114,12 @@ class KernelMagics(Magics, Configurable):
         metavar="PERCENT",
         help="load beside the live version and send it PERCENT%% of requests (1-99)",
     )
+    @argument(
+        "--log-sample",
+        type=share,
+        metavar="F",
+        help="share of requests the inference log keeps (0-1; default: the log_sample setting)",
+    )
     @front_end
     def deploy(self, args: argparse.Namespace) -> None:
         """Make a version live in the background inference process (started if needed).
@@ -124,12 +133,14 @@ class KernelMagics(Magics, Configurable):
             %deploy digits@2
             %deploy digits@challenger --max-batch-size 128
             %deploy digits@3 --canary 10     # v3 answers 10% of requests; %promote or %rollback
+            %deploy digits --log-sample 0.1  # the inference log keeps every 10th request
         """
         result = api.deploy(
             args.target,
             max_batch_size=args.max_batch_size,
             max_wait_ms=args.max_wait_ms,
             canary=args.canary,
+            log_sample=args.log_sample,
             settings=self.settings(),
         )
         _show_transition(result)

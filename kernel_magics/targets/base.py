@@ -42,9 +42,11 @@ class ServingTarget(Protocol):
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
         canary: int | None = None,
+        log_sample: float | None = None,
     ) -> TransitionResult:
         """Make ``ref`` live; with ``canary`` (percent), load it beside the live version and
-        send it that share of the requests instead (the live version stays)."""
+        send it that share of the requests instead (the live version stays). ``log_sample``:
+        the share of its requests the inference log keeps (a target without one refuses it)."""
 
     def rollback(self, name: str, to: int | None = None) -> TransitionResult:
         """Back to the previous version; while a canary runs, drop the canary."""

@@ -210,7 +210,13 @@ class RayTarget:
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
         canary: int | None = None,
+        log_sample: float | None = None,
     ) -> TransitionResult:
+        if log_sample is not None:
+            raise InvalidInput(
+                "the ray target keeps no inference log: deploy without log_sample "
+                "(the built-in process, target local, logs requests)"
+            )
         options = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms}
         set_options = {k: float(v) for k, v in options.items() if v is not None}
         return self._transition(name, "deploy", ref, canary, set_options)

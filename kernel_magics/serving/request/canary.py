@@ -18,9 +18,7 @@ from __future__ import annotations
 import zlib
 
 from kernel_magics.serving.request.model import LoadedModel
-from kernel_magics.serving.request.protocol import Request
-
-REQUEST_ID = b"x-request-id"
+from kernel_magics.serving.request.protocol import REQUEST_ID, Request
 
 
 class Split:
