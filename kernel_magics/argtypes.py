@@ -12,7 +12,9 @@ from kernel_magics.naming import parse_version
 from kernel_magics.records import DEFAULT_CANARY_METRICS, CanaryRule
 
 
-def number(kind: type, minimum: float, *, inclusive: bool = True) -> Callable[[str], Any]:
+def number(
+    kind: type, minimum: float, *, inclusive: bool = True, maximum: float | None = None
+) -> Callable[[str], Any]:
     """An argparse type that rejects out-of-range values (``--epochs -1``) at parse time."""
 
     def convert(text: str) -> Any:
@@ -25,6 +27,8 @@ def number(kind: type, minimum: float, *, inclusive: bool = True) -> Callable[[s
             raise argparse.ArgumentTypeError(
                 f"must be {'>=' if inclusive else '>'} {minimum}, got {clip(text)}"
             )
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {clip(text)}")
         return value
 
     return convert
@@ -32,6 +36,7 @@ def number(kind: type, minimum: float, *, inclusive: bool = True) -> Callable[[s
 
 positive_int = number(int, 1)
 non_negative_float = number(float, 0)
+share = number(float, 0, maximum=1)  # a fraction: --log-sample
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

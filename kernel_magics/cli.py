@@ -2,7 +2,7 @@
 
     kernel-magics [--home DIR] deploy NAME[@VERSION|@ALIAS] [--max-batch-size N] [--max-wait-ms F]
                                       [--canary PERCENT [--analyze [--metric M ...]
-                                       [--window W] [--min-requests N]]]
+                                       [--window W] [--min-requests N]]] [--log-sample F]
     kernel-magics promote NAME
     kernel-magics rollback NAME [--to VERSION]
     kernel-magics undeploy NAME
@@ -42,6 +42,7 @@ from kernel_magics.argtypes import (
     non_negative_float,
     option_hint,
     positive_int,
+    share,
     version,
 )
 from kernel_magics.config import Settings, load_settings
@@ -98,6 +99,7 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
         max_wait_ms=args.max_wait_ms,
         canary=args.canary,
         analyze=canary_rule(args),
+        log_sample=args.log_sample,
         settings=settings,
     )
     return _print_transition(result, args)
@@ -261,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", action="extend", nargs="+", metavar="METRIC")
     p.add_argument("--window", type=duration, help="compare over the last W (60s, 5m)")
     p.add_argument("--min-requests", type=positive_int, metavar="N", help="answers per arm")
+    p.add_argument("--log-sample", type=share, metavar="F", help="share of requests logged (0-1)")
     p = command("promote", _promote, "make the running canary of a model live")
     p.add_argument("name", metavar="NAME")
     p = command("rollback", _rollback, "make the previously live version (or --to) live again")

@@ -81,6 +81,18 @@ class Settings:
     canary_p99_slack_ms: float = 10.0
     canary_accuracy_margin: float = 0.05
     canary_judge_interval_s: float = 5.0
+    # The inference log (kernel_magics/quality, docs/quality.md): the share of each served
+    # version's requests written to home/quality/inference_log.db (0 turns it off; %deploy
+    # --log-sample overrides it per deploy), the rows kept per model (the oldest are evicted
+    # first), and the samples a worker's writer may have waiting (beyond: dropped and counted).
+    log_sample: float = 1.0
+    log_max_rows: int = 100_000
+    log_queue: int = 10_000
+    # Drift (quality/drift.py): a feature is flagged when its test (KS for numbers, chi² for
+    # categories) has p < drift_p_value AND its PSI >= drift_psi: significant and large
+    # enough to matter (0.1 is the usual "moderate shift" line, 0.25 a major one).
+    drift_p_value: float = 0.01
+    drift_psi: float = 0.1
 
     # -- derived paths -----------------------------------------------------------------------
     @property

@@ -81,6 +81,7 @@ class ModelSpec(_Wire):
     max_batch_size: int | None = None
     max_wait_ms: float | None = None
     classes: tuple | None = None  # km.classes: a classifier's labels in output order
+    log_sample: float | None = None  # the inference log's share; None: the worker's setting
 
     @classmethod
     def from_wire(cls, doc: Any) -> ModelSpec:
@@ -103,6 +104,7 @@ class ModelSpec(_Wire):
             max_batch_size=batch or None,
             max_wait_ms=_float_or_none(doc.get("max_wait_ms"), "max_wait_ms"),
             classes=tuple(doc["classes"]) if isinstance(doc.get("classes"), list) else None,
+            log_sample=_float_or_none(doc.get("log_sample"), "log_sample"),
         )
 
 
@@ -474,6 +476,8 @@ class ServerStatus(_Wire):
     errors: tuple[RecentError, ...] = ()
     log: tuple[str, ...] = ()
     unknown_model_errors: int = 0
+    # The inference log's samples, all workers together: {"written": N, "dropped": N}
+    inference_log: dict[str, int] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:

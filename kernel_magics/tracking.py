@@ -83,8 +83,11 @@ def run_training(
     data: PreparedData,
     config: TrainConfig,
     fit_fn: Callable[..., FitResult],
+    reference: Any = None,
 ) -> TrainResult:
-    """Wrap ``fit_fn(on_epoch=...) -> FitResult`` in an MLflow run and register the model."""
+    """Wrap ``fit_fn(on_epoch=...) -> FitResult`` in an MLflow run and register the model.
+    ``reference`` (raw rows; default the training split) becomes the version's reference
+    profile for drift."""
     import mlflow
 
     from kernel_magics.training.scaling import registered_model
@@ -120,6 +123,7 @@ def run_training(
             task=data.task,
             classes=data.classes,
             encoder=data.encoder,
+            reference=data.training_rows() if reference is None else reference,
         )
         bookkeeping = time.perf_counter() - started
 

@@ -31,9 +31,13 @@ def deploy(
     max_wait_ms: float | None = None,
     canary: int | None = None,
     analyze: CanaryRule | bool | None = None,
+    log_sample: float | None = None,
     settings: Settings | None = None,
 ) -> TransitionResult:
     """Make ``NAME`` (newest version), ``NAME@VERSION`` or ``NAME@ALIAS`` live.
+
+    ``log_sample`` (0–1): the share of this version's requests the inference log keeps
+    (default: the ``log_sample`` setting; remembered by the version like the batching options).
 
     Starts the serving target if needed. The new version is loaded and warmed before it takes
     traffic; if it fails, the live version keeps serving and ``DeployFailed`` says why.
@@ -64,6 +68,8 @@ def deploy(
         options["canary"] = canary
     if rule is not None:
         options["analyze"] = rule
+    if log_sample is not None:  # likewise: the ray target keeps no inference log
+        options["log_sample"] = log_sample
     return serving.deploy(name, ref, **options)
 
 

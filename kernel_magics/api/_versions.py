@@ -44,6 +44,7 @@ def train(
     nnodes: int | None = None,
     rdzv_endpoint: str | None = None,
     progress: Any = "auto",
+    reference: Any = None,
     settings: Settings | None = None,
 ) -> TrainResult:
     """Train ``model`` on (X, y), log the run to MLflow and register a new version of ``name``.
@@ -64,6 +65,8 @@ def train(
     A scikit-learn estimator (``MLPClassifier((32,))``, a ``Pipeline``) is fitted with its
     own ``fit`` on the training split instead (``frameworks.sklearn_training``; val_split,
     seed and task apply) and registered like ``register`` registers one.
+    The version's reference profile for drift (``drift``) is captured on the training split,
+    or on ``reference`` (raw rows, as clients send them) when given.
     """
     from kernel_magics.frameworks import is_sklearn
     from kernel_magics.registration import check_model
@@ -95,7 +98,9 @@ def train(
     if is_sklearn(model):  # its own fit: the split, run, metrics and record of a torch training
         from kernel_magics.frameworks.sklearn_training import train_estimator
 
-        return train_estimator(_store(_settings(settings)), model, X, y, name=name, config=config)
+        return train_estimator(
+            _store(_settings(settings)), model, X, y, name=name, config=config, reference=reference
+        )
     data = prepare_data(
         X,
         y,
@@ -114,7 +119,9 @@ def train(
             return fit_distributed(model, data, config, on_epoch=on_epoch, progress=reporter)
         return fit(model, data, config, on_epoch=on_epoch, progress=reporter)
 
-    return run_training(_store(_settings(settings)), name, model, data, config, fit_fn)
+    return run_training(
+        _store(_settings(settings)), name, model, data, config, fit_fn, reference=reference
+    )
 
 
 def register(
@@ -130,6 +137,7 @@ def register(
     parent: str | None = None,
     recipe: str | None = None,
     sample: Any = None,
+    reference: Any = None,
     settings: Settings | None = None,
 ) -> RegisterResult:
     """Register a model trained anywhere (your own loop, a library) as the next version of
@@ -148,6 +156,10 @@ def register(
     answers), an ``onnx.ModelProto``, or the path of a ``.onnx``, ``.joblib`` or ``.pkl``
     file (unpickling runs the file's code: a warning says so). Task and classes then come
     from the model.
+
+    ``reference``: rows as clients will send them (the training data, typically); their
+    profile and the model's predictions on them are saved with the version, inside its hash,
+    for ``drift``.
 
     A language model: a transformers causal LM with its ``tokenizer``, or ``model`` the path of
     a ``save_pretrained`` folder holding both (no ``example``); stored as safetensors, config
@@ -177,6 +189,7 @@ def register(
         parent=parent,
         recipe=recipe,
         sample=sample,
+        reference=reference,
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kernel_magics import display
+from kernel_magics.display import quality as display_quality
 from kernel_magics.display import status as display_status
 from kernel_magics.metric_names import direction, key_metrics
 from kernel_magics.records import RecentError, ServerStatus
@@ -119,6 +120,7 @@ def monitor_text(
     rates: Sequence[ModelRates],
     tokens: Sequence[TokenRates],
     only: str | None = None,
+    live: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None,
 ) -> str:
     if status is None:
         return display_status.NOT_RUNNING
@@ -127,6 +129,7 @@ def monitor_text(
         lines.append(display.text_table(MONITOR_HEADERS, _rate_rows(rates)))
     else:
         lines.append(f"{only} is not deployed" if only else "serving no models")
+    lines += [f"  {line}" for line in _live_lines(live)]
     if tokens:
         lines += ["usage by token:", *(f"  {t}" for t in _token_lines(tokens))]
     errors = _error_lines(status.errors, only)
@@ -144,6 +147,7 @@ def monitor_html(
     only: str | None = None,
     plots: str = "",
     title: bool = True,
+    live: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None,
 ) -> str:
     """The monitor's figures as HTML (``title``: with its heading line; the widget has its
     own)."""
@@ -156,6 +160,10 @@ def monitor_html(
         parts.append(
             f"<p>{html.escape(f'{only} is not deployed' if only else 'serving no models')}</p>"
         )
+    live_lines = _live_lines(live)
+    if live_lines:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in live_lines)
+        parts.append(f"<ul style='{_SMALL}'>{items}</ul>")
     parts.append(plots)
     if tokens:
         items = "".join(f"<li>{html.escape(t)}</li>" for t in _token_lines(tokens))
@@ -167,6 +175,15 @@ def monitor_html(
     if status.log:
         parts.append(display.logs_html("\n".join(status.log[-8:])))
     return f"<div style='{_SMALL}'>{''.join(parts)}</div>"
+
+
+def _live_lines(live: Mapping[str, Mapping[int, Mapping[str, float]]] | None) -> list[str]:
+    """A line per version with live figures from feedback: ``digits v2 live accuracy …``."""
+    return [
+        f"{name} {display_quality.live_line(version, dict(figures))}"
+        for name, per_version in sorted((live or {}).items())
+        for version, figures in per_version.items()
+    ]
 
 
 def monitors_stopped_line(count: int) -> str:

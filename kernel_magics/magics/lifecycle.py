@@ -21,7 +21,14 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
 from traitlets.config.configurable import Configurable
 
 from kernel_magics import api, commands, display
-from kernel_magics.argtypes import canary_rule, duration, non_negative_float, positive_int, version
+from kernel_magics.argtypes import (
+    canary_rule,
+    duration,
+    non_negative_float,
+    positive_int,
+    share,
+    version,
+)
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import NotFound
 from kernel_magics.magics._args import View, arguments, front_end, word
@@ -86,6 +93,11 @@ class KernelMagics(Magics, Configurable):
     canary_judge_interval_s = _setting(
         Float, "canary_judge_interval_s", "seconds between two looks at a judged canary"
     )
+    log_sample = _setting(Float, "log_sample", "share of requests the inference log keeps (0-1)")
+    log_max_rows = _setting(Int, "log_max_rows", "inference log rows kept per model")
+    log_queue = _setting(Int, "log_queue", "samples waiting for the log writer (then dropped)")
+    drift_p_value = _setting(Float, "drift_p_value", "%drift flags below this test p-value …")
+    drift_psi = _setting(Float, "drift_psi", "… when the PSI is at least this (0.1)")
     progress = CaselessStrEnum(
         ["auto", "widget", "text", "none"],
         default_value="auto",
@@ -142,6 +154,12 @@ class KernelMagics(Magics, Configurable):
     @argument(
         "--min-requests", type=positive_int, metavar="N", help="--analyze waits for N per arm"
     )
+    @argument(
+        "--log-sample",
+        type=share,
+        metavar="F",
+        help="share of requests the inference log keeps (0-1; default: the log_sample setting)",
+    )
     @front_end
     def deploy(self, args: argparse.Namespace) -> None:
         """Make a version live in the background inference process (started if needed).
@@ -157,6 +175,7 @@ class KernelMagics(Magics, Configurable):
             %deploy digits@3 --canary 10     # v3 answers 10% of requests; %promote or %rollback
             %deploy digits@3 --canary 10 --analyze --metric p99 --min-requests 500
                                              # promoted or rolled back by the process itself
+            %deploy digits --log-sample 0.1  # the inference log keeps every 10th request
         """
         result = api.deploy(
             args.target,
@@ -164,6 +183,7 @@ class KernelMagics(Magics, Configurable):
             max_wait_ms=args.max_wait_ms,
             canary=args.canary,
             analyze=canary_rule(args),
+            log_sample=args.log_sample,
             settings=self.settings(),
         )
         _show_transition(result)

@@ -49,10 +49,13 @@ class ServingTarget(Protocol):
         max_wait_ms: float | None = None,
         canary: int | None = None,
         analyze: CanaryRule | None = None,
+        log_sample: float | None = None,
     ) -> TransitionResult:
         """Make ``ref`` live; with ``canary`` (percent), load it beside the live version and
         send it that share of the requests instead (the live version stays); with ``analyze``
-        too, the target promotes or rolls back that canary by itself (or refuses the rule)."""
+        too, the target promotes or rolls back that canary by itself (or refuses the rule).
+        ``log_sample``: the share of its requests the inference log keeps (a target without one
+        refuses it)."""
 
     def rollback(self, name: str, to: int | None = None) -> TransitionResult:
         """Back to the previous version; while a canary runs, drop the canary."""

@@ -85,6 +85,7 @@ class Lifecycle:
         recorded = info.serve_options
         batch = options.get("max_batch_size", recorded.get("max_batch_size"))
         wait = options.get("max_wait_ms", recorded.get("max_wait_ms"))
+        sample = options.get("log_sample", recorded.get("log_sample"))
         return ModelSpec(
             name=info.name,
             version=info.version,
@@ -96,6 +97,7 @@ class Lifecycle:
             max_batch_size=int(batch) if batch is not None else None,
             max_wait_ms=float(wait) if wait is not None else None,
             classes=tuple(info.classes) if info.classes else None,
+            log_sample=float(sample) if sample is not None else None,
         )
 
     def rollback_target(

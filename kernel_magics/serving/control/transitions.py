@@ -33,6 +33,8 @@ from kernel_magics.serving.deploy_options import (
     CANARY_MAX,
     CANARY_MIN,
     DEPLOY_OPTIONS,
+    LOG_SAMPLE_MAX,
+    LOG_SAMPLE_MIN,
     MAX_BATCH_SIZE_MAX,
     MAX_BATCH_SIZE_MIN,
     MAX_WAIT_MS_MAX,
@@ -345,6 +347,17 @@ def parse_manage_body(action: str, raw: bytes) -> tuple[Any, dict]:
                 f"max_wait_ms must be a number between {MAX_WAIT_MS_MIN} and {MAX_WAIT_MS_MAX}"
             )
         options["max_wait_ms"] = float(wait)
+    sample = doc.get("log_sample")
+    if sample is not None:
+        if (
+            isinstance(sample, bool)
+            or not isinstance(sample, int | float)
+            or not LOG_SAMPLE_MIN <= sample <= LOG_SAMPLE_MAX
+        ):
+            raise InvalidInput(
+                f"log_sample must be a share between {LOG_SAMPLE_MIN:g} and {LOG_SAMPLE_MAX:g}"
+            )
+        options["log_sample"] = float(sample)
     return ref, options
 
 

@@ -19,6 +19,7 @@ import orjson
 
 from kernel_magics.config import Settings
 from kernel_magics.errors import DeployFailed, InvalidInput, KernelMagicsError
+from kernel_magics.quality.log_writer import Sampler
 from kernel_magics.records import HistoryEvent, ModelSpec
 from kernel_magics.serving.request import metrics
 from kernel_magics.serving.request.batcher import Batcher
@@ -71,11 +72,15 @@ class ControlRoutes:
         try:
             reused = self.table.reusable(spec, s.max_batch_size, s.max_wait_ms)
             if reused is not None:
+                # the log's share is no load property: a re-deploy only changes it
+                sample = spec.log_sample if spec.log_sample is not None else s.log_sample
+                if reused.sampler.rate != sample:
+                    reused.sampler = Sampler(sample)
                 self.table.stage(reused)
                 body = {"load_ms": 0.0, "warm_ms": 0.0, "reused": True, "ready_at": time.time()}
                 conn.send(200, dumps(body), req=req)
                 return
-            model = model_from_spec(spec, s.max_batch_size, s.max_wait_ms)
+            model = model_from_spec(spec, s.max_batch_size, s.max_wait_ms, s.log_sample)
             await self.loop.run_in_executor(self.loader, _load_and_warm, model)
         except KernelMagicsError as err:
             status = 409 if isinstance(err, DeployFailed) else err.http_status

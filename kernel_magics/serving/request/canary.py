@@ -15,7 +15,7 @@ A worker without any canary pays one truthiness test of an empty dict per reques
 A canary the process judges by itself (``--analyze``) also records, per arm, each answer's time,
 latency and whether the model failed it, for the supervisor to collect
 (``control/canary_watch.py``). The recording rides on the metrics objects the request path
-already calls (``ArmStats`` replaces both versions' ``stats`` while the split runs), so the
+already calls (``arm_stats`` copies replace both versions' ``stats`` while the split runs), so the
 request path has no new branch: a worker without a judged canary pays nothing for it.
 """
 
@@ -28,10 +28,7 @@ from copy import copy as shallow_copy
 from typing import Any
 
 from kernel_magics.serving.request.model import LoadedModel
-from kernel_magics.serving.request.protocol import Request
-
-REQUEST_ID = b"x-request-id"
-
+from kernel_magics.serving.request.protocol import REQUEST_ID, Request
 
 # Answers one arm keeps between two collections by the supervisor (every few seconds); past it
 # the oldest are dropped, which bounds a worker's memory whatever the traffic.

@@ -77,6 +77,12 @@ INTER_TOKEN = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 LOADS = Counter("km_model_loads", "Model versions loaded into a worker", _LABELS)
+# The inference log (kernel_magics/quality/log_writer.py): samples written, and samples dropped
+# because the writer's queue was full or the write failed (the requests were answered anyway)
+LOG_WRITTEN = Counter("km_inference_log_written", "Requests written to the inference log")
+LOG_DROPPED = Counter(
+    "km_inference_log_dropped", "Sampled requests the inference log dropped (queue full, disk)"
+)
 # Usage metering per bearer token name ("default" = the home token, "anonymous" = no token
 # where predictions allow it); never the token itself.
 TOKEN_REQUESTS = Counter("km_token_requests", "Prediction requests per token", ("token",))

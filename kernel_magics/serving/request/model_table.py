@@ -3,6 +3,7 @@ swap, and the standby (the version live before, kept warm for a rollback)."""
 
 from __future__ import annotations
 
+from kernel_magics.quality.log_writer import Sampler
 from kernel_magics.records import HistoryEvent, ModelSpec
 from kernel_magics.serving.request.canary import Split
 from kernel_magics.serving.request.model import LoadedModel
@@ -10,8 +11,11 @@ from kernel_magics.serving.request.model import LoadedModel
 History = tuple[HistoryEvent, ...]
 
 
-def model_from_spec(spec: ModelSpec, default_batch: int, default_wait_ms: float) -> LoadedModel:
+def model_from_spec(
+    spec: ModelSpec, default_batch: int, default_wait_ms: float, default_log_sample: float = 0.0
+) -> LoadedModel:
     """A not-yet-loaded model for ``spec``; the worker's settings fill unset serving options."""
+    sample = spec.log_sample if spec.log_sample is not None else default_log_sample
     return LoadedModel(
         name=spec.name,
         version=spec.version,
@@ -22,6 +26,7 @@ def model_from_spec(spec: ModelSpec, default_batch: int, default_wait_ms: float)
         max_batch_size=spec.max_batch_size or default_batch,
         max_wait_ms=spec.max_wait_ms if spec.max_wait_ms is not None else default_wait_ms,
         classes=spec.classes,
+        sampler=Sampler(sample),
     )
 
 

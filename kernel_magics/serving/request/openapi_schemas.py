@@ -6,9 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from kernel_magics.naming import NAME_PATTERN
+from kernel_magics.quality.feedback import MAX_FEEDBACK_ITEMS, MAX_LABEL_CHARS
+from kernel_magics.quality.log_store import MAX_REQUEST_ID
 from kernel_magics.serving.deploy_options import (
     CANARY_MAX,
     CANARY_MIN,
+    LOG_SAMPLE_MAX,
+    LOG_SAMPLE_MIN,
     MAX_BATCH_SIZE_MAX,
     MAX_BATCH_SIZE_MIN,
     MAX_WAIT_MS_MAX,
@@ -160,6 +164,10 @@ SCHEMAS: dict[str, Any] = {
             "fixed_batch": {"type": "integer", "nullable": True},
             "max_batch_size": {"type": "integer"},
             "max_wait_ms": {"type": "number"},
+            "log_sample": {
+                "type": "number",
+                "description": "The share of requests the inference log keeps",
+            },
             "load_ms": {"type": "number"},
             "warm_ms": {"type": "number"},
             "input": ref("TensorSpec"),
@@ -198,6 +206,13 @@ SCHEMAS: dict[str, Any] = {
                 "maximum": MAX_WAIT_MS_MAX,
                 "nullable": True,
             },
+            "log_sample": {
+                "type": "number",
+                "minimum": LOG_SAMPLE_MIN,
+                "maximum": LOG_SAMPLE_MAX,
+                "nullable": True,
+                "description": "The share of requests the inference log keeps",
+            },
             "canary": {
                 "type": "integer",
                 "minimum": CANARY_MIN,
@@ -205,6 +220,56 @@ SCHEMAS: dict[str, Any] = {
                 "nullable": True,
                 "description": "Load beside the live version and send it this percent of "
                 "requests (deterministic: a hash of X-Request-ID, else every (100/P)th request)",
+            },
+        },
+    },
+    "FeedbackRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["feedback"],
+        "properties": {
+            "feedback": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_FEEDBACK_ITEMS,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["request_id", "label"],
+                    "properties": {
+                        "request_id": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_REQUEST_ID,
+                            "description": "The X-Request-ID the prediction was answered with",
+                        },
+                        "row": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": 2**31 - 1,
+                            "description": "The row inside that request (default 0)",
+                        },
+                        "label": {
+                            "description": "The true class label or value of that row",
+                            "anyOf": [
+                                {"type": "string", "maxLength": MAX_LABEL_CHARS},
+                                {"type": "number"},
+                                {"type": "boolean"},
+                            ],
+                        },
+                    },
+                },
+            }
+        },
+    },
+    "FeedbackResponse": {
+        "type": "object",
+        "properties": {
+            "accepted": {"type": "integer", "description": "Labels stored"},
+            "unknown": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Request ids not in the inference log (not an error)",
             },
         },
     },

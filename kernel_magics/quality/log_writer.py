@@ -1,0 +1,282 @@
+"""The inference log's writer: a background thread in each worker that appends sampled requests
+to the log file (``log_store.py``), so the request path only puts one tuple on a bounded queue.
+
+What the request path pays: for a sampled request one ``put_nowait`` (a lock and a notify); for
+the others one float addition (``Sampler``). The answer is always written before the sample is
+queued. When the queue is full (a slow disk) or a write fails (a full disk, an unwritable file),
+the samples are dropped and counted (``km_inference_log_dropped_total`` in ``/metrics``, and
+``%serve status``): a request is never slowed or failed by its log.
+
+Turning arrays into JSON rows happens here, on the writer's thread. Rows beyond ``max_rows`` per
+model are evicted oldest first after each write.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from math import ceil
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from kernel_magics.quality.log_store import connect
+
+log = logging.getLogger(__name__)
+_BATCH = 512  # samples taken off the queue per write (one transaction)
+_WARN_EVERY_S = 60.0  # a failing disk is reported in the process log at most this often
+
+
+class Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class Sampler:
+    """Which requests of one served version are logged: a share ``rate`` of them, spread
+    evenly and deterministically (at 0.25 every 4th request, the first one included, so a
+    fresh deploy shows up at once): request n is logged when ceil(n * rate) steps up."""
+
+    __slots__ = ("rate", "count")
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.count = 0
+
+    def take(self) -> bool:
+        rate = self.rate
+        if not rate:
+            return False
+        n = self.count = self.count + 1
+        return ceil(n * rate) != ceil((n - 1) * rate)
+
+
+class Sample:
+    """One logged request, as the request path hands it over (no copies, no encoding)."""
+
+    __slots__ = (
+        "time",
+        "model",
+        "version",
+        "request_id",
+        "inputs",
+        "outputs",
+        "latency_ms",
+        "shape",
+    )
+
+    def __init__(
+        self,
+        model: str,
+        version: int,
+        request_id: str,
+        inputs: Any,
+        outputs: Any,
+        latency_ms: float,
+        shape: RowShape,
+    ):
+        self.time = time.time()
+        self.model, self.version, self.request_id = model, version, request_id
+        self.inputs, self.outputs, self.latency_ms, self.shape = inputs, outputs, latency_ms, shape
+
+
+class RowShape:
+    """How a version's rows are written: input column names for table rows, the classes and
+    whether the answer was the label, for ``output`` and ``predicted``."""
+
+    __slots__ = ("columns", "classes", "classifier", "labelled")
+
+    def __init__(
+        self,
+        columns: Sequence[str] | None,
+        classes: Sequence[Any] | None,
+        classifier: bool,
+        labelled: bool = False,
+    ):
+        self.columns = list(columns) if columns else None
+        self.classes = list(classes) if classes else None
+        self.classifier = classifier
+        self.labelled = labelled
+
+
+class InferenceLog:
+    """The writer of one worker. ``add`` never blocks and never raises."""
+
+    def __init__(
+        self,
+        home: Path,
+        max_rows: int,
+        queue_size: int,
+        dropped: Counter | None = None,
+        written: Counter | None = None,
+    ):
+        self.home = home
+        self.max_rows = max_rows
+        self.queue: queue.Queue[Sample | None] = queue.Queue(max(1, queue_size))
+        self.dropped = dropped
+        self.written = written
+        self.dropped_count = 0
+        self.written_count = 0
+        self._pending = 0  # queued or being written: flush() waits for 0
+        self._idle = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._last_warning = 0.0
+
+    def add(self, sample: Sample) -> None:
+        """Queue ``sample`` for writing, or drop and count it when the queue is full."""
+        if self._thread is None:
+            self._start()
+        with self._idle:
+            self._pending += 1
+        try:
+            self.queue.put_nowait(sample)
+        except queue.Full:
+            self._finished(0, 1)
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait until what was queued so far is written (or dropped); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is queued (within ``timeout``) and stop the thread."""
+        if self._thread is None:
+            return
+        self.flush(timeout)
+        try:
+            self.queue.put_nowait(None)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+
+    # -- the writer thread -------------------------------------------------------------------
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
+        self._thread.start()
+
+    def _finished(self, written: int, dropped: int) -> None:
+        if dropped:
+            self.dropped_count += dropped
+            if self.dropped is not None:
+                self.dropped.inc(dropped)
+        if written:
+            self.written_count += written
+            if self.written is not None:
+                self.written.inc(written)
+        with self._idle:
+            self._pending -= written + dropped
+            if not self._pending:
+                self._idle.notify_all()
+
+    def _run(self) -> None:
+        con = None
+        while True:
+            first = self.queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < _BATCH:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self.queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            try:
+                if con is None:
+                    con = connect(self.home)
+                write(con, batch, self.max_rows)
+            except Exception as err:  # a full disk, an unwritable file, a corrupt database
+                self._warn(err, len(batch))
+                if con is not None:
+                    con.close()
+                con = None
+                self._finished(0, len(batch))
+                continue
+            self._finished(len(batch), 0)
+        if con is not None:
+            con.close()
+
+    def _warn(self, err: Exception, count: int) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY_S:
+            self._last_warning = now
+            log.warning("inference log: %d sample(s) dropped: %s", count, err)
+
+
+def write(con: Any, batch: list[Sample], max_rows: int) -> None:
+    """Append ``batch`` (one row per request row) in one transaction, then evict each model's
+    oldest rows beyond ``max_rows``."""
+    rows = []
+    for sample in batch:
+        rows.extend(_rows(sample))
+    with con:
+        con.executemany(
+            "INSERT INTO log (time, model, version, request_id, row, input, output, predicted,"
+            " classifier, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        for model in {sample.model for sample in batch}:
+            cut = con.execute(
+                "SELECT id FROM log WHERE model = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+                (model, max_rows),
+            ).fetchone()
+            if cut is not None:
+                con.execute("DELETE FROM log WHERE model = ? AND id <= ?", (model, cut[0]))
+
+
+def _rows(sample: Sample) -> list[tuple]:
+    shape = sample.shape
+    inputs = np.asarray(sample.inputs)
+    outputs = np.asarray(sample.outputs)
+    columns = shape.columns
+    out = []
+    for index in range(inputs.shape[0]):
+        row = inputs[index]
+        value = row.tolist() if hasattr(row, "tolist") else row  # a dict stays a dict
+        if columns is not None and isinstance(value, list) and len(value) == len(columns):
+            value = dict(zip(columns, value, strict=True))
+        answer, predicted = _answer(outputs[index] if index < len(outputs) else None, shape)
+        out.append(
+            (
+                sample.time,
+                sample.model,
+                sample.version,
+                sample.request_id,
+                index,
+                orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+                orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+                orjson.dumps(predicted, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+                int(shape.classifier),
+                sample.latency_ms,
+            )
+        )
+    return out
+
+
+def _answer(output: Any, shape: RowShape) -> tuple[Any, Any]:
+    """(what was answered for a row, the label or value it stands for)."""
+    if output is None:
+        return None, None
+    values = np.asarray(output)
+    if shape.classifier and values.ndim == 1 and values.size > 1:
+        index = int(values.argmax())
+        classes = shape.classes
+        label = classes[index] if classes is not None and index < len(classes) else index
+        return (label if shape.labelled else values.tolist()), label
+    if values.size == 1:
+        value = values.reshape(()).item()
+        return value, value
+    return values.tolist(), None
