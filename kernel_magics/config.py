@@ -80,6 +80,10 @@ class Settings:
     canary_p99_ratio: float = 2.0
     canary_p99_slack_ms: float = 10.0
     canary_accuracy_margin: float = 0.05
+    # drift: how much further (PSI, a ratio and at least the margin) the canary's predictions
+    # may be from the reference profile's than the live version's
+    canary_drift_ratio: float = 2.0
+    canary_drift_margin: float = 0.1
     canary_judge_interval_s: float = 5.0
     # The inference log (kernel_magics/quality, docs/quality.md): the share of each served
     # version's requests written to home/quality/inference_log.db (0 turns it off; %deploy

@@ -90,6 +90,12 @@ class KernelMagics(Magics, Configurable):
     canary_accuracy_margin = _setting(
         Float, "canary_accuracy_margin", "live accuracy a canary may lose before it is rolled back"
     )
+    canary_drift_ratio = _setting(
+        Float, "canary_drift_ratio", "canary prediction PSI / live PSI that fails it"
+    )
+    canary_drift_margin = _setting(
+        Float, "canary_drift_margin", "prediction PSI a canary may add before it is rolled back"
+    )
     canary_judge_interval_s = _setting(
         Float, "canary_judge_interval_s", "seconds between two looks at a judged canary"
     )

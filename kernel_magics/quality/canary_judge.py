@@ -6,14 +6,17 @@ answered over the rule's window and asks ``decide``: no decision until both arms
 version by more than the settings allow, and promoted otherwise.
 
 A metric is one function in ``METRICS`` (name → function of ``Arms`` giving a ``Verdict``); a new
-one is one entry. No numpy, mlflow or IPython here: the supervisor imports it.
+one is one entry. Nothing heavy at import time (no numpy, mlflow or IPython): the supervisor
+imports it; ``drift`` imports the inference log's reader and the drift statistics when it runs.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kernel_magics.config import Settings
@@ -89,6 +92,8 @@ class Arms:
     canary: ArmSamples
     window_start: float  # wall clock
     settings: Settings
+    # what the drift metric compares both arms' predictions with (``reference_profile``)
+    profile: Any = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value * 100:.1f}%"
     if unit == "ms":
         return f"{value:.0f} ms" if value >= 10 else f"{value:.2f} ms"
+    if unit == "PSI":
+        return f"PSI {value:.2f}"
     return f"{value:.3f}"
 
 
@@ -142,7 +149,67 @@ def p99(arms: Arms) -> Verdict:
     return Verdict("p99", live, canary, failed, f"> {s.canary_p99_ratio:g}x", "ms")
 
 
-METRICS: dict[str, Callable[[Arms], Verdict]] = {"error_rate": error_rate, "p99": p99}
+# PSI over fewer logged answers than this is noise: the drift metric waits for more.
+DRIFT_MIN_ROWS = 30
+
+
+def drift(arms: Arms) -> Verdict:
+    """How far each arm's predictions (from the inference log, over the window) are from the
+    reference profile's predictions, as PSI; the canary fails when its PSI is more than
+    ``canary_drift_ratio`` times the live version's **and** more than ``canary_drift_margin``
+    above it (PSI over a few dozen answers is noisy for both arms alike: the ratio keeps a
+    canary as good as the live version from failing by that noise)."""
+    s = arms.settings
+    limit = f"> {s.canary_drift_ratio:g}x"
+    live = _prediction_psi(arms, arms.live_version)
+    canary = _prediction_psi(arms, arms.canary_version)
+    if live is None or canary is None:
+        return Verdict("drift", live, canary, False, limit, "PSI", ready=False)
+    worse = canary > max(live * s.canary_drift_ratio, live + s.canary_drift_margin)
+    return Verdict("drift", live, canary, worse, limit, "PSI")
+
+
+def _prediction_psi(arms: Arms, version: int) -> float | None:
+    """The largest PSI of a version's logged predictions in the window against the reference
+    profile's; None while fewer than ``DRIFT_MIN_ROWS`` are logged."""
+    from kernel_magics.quality.drift import drift_report
+    from kernel_magics.quality.log_reader import read_log
+
+    if arms.profile is None:
+        return None
+    since = _dt.datetime.fromtimestamp(arms.window_start, _dt.UTC)
+    logged = read_log(arms.settings.home, arms.name, since=since, version=version)
+    if len(logged) < DRIFT_MIN_ROWS:
+        return None
+    s = arms.settings
+    report = drift_report(
+        arms.profile,
+        list(logged["input"]),
+        list(logged["output"]),
+        p_value=s.drift_p_value,
+        psi=s.drift_psi,
+    )
+    psis = [float(f.psi) for f in report.features if f.prediction]
+    return max(psis) if psis else None
+
+
+def reference_profile(*model_folders: str) -> Any:
+    """The reference profile the drift metric compares both arms with: the first of the
+    (verified) version folders given that has one (the live version's, else the canary's)."""
+    from kernel_magics.quality.profile import read_profile
+
+    for folder in model_folders:
+        profile = read_profile(Path(folder))
+        if profile is not None and profile.predictions:
+            return profile
+    return None
+
+
+METRICS: dict[str, Callable[[Arms], Verdict]] = {
+    "error_rate": error_rate,
+    "p99": p99,
+    "drift": drift,
+}
 
 
 def check_rule(rule: CanaryRule) -> None:

@@ -25,6 +25,7 @@ from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput
 from kernel_magics.quality.canary_judge import Arms, ArmSamples, decide
 from kernel_magics.records import CanaryRule, HistoryEvent
+from kernel_magics.registration import register_version
 from kernel_magics.serving.process.cleanup import state_pids, stop_pids
 from kernel_magics.store import Store
 from kernel_magics.targets.local import LocalTarget
@@ -218,6 +219,43 @@ def test_a_good_canary_is_promoted(client: LocalTarget, versions: dict[str, int]
     assert event.reason.startswith("auto-promote: canary error rate 0.0% vs live 0.0%, p99 ")
     assert Store(client.settings).live_version(NAME) == good
     assert client.model(NAME).version == good
+
+
+def test_a_canary_whose_predictions_drift_from_the_reference_is_rolled_back(
+    settings: Settings, client: LocalTarget
+) -> None:
+    """Both versions of another model carry the reference profile of the rows they are sent;
+    the canary answers class 3 whatever it is asked, the live version spreads its answers as on
+    the reference: its predictions' PSI against the reference is far larger."""
+    store, reference = Store(settings), rows(300, seed=7)
+    skewed = MLP(seed=6).eval()
+    with torch.no_grad():
+        skewed.net[2].bias[3] += 100.0
+    for seed, model in ((5, MLP(seed=5).eval()), (6, skewed)):
+        register_version(
+            store, model, rows(4, seed=seed), name="drifting", task="classification",
+            reference=reference,
+        )  # fmt: skip
+    client.deploy("drifting", "1")
+    rule = CanaryRule(("drift",), 120.0, 40)
+    api.deploy("drifting@2", canary=50, analyze=rule, settings=client.settings)
+    url = f"{client.url}/v1/models/drifting:predict"
+    with requests.Session() as s:
+        s.headers.update(auth(client))
+        for row in rows(80, seed=8):  # rows as the reference's: 40 per arm
+            assert s.post(url, json={"instances": [row.tolist()]}, timeout=30).status_code == 200
+    deadline = time.monotonic() + 20
+    while client.model("drifting").canary is not None:
+        assert time.monotonic() < deadline, "the canary was never decided"
+        time.sleep(0.1)
+    event = client.history("drifting")[-1]
+    assert event.action == "canary-drop"
+    assert event.reason is not None
+    assert event.reason.startswith("auto-rollback: canary drift PSI ")
+    assert event.reason.endswith("(> 2x) over 40/40 requests")
+    assert event.evidence is not None
+    figures = event.evidence["metrics"]["drift"]
+    assert figures["canary"] > 2 * figures["live"]
 
 
 def test_bad_rules_are_refused_in_one_line(

@@ -28,7 +28,13 @@ import orjson
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput
 from kernel_magics.naming import is_valid_name
-from kernel_magics.quality.canary_judge import Arms, ArmSamples, Decision, decide
+from kernel_magics.quality.canary_judge import (
+    Arms,
+    ArmSamples,
+    Decision,
+    decide,
+    reference_profile,
+)
 from kernel_magics.records import CanaryRule
 from kernel_magics.serving.control.transitions import LiveModel, run_transition
 from kernel_magics.serving.files import write_atomic
@@ -52,6 +58,8 @@ class Analysis:
     live: ArmSamples
     canary: ArmSamples
     changed: bool = False  # answers arrived since it was last written
+    profile: Any = None  # the drift metric's reference (read once, when the rule names drift)
+    profile_read: bool = False
 
     def matches(self, live: LiveModel) -> bool:
         return live.canary is not None and (self.live_version, self.canary_version, self.rule) == (
@@ -125,24 +133,29 @@ class CanaryWatch:
             for name, arms in doc.items():
                 self._add(name, arms)
         now = time.time()
-        for name in list(judged):
+        for name, live in judged.items():
             analysis = self.analyses[name]
             analysis.prune(now)
             if analysis.changed:
                 self._save(name, analysis)
+            if "drift" in analysis.rule.metrics and not analysis.profile_read:
+                assert live.canary is not None
+                folders = (live.spec.path, live.canary.path)
+                analysis.profile = await asyncio.to_thread(reference_profile, *folders)
+                analysis.profile_read = True
             assert analysis.rule.window_s is not None  # filled in when the canary started
-            decision = decide(
-                analysis.rule,
-                Arms(
-                    name,
-                    analysis.live_version,
-                    analysis.canary_version,
-                    analysis.live,
-                    analysis.canary,
-                    now - analysis.rule.window_s,
-                    self.settings,
-                ),
+            arms = Arms(
+                name,
+                analysis.live_version,
+                analysis.canary_version,
+                analysis.live,
+                analysis.canary,
+                now - analysis.rule.window_s,
+                self.settings,
+                analysis.profile,
             )
+            # off the loop: a metric may read the inference log
+            decision = await asyncio.to_thread(decide, analysis.rule, arms)
             if decision is not None:
                 await self._act(name, analysis, decision)
 

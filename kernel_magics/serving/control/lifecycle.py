@@ -22,7 +22,7 @@ from typing import Any
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, KernelMagicsError, NotFound
 from kernel_magics.formats.verified import verified_folder
-from kernel_magics.quality.canary_judge import check_rule, filled
+from kernel_magics.quality.canary_judge import check_rule, filled, reference_profile
 from kernel_magics.records import CanaryRule, HistoryEvent, ModelSpec
 from kernel_magics.store import (
     TAG_CANARY_VERDICT,
@@ -186,6 +186,14 @@ class Lifecycle:
         if analyze is not None:
             check_rule(analyze)
             rule = filled(analyze, self.settings)
+            if "drift" in rule.metrics:
+                live_spec = self.spec_for(self.store.resolve(name, live))
+                if reference_profile(live_spec.path, spec.path) is None:
+                    raise InvalidInput(
+                        f"the drift metric compares predictions with a reference profile, and "
+                        f"neither {name} v{live} nor v{info.version} has one: register with "
+                        "--reference X (or %train it)"
+                    )
         return Plan(name, "canary", spec, live, info.version, history, changed, percent, rule)
 
     def _canary_end(self, name: str, action: str, live: int | None, running: int | None) -> Plan:
