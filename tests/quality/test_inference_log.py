@@ -24,7 +24,7 @@ from kernel_magics.serving.process.cleanup import state_pids, stop_pids
 from kernel_magics.targets.local import LocalTarget
 
 MAX_ROWS = 40  # rows kept per model
-QUEUE = 20  # samples a worker's writer may have waiting
+QUEUE = 200  # samples a worker's writer may have waiting (it writes every 0.25 s)
 
 
 class FirstThree(torch.nn.Module):
