@@ -202,7 +202,7 @@ class InferenceLog:
         """Write every queued sample; the connection to use next (None after a failure)."""
         samples = self.samples
         while samples:
-            batch = []
+            batch: list[Sample] = []
             while samples and len(batch) < _BATCH:
                 batch.append(samples.popleft())
             try:
