@@ -1,8 +1,9 @@
 """The inference log's writer: a background thread in each worker that appends sampled requests
 to the log file (``log_store.py``), so the request path only puts one tuple on a bounded queue.
 
-What the request path pays: for a sampled request one ``put_nowait`` (a lock and a notify); for
-the others one float addition (``Sampler``). The answer is always written before the sample is
+What the request path pays: for a sampled request one ``deque.append`` (no lock, no wake-up:
+the writer wakes on its own every quarter second); for the others one counter step
+(``Sampler``). The answer is always written before the sample is
 queued. When the queue is full (a slow disk) or a write fails (a full disk, an unwritable file),
 the samples are dropped and counted (``km_inference_log_dropped_total`` in ``/metrics``, and
 ``%serve status``): a request is never slowed or failed by its log.
@@ -13,8 +14,8 @@ model are evicted oldest first after each write.
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from kernel_magics.quality.log_store import connect
 
 log = logging.getLogger(__name__)
 _BATCH = 512  # samples taken off the queue per write (one transaction)
+_INTERVAL_S = 0.25  # the writer wakes this often (or at a flush) and writes what gathered
 _WARN_EVERY_S = 60.0  # a failing disk is reported in the process log at most this often
 
 
@@ -104,7 +106,12 @@ class RowShape:
 
 
 class InferenceLog:
-    """The writer of one worker. ``add`` never blocks and never raises."""
+    """The writer of one worker. ``add`` never blocks and never raises.
+
+    The request path appends to a deque (no lock, no wake-up); the writer thread wakes every
+    ``interval_s`` and writes what has gathered in one transaction per ``_BATCH`` samples. A
+    writer woken per sample would contend for the GIL with the event loop at every request
+    (measured: a 1-row load lost about 40 % of its requests per second at any share)."""
 
     def __init__(
         self,
@@ -113,16 +120,22 @@ class InferenceLog:
         queue_size: int,
         dropped: Counter | None = None,
         written: Counter | None = None,
+        interval_s: float = _INTERVAL_S,
     ):
         self.home = home
         self.max_rows = max_rows
-        self.queue: queue.Queue[Sample | None] = queue.Queue(max(1, queue_size))
+        self.capacity = max(1, queue_size)
+        self.interval_s = interval_s
         self.dropped = dropped
         self.written = written
+        self.samples: collections.deque[Sample] = collections.deque()
+        self.added = 0  # samples handed to add(), kept or not (the event loop thread only)
+        self.done = 0  # samples written or dropped (flush() waits for added)
         self.dropped_count = 0
         self.written_count = 0
-        self._pending = 0  # queued or being written: flush() waits for 0
-        self._idle = threading.Condition()
+        self._progress = threading.Condition()
+        self._wake = threading.Event()
+        self._stopping = False
         self._thread: threading.Thread | None = None
         self._last_warning = 0.0
 
@@ -130,33 +143,31 @@ class InferenceLog:
         """Queue ``sample`` for writing, or drop and count it when the queue is full."""
         if self._thread is None:
             self._start()
-        with self._idle:
-            self._pending += 1
-        try:
-            self.queue.put_nowait(sample)
-        except queue.Full:
+        self.added += 1
+        if len(self.samples) >= self.capacity:
             self._finished(0, 1)
+        else:
+            self.samples.append(sample)
 
     def flush(self, timeout: float = 2.0) -> bool:
-        """Wait until what was queued so far is written (or dropped); False on timeout."""
+        """Write what was queued so far now (or count it dropped); False on timeout."""
+        target = self.added
         deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._pending:
+        self._wake.set()
+        with self._progress:
+            while self.done < target:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._idle.wait(left)
+                self._progress.wait(left)
         return True
 
     def close(self, timeout: float = 2.0) -> None:
         """Write what is queued (within ``timeout``) and stop the thread."""
         if self._thread is None:
             return
-        self.flush(timeout)
-        try:
-            self.queue.put_nowait(None)
-        except queue.Full:
-            return
+        self._stopping = True
+        self._wake.set()
         self._thread.join(timeout)
 
     # -- the writer thread -------------------------------------------------------------------
@@ -173,27 +184,27 @@ class InferenceLog:
             self.written_count += written
             if self.written is not None:
                 self.written.inc(written)
-        with self._idle:
-            self._pending -= written + dropped
-            if not self._pending:
-                self._idle.notify_all()
+        with self._progress:
+            self.done += written + dropped
+            self._progress.notify_all()
 
     def _run(self) -> None:
         con = None
-        while True:
-            first = self.queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < _BATCH:
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self.queue.put(None)  # stop after this batch
-                    break
-                batch.append(item)
+        while not self._stopping:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            con = self._drain(con)
+        con = self._drain(con)
+        if con is not None:
+            con.close()
+
+    def _drain(self, con: Any) -> Any:
+        """Write every queued sample; the connection to use next (None after a failure)."""
+        samples = self.samples
+        while samples:
+            batch: list[Sample] = []
+            while samples and len(batch) < _BATCH:
+                batch.append(samples.popleft())
             try:
                 if con is None:
                     con = connect(self.home)
@@ -206,8 +217,7 @@ class InferenceLog:
                 self._finished(0, len(batch))
                 continue
             self._finished(len(batch), 0)
-        if con is not None:
-            con.close()
+        return con
 
     def _warn(self, err: Exception, count: int) -> None:
         now = time.monotonic()

@@ -24,7 +24,7 @@ from kernel_magics.serving.process.cleanup import state_pids, stop_pids
 from kernel_magics.targets.local import LocalTarget
 
 MAX_ROWS = 40  # rows kept per model
-QUEUE = 20  # samples a worker's writer may have waiting
+QUEUE = 200  # samples a worker's writer may have waiting (it writes every 0.25 s)
 
 
 class FirstThree(torch.nn.Module):
@@ -106,6 +106,30 @@ def test_sampled_requests_are_logged_with_the_client_request_id(http, client, se
     assert (mine.version == 1).all()
     assert (mine.latency_ms > 0).all()
     assert str(mine.time.dt.tz) == "UTC"
+
+
+def test_invocations_and_v2_are_logged_too(http, client, settings):
+    row = [[1.0, 7.0, 2.0, 0.0]]
+    v2 = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": row}]}
+    answers = [
+        http.post(f"{client.url}/v2/models/pick/infer", json=v2, headers={"X-Request-ID": "v2-1"}),
+        http.post(
+            f"{client.url}/v1/models/pick/invocations",
+            json={"instances": row},
+            headers={"X-Request-ID": "inv-1"},
+        ),
+    ]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert [a.headers["X-Request-ID"] for a in answers] == ["v2-1", "inv-1"]
+    deadline = time.monotonic() + 10
+    while not {"v2-1", "inv-1"} <= set(
+        (frame := api.inference_log("pick", settings=settings)).request_id
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    logged = frame[frame.request_id.isin(["v2-1", "inv-1"])]
+    assert logged.input.tolist() == [row[0], row[0]]
+    assert logged.output.tolist() == [[1.0, 7.0, 2.0], [1.0, 7.0, 2.0]]
 
 
 def test_every_answer_carries_a_request_id(http, client):
