@@ -154,7 +154,7 @@ class KernelMagics(Magics, Configurable):
         action="extend",
         nargs="+",
         metavar="METRIC",
-        help="what --analyze compares (error_rate p99 by default)",
+        help="what --analyze compares: error_rate p99 accuracy drift (default: error_rate p99)",
     )
     @argument("--window", type=duration, help="--analyze compares the last W (60s, 5m)")
     @argument(

@@ -205,9 +205,38 @@ def reference_profile(*model_folders: str) -> Any:
     return None
 
 
+# Live accuracy over fewer labelled answers than this says little: the metric waits for more.
+ACCURACY_MIN_LABELS = 20
+
+
+def accuracy(arms: Arms) -> Verdict:
+    """Live accuracy per arm: each version's logged answers in the window joined with the true
+    labels sent back for them (``POST /v1/models/{name}/feedback``). The canary fails when its
+    accuracy is lower than the live version's by more than ``canary_accuracy_margin``. For a
+    regressor the figure is the mean absolute error, and the canary fails when its MAE is
+    higher by more than that share of the live version's."""
+    from kernel_magics.quality.live import live_metrics
+
+    margin = arms.settings.canary_accuracy_margin
+    since = _dt.datetime.fromtimestamp(arms.window_start, _dt.UTC)
+    figures = live_metrics(arms.settings.home, arms.name, since=since)
+    live, canary = figures.get(arms.live_version, {}), figures.get(arms.canary_version, {})
+    enough = min(live.get("labelled", 0), canary.get("labelled", 0)) >= ACCURACY_MIN_LABELS
+    if "mae" in live and "mae" in canary:
+        worse = canary["mae"] > live["mae"] * (1 + margin)
+        limit = f"> +{margin:.0%} MAE"
+        return Verdict("mae", live["mae"], canary["mae"], worse, limit, ready=enough)
+    limit = f"< -{margin:.0%}"
+    if "accuracy" not in live or "accuracy" not in canary:
+        return Verdict("accuracy", live.get("accuracy"), None, False, limit, "%", ready=False)
+    worse = canary["accuracy"] < live["accuracy"] - margin
+    return Verdict("accuracy", live["accuracy"], canary["accuracy"], worse, limit, "%", enough)
+
+
 METRICS: dict[str, Callable[[Arms], Verdict]] = {
     "error_rate": error_rate,
     "p99": p99,
+    "accuracy": accuracy,
     "drift": drift,
 }
 

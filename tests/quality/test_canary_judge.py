@@ -258,6 +258,43 @@ def test_a_canary_whose_predictions_drift_from_the_reference_is_rolled_back(
     assert figures["canary"] > 2 * figures["live"]
 
 
+def test_a_canary_whose_answers_are_wrong_is_rolled_back_once_feedback_says_so(
+    settings: Settings, client: LocalTarget
+) -> None:
+    """The same two versions, judged on live accuracy: the true label of every row is what the
+    live version answers, the canary answers class 3. Nothing is decided on the answers alone;
+    the feedback for them rolls the canary back."""
+    rule = CanaryRule(("accuracy",), 120.0, 20)
+    api.deploy("drifting@2", canary=50, analyze=rule, settings=client.settings)
+    truth = MLP(seed=5).eval()  # the live version's weights: its answers are the true labels
+    url = f"{client.url}/v1/models/drifting:predict"
+    feedback = []
+    with requests.Session() as s:
+        s.headers.update(auth(client))
+        for row in rows(40, seed=9):  # 20 per arm
+            r = s.post(url, json={"instances": [row.tolist()]}, timeout=30)
+            assert r.status_code == 200
+            label = int(truth(torch.from_numpy(row[None])).argmax())
+            feedback.append({"request_id": r.headers["X-Request-ID"], "label": label})
+    time.sleep(1.0)  # five looks: enough answers, no labels yet
+    assert client.model("drifting").canary == {"version": 2, "percent": 50}
+    deadline = time.monotonic() + 10
+    while api.feedback("drifting", feedback, settings=settings)["accepted"] < len(feedback):
+        assert time.monotonic() < deadline, "the log never had every answer"
+        time.sleep(0.1)  # the log is written off the request path
+    deadline = time.monotonic() + 20
+    while client.model("drifting").canary is not None:
+        assert time.monotonic() < deadline, "the canary was never decided"
+        time.sleep(0.1)
+    event = client.history("drifting")[-1]
+    assert event.action == "canary-drop"
+    assert event.reason is not None
+    assert event.reason.startswith("auto-rollback: canary accuracy ")
+    assert "vs live 100.0% (< -5%) over 20/20 requests" in event.reason
+    assert event.evidence is not None
+    assert event.evidence["metrics"]["accuracy"]["live"] == 1.0
+
+
 def test_bad_rules_are_refused_in_one_line(
     client: LocalTarget, versions: dict[str, int], ip: Any
 ) -> None:
