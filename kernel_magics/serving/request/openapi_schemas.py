@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from kernel_magics.naming import NAME_PATTERN
+from kernel_magics.quality.canary_judge import METRICS
 from kernel_magics.quality.feedback import MAX_FEEDBACK_ITEMS, MAX_LABEL_CHARS
 from kernel_magics.quality.log_store import MAX_REQUEST_ID
 from kernel_magics.serving.deploy_options import (
@@ -220,6 +221,28 @@ SCHEMAS: dict[str, Any] = {
                 "nullable": True,
                 "description": "Load beside the live version and send it this percent of "
                 "requests (deterministic: a hash of X-Request-ID, else every (100/P)th request)",
+            },
+            "analyze": {
+                "type": "object",
+                "nullable": True,
+                "additionalProperties": False,
+                "description": "With canary: the process promotes or rolls back the canary by "
+                "itself once each version answered min_requests within window_s, judged on "
+                "metrics (null fields: the canary_* settings)",
+                "properties": {
+                    "metrics": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"type": "string", "enum": list(METRICS)},
+                    },
+                    "window_s": {
+                        "type": "number",
+                        "minimum": 0,
+                        "exclusiveMinimum": True,
+                        "nullable": True,
+                    },
+                    "min_requests": {"type": "integer", "minimum": 1, "nullable": True},
+                },
             },
         },
     },
