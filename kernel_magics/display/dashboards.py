@@ -218,7 +218,8 @@ def versions_table_html(summary: Any, selected: Any = None) -> str:
         if bold:  # the version the picker and the buttons act on
             first = f">{html.escape(row[0])}</td>"
             table = table.replace(first, f"><b>{html.escape(row[0])}</b></td>", 1)
-    return table
+    verdict = display.canary_verdict(summary)
+    return table + (f"<p>{html.escape(verdict)}</p>" if verdict else "")
 
 
 def version_label(row: Any, live: int | None) -> str:

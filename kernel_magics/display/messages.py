@@ -154,16 +154,25 @@ def _served_note(summaries: Sequence[Any]) -> str:
     the process last decided about a canary it judged by itself."""
     notes = []
     for s in summaries:
-        judged = [v for v in s.versions if v.canary_verdict]
-        if judged:
-            newest = max(judged, key=lambda v: v.version)
-            notes.append(f"{s.name} v{newest.version}: {newest.canary_verdict}")
+        verdict = canary_verdict(s)
+        if verdict:
+            notes.append(f"{s.name} {verdict}")
         if s.served_version == s.live_version:
             continue
         live = f"v{s.live_version}" if s.live_version is not None else "no version"
         served = f"v{s.served_version}" if s.served_version is not None else "nothing"
         notes.append(f"{s.name}: {live} is live but the inference process serves {served}")
     return "\n".join(notes)
+
+
+def canary_verdict(summary: Any) -> str:
+    """``v3: auto-rollback: canary p99 …``: what the inference process last decided about a
+    canary of this model it judged by itself (the newest version it judged), or ""."""
+    judged = [v for v in summary.versions if v.canary_verdict]
+    if not judged:
+        return ""
+    newest = max(judged, key=lambda v: v.version)
+    return f"v{newest.version}: {newest.canary_verdict}"
 
 
 def models_text(summaries: Sequence[Any]) -> str:

@@ -22,6 +22,7 @@ from kit.serving import MLP, auth, log_model, log_pickled, rows
 
 from kernel_magics import api
 from kernel_magics.config import Settings, load_settings
+from kernel_magics.display.dashboards import versions_table_html
 from kernel_magics.errors import InvalidInput
 from kernel_magics.quality.canary_judge import Arms, ArmSamples, decide
 from kernel_magics.records import CanaryRule, HistoryEvent
@@ -206,6 +207,9 @@ def test_a_canary_whose_model_fails_is_rolled_back(
     assert "auto-rollback: canary error rate 100.0%" in shown
     ip.run_line_magic("models", "")
     assert f"{NAME} v{failing}: auto-rollback: canary error rate" in capsys.readouterr().out
+    (summary,) = [s for s in api.models(settings=client.settings) if s.name == NAME]
+    browser = versions_table_html(summary)  # the registry browser's versions of the model
+    assert f"v{failing}: auto-rollback: canary error rate" in browser
 
 
 def test_a_good_canary_is_promoted(client: LocalTarget, versions: dict[str, int]) -> None:
