@@ -9,9 +9,12 @@ from typing import Any
 
 from kernel_magics.errors import InvalidInput, clip, closest
 from kernel_magics.naming import parse_version
+from kernel_magics.records import DEFAULT_CANARY_METRICS, CanaryRule
 
 
-def number(kind: type, minimum: float, *, inclusive: bool = True) -> Callable[[str], Any]:
+def number(
+    kind: type, minimum: float, *, inclusive: bool = True, maximum: float | None = None
+) -> Callable[[str], Any]:
     """An argparse type that rejects out-of-range values (``--epochs -1``) at parse time."""
 
     def convert(text: str) -> Any:
@@ -24,6 +27,8 @@ def number(kind: type, minimum: float, *, inclusive: bool = True) -> Callable[[s
             raise argparse.ArgumentTypeError(
                 f"must be {'>=' if inclusive else '>'} {minimum}, got {clip(text)}"
             )
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {clip(text)}")
         return value
 
     return convert
@@ -31,6 +36,41 @@ def number(kind: type, minimum: float, *, inclusive: bool = True) -> Callable[[s
 
 positive_int = number(int, 1)
 non_negative_float = number(float, 0)
+share = number(float, 0, maximum=1)  # a fraction: --log-sample
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """Seconds, written ``90``, ``90s``, ``5m``, ``1h`` or ``2d``; more than zero."""
+    raw = text.strip().lower()
+    unit = _DURATION_UNITS.get(raw[-1:]) if raw else None
+    number_text = raw[:-1] if unit is not None else raw
+    try:
+        value = float(number_text) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 60s, 5m or 1h, got {clip(text)!r}"
+        ) from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {clip(text)}")
+    return value
+
+
+def canary_rule(args: argparse.Namespace) -> CanaryRule | None:
+    """The rule of ``--analyze [--metric M ...] [--window W] [--min-requests N]`` (the magic
+    and the console script share it); None without ``--analyze``."""
+    tuning = {"--metric": args.metric, "--window": args.window, "--min-requests": args.min_requests}
+    if not args.analyze:
+        given = [flag for flag, value in tuning.items() if value is not None]
+        if given:
+            raise InvalidInput(f"{given[0]} belongs to --analyze: add --analyze --canary PERCENT")
+        return None
+    if args.canary is None:
+        raise InvalidInput("--analyze judges a canary: add --canary PERCENT")
+    metrics = tuple(args.metric) if args.metric else DEFAULT_CANARY_METRICS
+    return CanaryRule(metrics, args.window, args.min_requests)
 
 
 def version(text: str) -> int:

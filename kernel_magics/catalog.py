@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from kernel_magics.store import TAG_PARENT, TAG_RECIPE
+from kernel_magics.store import TAG_CANARY_VERDICT, TAG_PARENT, TAG_RECIPE
 
 if TYPE_CHECKING:
     from kernel_magics.records import ServerStatus
@@ -41,6 +41,12 @@ class VersionRow:
     def parent(self) -> str:
         """``NAME@VERSION`` this version was derived from (``km.parent``), or ""."""
         return self.tags.get(TAG_PARENT, "")
+
+    @property
+    def canary_verdict(self) -> str:
+        """What the inference process decided about this version as a canary it judged by
+        itself (``auto-rollback: canary p99 …``), or ""."""
+        return self.tags.get(TAG_CANARY_VERDICT, "")
 
     @property
     def recipe(self) -> str:

@@ -1,7 +1,8 @@
 """The ``kernel-magics`` console script: the lifecycle operations that need no notebook objects.
 
     kernel-magics [--home DIR] deploy NAME[@VERSION|@ALIAS] [--max-batch-size N] [--max-wait-ms F]
-                                      [--canary PERCENT]
+                                      [--canary PERCENT [--analyze [--metric M ...]
+                                       [--window W] [--min-requests N]]] [--log-sample F]
     kernel-magics promote NAME
     kernel-magics rollback NAME [--to VERSION]
     kernel-magics undeploy NAME
@@ -35,7 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from kernel_magics import __version__, api, commands, display
-from kernel_magics.argtypes import non_negative_float, option_hint, positive_int, version
+from kernel_magics.argtypes import (
+    canary_rule,
+    duration,
+    non_negative_float,
+    option_hint,
+    positive_int,
+    share,
+    version,
+)
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput, KernelMagicsError
 from kernel_magics.records import TransitionResult
@@ -89,6 +98,8 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         canary=args.canary,
+        analyze=canary_rule(args),
+        log_sample=args.log_sample,
         settings=settings,
     )
     return _print_transition(result, args)
@@ -246,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=positive_int)
     p.add_argument("--max-wait-ms", type=non_negative_float)
     p.add_argument("--canary", type=positive_int, metavar="PERCENT", help="canary share (1-99)")
+    p.add_argument(
+        "--analyze", action="store_true", help="promote or roll back the canary by itself"
+    )
+    p.add_argument("--metric", action="extend", nargs="+", metavar="METRIC")
+    p.add_argument("--window", type=duration, help="compare over the last W (60s, 5m)")
+    p.add_argument("--min-requests", type=positive_int, metavar="N", help="answers per arm")
+    p.add_argument("--log-sample", type=share, metavar="F", help="share of requests logged (0-1)")
     p = command("promote", _promote, "make the running canary of a model live")
     p.add_argument("name", metavar="NAME")
     p = command("rollback", _rollback, "make the previously live version (or --to) live again")

@@ -69,6 +69,34 @@ class Settings:
     gen_max_running: int = 16
     gen_kv_cache_tokens: int = 32768
     gen_max_queued: int = 64
+    # Canaries that judge themselves (``%deploy NAME@V --canary P --analyze``): the window and
+    # the requests each arm needs when the deploy does not say; how much worse than the live
+    # version a canary may be before it is rolled back (error rate: absolute margin; p99: a
+    # ratio, and at least the slack, so that two sub-millisecond arms never differ "2x" by
+    # noise; accuracy: absolute margin); how often the inference process looks.
+    canary_window_s: float = 60.0
+    canary_min_requests: int = 200
+    canary_error_rate_margin: float = 0.02
+    canary_p99_ratio: float = 2.0
+    canary_p99_slack_ms: float = 10.0
+    canary_accuracy_margin: float = 0.05
+    # drift: how much further (PSI, a ratio and at least the margin) the canary's predictions
+    # may be from the reference profile's than the live version's
+    canary_drift_ratio: float = 2.0
+    canary_drift_margin: float = 0.1
+    canary_judge_interval_s: float = 5.0
+    # The inference log (kernel_magics/quality, docs/quality.md): the share of each served
+    # version's requests written to home/quality/inference_log.db (0 turns it off; %deploy
+    # --log-sample overrides it per deploy), the rows kept per model (the oldest are evicted
+    # first), and the samples a worker's writer may have waiting (beyond: dropped and counted).
+    log_sample: float = 1.0
+    log_max_rows: int = 100_000
+    log_queue: int = 10_000
+    # Drift (quality/drift.py): a feature is flagged when its test (KS for numbers, chi² for
+    # categories) has p < drift_p_value AND its PSI >= drift_psi: significant and large
+    # enough to matter (0.1 is the usual "moderate shift" line, 0.25 a major one).
+    drift_p_value: float = 0.01
+    drift_psi: float = 0.1
 
     # -- derived paths -----------------------------------------------------------------------
     @property
@@ -135,6 +163,12 @@ class Settings:
     @property
     def control_socket(self) -> Path:
         return self.run_dir / "control.sock"
+
+    @property
+    def canary_dir(self) -> Path:
+        """The analysis of each judged canary (``serving/control/canary_watch.py``), kept so a
+        restarted process goes on where it was."""
+        return self.home / "canary"
 
     @property
     def lock_dir(self) -> Path:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     import torch
 
     from kernel_magics.preprocess import TableEncoder
+    from kernel_magics.quality.profile import ReferenceProfile
 
 __all__ = [
     "TASKS",
@@ -106,6 +107,7 @@ def register_version(
     encoder: TableEncoder | None = None,
     finish: Callable[[Path, str], Mapping[str, str]] | None = None,
     sample: Any = None,
+    reference: Any = None,
 ) -> RegisterResult:
     """Log ``model`` and register it as the next version of ``name``.
 
@@ -125,7 +127,11 @@ def register_version(
     ``finish(folder, format)`` runs once the model
     is logged and hashed, before the version exists, and returns more tags for it (optimize's
     measured ``km.opt.*`` figures): the version is created last, in one call with every tag, so
-    a process killed at any point leaves no version without them. Bad input raises
+    a process killed at any point leaves no version without them. ``reference`` (raw input
+    rows, as clients send them) becomes the version's reference profile for drift
+    (``quality.profile``, with the model's predictions on those rows), saved in the model
+    folder inside its hash; a ``ReferenceProfile`` is saved as it is (optimize carries its
+    parent's). Bad input raises
     ``InvalidInput`` or ``NotFound`` before anything is written.
     """
     import mlflow
@@ -155,6 +161,21 @@ def register_version(
         checked_task, class_tag = foreign.task, _classes_tag(foreign.classes)
     with store_errors(f"cannot open the model store at {store.uri}"):
         parent_ref = resolve_parent(store, parent)
+    from kernel_magics.quality.profile import ReferenceProfile
+
+    profile = (
+        reference
+        if reference is None or isinstance(reference, ReferenceProfile)
+        else reference_profile(
+            model if foreign is None else None,
+            reference,
+            task=checked_task,
+            classes=json.loads(class_tag) if class_tag else None,
+            encoder=encoder,
+            dtype=inputs.dtype,
+            estimator=model if foreign is not None else None,
+        )
+    )
 
     tags = {TAG_TASK: checked_task, TAG_CLASSES: class_tag, TAG_PARENT: parent_ref}
     tags[TAG_RECIPE] = recipe or None
@@ -172,6 +193,8 @@ def register_version(
             training_mode = eval_mode(model) if foreign is None else contextlib.nullcontext()
             with training_mode, tempfile.TemporaryDirectory() as extra:
                 files = [str(encoder.write(Path(extra)))] if encoder is not None else []
+                if profile is not None:
+                    files.append(str(profile.write(Path(extra))))
                 info, fmt, log_notes = (
                     log_fn(inputs, files)
                     if log_fn
@@ -246,6 +269,62 @@ def probe(model: torch.nn.Module, inputs: np.ndarray) -> None:
             ) from err
     if not isinstance(out, torch.Tensor):
         raise InvalidInput(f"the model returned a {type(out).__name__}; it must return one tensor")
+
+
+def reference_profile(
+    model: torch.nn.Module | None,
+    reference: Any,
+    *,
+    task: str | None,
+    classes: list | None,
+    encoder: TableEncoder | None,
+    dtype: Any,
+    estimator: Any = None,
+) -> ReferenceProfile:
+    """The reference profile of ``reference`` rows, with the model's outputs on them: a torch
+    ``model`` (raw rows encoded by ``encoder`` first) or a scikit-learn ``estimator``; a model
+    file or ONNX graph gets a profile of its inputs only."""
+    from kernel_magics.quality.profile import ReferenceProfile, reference_sample
+    from kernel_magics.training.inputs import model_input_array
+
+    rows = reference_sample(reference)
+    outputs: Any = None  # a model file or an ONNX graph: a profile of the inputs only
+    try:
+        model_rows = encoder.encode(rows) if encoder else model_input_array(rows, "the reference")
+        if model_rows.ndim == 1:
+            model_rows = model_rows.reshape(-1, 1)
+        model_rows = model_rows.astype(dtype, copy=False)
+        if model is not None:
+            outputs = _outputs(model, model_rows)
+        elif estimator is not None and hasattr(estimator, "predict"):
+            scores = getattr(estimator, "predict_proba", None)
+            outputs = scores(model_rows) if task == "classification" and scores else None
+            outputs = estimator.predict(model_rows) if outputs is None else outputs
+    except InvalidInput:
+        raise
+    except Exception as err:
+        raise InvalidInput(
+            f"the model failed on the reference rows: {type(err).__name__}: {first_line(err)}"
+        ) from err
+    return ReferenceProfile.capture(rows, outputs, task=task, classes=classes)
+
+
+PROFILE_BATCH = 4096  # rows per forward when the reference's predictions are computed
+
+
+def _outputs(model: torch.nn.Module, rows: np.ndarray) -> np.ndarray:
+    import numpy as np
+    import torch
+
+    from kernel_magics.training.fit import eval_mode, model_device
+
+    device = model_device(model)
+    out = []
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, len(rows), PROFILE_BATCH):
+            batch = torch.from_numpy(np.ascontiguousarray(rows[start : start + PROFILE_BATCH]))
+            out.append(model(batch.to(device)).float().cpu().numpy())
+    return np.concatenate(out)
 
 
 def resolve_parent(store: Store, parent: str | None) -> str | None:

@@ -42,6 +42,13 @@ TAG_CLASSES = "km.classes"
 TAG_FORMAT = "km.format"
 TAG_PARENT = "km.parent"  # "NAME@VERSION" the version was derived from (fine-tuned, distilled)
 TAG_RECIPE = "km.recipe"  # how it was made, in the author's words
+# A deployment event the inference process made by itself (a judged canary): its one-line reason
+# and its evidence (JSON) on the event's run; MLflow keeps tag values up to 8,000 characters.
+TAG_EVENT_REASON = "km.reason"
+TAG_EVENT_EVIDENCE = "km.evidence"
+EVENT_TAG_MAX = 8000
+# ... and that event's reason on the version it promoted or rolled back, for listings of versions.
+TAG_CANARY_VERDICT = "km.canary.verdict"
 # Serving options a deploy asked for, kept on the version so that a rollback to it and a
 # restarted process serve it the same way (explicit options on a later deploy replace them).
 TAG_SERVE_PREFIX = "km.serve."
@@ -361,17 +368,22 @@ class Store:
         exp_id = self.experiment_id(DEPLOYMENTS_EXPERIMENT_NAME)
         before, after = event["from_version"], event["to_version"]
         arrow = f"v{before or '-'} → v{after or '-'}"
+        tags = {
+            "km.model": name,
+            "km.action": event["action"],
+            "km.from_version": str(before or ""),
+            "km.to_version": str(after or ""),
+            "km.time": event["time"],
+        }
+        if event.get("reason"):
+            tags[TAG_EVENT_REASON] = str(event["reason"])[:EVENT_TAG_MAX]
+        if event.get("evidence"):
+            text = json.dumps(event["evidence"], allow_nan=False)
+            if len(text) <= EVENT_TAG_MAX:  # figures too long for a tag stay in the log only
+                tags[TAG_EVENT_EVIDENCE] = text
         with self.write_lock():
             run = self.client.create_run(
-                exp_id,
-                run_name=f"{name}: {event['action']} {arrow}",
-                tags={
-                    "km.model": name,
-                    "km.action": event["action"],
-                    "km.from_version": str(before or ""),
-                    "km.to_version": str(after or ""),
-                    "km.time": event["time"],
-                },
+                exp_id, run_name=f"{name}: {event['action']} {arrow}", tags=tags
             )
             self.client.set_terminated(run.info.run_id, "FINISHED")
 
@@ -392,6 +404,8 @@ class Store:
                     if tags.get("km.from_version")
                     else None,
                     "to_version": int(tags["km.to_version"]) if tags.get("km.to_version") else None,
+                    "reason": tags.get(TAG_EVENT_REASON),
+                    "evidence": _evidence(tags.get(TAG_EVENT_EVIDENCE)),
                 }
             )
         return sorted(events, key=lambda e: e["time"])
@@ -434,13 +448,33 @@ class Store:
         return [e.experiment_id for e in found]
 
 
-def transition_event(action: str, from_version: int | None, to_version: int | None) -> dict:
-    """One deployment event as ``Store.history`` lists it, stamped now (UTC)."""
+def _evidence(text: str | None) -> dict | None:
+    """A history event's evidence tag, read back (None when absent or not a JSON object)."""
+    if not text:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def transition_event(
+    action: str,
+    from_version: int | None,
+    to_version: int | None,
+    reason: str | None = None,
+    evidence: dict | None = None,
+) -> dict:
+    """One deployment event as ``Store.history`` lists it, stamped now (UTC); ``reason`` and
+    ``evidence`` only for a transition the inference process made by itself."""
     return {
         "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
         "action": action,
         "from_version": from_version,
         "to_version": to_version,
+        "reason": reason,
+        "evidence": evidence,
     }
 
 

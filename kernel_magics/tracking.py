@@ -87,12 +87,14 @@ def run_training(
     *,
     register: Callable[[Any, PreparedData], tuple[Any, RegisterResult]] | None = None,
     extra_params: dict[str, Any] | None = None,
+    reference: Any = None,
 ) -> TrainResult:
     """Wrap ``fit_fn(on_epoch=...) -> FitResult`` in an MLflow run and register the model.
 
     ``register(model, data) -> (registered model, RegisterResult)`` registers it another way
     than as a pt2 graph (a language model with its tokenizer, ``training/text.py``), inside
-    the same run; ``extra_params`` are logged with the configuration's."""
+    the same run; ``extra_params`` are logged with the configuration's. ``reference`` (raw
+    rows; default the training split) becomes the version's reference profile for drift."""
     import mlflow
 
     from kernel_magics.training.scaling import registered_model
@@ -132,6 +134,7 @@ def run_training(
                 task=data.task,
                 classes=data.classes,
                 encoder=data.encoder,
+                reference=data.training_rows() if reference is None else reference,
             )
         bookkeeping = time.perf_counter() - started
 

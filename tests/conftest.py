@@ -61,6 +61,10 @@ TIERS = {
     "test_metric_names.py": "unit",
     "frameworks": "process",
     "generative": "process",
+    "quality/test_canary_judge.py": "process",  # one inference process, a restart
+    "quality": "process",
+    "quality/test_drift.py": "store",
+    "quality/test_drift_statistics.py": "unit",
 }
 # A test using one of these fixtures is at least in its tier, whatever its path.
 FIXTURE_TIERS = {

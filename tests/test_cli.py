@@ -179,6 +179,12 @@ def test_models_reads_the_embedded_store_without_mlflow(versions: dict, km_home:
         (("predict", "digits", "--input", "{folder}/narrow.json"), "5"),
         (("serve", "restart"), "unknown sub-command"),
         (("deploy", "digits", "--canery", "3"), "--canery 3; did you mean --canary?"),
+        (("deploy", "digits@2", "--analyze"), "--analyze judges a canary: add --canary PERCENT"),
+        (("deploy", "digits@2", "--canary", "5", "--window", "1m"), "--window belongs to"),
+        (
+            ("deploy", "digits@2", "--canary", "5", "--analyze", "--metric", "latency"),
+            "unknown canary metric(s) 'latency': use error_rate",
+        ),
     ],
 )
 def test_errors_are_one_line_and_exit_2(

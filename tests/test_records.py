@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from kernel_magics.errors import InvalidInput
 from kernel_magics.records import (
+    CanaryRule,
     HistoryEvent,
     ModelSpec,
     ModelState,
@@ -54,6 +55,14 @@ history_events = st.builds(
     action=texts,
     from_version=optional_versions,
     to_version=optional_versions,
+    reason=st.none() | texts,
+    evidence=st.none() | json_objects,
+)
+canary_rules = st.builds(
+    CanaryRule,
+    metrics=st.lists(names, min_size=1, max_size=4, unique=True).map(tuple),
+    window_s=st.none() | st.floats(min_value=0.001, max_value=7 * 86400),
+    min_requests=st.none() | st.integers(min_value=1, max_value=10**9),
 )
 
 
@@ -129,6 +138,7 @@ transition_results = st.builds(
     url=st.none() | texts,
     history=st.lists(history_events, max_size=3).map(tuple),
     canary=st.none() | st.integers(min_value=1, max_value=99),
+    analyze=st.none() | canary_rules,
 )
 recent_errors = st.builds(
     RecentError,
@@ -141,6 +151,7 @@ recent_errors = st.builds(
 
 ROUND_TRIPS = [
     (HistoryEvent, history_events),
+    (CanaryRule, canary_rules),
     (ModelSpec, model_specs),
     (TransitionResult, transition_results),
     (VersionStats, version_stats),
@@ -220,6 +231,12 @@ def test_version_stats_send_their_derived_figures_too(stats: VersionStats) -> No
         (VersionStats, {"model": "m", "version": 1, "requests": [1]}, "requests"),
         (RecentError, {"status": "teapot"}, "status"),
         (HistoryEvent, ["not", "an", "object"], "JSON object"),
+        (HistoryEvent, {"evidence": [1, 2]}, "evidence"),
+        (CanaryRule, {"metrics": "p99"}, "metrics"),
+        (CanaryRule, {"metrics": []}, "metrics"),
+        (CanaryRule, {"window_s": 0}, "window_s"),
+        (CanaryRule, {"min_requests": 0}, "min_requests"),
+        (CanaryRule, {"min_requests": 10, "windows": 5}, "windows"),
     ],
 )
 def test_a_malformed_record_fails_where_it_arrives_naming_the_field(
@@ -227,3 +244,17 @@ def test_a_malformed_record_fails_where_it_arrives_naming_the_field(
 ) -> None:
     with pytest.raises(InvalidInput, match=field):
         record.from_wire(doc)
+
+
+def test_a_history_event_without_a_reason_reads_as_one_someone_asked_for() -> None:
+    """Events written before ``reason``/``evidence`` existed (and every deploy a person asks
+    for) read back with both None; a judged canary's event keeps its figures."""
+    old = {"time": "2026-01-01T00:00:00+00:00", "action": "deploy", "from_version": 1,
+           "to_version": 2}  # fmt: skip
+    assert HistoryEvent.from_wire(old).reason is None
+    assert HistoryEvent.from_wire(old).evidence is None
+    judged = {**old, "action": "canary-drop", "reason": "auto-rollback: …",
+              "evidence": {"requests": {"live": 200, "canary": 210}}}  # fmt: skip
+    event = HistoryEvent.from_wire(through_json(judged))
+    assert event.reason == "auto-rollback: …"
+    assert event.evidence == {"requests": {"live": 200, "canary": 210}}

@@ -34,6 +34,9 @@ export interface IHistoryEvent {
   action: string;
   from_version: number | null;
   to_version: number | null;
+  // a canary the inference process promoted or rolled back by itself: why, in one line
+  reason?: string | null;
+  evidence?: { [key: string]: unknown } | null;
 }
 
 /** A served version's counters since the process started (kernel_magics.records.VersionStats):

@@ -167,7 +167,8 @@ function eventList(history: IHistoryEvent[]): HTMLElement {
       'li',
       { 'data-action': e.action, title: when ? when.toLocaleString() : '' },
       h('span', { class: 'jp-KmModels-muted' }, when ? shortTime(when) : ''),
-      ` ${e.action} ${from} → ${to}`
+      ` ${e.action} ${from} → ${to}`,
+      e.reason ? h('div', { class: 'jp-KmModels-muted' }, e.reason) : null
     );
   };
   return h(

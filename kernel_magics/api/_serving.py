@@ -11,9 +11,10 @@ from kernel_magics.api._context import _settings, _store, _target, _version_info
 from kernel_magics.api._request_rows import request_rows
 from kernel_magics.catalog import ModelSummary
 from kernel_magics.config import Settings
-from kernel_magics.errors import KernelMagicsError, NotFound, ServiceUnavailable
+from kernel_magics.errors import InvalidInput, KernelMagicsError, NotFound, ServiceUnavailable
 from kernel_magics.naming import parse_version
-from kernel_magics.records import HistoryEvent, ServerStatus, TransitionResult
+from kernel_magics.quality.canary_judge import check_rule
+from kernel_magics.records import CanaryRule, HistoryEvent, ServerStatus, TransitionResult
 from kernel_magics.serving import tokens
 from kernel_magics.store import parse_ref, validate_name
 
@@ -29,9 +30,14 @@ def deploy(
     max_batch_size: int | None = None,
     max_wait_ms: float | None = None,
     canary: int | None = None,
+    analyze: CanaryRule | bool | None = None,
+    log_sample: float | None = None,
     settings: Settings | None = None,
 ) -> TransitionResult:
     """Make ``NAME`` (newest version), ``NAME@VERSION`` or ``NAME@ALIAS`` live.
+
+    ``log_sample`` (0–1): the share of this version's requests the inference log keeps
+    (default: the ``log_sample`` setting; remembered by the version like the batching options).
 
     Starts the serving target if needed. The new version is loaded and warmed before it takes
     traffic; if it fails, the live version keeps serving and ``DeployFailed`` says why.
@@ -41,7 +47,17 @@ def deploy(
     ``X-Request-ID`` header goes by a hash of it, others by a per-worker counter (exactly
     every (100/P)th request). ``promote(name)`` makes the canary live; ``rollback(name)``
     drops it.
+
+    ``analyze=CanaryRule(...)`` (or ``True`` for the default rule) has the inference process
+    judge that canary by itself: once both versions answered the rule's ``min_requests`` within
+    its window, it compares them on the rule's metrics and promotes the canary, or rolls it back
+    if it is worse by more than the ``canary_*`` settings allow; the history event says why.
     """
+    rule = CanaryRule() if analyze is True else analyze or None
+    if rule is not None:
+        if canary is None:
+            raise InvalidInput("analyze judges a canary: give canary (a percent) too")
+        check_rule(rule)
     name, ref = parse_ref(target)
     ref = str(version) if version is not None else ref
     s = _settings(settings)
@@ -50,6 +66,10 @@ def deploy(
     options: dict[str, Any] = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms}
     if canary is not None:  # only then: a target without canaries keeps working without it
         options["canary"] = canary
+    if rule is not None:
+        options["analyze"] = rule
+    if log_sample is not None:  # likewise: the ray target keeps no inference log
+        options["log_sample"] = log_sample
     return serving.deploy(name, ref, **options)
 
 

@@ -48,6 +48,7 @@ def train(
     nnodes: int | None = None,
     rdzv_endpoint: str | None = None,
     progress: Any = "auto",
+    reference: Any = None,
     settings: Settings | None = None,
 ) -> TrainResult:
     """Train ``model`` on (X, y), log the run to MLflow and register a new version of ``name``.
@@ -73,6 +74,9 @@ def train(
     the ``tokenizer``; ``model`` is a transformers causal LM trained on blocks of
     ``block_size`` tokens (perplexity and next-token accuracy per epoch on held-out blocks)
     and registered with its tokenizer as a generative version (``training.text``).
+
+    The version's reference profile for drift (``drift``) is captured on the training split,
+    or on ``reference`` (raw rows, as clients send them) when given.
     """
     from kernel_magics.frameworks import is_sklearn
     from kernel_magics.registration import check_model
@@ -121,7 +125,9 @@ def train(
     if is_sklearn(model):  # its own fit: the split, run, metrics and record of a torch training
         from kernel_magics.frameworks.sklearn_training import train_estimator
 
-        return train_estimator(_store(_settings(settings)), model, X, y, name=name, config=config)
+        return train_estimator(
+            _store(_settings(settings)), model, X, y, name=name, config=config, reference=reference
+        )
     data = prepare_data(
         X,
         y,
@@ -140,7 +146,9 @@ def train(
             return fit_distributed(model, data, config, on_epoch=on_epoch, progress=reporter)
         return fit(model, data, config, on_epoch=on_epoch, progress=reporter)
 
-    return run_training(_store(_settings(settings)), name, model, data, config, fit_fn)
+    return run_training(
+        _store(_settings(settings)), name, model, data, config, fit_fn, reference=reference
+    )
 
 
 def register(
@@ -156,6 +164,7 @@ def register(
     parent: str | None = None,
     recipe: str | None = None,
     sample: Any = None,
+    reference: Any = None,
     settings: Settings | None = None,
 ) -> RegisterResult:
     """Register a model trained anywhere (your own loop, a library) as the next version of
@@ -174,6 +183,10 @@ def register(
     answers), an ``onnx.ModelProto``, or the path of a ``.onnx``, ``.joblib`` or ``.pkl``
     file (unpickling runs the file's code: a warning says so). Task and classes then come
     from the model.
+
+    ``reference``: rows as clients will send them (the training data, typically); their
+    profile and the model's predictions on them are saved with the version, inside its hash,
+    for ``drift``.
 
     A language model: a transformers causal LM with its ``tokenizer``, or ``model`` the path of
     a ``save_pretrained`` folder holding both (no ``example``); stored as safetensors, config
@@ -203,6 +216,7 @@ def register(
         parent=parent,
         recipe=recipe,
         sample=sample,
+        reference=reference,
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kernel_magics import display
+from kernel_magics.display import quality as display_quality
 from kernel_magics.display import status as display_status
 from kernel_magics.metric_names import direction, key_metrics
 from kernel_magics.records import RecentError, ServerStatus
@@ -153,6 +154,7 @@ def monitor_text(
     tokens: Sequence[TokenRates],
     only: str | None = None,
     generation: Sequence[GenerationRates] = (),
+    live: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None,
 ) -> str:
     if status is None:
         return display_status.NOT_RUNNING
@@ -163,6 +165,7 @@ def monitor_text(
         lines.append(f"{only} is not deployed" if only else "serving no models")
     if generation:
         lines.append(display.text_table(GENERATION_HEADERS, _generation_rows(generation)))
+    lines += [f"  {line}" for line in _live_lines(live)]
     if tokens:
         lines += ["usage by token:", *(f"  {t}" for t in _token_lines(tokens))]
     errors = _error_lines(status.errors, only)
@@ -181,6 +184,7 @@ def monitor_html(
     plots: str = "",
     title: bool = True,
     generation: Sequence[GenerationRates] = (),
+    live: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None,
 ) -> str:
     """The monitor's figures as HTML (``title``: with its heading line; the widget has its
     own)."""
@@ -195,6 +199,10 @@ def monitor_html(
         )
     if generation:
         parts.append(_table_html(GENERATION_HEADERS, _generation_rows(generation)))
+    live_lines = _live_lines(live)
+    if live_lines:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in live_lines)
+        parts.append(f"<ul style='{_SMALL}'>{items}</ul>")
     parts.append(plots)
     if tokens:
         items = "".join(f"<li>{html.escape(t)}</li>" for t in _token_lines(tokens))
@@ -206,6 +214,15 @@ def monitor_html(
     if status.log:
         parts.append(display.logs_html("\n".join(status.log[-8:])))
     return f"<div style='{_SMALL}'>{''.join(parts)}</div>"
+
+
+def _live_lines(live: Mapping[str, Mapping[int, Mapping[str, float]]] | None) -> list[str]:
+    """A line per version with live figures from feedback: ``digits v2 live accuracy …``."""
+    return [
+        f"{name} {display_quality.live_line(version, dict(figures))}"
+        for name, per_version in sorted((live or {}).items())
+        for version, figures in per_version.items()
+    ]
 
 
 def monitors_stopped_line(count: int) -> str:
@@ -240,7 +257,8 @@ def versions_table_html(summary: Any, selected: Any = None) -> str:
         if bold:  # the version the picker and the buttons act on
             first = f">{html.escape(row[0])}</td>"
             table = table.replace(first, f"><b>{html.escape(row[0])}</b></td>", 1)
-    return table
+    verdict = display.canary_verdict(summary)
+    return table + (f"<p>{html.escape(verdict)}</p>" if verdict else "")
 
 
 def version_label(row: Any, live: int | None) -> str:

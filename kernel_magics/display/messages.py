@@ -18,7 +18,7 @@ from typing import Any
 
 from kernel_magics.errors import first_line
 from kernel_magics.metric_names import key_metrics
-from kernel_magics.records import HistoryEvent, TransitionResult
+from kernel_magics.records import CanaryRule, HistoryEvent, TransitionResult
 
 _BADGE = (
     '<span style="background:#1a7f37;color:#fff;border-radius:4px;padding:0 6px;'
@@ -150,15 +150,29 @@ def _model_rows(summaries: Sequence[Any]) -> list[list[str]]:
 
 def _served_note(summaries: Sequence[Any]) -> str:
     """Say when the process serves something other than the live alias (it was not running,
-    or a deploy is in flight), since that is exactly what a user checks %models for."""
+    or a deploy is in flight), since that is exactly what a user checks %models for; and what
+    the process last decided about a canary it judged by itself."""
     notes = []
     for s in summaries:
+        verdict = canary_verdict(s)
+        if verdict:
+            notes.append(f"{s.name} {verdict}")
         if s.served_version == s.live_version:
             continue
         live = f"v{s.live_version}" if s.live_version is not None else "no version"
         served = f"v{s.served_version}" if s.served_version is not None else "nothing"
         notes.append(f"{s.name}: {live} is live but the inference process serves {served}")
     return "\n".join(notes)
+
+
+def canary_verdict(summary: Any) -> str:
+    """``v3: auto-rollback: canary p99 …``: what the inference process last decided about a
+    canary of this model it judged by itself (the newest version it judged), or ""."""
+    judged = [v for v in summary.versions if v.canary_verdict]
+    if not judged:
+        return ""
+    newest = max(judged, key=lambda v: v.version)
+    return f"v{newest.version}: {newest.canary_verdict}"
 
 
 def models_text(summaries: Sequence[Any]) -> str:
@@ -252,7 +266,8 @@ def transition_line(result: TransitionResult) -> str:
     if result.action == "canary":  # the live version stays; the canary answers its share
         line = f"{result.name} v{result.version} is a canary for {result.canary}% of requests"
         loaded = _loaded(result)
-        return f"{line} (v{previous} stays live)" + (f" — {loaded}" if loaded else "")
+        line = f"{line} (v{previous} stays live)" + (f" — {loaded}" if loaded else "")
+        return f"{line}; {judged_by(result.analyze)}" if result.analyze else line
     if result.action == "canary-drop":
         return f"{result.name}: canary v{previous} dropped; v{result.version} takes all traffic"
     verb = "is live again" if result.action == "rollback" else "is live"
@@ -261,6 +276,15 @@ def transition_line(result: TransitionResult) -> str:
         line += f" at {result.url}"
     loaded = _loaded(result)
     return f"{line} — {loaded}" if loaded else line
+
+
+def judged_by(rule: CanaryRule) -> str:
+    """ "judged on error_rate, p99 over 60 s once each version has 200 requests"."""
+    window = f"{rule.window_s:g} s" if rule.window_s is not None else "the default window"
+    least = rule.min_requests if rule.min_requests is not None else "the default number of"
+    return (
+        f"judged on {', '.join(rule.metrics)} over {window} once each version has {least} requests"
+    )
 
 
 def _loaded(result: TransitionResult) -> str:
@@ -295,6 +319,8 @@ def transition_html(result: TransitionResult) -> str:
 
 
 HISTORY_HEADERS = ("time", "action", "from", "to")
+# The column a history gains once the process promoted or rolled back a canary by itself.
+HISTORY_REASON = "why"
 
 
 def _local_time(iso: str) -> str:
@@ -309,22 +335,28 @@ def _history_rows(events: Sequence[HistoryEvent]) -> list[list[str]]:
     def version(v: int | None) -> str:
         return f"v{v}" if v is not None else "-"
 
+    reasons = any(e.reason for e in events)
     return [
         [_local_time(e.time), e.action, version(e.from_version), version(e.to_version)]
+        + ([e.reason or ""] if reasons else [])
         for e in events
     ]
+
+
+def _history_headers(events: Sequence[HistoryEvent]) -> tuple[str, ...]:
+    return (*HISTORY_HEADERS, HISTORY_REASON) if any(e.reason for e in events) else HISTORY_HEADERS
 
 
 def history_text(name: str, events: Sequence[HistoryEvent]) -> str:
     if not events:
         return f"{name} has never been deployed."
-    return _text_table(HISTORY_HEADERS, _history_rows(events))
+    return _text_table(_history_headers(events), _history_rows(events))
 
 
 def history_html(name: str, events: Sequence[HistoryEvent]) -> str:
     if not events:
         return f"<p>{html.escape(history_text(name, events))}</p>"
-    return _html_table(HISTORY_HEADERS, _history_rows(events))
+    return _html_table(_history_headers(events), _history_rows(events))
 
 
 def predictions_text(values: Any) -> str:

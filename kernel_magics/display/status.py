@@ -44,7 +44,16 @@ def status_text(status: ServerStatus | None) -> str:
     lines = [status_line(status)]
     lines += [f"  {name:<20} {version}" for name, version in served] or ["  serving no models"]
     lines += usage_lines(status.usage)
+    lines += inference_log_lines(status.inference_log)
     return "\n".join(lines)
+
+
+def inference_log_lines(counts: Mapping[str, int] | None) -> list[str]:
+    """The inference log's samples: written, and dropped (a full queue or a failing disk)."""
+    if not counts or not any(counts.values()):
+        return []
+    written, dropped = counts.get("written", 0), counts.get("dropped", 0)
+    return [f"inference log: {written:,} requests written, {dropped:,} dropped"]
 
 
 def usage_lines(usage: Mapping[str, TokenUsage] | None) -> list[str]:

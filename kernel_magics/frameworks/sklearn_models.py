@@ -229,6 +229,7 @@ def _log_fn(model: Any, onx: Any, outputs: int) -> LogFn:
             signature=signature,
             input_example=example,
             pip_requirements=_requirements(onx is not None),
+            extra_files=extra_files or None,  # the reference profile: in the folder's hash
         )
         return info, ("onnx" if onx is not None else "sklearn"), []
 

@@ -28,7 +28,14 @@ MAX_PARAM_CHARS = 500  # an estimator's nested parameters can print long
 
 
 def train_estimator(
-    store: Store, model: Any, X: Any, y: Any, *, name: str, config: TrainConfig
+    store: Store,
+    model: Any,
+    X: Any,
+    y: Any,
+    *,
+    name: str,
+    config: TrainConfig,
+    reference: Any = None,
 ) -> TrainResult:
     import mlflow
     from sklearn.base import is_classifier
@@ -73,6 +80,7 @@ def train_estimator(
             task=task,
             classes=data.classes,
             sample=X_val[:200],  # the converted graph is checked on these rows too
+            reference=data.training_rows() if reference is None else reference,
         )
         bookkeeping = time.perf_counter() - started
     return TrainResult(

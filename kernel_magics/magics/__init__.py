@@ -4,7 +4,8 @@ Each module holds one ``@magics_class`` and the views of the records its magics 
 ``lifecycle`` (``KernelMagics``: deploy, promote, rollback, undeploy, predict, models, history,
 serve, and the ``%config KernelMagics.<option>`` traits every magic reads), ``training``
 (``%train``, ``%register``), ``pipelines`` (``%pipeline``, ``%evaluate``, ``%compare``),
-``optimize`` (``%optimize``), ``dashboards`` (``%monitor``), ``explain`` (``%explain``).
+``optimize`` (``%optimize``), ``dashboards`` (``%monitor``), ``explain`` (``%explain``),
+``quality`` (``%log``), ``drift`` (``%drift``).
 ``_args`` is what they share. The magics only parse, call ``kernel_magics.api`` and render.
 """
 
@@ -15,11 +16,13 @@ from typing import Any
 
 from kernel_magics.magics import (
     dashboards,
+    drift,
     explain,
     generative,
     lifecycle,
     optimize,
     pipelines,
+    quality,
     training,
 )
 from kernel_magics.magics._args import (
@@ -35,7 +38,7 @@ from kernel_magics.magics.lifecycle import KernelMagics
 __all__ = ["KernelMagics", "split_args", "usage_errors", "load_ipython_extension"]
 
 # Magics classes besides KernelMagics (which is also a Configurable, registered first).
-_FEATURES = (training, pipelines, optimize, dashboards, explain, generative)
+_FEATURES = (training, pipelines, optimize, dashboards, explain, generative, quality, drift)
 
 
 def load_ipython_extension(ipython: Any) -> None:

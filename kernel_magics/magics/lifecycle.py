@@ -21,7 +21,14 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
 from traitlets.config.configurable import Configurable
 
 from kernel_magics import api, commands, display
-from kernel_magics.argtypes import non_negative_float, positive_int, version
+from kernel_magics.argtypes import (
+    canary_rule,
+    duration,
+    non_negative_float,
+    positive_int,
+    share,
+    version,
+)
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import NotFound
 from kernel_magics.magics._args import View, arguments, front_end, word
@@ -69,6 +76,34 @@ class KernelMagics(Magics, Configurable):
         Int, "gen_kv_cache_tokens", "KV-cache budget of a language model, in tokens"
     )
     gen_max_queued = _setting(Int, "gen_max_queued", "requests waiting for a slot before 429")
+    canary_window_s = _setting(Float, "canary_window_s", "seconds a judged canary is compared over")
+    canary_min_requests = _setting(
+        Int, "canary_min_requests", "requests each arm needs before a canary is judged"
+    )
+    canary_error_rate_margin = _setting(
+        Float, "canary_error_rate_margin", "error rate a canary may add before it is rolled back"
+    )
+    canary_p99_ratio = _setting(Float, "canary_p99_ratio", "canary p99 / live p99 that fails it")
+    canary_p99_slack_ms = _setting(
+        Float, "canary_p99_slack_ms", "p99 difference (ms) below which a canary never fails"
+    )
+    canary_accuracy_margin = _setting(
+        Float, "canary_accuracy_margin", "live accuracy a canary may lose before it is rolled back"
+    )
+    canary_drift_ratio = _setting(
+        Float, "canary_drift_ratio", "canary prediction PSI / live PSI that fails it"
+    )
+    canary_drift_margin = _setting(
+        Float, "canary_drift_margin", "prediction PSI a canary may add before it is rolled back"
+    )
+    canary_judge_interval_s = _setting(
+        Float, "canary_judge_interval_s", "seconds between two looks at a judged canary"
+    )
+    log_sample = _setting(Float, "log_sample", "share of requests the inference log keeps (0-1)")
+    log_max_rows = _setting(Int, "log_max_rows", "inference log rows kept per model")
+    log_queue = _setting(Int, "log_queue", "samples waiting for the log writer (then dropped)")
+    drift_p_value = _setting(Float, "drift_p_value", "%drift flags below this test p-value …")
+    drift_psi = _setting(Float, "drift_psi", "… when the PSI is at least this (0.1)")
     progress = CaselessStrEnum(
         ["auto", "widget", "text", "none"],
         default_value="auto",
@@ -109,6 +144,28 @@ class KernelMagics(Magics, Configurable):
         metavar="PERCENT",
         help="load beside the live version and send it PERCENT%% of requests (1-99)",
     )
+    @argument(
+        "--analyze",
+        action="store_true",
+        help="the inference process promotes or rolls back the canary by itself",
+    )
+    @argument(
+        "--metric",
+        action="extend",
+        nargs="+",
+        metavar="METRIC",
+        help="what --analyze compares: error_rate p99 accuracy drift (default: error_rate p99)",
+    )
+    @argument("--window", type=duration, help="--analyze compares the last W (60s, 5m)")
+    @argument(
+        "--min-requests", type=positive_int, metavar="N", help="--analyze waits for N per arm"
+    )
+    @argument(
+        "--log-sample",
+        type=share,
+        metavar="F",
+        help="share of requests the inference log keeps (0-1; default: the log_sample setting)",
+    )
     @front_end
     def deploy(self, args: argparse.Namespace) -> None:
         """Make a version live in the background inference process (started if needed).
@@ -122,12 +179,17 @@ class KernelMagics(Magics, Configurable):
             %deploy digits@2
             %deploy digits@challenger --max-batch-size 128
             %deploy digits@3 --canary 10     # v3 answers 10% of requests; %promote or %rollback
+            %deploy digits@3 --canary 10 --analyze --metric p99 --min-requests 500
+                                             # promoted or rolled back by the process itself
+            %deploy digits --log-sample 0.1  # the inference log keeps every 10th request
         """
         result = api.deploy(
             args.target,
             max_batch_size=args.max_batch_size,
             max_wait_ms=args.max_wait_ms,
             canary=args.canary,
+            analyze=canary_rule(args),
+            log_sample=args.log_sample,
             settings=self.settings(),
         )
         _show_transition(result)

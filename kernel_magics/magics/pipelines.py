@@ -19,6 +19,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from kernel_magics import api
 from kernel_magics.argtypes import positive_int
 from kernel_magics.display import evaluation as display_eval
+from kernel_magics.display import quality
 from kernel_magics.magics._args import FeatureMagics, View, front_end, word
 
 # (module, class, text view, HTML view): registered by name, resolved when first shown
@@ -31,7 +32,7 @@ VIEWS: list[View] = [
         ("kernel_magics.evaluation.cv", "CVResult", "cv"),
         ("kernel_magics.evaluation.compare", "Comparison", "comparison"),
     )
-]
+] + [("kernel_magics.evaluation.live", "LiveEvaluation", quality.live_text, quality.live_html)]
 
 
 @magics_class
@@ -117,7 +118,9 @@ class PipelineMagics(FeatureMagics):
     @line_magic
     @magic_arguments()
     @argument("target", type=word, metavar="NAME[@VERSION|@ALIAS]", help="the version")
-    @argument("--data", nargs=2, required=True, metavar="EXPR", help="X_EXPR Y_EXPR (held out)")
+    @argument("--data", nargs=2, metavar="EXPR", help="X_EXPR Y_EXPR (held out)")
+    @argument("--live", action="store_true", help="live metrics from feedback, per version")
+    @argument("--since", metavar="WINDOW", help="with --live: requests of the last 90s/30m/1h/2d")
     @argument("--cv", type=positive_int, metavar="K", help="K-fold cross-validation instead")
     @argument("--model", metavar="EXPR", help="with --cv: a fresh model per fold, e.g. Net()")
     @argument("--batch-size", type=positive_int, default=4096, help="rows per forward")
@@ -134,13 +137,28 @@ class PipelineMagics(FeatureMagics):
         --cv K: K-fold cross-validation of the version's recipe (its recorded
         hyper-parameters) on --data, training a fresh --model EXPR per fold; mean ± std.
 
+        --live [--since W]: no data; the served versions' accuracy and macro F1 (or MSE and
+        MAE) over the logged requests that got feedback (api.feedback), per version, logged to
+        each version's run as live_* metrics.
+
         Examples::
 
             e = %evaluate digits --data X_test y_test
             %evaluate digits@2 --data X_test y_test
             %evaluate digits --data X y --cv 5 --model Net()
+            %evaluate digits --live --since 1h
         """
         km = self.kernel_magics
+        if args.live:
+            if args.data or args.cv is not None or args.model:
+                raise UsageError("--live reads the inference log and feedback: no --data or --cv")
+            if "@" in args.target:
+                raise UsageError("--live shows every version of the model: give NAME alone")
+            return api.evaluate_live(args.target, since=args.since, settings=km.settings())
+        if args.since:
+            raise UsageError("--since is for --live")
+        if not args.data:
+            raise UsageError("give --data X_EXPR Y_EXPR (or --live for feedback)")
         X = km._eval(args.data[0], "the features")
         y = km._eval(args.data[1], "the targets")
         if args.cv is None:

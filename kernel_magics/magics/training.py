@@ -297,6 +297,11 @@ class TrainingMagics(FeatureMagics):
         help="a language model's tokenizer (with a transformers causal LM as MODEL_EXPR)",
     )
     @argument("--sample", metavar="EXPR", help="more rows to check a converted model's answers on")
+    @argument(
+        "--reference",
+        metavar="EXPR",
+        help="rows as clients send them (the training data): profiled for %%drift",
+    )
     @argument("--task", choices=REGISTER_TASKS, help="what the outputs are (default: not said)")
     @argument(
         "--classes", nargs="+", metavar="LABEL", help="labels in output order: 0 1 2, or a list"
@@ -329,6 +334,10 @@ class TrainingMagics(FeatureMagics):
             %register model.joblib --name saved --example X[:2]
             %register net --name digits-own --example X[:5] --metrics '{"accuracy": 0.95}'
             %register net --name digits-ft --example X[:5] --parent digits@1 --recipe 'lr 1e-4'
+            %register clf --name churn --example X[:2] --reference X_train
+
+        --reference X keeps a profile of X (per-feature histograms and statistics) and of the
+        model's predictions on it with the version, inside its hash, for %drift.
 
         A language model (a transformers causal LM and its tokenizer, or a folder saved with
         save_pretrained) is stored as safetensors, config and tokenizer files and served by
@@ -356,23 +365,28 @@ class TrainingMagics(FeatureMagics):
                 recipe=" ".join(map(word, args.recipe)) if args.recipe else None,
                 settings=km.settings(),
             )
-        example, sample = (
+        example, sample, reference = (
             None if text is None else km._eval(text, what)
-            for text, what in ((args.example, "the example"), (args.sample, "the sample"))
+            for text, what in (
+                (args.example, "the example"),
+                (args.sample, "the sample"),
+                (args.reference, "the reference"),
+            )
         )
         with warnings.catch_warnings():
             if isinstance(model, str) and model.lower().endswith(PICKLE_SUFFIXES):
                 print(f"warning: {unpickling_message(model)}", file=sys.stderr)  # one line
                 warnings.simplefilter("ignore", UnpicklingWarning)
-            return self._register(model, example, sample, args)
+            return self._register(model, example, sample, reference, args)
 
     def _register(
-        self, model: Any, example: Any, sample: Any, args: argparse.Namespace
+        self, model: Any, example: Any, sample: Any, reference: Any, args: argparse.Namespace
     ) -> RegisterResult:
         return api.register(
             model,
             example,
             sample=sample,
+            reference=reference,
             name=args.name,
             task=args.task,
             classes=_labels(args.classes),

@@ -35,6 +35,7 @@ from kernel_magics.optimize.measure import (
     quality,
 )
 from kernel_magics.preprocess import read_encoder
+from kernel_magics.quality.profile import read_profile
 from kernel_magics.store import TAG_FORMAT, Store, parse_ref, retry_locked, validate_name
 
 if TYPE_CHECKING:
@@ -304,6 +305,8 @@ def _register_and_measure(
             serialization=candidate.serialization,
             encoder=parent.encoder,
             finish=finish,
+            # the parent's reference: a derived version serves the same inputs
+            reference=read_profile(parent.folder),
         )
         new_label = f"{target}@{registered.version} (new)"
         return OptimizeResult(

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import numpy as np
 
-    from kernel_magics.records import HistoryEvent, ModelState, ServerStatus, TransitionResult
+    from kernel_magics.records import (
+        CanaryRule,
+        HistoryEvent,
+        ModelState,
+        ServerStatus,
+        TransitionResult,
+    )
 
 
 @runtime_checkable
@@ -42,9 +48,14 @@ class ServingTarget(Protocol):
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
         canary: int | None = None,
+        analyze: CanaryRule | None = None,
+        log_sample: float | None = None,
     ) -> TransitionResult:
         """Make ``ref`` live; with ``canary`` (percent), load it beside the live version and
-        send it that share of the requests instead (the live version stays)."""
+        send it that share of the requests instead (the live version stays); with ``analyze``
+        too, the target promotes or rolls back that canary by itself (or refuses the rule).
+        ``log_sample``: the share of its requests the inference log keeps (a target without one
+        refuses it)."""
 
     def rollback(self, name: str, to: int | None = None) -> TransitionResult:
         """Back to the previous version; while a canary runs, drop the canary."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from kernel_magics.config import Settings
 from kernel_magics.errors import ServiceUnavailable
 from kernel_magics.records import (
+    CanaryRule,
     HistoryEvent,
     ModelState,
     RecentError,
@@ -85,6 +86,8 @@ class LocalTarget:
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
         canary: int | None = None,
+        analyze: CanaryRule | None = None,
+        log_sample: float | None = None,
         **unknown: Any,
     ) -> TransitionResult:
         # Unknown options travel to the process, which refuses them by name (one rule, there).
@@ -92,6 +95,8 @@ class LocalTarget:
             "max_batch_size": max_batch_size,
             "max_wait_ms": max_wait_ms,
             "canary": canary,
+            "analyze": analyze.to_wire() if analyze is not None else None,
+            "log_sample": log_sample,
             **unknown,
         }
         payload = {"ref": ref, **{k: v for k, v in options.items() if v is not None}}
@@ -186,4 +191,7 @@ def status_from_snapshot(doc: dict, state: dict, status: str, kind: str) -> Serv
         errors=tuple(RecentError.from_wire(e) for e in doc.get("errors") or ()),
         log=tuple(str(line) for line in doc.get("log") or ()),
         unknown_model_errors=int(doc.get("unknown_model_errors") or 0),
+        inference_log={
+            str(k): int(v) for k, v in (doc.get("inference_log") or {}).items() if v is not None
+        },
     )

@@ -210,7 +210,19 @@ class RayTarget:
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
         canary: int | None = None,
+        analyze: Any = None,
+        log_sample: float | None = None,
     ) -> TransitionResult:
+        if analyze is not None:
+            raise InvalidInput(
+                "canary analysis runs in the local inference process; on the ray target "
+                "promote or roll the canary back yourself"
+            )
+        if log_sample is not None:
+            raise InvalidInput(
+                "the ray target keeps no inference log: deploy without log_sample "
+                "(the built-in process, target local, logs requests)"
+            )
         options = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms}
         set_options = {k: float(v) for k, v in options.items() if v is not None}
         return self._transition(name, "deploy", ref, canary, set_options)
@@ -231,7 +243,7 @@ class RayTarget:
         action: str,
         ref: str | int | None = None,
         canary: int | None = None,
-        options: dict[str, float] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> TransitionResult:
         self.ensure_running()
         lifecycle = self._lifecycle()

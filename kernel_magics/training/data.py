@@ -26,7 +26,7 @@ in cents). Pass ``task=`` to override.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -78,6 +78,18 @@ class PreparedData:
     # Next-token rows of a text (training/text.py): the metrics are perplexity and next-token
     # accuracy, not per-class scores over the vocabulary.
     language_model: bool = False
+    # The features as the caller gave them (the DataFrame before encoding, or the rows) and the
+    # training split's positions in them: the default reference profile for drift.
+    raw_features: Any = field(default=None, repr=False)
+    train_index: np.ndarray | None = field(default=None, repr=False)
+
+    def training_rows(self) -> Any:
+        """The training split's raw rows (what a client sends), for the reference profile."""
+        if self.raw_features is None or self.train_index is None:
+            return None
+        if hasattr(self.raw_features, "iloc"):
+            return self.raw_features.iloc[self.train_index]
+        return self.raw_features[self.train_index]
 
 
 def prepare_data(
@@ -161,6 +173,8 @@ def _prepare(
         target_name=target_name,
         row_shape=tuple(features.shape[1:]),
         encoder=encoder,
+        raw_features=X if isinstance(X, pd.DataFrame) else features,
+        train_index=train_idx,
     )
 
 

@@ -173,9 +173,10 @@ class ServiceMonitor:
         generation = generation_rates(earlier, status, self.name) if status is not None else []
         self.title.value = f"<b>{html.escape(views.monitor_title(status, self.name))}</b>"
         self.plots.value = self.plot_svg()
-        self._text = views.monitor_text(status, rates, tokens, self.name, generation)
+        live = live_figures(self.settings, status, self.name)
+        self._text = views.monitor_text(status, rates, tokens, self.name, generation, live)
         self.body.value = views.monitor_html(
-            status, rates, tokens, self.name, title=False, generation=generation
+            status, rates, tokens, self.name, title=False, generation=generation, live=live
         )
         if self._snapshot is not None and self.ticks % 10 == 0:  # the saved copy, now and then
             self._snapshot.update(self.static_html(), self.static_text())
@@ -233,7 +234,27 @@ def snapshot_views(settings: Settings, name: str | None) -> tuple[str, str]:
     rates = model_rates(None, status, name) if status is not None else []
     tokens = token_rates(None, status) if status is not None else []
     generation = generation_rates(None, status, name) if status is not None else []
+    live = live_figures(settings, status, name)
     return (
-        views.monitor_text(status, rates, tokens, name, generation),
-        views.monitor_html(status, rates, tokens, name, generation=generation),
+        views.monitor_text(status, rates, tokens, name, generation, live),
+        views.monitor_html(status, rates, tokens, name, generation=generation, live=live),
     )
+
+
+def live_figures(
+    settings: Settings, status: ServerStatus | None, name: str | None
+) -> dict[str, dict[int, dict[str, float]]]:
+    """Live metrics from feedback per served model (only those with feedback): read from the
+    inference log's file, one query per model."""
+    if status is None:
+        return {}
+    names = [name] if name else sorted(status.models)
+    figures = {}
+    for model in names:
+        try:
+            per_version = api.live_metrics(model, settings=settings)
+        except Exception:  # a log being written by a newer version, a locked file: skip it
+            continue
+        if per_version:
+            figures[model] = per_version
+    return figures

@@ -32,7 +32,7 @@ MAX_BODY = 64 * 1024
 MAX_EXAMPLES = 50
 FUZZED = (
     *("ping", "health", "metrics", "openapi"),
-    *("listModels", "getModel", "predict", "invocations"),
+    *("listModels", "getModel", "predict", "invocations", "feedback"),
 )
 MANAGEMENT = ("deploy", "rollback", "undeploy", "promote")
 

@@ -14,14 +14,18 @@ This is the boundary with the store: it returns history events as ``records.Hist
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, KernelMagicsError, NotFound
 from kernel_magics.formats.verified import verified_folder
-from kernel_magics.records import HistoryEvent, ModelSpec
+from kernel_magics.quality.canary_judge import check_rule, filled, reference_profile
+from kernel_magics.records import CanaryRule, HistoryEvent, ModelSpec
 from kernel_magics.store import (
+    TAG_CANARY_VERDICT,
     TAG_FORMAT,
     Store,
     VersionInfo,
@@ -34,9 +38,11 @@ log = logging.getLogger(__name__)
 ACTIONS = ("deploy", "rollback", "undeploy", "promote")
 # A canary runs beside the live alias (``production``): the registry alias ``canary`` names its
 # version and the version's tag ``km.canary`` its share, so a restarted process restores the
-# split. Its history events ("canary", "canary-drop") never make a version live.
+# split. Its history events ("canary", "canary-drop") never make a version live. A canary the
+# process judges by itself also carries its rule (``km.canary.rule``, JSON), restored the same way.
 CANARY_ALIAS = "canary"
 TAG_CANARY = "km.canary"
+TAG_CANARY_RULE = "km.canary.rule"
 CANARY_EVENTS = ("canary", "canary-drop")
 
 
@@ -55,6 +61,11 @@ class Plan:
     options: tuple[tuple[str, object], ...] = ()
     # The canary's share (percent) for action "canary"; None otherwise.
     canary: int | None = None
+    # Action "canary" judged by the process: its rule, every figure filled in.
+    rule: CanaryRule | None = None
+    # A transition the process made by itself says why (HistoryEvent.reason / evidence).
+    reason: str | None = None
+    evidence: dict[str, Any] | None = None
     # A deploy (or rollback --to) of the version that is already live, with the options it
     # already serves with and no canary running: nothing loads, nothing moves, nothing is
     # recorded. A recorded "v2 → v2" would make the next rollback return to v2 itself.
@@ -74,6 +85,7 @@ class Lifecycle:
         recorded = info.serve_options
         batch = options.get("max_batch_size", recorded.get("max_batch_size"))
         wait = options.get("max_wait_ms", recorded.get("max_wait_ms"))
+        sample = options.get("log_sample", recorded.get("log_sample"))
         return ModelSpec(
             name=info.name,
             version=info.version,
@@ -85,6 +97,7 @@ class Lifecycle:
             max_batch_size=int(batch) if batch is not None else None,
             max_wait_ms=float(wait) if wait is not None else None,
             classes=tuple(info.classes) if info.classes else None,
+            log_sample=float(sample) if sample is not None else None,
         )
 
     def rollback_target(
@@ -109,7 +122,9 @@ class Lifecycle:
         action: str,
         ref: str | int | None = None,
         canary: int | None = None,
-        **options: float,
+        *,
+        analyze: CanaryRule | None = None,
+        **options: Any,
     ) -> Plan:
         """What ``action`` does. Besides the three swaps: a deploy with ``canary`` becomes
         action "canary" (load beside the live version, the alias stays); "promote" makes the
@@ -122,8 +137,10 @@ class Lifecycle:
         running = self.canary_version(name) if live is not None else None
         if action == "promote" or (action == "rollback" and ref is None and running):
             return self._canary_end(name, action, live, running)
+        if analyze is not None and canary is None:
+            raise InvalidInput("analyze judges a canary: give canary (a percent) too")
         if canary is not None:
-            return self._canary_start(name, ref, canary, live, options)
+            return self._canary_start(name, ref, canary, live, options, analyze)
         if action == "undeploy":
             if not self.store.model_exists(name):
                 raise NotFound(not_found(name, self.store.model_names()))
@@ -147,7 +164,13 @@ class Lifecycle:
         return Plan(name, action, spec, live, info.version, history, changed, unchanged=unchanged)
 
     def _canary_start(
-        self, name: str, ref: str | int | None, percent: int, live: int | None, options: dict
+        self,
+        name: str,
+        ref: str | int | None,
+        percent: int,
+        live: int | None,
+        options: dict,
+        analyze: CanaryRule | None = None,
     ) -> Plan:
         if live is None:
             raise InvalidInput(f"{name} is not deployed: deploy a version before a canary")
@@ -159,7 +182,19 @@ class Lifecycle:
             (k, v) for k, v in sorted(options.items()) if info.serve_options.get(k) != v
         )
         history = self.history(name)
-        return Plan(name, "canary", spec, live, info.version, history, changed, percent)
+        rule = None
+        if analyze is not None:
+            check_rule(analyze)
+            rule = filled(analyze, self.settings)
+            if "drift" in rule.metrics:
+                live_spec = self.spec_for(self.store.resolve(name, live))
+                if reference_profile(live_spec.path, spec.path) is None:
+                    raise InvalidInput(
+                        f"the drift metric compares predictions with a reference profile, and "
+                        f"neither {name} v{live} nor v{info.version} has one: register with "
+                        "--reference X (or %train it)"
+                    )
+        return Plan(name, "canary", spec, live, info.version, history, changed, percent, rule)
 
     def _canary_end(self, name: str, action: str, live: int | None, running: int | None) -> Plan:
         if running is None:
@@ -176,21 +211,30 @@ class Lifecycle:
         version = aliases.get(CANARY_ALIAS)
         return int(version) if version is not None else None
 
-    def canary_spec(self, name: str) -> tuple[ModelSpec, int] | None:
-        """The canary a restarted process restores beside ``name``'s live version, and its
-        share; None when none runs (or it no longer passes its hash check)."""
+    def canary_spec(self, name: str) -> tuple[ModelSpec, int, CanaryRule | None] | None:
+        """The canary a restarted process restores beside ``name``'s live version, its share
+        and the rule it is judged by (None: not judged); None when none runs (or it no longer
+        passes its hash check)."""
         version = self.canary_version(name)
         if version is None:
             return None
         try:
             info = self.store.resolve(name, version)
             percent = int(info.tags.get(TAG_CANARY) or 0)
-            return (self.spec_for(info), percent) if percent else None
+            raw_rule = info.tags.get(TAG_CANARY_RULE)
+            rule = CanaryRule.from_wire(json.loads(raw_rule)) if raw_rule else None
+            return (self.spec_for(info), percent, rule) if percent else None
         except (KernelMagicsError, ValueError) as err:
             log.error("not restoring the canary %s v%s: %s", name, version, err)
             return None
 
-    def _set_canary(self, name: str, version: int | None, percent: int | None) -> None:
+    def _set_canary(
+        self,
+        name: str,
+        version: int | None,
+        percent: int | None,
+        rule: CanaryRule | None = None,
+    ) -> None:
         client = self.store.client
         with self.store.write_lock():
             if version is None:
@@ -198,6 +242,12 @@ class Lifecycle:
                     client.delete_registered_model_alias(name, CANARY_ALIAS)
             else:
                 client.set_model_version_tag(name, str(version), TAG_CANARY, str(percent))
+                if rule is not None:
+                    text = json.dumps(rule.to_wire())
+                    client.set_model_version_tag(name, str(version), TAG_CANARY_RULE, text)
+                elif TAG_CANARY_RULE in (client.get_model_version(name, str(version)).tags or {}):
+                    # an earlier judged canary of this version must not judge this one
+                    client.delete_model_version_tag(name, str(version), TAG_CANARY_RULE)
                 client.set_registered_model_alias(name, CANARY_ALIAS, str(version))
 
     def make_live(self, plan: Plan) -> tuple[HistoryEvent, tuple[HistoryEvent, ...]]:
@@ -206,15 +256,23 @@ class Lifecycle:
         ``record`` writes the event later."""
         if plan.options and plan.to_version is not None:
             self.store.set_serve_options(plan.name, plan.to_version, dict(plan.options))
+        judged = plan.from_version if plan.action == "canary-drop" else plan.to_version
+        if plan.reason and judged is not None:
+            with self.store.write_lock():
+                self.store.client.set_model_version_tag(
+                    plan.name, str(judged), TAG_CANARY_VERDICT, plan.reason[:5000]
+                )
         if plan.action == "canary":
-            self._set_canary(plan.name, plan.to_version, plan.canary)
+            self._set_canary(plan.name, plan.to_version, plan.canary, plan.rule)
         else:  # every other transition ends a running canary (promote makes it live)
             if self.store.model_exists(plan.name) and self.canary_version(plan.name) is not None:
                 self._set_canary(plan.name, None, None)
             if plan.action != "canary-drop":
                 self.store.set_live(plan.name, plan.to_version)
         event = HistoryEvent.from_wire(
-            transition_event(plan.action, plan.from_version, plan.to_version)
+            transition_event(
+                plan.action, plan.from_version, plan.to_version, plan.reason, plan.evidence
+            )
         )
         return event, (*plan.history, event)
 

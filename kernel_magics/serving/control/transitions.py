@@ -17,6 +17,7 @@ it can be exercised against an in-memory pool.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,11 +27,14 @@ import orjson
 
 from kernel_magics.errors import InvalidInput, KernelMagicsError, clip
 from kernel_magics.naming import is_version_text, parse_version
-from kernel_magics.records import HistoryEvent, ModelSpec
+from kernel_magics.quality.canary_judge import check_rule
+from kernel_magics.records import CanaryRule, HistoryEvent, ModelSpec
 from kernel_magics.serving.deploy_options import (
     CANARY_MAX,
     CANARY_MIN,
     DEPLOY_OPTIONS,
+    LOG_SAMPLE_MAX,
+    LOG_SAMPLE_MIN,
     MAX_BATCH_SIZE_MAX,
     MAX_BATCH_SIZE_MIN,
     MAX_WAIT_MS_MAX,
@@ -53,6 +57,7 @@ class LiveModel:
     history: History
     canary: ModelSpec | None = None  # a canary beside the live version, and its share
     canary_percent: int = 0
+    canary_rule: CanaryRule | None = None  # how the process judges that canary (None: it does not)
 
 
 @dataclass(frozen=True)
@@ -112,10 +117,17 @@ class WorkerPool(Protocol[W]):
         ...
 
     async def canary(
-        self, workers: Sequence[W], name: str, version: int | None, percent: int, history: History
+        self,
+        workers: Sequence[W],
+        name: str,
+        version: int | None,
+        percent: int,
+        history: History,
+        analyze: bool = False,
     ) -> list[Reply]:
         """Send ``percent`` of ``name``'s requests to the staged ``version`` (None: stop the
-        canary); each worker answers once a stopped canary drained."""
+        canary); each worker answers once a stopped canary drained. ``analyze``: the workers
+        record both arms' answers for the judge (``canary_watch.py``)."""
         ...
 
 
@@ -126,10 +138,18 @@ async def run_transition(
     action: str,
     raw: bytes,
     answer: Answer,
+    *,
+    reason: str | None = None,
+    evidence: dict[str, Any] | None = None,
+    expect_canary: int | None = None,
 ) -> None:
     """Carry out one management call; ``answer`` is called exactly once, possibly before this
     coroutine finishes (the history write follows the answer). ``lifecycle`` gives the store
-    side once it is ready (the supervisor imports mlflow in the background)."""
+    side once it is ready (the supervisor imports mlflow in the background).
+
+    The judge of a canary (``canary_watch.py``) promotes or drops it through here too, with the
+    ``reason`` and ``evidence`` its history event records; ``expect_canary`` is the version it
+    judged: if another runs by the time the model's lock is held, nothing happens (409)."""
     try:
         ref, options = parse_manage_body(action, raw)
         store = await lifecycle()
@@ -142,6 +162,13 @@ async def run_transition(
         except KernelMagicsError as err:
             return answer(err.http_status, {"error": str(err)})
         live = pool.live.get(name)
+        if expect_canary is not None:
+            running = live.canary.version if live is not None and live.canary else None
+            if running != expect_canary:
+                why = f"{name}: the judged canary v{expect_canary} no longer runs"
+                return answer(409, {"error": why})
+        if reason is not None or evidence is not None:
+            plan = dataclasses.replace(plan, reason=reason, evidence=evidence)
         if plan.unchanged and live is not None and live.spec.version == plan.to_version:
             # already live as asked, and served (a version a restart could not restore is
             # loaded again): nothing to load, move or record
@@ -165,8 +192,10 @@ async def run_transition(
                 await pool.discard(workers, name, spec.version)
             status = err.http_status if isinstance(err, KernelMagicsError) else 503
             return answer(status, {"error": f"could not record the {action} in the store: {err}"})
-        await _switch(pool, workers, name, spec, history, plan.action, plan.canary)
+        await _switch(pool, workers, name, spec, history, plan.action, plan.canary, plan.rule)
         log.info("%s %s: %s", plan.action, name, _arrow(plan.from_version, plan.to_version))
+        if plan.reason:
+            log.info("%s %s: %s", plan.action, name, plan.reason)
         answer(
             200,
             {
@@ -175,6 +204,7 @@ async def run_transition(
                 "previous_version": plan.from_version,
                 "action": plan.action,
                 "canary": plan.canary,
+                "analyze": plan.rule.to_wire() if plan.rule is not None else None,
                 "load_ms": load_ms,
                 "ready_at": ready_at,
                 "reused": reused,
@@ -231,13 +261,15 @@ async def _switch(
     history: History,
     action: str = "deploy",
     percent: int | None = None,
+    rule: CanaryRule | None = None,
 ) -> None:
     """Activate the staged version (or unload the model, or start / stop its canary) in every
     worker, and mirror it."""
     live = pool.live.get(name)
     if action == "canary" and spec is not None and live is not None:
-        pool.live[name] = LiveModel(live.spec, history, spec, percent or 0)
-        replies = await pool.canary(workers, name, spec.version, percent or 0, history)
+        pool.live[name] = LiveModel(live.spec, history, spec, percent or 0, rule)
+        judged = rule is not None
+        replies = await pool.canary(workers, name, spec.version, percent or 0, history, judged)
     elif action == "canary-drop":
         if live is not None:
             pool.live[name] = LiveModel(live.spec, history)
@@ -271,7 +303,7 @@ def parse_manage_body(action: str, raw: bytes) -> tuple[Any, dict]:
             raise InvalidInput('"ref" must be a version number, an alias or null')
         if isinstance(ref, int) or is_version_text(ref):
             ref = str(parse_version(ref))
-    unknown = set(doc) - {"ref", "canary", *DEPLOY_OPTIONS}
+    unknown = set(doc) - {"ref", "canary", "analyze", *DEPLOY_OPTIONS}
     if unknown:
         raise InvalidInput(f"unknown deploy option(s): {clip(', '.join(sorted(unknown)))}")
     options: dict[str, Any] = {}
@@ -286,6 +318,13 @@ def parse_manage_body(action: str, raw: bytes) -> tuple[Any, dict]:
                 f"canary must be a whole percent between {CANARY_MIN} and {CANARY_MAX}"
             )
         options["canary"] = canary
+    analyze = doc.get("analyze")
+    if analyze is not None:
+        if canary is None:
+            raise InvalidInput("analyze judges a canary: give canary (a percent) too")
+        rule = CanaryRule.from_wire(analyze)
+        check_rule(rule)
+        options["analyze"] = rule
     batch, wait = doc.get("max_batch_size"), doc.get("max_wait_ms")
     if batch is not None:
         if (
@@ -308,6 +347,17 @@ def parse_manage_body(action: str, raw: bytes) -> tuple[Any, dict]:
                 f"max_wait_ms must be a number between {MAX_WAIT_MS_MIN} and {MAX_WAIT_MS_MAX}"
             )
         options["max_wait_ms"] = float(wait)
+    sample = doc.get("log_sample")
+    if sample is not None:
+        if (
+            isinstance(sample, bool)
+            or not isinstance(sample, int | float)
+            or not LOG_SAMPLE_MIN <= sample <= LOG_SAMPLE_MAX
+        ):
+            raise InvalidInput(
+                f"log_sample must be a share between {LOG_SAMPLE_MIN:g} and {LOG_SAMPLE_MAX:g}"
+            )
+        options["log_sample"] = float(sample)
     return ref, options
 
 

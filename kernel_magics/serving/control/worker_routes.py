@@ -19,6 +19,7 @@ import orjson
 
 from kernel_magics.config import Settings
 from kernel_magics.errors import DeployFailed, InvalidInput, KernelMagicsError
+from kernel_magics.quality.log_writer import Sampler
 from kernel_magics.records import HistoryEvent, ModelSpec
 from kernel_magics.serving.request import metrics
 from kernel_magics.serving.request.batcher import Batcher
@@ -71,11 +72,15 @@ class ControlRoutes:
         try:
             reused = self.table.reusable(spec, s.max_batch_size, s.max_wait_ms)
             if reused is not None:
+                # the log's share is no load property: a re-deploy only changes it
+                sample = spec.log_sample if spec.log_sample is not None else s.log_sample
+                if reused.sampler.rate != sample:
+                    reused.sampler = Sampler(sample)
                 self.table.stage(reused)
                 body = {"load_ms": 0.0, "warm_ms": 0.0, "reused": True, "ready_at": time.time()}
                 conn.send(200, dumps(body), req=req)
                 return
-            model = model_from_spec(spec, s.max_batch_size, s.max_wait_ms)
+            model = model_from_spec(spec, s.max_batch_size, s.max_wait_ms, s.log_sample)
             await self.loop.run_in_executor(self.loader, _load_and_warm, model)
         except KernelMagicsError as err:
             status = 409 if isinstance(err, DeployFailed) else err.http_status
@@ -162,6 +167,7 @@ class ControlRoutes:
         try:
             name, percent = str(doc["name"]), int(doc.get("percent") or 0)
             version = int(doc["version"]) if percent else None
+            analyze = bool(doc.get("analyze", False))
             history = _history(doc)
         except (KeyError, TypeError, ValueError, InvalidInput) as err:
             conn.send(
@@ -172,13 +178,16 @@ class ControlRoutes:
             if version is None:
                 dropped = self.table.drop_canary(name)
             else:
-                dropped = self.table.set_canary(name, version, percent)
+                dropped = self.table.set_canary(name, version, percent, analyze)
         except KeyError as err:
             conn.send(404, error_body(str(err).strip("'\"")), req=req)
             return
         if history is not None:
             self.table.history[name] = history
-        log.info("canary %s: %s", name, f"v{version} at {percent}%" if version else "stopped")
+        judged = " (judged)" if analyze and version else ""
+        log.info(
+            "canary %s: %s%s", name, f"v{version} at {percent}%" if version else "stopped", judged
+        )
         body = {"name": name, "version": version, "percent": percent}
         self.loop.create_task(self._answer_when_drained(dropped, body, req, conn))
 
@@ -225,6 +234,10 @@ class ControlRoutes:
             conn.send(200, b'{"serving": true}', req=req)
 
         self.loop.create_task(go())
+
+    def c_arms(self, req: Request, conn: Connection) -> None:
+        """Hand the supervisor what each judged canary's arms answered since it last asked."""
+        conn.send(200, dumps(self.table.take_arms()), req=req)
 
     def c_state(self, req: Request, conn: Connection) -> None:
         state = {

@@ -101,14 +101,22 @@ class WorkerProcesses:
         version: int | None,
         percent: int,
         history: History,
+        analyze: bool = False,
     ) -> list[Reply]:
         body = {
             "name": name,
             "version": version,
             "percent": percent,
             "history": [e.to_wire() for e in history],
+            "analyze": analyze,
         }
         return await self._each(workers, "/_control/canary", body)
+
+    async def arms(self, w: Worker) -> dict[str, Any]:
+        """What the judged canaries' arms answered in worker ``w`` since the last call (empty
+        if it does not answer: those answers are then lost to the judge, never counted twice)."""
+        reply = await self.call(w, "/_control/arms", timeout=10.0)
+        return reply.body if reply.ok else {}
 
     async def _each(
         self, workers: Sequence[Worker], target: str, body: Any, timeout: float = 30.0
@@ -143,7 +151,12 @@ class WorkerProcesses:
                     (loaded,) = await self.load([w], canary)
                     if loaded.ok:
                         await self.canary(
-                            [w], name, canary.version, live.canary_percent, live.history
+                            [w],
+                            name,
+                            canary.version,
+                            live.canary_percent,
+                            live.history,
+                            live.canary_rule is not None,
                         )
                     else:
                         log.error("restoring the canary %s v%s failed", name, canary.version)

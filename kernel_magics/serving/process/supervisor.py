@@ -30,6 +30,7 @@ import orjson
 
 from kernel_magics.config import PREFERRED_PORT_ENV, Settings, load_settings
 from kernel_magics.errors import KernelMagicsError, clip
+from kernel_magics.serving.control.canary_watch import CanaryWatch
 from kernel_magics.serving.control.transitions import LiveModel, run_transition
 from kernel_magics.serving.files import PRIVATE_UMASK, private_home, write_atomic
 from kernel_magics.serving.process import ipc
@@ -112,7 +113,9 @@ class Supervisor:
                 return 1
             self._write_state()
             log.info("ready at %s in %.2f s", self.url, time.perf_counter() - started)
+            judge = self.loop.create_task(CanaryWatch(pool, self.lifecycle, s).run())
             await self.stop_event.wait()
+            judge.cancel()
         finally:
             await self._shutdown(server)
         return 0
@@ -160,9 +163,9 @@ class Supervisor:
             live: dict[str, LiveModel] = {}
             try:
                 for spec in lifecycle.live_specs():
-                    canary, percent = lifecycle.canary_spec(spec.name) or (None, 0)
+                    canary, percent, rule = lifecycle.canary_spec(spec.name) or (None, 0, None)
                     history = lifecycle.history(spec.name)
-                    live[spec.name] = LiveModel(spec, history, canary, percent)
+                    live[spec.name] = LiveModel(spec, history, canary, percent, rule)
             except Exception as err:
                 log.error("could not read the live models from the store: %s", err)
             self._lifecycle.set_result((lifecycle, live))

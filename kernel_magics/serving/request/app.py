@@ -18,9 +18,10 @@ from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, clip
 from kernel_magics.generative import openai_api
 from kernel_magics.naming import unknown_verb
+from kernel_magics.quality.log_writer import InferenceLog, Sample
 from kernel_magics.serving.control.worker_routes import ControlRoutes
 from kernel_magics.serving.process import ipc
-from kernel_magics.serving.request import invocations, metrics, v2
+from kernel_magics.serving.request import feedback_route, invocations, metrics, v2
 from kernel_magics.serving.request import status as status_snapshot
 from kernel_magics.serving.request.batcher import InferenceThread, Item
 from kernel_magics.serving.request.codecs import (
@@ -40,6 +41,7 @@ from kernel_magics.serving.request.protocol import (
     describe_error,
     dumps,
     error_body,
+    request_id,
 )
 from kernel_magics.serving.tokens import ANONYMOUS, MANAGE, MANAGE_ACTIONS, TokenTable, refusal
 from kernel_magics.store import not_found
@@ -68,6 +70,14 @@ class WorkerApp(ControlRoutes):
         self.usage = metrics.Usage()
         self.unknown_errors = metrics.unknown_model_errors()
         self.recent_errors = status_snapshot.RecentErrors()  # shown by GET /v1/status
+        # sampled requests, written off the request path (kernel_magics/quality/log_writer.py)
+        self.inference_log = InferenceLog(
+            settings.home,
+            settings.log_max_rows,
+            settings.log_queue,
+            dropped=metrics.LOG_DROPPED,
+            written=metrics.LOG_WRITTEN,
+        )
         self._openapi: bytes | None = None
         self.serve_public: Callable[[], Any] | None = None  # set by worker.main
         self.static: dict[bytes, tuple[bytes, Callable[[Request, Connection], None]]] = {
@@ -94,12 +104,14 @@ class WorkerApp(ControlRoutes):
             b"/_control/discard": (b"POST", self.c_discard),
             b"/_control/unload": (b"POST", self.c_unload),
             b"/_control/canary": (b"POST", self.c_canary),
+            b"/_control/arms": (b"POST", self.c_arms),
             b"/_control/state": (b"GET", self.c_state),
             b"/_control/serve": (b"POST", self.c_serve),
         }
 
     def close(self) -> None:
         self.engine.stop()
+        self.inference_log.close()
         self.loader.shutdown(wait=False, cancel_futures=True)
 
     # -- routing ------------------------------------------------------------------------------
@@ -115,6 +127,9 @@ class WorkerApp(ControlRoutes):
                 elif action in _ACTIONS:
                     if self._method(req, conn, b"POST"):
                         self.manage(req, conn, name, action)
+                elif action == b"feedback":
+                    if self._method(req, conn, b"POST"):
+                        feedback_route.feedback(self, req, conn, name)
                 else:
                     self._not_found(req, conn)
             elif rest.endswith(b":predict"):
@@ -218,14 +233,14 @@ class WorkerApp(ControlRoutes):
         except InvalidInput as err:
             self._refuse(model, req, conn, err)
             return
-        array, classes = decoded.array, decoded.classes
+        array, classes, rows = decoded.array, decoded.classes, decoded.rows
         if decoded.npy_out:
-            self._submit(model, req, conn, who, array, lambda out: (npy_encode(out), NPY))
+            encode = lambda out: (npy_encode(out), NPY)  # noqa: E731
         elif classes is not None:
-            labelled = lambda out: (labelled_json(out, classes), JSON)  # noqa: E731
-            self._submit(model, req, conn, who, array, labelled)
+            encode = lambda out: (labelled_json(out, classes), JSON)  # noqa: E731
         else:
-            self._submit(model, req, conn, who, array, lambda out: (predictions_json(out), JSON))
+            encode = lambda out: (predictions_json(out), JSON)  # noqa: E731
+        self._submit(model, req, conn, who, array, encode, rows=rows, labelled=bool(classes))
 
     def invocations(self, req: Request, conn: Connection, raw_name: bytes) -> None:
         who = self._caller(req, conn)
@@ -262,17 +277,23 @@ class WorkerApp(ControlRoutes):
         array: Any,
         encode: Callable[[Any], tuple[bytes, bytes]],
         alone: bool = False,
+        rows: Any = None,
+        labelled: bool = False,
     ) -> None:
         """Queue a checked request for the model's batcher; answer with ``encode(outputs)``
-        (body, content type), counting it for the token, the model and the swap drain."""
+        (body, content type), counting it for the token, the model and the swap drain.
+        Every prediction route passes here, so here a sampled request is handed to the
+        inference log (``rows``: the rows as the client sent them, if not ``array``), after
+        its answer is written."""
         self.usage.rows(who, array.shape[0])
         stats, headers, inflight = model.stats, model.response_headers, model.inflight
         recent_errors = self.recent_errors
+        sampled = model.sampler.take()
 
         def done(out: Any, err: BaseException | None) -> None:
             try:
                 if err is not None:
-                    stats.errors.inc()
+                    stats.model_errors.inc()
                     message = _model_error(err)
                     recent_errors.add(400, message, model.name, model.version)
                     conn.send(400, error_body(message), extra_headers=headers, req=req)
@@ -280,7 +301,7 @@ class WorkerApp(ControlRoutes):
                 try:
                     body, ctype = encode(out)
                 except Exception as exc:  # the model's output does not fit the answer format
-                    stats.errors.inc()
+                    stats.model_errors.inc()
                     stats.server_errors.inc()
                     log.exception("%s v%s: encoding the answer failed", model.name, model.version)
                     msg = f"could not encode the model's output: {describe_error(exc)}"
@@ -288,6 +309,8 @@ class WorkerApp(ControlRoutes):
                     conn.send(500, error_body(msg), extra_headers=headers, req=req)
                     return
                 conn.send(200, body, ctype, headers, req)
+                if sampled:
+                    self._log(model, req, array if rows is None else rows, out, labelled)
             finally:
                 inflight.leave()
                 stats.requests.inc()
@@ -295,6 +318,13 @@ class WorkerApp(ControlRoutes):
 
         inflight.enter()
         self.engine.submit(model.batcher, Item(array, done, raw=alone))
+
+    def _log(self, model: LoadedModel, req: Request, rows: Any, out: Any, labelled: bool) -> None:
+        latency_ms = (time.perf_counter() - req.t0) * 1000
+        rid = request_id(req).decode("ascii")
+        shape = model.row_shape(labelled)
+        sample = Sample(model.name, model.version, rid, rows, out, latency_ms, shape)
+        self.inference_log.add(sample)
 
     # -- management, relayed to the supervisor ------------------------------------------------
     def manage(self, req: Request, conn: Connection, name: bytes, action: bytes) -> None:

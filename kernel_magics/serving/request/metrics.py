@@ -105,6 +105,12 @@ GEN_KV_BUDGET = Gauge(
     multiprocess_mode="livesum",
 )
 LOADS = Counter("km_model_loads", "Model versions loaded into a worker", _LABELS)
+# The inference log (kernel_magics/quality/log_writer.py): samples written, and samples dropped
+# because the writer's queue was full or the write failed (the requests were answered anyway)
+LOG_WRITTEN = Counter("km_inference_log_written", "Requests written to the inference log")
+LOG_DROPPED = Counter(
+    "km_inference_log_dropped", "Sampled requests the inference log dropped (queue full, disk)"
+)
 # Usage metering per bearer token name ("default" = the home token, "anonymous" = no token
 # where predictions allow it); never the token itself.
 TOKEN_REQUESTS = Counter("km_token_requests", "Prediction requests per token", ("token",))
@@ -155,6 +161,7 @@ class ModelStats:
         "requests",
         "errors",
         "server_errors",
+        "model_errors",
         "latency",
         "batch",
         "queue",
@@ -172,6 +179,10 @@ class ModelStats:
         self.requests = REQUESTS.labels(*labels)
         self.errors = ERRORS.labels(*labels)
         self.server_errors = SERVER_ERRORS.labels(*labels)
+        # the errors the model itself caused (its forward raised, its output could not be
+        # encoded): the same series as ``errors``; a judged canary's arms count them apart
+        # (request/canary.py)
+        self.model_errors = self.errors
         self.latency = LATENCY.labels(*labels)
         self.batch = BATCH.labels(*labels)
         self.queue = QUEUE.labels(*labels)

@@ -20,6 +20,7 @@ from kernel_magics.errors import DeployFailed, InvalidInput
 from kernel_magics.formats.loaders import loader_for
 from kernel_magics.formats.model_files import Signature, read_example, read_signature
 from kernel_magics.preprocess import TableEncoder, read_encoder
+from kernel_magics.quality.log_writer import RowShape, Sampler
 from kernel_magics.serving.request.inflight import InFlight
 from kernel_magics.serving.request.inputs import check_rows
 from kernel_magics.serving.request.protocol import describe_error
@@ -53,6 +54,25 @@ class LoadedModel:
     response_headers: bytes = b""
     inflight: InFlight = field(default_factory=InFlight)
     generator: Any = None  # a generative model (generative/loader.py): it answers /v1/completions
+    # which requests the inference log keeps (kernel_magics/quality/log_writer.py)
+    sampler: Sampler = field(default_factory=lambda: Sampler(0.0))
+    _row_shapes: tuple[RowShape, RowShape] | None = None
+
+    def row_shape(self, labelled: bool) -> RowShape:
+        """How the inference log writes this version's rows (answered as labels or not)."""
+        shapes = self._row_shapes
+        if shapes is None:
+            sig, encoder = self.signature, self.encoder
+            # table rows are logged as the client sent them: by the encoder's own columns
+            columns = [c.name for c in encoder.columns] if encoder is not None else None
+            if columns is None and sig is not None:
+                columns = sig.columns
+            classifier = self.task == "classification"
+            shapes = self._row_shapes = (
+                RowShape(columns, self.classes, classifier, False),
+                RowShape(columns, self.classes, classifier, True),
+            )
+        return shapes[labelled]
 
     # -- loading ---------------------------------------------------------------------------
     def load(self) -> None:
@@ -206,6 +226,7 @@ class LoadedModel:
                 "fixed_batch": self.fixed_batch,
                 "max_batch_size": self.max_batch_size,
                 "max_wait_ms": self.max_wait_ms,
+                "log_sample": self.sampler.rate,
                 "load_ms": round(self.load_ms, 2),
                 "warm_ms": round(self.warm_ms, 2),
                 **sig,

@@ -3,6 +3,7 @@ swap, and the standby (the version live before, kept warm for a rollback)."""
 
 from __future__ import annotations
 
+from kernel_magics.quality.log_writer import Sampler
 from kernel_magics.records import HistoryEvent, ModelSpec
 from kernel_magics.serving.request.canary import Split
 from kernel_magics.serving.request.model import LoadedModel
@@ -10,8 +11,11 @@ from kernel_magics.serving.request.model import LoadedModel
 History = tuple[HistoryEvent, ...]
 
 
-def model_from_spec(spec: ModelSpec, default_batch: int, default_wait_ms: float) -> LoadedModel:
+def model_from_spec(
+    spec: ModelSpec, default_batch: int, default_wait_ms: float, default_log_sample: float = 0.0
+) -> LoadedModel:
     """A not-yet-loaded model for ``spec``; the worker's settings fill unset serving options."""
+    sample = spec.log_sample if spec.log_sample is not None else default_log_sample
     return LoadedModel(
         name=spec.name,
         version=spec.version,
@@ -22,6 +26,7 @@ def model_from_spec(spec: ModelSpec, default_batch: int, default_wait_ms: float)
         max_batch_size=spec.max_batch_size or default_batch,
         max_wait_ms=spec.max_wait_ms if spec.max_wait_ms is not None else default_wait_ms,
         classes=spec.classes,
+        sampler=Sampler(sample),
     )
 
 
@@ -49,6 +54,8 @@ class ModelTable:
         """Make the staged ``version`` live: (the new live model, the one it replaced)."""
         model = self.staged.pop((name, version), None)
         split = self.canary.pop(name, None)  # any swap ends a canary (promote makes it live)
+        if split is not None:
+            split.end()
         if model is None and split is not None and split.model.version == version:
             model = split.model
         if model is None:
@@ -67,10 +74,14 @@ class ModelTable:
             self.history[name] = history
         return model, previous
 
-    def set_canary(self, name: str, version: int, percent: int) -> LoadedModel | None:
+    def set_canary(
+        self, name: str, version: int, percent: int, analyze: bool = False
+    ) -> LoadedModel | None:
         """Send ``percent`` of ``name``'s requests to the staged ``version`` (or change the
-        share of the running canary): the canary it replaced, if another version."""
-        if name not in self.live:
+        share of the running canary): the canary it replaced, if another version. ``analyze``:
+        record both arms' answers for the supervisor's judge (request/canary.py)."""
+        live = self.live.get(name)
+        if live is None:
             raise KeyError(f"{name} is not live in this worker: a canary needs a live version")
         current = self.canary.get(name)
         model = self.staged.pop((name, version), None)
@@ -78,13 +89,20 @@ class ModelTable:
             if current is None or current.model.version != version:
                 raise KeyError(f"{name} v{version} is not staged in this worker")
             model = current.model
-        self.canary[name] = Split(model, percent)
+        if current is not None:
+            current.end()
+        split = self.canary[name] = Split(model, percent)
+        if analyze:
+            split.record(live)
         return current.model if current is not None and current.model is not model else None
 
     def drop_canary(self, name: str) -> LoadedModel | None:
         """Stop the canary of ``name`` (the live version takes all traffic): the dropped one."""
         split = self.canary.pop(name, None)
-        return split.model if split is not None else None
+        if split is None:
+            return None
+        split.end()
+        return split.model
 
     def discard(self, name: str, version: int | None = None) -> int:
         """Drop staged copies of ``name`` (only ``version``'s when given): how many."""
@@ -97,7 +115,9 @@ class ModelTable:
         """Stop serving ``name``: the model that was live, if any."""
         model = self.live.pop(name, None)
         self.release(self.standby.pop(name, None), keep=model)
-        self.canary.pop(name, None)
+        split = self.canary.pop(name, None)
+        if split is not None:
+            split.end()
         if history is not None:
             self.history[name] = history
         return model
@@ -127,6 +147,20 @@ class ModelTable:
             ):
                 return current
         return None
+
+    def take_arms(self) -> dict[str, dict]:
+        """What each judged canary's arms answered since the last call (then forgotten here)."""
+        taken = {}
+        for name, split in self.canary.items():
+            live = self.live.get(name)
+            if split.arms is not None and live is not None:
+                taken[name] = {
+                    "live_version": live.version,
+                    "canary_version": split.model.version,
+                    "live": split.arms[0].take(),
+                    "canary": split.arms[1].take(),
+                }
+        return taken
 
     def describe(self, name: str) -> dict:
         history = [e.to_wire() for e in self.history.get(name, ())]

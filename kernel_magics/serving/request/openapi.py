@@ -346,5 +346,22 @@ def document_template() -> dict:
             ),
             "/v1/models/{name}/undeploy": _manage("undeploy", None, "Stop serving a model"),
             "/v1/models/{name}/promote": _manage("promote", None, "Make the running canary live"),
+            "/v1/models/{name}/feedback": {
+                "post": {
+                    "summary": "True labels for logged requests, by their X-Request-ID "
+                    "(stored beside the inference log; a manage-scope token)",
+                    "operationId": "feedback",
+                    "security": SECURED,
+                    "parameters": [NAME_PARAM],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": ref("FeedbackRequest")}},
+                    },
+                    "responses": {
+                        "200": json_response(ref("FeedbackResponse")),
+                        **errors(400, 401, 403, 404, 413, 503),
+                    },
+                }
+            },
         },
     }

@@ -6,9 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from kernel_magics.naming import NAME_PATTERN
+from kernel_magics.quality.canary_judge import METRICS
+from kernel_magics.quality.feedback import MAX_FEEDBACK_ITEMS, MAX_LABEL_CHARS
+from kernel_magics.quality.log_store import MAX_REQUEST_ID
 from kernel_magics.serving.deploy_options import (
     CANARY_MAX,
     CANARY_MIN,
+    LOG_SAMPLE_MAX,
+    LOG_SAMPLE_MIN,
     MAX_BATCH_SIZE_MAX,
     MAX_BATCH_SIZE_MIN,
     MAX_WAIT_MS_MAX,
@@ -126,6 +131,9 @@ SCHEMAS: dict[str, Any] = {
                 "action": {"type": "string"},
                 "from_version": {"type": "integer", "nullable": True},
                 "to_version": {"type": "integer", "nullable": True},
+                # set when the process promoted or rolled back a judged canary by itself
+                "reason": {"type": "string", "nullable": True},
+                "evidence": {"type": "object", "nullable": True},
             },
         },
     },
@@ -157,6 +165,10 @@ SCHEMAS: dict[str, Any] = {
             "fixed_batch": {"type": "integer", "nullable": True},
             "max_batch_size": {"type": "integer"},
             "max_wait_ms": {"type": "number"},
+            "log_sample": {
+                "type": "number",
+                "description": "The share of requests the inference log keeps",
+            },
             "load_ms": {"type": "number"},
             "warm_ms": {"type": "number"},
             "input": ref("TensorSpec"),
@@ -195,6 +207,13 @@ SCHEMAS: dict[str, Any] = {
                 "maximum": MAX_WAIT_MS_MAX,
                 "nullable": True,
             },
+            "log_sample": {
+                "type": "number",
+                "minimum": LOG_SAMPLE_MIN,
+                "maximum": LOG_SAMPLE_MAX,
+                "nullable": True,
+                "description": "The share of requests the inference log keeps",
+            },
             "canary": {
                 "type": "integer",
                 "minimum": CANARY_MIN,
@@ -202,6 +221,78 @@ SCHEMAS: dict[str, Any] = {
                 "nullable": True,
                 "description": "Load beside the live version and send it this percent of "
                 "requests (deterministic: a hash of X-Request-ID, else every (100/P)th request)",
+            },
+            "analyze": {
+                "type": "object",
+                "nullable": True,
+                "additionalProperties": False,
+                "description": "With canary: the process promotes or rolls back the canary by "
+                "itself once each version answered min_requests within window_s, judged on "
+                "metrics (null fields: the canary_* settings)",
+                "properties": {
+                    "metrics": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"type": "string", "enum": list(METRICS)},
+                    },
+                    "window_s": {
+                        "type": "number",
+                        "minimum": 0,
+                        "exclusiveMinimum": True,
+                        "nullable": True,
+                    },
+                    "min_requests": {"type": "integer", "minimum": 1, "nullable": True},
+                },
+            },
+        },
+    },
+    "FeedbackRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["feedback"],
+        "properties": {
+            "feedback": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_FEEDBACK_ITEMS,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["request_id", "label"],
+                    "properties": {
+                        "request_id": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_REQUEST_ID,
+                            "description": "The X-Request-ID the prediction was answered with",
+                        },
+                        "row": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": 2**31 - 1,
+                            "description": "The row inside that request (default 0)",
+                        },
+                        "label": {
+                            "description": "The true class label or value of that row",
+                            "anyOf": [
+                                {"type": "string", "maxLength": MAX_LABEL_CHARS},
+                                {"type": "number"},
+                                {"type": "boolean"},
+                            ],
+                        },
+                    },
+                },
+            }
+        },
+    },
+    "FeedbackResponse": {
+        "type": "object",
+        "properties": {
+            "accepted": {"type": "integer", "description": "Labels stored"},
+            "unknown": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Request ids not in the inference log (not an error)",
             },
         },
     },

@@ -34,6 +34,7 @@ class PredictRequest:
     array: np.ndarray
     npy_out: bool  # answer application/x-npy (else JSON)
     classes: tuple | None  # answer these labels instead of the outputs (``?labels=true``)
+    rows: np.ndarray  # the rows as the client sent them (before a version's encoding step)
 
 
 def decode_predict(
@@ -50,11 +51,12 @@ def decode_predict(
             f"unsupported Content-Type {ctype.decode('latin-1')[:100]!r}: "
             "use application/json or application/x-npy"
         )
+    rows = array
     array = model.check(array, max_rows)
     classes = model.check_labels() if labels else None
     if classes is not None and npy_out:
         raise InvalidInput("labels are answered as JSON: drop 'Accept: application/x-npy'")
-    return PredictRequest(array, npy_out, classes)
+    return PredictRequest(array, npy_out, classes, rows if model.encoder is not None else array)
 
 
 def decode_invocations(

@@ -14,7 +14,10 @@ times out stalled and idle ones.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +28,7 @@ import httptools
 import orjson
 
 from kernel_magics.errors import clip, first_line
+from kernel_magics.quality.log_store import MAX_REQUEST_ID
 
 if TYPE_CHECKING:
     from kernel_magics.serving.request.connections import Connections
@@ -43,10 +47,27 @@ _DRAIN_FACTOR = 4  # a declared body this many times over the limit is refused w
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
 MAX_ERROR_CHARS = 2000  # an error body never grows with the input it complains about
+# X-Request-ID: a client's id is echoed (and logged) when it is 1-128 printable ASCII characters
+# without spaces; any other request gets a generated one. The canary split reads the header
+# itself (request/canary.py), so an id generated here never moves a request between arms.
+REQUEST_ID = b"x-request-id"
+_SANE_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_REQUEST_ID)
+_ids = itertools.count(1)
+_id_prefix: tuple[int, bytes] = (0, b"")
 
 
 class Request:
-    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "too_large", "t0")
+    __slots__ = (
+        "method",
+        "path",
+        "query",
+        "headers",
+        "body",
+        "keep_alive",
+        "too_large",
+        "t0",
+        "rid",
+    )
 
     def __init__(self) -> None:
         self.method = b""
@@ -57,6 +78,28 @@ class Request:
         self.keep_alive = True
         self.too_large = False
         self.t0 = 0.0
+        self.rid = b""  # the X-Request-ID answered (request_id())
+
+
+def request_id(req: Request) -> bytes:
+    """The id this request is answered and logged with: the client's ``X-Request-ID`` when it
+    is sane, else a generated one (the same for every call on one request)."""
+    rid = req.rid
+    if not rid:
+        sent = req.headers.get(REQUEST_ID)
+        rid = sent if sent is not None and _SANE_REQUEST_ID.fullmatch(sent) else new_request_id()
+        req.rid = rid
+    return rid
+
+
+def new_request_id() -> bytes:
+    """A fresh id: random per process (two workers, or a restarted process, never collide),
+    then a counter."""
+    global _id_prefix
+    pid = os.getpid()
+    if _id_prefix[0] != pid:  # first use, or a forked child
+        _id_prefix = (pid, os.urandom(6).hex().encode())
+    return b"%s-%x" % (_id_prefix[1], next(_ids))
 
 
 class HeadTooLarge(Exception):
@@ -359,6 +402,9 @@ class Connection(asyncio.Protocol):
                 content_type,
                 b"\r\ncontent-length: %d\r\n" % len(body),
                 extra_headers,
+                b"x-request-id: ",
+                request_id(req) if req is not None else new_request_id(),
+                b"\r\n",
                 _KEEP if keep else _CLOSE,
                 b"\r\n",
             )
@@ -386,6 +432,9 @@ class Connection(asyncio.Protocol):
             (_STATUS_LINES.get(status) or b"HTTP/1.1 400 Bad Request\r\n")
             + b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
             + extra_headers
+            + b"x-request-id: "
+            + new_request_id()
+            + b"\r\n"
             + _CLOSE
             + b"\r\n"
             + body

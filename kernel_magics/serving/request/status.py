@@ -71,6 +71,11 @@ _TOKEN_FIELDS = {
     "km_token_prompt_tokens_total": "prompt_tokens",
     "km_token_completion_tokens_total": "completion_tokens",
 }
+# the inference log's counters (unlabelled): shown by %serve status
+_LOG_FIELDS = {
+    "km_inference_log_written_total": "written",
+    "km_inference_log_dropped_total": "dropped",
+}
 _OURS = (
     metrics.REQUESTS,
     metrics.ERRORS,
@@ -84,6 +89,8 @@ _OURS = (
     metrics.TOKEN_ROWS,
     metrics.TOKEN_PROMPT,
     metrics.TOKEN_COMPLETION,
+    metrics.LOG_WRITTEN,
+    metrics.LOG_DROPPED,
 )
 
 
@@ -99,15 +106,21 @@ def _families() -> Iterable[Any]:
     return (family for metric in _OURS for family in metric.collect())
 
 
-def collect() -> tuple[list[VersionStats], dict[str, dict[str, int]], int]:
-    """(stats per served version, usage per token, errors for names that are not deployed)."""
+def collect() -> tuple[list[VersionStats], dict[str, dict[str, int]], int, dict[str, int]]:
+    """(stats per served version, usage per token, errors for names that are not deployed, the
+    inference log's written and dropped samples)."""
     versions: dict[tuple[str, int], dict[str, Any]] = {}
     buckets: dict[tuple[str, int, str], dict[float, float]] = {}
     usage: dict[str, dict[str, int]] = {}
     unknown = 0
+    inference_log = dict.fromkeys(_LOG_FIELDS.values(), 0)
     for family in _families():
         for sample in family.samples:
             name, labels, value = sample.name, sample.labels, sample.value
+            log_field = _LOG_FIELDS.get(name)
+            if log_field is not None:
+                inference_log[log_field] += int(value)
+                continue
             token_field = _TOKEN_FIELDS.get(name)
             if token_field is not None:
                 entry = usage.setdefault(
@@ -162,7 +175,7 @@ def collect() -> tuple[list[VersionStats], dict[str, dict[str, int]], int]:
                 **histograms[key],
             )
         )
-    return stats, usage, unknown
+    return stats, usage, unknown, inference_log
 
 
 def log_tail(path: Path, lines: int = LOG_LINES) -> list[str]:
@@ -189,7 +202,7 @@ def supervisor_state(path: Path) -> dict[str, Any]:
 def snapshot(app: WorkerApp) -> dict[str, Any]:
     """The ``/v1/status`` document."""
     app.refresh_generation_gauges()
-    stats, usage, unknown = collect()
+    stats, usage, unknown, inference_log = collect()
     by_version = {(s.model, s.version): s for s in stats}
     models = []
     for name in sorted(app.table.live):
@@ -208,6 +221,7 @@ def snapshot(app: WorkerApp) -> dict[str, Any]:
         "versions": [s.to_wire() for s in stats],
         "usage": usage,
         "unknown_model_errors": unknown,
+        "inference_log": inference_log,
         "errors": app.recent_errors.to_wire(),
         "log": log_tail(settings.log_file),
     }

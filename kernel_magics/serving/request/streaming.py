@@ -8,7 +8,12 @@ connection stays busy, so pipelined requests wait behind it in order.
 
 from __future__ import annotations
 
-from kernel_magics.serving.request.protocol import _STATUS_LINES, Connection, Request
+from kernel_magics.serving.request.protocol import (
+    _STATUS_LINES,
+    Connection,
+    Request,
+    request_id,
+)
 
 SSE = b"text/event-stream"
 
@@ -36,6 +41,9 @@ class ChunkedResponse:
                     content_type,
                     b"\r\ntransfer-encoding: chunked\r\ncache-control: no-cache\r\n",
                     extra_headers,
+                    b"x-request-id: ",
+                    request_id(req),
+                    b"\r\n",
                     b"connection: keep-alive\r\n" if self.keep else b"connection: close\r\n",
                     b"\r\n",
                 )

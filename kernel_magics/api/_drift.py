@@ -1,0 +1,85 @@
+"""Drift of a served model: current rows against a version's reference profile."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from kernel_magics.api._context import _settings, _store
+from kernel_magics.config import Settings
+from kernel_magics.errors import InvalidInput, NotFound
+from kernel_magics.store import validate_name
+
+if TYPE_CHECKING:
+    from kernel_magics.quality.drift import DriftReport
+    from kernel_magics.quality.profile import ReferenceProfile
+    from kernel_magics.store import Store, VersionInfo
+
+
+def drift(
+    name: str,
+    *,
+    window: str | int | None = None,
+    data: Any = None,
+    version: int | str | None = None,
+    settings: Settings | None = None,
+) -> DriftReport:
+    """Drift of ``name``'s current inputs and predictions against its reference profile.
+
+    ``data`` (rows as clients send them: array, DataFrame, list of records): compared with the
+    version's profile, with the version's own predictions on them computed here. ``version``:
+    a number or alias (default: the live version, else the newest). Each feature gets KS (numbers)
+    or chi² (categories) and PSI, flagged against ``Settings.drift_p_value`` and
+    ``drift_psi``. A version registered without a reference profile raises ``NotFound``
+    saying how to add one.
+    """
+    from kernel_magics.quality.drift import drift_report
+
+    validate_name(name)
+    resolved = _settings(settings)
+    store = _store(resolved)
+    info = _drift_version(store, name, version)
+    profile = version_profile(store, info)
+    if data is None:
+        raise InvalidInput(
+            f"pass the current rows: drift({name!r}, data=X) (the inference log is not read yet)"
+        )
+    if window is not None:
+        raise InvalidInput("window= selects logged rows; with data= the rows are given")
+    report = drift_report(
+        profile,
+        data,
+        _predictions(store, info, data),
+        p_value=resolved.drift_p_value,
+        psi=resolved.drift_psi,
+    )
+    return dataclasses.replace(report, name=name, version=info.version, source="data")
+
+
+def version_profile(store: Store, info: VersionInfo) -> ReferenceProfile:
+    """The reference profile saved in the version's verified folder (hash checked first)."""
+    from kernel_magics.formats.verified import verified_folder
+    from kernel_magics.quality.profile import read_profile
+
+    profile = read_profile(verified_folder(store, info))
+    if profile is None:
+        raise NotFound(
+            f"{info.name} v{info.version} has no reference profile: register it with "
+            "--reference X (api.register(..., reference=X)) or %train it to add one"
+        )
+    return profile
+
+
+def _drift_version(store: Store, name: str, version: int | str | None) -> VersionInfo:
+    if version is not None:
+        return store.resolve(name, version)
+    live = store.live_by_model().get(name)
+    return store.resolve(name, live)  # None: the newest version
+
+
+def _predictions(store: Store, info: VersionInfo, data: Any) -> Any:
+    """The version's outputs on ``data``, computed here as the inference process would."""
+    from kernel_magics.evaluation.loading import forward, input_rows, load_version
+
+    loaded = load_version(store, info)
+    return forward(loaded, input_rows(data, loaded)).float().numpy()

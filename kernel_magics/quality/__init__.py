@@ -1,0 +1,1 @@
+"""Model quality: the inference log, feedback, drift and canary analysis."""
