@@ -3,7 +3,7 @@ one version, over a window of time or the newest N rows.
 
 ``log_reader.read_log`` builds a DataFrame with timestamps and one JSON parse per cell (1.5 s
 for 100,000 rows); drift needs only the inputs and the predicted labels or values, so this reads
-those two columns and parses each as one JSON array (≈ 0.3 s for 100,000 rows), which keeps
+those two columns, joined by SQLite into one JSON array each and parsed once, which keeps
 ``%drift`` over 100,000 logged rows within a second. Standard library, orjson and numpy: the
 inference process imports it.
 """
@@ -11,6 +11,7 @@ inference process imports it.
 from __future__ import annotations
 
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -56,28 +57,35 @@ def logged_rows(
     if start is not None:
         where += " AND time >= ?"
         args.append(start)
-    query = f"SELECT input, output, predicted FROM log WHERE {where} ORDER BY id DESC"
+    order = " ORDER BY id DESC" + (" LIMIT ?" if limit is not None else "")
     if limit is not None:
-        query += " LIMIT ?"
         args.append(limit)
     con = connect(home, create=False)
     if con is None:
         return [], []
     try:
-        rows = con.execute(query, args).fetchall()
-    except Exception as err:  # no table yet: nothing was logged
+        inputs = _column(con, "input", where + order, args)
+        if con.execute(  # a row answered with several outputs has no predicted label or value
+            f"SELECT count(*) FROM (SELECT predicted FROM log WHERE {where}{order})"
+            " WHERE predicted IS NULL OR predicted = 'null'",
+            args,
+        ).fetchone()[0]:
+            return inputs, _column(con, "output", where + order, args)
+        return inputs, _column(con, "predicted", where + order, args)
+    except sqlite3.OperationalError as err:  # no table yet: nothing was logged
         if "no such table" in str(err):
             return [], []
         raise
     finally:
         con.close()
-    inputs = _array(row[0] for row in rows)
-    predicted = [row[2] for row in rows]
-    if all(p is not None and p != "null" for p in predicted):
-        return inputs, _array(predicted)
-    return inputs, _array(row[1] for row in rows)
 
 
-def _array(texts: Any) -> list[Any]:
-    """Many JSON values parsed as one array: one call instead of one per row."""
-    return orjson.loads("[" + ",".join(texts) + "]")
+def _column(con: sqlite3.Connection, column: str, selection: str, args: list[Any]) -> list[Any]:
+    """One column's JSON values as a list: SQLite joins them into one JSON array (no Python
+    object per row before orjson parses it once)."""
+    text = con.execute(
+        f"SELECT '[' || coalesce(group_concat({column}, ','), '') || ']' FROM "
+        f"(SELECT {column} FROM log WHERE {selection})",
+        args,
+    ).fetchone()[0]
+    return orjson.loads(text)
