@@ -4,7 +4,9 @@ those; a window of the newest unshifted rows flags none."""
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -30,8 +32,15 @@ def _table(rows: int, seed: int) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def served(ip: Any) -> tuple[requests.Session, str]:
-    """A classifier of a's sign on a table with a string column, trained and deployed."""
+def served(ip: Any) -> Iterator[tuple[requests.Session, str]]:
+    """A classifier of a's sign on a table with a string column, trained and deployed in an
+    inference process that updates its drift gauges every half second."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KERNEL_MAGICS_DRIFT_INTERVAL_S", "0.5")
+        yield _deploy()
+
+
+def _deploy() -> tuple[requests.Session, str]:
     frame = _table(600, 0)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(7, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -82,3 +91,28 @@ def test_drift_over_logged_requests_flags_the_shifted_columns(served: Any, ip: A
     assert ip.run_line_magic("drift", "shop --window 1h").flagged == ["b", "d"]
     with pytest.raises(UsageError, match="not a duration"):
         ip.run_line_magic("drift", "shop --window soon")
+
+
+def _gauges(served: tuple[requests.Session, str], metric: str) -> dict[str, float]:
+    session, url = served
+    text = session.get(f"{url}/metrics", timeout=30).text
+    out = {}
+    for labels, value in re.findall(rf"^{metric}{{(.*)}} (\S+)$", text, re.M):
+        named = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if (named["model"], named["version"]) == ("shop", "1"):
+            out[named["feature"]] = float(value)
+    return out
+
+
+def test_the_inference_process_exports_drift_gauges(served: Any) -> None:
+    """After the first test's traffic (500 shifted rows, then 300 normal ones): the gauges over
+    the newest logged rows flag b and d."""
+    deadline = time.monotonic() + 20
+    while not _gauges(served, "km_drift_flagged") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    flagged = _gauges(served, "km_drift_flagged")
+    assert {f for f, v in flagged.items() if v == 1.0} == {"b", "d"}
+    assert set(flagged) == {*COLUMNS, "color", "prediction"}
+    psi = _gauges(served, "km_drift_psi")
+    assert psi["b"] > 0.1
+    assert psi["a"] < 0.1
