@@ -97,6 +97,11 @@ class Settings:
     # enough to matter (0.1 is the usual "moderate shift" line, 0.25 a major one).
     drift_p_value: float = 0.01
     drift_psi: float = 0.1
+    # The inference process's drift gauges (km_drift_psi, km_drift_flagged on /metrics): every
+    # drift_interval_s (0 turns them off) over each served version's newest drift_window_rows
+    # logged rows, when the version has a reference profile.
+    drift_interval_s: float = 60.0
+    drift_window_rows: int = 10_000
 
     # -- derived paths -----------------------------------------------------------------------
     @property

@@ -12,6 +12,7 @@ from kernel_magics.store import validate_name
 
 if TYPE_CHECKING:
     from kernel_magics.quality.drift import DriftReport
+    from kernel_magics.quality.drift_log import Window
     from kernel_magics.quality.profile import ReferenceProfile
     from kernel_magics.store import Store, VersionInfo
 
@@ -19,41 +20,47 @@ if TYPE_CHECKING:
 def drift(
     name: str,
     *,
-    window: str | int | None = None,
+    window: Window = None,
     data: Any = None,
     version: int | str | None = None,
     settings: Settings | None = None,
 ) -> DriftReport:
     """Drift of ``name``'s current inputs and predictions against its reference profile.
 
-    ``data`` (rows as clients send them: array, DataFrame, list of records): compared with the
-    version's profile, with the version's own predictions on them computed here. ``version``:
+    The current rows are the version's logged requests (the inference log; ``window``: a
+    duration "1h" for the rows logged since then, or "5000rows" / 5000 for the newest rows;
+    default every logged row), or ``data`` (rows as clients send them: array, DataFrame, list
+    of records) with the version's own predictions on them computed here. ``version``:
     a number or alias (default: the live version, else the newest). Each feature gets KS (numbers)
     or chi² (categories) and PSI, flagged against ``Settings.drift_p_value`` and
     ``drift_psi``. A version registered without a reference profile raises ``NotFound``
     saying how to add one.
     """
     from kernel_magics.quality.drift import drift_report
+    from kernel_magics.quality.drift_log import logged_rows
 
     validate_name(name)
     resolved = _settings(settings)
     store = _store(resolved)
     info = _drift_version(store, name, version)
     profile = version_profile(store, info)
-    if data is None:
-        raise InvalidInput(
-            f"pass the current rows: drift({name!r}, data=X) (the inference log is not read yet)"
-        )
-    if window is not None:
-        raise InvalidInput("window= selects logged rows; with data= the rows are given")
+    if data is not None:
+        if window is not None:
+            raise InvalidInput("window selects logged rows; with data the rows are given")
+        rows, predictions, source = data, _predictions(store, info, data), "data"
+    else:
+        rows, predictions = logged_rows(resolved.home, name, info.version, window)
+        source = "the inference log" + (f" (window {window})" if window is not None else "")
+        if not rows:
+            raise InvalidInput(
+                f"{name} v{info.version} has no logged requests"
+                f"{f' in the window {window}' if window is not None else ''}: deploy it and "
+                "send requests (the log keeps a sample: log_sample), or pass data=X"
+            )
     report = drift_report(
-        profile,
-        data,
-        _predictions(store, info, data),
-        p_value=resolved.drift_p_value,
-        psi=resolved.drift_psi,
+        profile, rows, predictions, p_value=resolved.drift_p_value, psi=resolved.drift_psi
     )
-    return dataclasses.replace(report, name=name, version=info.version, source="data")
+    return dataclasses.replace(report, name=name, version=info.version, source=source)
 
 
 def version_profile(store: Store, info: VersionInfo) -> ReferenceProfile:

@@ -83,9 +83,17 @@ def histogram_svg(feature: Any) -> str:
                 f"{'reference' if j == 0 else 'current'} {share:.1%}</title></rect>"
             )
     caption = f"{feature.feature} (PSI {feature.psi:.3g}; blue reference, orange current)"
+    base = _HEIGHT - _PAD
+    ends = (feature.bins[0], feature.bins[-1]) if feature.bins else ("", "")
+    axis = (
+        f"<line x1='{_PAD}' y1='{base}' x2='{_WIDTH - _PAD}' y2='{base}' stroke='#888'/>"
+        f"<text x='{_PAD}' y='{_HEIGHT - 4}' font-size='9'>{html.escape(ends[0])}</text>"
+        f"<text x='{_WIDTH - _PAD}' y='{_HEIGHT - 4}' font-size='9' text-anchor='end'>"
+        f"{html.escape(ends[1])}</text>"
+    )
     return (
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{_WIDTH}' height='{_HEIGHT}'>"
         f"<title>{html.escape(caption)}</title>"
         f"<text x='{_PAD}' y='12' font-size='11'>{html.escape(caption)}</text>"
-        f"{''.join(bars)}</svg>"
+        f"{''.join(bars)}{axis}</svg>"
     )

@@ -44,15 +44,18 @@ class DriftMagics(FeatureMagics):
     def drift(self, args: argparse.Namespace) -> Any:
         """Has what the model sees moved away from what it was trained on?
 
-        Compares current rows (--data X, or the inference log) and the model's predictions on
-        them with the version's reference profile (captured by %train on the training split,
-        or by %register --reference X): per feature KS (numbers) or chi² (categories) and
-        PSI, flagged when p < drift_p_value and PSI ≥ drift_psi (%config KernelMagics). A
-        bare NAME is the live version, else the newest. Image and sequence rows are compared
-        by each row's mean, std, min and max.
+        Compares current rows (the version's logged requests, or --data X) and the model's
+        predictions on them with the version's reference profile (captured by %train on the
+        training split, or by %register --reference X): per feature KS (numbers) or chi²
+        (categories) and PSI, flagged when p < drift_p_value and PSI ≥ drift_psi (%config
+        KernelMagics). A bare NAME is the live version, else the newest. Image and sequence
+        rows are compared by each row's mean, std, min and max.
 
         Examples::
 
+            %drift churn                      # every logged request of the live version
+            %drift churn --window 1h
+            %drift churn --window 5000rows
             d = %drift churn --data X_new
             %drift churn@2 --data X_new
             d.flagged

@@ -104,6 +104,8 @@ class KernelMagics(Magics, Configurable):
     log_queue = _setting(Int, "log_queue", "samples waiting for the log writer (then dropped)")
     drift_p_value = _setting(Float, "drift_p_value", "%drift flags below this test p-value …")
     drift_psi = _setting(Float, "drift_psi", "… when the PSI is at least this (0.1)")
+    drift_interval_s = _setting(Float, "drift_interval_s", "seconds between drift gauges (0 off)")
+    drift_window_rows = _setting(Int, "drift_window_rows", "newest logged rows the gauges use")
     progress = CaselessStrEnum(
         ["auto", "widget", "text", "none"],
         default_value="auto",

@@ -163,6 +163,11 @@ class TrainingMagics(FeatureMagics):
         metavar="HOST:PORT",
         help="rendezvous address, the same on every node (needed with --nnodes > 1)",
     )
+    @argument(
+        "--reference",
+        metavar="EXPR",
+        help="rows profiled for %%drift instead of the training split (as clients send them)",
+    )
     @front_end
     def train(self, args: argparse.Namespace) -> TrainResult:
         """Train a PyTorch model on arrays, tensors or a DataFrame and register a new version.
@@ -176,6 +181,8 @@ class TrainingMagics(FeatureMagics):
         registered. Float features are standardized (--scale) and regression targets too, with
         statistics of the training split stored inside the registered model: the served
         version takes raw rows and answers in raw units, and r.predict(X) gives the same here.
+        The training split's profile (histograms, statistics, predictions; --reference X for
+        other rows) is kept with the version for %drift.
 
         Examples:
 
@@ -211,6 +218,11 @@ class TrainingMagics(FeatureMagics):
             if len(args.data) == 2
             else args.target
         )
+        reference = (
+            None
+            if args.reference is None
+            else self.kernel_magics._eval(args.reference, "the reference")
+        )
         settings = self.kernel_magics.settings()
         reporter = make_progress(self.kernel_magics.progress)
         try:
@@ -221,6 +233,7 @@ class TrainingMagics(FeatureMagics):
                 name=args.name or type(model).__name__.lower(),
                 config=config,
                 progress=reporter,
+                reference=reference,
                 settings=settings,
             )
         except TrainingInterrupted as err:

@@ -32,7 +32,7 @@ from kernel_magics.quality.profile import (
     FeatureProfile,
     ReferenceProfile,
     bin_index,
-    category_labels,
+    category_counts,
     feature_values,
     prediction_values,
 )
@@ -200,12 +200,11 @@ def _categorical(
 ) -> FeatureDrift:
     from scipy.stats import chi2_contingency
 
-    labels, counts = np.unique(np.asarray(category_labels(current), dtype=str), return_counts=True)
     seen = dict(reference.categories)
     current_by_label: dict[str, int] = {}
-    for label, count in zip(labels.tolist(), counts.tolist(), strict=True):
+    for label, count in category_counts(current).items():
         key = label if label in seen or OTHER not in seen else OTHER
-        current_by_label[key] = current_by_label.get(key, 0) + int(count)
+        current_by_label[key] = current_by_label.get(key, 0) + count
     names = list(seen) + [label for label in current_by_label if label not in seen]
     reference_counts = np.asarray([seen.get(n, 0) for n in names], dtype=np.float64)
     current_counts = np.asarray([current_by_label.get(n, 0) for n in names], dtype=np.float64)

@@ -125,6 +125,12 @@ def test_register_reference_and_the_views(shell: Any, run_cell: Any) -> None:
     assert "flagged when p < 0.01 and PSI ≥ 0.1" in text
     page = report._repr_html_()
     assert page.count("<svg") == len(report.flagged)
+    shell.run_line_magic(  # %train --reference: the profile of other rows than the split
+        "train",
+        "torch.nn.Linear(4,1) --data X X[:,0] --task regression --epochs 1 --name own-t "
+        "--reference X2",
+    )
+    assert "x2" not in api.drift("own-t", data=shell.user_ns["X2"]).flagged
     pruned = api.optimize("own", prune=0.5)  # a derived version keeps its parent's reference
     derived = api.drift("own", data=shell.user_ns["X2"], version=pruned.version)
     assert derived.version == 2

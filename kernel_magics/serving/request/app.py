@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from kernel_magics.config import Settings
@@ -31,6 +32,7 @@ from kernel_magics.serving.request.codecs import (
     predictions_json,
     wants_labels,
 )
+from kernel_magics.serving.request.drift_monitor import DriftMonitor
 from kernel_magics.serving.request.model import LoadedModel
 from kernel_magics.serving.request.model_table import ModelTable
 from kernel_magics.serving.request.predict_request import decode_invocations, decode_predict
@@ -78,6 +80,12 @@ class WorkerApp(ControlRoutes):
             dropped=metrics.LOG_DROPPED,
             written=metrics.LOG_WRITTEN,
         )
+        # drift gauges from the log (drift_monitor.py): one worker computes them, off the loop
+        self.drift_monitor = (
+            DriftMonitor(settings, self.served_folders)
+            if index == 0 and settings.drift_interval_s > 0
+            else None
+        )
         self._openapi: bytes | None = None
         self.serve_public: Callable[[], Any] | None = None  # set by worker.main
         self.static: dict[bytes, tuple[bytes, Callable[[Request, Connection], None]]] = {
@@ -112,7 +120,21 @@ class WorkerApp(ControlRoutes):
     def close(self) -> None:
         self.engine.stop()
         self.inference_log.close()
+        if self.drift_monitor is not None:
+            self.drift_monitor.close()
         self.loader.shutdown(wait=False, cancel_futures=True)
+
+    def served_folders(self) -> list[tuple[str, int, Path]]:
+        """(name, version, folder) of the live and canary versions; called from the drift
+        monitor's thread, so the dicts the loop mutates are copied (a retry if one changed)."""
+        for _ in range(3):
+            try:
+                models = list(self.table.live.values())
+                models += [split.model for split in list(self.table.canary.values())]
+                return [(m.name, m.version, Path(m.path)) for m in models]
+            except RuntimeError:  # "dictionary changed size during iteration"
+                continue
+        return []
 
     # -- routing ------------------------------------------------------------------------------
     def handle_public(self, req: Request, conn: Connection) -> None:
