@@ -62,6 +62,7 @@ TIERS = {
     "frameworks": "process",
     "generative": "process",
     "quality": "process",
+    "quality/test_quality_units.py": "unit",
 }
 # A test using one of these fixtures is at least in its tier, whatever its path.
 FIXTURE_TIERS = {
