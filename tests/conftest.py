@@ -65,6 +65,7 @@ TIERS = {
     "quality": "process",
     "quality/test_drift.py": "store",
     "quality/test_drift_statistics.py": "unit",
+    "quality/test_quality_units.py": "unit",
 }
 # A test using one of these fixtures is at least in its tier, whatever its path.
 FIXTURE_TIERS = {

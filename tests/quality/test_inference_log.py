@@ -19,6 +19,7 @@ from kit.serving import auth, log_model
 
 from kernel_magics import api
 from kernel_magics.config import Settings, load_settings
+from kernel_magics.errors import InvalidInput
 from kernel_magics.quality.log_store import log_path
 from kernel_magics.serving.process.cleanup import state_pids, stop_pids
 from kernel_magics.targets.local import LocalTarget
@@ -312,6 +313,8 @@ def requests_session(client: LocalTarget) -> requests.Session:
 
 
 def test_log_sample_share_per_deploy(http, client, settings):
+    with pytest.raises(InvalidInput, match="log_sample"):
+        client.deploy("pick", log_sample=2)
     client.deploy("pick", log_sample=0.25)
     for i in range(9):
         assert predict(http, client, "pick", np.ones((1, 4), np.float32), rid=f"s-{i}").ok
