@@ -83,7 +83,8 @@ $(MLSERVER_STAMP): | $(STAMP)
 # (tests/browser/test_run_all.py: queued cells, the training widget), which nbval's one cell at a
 # time cannot check; running them here too would only add a minute to `make test`.
 NOTEBOOKS ?= notebooks/pipelines/train.ipynb notebooks/pipelines/evaluate.ipynb \
-	notebooks/pipelines/promote.ipynb notebooks/generative.ipynb notebooks/frameworks.ipynb
+	notebooks/pipelines/promote.ipynb notebooks/generative.ipynb \
+	notebooks/model_quality.ipynb notebooks/frameworks.ipynb
 test-notebooks: setup
 	home=$$(mktemp -d /tmp/kernel-magics-nbval.XXXXXX); \
 	KERNEL_MAGICS_HOME=$$home KERNEL_MAGICS_PROGRESS=text \

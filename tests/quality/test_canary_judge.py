@@ -38,6 +38,8 @@ JUDGE_ENV = {
     # a p99 is judged worse only beyond 2x *and* 40 ms more: the slow canary is 60 ms slower,
     # two fast versions on a busy machine never 40 ms apart at their 99th percentile
     "KERNEL_MAGICS_CANARY_P99_SLACK_MS": "40",
+    # accuracy and drift read the inference log: every answer logged, not the default share
+    "KERNEL_MAGICS_LOG_SAMPLE": "1",
 }
 
 

@@ -37,6 +37,7 @@ def served(ip: Any) -> Iterator[tuple[requests.Session, str]]:
     inference process that updates its drift gauges every half second."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KERNEL_MAGICS_DRIFT_INTERVAL_S", "0.5")
+        mp.setenv("KERNEL_MAGICS_LOG_SAMPLE", "1")  # every request logged, not the default share
         yield _deploy()
 
 
