@@ -10,9 +10,10 @@ import torch
 
 from kernel_magics.config import load_settings
 from kernel_magics.errors import IntegrityError, InvalidInput, NotFound
+from kernel_magics.naming import validate_name
 from kernel_magics.registration import register_version
 from kernel_magics.serving.control.lifecycle import Lifecycle
-from kernel_magics.store import Store, parse_ref, validate_name
+from kernel_magics.store import Store, parse_ref
 
 
 def _register_version(store: Store, name: str, seed: int) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, clip
 from kernel_magics.generative import openai_api
-from kernel_magics.naming import unknown_verb
+from kernel_magics.naming import not_found, unknown_verb
 from kernel_magics.serving.control.worker_routes import ControlRoutes
 from kernel_magics.serving.process import ipc
 from kernel_magics.serving.request import invocations, metrics, v2
@@ -42,7 +42,6 @@ from kernel_magics.serving.request.protocol import (
     error_body,
 )
 from kernel_magics.serving.tokens import ANONYMOUS, MANAGE, MANAGE_ACTIONS, TokenTable, refusal
-from kernel_magics.store import not_found
 
 log = logging.getLogger(__name__)
 _MODELS = b"/v1/models"
