@@ -16,7 +16,9 @@ from kit.children import SETTINGS_PREFIXES
 from kit.home import stop_inference_process
 from kit.shell import interactive_shell, run_cell
 
-from kernel_magics.config import load_settings
+from kernel_magics.config import Settings, load_settings
+from kernel_magics.serving.process.cleanup import state_pids, stop_pids
+from kernel_magics.targets.local import LocalTarget
 
 # -- tiers ----------------------------------------------------------------------------------------
 # The markers pyproject.toml registers, cheapest first. `make test-unit` runs `-m unit`.
@@ -165,6 +167,25 @@ def km_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             yield home
         finally:
             stop_inference_process(load_settings(home=home))
+
+
+@pytest.fixture(scope="module")
+def settings(km_home: Path) -> Settings:
+    """The module's settings, read from its home (a module overrides this for other ones)."""
+    return load_settings()
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings) -> Iterator[LocalTarget]:
+    """One running inference process for the module; stopped (by PID) at the end."""
+    c = LocalTarget(settings)
+    c.ensure_running(timeout=90)
+    try:
+        yield c
+    finally:
+        pids = state_pids(settings.state_file)  # read first: a clean stop removes the file
+        c.stop()
+        stop_pids(pids)  # whatever the polite stop left running
 
 
 @pytest.fixture(scope="module")
