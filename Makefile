@@ -5,6 +5,7 @@ VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.kernel-magics-installed
+EXT_STAMP   := extension/node_modules/.kernel-magics-installed
 DEMO_OUT    ?= .demo
 # The demo uses the embedded default store (KERNEL_MAGICS_HOME, default ~/.kernel-magics).
 DEMO_HOME   ?= $(or $(KERNEL_MAGICS_HOME),$(HOME)/.kernel-magics)
@@ -93,10 +94,20 @@ test-notebooks: setup
 	rm -rf $$home; exit $$status
 
 # The pre-commit hooks on every tracked file (ruff check and format, codespell, the TOML and
-# YAML checks: .pre-commit-config.yaml), then mypy on the package.
-lint: setup
+# YAML checks: .pre-commit-config.yaml), mypy on the package, then the Models panel's eslint and
+# prettier check (the JupyterLab extension template's settings) and its unit test.
+lint: setup $(EXT_STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pre-commit run --all-files --show-diff-on-failure
 	$(BIN)/mypy
+	cd extension && PATH=$(abspath $(BIN)):$$PATH jlpm lint:check && \
+		PATH=$(abspath $(BIN)):$$PATH jlpm test
+
+# The panel's node_modules, installed once (the install of the project may have made it
+# already: hatch-jupyter-builder runs jlpm there); again when its package list changes.
+# jlpm comes with JupyterLab, in the venv.
+$(EXT_STAMP): extension/package.json extension/yarn.lock | $(STAMP)
+	cd extension && PATH=$(abspath $(BIN)):$$PATH jlpm install
+	touch $@
 
 # wrk (Debian) is the load generator; without it the benchmark uses its bounded Python client.
 bench: setup

@@ -47,6 +47,7 @@ from kernel_magics.argtypes import (
 )
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput, KernelMagicsError
+from kernel_magics.exiting import skip_exit_collection
 from kernel_magics.records import TransitionResult
 
 EXIT_OK, EXIT_ERROR = commands.EXIT_OK, 2
@@ -364,6 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    finally:
+        if argv is None:  # the `kernel-magics` program itself, not a call from Python code
+            skip_exit_collection()
 
 
 if __name__ == "__main__":

@@ -2,13 +2,16 @@
 letters, digits, '-', '_' and '.' only, not starting with '.', at most 128 characters; versions
 are whole numbers from 1 to ``VERSION_MAX``.
 
-``store.validate_name`` and the OpenAPI document (``serving/request/openapi.py``) both derive
-from these constants. Nothing heavy imported: every process may import it.
+``validate_name`` and the OpenAPI document (``serving/request/openapi.py``) both derive from
+these constants; ``not_found`` is the one wording for an unknown model. Nothing heavy imported:
+every process may import it.
 """
 
 from __future__ import annotations
 
 import string
+
+from kernel_magics.errors import InvalidInput, clip
 
 NAME_MAX_LENGTH = 128
 # regex classes: what a name may start with; after that '.' is allowed too ('-' stays last)
@@ -21,6 +24,23 @@ NAME_PATTERN = f"^[{_FIRST}][{_REST}]{{0,{NAME_MAX_LENGTH - 1}}}$"
 def is_valid_name(name: str) -> bool:
     """True when ``name`` follows the rule (the same as ``NAME_PATTERN``)."""
     return 0 < len(name) <= NAME_MAX_LENGTH and set(name) <= NAME_CHARS and not name.startswith(".")
+
+
+def validate_name(name: str) -> str:
+    """``name`` if it follows the rule; InvalidInput naming the rule otherwise."""
+    if not is_valid_name(name):
+        raise InvalidInput(
+            f"invalid model name {clip(name)!r}: use letters, digits, '-', '_' and '.' "
+            f"(not starting with '.', at most {NAME_MAX_LENGTH} characters)"
+        )
+    return name
+
+
+def not_found(name: str, known: list[str], kind: str = "registered") -> str:
+    """The one wording for an unknown model, naming what exists: ``no registered model named
+    'x' (registered: a, b)``; ``kind`` "deployed" for what the inference process serves."""
+    none = "none yet" if kind == "registered" else "none"
+    return f"no {kind} model named {clip(name)!r} ({kind}: {', '.join(known) or none})"
 
 
 # -- versions -----------------------------------------------------------------------------------
@@ -39,8 +59,6 @@ def is_version_text(ref: str) -> bool:
 def parse_version(ref: object) -> int:
     """``ref`` (an int, or ASCII digits, optionally after 'v') as a version number; InvalidInput
     naming the rule otherwise."""
-    from kernel_magics.errors import InvalidInput, clip
-
     text = ref.removeprefix("v") if isinstance(ref, str) else ref
     if isinstance(text, str) and is_version_text(text):
         digits = text.lstrip("0")

@@ -111,6 +111,18 @@ def sweep(store: Store) -> list[Orphan]:
     return swept
 
 
+# Store URIs this process has swept: a store opens many times in a kernel, the sweep runs once.
+_SWEPT: set[str] = set()
+
+
+def sweep_once(store: Store) -> None:
+    """``sweep_quietly`` the first time this process opens ``store``'s URI."""
+    if store.uri in _SWEPT:
+        return
+    _SWEPT.add(store.uri)
+    sweep_quietly(store)
+
+
 def sweep_quietly(store: Store) -> None:
     """``sweep`` when the store opens: a failure is logged, never raised (opening the store
     must not fail because of it)."""

@@ -137,19 +137,25 @@ def log_model(
     model folder's ``extra_files/`` (and in its hash). Returns (model info, format, notes)."""
     import mlflow.pytorch
 
+    from kernel_magics.formats.sequence import sequence_signature
+
     note = None
     if serialization == "pt2":
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=HARMLESS_EXPORT_WARNING)
+                # MLflow keeps dynamic the axes its signature marks -1; inferred from the
+                # example, that is the batch only: a sequence model's says its length too
+                sequence = sequence_signature(model, example)
                 info = mlflow.pytorch.log_model(
                     model,
                     name="model",
                     input_example=example,
+                    signature=sequence.signature if sequence else None,
                     pip_requirements=_pip_requirements(),
                     extra_files=extra_files or None,
                 )
-            return info, "pt2", []
+            return info, "pt2", [sequence.note] if sequence else []
         except Exception as err:  # torch.export failures come in many exception types
             if _storage_failure(err):
                 raise

@@ -27,7 +27,7 @@ from kernel_magics.config import (
     Settings,
 )
 from kernel_magics.errors import InvalidInput, NotFound, StoreError, clip
-from kernel_magics.naming import NAME_MAX_LENGTH, is_valid_name, is_version_text, parse_version
+from kernel_magics.naming import is_version_text, not_found, parse_version, validate_name
 from kernel_magics.serving.deploy_options import DEPLOY_OPTIONS
 from kernel_magics.serving.files import PRIVATE_FILE, create_private, private_home
 
@@ -54,26 +54,6 @@ TAG_CANARY_VERDICT = "km.canary.verdict"
 TAG_SERVE_PREFIX = "km.serve."
 SERVE_OPTIONS = DEPLOY_OPTIONS
 
-
-def validate_name(name: str) -> str:
-    """Model names travel in URLs and file paths (the rule is ``naming``'s)."""
-    if not is_valid_name(name):
-        raise InvalidInput(
-            f"invalid model name {clip(name)!r}: use letters, digits, '-', '_' and '.' "
-            f"(not starting with '.', at most {NAME_MAX_LENGTH} characters)"
-        )
-    return name
-
-
-def not_found(name: str, known: list[str], kind: str = "registered") -> str:
-    """The one wording for an unknown model, naming what exists: ``no registered model named
-    'x' (registered: a, b)``; ``kind`` "deployed" for what the inference process serves."""
-    none = "none yet" if kind == "registered" else "none"
-    return f"no {kind} model named {clip(name)!r} ({kind}: {', '.join(known) or none})"
-
-
-# Store URIs this process has swept for runs left RUNNING by killed processes (orphans.py).
-_SWEPT: set[str] = set()
 
 # MLflow's SQL stores cap the values of one IN (...) filter; stay well below every backend's.
 RUN_ID_BATCH = 100
@@ -183,11 +163,10 @@ class Store:
                 create_private(self.settings.home / "mlflow.db")
             with self.write_lock():
                 self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-            if self._sweep and self.uri not in _SWEPT:  # runs a killed process left: once
-                from kernel_magics.orphans import sweep_quietly
+            if self._sweep:  # runs a killed process left: once per store URI and process
+                from kernel_magics.orphans import sweep_once
 
-                _SWEPT.add(self.uri)
-                sweep_quietly(self)
+                sweep_once(self)
         return self._client
 
     @contextlib.contextmanager

@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kernel_magics.naming import validate_name
 from kernel_magics.registration import register_version
 from kernel_magics.runs import mlflow_run, store_errors
-from kernel_magics.store import Store, retry_locked, validate_name
+from kernel_magics.store import Store, retry_locked
 from kernel_magics.views import front_end_view
 
 if TYPE_CHECKING:

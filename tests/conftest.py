@@ -13,10 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 from kit.children import SETTINGS_PREFIXES
-from kit.home import stop_inference_process
+from kit.home import seed_store, stop_inference_process
 from kit.shell import interactive_shell, run_cell
 
-from kernel_magics.config import load_settings
+from kernel_magics.config import Settings, load_settings
+from kernel_magics.exiting import skip_exit_collection
+from kernel_magics.serving.process.cleanup import state_pids, stop_pids
+from kernel_magics.targets.local import LocalTarget
 
 # -- tiers ----------------------------------------------------------------------------------------
 # The markers pyproject.toml registers, cheapest first. `make test-unit` runs `-m unit`.
@@ -114,6 +117,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(tier)
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session is over: skip the seconds of collecting torch's and MLflow's heap at exit."""
+    skip_exit_collection()
+
+
 # Programs a unit test must not start: this interpreter and everything in its bin folder (the
 # inference process, the CLI, jupyter, torchrun, mlflow, ray) and the services' launchers.
 _OURS = (str(Path(sys.executable).parent) + "/", sys.executable)
@@ -151,12 +159,28 @@ def _unit_tests_start_nothing(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.fail(f"a unit test started {started[0][:200]!r}: give it the process tier")
 
 
+@pytest.fixture(scope="session")
+def empty_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """An embedded MLflow store with its tables made, copied into each module's home: MLflow
+    creates a store's tables through its whole chain of schema migrations, seconds per fresh
+    home (the copy: milliseconds). None for ``-m unit``, whose tests open no store."""
+    if request.config.getoption("markexpr") == "unit":
+        return None
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
 @pytest.fixture(scope="module")
-def km_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh home folder (embedded SQLite store) for one test module, set through the
-    environment exactly as a user would; no MLFLOW_TRACKING_URI. Whatever inference process
-    the module started there is stopped at the end."""
+def km_home(tmp_path_factory: pytest.TempPathFactory, empty_store: Path | None) -> Iterator[Path]:
+    """A fresh home folder (embedded SQLite store, its tables made) for one test module, set
+    through the environment exactly as a user would; no MLFLOW_TRACKING_URI. Whatever
+    inference process the module started there is stopped at the end."""
     home = tmp_path_factory.mktemp("km-home")
+    if empty_store is not None:
+        seed_store(home, empty_store)
     with pytest.MonkeyPatch.context() as mp:
         for key in list(os.environ):
             if key.startswith(SETTINGS_PREFIXES):
@@ -170,6 +194,25 @@ def km_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             yield home
         finally:
             stop_inference_process(load_settings(home=home))
+
+
+@pytest.fixture(scope="module")
+def settings(km_home: Path) -> Settings:
+    """The module's settings, read from its home (a module overrides this for other ones)."""
+    return load_settings()
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings) -> Iterator[LocalTarget]:
+    """One running inference process for the module; stopped (by PID) at the end."""
+    c = LocalTarget(settings)
+    c.ensure_running(timeout=90)
+    try:
+        yield c
+    finally:
+        pids = state_pids(settings.state_file)  # read first: a clean stop removes the file
+        c.stop()
+        stop_pids(pids)  # whatever the polite stop left running
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ import pytest
 import requests
 import torch.nn as nn
 from IPython.core.error import UsageError
+from kit.kernel import DIGITS_SETUP, execute, ipykernel
 
 from kernel_magics import api, display
 from kernel_magics.config import load_settings
@@ -493,22 +494,8 @@ def test_a_supervisor_stopped_from_a_terminal_is_reaped(tmp_path: Path) -> None:
 
 # -- a real kernel: the click arrives while the cell runs ----------------------------------------
 def test_stop_click_reaches_a_kernel_busy_training(km_home: Path, served: Any) -> None:
-    from jupyter_client import KernelManager
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KERNEL_MAGICS_")}
-    env.update(KERNEL_MAGICS_HOME=str(km_home), KERNEL_MAGICS_AUTOSTART="0")
-    manager = KernelManager(kernel_name="python3")
-    manager.start_kernel(env=env)
-    client = manager.client()
-    client.start_channels()
-    try:
-        client.wait_for_ready(60)
-        setup = (
-            "%load_ext kernel_magics\nimport numpy as np, torch.nn as nn\n"
-            "from sklearn.datasets import load_digits\n"
-            "X, y = load_digits(return_X_y=True); X = (X / 16).astype('float32')"
-        )
-        assert _execute(client, setup) == "ok"
+    with ipykernel(km_home) as client:
+        assert execute(client, DIGITS_SETUP) == "ok"
         cell = client.execute(
             "%train nn.Sequential(nn.Linear(64, 10)) --data X y --epochs 500 --batch-size 8 "
             "--name clicked"
@@ -521,20 +508,9 @@ def test_stop_click_reaches_a_kernel_busy_training(km_home: Path, served: Any) -
         assert reply["content"]["status"] == "error"
         assert any("recorded as KILLED" in e for e in errors)
         assert not any("UsageError" in e for e in errors)
-        assert _execute(client, "assert 1 + 1 == 2") == "ok"  # the kernel goes on
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
+        assert execute(client, "assert 1 + 1 == 2") == "ok"  # the kernel goes on
     assert len(killed_runs("clicked")) == 1
     assert "clicked" not in [s.name for s in api.models()]
-
-
-def _execute(client: Any, code: str) -> str:
-    msg_id = client.execute(code)
-    while True:
-        reply = client.get_shell_msg(timeout=120)
-        if reply["parent_header"].get("msg_id") == msg_id:
-            return str(reply["content"]["status"])
 
 
 def _click_stop(client: Any, cell: str) -> tuple[str | None, float | None, list[str]]:

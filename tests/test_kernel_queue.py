@@ -11,7 +11,6 @@ a Stop click.
 
 from __future__ import annotations
 
-import os
 import queue
 import time
 from collections.abc import Iterator
@@ -19,38 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kit.kernel import DIGITS_SETUP, ipykernel
 
 QUEUED = 4
-SETUP = (
-    "%load_ext kernel_magics\nimport numpy as np, torch.nn as nn\n"
-    "from sklearn.datasets import load_digits\n"
-    "X, y = load_digits(return_X_y=True); X = (X / 16).astype('float32')\n"
-    "seen = []"
-)
+SETUP = DIGITS_SETUP + "\nseen = []"
 
 
 @pytest.fixture(scope="module")
 def kernel(km_home: Path) -> Iterator[Any]:
     """One real ipykernel for the module, with the extension loaded and the digits in it."""
-    from jupyter_client import KernelManager
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KERNEL_MAGICS_")}
     # "widget" is what "auto" picks in a kernel with a front end: the reporter that polls
-    env.update(
-        KERNEL_MAGICS_HOME=str(km_home), KERNEL_MAGICS_AUTOSTART="0", KERNEL_MAGICS_PROGRESS="auto"
-    )
-    manager = KernelManager(kernel_name="python3")
-    manager.start_kernel(env=env)
-    client = manager.client()
-    client.start_channels()
-    try:
-        client.wait_for_ready(60)
+    with ipykernel(km_home, KERNEL_MAGICS_PROGRESS="auto") as client:
         replies = _run_queued(client, [SETUP])
         assert replies[0]["content"]["status"] == "ok", replies[0]["content"]
         yield client
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
 
 
 def _run_queued(

@@ -79,6 +79,17 @@ def test_front_ends_reach_the_store_only_through_the_api() -> None:
     assert {m: n for m, n in wrong.items() if n} == {}
 
 
+def test_the_views_import_no_widgets() -> None:
+    """``display/`` is what a terminal, papermill and a saved notebook show: no ipywidgets and
+    no widgets module (the widgets draw with ``display``, not the other way round)."""
+    wrong = {
+        module: sorted(n for n in names if _within(n, ("kernel_magics.widgets", "ipywidgets")))
+        for module, names in _imports().items()
+        if _within(module, ("kernel_magics.display",))
+    }
+    assert {m: n for m, n in wrong.items() if n} == {}
+
+
 @pytest.mark.process  # a fresh interpreter
 def test_the_inference_process_imports_no_ipython_or_mlflow() -> None:
     """What a supervisor and a worker import as they start (``serving/__main__`` would start

@@ -11,9 +11,9 @@ import pytest
 from kernel_magics import display
 from kernel_magics.display import dashboards as views
 from kernel_magics.display import optimize as display_optimize
+from kernel_magics.display.svg import COLORS
 from kernel_magics.evaluation.promotion import decide
 from kernel_magics.metric_names import KEY_METRICS, direction, is_better, key_metrics
-from kernel_magics.widgets._svg import COLORS
 
 
 @pytest.mark.parametrize(

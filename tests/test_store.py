@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from kit.home import seed_store
 
 from kernel_magics.config import load_settings
 from kernel_magics.errors import IntegrityError, InvalidInput, NotFound
+from kernel_magics.naming import validate_name
 from kernel_magics.registration import register_version
 from kernel_magics.serving.control.lifecycle import Lifecycle
-from kernel_magics.store import Store, parse_ref, validate_name
+from kernel_magics.store import Store, parse_ref
 
 
 def _register_version(store: Store, name: str, seed: int) -> int:
@@ -26,8 +28,9 @@ def _register_version(store: Store, name: str, seed: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+def store(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> Store:
     home = tmp_path_factory.mktemp("home")
+    seed_store(home, empty_store)
     s = Store(load_settings(home=home, tracking_uri=""))
     for seed in (1, 2, 3):
         _register_version(s, "toy", seed)
@@ -92,7 +95,8 @@ def test_deploy_rollback_history(store: Store) -> None:
         life.plan("toy", "rollback")
 
 
-def test_tampered_artifact_is_refused(tmp_path: Path) -> None:
+def test_tampered_artifact_is_refused(tmp_path: Path, empty_store: Path) -> None:
+    seed_store(tmp_path, empty_store)
     s = Store(load_settings(home=tmp_path, tracking_uri=""))
     _register_version(s, "tamper", 7)
     life = Lifecycle(s.settings, s)
@@ -109,8 +113,9 @@ def test_tampered_artifact_is_refused(tmp_path: Path) -> None:
     assert s.live_version("tamper") is None  # nothing half-done
 
 
-def test_every_model_is_listed_past_a_page(tmp_path: Path) -> None:
+def test_every_model_is_listed_past_a_page(tmp_path: Path, empty_store: Path) -> None:
     """MLflow answers searches a page at a time: the store reads every page."""
+    seed_store(tmp_path, empty_store)
     s = Store(load_settings(home=tmp_path, tracking_uri=""))
     names = [f"m{i:04d}" for i in range(1005)]
     for name in names:

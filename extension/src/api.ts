@@ -26,6 +26,8 @@ export interface IModelSummary {
   live_version: number | null;
   served_version: number | null;
   versions: IVersionRow[];
+  /** The last few deployment events, oldest first (the lab route's RECENT_EVENTS). */
+  history: IHistoryEvent[];
 }
 
 /** One deploy / rollback / undeploy (kernel_magics.records.HistoryEvent). */
@@ -145,7 +147,10 @@ export class ModelsClient {
       // not JSON (a proxy's error page): the status line says enough
     }
     if (!response.ok) {
-      const reason = data && typeof data.error === 'string' ? data.error : response.statusText;
+      const reason =
+        data && typeof data.error === 'string'
+          ? data.error
+          : response.statusText;
       throw new Error(`${response.status}: ${reason}`.split('\n')[0]);
     }
     return data as T;

@@ -9,4 +9,7 @@ const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" view
   </g>
 </svg>`;
 
-export const modelsIcon = new LabIcon({ name: 'kernel-magics:models', svgstr: svg });
+export const modelsIcon = new LabIcon({
+  name: 'kernel-magics:models',
+  svgstr: svg
+});

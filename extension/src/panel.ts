@@ -1,11 +1,12 @@
 /**
- * The Models panel: polls the server extension while it is visible and renders what it
- * answers. Deploy / Rollback / Undeploy call the same REST routes; the outcome of each call
+ * The Models panel: polls the server extension while it is visible (one request for the
+ * models, their recent history included, one for the status) and renders what it answers. Deploy / Rollback / Undeploy call the same REST routes; the outcome of each call
  * (or its error) is one line at the top.
  */
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { ServerConnection } from '@jupyterlab/services';
 import { Message } from '@lumino/messaging';
+import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
 import {
@@ -20,23 +21,43 @@ import { generationLine, h, healthLine, modelCard } from './render';
 
 /** How often a visible panel refreshes. */
 export const REFRESH_MS = 5000;
+/** The longest wait between refreshes while the server keeps failing (the poll backs off). */
+export const MAX_BACKOFF_MS = 60000;
 
 interface ISnapshot {
   models: IModelSummary[];
   status: IServerStatus | null;
-  history: { [name: string]: IHistoryEvent[] };
 }
 
 export class ModelsPanel extends Widget {
-  constructor(settings: ServerConnection.ISettings, refreshMs: number = REFRESH_MS) {
+  constructor(
+    settings: ServerConnection.ISettings,
+    refreshMs: number = REFRESH_MS
+  ) {
     super();
     this.client = new ModelsClient(settings);
-    this.refreshMs = refreshMs;
+    // Stands by while the panel or the browser tab is hidden; a failed refresh rejects, so
+    // the poll waits longer after each failure (up to MAX_BACKOFF_MS) instead of every 5 s.
+    this.poll = new Poll({
+      auto: false,
+      factory: async () => {
+        if (!(await this.refresh())) {
+          throw new Error('refresh failed');
+        }
+      },
+      frequency: { interval: refreshMs, backoff: true, max: MAX_BACKOFF_MS },
+      standby: () => !this.isVisible || document.hidden,
+      name: 'kernel-magics:models'
+    });
     this.addClass('jp-KmModels');
 
     const refresh = h(
       'button',
-      { class: 'jp-KmModels-button jp-KmModels-refresh', type: 'button', title: 'Refresh now' },
+      {
+        class: 'jp-KmModels-button jp-KmModels-refresh',
+        type: 'button',
+        title: 'Refresh now'
+      },
       'Refresh'
     );
     refresh.addEventListener('click', () => void this.refresh());
@@ -53,8 +74,9 @@ export class ModelsPanel extends Widget {
     this.showError('');
   }
 
-  /** Fetch models, status and each model's history; re-render only what changed. */
-  refresh(): Promise<void> {
+  /** Fetch the models (with their recent history) and the status; re-render only what
+   * changed. Resolves false when the server could not answer (the error line says why). */
+  refresh(): Promise<boolean> {
     // One refresh at a time: a slow store must not pile up requests every 5 s.
     if (this.pending === null) {
       this.pending = this.load().finally(() => {
@@ -65,55 +87,39 @@ export class ModelsPanel extends Widget {
   }
 
   dispose(): void {
-    this.stopPolling();
+    this.poll.dispose();
     super.dispose();
   }
 
   protected onAfterShow(msg: Message): void {
     super.onAfterShow(msg);
-    void this.refresh();
-    this.startPolling();
+    void this.poll.start(); // its first tick refreshes at once
   }
 
   protected onAfterHide(msg: Message): void {
     super.onAfterHide(msg);
-    this.stopPolling();
+    void this.poll.stop();
   }
 
-  private startPolling(): void {
-    this.stopPolling();
-    this.timer = window.setInterval(() => {
-      // a hidden browser tab does not need fresh numbers either
-      if (this.isVisible && !document.hidden) {
-        void this.refresh();
-      }
-    }, this.refreshMs);
-  }
-
-  private stopPolling(): void {
-    if (this.timer !== null) {
-      window.clearInterval(this.timer);
-      this.timer = null;
-    }
-  }
-
-  private async load(): Promise<void> {
+  private async load(): Promise<boolean> {
     const generation = this.generation;
     try {
-      const [models, status] = await Promise.all([this.client.models(), this.client.status()]);
-      const histories = await Promise.all(models.map(m => this.client.history(m.name)));
+      const [models, status] = await Promise.all([
+        this.client.models(),
+        this.client.status()
+      ]);
       if (generation !== this.generation) {
-        return; // read before an action changed what is live: the action's answer is newer
+        return true; // read before an action changed what is live: the action's answer is newer
       }
-      const history: ISnapshot['history'] = {};
-      models.forEach((m, i) => (history[m.name] = histories[i]));
       this.tokenRates = tokensPerSecond(this.snapshot?.status ?? null, status);
-      this.snapshot = { models, status, history };
+      this.snapshot = { models, status };
       this.showError(this.actionError); // a refresh does not hide what an action answered
       this.render();
+      return true;
     } catch (error) {
       // keep showing the last good snapshot under the error line
       this.showError(String((error as Error).message ?? error));
+      return false;
     }
   }
 
@@ -136,19 +142,24 @@ export class ModelsPanel extends Widget {
     this.healthNode.replaceChildren(healthLine(snapshot.status));
     if (snapshot.models.length === 0) {
       this.listNode.replaceChildren(
-        h('p', { class: 'jp-KmModels-muted' }, 'No registered models yet: %train or %register one.')
+        h(
+          'p',
+          { class: 'jp-KmModels-muted' },
+          'No registered models yet: %train or %register one.'
+        )
       );
       return;
     }
     const handlers = {
-      act: (name: string, action: Action, version?: number) => void this.act(name, action, version),
-      select: (name: string, version: number) => this.selected.set(name, version)
+      act: (name: string, action: Action, version?: number) =>
+        void this.act(name, action, version),
+      select: (name: string, version: number) =>
+        this.selected.set(name, version)
     };
     this.listNode.replaceChildren(
       ...snapshot.models.map(m =>
         modelCard(
           m,
-          snapshot.history[m.name] ?? [],
           this.selected.get(m.name),
           this.busyModel !== null,
           handlers,
@@ -158,8 +169,15 @@ export class ModelsPanel extends Widget {
     );
   }
 
-  private async act(name: string, action: Action, version?: number): Promise<void> {
-    if (this.busyModel !== null || !(await confirmAction(name, action, version))) {
+  private async act(
+    name: string,
+    action: Action,
+    version?: number
+  ): Promise<void> {
+    if (
+      this.busyModel !== null ||
+      !(await confirmAction(name, action, version))
+    ) {
       return;
     }
     this.busyModel = name;
@@ -168,7 +186,8 @@ export class ModelsPanel extends Widget {
     this.noticeNode.textContent = `${name}: ${action}${version !== undefined ? ` v${version}` : ''}…`;
     this.render(true);
     try {
-      const body = action === 'deploy' && version !== undefined ? { version } : {};
+      const body =
+        action === 'deploy' && version !== undefined ? { version } : {};
       const result = await this.client.transition(name, action, body);
       this.noticeNode.textContent = describe(result);
       this.apply(result);
@@ -202,7 +221,7 @@ export class ModelsPanel extends Widget {
       from_version: result.previous_version,
       to_version: result.version
     };
-    this.snapshot.history[result.name] = [...(this.snapshot.history[result.name] ?? []), event];
+    model.history = [...(model.history ?? []), event];
   }
 
   private showError(message: string): void {
@@ -212,7 +231,7 @@ export class ModelsPanel extends Widget {
   }
 
   private readonly client: ModelsClient;
-  private readonly refreshMs: number;
+  private readonly poll: Poll;
   private readonly healthNode = document.createElement('div');
   private readonly errorNode = document.createElement('div');
   private readonly noticeNode = document.createElement('div');
@@ -222,10 +241,9 @@ export class ModelsPanel extends Widget {
   private tokenRates: { [name: string]: number } = {}; // language models, last two snapshots
   private renderedKey = '';
   private busyModel: string | null = null;
-  private pending: Promise<void> | null = null;
+  private pending: Promise<boolean> | null = null;
   private actionError = ''; // the last action's error: shown until the next action
   private generation = 0; // bumped by each action: loads begun before it are stale
-  private timer: number | null = null;
 }
 
 /** Tokens/s of each language model between two status snapshots of the same version. */
@@ -257,16 +275,26 @@ function tokensPerSecond(
 
 /** Changing what is live (or serving nothing) is asked once more: a stray click would
  * otherwise reach every client of the model. */
-async function confirmAction(name: string, action: Action, version?: number): Promise<boolean> {
+async function confirmAction(
+  name: string,
+  action: Action,
+  version?: number
+): Promise<boolean> {
   const what =
     action === 'deploy'
       ? `Deploy ${name} v${version}? It becomes the live version for every client.`
       : action === 'rollback'
         ? `Roll ${name} back to the version live before this one?`
         : `Undeploy ${name}? Its clients get 404 until a version is deployed again.`;
-  const label = { deploy: 'Deploy', rollback: 'Roll back', undeploy: 'Undeploy' }[action];
+  const label = {
+    deploy: 'Deploy',
+    rollback: 'Roll back',
+    undeploy: 'Undeploy'
+  }[action];
   const accept =
-    action === 'undeploy' ? Dialog.warnButton({ label }) : Dialog.okButton({ label });
+    action === 'undeploy'
+      ? Dialog.warnButton({ label })
+      : Dialog.okButton({ label });
   const answer = await showDialog({
     title: `${label} ${name}`,
     body: what,
@@ -280,10 +308,13 @@ function describe(result: ITransitionResult): string {
   if (result.unchanged) {
     return `${result.name}: v${result.version} is already live; nothing changed`;
   }
-  const from = result.previous_version === null ? '–' : `v${result.previous_version}`;
+  const from =
+    result.previous_version === null ? '–' : `v${result.previous_version}`;
   const to = result.version === null ? 'nothing live' : `v${result.version}`;
   // a rollback to the standby loads nothing: say so rather than "0 ms"
   const took =
-    result.reused || !result.load_ms ? '' : ` (loaded in ${Math.round(result.load_ms)} ms)`;
+    result.reused || !result.load_ms
+      ? ''
+      : ` (loaded in ${Math.round(result.load_ms)} ms)`;
   return `${result.name}: ${result.action} ${from} → ${to}${took}`;
 }

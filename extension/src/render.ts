@@ -11,7 +11,8 @@ import {
   IVersionRow
 } from './api';
 
-/** How many deployment events each model card lists. */
+/** How many deployment events each model card lists (the models route sends as many, the
+ * panel appends an action's event to them until the next refresh). */
 const EVENTS_SHOWN = 5;
 
 type Child = Node | string | null | undefined | false;
@@ -45,7 +46,11 @@ function shortTime(date: Date): string {
   const time = { hour: '2-digit', minute: '2-digit', hour12: false } as const;
   return today
     ? date.toLocaleTimeString(undefined, time)
-    : date.toLocaleString(undefined, { month: 'short', day: 'numeric', ...time });
+    : date.toLocaleString(undefined, {
+        month: 'short',
+        day: 'numeric',
+        ...time
+      });
 }
 
 function formatNumber(value: number): string {
@@ -68,7 +73,10 @@ export function healthLine(status: IServerStatus | null): HTMLElement {
     `${workers} worker${workers === 1 ? '' : 's'}`,
     where
   ].filter(Boolean);
-  const details = [...summary, status.pid !== null ? `supervisor pid ${status.pid}` : ''];
+  const details = [
+    ...summary,
+    status.pid !== null ? `supervisor pid ${status.pid}` : ''
+  ];
   return h(
     'div',
     {
@@ -84,7 +92,9 @@ export function healthLine(status: IServerStatus | null): HTMLElement {
 function lineage(version: IVersionRow): string {
   const parent = version.tags['km.parent'];
   const recipe = version.tags['km.recipe'];
-  return [parent ? `from ${parent}` : '', recipe ?? ''].filter(Boolean).join(' · ');
+  return [parent ? `from ${parent}` : '', recipe ?? '']
+    .filter(Boolean)
+    .join(' · ');
 }
 
 /** "accuracy 0.961 · f1_macro 0.958": every key metric of a version, for its tooltip. */
@@ -107,9 +117,12 @@ function versionTable(model: IModelSummary): HTMLElement {
   }
   const rows: HTMLElement[] = [];
   for (const v of versions) {
-    const about = [allMetrics(v), v.task, v.format, v.run_id ? `run ${v.run_id}` : ''].filter(
-      Boolean
-    );
+    const about = [
+      allMetrics(v),
+      v.task,
+      v.format,
+      v.run_id ? `run ${v.run_id}` : ''
+    ].filter(Boolean);
     rows.push(
       h(
         'tr',
@@ -126,7 +139,11 @@ function versionTable(model: IModelSummary): HTMLElement {
         ),
         h('td', {}, shortTime(new Date(v.created * 1000))),
         ...metricNames.map(n =>
-          h('td', {}, n in (v.key_metrics ?? {}) ? formatNumber(v.key_metrics[n]) : '')
+          h(
+            'td',
+            {},
+            n in (v.key_metrics ?? {}) ? formatNumber(v.key_metrics[n]) : ''
+          )
         )
       )
     );
@@ -141,7 +158,11 @@ function versionTable(model: IModelSummary): HTMLElement {
       );
     }
   }
-  const head = h('tr', {}, ...['version', 'created', ...metricNames].map(t => h('th', {}, t)));
+  const head = h(
+    'tr',
+    {},
+    ...['version', 'created', ...metricNames].map(t => h('th', {}, t))
+  );
   return h(
     'div',
     { class: 'jp-KmModels-tableScroll' },
@@ -157,7 +178,11 @@ function versionTable(model: IModelSummary): HTMLElement {
 function eventList(history: IHistoryEvent[]): HTMLElement {
   const shown = history.slice(-EVENTS_SHOWN).reverse();
   if (shown.length === 0) {
-    return h('div', { class: 'jp-KmModels-events jp-KmModels-muted' }, 'no deployments yet');
+    return h(
+      'div',
+      { class: 'jp-KmModels-events jp-KmModels-muted' },
+      'no deployments yet'
+    );
   }
   const item = (e: IHistoryEvent) => {
     const from = e.from_version === null ? '–' : `v${e.from_version}`;
@@ -241,16 +266,20 @@ export function generationLine(
  * and its last events. */
 export function modelCard(
   model: IModelSummary,
-  history: IHistoryEvent[],
   selected: number | undefined,
   busy: boolean,
   handlers: ICardHandlers,
   generation: HTMLElement | null = null
 ): HTMLElement {
   const name = model.name;
-  const live = model.live_version === null ? 'nothing live' : `live v${model.live_version}`;
+  const live =
+    model.live_version === null
+      ? 'nothing live'
+      : `live v${model.live_version}`;
   const served =
-    model.served_version === null ? 'not served' : `served v${model.served_version}`;
+    model.served_version === null
+      ? 'not served'
+      : `served v${model.served_version}`;
   const newest = Math.max(...model.versions.map(v => v.version));
 
   const picker = h('select', {
@@ -263,7 +292,9 @@ export function modelCard(
   }
   picker.value = String(selected ?? newest);
   picker.disabled = busy;
-  picker.addEventListener('change', () => handlers.select(name, Number(picker.value)));
+  picker.addEventListener('change', () =>
+    handlers.select(name, Number(picker.value))
+  );
 
   return h(
     'section',
@@ -274,7 +305,10 @@ export function modelCard(
       h('span', { class: 'jp-KmModels-name' }, name),
       h(
         'span',
-        { class: 'jp-KmModels-liveVersion', 'data-live': String(model.live_version ?? '') },
+        {
+          class: 'jp-KmModels-liveVersion',
+          'data-live': String(model.live_version ?? '')
+        },
         live
       ),
       h('span', { class: 'jp-KmModels-muted' }, served)
@@ -286,11 +320,15 @@ export function modelCard(
       button('Deploy', 'deploy', name, busy, () =>
         handlers.act(name, 'deploy', Number(picker.value))
       ),
-      button('Rollback', 'rollback', name, busy, () => handlers.act(name, 'rollback')),
-      button('Undeploy', 'undeploy', name, busy, () => handlers.act(name, 'undeploy'))
+      button('Rollback', 'rollback', name, busy, () =>
+        handlers.act(name, 'rollback')
+      ),
+      button('Undeploy', 'undeploy', name, busy, () =>
+        handlers.act(name, 'undeploy')
+      )
     ),
     ...(generation ? [generation] : []),
     versionTable(model),
-    eventList(history)
+    eventList(model.history ?? [])
   );
 }

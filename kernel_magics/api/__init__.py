@@ -44,12 +44,12 @@ from kernel_magics.api._serving import (
 )
 from kernel_magics.api._versions import is_generative, optimize, register, store_doctor, train
 from kernel_magics.catalog import ModelSummary, VersionRow
+from kernel_magics.naming import not_found, validate_name
 from kernel_magics.quality.canary_judge import METRICS as CANARY_METRICS
 from kernel_magics.quality.drift import DriftReport
 from kernel_magics.records import CanaryRule, HistoryEvent, ServerStatus, TransitionResult
 from kernel_magics.registration import RegisterResult
 from kernel_magics.serving.tokens import SCOPES as TOKEN_SCOPES
-from kernel_magics.store import not_found, validate_name
 from kernel_magics.tracking import TrainResult
 from kernel_magics.training.config import TrainConfig
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from kernel_magics.api._context import _settings, _store
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, NotFound
-from kernel_magics.store import validate_name
+from kernel_magics.naming import validate_name
 
 if TYPE_CHECKING:
     from kernel_magics.quality.drift import DriftReport

@@ -12,11 +12,11 @@ from kernel_magics.api._request_rows import request_rows
 from kernel_magics.catalog import ModelSummary
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, KernelMagicsError, NotFound, ServiceUnavailable
-from kernel_magics.naming import parse_version
+from kernel_magics.naming import parse_version, validate_name
 from kernel_magics.quality.canary_judge import check_rule
 from kernel_magics.records import CanaryRule, HistoryEvent, ServerStatus, TransitionResult
 from kernel_magics.serving import tokens
-from kernel_magics.store import parse_ref, validate_name
+from kernel_magics.store import parse_ref
 
 if TYPE_CHECKING:
     import numpy as np

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from kernel_magics.api._context import _settings, _store
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput
+from kernel_magics.naming import validate_name
 from kernel_magics.registration import RegisterResult, register_version
-from kernel_magics.store import validate_name
 from kernel_magics.tracking import TrainResult, run_training
 from kernel_magics.training.config import TrainConfig
 

@@ -14,9 +14,9 @@ from typing import Any
 from kernel_magics import display
 from kernel_magics.display import quality as display_quality
 from kernel_magics.display import status as display_status
+from kernel_magics.display.rates import GenerationRates, ModelRates, TokenRates
 from kernel_magics.metric_names import direction, key_metrics
 from kernel_magics.records import RecentError, ServerStatus
-from kernel_magics.widgets.rates import GenerationRates, ModelRates, TokenRates
 
 _SMALL = "font-size:0.9em;line-height:1.35"
 _ERROR = "color:#cf222e"

@@ -12,7 +12,7 @@ import html
 from typing import Any
 
 from kernel_magics.display.messages import _html_table, _number, _text_table
-from kernel_magics.widgets._svg import COLORS
+from kernel_magics.display.svg import COLORS
 
 HEADERS = ("feature", "test", "statistic", "p", "PSI", "flag")
 DRAWN_FEATURES = 12  # histograms shown; the table lists every feature

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from kernel_magics.display.messages import _html_table, _text_table
+from kernel_magics.display.svg import COLORS
 from kernel_magics.metric_names import is_better
-from kernel_magics.widgets._svg import COLORS
 
 HEADERS = ("version", "format", "size", "params", "p50 batch 1", "p50 batch 64")
 QUALITY = ("accuracy", "f1_macro", "mse")

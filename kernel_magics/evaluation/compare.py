@@ -19,7 +19,8 @@ from kernel_magics.errors import InvalidInput
 from kernel_magics.evaluation import html_view
 from kernel_magics.evaluation.loading import LoadedVersion, load_version
 from kernel_magics.metric_names import direction
-from kernel_magics.store import TAG_PARENT, TAG_RECIPE, Store, validate_name
+from kernel_magics.naming import validate_name
+from kernel_magics.store import TAG_PARENT, TAG_RECIPE, Store
 
 SECTIONS = ("metrics", "evaluation", "params", "lineage", "model")
 LATENCY_CALLS = 50

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kernel_magics.errors import InvalidInput, first_line
+from kernel_magics.naming import validate_name
 from kernel_magics.registration import register_version
 from kernel_magics.runs import mlflow_run, store_errors
-from kernel_magics.store import Store, retry_locked, validate_name
+from kernel_magics.store import Store, retry_locked
 from kernel_magics.tracking import TrainResult
 
 if TYPE_CHECKING:

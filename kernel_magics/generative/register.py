@@ -119,8 +119,8 @@ def register_generative(
     None) as the next version of ``name``. Everything is checked before a run exists."""
     import mlflow
 
+    from kernel_magics.naming import validate_name
     from kernel_magics.registration import _check_metrics, _check_params
-    from kernel_magics.store import validate_name
 
     validate_name(name)
     logged_metrics, logged_params = _check_metrics(metrics), _check_params(params)

@@ -1,6 +1,7 @@
 """The REST routes of the JupyterLab Models panel, under the Jupyter server's base URL.
 
-    GET  {base}/kernel-magics/models                  models, versions, live/served, metrics, tags
+    GET  {base}/kernel-magics/models                  models, versions, live/served, metrics, tags,
+                                                      each model's recent deployment events
     GET  {base}/kernel-magics/status                  the serving target's snapshot (null: stopped)
     GET  {base}/kernel-magics/history/{name}          deployment events, oldest first
     POST {base}/kernel-magics/models/{name}/deploy    body {"version": N} (newest when absent)
@@ -91,14 +92,22 @@ class _KernelMagicsHandler(APIHandler):
             raise InvalidInput(f"{key!r} must be a version number: {err}") from None
 
 
+# The deployment events a model's entry in the models answer carries, newest last: what the
+# panel shows, so that one request per refresh answers all it draws.
+RECENT_EVENTS = 5
+
+
 def _models_document() -> dict[str, Any]:
     """``api.models()`` as JSON, each version with the metrics the ``%models`` table shows
-    (``metric_names.key_metrics``), so the panel and the magic pick the same ones."""
+    (``metric_names.key_metrics``), so the panel and the magic pick the same ones; each model
+    with its last ``RECENT_EVENTS`` deployment events (``history``)."""
+    api = _api()
     models = []
-    for summary in _api().models():
+    for summary in api.models():
         doc = dataclasses.asdict(summary)
         for version, row in zip(summary.versions, doc["versions"], strict=True):
             row["key_metrics"] = key_metrics(version.metrics, version.task)
+        doc["history"] = [e.to_wire() for e in api.history(summary.name)[-RECENT_EVENTS:]]
         models.append(doc)
     return {"models": models}
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kernel_magics.errors import InvalidInput
+from kernel_magics.naming import validate_name
 from kernel_magics.optimize.measure import (
     Figures,
     Validation,
@@ -35,8 +36,9 @@ from kernel_magics.optimize.measure import (
     quality,
 )
 from kernel_magics.preprocess import read_encoder
+from kernel_magics.naming import validate_name
 from kernel_magics.quality.profile import read_profile
-from kernel_magics.store import TAG_FORMAT, Store, parse_ref, retry_locked, validate_name
+from kernel_magics.store import TAG_FORMAT, Store, parse_ref, retry_locked
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

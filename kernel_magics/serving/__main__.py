@@ -2,6 +2,9 @@
 
 import sys
 
+from kernel_magics.exiting import skip_exit_collection
 from kernel_magics.serving.process.supervisor import main
 
-sys.exit(main())
+code = main()
+skip_exit_collection()
+sys.exit(code)

@@ -33,7 +33,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 
 from kernel_magics.errors import InvalidInput, KernelMagicsError
-from kernel_magics.naming import unknown_verb
+from kernel_magics.naming import not_found, unknown_verb
 from kernel_magics.records import ModelSpec
 from kernel_magics.serving.request import invocations
 from kernel_magics.serving.request.canary import REQUEST_ID, Split
@@ -49,7 +49,6 @@ from kernel_magics.serving.request.model_table import model_from_spec
 from kernel_magics.serving.request.predict_request import decode_invocations, decode_predict
 from kernel_magics.serving.request.protocol import Request, describe_error, dumps, error_body
 from kernel_magics.serving.tokens import MANAGE_ACTIONS
-from kernel_magics.store import not_found
 
 log = logging.getLogger(__name__)
 GATEWAY_APP = "kernel-magics"

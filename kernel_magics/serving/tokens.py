@@ -28,8 +28,8 @@ import time
 
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, NotFound, clip
+from kernel_magics.naming import validate_name
 from kernel_magics.serving.files import private_home, write_atomic
-from kernel_magics.store import validate_name
 
 HOME_TOKEN_NAME = "default"
 ANONYMOUS = "anonymous"  # predictions without a token, where the settings allow them

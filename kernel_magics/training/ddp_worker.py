@@ -121,9 +121,13 @@ def _record_failure(workdir: Path, exc: BaseException) -> None:
 
 
 if __name__ == "__main__":
+    from kernel_magics.exiting import skip_exit_collection
+
     target = Path(sys.argv[1])
     try:
         main(target)
     except BaseException as exc:
         _record_failure(target, exc)
         raise SystemExit(1) from None
+    finally:
+        skip_exit_collection()  # torch's and MLflow's heap: seconds torchrun would wait for

@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 from kernel_magics import api, display
 from kernel_magics.config import Settings
 from kernel_magics.display import dashboards as views
+from kernel_magics.display.rates import generation_rates, model_rates, token_rates
+from kernel_magics.display.svg import line_chart
 from kernel_magics.records import ServerStatus
-from kernel_magics.widgets._svg import line_chart
 from kernel_magics.widgets.front_end import Snapshot, show_with_snapshot
-from kernel_magics.widgets.rates import generation_rates, model_rates, token_rates
 
 RATE_WINDOW_S = 5.0  # the table's rates: over the last seconds, steadier than one tick
 

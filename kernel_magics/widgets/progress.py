@@ -220,7 +220,7 @@ class WidgetProgress:
         return f"<div>{self.title.value}{bar}{curves}{self.table.value}</div>"
 
     def _draw_epochs(self) -> None:
-        from kernel_magics.widgets._svg import line_chart
+        from kernel_magics.display.svg import line_chart
 
         on_train = bool(self.history) and self.history[-1].metrics_on != "validation"
         val_label = "eval loss (training rows)" if on_train else "val loss"

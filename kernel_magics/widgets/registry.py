@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from kernel_magics import api, display
 from kernel_magics.config import Settings
 from kernel_magics.display import dashboards as views
+from kernel_magics.display.svg import line_chart
 from kernel_magics.metric_names import key_metrics
-from kernel_magics.widgets._svg import line_chart
 from kernel_magics.widgets.front_end import Snapshot, show_with_snapshot
 
 CURVES = ("train_loss", "val_loss")  # the loss curves of a comparison

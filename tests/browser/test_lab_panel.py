@@ -12,7 +12,14 @@ import json
 from pathlib import Path
 
 import requests
-from kit.lab import MODEL, LabSession, open_lab, save_screenshot, widen_left_area
+from kit.lab import (
+    MODEL,
+    LabSession,
+    open_lab,
+    open_notebook,
+    save_screenshot,
+    widen_left_area,
+)
 from playwright.sync_api import Page, expect
 
 from kernel_magics import api
@@ -130,20 +137,7 @@ def test_models_magic_renders_its_table_in_a_notebook(
         "nbformat_minor": 5,
     }
     (lab.server.root / "models.ipynb").write_text(json.dumps(notebook))
-    # The notebook's session (and its kernel) starts while the page loads; the page joins it,
-    # as it joins a notebook's running kernel after a reload.
-    session = {"path": "models.ipynb", "type": "notebook", "kernel": {"name": "python3"}}
-    lab.server.request("POST", "api/sessions", json=session).raise_for_status()
-
-    open_lab(page, lab.server, "notebook", "models.ipynb")
-    # Shift+Enter before the kernel is connected gets lost: wait for an idle, connected kernel
-    page.wait_for_function(
-        """() => {
-            const kernel = window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel;
-            return kernel?.connectionStatus === 'connected' && kernel?.status === 'idle';
-        }""",
-        timeout=60_000,
-    )
+    open_notebook(page, lab.server, "notebook", "models.ipynb")
     page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor").first.click()
     page.keyboard.press("Shift+Enter")
 

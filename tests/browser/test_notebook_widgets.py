@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from kit.lab import MODEL, LabSession, open_lab
+from kit.lab import MODEL, LabSession, open_notebook
 from playwright.sync_api import Page, expect
 
 from kernel_magics import api
@@ -68,16 +68,7 @@ def test_models_and_monitor_widgets(lab: LabSession, page: Page, tmp_path: Path)
         api.deploy(MODEL, 1, settings=lab.settings)
         api.deploy(MODEL, 2, settings=lab.settings)
     write_notebook(lab.server.root, "dashboards.ipynb")
-    session = {"path": "dashboards.ipynb", "type": "notebook", "kernel": {"name": "python3"}}
-    lab.server.request("POST", "api/sessions", json=session).raise_for_status()
-    open_lab(page, lab.server, "dashboards", "dashboards.ipynb")
-    page.wait_for_function(
-        """() => {
-            const kernel = window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel;
-            return kernel?.connectionStatus === 'connected' && kernel?.status === 'idle';
-        }""",
-        timeout=60_000,
-    )
+    open_notebook(page, lab.server, "dashboards", "dashboards.ipynb")
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     cells = page.locator(".jp-Notebook .jp-Cell")
 

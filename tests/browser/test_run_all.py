@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kit.lab import LabServer, open_lab, start_lab
+from kit.lab import LabServer, open_notebook, start_lab
 from playwright.sync_api import Page
 
 from kernel_magics import api
@@ -66,16 +66,7 @@ def run_all_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("notebook", BUNDLED)
 def test_run_all_completes_the_notebook(run_all_lab: LabServer, page: Page, notebook: str) -> None:
-    session = {"path": notebook, "type": "notebook", "kernel": {"name": "python3"}}
-    run_all_lab.request("POST", "api/sessions", json=session).raise_for_status()
-    open_lab(page, run_all_lab, f"run-all-{notebook.split('.')[0]}", notebook)
-    page.wait_for_function(
-        """() => {
-            const kernel = window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel;
-            return kernel?.connectionStatus === 'connected' && kernel?.status === 'idle';
-        }""",
-        timeout=60_000,
-    )
+    open_notebook(page, run_all_lab, f"run-all-{notebook.split('.')[0]}", notebook)
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     # Done: every code cell has its count and the kernel is idle (a lost cell keeps null)
     page.wait_for_function(

@@ -5,15 +5,10 @@ CPython's help texts (pydoc_data, shipped with Python) and a 2-layer Llama with 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from kernel_magics.config import Settings, load_settings
-from kernel_magics.serving.process.cleanup import state_pids, stop_pids
-from kernel_magics.targets.local import LocalTarget
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 CONTEXT = 512
@@ -71,21 +66,3 @@ def lm_folder(lm: Any, tokenizer: Any, tmp_path_factory: pytest.TempPathFactory)
     lm.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
-
-
-@pytest.fixture(scope="module")
-def settings(km_home: Path) -> Settings:
-    return load_settings()
-
-
-@pytest.fixture(scope="module")
-def client(settings: Settings) -> Iterator[LocalTarget]:
-    """One running inference process for the module; stopped (by PID) at the end."""
-    c = LocalTarget(settings)
-    c.ensure_running(timeout=90)
-    try:
-        yield c
-    finally:
-        pids = state_pids(settings.state_file)
-        c.stop()
-        stop_pids(pids)

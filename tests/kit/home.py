@@ -1,8 +1,12 @@
-"""Clean-up of a test home: the inference process its tests started, and only that one."""
+"""A test home: its store's tables made in advance; clean-up of the inference process its
+tests started, and only that one."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+from pathlib import Path
 
 from kernel_magics import api
 from kernel_magics.config import Settings
@@ -20,3 +24,13 @@ def stop_inference_process(settings: Settings) -> None:
     with contextlib.suppress(Exception):
         api.server_stop(settings=settings)
     stop_pids(pids)
+
+
+def seed_store(home: Path, empty_store: Path) -> None:
+    """Give ``home`` a copy of an embedded store whose tables exist (made once per session):
+    what the home's first store opening would have made, minus MLflow's migrations. The home
+    and the database are private, as kernel-magics makes them."""
+    os.chmod(home, 0o700)
+    db = home / "mlflow.db"
+    shutil.copyfile(empty_store, db)
+    os.chmod(db, 0o600)

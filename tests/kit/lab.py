@@ -162,6 +162,22 @@ def open_lab(page: Page, server: LabServer, workspace: str, path: str | None = N
     page.evaluate("() => window.jupyterapp.restored.then(() => true)")
 
 
+KERNEL_IDLE_JS = """() => {
+    const kernel = window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel;
+    return kernel?.connectionStatus === 'connected' && kernel?.status === 'idle';
+}"""
+
+
+def open_notebook(page: Page, server: LabServer, workspace: str, path: str) -> None:
+    """Open the notebook ``path`` (relative to the server's root) with its kernel and wait until
+    that kernel is connected and idle: cells run before then get lost. The session starts
+    while the page loads; the page joins it, as it joins a running kernel after a reload."""
+    session = {"path": path, "type": "notebook", "kernel": {"name": "python3"}}
+    server.request("POST", "api/sessions", json=session).raise_for_status()
+    open_lab(page, server, workspace, path)
+    page.wait_for_function(KERNEL_IDLE_JS, timeout=60_000)
+
+
 def widen_left_area(page: Page, panel: Locator, width: int) -> None:
     """Drag the splitter right of the left sidebar panel to ``width`` pixels, as a user would."""
     panel_box = panel.bounding_box()

@@ -66,6 +66,41 @@ class BagOfEmbeddings(torch.nn.Module):
         return self.head(self.embed(x).mean(1))
 
 
+class TinyEncoder(torch.nn.Module):
+    """Token ids of any length → N×2: embeddings, one transformer layer, mean over positions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(15)
+        self.embed = torch.nn.Embedding(VOCAB, 16)
+        self.position = torch.nn.Embedding(64, 16)
+        self.layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.head = torch.nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = torch.arange(x.shape[1], device=x.device)
+        return self.head(self.layer(self.embed(x) + self.position(steps)).mean(1))
+
+
+class TinyGRU(torch.nn.Module):
+    """Token ids → N×2 through a GRU (torch.export unrolls it: the length stays fixed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(16)
+        self.embed = torch.nn.Embedding(VOCAB, 8)
+        self.gru = torch.nn.GRU(8, 8, batch_first=True)
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(self.embed(x))
+        return self.head(out[:, -1])
+
+
+def token_rows(n: int, length: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, VOCAB, (n, length)).astype(np.int64)
+
+
 class MaskScorer(torch.nn.Module):
     """N×6 booleans → N×1."""
 

@@ -170,3 +170,24 @@ async def test_history_answers_what_the_api_returns(jp_fetch: Fetch, trained: st
     assert status == 404
     assert "no registered model named 'nope'" in body["error"]
     assert MODEL in body["error"]  # the names that exist
+
+
+async def test_models_carry_each_models_recent_history(jp_fetch: Fetch, trained: str) -> None:
+    """One request per refresh: the panel draws the events from the models answer."""
+    from kernel_magics.config import load_settings
+    from kernel_magics.lab.handlers import RECENT_EVENTS
+    from kernel_magics.serving.control.lifecycle import Lifecycle
+    from kernel_magics.store import Store
+
+    # the transitions as the inference process writes them, without starting one
+    life = Lifecycle(load_settings(), Store(load_settings()))
+    for version in (1, 2, 1, 2, 1, 2):
+        life.commit(life.plan(trained, "deploy", str(version)))
+    life.commit(life.plan(trained, "undeploy"))  # as the module's other tests expect it
+    events = [e.to_wire() for e in api.history(trained)]
+    assert len(events) == 7 > RECENT_EVENTS
+    status, body = await call(jp_fetch, "GET", "models")
+    assert status == 200
+    (model,) = [m for m in body["models"] if m["name"] == trained]
+    assert model["history"] == events[-RECENT_EVENTS:]
+    assert model["history"][-1]["action"] == "undeploy"

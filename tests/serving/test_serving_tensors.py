@@ -14,11 +14,13 @@ import pytest
 import requests
 import torch
 from kit.serving import Logged, auth, log_model
-from kit.tensors import MODELS, TOKENS, inputs
+from kit.tensors import MODELS, TOKENS, TinyEncoder, TinyGRU, inputs, token_rows
 from prometheus_client.parser import text_string_to_metric_families
 
 from kernel_magics.config import Settings, load_settings
+from kernel_magics.registration import register_version
 from kernel_magics.serving.process.cleanup import state_pids
+from kernel_magics.store import Store
 from kernel_magics.targets.local import LocalTarget
 
 MAX_ROWS = 64
@@ -263,3 +265,32 @@ def test_fuzzing_the_n_d_routes_finds_no_5xx(settings, client, deployed):
     assert not stats["5xx"], "\n".join(stats["5xx"][:5])
     assert not stats["bad_4xx"], "\n".join(stats["bad_4xx"][:5])
     assert state_pids(settings.state_file) == before
+
+
+def test_a_sequence_model_takes_rows_of_any_length(settings, client, http_):
+    """Registered with 32-token rows, a transformer answers 4- and 50-token ones as in this
+    process; a GRU (unrolled by torch.export) keeps 32, and registration says which."""
+    store = Store(settings)
+    encoder, gru = TinyEncoder().eval(), TinyGRU().eval()
+    registered = register_version(store, encoder, token_rows(3, 32), name="encoder")
+    assert "sequence length dynamic, 2 tokens or more (the example had 32)" in registered.notes
+    fixed = register_version(store, gru, token_rows(3, 32), name="gru")
+    assert any(n.startswith("sequence length fixed at 32: ") for n in fixed.notes), fixed.notes
+    client.deploy("encoder")
+    client.deploy("gru")
+    for length in (4, 50):
+        ids = token_rows(2, length, seed=length)
+        r = http_.post(url(client, "encoder"), json={"inputs": ids.tolist()})
+        assert r.status_code == 200, r.text
+        with torch.no_grad():
+            want = encoder(torch.from_numpy(ids)).numpy()
+        np.testing.assert_allclose(r.json()["predictions"], want, rtol=1e-4, atol=1e-5)
+    r = http_.post(url(client, "gru"), json={"inputs": token_rows(1, 50).tolist()})
+    assert r.status_code == 400
+    assert r.json()["error"] == "expected rows of 32 features, got 50"
+    ids = token_rows(2, 32, seed=3)
+    r = http_.post(url(client, "gru"), json={"inputs": ids.tolist()})
+    assert r.status_code == 200, r.text
+    with torch.no_grad():
+        want = gru(torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(r.json()["predictions"], want, rtol=1e-4, atol=1e-5)

@@ -9,13 +9,13 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from kernel_magics.display.svg import line_chart
 from kernel_magics.errors import InvalidInput
 from kernel_magics.training import progress as P
 from kernel_magics.training.config import TrainConfig
 from kernel_magics.training.data import prepare_data
 from kernel_magics.training.fit import EpochResult, fit
 from kernel_magics.widgets import progress as W
-from kernel_magics.widgets._svg import line_chart
 
 
 def epoch(n: int, of: int = 10, **kw) -> EpochResult:

@@ -154,4 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kernel_magics.exiting import skip_exit_collection
+
+    code = main()
+    skip_exit_collection()  # torch's heap: seconds of teardown the supervisor would wait for
+    sys.exit(code)

@@ -18,7 +18,7 @@ from typing import Any
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, clip
 from kernel_magics.generative import openai_api
-from kernel_magics.naming import unknown_verb
+from kernel_magics.naming import not_found, unknown_verb
 from kernel_magics.quality.log_writer import InferenceLog, Sample
 from kernel_magics.serving.control.worker_routes import ControlRoutes
 from kernel_magics.serving.process import ipc
@@ -46,7 +46,6 @@ from kernel_magics.serving.request.protocol import (
     request_id,
 )
 from kernel_magics.serving.tokens import ANONYMOUS, MANAGE, MANAGE_ACTIONS, TokenTable, refusal
-from kernel_magics.store import not_found
 
 log = logging.getLogger(__name__)
 _MODELS = b"/v1/models"
