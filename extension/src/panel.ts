@@ -163,7 +163,10 @@ export class ModelsPanel extends Widget {
           this.selected.get(m.name),
           this.busyModel !== null,
           handlers,
-          generationLine(snapshot.status?.models[m.name], this.tokenRates[m.name] ?? null)
+          generationLine(
+            snapshot.status?.models[m.name],
+            this.tokenRates[m.name] ?? null
+          )
         )
       )
     );

@@ -227,7 +227,9 @@ function button(
 }
 
 function milliseconds(value: number | null | undefined): string {
-  return value === null || value === undefined ? '–' : `${Math.round(value)} ms`;
+  return value === null || value === undefined
+    ? '–'
+    : `${Math.round(value)} ms`;
 }
 
 /** A served language model's figures, one line: tokens/s (between the last two snapshots,
@@ -243,7 +245,9 @@ export function generationLine(
   }
   const stats = served.stats ?? {};
   const kv =
-    engine.kv_cache_use === null ? '–' : `${(100 * engine.kv_cache_use).toFixed(1)}%`;
+    engine.kv_cache_use === null
+      ? '–'
+      : `${(100 * engine.kv_cache_use).toFixed(1)}%`;
   const parts = [
     `${tokensPerSecond === null ? '–' : tokensPerSecond.toFixed(1)} tokens/s`,
     `TTFT p50 ${milliseconds(stats.ttft_p50_ms)}, p99 ${milliseconds(stats.ttft_p99_ms)}`,
@@ -256,7 +260,8 @@ export function generationLine(
     'div',
     {
       class: 'jp-KmModels-generation',
-      title: 'language model: tokens/s since the last refresh; latencies since the process started'
+      title:
+        'language model: tokens/s since the last refresh; latencies since the process started'
     },
     parts.join(' · ')
   );
