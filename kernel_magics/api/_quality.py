@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from kernel_magics.api._context import _settings, _store, _target
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput
-from kernel_magics.quality.log_reader import Since
 from kernel_magics.naming import validate_name
+from kernel_magics.quality.log_reader import Since
 
 if TYPE_CHECKING:
     import pandas as pd

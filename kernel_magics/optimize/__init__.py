@@ -36,7 +36,6 @@ from kernel_magics.optimize.measure import (
     quality,
 )
 from kernel_magics.preprocess import read_encoder
-from kernel_magics.naming import validate_name
 from kernel_magics.quality.profile import read_profile
 from kernel_magics.store import TAG_FORMAT, Store, parse_ref, retry_locked
 

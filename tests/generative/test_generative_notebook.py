@@ -197,8 +197,8 @@ def test_train_text_bad_input_is_one_line(ip: Any, tokenizer: Any) -> None:
 
 
 def test_monitor_shows_generation_figures(client: LocalTarget, served: str, settings: Any) -> None:
-    from kernel_magics.widgets.monitor import ServiceMonitor, snapshot_views
     from kernel_magics.display.rates import generation_rates
+    from kernel_magics.widgets.monitor import ServiceMonitor, snapshot_views
 
     monitor = ServiceMonitor(settings, "tiny", interval_s=0.2)
     monitor.tick()
