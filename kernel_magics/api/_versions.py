@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_magics.api._context import _settings, _store
 from kernel_magics.config import Settings
+from kernel_magics.errors import InvalidInput
 from kernel_magics.registration import RegisterResult, register_version
 from kernel_magics.store import validate_name
 from kernel_magics.tracking import TrainResult, run_training
@@ -63,9 +64,11 @@ def train(
     torchrun (``training.distributed``); the kernel still logs the run and registers once.
     A scikit-learn estimator (``MLPClassifier((32,))``, a ``Pipeline``) is fitted with its
     own ``fit`` on the training split instead (``frameworks.sklearn_training``; val_split,
-    seed and task apply) and registered like ``register`` registers one.
+    seed and task apply) and registered like ``register`` registers one. A Keras model is
+    refused in one line: it trains with its own ``model.fit``, then ``register`` takes it.
     """
     from kernel_magics.frameworks import is_sklearn
+    from kernel_magics.frameworks.keras_models import is_keras
     from kernel_magics.registration import check_model
     from kernel_magics.training.data import prepare_data
     from kernel_magics.training.fit import fit
@@ -73,6 +76,11 @@ def train(
     from kernel_magics.training.scaling import scale_data
 
     validate_name(name)
+    if is_keras(model):  # a torch module under the torch backend, but trained by Keras
+        raise InvalidInput(
+            "a Keras model trains with its own model.fit(X, y): fit it, then "
+            "%register model --name NAME --example X[:2]"
+        )
     if not is_sklearn(model):
         check_model(model)
     given = {
