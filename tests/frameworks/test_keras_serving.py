@@ -16,6 +16,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
+import requests
 from IPython.core.error import UsageError
 from sklearn.datasets import load_breast_cancer
 
@@ -124,3 +125,28 @@ def test_another_backend_is_one_line(
     assert "set KERAS_BACKEND=torch before importing keras" in message
     assert "\n" not in message
     assert not [s for s in api.models() if s.name == "keras-jax"]
+
+
+def test_invocations_answer_as_the_keras_pyfunc(registered: Any, shell: Any) -> None:
+    """``mlflow models serve`` answers ``{"predictions": pyfunc.predict(rows)}``: the keras
+    flavor's predict, which the served program must match to the bit."""
+    X = shell.user_ns["X"]
+    api.deploy("keras-mlp", registered.version)
+    with Store(load_settings()).tracking():
+        pyfunc = mlflow.pyfunc.load_model(f"models:/keras-mlp/{registered.version}")
+    expected = json.loads(json.dumps({"predictions": pyfunc.predict(X[:6]).tolist()}))
+    status = api.server_status()
+    assert status is not None
+    columns = [str(i) for i in range(X.shape[1])]
+    for doc in (
+        {"inputs": X[:6].tolist()},
+        {"dataframe_split": {"columns": columns, "data": X[:6].tolist()}},
+    ):
+        mine = requests.post(
+            f"{status.url}/v1/models/keras-mlp/invocations",
+            json=doc,
+            headers={"Authorization": f"Bearer {api.server_token()}"},
+            timeout=30,
+        )
+        assert mine.status_code == 200, mine.text
+        assert mine.json() == expected

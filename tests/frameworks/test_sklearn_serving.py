@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 import requests
 import torch
 from IPython.core.error import UsageError
+from kit.mlflow_serve import MlflowServe
 from sklearn.datasets import load_diabetes
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -64,18 +66,27 @@ def _conversion(name: str, version: int) -> dict:
     return json.loads(info.tags[TAG_CONVERSION])
 
 
-def _post(path: str, doc: Any) -> requests.Response:
+def _post(path: str, doc: Any, content_type: str = "application/json") -> requests.Response:
     status = api.server_status()
     assert status is not None
     return requests.post(
         f"{status.url}{path}",
-        data=json.dumps(doc),
-        headers={
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {api.server_token()}",
-        },
+        data=doc if isinstance(doc, bytes) else json.dumps(doc),
+        headers={"Content-Type": content_type, "Authorization": f"Bearer {api.server_token()}"},
         timeout=30,
     )
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(registered_mlp: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``mlflow models serve`` on the version's own folder (its sklearn flavor)."""
+    with Store(load_settings()).tracking():
+        folder = mlflow.artifacts.download_artifacts(f"models:/sk-mlp/{registered_mlp.version}")
+    server = MlflowServe(folder, tmp_path_factory.mktemp("mlflow-serve") / "serve.log")
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
 
 
 def _versions(name: str) -> int:
@@ -143,6 +154,40 @@ def test_v2_hot_swaps_in_and_rolls_back(registered_mlp: Any, data: Any, mlp: Any
     api.rollback("sk-mlp")
     back = api.predict("sk-mlp", rows, raw=True)
     assert np.abs(back - mlp.predict_proba(rows)).max() <= _conversion("sk-mlp", 1)["tolerance"]
+
+
+def _invocation_cases(X: np.ndarray) -> list[tuple[str, bytes, str]]:
+    rows = X[:5].tolist()
+    columns = [str(i) for i in range(X.shape[1])]
+    csv = "\n".join([",".join(columns)] + [",".join(map(str, r)) for r in rows])
+    records = [dict(zip(columns, r, strict=True)) for r in rows]
+    docs = {
+        "split": {"dataframe_split": {"columns": columns, "data": rows}},
+        "records": {"dataframe_records": records},
+        "inputs": {"inputs": rows},
+        "instances": {"instances": rows},
+        "wrong features": {"inputs": [[1.0] * 10]},
+        "strings": {"inputs": [["a"] * X.shape[1]]},
+    }
+    cases = [(name, json.dumps(doc).encode(), "application/json") for name, doc in docs.items()]
+    return [*cases, ("csv", csv.encode(), "text/csv")]
+
+
+def test_invocations_answer_as_mlflow_models_serve(
+    registered_mlp: Any, data: Any, mlflow_url: str
+) -> None:
+    X, _ = data
+    api.deploy("sk-mlp", registered_mlp.version)
+    for name, body, ctype in _invocation_cases(X):
+        theirs = requests.post(
+            f"{mlflow_url}/invocations", data=body, headers={"Content-Type": ctype}, timeout=30
+        )
+        mine = _post("/v1/models/sk-mlp/invocations", body, ctype)
+        assert mine.status_code // 100 == theirs.status_code // 100, (name, theirs.text, mine.text)
+        if theirs.status_code == 200:
+            assert mine.json() == theirs.json(), name  # the estimator's labels, as predict answers
+        else:
+            assert mine.json()["error"], name
 
 
 # -- where float32 changes a tree's answer ------------------------------------------------------
