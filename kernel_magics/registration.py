@@ -152,6 +152,7 @@ def register_version(
         probe(model, inputs)
     else:  # scikit-learn, a model file: checked and converted, logged by its own log_fn
         inputs, notes, log_fn = foreign.inputs, list(foreign.notes), foreign.log_fn
+        encoder = foreign.encoder or encoder  # string columns one-hot encoded before the model
         checked_task, class_tag = foreign.task, _classes_tag(foreign.classes)
     with store_errors(f"cannot open the model store at {store.uri}"):
         parent_ref = resolve_parent(store, parent)

@@ -38,6 +38,7 @@ class Prepared:
     classes: list | None
     tags: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    encoder: Any = None  # a declared encoding step (preprocess.TableEncoder) before the model
 
 
 def prepare(

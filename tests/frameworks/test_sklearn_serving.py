@@ -15,6 +15,7 @@ import joblib
 import mlflow
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 import requests
 import torch
@@ -188,6 +189,59 @@ def test_invocations_answer_as_mlflow_models_serve(
             assert mine.json() == theirs.json(), name  # the estimator's labels, as predict answers
         else:
             assert mine.json()["error"], name
+
+
+# -- a DataFrame with a string column ----------------------------------------------------------
+def _table(rows: int) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "age": rng.normal(40, 10, rows),
+            "color": rng.choice(["red", "green", "blue"], rows),
+            "income": rng.normal(50, 20, rows),
+        }
+    )
+    return frame, ((frame.age > 40) ^ (frame.color == "red")).to_numpy().astype(int)
+
+
+TABLE_CELL = """
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+columns = ColumnTransformer([("color", OneHotEncoder(), ["color"]),
+                             ("numbers", StandardScaler(), ["age", "income"])])
+pipe = Pipeline([("columns", columns), ("model", LogisticRegression())]).fit(df, labels)
+"""
+
+
+def test_a_pipeline_with_a_string_column_serves_json_rows(shell: Any, run_cell: Any) -> None:
+    frame, labels = _table(300)
+    shell.user_ns.update(df=frame, labels=labels)
+    run_cell(shell, TABLE_CELL)
+    pipe = shell.user_ns["pipe"]
+    r = run_cell(shell, "%register pipe --name sk-table --example df[:2] --sample df[:200]")
+    assert r.format == "onnx"
+    assert r.notes[0].startswith("one-hot encoded before the model")
+    record = _conversion("sk-table", r.version)
+    assert record["converter"] == "skl2onnx"
+    api.deploy("sk-table")
+    rows = frame[200:216]
+    labelled = _post(
+        "/v1/models/sk-table:predict?labels=true", {"instances": rows.to_dict("records")}
+    )
+    assert labelled.status_code == 200, labelled.text
+    assert labelled.json()["labels"] == pipe.predict(rows).tolist()
+    served = np.asarray(labelled.json()["predictions"])
+    assert np.abs(served - pipe.predict_proba(rows)).max() <= record["tolerance"]
+    split = {"dataframe_split": rows.to_dict("split")}
+    invoked = _post("/v1/models/sk-table/invocations", split)
+    assert invoked.json() == {"predictions": pipe.predict(rows).tolist()}
+    unknown = _post("/v1/models/sk-table:predict", {"instances": [{**rows.iloc[0], "color": "x"}]})
+    assert unknown.status_code == 400
+    assert "not seen in training" in unknown.json()["error"]
+    assert api.predict("sk-table", rows).tolist() == pipe.predict(rows).tolist()
 
 
 # -- where float32 changes a tree's answer ------------------------------------------------------

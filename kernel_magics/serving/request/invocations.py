@@ -83,7 +83,8 @@ def _parse(body: bytes, content_type: bytes | None, model: Any) -> Parsed:
     encoder = getattr(model, "encoder", None)
     if encoder is not None:  # table rows with string columns: the version's declared encoding
         rows = doc[key] if key in ("instances", "inputs") else _frame(key, doc[key])
-        return Parsed(encoder.encode(rows), records=False)
+        # in the graph's dtype (an encoder's float64 reaches a float32 graph converted)
+        return Parsed(encoder.encode(rows).astype(sig.dtype, copy=False), records=False)
     if sig.columns is not None:
         return _columns(_frame(key, doc[key]), sig)
     if key in ("instances", "inputs"):
