@@ -79,7 +79,7 @@ def prepare_keras(
         "max_abs_diff": diff,
         "tolerance": tolerance,
         "rows_checked": len(check),
-    }
+    } | ({"outputs": "probabilities"} if _answers_probabilities(model) else {})
     note = (
         f"exported with torch.export: outputs within {tolerance:.1e} of model.predict's on "
         f"{len(check)} rows (max |diff| {diff:.1e})"
@@ -137,6 +137,13 @@ def export_checked(
         raise InvalidInput(f"the Keras model returned a {type(out).__name__}; one tensor is served")
     exported = out.detach().numpy().astype(np.float64).reshape(own.shape)
     return program, float(np.abs(exported - own).max())
+
+
+def _answers_probabilities(model: Any) -> bool:
+    """The last layer ends in a sigmoid or softmax: %evaluate takes its outputs as they are."""
+    layers = getattr(model, "layers", None) or []
+    activation = getattr(layers[-1], "activation", None) if layers else None
+    return getattr(activation, "__name__", "") in ("sigmoid", "softmax")
 
 
 def _rows(value: Any, what: str) -> np.ndarray:

@@ -68,6 +68,8 @@ def prepare_estimator(
         )  # also fails here, in one line, if it cannot take them
 
     onx, dtype, conversion, notes = convert_checked(served, check, own, classifier)
+    if classifier:  # what %evaluate reads: no softmax over these
+        conversion["outputs"] = "probabilities"
     if encoder is not None:
         encoded = ", ".join(
             f"{c.name} ({len(c.categories)} categories)" for c in encoder.columns if c.categories

@@ -106,6 +106,14 @@ def test_v2_hot_swaps_in_and_rolls_back(registered: Any, shell: Any, run_cell: A
     assert np.abs(back - first.predict(rows, verbose=0)).max() <= TOLERANCE
 
 
+def test_evaluate_reads_a_sigmoid_as_a_probability(registered: Any, shell: Any) -> None:
+    X, y, model = shell.user_ns["X"], shell.user_ns["y"], shell.user_ns["model"]
+    assert _conversion("keras-mlp", registered.version)["outputs"] == "probabilities"
+    ev = api.evaluate(f"keras-mlp@{registered.version}", X, y)
+    predicted = (model.predict(X, verbose=0)[:, 0] > 0.5).astype(int)
+    assert ev.metrics["accuracy"] == pytest.approx(float((predicted == y).mean()))
+
+
 def test_train_refuses_a_keras_model_in_one_line(shell: Any, run_cell: Any) -> None:
     with pytest.raises(UsageError) as err:
         run_cell(shell, "%train model --data X y --name keras-trained")

@@ -24,6 +24,7 @@ from kit.mlflow_serve import MlflowServe
 from sklearn.datasets import load_diabetes
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -189,6 +190,28 @@ def test_invocations_answer_as_mlflow_models_serve(
             assert mine.json() == theirs.json(), name  # the estimator's labels, as predict answers
         else:
             assert mine.json()["error"], name
+
+
+def test_evaluate_compare_and_explain_an_estimators_versions(
+    registered_mlp: Any, data: Any, mlp: Any, shell: Any
+) -> None:
+    X, y = data
+    held_out, truth = X[300:], y[300:]
+    ev = api.evaluate(f"sk-mlp@{registered_mlp.version}", held_out, truth)
+    assert ev.metrics["accuracy"] == pytest.approx(accuracy_score(truth, mlp.predict(held_out)))
+    # the outputs are probabilities already: scored as they are, not through a softmax
+    expected_auc = roc_auc_score(truth, mlp.predict_proba(held_out), multi_class="ovr")
+    assert ev.metrics["roc_auc"] == pytest.approx(expected_auc, abs=1e-6)
+
+    comparison = api.compare("sk-mlp", 1, 2)
+    assert comparison.row("format").values == ["onnx", "onnx"]
+    assert all(v is not None and v > 0 for v in comparison.row("latency_ms").values)
+
+    e = api.explain(f"sk-mlp@{registered_mlp.version}", X[:2])
+    assert e.method == "Feature Ablation"
+    assert e.attributions.shape == (2, 64)
+    header = shell.display_formatter.format(e)[0]["text/plain"]
+    assert "Feature Ablation on 2 rows" in header
 
 
 # -- a DataFrame with a string column ----------------------------------------------------------
