@@ -103,8 +103,8 @@ def _table_rows(model: Any, example: Any, sample: Any) -> tuple | None:
         raise InvalidInput("the example is a DataFrame: give the sample as one too")
     frame = example[:EXAMPLE_ROWS]
     checked = frame if sample is None else pd.concat([frame, sample])
+    table = split_table_pipeline(model, checked)  # first: says which models take strings
     own = estimator_outputs(model, checked)  # the pipeline on the DataFrame, as it was fitted
-    table = split_table_pipeline(model, checked)
     rows = table.encoder.encode(frame).astype(np.float64)
     check = table.encoder.encode(checked).astype(np.float64)
     return table.numeric, rows, check, own, table.encoder

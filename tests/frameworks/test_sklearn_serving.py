@@ -381,7 +381,7 @@ def test_register_a_joblib_file_after_one_warning_line(
 
 # -- bad input: one line, nothing registered ----------------------------------------------------
 def test_bad_models_fail_in_one_line_and_register_nothing(
-    shell: Any, run_cell: Any, tmp_path: Path, data: Any
+    shell: Any, run_cell: Any, tmp_path: Path, data: Any, mlp: Any
 ) -> None:
     X, y = data
     not_onnx = tmp_path / "notes.onnx"
@@ -391,6 +391,8 @@ def test_bad_models_fail_in_one_line_and_register_nothing(
     text = tmp_path / "numbers.joblib"
     joblib.dump([1, 2, 3], text)
     shell.user_ns["unfitted"] = MLPClassifier((8,))
+    shell.user_ns["fitted"] = mlp
+    shell.user_ns["words"] = pd.DataFrame({"color": ["red", "blue"], "age": [40.0, 50.0]})
     cases = {
         "%register unfitted --name bad --example X[:2]": "not fitted",
         "%register 42 --name bad --example X[:2]": "torch.nn.Module",
@@ -398,6 +400,7 @@ def test_bad_models_fail_in_one_line_and_register_nothing(
         f"%register {broken} --name bad --example X[:2]": "could not be unpickled",
         f"%register {text} --name bad --example X[:2]": "not a scikit-learn model",
         f"%register {tmp_path / 'missing.onnx'} --name bad": "no model file",
+        "%register fitted --name bad --example words": "the example has string columns",
     }
     for line, said in cases.items():
         with pytest.raises(UsageError) as err:
