@@ -214,6 +214,17 @@ def test_evaluate_compare_and_explain_an_estimators_versions(
     assert "Feature Ablation on 2 rows" in header
 
 
+def test_a_converted_estimator_quantizes_to_int8(registered_mlp: Any, data: Any) -> None:
+    X, y = data
+    r = api.optimize(
+        f"sk-mlp@{registered_mlp.version}", quantize="dynamic", X=X, y=y, progress="none"
+    )
+    assert r.format == "onnx"
+    assert r.parent == f"sk-mlp@{registered_mlp.version}"
+    assert r.figures.size_bytes < r.parent_figures.size_bytes
+    assert r.figures.metrics["accuracy"] >= r.parent_figures.metrics["accuracy"] - 0.02
+
+
 # -- a DataFrame with a string column ----------------------------------------------------------
 def _table(rows: int) -> tuple[pd.DataFrame, np.ndarray]:
     rng = np.random.default_rng(0)
