@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_magics.api._context import _settings, _store
 from kernel_magics.config import Settings
-from kernel_magics.errors import InvalidInput
 from kernel_magics.registration import RegisterResult, register_version
 from kernel_magics.store import validate_name
 from kernel_magics.tracking import TrainResult, run_training
@@ -64,8 +63,9 @@ def train(
     torchrun (``training.distributed``); the kernel still logs the run and registers once.
     A scikit-learn estimator (``MLPClassifier((32,))``, a ``Pipeline``) is fitted with its
     own ``fit`` on the training split instead (``frameworks.sklearn_training``; val_split,
-    seed and task apply) and registered like ``register`` registers one. A Keras model is
-    refused in one line: it trains with its own ``model.fit``, then ``register`` takes it.
+    seed and task apply) and registered like ``register`` registers one. A compiled Keras
+    model is fitted with its own ``model.fit`` (``frameworks.keras_training``; epochs,
+    batch_size, val_split, seed and task apply) and registered the same way.
     """
     from kernel_magics.frameworks import is_sklearn
     from kernel_magics.frameworks.keras_models import is_keras
@@ -76,12 +76,7 @@ def train(
     from kernel_magics.training.scaling import scale_data
 
     validate_name(name)
-    if is_keras(model):  # a torch module under the torch backend, but trained by Keras
-        raise InvalidInput(
-            "a Keras model trains with its own model.fit(X, y): fit it, then "
-            "%register model --name NAME --example X[:2]"
-        )
-    if not is_sklearn(model):
+    if not is_sklearn(model) and not is_keras(model):
         check_model(model)
     given = {
         "epochs": epochs,
@@ -100,6 +95,10 @@ def train(
         "rdzv_endpoint": rdzv_endpoint,
     }
     config = (config or TrainConfig()).replace(**{k: v for k, v in given.items() if v is not None})
+    if is_keras(model):  # a torch module under the torch backend, but fitted by Keras itself
+        from kernel_magics.frameworks.keras_training import train_keras
+
+        return train_keras(_store(_settings(settings)), model, X, y, name=name, config=config)
     if is_sklearn(model):  # its own fit: the split, run, metrics and record of a torch training
         from kernel_magics.frameworks.sklearn_training import train_estimator
 

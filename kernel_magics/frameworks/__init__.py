@@ -1,6 +1,7 @@
 """Models of other frameworks entering the lifecycle: scikit-learn estimators and pipelines
-(``sklearn_models.py``), Keras 3 models (``keras_models.py``), ONNX models and model files
-given by path (``files.py``: ``.onnx``, ``.joblib``, ``.pkl``).
+(``sklearn_models.py``, ``sklearn_tables.py`` for string columns, ``sklearn_training.py``),
+Keras 3 models (``keras_models.py``, ``keras_training.py``), ONNX models and model files given
+by path (``files.py``: ``.onnx``, ``.joblib``, ``.pkl``).
 
 ``registration.register_version`` asks ``prepare`` first: a torch module gets ``None`` and
 takes the torch path; anything this package knows becomes a ``Prepared`` version (its input

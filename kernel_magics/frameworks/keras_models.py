@@ -43,14 +43,8 @@ def is_keras(obj: Any) -> bool:
     return isinstance(obj, keras.Model)
 
 
-def prepare_keras(
-    model: Any,
-    example: Any,
-    *,
-    sample: Any = None,
-    task: str | None = None,
-    classes: list | None = None,
-) -> Prepared:
+def check_backend() -> None:
+    """Only the torch backend makes a Keras model a torch module."""
     import keras
 
     backend = keras.backend.backend()
@@ -59,6 +53,17 @@ def prepare_keras(
             f"Keras runs on the {backend} backend: set KERAS_BACKEND=torch before importing "
             "keras (restart the kernel), then build the model again"
         )
+
+
+def prepare_keras(
+    model: Any,
+    example: Any,
+    *,
+    sample: Any = None,
+    task: str | None = None,
+    classes: list | None = None,
+) -> Prepared:
+    check_backend()
     if example is None:
         raise InvalidInput("give an example: a few input rows of the model (--example X[:2])")
     rows = _rows(example, "the example")[:EXAMPLE_ROWS]
@@ -79,7 +84,7 @@ def prepare_keras(
         "max_abs_diff": diff,
         "tolerance": tolerance,
         "rows_checked": len(check),
-    } | ({"outputs": "probabilities"} if _answers_probabilities(model) else {})
+    } | ({"outputs": "probabilities"} if answers_probabilities(model) else {})
     note = (
         f"exported with torch.export: outputs within {tolerance:.1e} of model.predict's on "
         f"{len(check)} rows (max |diff| {diff:.1e})"
@@ -139,7 +144,7 @@ def export_checked(
     return program, float(np.abs(exported - own).max())
 
 
-def _answers_probabilities(model: Any) -> bool:
+def answers_probabilities(model: Any) -> bool:
     """The last layer ends in a sigmoid or softmax: %evaluate takes its outputs as they are."""
     layers = getattr(model, "layers", None) or []
     activation = getattr(layers[-1], "activation", None) if layers else None

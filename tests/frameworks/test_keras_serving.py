@@ -114,12 +114,38 @@ def test_evaluate_reads_a_sigmoid_as_a_probability(registered: Any, shell: Any) 
     assert ev.metrics["accuracy"] == pytest.approx(float((predicted == y).mean()))
 
 
-def test_train_refuses_a_keras_model_in_one_line(shell: Any, run_cell: Any) -> None:
+TRAIN_CELL = """
+trained = Sequential([Dense(16, activation="relu"), Dense(1, activation="sigmoid")])
+trained.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+r = %train trained --data X y --epochs 3 --batch-size 32 --name keras-trained
+"""
+
+
+def test_train_fits_a_compiled_model_with_its_own_fit(shell: Any, run_cell: Any) -> None:
+    run_cell(shell, TRAIN_CELL)
+    r, trained = shell.user_ns["r"], shell.user_ns["trained"]
+    assert r.format == "pt2"
+    assert r.version == 1
+    assert [h["epoch"] for h in r.history] == [1, 2, 3]
+    assert {"loss", "val_loss", "accuracy"} <= set(r.history[0])  # Keras's own epoch logs
+    assert r.metrics["accuracy"] > 0.8  # the project's metrics on the validation split
+    with Store(load_settings()).tracking():
+        run = mlflow.get_run(r.run_id)
+    assert run.data.params["epochs"] == "3"
+    assert run.data.metrics["accuracy"] == pytest.approx(r.metrics["accuracy"])
+    info = Store(load_settings()).resolve("keras-trained", 1)
+    assert info.task == "classification"
+    X = shell.user_ns["X"]
+    assert np.abs(r.predict(X[:4]) - trained.predict(X[:4], verbose=0)).max() <= TOLERANCE
+
+
+def test_an_uncompiled_model_does_not_train(shell: Any, run_cell: Any) -> None:
+    run_cell(shell, "bare = Sequential([Dense(1)])")
     with pytest.raises(UsageError) as err:
-        run_cell(shell, "%train model --data X y --name keras-trained")
-    assert "model.fit" in str(err.value)
+        run_cell(shell, "%train bare --data X y --name keras-bare")
+    assert "not compiled" in str(err.value)
     assert "\n" not in str(err.value)
-    assert not [s for s in api.models() if s.name == "keras-trained"]
+    assert not [s for s in api.models() if s.name == "keras-bare"]
 
 
 def test_another_backend_is_one_line(
