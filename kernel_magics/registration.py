@@ -119,9 +119,10 @@ def register_version(
     artifact exported elsewhere (optimize's ONNX files; ``model`` then runs that artifact for
     the probe) and returns ``(model_info, format, notes)``. ``encoder`` (a fitted
     ``preprocess.TableEncoder``) is saved in the model folder as the version's declared encoding
-    step; ``example`` is then already encoded. A scikit-learn estimator, an ONNX model or a
-    model file path (``frameworks.prepare``) is converted and checked on ``example`` and
-    ``sample`` (more rows) instead of exported; its task and classes come from the model.
+    step; ``example`` is then already encoded. A scikit-learn estimator, a Keras 3 model, an
+    ONNX model or a model file path (``frameworks.prepare``) is converted and checked on
+    ``example`` and ``sample`` (more rows) by its own module; its task and classes come from
+    the model.
     ``finish(folder, format)`` runs once the model
     is logged and hashed, before the version exists, and returns more tags for it (optimize's
     measured ``km.opt.*`` figures): the version is created last, in one call with every tag, so
