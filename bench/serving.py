@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/serving.py [--duration S] [--quick] [--skip-mlflow] [--skip-conv]
                                       [--keep-home] [--python-client] [--ray]
+                                      [--scenario torch|sklearn]
+
+``--scenario sklearn`` runs ``_sklearn`` instead (scikit-learn models against ``mlflow models
+serve``'s sklearn flavor; ``bench/results-sklearn.md``). The default, ``torch``:
 
 Builds an MLP 32→256→256→10 (float32), registers it twice (v1 seed 0, v2 seed 1) in the embedded
 MLflow store of a throwaway KERNEL_MAGICS_HOME exactly as ``%train`` does (pt2 + ``km.sha256``),
@@ -98,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--python-client", action="store_true", help="do not use wrk even if present")
     p.add_argument("--skip-conv", action="store_true", help="only the MLP part")
+    p.add_argument(
+        "--scenario",
+        choices=("torch", "sklearn"),
+        default="torch",
+        help="sklearn: scikit-learn models against mlflow models serve (bench/_sklearn.py)",
+    )
     p.add_argument("--keep-home", action="store_true", help="keep the temporary home folder")
     p.add_argument(
         "--ray",
@@ -106,6 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         "namespace of its own (unshare -n)",
     )
     args = p.parse_args(argv)
+    if args.scenario == "sklearn":
+        from _sklearn import bench_sklearn
+
+        seconds = 2.0 if args.quick else min(max(args.duration, 1.0), 10.0)
+        signal.signal(signal.SIGALRM, functools.partial(_alarm, TOTAL_BUDGET_S))
+        signal.alarm(TOTAL_BUDGET_S)
+        try:
+            return bench_sklearn(seconds, args.python_client, args.keep_home)
+        finally:
+            signal.alarm(0)
     if args.ray:  # returns only inside a loopback-only namespace
         reexec_in_namespace(Path(__file__).resolve(), sys.argv[1:] if argv is None else argv)
     budget_s = TOTAL_BUDGET_S + (RAY_BUDGET_S if args.ray else 0)

@@ -110,6 +110,9 @@ class TableEncoder:
     """
 
     columns: tuple[Column, ...]
+    # float32 for a torch graph; float64 where the model compares numbers in double precision
+    # (a scikit-learn tree's thresholds: float32 rounding would change its answers)
+    dtype: str = "float32"
 
     @classmethod
     def fit(cls, frame: Any) -> TableEncoder:
@@ -150,11 +153,11 @@ class TableEncoder:
         return out
 
     def encode(self, rows: Any) -> np.ndarray:
-        """``rows`` as the float32 (rows, width) matrix the graph takes."""
+        """``rows`` as the (rows, width) matrix the graph takes, in ``dtype``."""
         frame = self._frame(rows)
         if len(frame) == 0:
             raise InvalidInput("empty batch: send at least one row")
-        out = np.zeros((len(frame), self.width), dtype=np.float32)
+        out = np.zeros((len(frame), self.width), dtype=np.dtype(self.dtype))
         at = 0
         for column in self.columns:
             values = frame[column.name].to_numpy()
@@ -210,7 +213,7 @@ class TableEncoder:
                 | ({"categories": list(c.categories)} if c.categories is not None else {})
                 for c in self.columns
             ],
-        }
+        } | ({"dtype": self.dtype} if self.dtype != "float32" else {})
         return json.dumps(doc, indent=1)
 
     @classmethod
@@ -222,7 +225,8 @@ class TableEncoder:
                     c["name"], tuple(c["categories"]) if c.get("categories") is not None else None
                 )
                 for c in doc["columns"]
-            )
+            ),
+            dtype=doc.get("dtype", "float32"),
         )
 
     def write(self, folder: Path) -> Path:

@@ -121,9 +121,10 @@ def register_version(
     artifact exported elsewhere (optimize's ONNX files; ``model`` then runs that artifact for
     the probe) and returns ``(model_info, format, notes)``. ``encoder`` (a fitted
     ``preprocess.TableEncoder``) is saved in the model folder as the version's declared encoding
-    step; ``example`` is then already encoded. A scikit-learn estimator, an ONNX model or a
-    model file path (``frameworks.prepare``) is converted and checked on ``example`` and
-    ``sample`` (more rows) instead of exported; its task and classes come from the model.
+    step; ``example`` is then already encoded. A scikit-learn estimator, a Keras 3 model, an
+    ONNX model or a model file path (``frameworks.prepare``) is converted and checked on
+    ``example`` and ``sample`` (more rows) by its own module; its task and classes come from
+    the model.
     ``finish(folder, format)`` runs once the model
     is logged and hashed, before the version exists, and returns more tags for it (optimize's
     measured ``km.opt.*`` figures): the version is created last, in one call with every tag, so
@@ -158,6 +159,7 @@ def register_version(
         probe(model, inputs)
     else:  # scikit-learn, a model file: checked and converted, logged by its own log_fn
         inputs, notes, log_fn = foreign.inputs, list(foreign.notes), foreign.log_fn
+        encoder = foreign.encoder or encoder  # string columns one-hot encoded before the model
         checked_task, class_tag = foreign.task, _classes_tag(foreign.classes)
     with store_errors(f"cannot open the model store at {store.uri}"):
         parent_ref = resolve_parent(store, parent)

@@ -243,11 +243,20 @@ def test_integer_inputs_are_refused(shell: Any) -> None:
     assert "takes int64 inputs (token ids, masks), which have no gradient" in message
 
 
-def test_onnx_versions_are_refused(shell: Any) -> None:
+def test_onnx_versions_get_feature_ablation(shell: Any) -> None:
+    """No gradients through onnxruntime: each feature set to the baseline's, one at a time,
+    and the change of the target output is its attribution; the header says so."""
     ns = shell.user_ns
     r = api.optimize("toy", export="onnx", X=ns["X"], y=ns["labels"], progress="none")
-    message = usage_error(shell, f"toy@{r.version} frame[:2]")
-    assert message == (
-        f"toy@{r.version} (format onnx) is not differentiable in this kernel; "
-        "explain the torch version it was made from, toy@1"
-    )
+    e = api.explain(f"toy@{r.version}", ns["frame"][:3])
+    assert e.method == "Feature Ablation"
+    assert "Feature Ablation on 3 rows" in shell.display_formatter.format(e)[0]["text/plain"]
+    rows = ns["X"][:3]
+    full = _outputs(f"toy@{r.version}", rows)
+    for j in range(rows.shape[1]):
+        ablated = rows.copy()
+        ablated[:, j] = 0.0  # the zeros baseline
+        change = full - _outputs(f"toy@{r.version}", ablated)
+        expected = change[np.arange(3), e.targets]
+        np.testing.assert_allclose(e.attributions[:, j], expected, rtol=1e-5, atol=1e-6)
+    assert e.ranking()[0][0] == "signal"

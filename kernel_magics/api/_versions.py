@@ -68,7 +68,9 @@ def train(
     torchrun (``training.distributed``); the kernel still logs the run and registers once.
     A scikit-learn estimator (``MLPClassifier((32,))``, a ``Pipeline``) is fitted with its
     own ``fit`` on the training split instead (``frameworks.sklearn_training``; val_split,
-    seed and task apply) and registered like ``register`` registers one.
+    seed and task apply) and registered like ``register`` registers one. A compiled Keras
+    model is fitted with its own ``model.fit`` (``frameworks.keras_training``; epochs,
+    batch_size, val_split, seed and task apply) and registered the same way.
 
     A language model: ``text`` (the corpus, or the path of a UTF-8 file) instead of X, with
     the ``tokenizer``; ``model`` is a transformers causal LM trained on blocks of
@@ -79,6 +81,7 @@ def train(
     or on ``reference`` (raw rows, as clients send them) when given.
     """
     from kernel_magics.frameworks import is_sklearn
+    from kernel_magics.frameworks.keras_models import is_keras
     from kernel_magics.registration import check_model
     from kernel_magics.training.data import prepare_data
     from kernel_magics.training.fit import fit
@@ -86,7 +89,7 @@ def train(
     from kernel_magics.training.scaling import scale_data
 
     validate_name(name)
-    if text is None and not is_sklearn(model):
+    if text is None and not is_sklearn(model) and not is_keras(model):
         check_model(model)
     given = {
         "epochs": epochs,
@@ -122,6 +125,12 @@ def train(
         )
     if X is None:
         raise InvalidInput("train needs X (and y), or text with a tokenizer")
+    if is_keras(model):  # a torch module under the torch backend, but fitted by Keras itself
+        from kernel_magics.frameworks.keras_training import train_keras
+
+        return train_keras(
+            _store(_settings(settings)), model, X, y, name=name, config=config, reference=reference
+        )
     if is_sklearn(model):  # its own fit: the split, run, metrics and record of a torch training
         from kernel_magics.frameworks.sklearn_training import train_estimator
 

@@ -23,9 +23,10 @@ DRAWN_IMAGES = 6  # rows drawn as heat maps
 
 def _title(e: Any) -> str:
     rows = f"{e.rows} row{'s' if e.rows != 1 else ''}"
+    steps = f", {e.steps} steps" if e.steps else ""  # Feature Ablation has none
     return (
-        f"{e.name} v{e.version}{f' ({e.why})' if e.why else ''}: Integrated Gradients on {rows} "
-        f"({e.task}; baseline {e.baseline}, {e.steps} steps)"
+        f"{e.name} v{e.version}{f' ({e.why})' if e.why else ''}: {e.method} on {rows} "
+        f"({e.task}; baseline {e.baseline}{steps})"
     )
 
 

@@ -10,6 +10,7 @@ of versions can show them without reading runs.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,15 @@ def _targets(y: Any, n: int) -> np.ndarray:
     return truth
 
 
+def answers_probabilities(info: Any) -> bool:
+    """A version of another framework whose outputs are class probabilities already (its
+    ``km.conversion`` record says so: a scikit-learn classifier, a Keras sigmoid/softmax)."""
+    from kernel_magics.frameworks import TAG_CONVERSION
+
+    raw = (getattr(info, "tags", None) or {}).get(TAG_CONVERSION)
+    return isinstance(raw, str) and json.loads(raw).get("outputs") == "probabilities"
+
+
 def _task(loaded: LoadedVersion, truth: np.ndarray) -> str:
     task = loaded.info.task
     if task in HEADLINE:
@@ -98,7 +108,10 @@ def _score(
         n_classes = max(outputs.reshape(len(outputs), -1).shape[1], 2)
         labels = info.classes if len(info.classes or ()) == n_classes else None
         labels = labels or list(range(n_classes))
-        scores = classification(_class_indices(truth, labels, loaded.ref), outputs, labels)
+        indices = _class_indices(truth, labels, loaded.ref)
+        scores = classification(
+            indices, outputs, labels, probabilities_out=answers_probabilities(info)
+        )
         result.labels, result.per_class = labels, scores.per_class
         result.confusion = scores.confusion
     else:

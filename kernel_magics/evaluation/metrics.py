@@ -30,9 +30,15 @@ class Scores:
     notes: list[str] = field(default_factory=list)
 
 
-def probabilities(outputs: np.ndarray) -> np.ndarray:
-    """(N, C) class probabilities from raw outputs: softmax, or the sigmoid of one logit."""
+def probabilities(outputs: np.ndarray, *, already: bool = False) -> np.ndarray:
+    """(N, C) class probabilities from raw outputs: softmax, or the sigmoid of one logit.
+    ``already``: the outputs are probabilities (a scikit-learn classifier's, a Keras sigmoid
+    or softmax layer's); one column is the positive class's."""
     logits = outputs.astype(np.float64).reshape(len(outputs), -1)
+    if already:
+        if logits.shape[1] == 1:
+            return np.stack([1.0 - logits[:, 0], logits[:, 0]], axis=1)
+        return logits
     if logits.shape[1] == 1:
         positive = 1.0 / (1.0 + np.exp(-logits[:, 0]))
         return np.stack([1.0 - positive, positive], axis=1)
@@ -40,13 +46,16 @@ def probabilities(outputs: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def classification(y_true: np.ndarray, outputs: np.ndarray, labels: list[Any]) -> Scores:
-    """``y_true``: class indices (N,); ``outputs``: the model's scores (N, C) or one logit."""
+def classification(
+    y_true: np.ndarray, outputs: np.ndarray, labels: list[Any], *, probabilities_out: bool = False
+) -> Scores:
+    """``y_true``: class indices (N,); ``outputs``: the model's scores (N, C) or one logit
+    (``probabilities_out``: probabilities, see ``probabilities``)."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     from kernel_magics.training.metrics import classification_metrics
 
-    probs = probabilities(outputs)
+    probs = probabilities(outputs, already=probabilities_out)
     predicted = probs.argmax(axis=1)
     index = list(range(probs.shape[1]))
     scores = Scores(classification_metrics(y_true, predicted))

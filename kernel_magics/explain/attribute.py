@@ -1,12 +1,14 @@
-"""``%explain NAME[@V] X`` / ``api.explain``: Integrated Gradients on a registered version.
+"""``%explain NAME[@V] X`` / ``api.explain``: attributions of a registered version's inputs.
 
 The version is loaded in this kernel after its hash check by the serving loader of its format
 (``evaluation.loading``), so what is explained is what ``%deploy`` serves; the inference
 process's request path gains nothing. Attributions are Captum's ``IntegratedGradients`` on the
 loaded forward (the pt2 graph module or the pickled module; both are differentiable). Formats
-that are not (ONNX through onnxruntime) and integer or boolean inputs (token ids, masks: a
-path from a baseline to them does not exist) are refused with one line. Nothing is written to
-the store.
+without gradients (ONNX through onnxruntime, a scikit-learn estimator served by itself) get
+Captum's ``FeatureAblation`` over the served function instead: each feature replaced by the
+baseline's, one at a time, and the change in the output is its attribution; the header says
+which method. Integer or boolean inputs (token ids, masks: a path from a baseline to them does
+not exist) are refused with one line. Nothing is written to the store.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ BASELINES = ("zeros", "mean")
 MAX_ROWS = 200  # rows explained at once: beyond this, no table or plot is readable
 MAX_STEPS = 1000
 TORCH_FORMATS = ("pt2", "pickle")  # loaded as torch modules: gradients reach the input
+INTEGRATED_GRADIENTS = "Integrated Gradients"
+FEATURE_ABLATION = "Feature Ablation"  # formats without gradients (onnx, sklearn)
 # Elements per Captum forward (interpolation steps × rows × row size): bounds memory for
 # image models while a tabular model still runs every step in one forward.
 ELEMENTS_PER_FORWARD = 1 << 24
@@ -67,13 +71,20 @@ def explain(
             f"X has {len(chosen)} rows; at most {MAX_ROWS} are explained at once "
             "(rows=K / --rows K explains the first K)"
         )
-    call = differentiable_call(loaded, chosen)
+    gradients = loaded.format in TORCH_FORMATS
+    call = differentiable_call(loaded, chosen) if gradients else batched_call(loaded)
     outputs = forward(loaded, chosen).float().numpy().reshape(len(chosen), -1)
     task = task_of(loaded, outputs)
     labels = output_labels(loaded, task, outputs.shape[1])
     targets = resolve_targets(target, task, outputs, labels, loaded.ref)
     start = _baseline(baseline, data, loaded.ref)
-    attributions, delta = integrated_gradients(call, chosen, start, targets, steps)
+    if gradients:
+        attributions, delta = integrated_gradients(call, chosen, start, targets, steps)
+        notes = _notes(outputs, targets, delta, steps)
+    else:
+        attributions = feature_ablation(call, chosen, start, targets)
+        delta = np.zeros(len(chosen), dtype=np.float32)  # no integral: nothing left over
+        notes = [f"{loaded.format} versions have no gradients: {ABLATION_NOTE}"]
     predicted = None
     if task == "classification" and outputs.shape[1] > 1:
         predicted = [labels[int(i)] for i in outputs.argmax(axis=1)]
@@ -89,11 +100,18 @@ def explain(
         outputs=outputs,
         delta=delta,
         baseline=baseline if isinstance(baseline, str) else "given",
-        steps=steps,
+        steps=steps if gradients else 0,
         predicted=predicted,
-        notes=_notes(outputs, targets, delta, steps),
+        notes=notes,
         why=why,
+        method=INTEGRATED_GRADIENTS if gradients else FEATURE_ABLATION,
     )
+
+
+ABLATION_NOTE = (
+    "Captum's FeatureAblation over the served function (each feature set to the baseline's, "
+    "one at a time); attributions need not add up to the output change"
+)
 
 
 def _default_version(store: Store, ref: str) -> tuple[str, str]:
@@ -125,10 +143,35 @@ def _check_options(baseline: Any, steps: int, rows: int | None) -> None:
 def differentiable_call(
     loaded: LoadedVersion, rows: np.ndarray
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The version's forward with gradients, outputs flattened to (rows, outputs); a graph
-    with a fixed batch size gets its batches padded (the padding's outputs are dropped, so
-    its gradients are zero). One forward on the first row checks that gradients reach the
-    input: an onnxruntime session, for one, cannot give them."""
+    """The version's forward with gradients (``batched_call``). One forward on the first row
+    checks that gradients reach the input: an onnxruntime session, for one, cannot give
+    them."""
+    import torch
+
+    call = batched_call(loaded)
+    probe = torch.from_numpy(rows[:1].copy()).requires_grad_(True)
+    reason = ""
+    try:
+        out = call(probe)
+        ok = isinstance(out, torch.Tensor) and out.requires_grad
+    except Exception as err:  # loaders raise what their runtime raises
+        ok, reason = False, first_line(err, limit=120)
+    if not ok:
+        # a torch format failing here is unexpected: its reason helps; onnx's never does
+        detail = f" ({reason})" if reason and loaded.format in TORCH_FORMATS else ""
+        parent = loaded.info.parent
+        hint = f"; explain the torch version it was made from, {parent}" if parent else ""
+        raise InvalidInput(
+            f"{loaded.ref} (format {loaded.format}) is not differentiable in this kernel"
+            f"{detail}{hint}"
+        )
+    return call
+
+
+def batched_call(loaded: LoadedVersion) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The version's forward, outputs flattened to (rows, outputs); a graph with a fixed
+    batch size gets its batches padded (the padding's outputs are dropped, so its gradients
+    are zero)."""
     import torch
 
     size = loaded.fixed_batch
@@ -147,22 +190,6 @@ def differentiable_call(
             out = torch.cat(parts)
         return out.reshape(len(out), -1)
 
-    probe = torch.from_numpy(rows[:1].copy()).requires_grad_(True)
-    reason = ""
-    try:
-        out = call(probe)
-        ok = isinstance(out, torch.Tensor) and out.requires_grad
-    except Exception as err:  # loaders raise what their runtime raises
-        ok, reason = False, first_line(err, limit=120)
-    if not ok:
-        # a torch format failing here is unexpected: its reason helps; onnx's never does
-        detail = f" ({reason})" if reason and loaded.format in TORCH_FORMATS else ""
-        parent = loaded.info.parent
-        hint = f"; explain the torch version it was made from, {parent}" if parent else ""
-        raise InvalidInput(
-            f"{loaded.ref} (format {loaded.format}) is not differentiable in this kernel"
-            f"{detail}{hint}"
-        )
     return call
 
 
@@ -209,6 +236,26 @@ def integrated_gradients(
         return_convergence_delta=True,
     )
     return attributions.detach().numpy(), delta.detach().float().numpy()
+
+
+def feature_ablation(
+    call: Callable[[torch.Tensor], torch.Tensor],
+    rows: np.ndarray,
+    baseline: np.ndarray,
+    targets: list[int],
+) -> np.ndarray:
+    """Captum's FeatureAblation: each input element (a feature of a tabular row) replaced by
+    the baseline's, the change of the target output its attribution; shaped like ``rows``."""
+    import torch
+    from captum.attr import FeatureAblation
+
+    inputs = torch.from_numpy(np.ascontiguousarray(rows))
+    start = torch.from_numpy(baseline).unsqueeze(0).expand_as(inputs).contiguous()
+    with torch.no_grad():
+        attributions = FeatureAblation(call).attribute(
+            inputs, baselines=start, target=torch.tensor(targets), perturbations_per_eval=8
+        )
+    return attributions.detach().float().numpy()
 
 
 def _notes(outputs: np.ndarray, targets: list[int], delta: np.ndarray, steps: int) -> list[str]:

@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Explanation:
-    """Integrated Gradients attributions of one version for some rows
-    (``x = %explain digits X_test[:5]``).
+    """Attributions of one version for some rows (``x = %explain digits X_test[:5]``):
+    Integrated Gradients, or Feature Ablation for a version without gradients (``method``).
 
     ``attributions[i]`` has the shape of row ``i`` and, summed, approximates
     ``outputs[i, targets[i]]`` minus the same output at the baseline (``delta[i]`` is what is
@@ -35,6 +35,7 @@ class Explanation:
     predicted: list[Any] | None = None  # the predicted class label per row (classifiers)
     notes: list[str] = field(default_factory=list)
     why: str = ""  # for a bare NAME: why this version ("the live version", "the newest ...")
+    method: str = "Integrated Gradients"  # or "Feature Ablation" (explain.attribute)
 
     _repr_html_ = html_view  # the view the front end registered
 

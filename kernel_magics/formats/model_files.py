@@ -67,6 +67,17 @@ def read_signature(folder: Path, example: np.ndarray | None) -> Signature:
     raise DeployFailed(f"{folder}: no signature and no input example; cannot check inputs")
 
 
+def read_pyfunc(folder: Path) -> str | None:
+    """The module MLflow's pyfunc loads the folder with (``mlflow.sklearn``, ``mlflow.keras``,
+    ``mlflow.pytorch`` …): what ``mlflow models serve`` answers with, whatever format serves."""
+    import yaml  # only at load time
+
+    meta = yaml.safe_load((folder / "MLmodel").read_text())
+    pyfunc = (meta.get("flavors") or {}).get("python_function") or {}
+    module = pyfunc.get("loader_module")
+    return str(module) if module else None
+
+
 def read_example(folder: Path) -> np.ndarray | None:
     path = folder / "input_example.json"
     if not path.is_file():

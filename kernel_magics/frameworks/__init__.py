@@ -1,6 +1,7 @@
 """Models of other frameworks entering the lifecycle: scikit-learn estimators and pipelines
-(``sklearn_models.py``), ONNX models and model files given by path (``files.py``: ``.onnx``,
-``.joblib``, ``.pkl``).
+(``sklearn_models.py``, ``sklearn_tables.py`` for string columns, ``sklearn_training.py``),
+Keras 3 models (``keras_models.py``, ``keras_training.py``), ONNX models and model files given
+by path (``files.py``: ``.onnx``, ``.joblib``, ``.pkl``).
 
 ``registration.register_version`` asks ``prepare`` first: a torch module gets ``None`` and
 takes the torch path; anything this package knows becomes a ``Prepared`` version (its input
@@ -38,6 +39,7 @@ class Prepared:
     classes: list | None
     tags: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    encoder: Any = None  # a declared encoding step (preprocess.TableEncoder) before the model
 
 
 def prepare(
@@ -55,6 +57,12 @@ def prepare(
         from kernel_magics.frameworks.files import prepare_file
 
         return prepare_file(Path(model), example, sample=sample, task=task, classes=classes)
+    from kernel_magics.frameworks.keras_models import is_keras
+
+    if is_keras(model):  # before the torch path: under the torch backend it is a torch module
+        from kernel_magics.frameworks.keras_models import prepare_keras
+
+        return prepare_keras(model, example, sample=sample, task=task, classes=classes)
     if is_sklearn(model):
         from kernel_magics.frameworks.sklearn_models import prepare_estimator
 

@@ -53,26 +53,64 @@ def prepare_estimator(
     wanted = "classification" if classifier else "regression"
     if task is not None and task != wanted:
         raise InvalidInput(f"the {type(model).__name__} is a {wanted} model, not {task}")
-    rows = feature_rows(example, "the example")[:EXAMPLE_ROWS]
-    check = rows if sample is None else np.concatenate([rows, feature_rows(sample, "the sample")])
-    own = estimator_outputs(model, check)  # also fails here, in one line, if it cannot take them
     labels = _classes(model, classes) if classifier else None
+    table = _table_rows(model, example, sample)
+    if table is not None:  # string columns: an encoding step, then the pipeline on numbers
+        served, rows, check, own, encoder = table
+    else:
+        served, encoder = model, None
+        rows = feature_rows(example, "the example")[:EXAMPLE_ROWS]
+        check = (
+            rows if sample is None else np.concatenate([rows, feature_rows(sample, "the sample")])
+        )
+        own = estimator_outputs(
+            model, check
+        )  # also fails here, in one line, if it cannot take them
 
-    onx, dtype, conversion, notes = convert_checked(model, check, own, classifier)
+    onx, dtype, conversion, notes = convert_checked(served, check, own, classifier)
+    if classifier:  # what %evaluate reads: no softmax over these
+        conversion["outputs"] = "probabilities"
+    if encoder is not None:
+        encoded = ", ".join(
+            f"{c.name} ({len(c.categories)} categories)" for c in encoder.columns if c.categories
+        )
+        notes.insert(0, f"one-hot encoded before the model, with its own categories: {encoded}")
     tags = {TAG_CONVERSION: json.dumps(conversion)}
     inputs: np.ndarray = np.ascontiguousarray(rows, dtype=dtype)
     outputs = own.shape[1]
     return Prepared(
         inputs=inputs,
-        log_fn=_log_fn(model, onx, outputs),
+        log_fn=_log_fn(served, onx, outputs),
         task=wanted,
         classes=labels,
         tags=tags,
         notes=notes,
+        encoder=encoder,
     )
 
 
-def estimator_outputs(model: Any, rows: np.ndarray) -> np.ndarray:
+def _table_rows(model: Any, example: Any, sample: Any) -> tuple | None:
+    """For a DataFrame example with string columns: (the numeric pipeline, encoded example
+    rows, encoded check rows, the original pipeline's outputs on the check rows, the encoder);
+    None for numeric rows."""
+    import pandas as pd
+
+    from kernel_magics.frameworks.sklearn_tables import split_table_pipeline, string_columns
+
+    if not isinstance(example, pd.DataFrame) or not string_columns(example):
+        return None
+    if sample is not None and not isinstance(sample, pd.DataFrame):
+        raise InvalidInput("the example is a DataFrame: give the sample as one too")
+    frame = example[:EXAMPLE_ROWS]
+    checked = frame if sample is None else pd.concat([frame, sample])
+    table = split_table_pipeline(model, checked)  # first: says which models take strings
+    own = estimator_outputs(model, checked)  # the pipeline on the DataFrame, as it was fitted
+    rows = table.encoder.encode(frame).astype(np.float64)
+    check = table.encoder.encode(checked).astype(np.float64)
+    return table.numeric, rows, check, own, table.encoder
+
+
+def estimator_outputs(model: Any, rows: Any) -> np.ndarray:
     """What the served version answers, computed by the estimator: class probabilities of a
     classifier (rows, classes), a regressor's predictions as (rows, targets)."""
     from sklearn.base import is_classifier
@@ -243,8 +281,15 @@ class _SklearnAndOnnx:
 
     @staticmethod
     def save_model(
-        path: str, mlflow_model: Any, sk_model: Any, onnx_model: Any, **kwargs: Any
+        path: str,
+        mlflow_model: Any,
+        sk_model: Any,
+        onnx_model: Any,
+        extra_files: list[str],
+        **kwargs: Any,
     ) -> None:
+        import shutil
+
         import mlflow.sklearn
 
         # cloudpickle, not MLflow's skops default: skops refuses fitted optimizers (MLP's Adam)
@@ -262,6 +307,10 @@ class _SklearnAndOnnx:
             )
         finally:
             quiet.setLevel(level)
+        if extra_files:  # where MLflow's pytorch flavor puts them (the encoding step's file)
+            (Path(path) / "extra_files").mkdir()
+            for file in extra_files:
+                shutil.copy(file, Path(path) / "extra_files" / Path(file).name)
         if onnx_model is None:
             return
         import onnx

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,16 @@ import joblib
 import mlflow
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 import requests
 import torch
 from IPython.core.error import UsageError
+from kit.mlflow_serve import MlflowServe
 from sklearn.datasets import load_diabetes
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -64,18 +68,27 @@ def _conversion(name: str, version: int) -> dict:
     return json.loads(info.tags[TAG_CONVERSION])
 
 
-def _post(path: str, doc: Any) -> requests.Response:
+def _post(path: str, doc: Any, content_type: str = "application/json") -> requests.Response:
     status = api.server_status()
     assert status is not None
     return requests.post(
         f"{status.url}{path}",
-        data=json.dumps(doc),
-        headers={
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {api.server_token()}",
-        },
+        data=doc if isinstance(doc, bytes) else json.dumps(doc),
+        headers={"Content-Type": content_type, "Authorization": f"Bearer {api.server_token()}"},
         timeout=30,
     )
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(registered_mlp: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``mlflow models serve`` on the version's own folder (its sklearn flavor)."""
+    with Store(load_settings()).tracking():
+        folder = mlflow.artifacts.download_artifacts(f"models:/sk-mlp/{registered_mlp.version}")
+    server = MlflowServe(folder, tmp_path_factory.mktemp("mlflow-serve") / "serve.log")
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
 
 
 def _versions(name: str) -> int:
@@ -143,6 +156,126 @@ def test_v2_hot_swaps_in_and_rolls_back(registered_mlp: Any, data: Any, mlp: Any
     api.rollback("sk-mlp")
     back = api.predict("sk-mlp", rows, raw=True)
     assert np.abs(back - mlp.predict_proba(rows)).max() <= _conversion("sk-mlp", 1)["tolerance"]
+
+
+def _invocation_cases(X: np.ndarray) -> list[tuple[str, bytes, str]]:
+    rows = X[:5].tolist()
+    columns = [str(i) for i in range(X.shape[1])]
+    csv = "\n".join([",".join(columns)] + [",".join(map(str, r)) for r in rows])
+    records = [dict(zip(columns, r, strict=True)) for r in rows]
+    docs = {
+        "split": {"dataframe_split": {"columns": columns, "data": rows}},
+        "records": {"dataframe_records": records},
+        "inputs": {"inputs": rows},
+        "instances": {"instances": rows},
+        "wrong features": {"inputs": [[1.0] * 10]},
+        "strings": {"inputs": [["a"] * X.shape[1]]},
+    }
+    cases = [(name, json.dumps(doc).encode(), "application/json") for name, doc in docs.items()]
+    return [*cases, ("csv", csv.encode(), "text/csv")]
+
+
+def test_invocations_answer_as_mlflow_models_serve(
+    registered_mlp: Any, data: Any, mlflow_url: str
+) -> None:
+    X, _ = data
+    api.deploy("sk-mlp", registered_mlp.version)
+    for name, body, ctype in _invocation_cases(X):
+        theirs = requests.post(
+            f"{mlflow_url}/invocations", data=body, headers={"Content-Type": ctype}, timeout=30
+        )
+        mine = _post("/v1/models/sk-mlp/invocations", body, ctype)
+        assert mine.status_code // 100 == theirs.status_code // 100, (name, theirs.text, mine.text)
+        if theirs.status_code == 200:
+            assert mine.json() == theirs.json(), name  # the estimator's labels, as predict answers
+        else:
+            assert mine.json()["error"], name
+
+
+def test_evaluate_compare_and_explain_an_estimators_versions(
+    registered_mlp: Any, data: Any, mlp: Any, shell: Any
+) -> None:
+    X, y = data
+    held_out, truth = X[300:], y[300:]
+    ev = api.evaluate(f"sk-mlp@{registered_mlp.version}", held_out, truth)
+    assert ev.metrics["accuracy"] == pytest.approx(accuracy_score(truth, mlp.predict(held_out)))
+    # the outputs are probabilities already: scored as they are, not through a softmax
+    expected_auc = roc_auc_score(truth, mlp.predict_proba(held_out), multi_class="ovr")
+    assert ev.metrics["roc_auc"] == pytest.approx(expected_auc, abs=1e-6)
+
+    comparison = api.compare("sk-mlp", 1, 2)
+    assert comparison.row("format").values == ["onnx", "onnx"]
+    assert all(v is not None and v > 0 for v in comparison.row("latency_ms").values)
+
+    e = api.explain(f"sk-mlp@{registered_mlp.version}", X[:2])
+    assert e.method == "Feature Ablation"
+    assert e.attributions.shape == (2, 64)
+    header = shell.display_formatter.format(e)[0]["text/plain"]
+    assert "Feature Ablation on 2 rows" in header
+
+
+def test_a_converted_estimator_quantizes_to_int8(registered_mlp: Any, data: Any) -> None:
+    X, y = data
+    r = api.optimize(
+        f"sk-mlp@{registered_mlp.version}", quantize="dynamic", X=X, y=y, progress="none"
+    )
+    assert r.format == "onnx"
+    assert r.parent == f"sk-mlp@{registered_mlp.version}"
+    assert r.figures.size_bytes < r.parent_figures.size_bytes
+    assert r.figures.metrics["accuracy"] >= r.parent_figures.metrics["accuracy"] - 0.02
+
+
+# -- a DataFrame with a string column ----------------------------------------------------------
+def _table(rows: int) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "age": rng.normal(40, 10, rows),
+            "color": rng.choice(["red", "green", "blue"], rows),
+            "income": rng.normal(50, 20, rows),
+        }
+    )
+    return frame, ((frame.age > 40) ^ (frame.color == "red")).to_numpy().astype(int)
+
+
+TABLE_CELL = """
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+columns = ColumnTransformer([("color", OneHotEncoder(), ["color"]),
+                             ("numbers", StandardScaler(), ["age", "income"])])
+pipe = Pipeline([("columns", columns), ("model", LogisticRegression())]).fit(df, labels)
+"""
+
+
+def test_a_pipeline_with_a_string_column_serves_json_rows(shell: Any, run_cell: Any) -> None:
+    frame, labels = _table(300)
+    shell.user_ns.update(df=frame, labels=labels)
+    run_cell(shell, TABLE_CELL)
+    pipe = shell.user_ns["pipe"]
+    r = run_cell(shell, "%register pipe --name sk-table --example df[:2] --sample df[:200]")
+    assert r.format == "onnx"
+    assert r.notes[0].startswith("one-hot encoded before the model")
+    record = _conversion("sk-table", r.version)
+    assert record["converter"] == "skl2onnx"
+    api.deploy("sk-table")
+    rows = frame[200:216]
+    labelled = _post(
+        "/v1/models/sk-table:predict?labels=true", {"instances": rows.to_dict("records")}
+    )
+    assert labelled.status_code == 200, labelled.text
+    assert labelled.json()["labels"] == pipe.predict(rows).tolist()
+    served = np.asarray(labelled.json()["predictions"])
+    assert np.abs(served - pipe.predict_proba(rows)).max() <= record["tolerance"]
+    split = {"dataframe_split": rows.to_dict("split")}
+    invoked = _post("/v1/models/sk-table/invocations", split)
+    assert invoked.json() == {"predictions": pipe.predict(rows).tolist()}
+    unknown = _post("/v1/models/sk-table:predict", {"instances": [{**rows.iloc[0], "color": "x"}]})
+    assert unknown.status_code == 400
+    assert "not seen in training" in unknown.json()["error"]
+    assert api.predict("sk-table", rows).tolist() == pipe.predict(rows).tolist()
 
 
 # -- where float32 changes a tree's answer ------------------------------------------------------
@@ -259,7 +392,7 @@ def test_register_a_joblib_file_after_one_warning_line(
 
 # -- bad input: one line, nothing registered ----------------------------------------------------
 def test_bad_models_fail_in_one_line_and_register_nothing(
-    shell: Any, run_cell: Any, tmp_path: Path, data: Any
+    shell: Any, run_cell: Any, tmp_path: Path, data: Any, mlp: Any
 ) -> None:
     X, y = data
     not_onnx = tmp_path / "notes.onnx"
@@ -269,6 +402,8 @@ def test_bad_models_fail_in_one_line_and_register_nothing(
     text = tmp_path / "numbers.joblib"
     joblib.dump([1, 2, 3], text)
     shell.user_ns["unfitted"] = MLPClassifier((8,))
+    shell.user_ns["fitted"] = mlp
+    shell.user_ns["words"] = pd.DataFrame({"color": ["red", "blue"], "age": [40.0, 50.0]})
     cases = {
         "%register unfitted --name bad --example X[:2]": "not fitted",
         "%register 42 --name bad --example X[:2]": "torch.nn.Module",
@@ -276,6 +411,7 @@ def test_bad_models_fail_in_one_line_and_register_nothing(
         f"%register {broken} --name bad --example X[:2]": "could not be unpickled",
         f"%register {text} --name bad --example X[:2]": "not a scikit-learn model",
         f"%register {tmp_path / 'missing.onnx'} --name bad": "no model file",
+        "%register fitted --name bad --example words": "the example has string columns",
     }
     for line, said in cases.items():
         with pytest.raises(UsageError) as err:

@@ -6,8 +6,11 @@ models with a single unnamed tensor signature (what kernel-magics logs), includi
 layout the model sees: DataFrame inputs reach the model as ``DataFrame.to_numpy()`` (column-major),
 ``instances``/``inputs`` as ``np.array(rows, dtype)``; the forward is the same, so outputs match
 to the bit. Column-based signatures (pickle models logged with a DataFrame example) follow
-``to_numpy(float32)`` and answer records. Errors are 4xx; MLflow's exact wording is not copied.
-pandas is imported lazily: this route is not the hot path.
+``to_numpy(float32)`` and answer records. A scikit-learn version (its folder's pyfunc is
+``mlflow.sklearn``, whichever format serves it) answers as the estimator's ``predict`` does: a
+classifier's label per row, a one-target regressor's values as one list. A Keras version's pyfunc
+answers ``model.predict``, which the exported program matches. Errors are 4xx; MLflow's exact
+wording is not copied. pandas is imported lazily: this route is not the hot path.
 """
 
 from __future__ import annotations
@@ -26,16 +29,33 @@ _LLM_KEYS = ("messages", "prompt", "input")
 
 
 class Parsed:
-    """The array to forward as given, and how to shape the answer."""
+    """The array to forward as given, and how to shape the answer: as records, as a
+    scikit-learn model's ``predict`` answers (``labels``: a classifier's class per row;
+    ``flat``: a one-target regressor's values as one list)."""
 
-    __slots__ = ("array", "records")
+    __slots__ = ("array", "records", "labels", "flat")
 
     def __init__(self, array: np.ndarray, records: bool):
         self.array = array
         self.records = records
+        self.labels: tuple | None = None
+        self.flat = False
+
+
+SKLEARN_PYFUNC = "mlflow.sklearn"  # its predict: labels of a classifier, (rows,) of a regressor
 
 
 def parse(body: bytes, content_type: bytes | None, model: Any) -> Parsed:
+    parsed = _parse(body, content_type, model)
+    if getattr(model, "pyfunc", None) == SKLEARN_PYFUNC:
+        if model.task == "classification" and model.classes:
+            parsed.labels = tuple(model.classes)
+        elif (model.signature.output_shape or ())[1:] in ((), (1,)):
+            parsed.flat = True
+    return parsed
+
+
+def _parse(body: bytes, content_type: bytes | None, model: Any) -> Parsed:
     mime, charset, unexpected = _content_type(content_type)
     if charset != "utf-8":
         raise UnsupportedMediaType("The scoring server only supports UTF-8")
@@ -63,7 +83,8 @@ def parse(body: bytes, content_type: bytes | None, model: Any) -> Parsed:
     encoder = getattr(model, "encoder", None)
     if encoder is not None:  # table rows with string columns: the version's declared encoding
         rows = doc[key] if key in ("instances", "inputs") else _frame(key, doc[key])
-        return Parsed(encoder.encode(rows), records=False)
+        # in the graph's dtype (an encoder's float64 reaches a float32 graph converted)
+        return Parsed(encoder.encode(rows).astype(sig.dtype, copy=False), records=False)
     if sig.columns is not None:
         return _columns(_frame(key, doc[key]), sig)
     if key in ("instances", "inputs"):
@@ -73,6 +94,12 @@ def parse(body: bytes, content_type: bytes | None, model: Any) -> Parsed:
 
 def answer(outputs: np.ndarray, parsed: Parsed) -> bytes:
     """``{"predictions": ...}`` exactly as MLflow's json.dump writes it (NaN included)."""
+    if parsed.labels is not None:
+        scores = outputs.reshape(len(outputs), -1)
+        labels = np.asarray(parsed.labels, dtype=object)[scores.argmax(axis=1)].tolist()
+        return json.dumps({"predictions": labels}).encode()
+    if parsed.flat:
+        outputs = outputs.reshape(-1)
     if parsed.records:
         arr = outputs.reshape(len(outputs), -1) if outputs.ndim != 2 else outputs
         preds: Any = [

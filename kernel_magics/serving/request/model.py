@@ -18,7 +18,12 @@ import torch
 
 from kernel_magics.errors import DeployFailed, InvalidInput
 from kernel_magics.formats.loaders import loader_for
-from kernel_magics.formats.model_files import Signature, read_example, read_signature
+from kernel_magics.formats.model_files import (
+    Signature,
+    read_example,
+    read_pyfunc,
+    read_signature,
+)
 from kernel_magics.preprocess import TableEncoder, read_encoder
 from kernel_magics.quality.log_writer import RowShape, Sampler
 from kernel_magics.serving.request.inflight import InFlight
@@ -46,6 +51,7 @@ class LoadedModel:
     example: np.ndarray | None = None
     encoder: TableEncoder | None = None  # the version's declared one-hot step (preprocess.py)
     classes: tuple | None = None  # a classifier's labels in output order (km.classes)
+    pyfunc: str | None = None  # MLflow's loader module for the folder (/invocations answers so)
     loaded_at: str = ""
     load_ms: float = 0.0
     warm_ms: float = 0.0
@@ -88,6 +94,7 @@ class LoadedModel:
             self.example = read_example(folder)
             self.signature = read_signature(folder, self.example)
             self.encoder = read_encoder(folder)
+            self.pyfunc = read_pyfunc(folder)
         self.fmt = loader.format
         try:
             graph = loader.load(folder / loader.file)
