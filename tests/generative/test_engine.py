@@ -95,6 +95,10 @@ def test_other_shapes_decode_as_generate(shape: str, tokenizer: Any) -> None:
         **extra,
     )  # fmt: skip
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # biases start at zero, where one left out would not show
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.normal_(0.0, 0.5)
     e = Engine(model, tokenizer, max_running=4, kv_cache_tokens=4096, max_queued=8, name=shape)
     try:
         assert e.describe()["decode_path"] == path
