@@ -15,6 +15,7 @@ the event loop once, not once per stream.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -99,6 +100,7 @@ class Engine:
         self.cache = SlotCache(config.num_hidden_layers, max_running, kv_heads, head_dim, dtype)
         self.eos = _eos_ids(model, tokenizer)
         self._backend = _stream_backend(tokenizer)
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         # decode steps skip the model's module stack where its architecture is known
         self.direct = decode.DirectDecoder(model) if decode.supports(model) else None
         self.waiting: deque[Sequence] = deque()
@@ -226,6 +228,11 @@ class Engine:
             ids[row, : len(seq.prompt_ids)] = torch.tensor(seq.prompt_ids)
         mask = torch.full((length, length), torch.finfo(cache.dtype).min, dtype=cache.dtype)
         mask = mask.triu(1)[None, None].expand(len(seqs), 1, length, length)
+        last = [len(s.prompt_ids) - 1 for s in seqs]
+        # only the positions that end a prompt go through the output layer (where the model
+        # takes ``logits_to_keep``): the rest of a prompt's logits are never read
+        keep = sorted(set(last)) if self._keeps_logits else list(range(length))
+        extra = {"logits_to_keep": torch.tensor(keep)} if self._keeps_logits else {}
         cache.prefill_slot = seqs[0].slot
         try:
             out = self.model(
@@ -234,11 +241,12 @@ class Engine:
                 attention_mask=mask,
                 cache=cache,
                 use_cache=True,
+                **extra,
             )
         finally:
             cache.prefill_slot = -1
-        last = torch.tensor([len(s.prompt_ids) - 1 for s in seqs])
-        logits = out.logits[torch.arange(len(seqs)), last]
+        columns = torch.tensor([keep.index(i) for i in last])
+        logits = out.logits[torch.arange(len(seqs)), columns]
         now = time.perf_counter()
         tokens = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
         for seq, token in zip(seqs, tokens, strict=True):
