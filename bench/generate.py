@@ -1,18 +1,23 @@
 """Generation benchmark: kernel-magics' generation plane against ``transformers serve
 --continuous-batching`` (the peer), with in-process ``model.generate`` as the single-stream
-reference.
+reference, on two model sizes.
 
-    .venv/bin/python bench/generate.py [--tokens N] [--streams S] [--quick]
+    .venv/bin/python bench/generate.py [--sizes 4m,30m] [--tokens N] [--streams S]
+                                       [--rounds R] [--only ours|peer] [--quick]
 
-Builds the 4.2 M-parameter Llama of the notebook (BPE tokenizer with vocab 2048 trained on
-``pydoc_data``; hidden 256, 4 layers, 4 heads; random weights, seed 0) into one folder, registers
-that folder in a throwaway KERNEL_MAGICS_HOME and deploys it, starts the peer on the same folder,
-then measures, for each server in turn (never both loaded at once): one stream, then S
-concurrent streams (the official ``openai`` async client), greedy, ``max_tokens`` N, the same
-prompts. Per stream: time to first text, text chunks; aggregate chunks/s over the wall time of
-the S streams. (A chunk is one streamed piece of text: one token on both servers, except where a
-token completes no character.) Everything started here is stopped by PID.
-Writes ``bench/generate_results.json`` and prints a markdown table.
+For each size (``_gen_model.SIZES``: the notebook's 4.2 M-parameter Llama and a ≈ 30 M one,
+random weights, the notebook's BPE tokenizer) it builds one model folder, starts ours (the folder
+registered in a throwaway KERNEL_MAGICS_HOME and deployed) and the peer on the same folder, both
+loaded and idle but for the server measured, and measures round by round, the servers taking
+turns: in-process ``model.generate`` at one torch thread, batch 1; each server's one stream (R
+rounds; the median), then S concurrent streams (R rounds)
+with the official ``openai`` async client (one client per server, its S connections opened by a
+warm-up), greedy, ``max_tokens`` N, the same prompts. Per
+stream: time to first text (TTFT) and text chunks; aggregate chunks/s over each round's wall
+time (the median round); TTFT percentiles over all rounds' streams. A chunk is one streamed
+piece of text: one token on both servers, except where a token completes no character.
+Everything started here is stopped by PID. Writes ``bench/generate_results.json`` and
+``bench/results-generate.md`` (the ratio table and the command that made it).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import sys
@@ -30,6 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from _gen_model import SIZES, build_model
+from _gen_report import write_report
 from _log import log
 from _procs import private_home, spawn, stop_children, stop_leftover_server
 
@@ -41,96 +49,126 @@ PROMPTS = [
 ]
 
 
-def build_model(folder: Path) -> None:
-    from pydoc_data.topics import topics
+class InProcess:
+    """``model.generate`` at one torch thread, batch 1, in this process."""
 
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    def __init__(self, folder: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=2048,
-        special_tokens=["<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(list(topics.values()), trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=2048,
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        max_position_embeddings=512,
-        bos_token_id=0,
-        eos_token_id=1,
-    )
-    LlamaForCausalLM(config).eval().save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
+        torch.set_num_threads(1)
+        self.model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        self.ids = tok(PROMPTS[0], return_tensors="pt")["input_ids"]
+        self.rate(4)
 
-
-def in_process(folder: Path, tokens: int) -> float:
-    """``model.generate`` at one torch thread, batch 1: tokens/s."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.set_num_threads(1)
-    model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    ids = tok(PROMPTS[0], return_tensors="pt")["input_ids"]
-    kw = {"do_sample": False, "eos_token_id": None, "pad_token_id": 1}
-    model.generate(ids, max_new_tokens=4, **kw)
-    started = time.perf_counter()
-    model.generate(ids, max_new_tokens=tokens, **kw)
-    return tokens / (time.perf_counter() - started)
-
-
-async def streams(base: str, key: str, model: str, count: int, tokens: int) -> dict:
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0, timeout=600)
-
-    async def one(i: int) -> tuple[float, int]:
+    def rate(self, tokens: int) -> float:
+        """Tokens/s of one greedy generation of ``tokens`` new tokens."""
         started = time.perf_counter()
-        first, chunks = 0.0, 0
-        stream = await client.completions.create(
+        self.model.generate(
+            self.ids, max_new_tokens=tokens, do_sample=False, eos_token_id=None, pad_token_id=1
+        )
+        return tokens / (time.perf_counter() - started)
+
+
+async def streams(client: object, model: str, count: int, tokens: int) -> dict:
+    async def one(i: int) -> tuple[float, int, int]:
+        started = time.perf_counter()
+        first, chunks, tokens_said = 0.0, 0, 0
+        stream = await client.completions.create(  # type: ignore[attr-defined]
             model=model,
             prompt=PROMPTS[i % len(PROMPTS)],
             max_tokens=tokens,
             temperature=0,
             stream=True,
+            stream_options={"include_usage": True},
         )
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].text:
                 chunks += 1
                 first = first or time.perf_counter() - started
-        return first, chunks
+            if chunk.usage is not None:
+                tokens_said = chunk.usage.completion_tokens
+        return first, chunks, tokens_said
 
     started = time.perf_counter()
     results = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
     wall = time.perf_counter() - started
-    await client.close()
     ok = [r for r in results if not isinstance(r, BaseException)]
-    ttfts = sorted(r[0] for r in ok)
+    said = [r[2] for r in ok]
     return {
-        "streams": count,
         "failed": count - len(ok),
         "chunks_per_s": sum(r[1] for r in ok) / wall,
-        "ttft_p50_ms": 1000 * statistics.median(ttfts) if ttfts else None,
-        "ttft_max_ms": 1000 * ttfts[-1] if ttfts else None,
+        # the tokens the server says it generated (usage), where every stream said it
+        "tokens_per_s": sum(said) / wall if all(said) else None,
+        "ttfts_ms": [1000 * r[0] for r in ok],
     }
 
 
-def measure(name: str, base: str, key: str, model: str, count: int, tokens: int) -> dict:
-    asyncio.run(streams(base, key, model, 2, 8))  # warm both paths
-    out = {"one": asyncio.run(streams(base, key, model, 1, tokens))}
-    out["many"] = asyncio.run(streams(base, key, model, count, tokens))
-    log(f"{name}: {out}")
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest rank: with 48 values p99 is the largest."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def summary(runs: list[dict]) -> dict:
+    ttfts = [t for r in runs for t in r["ttfts_ms"]]
+    return {
+        "runs": len(runs),
+        "failed": sum(r["failed"] for r in runs),
+        "chunks_per_s": statistics.median(r["chunks_per_s"] for r in runs),
+        "tokens_per_s": None
+        if any(r["tokens_per_s"] is None for r in runs)
+        else statistics.median(r["tokens_per_s"] for r in runs),
+        "chunks_per_s_runs": [round(r["chunks_per_s"], 1) for r in runs],
+        "ttft_p50_ms": percentile(ttfts, 50),
+        "ttft_p99_ms": percentile(ttfts, 99),
+    }
+
+
+async def measure(
+    servers: dict[str, tuple[str, str, str]], generate: InProcess, args: argparse.Namespace
+) -> dict:
+    """Every case of every server, round by round, the servers alternating (and which goes
+    first): a change of the machine's load during the run falls on all of them alike. One
+    client per server for the whole run, as an application keeps one: its connection pool is
+    opened by the warm-up (S streams), so no round pays TCP connects, on either server."""
+    import openai
+
+    clients = {
+        name: (openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0, timeout=600), model)
+        for name, (base, key, model) in servers.items()
+    }
+    one: dict[str, list] = {name: [] for name in servers}
+    many: dict[str, list] = {name: [] for name in servers}
+    rates = []
+    try:
+        for client, model in clients.values():
+            await streams(client, model, args.streams, 8)  # warm both paths, open S connections
+        for round_ in range(args.rounds):
+            rates.append(generate.rate(args.tokens))
+            for name in _order(servers, round_):
+                client, model = clients[name]
+                one[name].append(await streams(client, model, 1, args.tokens))
+        for round_ in range(args.rounds):
+            for name in _order(servers, round_):
+                client, model = clients[name]
+                many[name].append(await streams(client, model, args.streams, args.tokens))
+    finally:
+        for client, _ in clients.values():
+            await client.close()
+    out: dict = {"in_process_generate_tok_s": statistics.median(rates)}
+    out["in_process_generate_runs"] = [round(r, 1) for r in rates]
+    for name in servers:
+        out[name] = {"one": summary(one[name]), "many": summary(many[name])}
     return out
+
+
+def _order(servers: dict, round_: int) -> list[str]:
+    names = list(servers)
+    return names if round_ % 2 == 0 else names[::-1]
 
 
 def wait_health(url: str, timeout: float) -> None:
@@ -145,83 +183,94 @@ def wait_health(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
+def start_ours(folder: Path, size: str) -> tuple[str, str, str]:
+    from kernel_magics import api
+
+    name = f"lm-{size}"
+    api.register(str(folder), name=name)
+    api.deploy(name)
+    return f"{api.server_status().url}/v1", api.server_token(), name
+
+
+def start_peer(folder: Path, size: str, tmp: Path) -> tuple[str, str, str]:
+    from _http import free_port
+
+    port = free_port()
+    spawn(
+        [
+            str(Path(sys.executable).parent / "transformers"),
+            "serve",
+            str(folder),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--continuous-batching",
+        ],
+        stdout=open(tmp / f"peer-{size}.log", "wb"),  # noqa: SIM115
+        stderr=open(tmp / f"peer-{size}.err", "wb"),  # noqa: SIM115
+    )
+    wait_health(f"http://127.0.0.1:{port}/health", 120)
+    return f"http://127.0.0.1:{port}/v1", "none", str(folder)
+
+
+def measure_size(folder: Path, size: str, tmp: Path, args: argparse.Namespace) -> dict:
+    from kernel_magics import api
+
+    servers = {}
+    try:
+        if args.only != "peer":
+            servers["ours"] = start_ours(folder, size)
+        if args.only != "ours":
+            servers["peer"] = start_peer(folder, size, tmp)
+        return asyncio.run(measure(servers, InProcess(folder), args))
+    finally:
+        if "ours" in servers:
+            api.server_stop()
+        stop_children()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="4m,30m", help=f"among {', '.join(SIZES)}")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--streams", type=int, default=16)
-    parser.add_argument("--quick", action="store_true", help="16 tokens, 4 streams")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=("ours", "peer"), help="one server (no report file)")
+    parser.add_argument("--quick", action="store_true", help="4m, 16 tokens, 4 streams, 1 round")
     args = parser.parse_args()
-    tokens, count = (16, 4) if args.quick else (args.tokens, args.streams)
+    if args.quick:
+        args.sizes, args.tokens, args.streams, args.rounds = "4m", 16, 4, 1
+    sizes = args.sizes.split(",")
     tmp, home = private_home("km-bench-generate-", KERNEL_MAGICS_AUTOSTART="0")
-    folder = tmp / "model"
-    results: dict = {"tokens": tokens, "streams": count}
+    results: dict = {
+        "command": "bench/generate.py " + " ".join(sys.argv[1:]),
+        "tokens": args.tokens,
+        "streams": args.streams,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "load_before": os.getloadavg()[0],
+        "sizes": {},
+    }
     try:
-        build_model(folder)
-        results["in_process_generate_tok_s"] = in_process(folder, tokens)
-        log(f"in-process generate: {results['in_process_generate_tok_s']:.0f} tok/s")
-
-        from kernel_magics import api
-
-        api.register(str(folder), name="lm")
-        api.deploy("lm")
-        url = api.server_status().url
-        results["ours"] = measure("ours", f"{url}/v1", api.server_token(), "lm", count, tokens)
-        api.server_stop()
-
-        from _http import free_port
-
-        port = free_port()
-        peer = spawn(
-            [
-                str(Path(sys.executable).parent / "transformers"),
-                "serve",
-                str(folder),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--device",
-                "cpu",
-                "--continuous-batching",
-            ],
-            stdout=open(tmp / "peer.log", "wb"),  # noqa: SIM115
-            stderr=open(tmp / "peer.err", "wb"),  # noqa: SIM115
-        )
-        wait_health(f"http://127.0.0.1:{port}/health", 120)
-        peer_base = f"http://127.0.0.1:{port}/v1"
-        results["peer"] = measure("peer", peer_base, "none", str(folder), count, tokens)
-        peer.terminate()
+        for size in sizes:
+            folder = tmp / f"model-{size}"
+            params = build_model(folder, size)
+            part = {"parameters": params, **measure_size(folder, size, tmp, args)}
+            results["sizes"][size] = part
+            log(f"{size} ({params / 1e6:.1f} M): {part}")
     finally:
         stop_children()
         stop_leftover_server(home)
-    out = Path(__file__).parent / "generate_results.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(report(results))
-
-
-def report(r: dict) -> str:
-    rows = [
-        "| | ours | transformers serve --continuous-batching | ours ÷ peer |",
-        "|---|---:|---:|---:|",
-    ]
-    for label, part, key in (
-        ("1 stream, chunks/s", "one", "chunks_per_s"),
-        ("1 stream, TTFT ms", "one", "ttft_p50_ms"),
-        (f"{r['streams']} streams, aggregate chunks/s", "many", "chunks_per_s"),
-        (f"{r['streams']} streams, TTFT p50 ms", "many", "ttft_p50_ms"),
-        (f"{r['streams']} streams, TTFT max ms", "many", "ttft_max_ms"),
-        (f"{r['streams']} streams, failed", "many", "failed"),
-    ):
-        ours, peer = r["ours"][part][key], r.get("peer", {}).get(part, {}).get(key)
-        ratio = f"{ours / peer:.2f}×" if ours and peer else "—"
-        rows.append(
-            f"| {label} | {ours:.0f} | {peer if peer is None else f'{peer:.0f}'} | {ratio} |"
-        )
-    rows.append(
-        f"\nIn-process `model.generate` (1 thread, batch 1): "
-        f"{r['in_process_generate_tok_s']:.0f} tok/s; {r['tokens']} new tokens, greedy."
-    )
-    return "\n".join(rows)
+    results["load_after"] = os.getloadavg()[0]
+    if args.only:  # a partial run: printed, the committed figures stay those of a full run
+        print(json.dumps(results, indent=2))
+        return
+    here = Path(__file__).parent
+    (here / "generate_results.json").write_text(json.dumps(results, indent=2))
+    print(write_report(results, here / "results-generate.md"))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ the event loop once, not once per stream.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -24,8 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
 
 from kernel_magics.errors import InvalidInput, Overloaded
+from kernel_magics.generative import decode
 from kernel_magics.generative.cache import SlotCache
 from kernel_magics.generative.sampling import SamplingParams, choose, generator_for
 
@@ -50,7 +54,9 @@ class Sequence:
     finish_reason: str | None = None
     cancelled: bool = False  # set by the owner (a client gone); the engine drops it next step
     slot: int = -1
+    text: str = ""  # the completion's text so far
     sent: int = 0  # characters of the text already delivered
+    detokenizer: Any = None  # the tokenizers library's DecodeStream, where the engine uses one
     generator: torch.Generator | None = None
     submitted: float = 0.0
     first_token_at: float = 0.0
@@ -93,6 +99,10 @@ class Engine:
         )
         self.cache = SlotCache(config.num_hidden_layers, max_running, kv_heads, head_dim, dtype)
         self.eos = _eos_ids(model, tokenizer)
+        self._backend = _stream_backend(tokenizer)
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        # decode steps skip the model's module stack where its architecture is known
+        self.direct = decode.DirectDecoder(model) if decode.supports(model) else None
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.reserved = 0  # cache tokens reserved by the running sequences
@@ -150,6 +160,7 @@ class Engine:
             "context_length": self.context_length,
             "generated_tokens": self.generated,
             "cancelled": self.cancelled,
+            "decode_path": "direct" if self.direct is not None else "model",
         }
 
     # -- the engine thread -------------------------------------------------------------------
@@ -217,6 +228,11 @@ class Engine:
             ids[row, : len(seq.prompt_ids)] = torch.tensor(seq.prompt_ids)
         mask = torch.full((length, length), torch.finfo(cache.dtype).min, dtype=cache.dtype)
         mask = mask.triu(1)[None, None].expand(len(seqs), 1, length, length)
+        last = [len(s.prompt_ids) - 1 for s in seqs]
+        # only the positions that end a prompt go through the output layer (where the model
+        # takes ``logits_to_keep``): the rest of a prompt's logits are never read
+        keep = sorted(set(last)) if self._keeps_logits else list(range(length))
+        extra = {"logits_to_keep": torch.tensor(keep)} if self._keeps_logits else {}
         cache.prefill_slot = seqs[0].slot
         try:
             out = self.model(
@@ -225,11 +241,12 @@ class Engine:
                 attention_mask=mask,
                 cache=cache,
                 use_cache=True,
+                **extra,
             )
         finally:
             cache.prefill_slot = -1
-        last = torch.tensor([len(s.prompt_ids) - 1 for s in seqs])
-        logits = out.logits[torch.arange(len(seqs)), last]
+        columns = torch.tensor([keep.index(i) for i in last])
+        logits = out.logits[torch.arange(len(seqs)), columns]
         now = time.perf_counter()
         tokens = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
         for seq, token in zip(seqs, tokens, strict=True):
@@ -246,16 +263,19 @@ class Engine:
         mask = torch.zeros(hidden.shape, dtype=cache.dtype).masked_fill_(
             hidden, torch.finfo(cache.dtype).min
         )[:, None, None, :]
-        out = self.model(
-            input_ids=torch.tensor([[s.tokens[-1]] for s in running]),
-            position_ids=pos[:, None],
-            attention_mask=mask,
-            cache=cache,
-            use_cache=True,
-        )
-        tokens = choose(
-            out.logits[:, -1], [s.params for s in running], [s.generator for s in running]
-        )
+        last = torch.tensor([s.tokens[-1] for s in running])
+        if self.direct is not None:
+            logits = self.direct.step(last, pos, mask, cache)
+        else:
+            out = self.model(
+                input_ids=last[:, None],
+                position_ids=pos[:, None],
+                attention_mask=mask,
+                cache=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1]
+        tokens = choose(logits, [s.params for s in running], [s.generator for s in running])
         for seq, token in zip(running, tokens, strict=True):
             self._append(seq, token)
         self._retire()
@@ -268,11 +288,12 @@ class Engine:
             finish = "stop"
         else:
             seq.tokens.append(token)
+            seq.text = self._detokenize(seq, token)
             if len(seq.tokens) >= seq.params.max_tokens:
                 finish = "length"
         if finish is None and not seq.tokens:
             return
-        text = self.tokenizer.decode(seq.tokens, skip_special_tokens=True)
+        text = seq.text
         stops = seq.params.stop
         if stops:
             cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
@@ -292,6 +313,17 @@ class Engine:
             seq.finish_reason = finish
         if delta or finish is not None:
             self._events.append((seq, delta, finish))
+
+    def _detokenize(self, seq: Sequence, token: int) -> str:
+        """The completion's text with ``token``: the new token's text appended where the
+        tokenizer's decoder can stream (a character split over tokens comes out whole with the
+        token that completes it), else the whole completion decoded again."""
+        if self._backend is None:
+            return str(self.tokenizer.decode(seq.tokens, skip_special_tokens=True))
+        if seq.detokenizer is None:
+            seq.detokenizer = DecodeStream(skip_special_tokens=True)
+        piece = seq.detokenizer.step(self._backend, token)
+        return seq.text + piece if piece else seq.text
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
@@ -327,6 +359,14 @@ def _deliver(events: list[tuple[Sequence, str, str | None]]) -> None:
             seq.on_event(seq, delta, finish)
         except Exception:  # one broken consumer must not stop the others' events
             log.exception("delivering generated text failed")
+
+
+def _stream_backend(tokenizer: Any) -> Any:
+    """The ``tokenizers.Tokenizer`` behind a fast tokenizer whose decoded text is the sum of its
+    streamed pieces (no clean-up pass over the whole text), else None."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    cleans_up = getattr(tokenizer, "clean_up_tokenization_spaces", False)
+    return backend if isinstance(backend, Tokenizer) and not cleans_up else None
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -73,6 +73,43 @@ def test_batched_greedy_matches_generate(engine: Engine, lm: Any, tokenizer: Any
     assert not engine.running
 
 
+SHAPES = {
+    # grouped-query attention: 4 query heads share 2 key/value heads
+    "llama-gqa": ("LlamaConfig", {"num_key_value_heads": 2}, "direct"),
+    # biases on the query/key/value projections, grouped-query attention
+    "qwen2": ("Qwen2Config", {"num_key_value_heads": 2, "use_sliding_window": False}, "direct"),
+    # an activation the direct step does not reproduce: the model's own forward decodes
+    "llama-gelu": ("LlamaConfig", {"hidden_act": "gelu"}, "model"),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_other_shapes_decode_as_generate(shape: str, tokenizer: Any) -> None:
+    import transformers
+
+    config_class, extra, path = SHAPES[shape]
+    torch.manual_seed(1)
+    config = getattr(transformers, config_class)(
+        vocab_size=1024, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=512, bos_token_id=0, eos_token_id=1,
+        **extra,
+    )  # fmt: skip
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # biases start at zero, where one left out would not show
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.normal_(0.0, 0.5)
+    e = Engine(model, tokenizer, max_running=4, kv_cache_tokens=4096, max_queued=8, name=shape)
+    try:
+        assert e.describe()["decode_path"] == path
+        seqs, _ = run(e, tokenizer, PROMPTS, SamplingParams(max_tokens=16, temperature=0.0))
+    finally:
+        e.stop()
+    with torch.inference_mode():
+        for prompt, seq in zip(PROMPTS, seqs, strict=True):
+            assert seq.tokens == reference(model, tokenizer, prompt, 16)
+
+
 def test_seed_gives_the_same_tokens(engine: Engine, tokenizer: Any) -> None:
     params = SamplingParams(max_tokens=20, temperature=0.9, top_p=0.9, top_k=40, seed=7)
     seqs, _ = run(engine, tokenizer, [PROMPTS[0], PROMPTS[1], PROMPTS[0]], params)
