@@ -8,9 +8,10 @@ those since the process started and the rates are unknown.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from kernel_magics.records import ServerStatus, VersionStats
+from kernel_magics.records import ModelState, ServerStatus, VersionStats
 
 
 @dataclass(frozen=True)
@@ -70,20 +71,30 @@ def _window_s(earlier: ServerStatus | None, now: ServerStatus) -> float | None:
     return seconds if seconds > 0 else None
 
 
-def model_rates(
-    earlier: ServerStatus | None, now: ServerStatus, only: str | None = None
-) -> list[ModelRates]:
-    """One row per deployed model (``only``: that one), figures of its live version."""
+def _live_windows(
+    earlier: ServerStatus | None, now: ServerStatus, only: str | None
+) -> Iterator[tuple[str, ModelState, VersionStats, VersionStats, float | None]]:
+    """Per deployed model (``only``: that one), sorted by name: its state, its live version's
+    counters since the process started, their difference over the window since ``earlier``
+    (the totals when there is no window), and the window's seconds."""
     seconds = _window_s(earlier, now)
     before: dict[tuple[str, int], VersionStats] = {}
     if earlier is not None:
         before = {(v.model, v.version): v for v in earlier.versions}
-    rows = []
     for name, state in sorted(now.models.items()):
         if only is not None and name != only:
             continue
         total = state.stats or VersionStats(name, state.version)
         window = total.since(before.get((name, state.version))) if seconds else total
+        yield name, state, total, window, seconds
+
+
+def model_rates(
+    earlier: ServerStatus | None, now: ServerStatus, only: str | None = None
+) -> list[ModelRates]:
+    """One row per deployed model (``only``: that one), figures of its live version."""
+    rows = []
+    for name, state, total, window, seconds in _live_windows(earlier, now, only):
         figures = window if window.requests else total
         rows.append(
             ModelRates(
@@ -110,17 +121,11 @@ def generation_rates(
     earlier: ServerStatus | None, now: ServerStatus, only: str | None = None
 ) -> list[GenerationRates]:
     """One row per deployed language model (``only``: that one), of its live version."""
-    seconds = _window_s(earlier, now)
-    before: dict[tuple[str, int], VersionStats] = {}
-    if earlier is not None:
-        before = {(v.model, v.version): v for v in earlier.versions}
     rows = []
-    for name, state in sorted(now.models.items()):
+    for name, state, total, window, seconds in _live_windows(earlier, now, only):
         engine = state.generation
-        if engine is None or (only is not None and name != only):
+        if engine is None:
             continue
-        total = state.stats or VersionStats(name, state.version)
-        window = total.since(before.get((name, state.version))) if seconds else total
         figures = window if window.tokens else total
         rows.append(
             GenerationRates(
