@@ -16,7 +16,7 @@ import {
   ITransitionResult,
   ModelsClient
 } from './api';
-import { generationLine, h, healthLine, modelCard } from './render';
+import { generationLine, h, healthLine, modelCard, qualityLine } from './render';
 
 /** How often a visible panel refreshes. */
 export const REFRESH_MS = 5000;
@@ -152,7 +152,8 @@ export class ModelsPanel extends Widget {
           this.selected.get(m.name),
           this.busyModel !== null,
           handlers,
-          generationLine(snapshot.status?.models[m.name], this.tokenRates[m.name] ?? null)
+          generationLine(snapshot.status?.models[m.name], this.tokenRates[m.name] ?? null),
+          qualityLine(snapshot.status?.quality?.[m.name])
         )
       )
     );
