@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -135,10 +134,9 @@ def write_summaries(path: Path, summaries: list[DriftSummary]) -> None:
     """Replaces the file in one step, so a worker reading it never sees half of it."""
     import orjson
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_bytes(orjson.dumps([s.to_wire() for s in summaries]))
-    os.replace(partial, path)
+    from kernel_magics.serving.files import write_atomic
+
+    write_atomic(path, orjson.dumps([s.to_wire() for s in summaries]).decode())
 
 
 def read_summaries(path: Path) -> list[DriftSummary]:
