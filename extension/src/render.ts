@@ -248,7 +248,7 @@ export function qualityLine(lines: string[] | undefined): HTMLElement | null {
     'div',
     {
       class: 'jp-KmModels-quality',
-      title: 'the inference process\'s latest drift check; live metrics from feedback'
+      title: "the inference process's latest drift check; live metrics from feedback"
     },
     ...lines.map(line => h('div', {}, line))
   );

@@ -185,11 +185,12 @@ def flag_strip(
     x_label: str = "ticks, oldest left",
 ) -> str:
     """SVG of one row of marks per ``(label, marks, note)``: mark i is red when True (flagged),
-    pale green when False, absent when None (not known at that tick). ``note`` is written after
-    the label (``since 12:03``). Every row has as many marks as the longest."""
+    pale green when False, absent when None (not known at that tick). ``note`` is written right
+    of the marks (``since 12:03:10``); a label too long for its column is cut, whole in its
+    tooltip. Every row has as many marks as the longest."""
     n = max((len(marks) for _, marks, _ in rows), default=0)
-    label_w, row_h, top = 150, 14, 4
-    strip_w = width - label_w - _RIGHT
+    label_w, note_w, row_h, top = 140, 90, 14, 4
+    strip_w = width - label_w - note_w
     height = top + row_h * len(rows) + 18
     cell = strip_w / n if n else strip_w
     parts = [
@@ -198,11 +199,11 @@ def flag_strip(
     ]
     for r, (label, marks, note) in enumerate(rows):
         y = top + r * row_h
-        text = f"{label} {note}" if note else label
+        shown = label if len(label) <= 24 else label[:23] + "…"
         parts.append(f'<g class="flag-row" data-label="{html.escape(label)}">')
         parts.append(
-            f'<text x="0" y="{y + row_h - 3}">'
-            f"<title>{html.escape(text)}</title>{html.escape(text)}</text>"
+            f'<text x="0" y="{y + row_h - 3}"><title>{html.escape(f"{label} {note}".strip())}'
+            f"</title>{html.escape(shown)}</text>"
         )
         for i, flagged in enumerate(marks):
             if flagged is None:
@@ -211,6 +212,11 @@ def flag_strip(
             parts.append(
                 f'<rect class="{kind}" x="{label_w + i * cell:.1f}" y="{y + 1}" '
                 f'width="{max(cell - 0.5, 0.5):.1f}" height="{row_h - 2}" fill="{color}"/>'
+            )
+        if note:
+            parts.append(
+                f'<text class="note" x="{label_w + strip_w + 4}" y="{y + row_h - 3}" '
+                f'fill="{FLAGGED}">{html.escape(note)}</text>'
             )
         parts.append("</g>")
     parts.append(
