@@ -69,9 +69,14 @@ def _live_part(figures: Mapping[str, float]) -> str:
     return f"live {shown} ({labelled:,} labelled)"
 
 
+_FLAGS_NAMED = 6  # a line names this many flagged features, then counts the rest
+
+
 def drift_part(drift: DriftSummary) -> str:
     """``drift: b, d flagged (max PSI 0.42) over 10,000 rows`` (``none flagged`` when none)."""
-    what = f"{', '.join(drift.flagged)} flagged" if drift.flagged else "none flagged"
+    named = ", ".join(drift.flagged[:_FLAGS_NAMED])
+    rest = len(drift.flagged) - _FLAGS_NAMED
+    what = f"{named}{f' and {rest} more' if rest > 0 else ''} flagged" if named else "none flagged"
     psi = f" (max PSI {drift.max_psi:.2f})" if drift.max_psi is not None else ""
     return f"drift: {what}{psi} over {drift.rows:,} rows"
 
