@@ -163,6 +163,12 @@ class Settings:
         return self.home / "logs" / "server.log"
 
     @property
+    def drift_file(self) -> Path:
+        """The inference process's latest drift check per served version (its drift monitor
+        writes it, ``/v1/status`` reads it)."""
+        return self.run_dir / "drift.json"
+
+    @property
     def run_dir(self) -> Path:
         """Unix sockets of the supervisor and its workers."""
         return self.home / "run"

@@ -27,6 +27,7 @@ __all__ = [
     "VersionStats",
     "GenerationState",
     "RecentError",
+    "DriftSummary",
     "ServerStatus",
 ]
 
@@ -534,6 +535,50 @@ class RecentError(_Wire):
 
 
 @dataclass(frozen=True)
+class DriftSummary(_Wire):
+    """The inference process's latest drift check of one served version
+    (``serving/request/drift_monitor.py``): when, over how many logged rows, the PSI per
+    feature (``prediction`` for the predictions) and the flagged features. No histograms:
+    a dashboard polls this every second; ``%drift`` has the whole report."""
+
+    model: str
+    version: int
+    time: float
+    rows: int
+    flagged: tuple[str, ...] = ()
+    psi: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def max_psi(self) -> float | None:
+        return max(self.psi.values()) if self.psi else None
+
+    @classmethod
+    def from_wire(cls, doc: Any) -> DriftSummary:
+        doc = _mapping(doc, "a drift summary")
+        version = _int_or_none(doc.get("version"), "version")
+        if version is None:
+            raise InvalidInput("a drift summary needs a version")
+        flagged = doc.get("flagged") or ()
+        if not isinstance(flagged, (list, tuple)):
+            raise InvalidInput(f"flagged must be a list of features, got {flagged!r}")
+        psi = _mapping(doc.get("psi") or {}, "psi")
+        return cls(
+            model=str(doc.get("model") or ""),
+            version=version,
+            time=_float_or_none(doc.get("time"), "time") or 0.0,
+            rows=_count(doc.get("rows"), "rows"),
+            flagged=tuple(str(f) for f in flagged),
+            psi={str(k): _float_or_none(v, f"psi of {k}") or 0.0 for k, v in psi.items()},
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        doc = super().to_wire()
+        doc["flagged"] = list(self.flagged)
+        doc["max_psi"] = self.max_psi
+        return doc
+
+
+@dataclass(frozen=True)
 class ServerStatus(_Wire):
     """A running serving target: where it answers, its processes, what it serves, usage."""
 
@@ -556,6 +601,9 @@ class ServerStatus(_Wire):
     unknown_model_errors: int = 0
     # The inference log's samples, all workers together: {"written": N, "dropped": N}
     inference_log: dict[str, int] = field(default_factory=dict)
+    # The latest drift check of each served version with a reference profile (absent from
+    # the snapshots of processes older than the field: then empty)
+    drift: tuple[DriftSummary, ...] = ()
 
     @property
     def ready(self) -> bool:
@@ -566,4 +614,8 @@ class ServerStatus(_Wire):
         # nested records with their own wire form (infinite bucket bounds, derived figures)
         doc["versions"] = [v.to_wire() for v in self.versions]
         doc["models"] = {name: m.to_wire() for name, m in self.models.items()}
+        doc["drift"] = [d.to_wire() for d in self.drift]
         return doc
+
+    def drift_of(self, name: str, version: int | None) -> DriftSummary | None:
+        return next((d for d in self.drift if (d.model, d.version) == (name, version)), None)

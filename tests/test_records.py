@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from kernel_magics.errors import InvalidInput
 from kernel_magics.records import (
     CanaryRule,
+    DriftSummary,
     HistoryEvent,
     ModelSpec,
     ModelState,
@@ -148,6 +149,15 @@ recent_errors = st.builds(
     model=texts,
     version=optional_versions,
 )
+drift_summaries = st.builds(
+    DriftSummary,
+    model=names,
+    version=versions,
+    time=seconds,
+    rows=counts,
+    flagged=st.lists(names, max_size=4, unique=True).map(tuple),
+    psi=st.dictionaries(names, seconds, max_size=4),
+)
 
 ROUND_TRIPS = [
     (HistoryEvent, history_events),
@@ -157,6 +167,7 @@ ROUND_TRIPS = [
     (VersionStats, version_stats),
     (ModelState, model_states),
     (RecentError, recent_errors),
+    (DriftSummary, drift_summaries),
 ]
 
 
@@ -190,6 +201,7 @@ def test_a_record_comes_back_equal_from_its_wire_form(record: type, strategy: An
         errors=st.lists(recent_errors, max_size=3).map(tuple),
         log=st.lists(texts, max_size=3).map(tuple),
         unknown_model_errors=counts,
+        drift=st.lists(drift_summaries, max_size=3).map(tuple),
     )
 )
 def test_a_server_status_is_strict_json_whose_parts_read_back(status: ServerStatus) -> None:
@@ -199,6 +211,7 @@ def test_a_server_status_is_strict_json_whose_parts_read_back(status: ServerStat
     assert {name: ModelState.from_wire(m) for name, m in doc["models"].items()} == status.models
     assert tuple(VersionStats.from_wire(v) for v in doc["versions"]) == status.versions
     assert tuple(RecentError.from_wire(e) for e in doc["errors"]) == status.errors
+    assert tuple(DriftSummary.from_wire(d) for d in doc["drift"]) == status.drift
     assert {name: TokenUsage(**u) for name, u in doc["usage"].items()} == status.usage
     assert (doc["url"], doc["pid"], doc["status"], doc["port"]) == (
         status.url,
@@ -230,6 +243,9 @@ def test_version_stats_send_their_derived_figures_too(stats: VersionStats) -> No
         (ModelState, {"version": 1, "canary": {"version": "x", "percent": 5}}, "canary"),
         (VersionStats, {"model": "m", "version": 1, "requests": [1]}, "requests"),
         (RecentError, {"status": "teapot"}, "status"),
+        (DriftSummary, {"model": "m", "time": 1}, "version"),
+        (DriftSummary, {"version": 1, "flagged": "b"}, "flagged"),
+        (DriftSummary, {"version": 1, "psi": {"b": "high"}}, "psi of b"),
         (HistoryEvent, ["not", "an", "object"], "JSON object"),
         (HistoryEvent, {"evidence": [1, 2]}, "evidence"),
         (CanaryRule, {"metrics": "p99"}, "metrics"),
@@ -258,3 +274,17 @@ def test_a_history_event_without_a_reason_reads_as_one_someone_asked_for() -> No
     event = HistoryEvent.from_wire(through_json(judged))
     assert event.reason == "auto-rollback: …"
     assert event.evidence == {"requests": {"live": 200, "canary": 210}}
+
+
+def test_a_drift_summary_sends_its_largest_psi_and_old_snapshots_read_without_one() -> None:
+    summary = DriftSummary("shop", 1, 5.0, 800, ("b", "d"), {"a": 0.01, "b": 0.42, "d": 0.3})
+    assert through_json(summary.to_wire())["max_psi"] == 0.42
+    assert DriftSummary("shop", 1, 5.0, 0).max_psi is None
+    from kernel_magics.targets.local import status_from_snapshot
+
+    old = status_from_snapshot({"time": 1.0}, {"url": "http://x"}, "ready", "local")
+    assert old.drift == ()
+    assert old.drift_of("shop", 1) is None
+    new = status_from_snapshot({"drift": [summary.to_wire()]}, {}, "ready", "local")
+    assert new.drift_of("shop", 1) == summary
+    assert new.drift_of("shop", 2) is None

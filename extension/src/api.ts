@@ -82,6 +82,9 @@ export interface IServerStatus {
   models: { [name: string]: IServedModel };
   /** when the snapshot was taken (seconds since the epoch) */
   snapshot_at?: number | null;
+  /** per served model, %monitor's quality line per version (the latest drift check, live
+   * metrics from feedback), written by the server route; absent from older servers */
+  quality?: { [name: string]: string[] };
 }
 
 /** The answer to a deploy, rollback or undeploy (kernel_magics.records.TransitionResult). */

@@ -17,7 +17,13 @@ import {
   ITransitionResult,
   ModelsClient
 } from './api';
-import { generationLine, h, healthLine, modelCard } from './render';
+import {
+  generationLine,
+  h,
+  healthLine,
+  modelCard,
+  qualityLine
+} from './render';
 
 /** How often a visible panel refreshes. */
 export const REFRESH_MS = 5000;
@@ -166,7 +172,8 @@ export class ModelsPanel extends Widget {
           generationLine(
             snapshot.status?.models[m.name],
             this.tokenRates[m.name] ?? null
-          )
+          ),
+          qualityLine(snapshot.status?.quality?.[m.name])
         )
       )
     );

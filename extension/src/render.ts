@@ -267,14 +267,33 @@ export function generationLine(
   );
 }
 
-/** One model: live/served versions, the actions, a language model's figures, its versions
- * and its last events. */
+/** A served model's quality, a line per version as the server wrote it for %monitor:
+ * "v1 drift: b, d flagged (max PSI 0.42) over 10,000 rows · live accuracy 0.930 …". Null
+ * when there is neither a drift check nor feedback. */
+export function qualityLine(lines: string[] | undefined): HTMLElement | null {
+  if (!lines || lines.length === 0) {
+    return null;
+  }
+  return h(
+    'div',
+    {
+      class: 'jp-KmModels-quality',
+      title:
+        "the inference process's latest drift check; live metrics from feedback"
+    },
+    ...lines.map(line => h('div', {}, line))
+  );
+}
+
+/** One model: live/served versions, the actions, a language model's figures, its quality
+ * line, its versions and its last events. */
 export function modelCard(
   model: IModelSummary,
   selected: number | undefined,
   busy: boolean,
   handlers: ICardHandlers,
-  generation: HTMLElement | null = null
+  generation: HTMLElement | null = null,
+  quality: HTMLElement | null = null
 ): HTMLElement {
   const name = model.name;
   const live =
@@ -333,6 +352,7 @@ export function modelCard(
       )
     ),
     ...(generation ? [generation] : []),
+    ...(quality ? [quality] : []),
     versionTable(model),
     eventList(model.history ?? [])
   );

@@ -23,7 +23,13 @@ from __future__ import annotations
 from kernel_magics.api._analysis import compare, evaluate, explain, pipeline_rerun, pipeline_run
 from kernel_magics.api._drift import drift
 from kernel_magics.api._generate import Generation, chat, generate
-from kernel_magics.api._quality import evaluate_live, feedback, inference_log, live_metrics
+from kernel_magics.api._quality import (
+    evaluate_live,
+    feedback,
+    inference_log,
+    live_metrics,
+    served_live_metrics,
+)
 from kernel_magics.api._runs import last_run_id, metric_history, run_params, version_size
 from kernel_magics.api._serving import (
     deploy,
@@ -104,5 +110,6 @@ __all__ = [
     "inference_log",  # the model's quality in service
     "feedback",
     "live_metrics",
+    "served_live_metrics",
     "evaluate_live",
 ]

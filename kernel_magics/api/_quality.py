@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from kernel_magics.evaluation.live import LiveEvaluation
+    from kernel_magics.records import ServerStatus
 
 
 def inference_log(
@@ -75,6 +76,25 @@ def live_metrics(
 
     validate_name(name)
     return compute(_settings(settings).home, name, version=version, since=since)
+
+
+def served_live_metrics(
+    status: ServerStatus | None, name: str | None = None, *, settings: Settings | None = None
+) -> dict[str, dict[int, dict[str, float]]]:
+    """``live_metrics`` of every model ``status`` serves (or of ``name``), only those with
+    feedback: what ``%monitor`` and the Models panel show next to the drift checks."""
+    if status is None:
+        return {}
+    s = _settings(settings)
+    figures = {}
+    for model in [name] if name else sorted(status.models):
+        try:
+            per_version = live_metrics(model, settings=s)
+        except Exception:  # a log being written by a newer version, a locked file: skip it
+            continue
+        if per_version:
+            figures[model] = per_version
+    return figures
 
 
 def evaluate_live(

@@ -31,7 +31,7 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
-def _clock(seconds: float | None) -> str:
+def clock(seconds: float | None) -> str:
     if not seconds:
         return ""
     return _dt.datetime.fromtimestamp(seconds).strftime("%H:%M:%S")
@@ -134,7 +134,7 @@ def _token_lines(tokens: Sequence[TokenRates]) -> list[str]:
 def _error_lines(errors: Sequence[RecentError], only: str | None) -> list[str]:
     shown = [e for e in errors if only is None or e.model in (only, "")]
     return [
-        f"{_clock(e.time)} {e.status} "
+        f"{clock(e.time)} {e.status} "
         + (f"{e.model} v{e.version}: " if e.model and e.version is not None else "")
         + e.message
         for e in reversed(shown[-5:])
@@ -145,7 +145,7 @@ def monitor_title(status: ServerStatus | None, only: str | None) -> str:
     if status is None:
         return display_status.NOT_RUNNING
     what = f"{only} — " if only else ""
-    return f"{what}{display_status.status_line(status)}, snapshot {_clock(status.snapshot_at)}"
+    return f"{what}{display_status.status_line(status)}, snapshot {clock(status.snapshot_at)}"
 
 
 def monitor_text(
@@ -154,7 +154,7 @@ def monitor_text(
     tokens: Sequence[TokenRates],
     only: str | None = None,
     generation: Sequence[GenerationRates] = (),
-    live: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None,
+    live: display_quality.LiveFigures | None = None,
 ) -> str:
     if status is None:
         return display_status.NOT_RUNNING
@@ -165,7 +165,7 @@ def monitor_text(
         lines.append(f"{only} is not deployed" if only else "serving no models")
     if generation:
         lines.append(display.text_table(GENERATION_HEADERS, _generation_rows(generation)))
-    lines += [f"  {line}" for line in _live_lines(live)]
+    lines += [f"  {line}" for line in _live_lines(live, status, only)]
     if tokens:
         lines += ["usage by token:", *(f"  {t}" for t in _token_lines(tokens))]
     errors = _error_lines(status.errors, only)
@@ -184,7 +184,7 @@ def monitor_html(
     plots: str = "",
     title: bool = True,
     generation: Sequence[GenerationRates] = (),
-    live: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None,
+    live: display_quality.LiveFigures | None = None,
 ) -> str:
     """The monitor's figures as HTML (``title``: with its heading line; the widget has its
     own)."""
@@ -199,7 +199,7 @@ def monitor_html(
         )
     if generation:
         parts.append(_table_html(GENERATION_HEADERS, _generation_rows(generation)))
-    live_lines = _live_lines(live)
+    live_lines = _live_lines(live, status, only)
     if live_lines:
         items = "".join(f"<li>{html.escape(line)}</li>" for line in live_lines)
         parts.append(f"<ul style='{_SMALL}'>{items}</ul>")
@@ -216,12 +216,15 @@ def monitor_html(
     return f"<div style='{_SMALL}'>{''.join(parts)}</div>"
 
 
-def _live_lines(live: Mapping[str, Mapping[int, Mapping[str, float]]] | None) -> list[str]:
-    """A line per version with live figures from feedback: ``digits v2 live accuracy …``."""
+def _live_lines(
+    live: display_quality.LiveFigures | None, status: ServerStatus, only: str | None
+) -> list[str]:
+    """A line per version with a drift check or live figures from feedback:
+    ``digits v2 drift: none flagged (max PSI 0.03) over 800 rows · live accuracy …``."""
     return [
-        f"{name} {display_quality.live_line(version, dict(figures))}"
-        for name, per_version in sorted((live or {}).items())
-        for version, figures in per_version.items()
+        f"{name} {line}"
+        for name, lines in display_quality.quality_lines(status, live, only).items()
+        for line in lines
     ]
 
 

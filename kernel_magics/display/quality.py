@@ -1,14 +1,18 @@
 """The model's quality in service as text and HTML: the inference log's rows (``%log``), live
-metrics per version (``%evaluate --live``, ``%monitor``'s line)."""
+metrics per version (``%evaluate --live``), and the quality line per served version that
+``%monitor`` and the Models panel show (the inference process's latest drift check, live
+metrics from feedback)."""
 
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from kernel_magics.display.messages import html_table as _html_table
 from kernel_magics.display.messages import text_table as _text_table
+from kernel_magics.records import DriftSummary, ServerStatus
 
 _CELL = 48  # an input or output is cut to this many characters in a table
 
@@ -49,8 +53,12 @@ def log_html(name: str, frame: Any) -> str:
     return head + _html_table(_LOG_HEADERS, _log_rows(frame))
 
 
-def live_line(version: int, figures: dict[str, float]) -> str:
+def live_line(version: int, figures: Mapping[str, float]) -> str:
     """One version's live figures: ``v2 live accuracy 0.912, F1 0.905 (120 labelled)``."""
+    return f"v{version} {_live_part(figures)}"
+
+
+def _live_part(figures: Mapping[str, float]) -> str:
     labelled = int(figures.get("labelled", 0))
     if "accuracy" in figures:
         shown = f"accuracy {figures['accuracy']:.3f}, F1 {figures.get('f1_macro', 0.0):.3f}"
@@ -58,7 +66,50 @@ def live_line(version: int, figures: dict[str, float]) -> str:
         shown = f"MSE {figures['mse']:.4g}, MAE {figures.get('mae', 0.0):.4g}"
     else:
         shown = "no comparable labels"
-    return f"v{version} live {shown} ({labelled:,} labelled)"
+    return f"live {shown} ({labelled:,} labelled)"
+
+
+_FLAGS_NAMED = 6  # a line names this many flagged features, then counts the rest
+
+
+def drift_part(drift: DriftSummary) -> str:
+    """``drift: b, d flagged (max PSI 0.42) over 10,000 rows`` (``none flagged`` when none)."""
+    named = ", ".join(drift.flagged[:_FLAGS_NAMED])
+    rest = len(drift.flagged) - _FLAGS_NAMED
+    what = f"{named}{f' and {rest} more' if rest > 0 else ''} flagged" if named else "none flagged"
+    psi = f" (max PSI {drift.max_psi:.2f})" if drift.max_psi is not None else ""
+    return f"drift: {what}{psi} over {drift.rows:,} rows"
+
+
+LiveFigures = Mapping[str, Mapping[int, Mapping[str, float]]]  # model → version → figures
+
+
+def quality_lines(
+    status: ServerStatus | None, live: LiveFigures | None = None, only: str | None = None
+) -> dict[str, list[str]]:
+    """Per served model, a line per version with a drift check or live figures:
+    ``v1 drift: b, d flagged (max PSI 0.42) over 10,000 rows · live accuracy 0.930, F1 0.925
+    (812 labelled)``. The drift checks come from the status snapshot (the inference process's
+    own, every ``drift_interval_s``), the live figures from the inference log's feedback."""
+    if status is None:
+        return {}
+    names = sorted({*status.models, *(d.model for d in status.drift), *(live or {})})
+    out = {}
+    for name in names:
+        if only is not None and name != only:
+            continue
+        per_version = (live or {}).get(name, {})
+        versions = sorted({*(d.version for d in status.drift if d.model == name), *per_version})
+        lines = []
+        for version in versions:
+            drift = status.drift_of(name, version)
+            parts = [drift_part(drift)] if drift is not None else []
+            if version in per_version:
+                parts.append(_live_part(per_version[version]))
+            lines.append(f"v{version} " + " · ".join(parts))
+        if lines:
+            out[name] = lines
+    return out
 
 
 def live_text(result: Any) -> str:

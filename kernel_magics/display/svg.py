@@ -1,5 +1,5 @@
-"""A small inline-SVG line chart: training curves and the monitor's plots without a plotting
-dependency.
+"""A small inline-SVG line chart (training curves, the monitor's plots) and a strip of flags
+(the monitor's drift flags per feature over time), without a plotting dependency.
 
 The SVG goes into a ``widgets.HTML`` value (or a static HTML output), so it renders in any front
 end that renders HTML and is replaced whole on each update (a few kilobytes; no incremental
@@ -173,3 +173,54 @@ def _x_ticks(
         f'<text x="{sx(v):.1f}" y="{y + 15}" text-anchor="middle">{tick_label(v, step)}</text>'
         for v in ticks
     ]
+
+
+FLAGGED, CLEAR = "#d62728", "#c6e2c6"
+
+
+def flag_strip(
+    rows: Sequence[tuple[str, Sequence[bool | None], str]],
+    *,
+    width: int = 400,
+    x_label: str = "ticks, oldest left",
+) -> str:
+    """SVG of one row of marks per ``(label, marks, note)``: mark i is red when True (flagged),
+    pale green when False, absent when None (not known at that tick). ``note`` is written right
+    of the marks (``since 12:03:10``); a label too long for its column is cut, whole in its
+    tooltip. Every row has as many marks as the longest."""
+    n = max((len(marks) for _, marks, _ in rows), default=0)
+    label_w, note_w, row_h, top = 140, 90, 14, 4
+    strip_w = width - label_w - note_w
+    height = top + row_h * len(rows) + 18
+    cell = strip_w / n if n else strip_w
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">'
+    ]
+    for r, (label, marks, note) in enumerate(rows):
+        y = top + r * row_h
+        shown = label if len(label) <= 24 else label[:23] + "…"
+        parts.append(f'<g class="flag-row" data-label="{html.escape(label)}">')
+        parts.append(
+            f'<text x="0" y="{y + row_h - 3}"><title>{html.escape(f"{label} {note}".strip())}'
+            f"</title>{html.escape(shown)}</text>"
+        )
+        for i, flagged in enumerate(marks):
+            if flagged is None:
+                continue
+            kind, color = ("flagged", FLAGGED) if flagged else ("clear", CLEAR)
+            parts.append(
+                f'<rect class="{kind}" x="{label_w + i * cell:.1f}" y="{y + 1}" '
+                f'width="{max(cell - 0.5, 0.5):.1f}" height="{row_h - 2}" fill="{color}"/>'
+            )
+        if note:
+            parts.append(
+                f'<text class="note" x="{label_w + strip_w + 4}" y="{y + row_h - 3}" '
+                f'fill="{FLAGGED}">{html.escape(note)}</text>'
+            )
+        parts.append("</g>")
+    parts.append(
+        f'<text x="{label_w + strip_w / 2:.1f}" y="{height - 4}" text-anchor="middle" '
+        f'fill="#57606a">{html.escape(x_label)}</text></svg>'
+    )
+    return "".join(parts)

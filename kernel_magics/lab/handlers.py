@@ -2,7 +2,8 @@
 
     GET  {base}/kernel-magics/models                  models, versions, live/served, metrics, tags,
                                                       each model's recent deployment events
-    GET  {base}/kernel-magics/status                  the serving target's snapshot (null: stopped)
+    GET  {base}/kernel-magics/status                  the serving target's snapshot (null: stopped),
+                                                      with "quality": {model: [line per version]}
     GET  {base}/kernel-magics/history/{name}          deployment events, oldest first
     POST {base}/kernel-magics/models/{name}/deploy    body {"version": N} (newest when absent)
     POST {base}/kernel-magics/models/{name}/rollback  body {"to": N} (previously live when absent)
@@ -27,6 +28,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
 from kernel_magics.display import to_json
+from kernel_magics.display.quality import quality_lines
 from kernel_magics.errors import InvalidInput, KernelMagicsError, first_line
 from kernel_magics.metric_names import key_metrics
 from kernel_magics.naming import parse_version
@@ -122,8 +124,14 @@ class StatusHandler(_KernelMagicsHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         def snapshot() -> dict[str, Any]:
-            status = _api().server_status()
-            return {"status": status.to_wire() if status is not None else None}
+            api = _api()
+            status = api.server_status()
+            if status is None:
+                return {"status": None}
+            doc = status.to_wire()
+            # the same lines as %monitor's, written here so the panel only shows them
+            doc["quality"] = quality_lines(status, api.served_live_metrics(status))
+            return {"status": doc}
 
         await self._answer(snapshot)
 

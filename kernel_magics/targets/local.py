@@ -14,6 +14,7 @@ from kernel_magics.config import Settings
 from kernel_magics.errors import ServiceUnavailable
 from kernel_magics.records import (
     CanaryRule,
+    DriftSummary,
     HistoryEvent,
     ModelState,
     RecentError,
@@ -194,4 +195,5 @@ def status_from_snapshot(doc: dict, state: dict, status: str, kind: str) -> Serv
         inference_log={
             str(k): int(v) for k, v in (doc.get("inference_log") or {}).items() if v is not None
         },
+        drift=tuple(DriftSummary.from_wire(d) for d in doc.get("drift") or ()),
     )

@@ -2,8 +2,11 @@
 
 Per deployed model: live version, requests/s, p50 and p99 latency, error rate, mean batch size,
 rows/s, queue; per language model: tokens/s, time to first token p50/p99, inter-token latency
-p99, running and queued sequences, KV-cache use; usage per token, recent errors, the log's last
-lines, and plots of the last minutes (tokens/s too where a language model is served). One
+p99, running and queued sequences, KV-cache use; a quality line per version (the inference
+process's latest drift check, live metrics from feedback); usage per token, recent errors, the
+log's last lines, and plots of the last minutes (tokens/s too where a language model is served)
+with a strip of drift flags per feature, one mark per tick, so it shows since when a feature
+drifts. One
 ``api.server_status()`` per tick (``GET /v1/status``: a millisecond for the process) on a
 daemon thread, so the kernel keeps running cells.
 
@@ -27,8 +30,8 @@ from kernel_magics import api, display
 from kernel_magics.config import Settings
 from kernel_magics.display import dashboards as views
 from kernel_magics.display.rates import generation_rates, model_rates, token_rates
-from kernel_magics.display.svg import line_chart
-from kernel_magics.records import ServerStatus
+from kernel_magics.display.svg import flag_strip, line_chart
+from kernel_magics.records import DriftSummary, ServerStatus
 from kernel_magics.widgets.front_end import Snapshot, show_with_snapshot
 
 RATE_WINDOW_S = 5.0  # the table's rates: over the last seconds, steadier than one tick
@@ -66,6 +69,10 @@ class ServiceMonitor:
         self.samples: collections.deque[ServerStatus] = collections.deque(maxlen=keep)
         # per tick: (time, {model: (requests/s, p99 ms, tokens/s; nan where not known)})
         self.points: collections.deque[tuple[float, dict[str, tuple[float, float, float]]]] = (
+            collections.deque(maxlen=keep)
+        )
+        # per tick: the inference process's latest drift check of each served version
+        self.drift_marks: collections.deque[dict[tuple[str, int], DriftSummary]] = (
             collections.deque(maxlen=keep)
         )
         self.ticks = 0
@@ -137,6 +144,13 @@ class ServiceMonitor:
         if status is not None:
             self._add_point(status)
             self.samples.append(status)
+            self.drift_marks.append(
+                {
+                    (d.model, d.version): d
+                    for d in status.drift
+                    if self.name is None or d.model == self.name
+                }
+            )
         self._render(status)
 
     def _earlier(self, now: ServerStatus) -> ServerStatus | None:
@@ -173,7 +187,7 @@ class ServiceMonitor:
         generation = generation_rates(earlier, status, self.name) if status is not None else []
         self.title.value = f"<b>{html.escape(views.monitor_title(status, self.name))}</b>"
         self.plots.value = self.plot_svg()
-        live = live_figures(self.settings, status, self.name)
+        live = api.served_live_metrics(status, self.name, settings=self.settings)
         self._text = views.monitor_text(status, rates, tokens, self.name, generation, live)
         self.body.value = views.monitor_html(
             status, rates, tokens, self.name, title=False, generation=generation, live=live
@@ -218,7 +232,40 @@ class ServiceMonitor:
         ]
         if generated:
             charts.append(line_chart(generated, y_label="tokens/s", **common))
+        charts.append(self.drift_svg())
         return f"<div style='display:flex;flex-wrap:wrap'>{''.join(charts)}</div>"
+
+    def drift_svg(self) -> str:
+        """Per served version and feature, a mark per tick: flagged (red) or not; the label
+        says since when a flagged feature has stayed flagged. Empty without drift checks."""
+        keys = sorted(
+            {
+                (model, version, feature)
+                for tick in self.drift_marks
+                for (model, version), check in tick.items()
+                for feature in check.psi
+            }
+        )
+        if not keys:
+            return ""
+        rows = []
+        for model, version, feature in keys:
+            marks: list[bool | None] = []
+            since: float | None = None  # the check that began the current flagged run
+            for tick in self.drift_marks:
+                check = tick.get((model, version))
+                if check is None or feature not in check.psi:
+                    marks.append(None)  # not checked yet: neither flagged nor clear
+                    continue
+                flagged = feature in check.flagged
+                marks.append(flagged)
+                if not flagged:
+                    since = None
+                elif since is None:
+                    since = check.time
+            note = f"since {views.clock(since)}" if since is not None else ""
+            rows.append((f"{model} v{version} {feature}", marks, note))
+        return flag_strip(rows, width=400, x_label="drift flags per tick, oldest left")
 
     def static_html(self) -> str:
         return f"<div>{self.title.value}{self.plots.value}{self.body.value}</div>"
@@ -234,27 +281,8 @@ def snapshot_views(settings: Settings, name: str | None) -> tuple[str, str]:
     rates = model_rates(None, status, name) if status is not None else []
     tokens = token_rates(None, status) if status is not None else []
     generation = generation_rates(None, status, name) if status is not None else []
-    live = live_figures(settings, status, name)
+    live = api.served_live_metrics(status, name, settings=settings)
     return (
         views.monitor_text(status, rates, tokens, name, generation, live),
         views.monitor_html(status, rates, tokens, name, generation=generation, live=live),
     )
-
-
-def live_figures(
-    settings: Settings, status: ServerStatus | None, name: str | None
-) -> dict[str, dict[int, dict[str, float]]]:
-    """Live metrics from feedback per served model (only those with feedback): read from the
-    inference log's file, one query per model."""
-    if status is None:
-        return {}
-    names = [name] if name else sorted(status.models)
-    figures = {}
-    for model in names:
-        try:
-            per_version = api.live_metrics(model, settings=settings)
-        except Exception:  # a log being written by a newer version, a locked file: skip it
-            continue
-        if per_version:
-            figures[model] = per_version
-    return figures

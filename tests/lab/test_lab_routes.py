@@ -119,6 +119,40 @@ async def test_status_carries_a_language_models_figures(
     assert body["status"]["snapshot_at"] == 5.0
 
 
+async def test_status_carries_the_drift_check_and_the_quality_line_of_each_version(
+    jp_fetch: Fetch, km_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The panel shows ``status.quality`` as it comes: %monitor's line, written by the route from
+    the snapshot's drift checks (the worker's side is tests/quality/test_drift_log.py's)."""
+    from kernel_magics.records import DriftSummary, ModelState, ServerStatus
+
+    check = DriftSummary("shop", 1, 5.0, 10_000, ("b", "d"), {"a": 0.02, "b": 0.42, "d": 0.3})
+    status = ServerStatus(
+        url="http://127.0.0.1:1",
+        pid=1,
+        status="ready",
+        models={"shop": ModelState.from_wire({"name": "shop", "version": 1})},
+        drift=(check,),
+    )
+    monkeypatch.setattr(api, "server_status", lambda **_: status)
+    code, body = await call(jp_fetch, "GET", "status")
+    assert code == 200
+    assert body["status"]["quality"] == {
+        "shop": ["v1 drift: b, d flagged (max PSI 0.42) over 10,000 rows"]
+    }
+    assert body["status"]["drift"] == [
+        {
+            "model": "shop",
+            "version": 1,
+            "time": 5.0,
+            "rows": 10_000,
+            "flagged": ["b", "d"],
+            "psi": {"a": 0.02, "b": 0.42, "d": 0.3},
+            "max_psi": 0.42,
+        }
+    ]
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "words"),
     [

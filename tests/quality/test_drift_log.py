@@ -117,3 +117,53 @@ def test_the_inference_process_exports_drift_gauges(served: Any) -> None:
     psi = _gauges(served, "km_drift_psi")
     assert psi["b"] > 0.1
     assert psi["a"] < 0.1
+
+
+def test_status_and_monitor_show_the_latest_drift_check_with_live_accuracy(
+    served: Any, ip: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The drift monitor's latest check reaches ``/v1/status`` (flags, PSI, rows compared) and
+    ``%monitor`` writes it in one quality line per version next to the live accuracy from
+    feedback; the widget keeps a mark per tick and feature."""
+    from kernel_magics.widgets.monitor import ServiceMonitor
+
+    settings = load_settings()
+    deadline = time.monotonic() + 20
+    check = None
+    while (check is None or check.rows < 800) and time.monotonic() < deadline:
+        status = api.server_status()
+        assert status is not None
+        check = status.drift_of("shop", 1)
+        time.sleep(0.2)
+    assert check is not None
+    assert check.rows == 800  # every logged row: fewer than drift_window_rows
+    assert check.flagged == ("b", "d")
+    assert set(check.psi) == {*COLUMNS, "color", "prediction"}
+    assert check.max_psi == max(check.psi.values()) > 0.1
+
+    logged = api.inference_log("shop", limit=20)
+    truth = [  # the true class: the sign of a, which the model learnt
+        {"request_id": r.request_id, "row": r.row, "label": "pos" if r.input["a"] > 0 else "neg"}
+        for r in logged.itertuples()
+    ]
+    api.feedback("shop", truth)
+    live = api.live_metrics("shop")[1]
+    capsys.readouterr()
+    ip.run_line_magic("monitor", "shop")
+    text = capsys.readouterr().out
+    line = next(x for x in text.splitlines() if "drift:" in x).strip()
+    assert line.startswith("shop v1 drift: b, d flagged (max PSI ")
+    assert f" over 800 rows · live accuracy {live['accuracy']:.3f}, F1 " in line
+    assert line.endswith(" (20 labelled)")
+
+    monitor = ServiceMonitor(settings, "shop", interval_s=60)
+    monitor.tick()
+    monitor.tick()
+    strip = monitor.drift_svg()
+    rows = dict(re.findall(r'data-label="shop v1 (\w+)">(.*?)</g>', strip))
+    assert set(rows) == {*COLUMNS, "color", "prediction"}
+    assert [rows[f].count('class="flagged"') for f in ("b", "d")] == [2, 2]
+    assert rows["a"].count('class="clear"') == 2
+    assert "flagged" not in rows["a"]
+    assert "since " in rows["b"]
+    assert "since " not in rows["a"]

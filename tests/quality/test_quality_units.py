@@ -57,3 +57,33 @@ def test_live_figures_match_scikit_learn():
     assert figures["accuracy"] == pytest.approx(4 / 7)
     assert figures["f1_macro"] == pytest.approx(f1_score(truth, pred, average="macro"))
     assert regression([1.0, 2.0], [2.0, 4.0]) == {"mse": 2.5, "mae": 1.5}
+
+
+def test_quality_lines_name_the_flags_per_served_version_with_the_live_figures():
+    """%monitor's and the panel's line: a live and a canary version with drift checks, an old
+    version with feedback only; more than six flags are counted, not named."""
+    from kernel_magics.display.quality import quality_lines
+    from kernel_magics.records import DriftSummary, ModelState, ServerStatus
+
+    many = tuple("abcdefgh")
+    status = ServerStatus(
+        url=None,
+        pid=None,
+        status="ready",
+        models={"shop": ModelState.from_wire({"name": "shop", "version": 2})},
+        drift=(
+            DriftSummary("shop", 2, 1.0, 800, (), {"a": 0.031}),
+            DriftSummary("shop", 3, 1.0, 12_000, many, dict.fromkeys(many, 0.5)),
+        ),
+    )
+    live = {"shop": {1: {"labelled": 40, "mse": 0.25, "mae": 0.5}, 2: {"labelled": 3}}}
+    assert quality_lines(status, live) == {
+        "shop": [
+            "v1 live MSE 0.25, MAE 0.5 (40 labelled)",
+            "v2 drift: none flagged (max PSI 0.03) over 800 rows"
+            " · live no comparable labels (3 labelled)",
+            "v3 drift: a, b, c, d, e, f and 2 more flagged (max PSI 0.50) over 12,000 rows",
+        ]
+    }
+    assert quality_lines(status, live, only="other") == {}
+    assert quality_lines(None, live) == {}

@@ -4,17 +4,23 @@ Worker 0 runs one daemon thread: every ``Settings.drift_interval_s`` it takes th
 serves (live and canary), and for each whose folder has a reference profile and whose logged
 requests are not empty, compares the newest ``drift_window_rows`` logged rows with the profile
 (``quality.drift``) and sets ``km_drift_psi`` and ``km_drift_flagged`` per model, version and
-feature (``prediction`` for the predictions). Off the request path: the requests never wait for
-it, and it reads the log's file as the kernel does. One worker computes, so several workers do
-not repeat the work; the gauges keep the largest value among live processes, which is worker 0's.
-A failure is logged and the next tick tries again: the gauges only go stale.
+feature (``prediction`` for the predictions). It also writes the latest result per version
+(``records.DriftSummary``: when, rows compared, PSI per feature, the flagged ones) to
+``Settings.drift_file``, which every worker's ``/v1/status`` reads: the gauges have no room for
+the time and the row count, and a file is what the other workers can see. Off the request
+path: the requests never wait for it, and it reads the log's file as the kernel does. One
+worker computes, so several workers do not repeat the work; the gauges keep the largest value
+among live processes, which is worker 0's. A failure is logged and the next tick tries again:
+the gauges and the file only go stale.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +28,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import Gauge
 
 from kernel_magics.config import Settings
+from kernel_magics.errors import KernelMagicsError
+from kernel_magics.records import DriftSummary
 
 if TYPE_CHECKING:
     from kernel_magics.quality.profile import ReferenceProfile
@@ -51,6 +59,9 @@ class DriftMonitor:
         self._stop = threading.Event()
         self._profiles: dict[tuple[str, int], ReferenceProfile | None] = {}  # never change
         self._series: set[tuple[str, str, str]] = set()
+        # an earlier process's results are not this one's: nothing until the first tick
+        with contextlib.suppress(OSError):
+            settings.drift_file.unlink()
         self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
         self._thread.start()
 
@@ -69,6 +80,7 @@ class DriftMonitor:
         from kernel_magics.quality.drift_log import logged_rows
 
         current: set[tuple[str, str, str]] = set()
+        summaries: list[DriftSummary] = []
         for name, version, folder in self.served():
             profile = self._profile(name, version, folder)
             if profile is None:
@@ -89,11 +101,25 @@ class DriftMonitor:
                 DRIFT_PSI.labels(*labels).set(feature.psi)
                 DRIFT_FLAGGED.labels(*labels).set(1.0 if feature.flagged else 0.0)
                 current.add(labels)
+            summaries.append(
+                DriftSummary(
+                    model=name,
+                    version=version,
+                    time=time.time(),
+                    rows=len(rows),
+                    flagged=tuple(report.flagged),
+                    psi={
+                        f.feature: round(f.psi, 4) if math.isfinite(f.psi) else 1e6
+                        for f in report.features
+                    },
+                )
+            )
         for gone in self._series - current:  # a version no longer served: its series go
             for gauge in (DRIFT_PSI, DRIFT_FLAGGED):
                 with contextlib.suppress(KeyError):
                     gauge.remove(*gone)
         self._series = current
+        write_summaries(self.settings.drift_file, summaries)
 
     def _profile(self, name: str, version: int, folder: Path) -> ReferenceProfile | None:
         from kernel_magics.quality.profile import read_profile
@@ -102,3 +128,23 @@ class DriftMonitor:
         if key not in self._profiles:
             self._profiles[key] = read_profile(folder)
         return self._profiles[key]
+
+
+def write_summaries(path: Path, summaries: list[DriftSummary]) -> None:
+    """Replaces the file in one step, so a worker reading it never sees half of it."""
+    import orjson
+
+    from kernel_magics.serving.files import write_atomic
+
+    write_atomic(path, orjson.dumps([s.to_wire() for s in summaries]).decode())
+
+
+def read_summaries(path: Path) -> list[DriftSummary]:
+    """The latest results, or none (no file yet, or one this version cannot read)."""
+    import orjson
+
+    try:
+        doc = orjson.loads(path.read_bytes())
+        return [DriftSummary.from_wire(d) for d in doc]
+    except (OSError, ValueError, TypeError, KernelMagicsError):
+        return []

@@ -4,9 +4,10 @@ The kernel's ``%monitor``, ``%models`` and the JupyterLab panel refresh every se
 snapshot per refresh keeps that cheap for the process serving traffic. It holds what is live
 (as ``GET /v1/models`` describes it), per loaded version the Prometheus counters of
 ``metrics.py`` (requests, errors, latency histogram, batches and rows, queue depth), usage per
-token, the latest error answers, the last lines of the process log and the supervisor's state
-file. With several workers the counters are the multiprocess sums (``MULTIPROC_ENV``), as
-``/metrics`` shows them; the recent errors are those of the worker that answers.
+token, the latest error answers, the last lines of the process log, the supervisor's state
+file and the drift monitor's latest check per served version (``drift_monitor.py``). With
+several workers the counters are the multiprocess sums (``MULTIPROC_ENV``), as ``/metrics``
+shows them; the recent errors are those of the worker that answers.
 
 The work is done on the event loop thread, so it is bounded: a few metric families, one read of
 each small file. Nothing here runs per prediction except ``RecentErrors.add`` on error answers.
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_magics.records import RecentError, VersionStats
 from kernel_magics.serving.request import metrics
+from kernel_magics.serving.request.drift_monitor import read_summaries
 
 if TYPE_CHECKING:
     from kernel_magics.serving.request.app import WorkerApp
@@ -213,6 +215,8 @@ def snapshot(app: WorkerApp) -> dict[str, Any]:
         described["standby_version"] = standby.version if standby is not None else None
         models.append(described)
     settings = app.settings
+    served = {(name, version) for name, version, _ in app.served_folders()}
+    drift = [d for d in read_summaries(settings.drift_file) if (d.model, d.version) in served]
     return {
         "time": time.time(),
         "worker": {"index": app.index, "pid": os.getpid()},
@@ -224,6 +228,7 @@ def snapshot(app: WorkerApp) -> dict[str, Any]:
         "inference_log": inference_log,
         "errors": app.recent_errors.to_wire(),
         "log": log_tail(settings.log_file),
+        "drift": [d.to_wire() for d in drift],
     }
 
 
