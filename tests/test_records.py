@@ -1,4 +1,4 @@
-"""Every record of ``kernel_magics/records.py`` survives its trip through JSON: ``to_wire``
+"""Every record of ``kernel_magics/records/`` survives its trip through JSON: ``to_wire``
 gives strict JSON (no NaN or infinity, which neither orjson nor a browser reads back) and
 ``from_wire`` rebuilds an equal record, for records hypothesis draws over each field's range."""
 
