@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from _generate_mlflow import mlflow_serve_info
 from _log import log
 from _procs import private_home, spawn, stop_children, stop_leftover_server
 
@@ -191,6 +192,7 @@ def main() -> None:
         peer_base = f"http://127.0.0.1:{port}/v1"
         results["peer"] = measure("peer", peer_base, "none", str(folder), count, tokens)
         peer.terminate()
+        results["mlflow_serve"] = mlflow_serve_info("lm", 1, tmp, tokens)  # info: not a peer
     finally:
         stop_children()
         stop_leftover_server(home)
