@@ -265,23 +265,27 @@ def _metrics(client: LocalTarget) -> str:
 
 def test_mlflow_transformers_flavor_loads_the_version(oai: openai.OpenAI, served: str) -> None:
     """The version's folder is also MLflow's transformers layout (one copy of the weights):
-    MLflow's pyfunc generates from it the same greedy text as /v1/completions (both run the
-    model's own greedy decoding and decode the new tokens with the same tokenizer)."""
+    MLflow's pyfunc and transformers pipeline generate from it the same greedy text as
+    /v1/completions (greedy decoding of the same weights, the new tokens decoded by the same
+    tokenizer)."""
     with Store(load_settings()).tracking():
         version = mlflow.MlflowClient().get_model_version("tiny", "1")
         assert version.tags[TAG_MLFLOW_TRANSFORMERS] == "yes"
         folder = Path(mlflow.artifacts.download_artifacts("models:/tiny/1"))
         loaded = mlflow.pyfunc.load_model("models:/tiny/1")
+        pipeline = mlflow.transformers.load_model("models:/tiny/1")
     assert [p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors")] == [
         "hf/model.safetensors"
     ]
     theirs = loaded.predict([PROMPT], params={"max_new_tokens": 12, "do_sample": False})
     ours = oai.completions.create(model="tiny@1", prompt=PROMPT, max_tokens=12, temperature=0)
     assert theirs == [PROMPT + ours.choices[0].text]
+    again = pipeline(PROMPT, max_new_tokens=12, do_sample=False)
+    assert again == [{"generated_text": PROMPT + ours.choices[0].text}]
 
 
 def test_a_tokenizer_mlflow_cannot_rebuild_is_said_and_tagged(
-    ip: Any, lm: Any, tokenizer: Any
+    oai: openai.OpenAI, lm: Any, tokenizer: Any
 ) -> None:
     class NotebookTokenizer(type(tokenizer)):  # type: ignore[misc]
         """A tokenizer class of the notebook's own: MLflow rebuilds only transformers'."""
@@ -297,3 +301,7 @@ def test_a_tokenizer_mlflow_cannot_rebuild_is_said_and_tagged(
     with Store(load_settings()).tracking():
         tags = mlflow.MlflowClient().get_model_version("tiny-own-tokenizer", "1").tags
     assert tags[TAG_MLFLOW_TRANSFORMERS].startswith("no: MLflow cannot rebuild a NotebookTokenizer")
+    # our own layout (the tokenizer beside the weights in hf/) still deploys and generates
+    api.deploy("tiny-own-tokenizer")
+    out = oai.completions.create(model="tiny-own-tokenizer", prompt=PROMPT, max_tokens=3)
+    assert (out.model, out.usage.completion_tokens) == ("tiny-own-tokenizer@1", 3)
