@@ -38,6 +38,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from _gen_model import SIZES, build_model
 from _gen_report import write_report
+from _generate_mlflow import mlflow_serve_info
 from _log import log
 from _procs import private_home, spawn, stop_children, stop_leftover_server
 
@@ -261,6 +262,9 @@ def main() -> None:
             part = {"parameters": params, **measure_size(folder, size, tmp, args)}
             results["sizes"][size] = part
             log(f"{size} ({params / 1e6:.1f} M): {part}")
+            if args.only != "peer":  # info, not a peer: MLflow's own server of the version
+                part["mlflow_serve"] = mlflow_serve_info(f"lm-{size}", 1, tmp, args.tokens)
+                log(f"{size} mlflow models serve: {part['mlflow_serve']}")
     finally:
         stop_children()
         stop_leftover_server(home)

@@ -1,6 +1,7 @@
 """The inference process's loader of the ``transformers`` format (registered in
-``formats/loaders.py``'s ``FORMAT_MODULES``): the model and tokenizer from the version's
-``hf/`` folder, and its continuous-batching engine sized by the settings."""
+``formats/loaders.py``'s ``FORMAT_MODULES``): the model from the version's ``hf/`` folder and
+its tokenizer (``components/tokenizer/`` in MLflow's layout, else ``hf/``), and its
+continuous-batching engine sized by the settings."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from kernel_magics.config import Settings, load_settings
 from kernel_magics.errors import InvalidInput
 from kernel_magics.formats.loaders import Graph, loader
 from kernel_magics.generative.engine import Engine, Sequence
+from kernel_magics.generative.mlflow_flavor import tokenizer_dir
 from kernel_magics.generative.register import FLAVOR, FORMAT, HF_DIR, load_folder
 from kernel_magics.generative.sampling import SamplingParams
 
@@ -93,5 +95,5 @@ def load_transformers(path: Path) -> Graph:
 
     settings = load_settings()
     torch.set_num_threads(max(1, settings.torch_threads))
-    model, tokenizer = load_folder(path.parent)
+    model, tokenizer = load_folder(path.parent, tokenizer_dir(path.parent.parent, HF_DIR))
     return Graph(_refuse, generator=Generator(model, tokenizer, settings, path.parent.parent.name))

@@ -1,10 +1,12 @@
 """Registering a causal language model and its tokenizer as a new version.
 
-The version's MLflow folder holds ``MLmodel`` (flavor ``kernel_magics_transformers``) and the
-``save_pretrained`` files of the model and the tokenizer in ``hf/``: ``config.json``,
-``generation_config.json``, ``model.safetensors`` (never pickled weights) and the tokenizer's
-files. The folder's SHA-256 covers all of them, as for every version. Nothing is ever
-downloaded: the model is an object in the notebook or a local folder.
+The version's MLflow folder holds ``MLmodel`` (flavor ``kernel_magics_transformers``, and
+MLflow's ``transformers`` + ``python_function`` where MLflow can write them: ``mlflow_flavor.py``),
+the model's ``save_pretrained`` files in ``hf/`` (``config.json``, ``generation_config.json``,
+``model.safetensors``, never pickled weights) and the tokenizer's files in
+``components/tokenizer/`` (MLflow's layout) or, where MLflow cannot, in ``hf/`` beside the model.
+The folder's SHA-256 covers all of them, as for every version. Nothing is ever downloaded: the
+model is an object in the notebook or a local folder.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import yaml
 
 from kernel_magics.errors import InvalidInput, first_line
+from kernel_magics.generative.mlflow_flavor import TAG_MLFLOW_TRANSFORMERS, write_mlflow_layout
 from kernel_magics.registration import RegisterResult
 from kernel_magics.runs import create_version, mlflow_run, store_errors
 from kernel_magics.store import TAG_FORMAT, TAG_SHA256, TAG_TASK, Store, hash_model_dir
@@ -35,8 +38,11 @@ def offline() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
-def load_folder(folder: str | os.PathLike[str]) -> tuple[Any, Any]:
-    """A causal LM and its tokenizer from a local ``save_pretrained`` folder."""
+def load_folder(
+    folder: str | os.PathLike[str], tokenizer_folder: str | os.PathLike[str] | None = None
+) -> tuple[Any, Any]:
+    """A causal LM and its tokenizer from a local ``save_pretrained`` folder (the tokenizer
+    from ``tokenizer_folder`` when it is saved apart, as in MLflow's layout)."""
     offline()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -44,7 +50,7 @@ def load_folder(folder: str | os.PathLike[str]) -> tuple[Any, Any]:
     if not (path / "config.json").is_file():
         raise InvalidInput(f"{path} is not a saved model folder (no config.json)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder or path))
         model = AutoModelForCausalLM.from_pretrained(str(path))
     except Exception as err:
         raise InvalidInput(
@@ -83,26 +89,37 @@ def check_pair(model: Any, tokenizer: Any) -> None:
         )
 
 
-def write_folder(model: Any, tokenizer: Any, dest: Path) -> None:
-    """``dest`` becomes an MLflow model folder: MLmodel + hf/ (safetensors, config, tokenizer)."""
+def write_folder(model: Any, tokenizer: Any, dest: Path) -> str:
+    """``dest`` becomes an MLflow model folder holding safetensors, config and tokenizer, in
+    MLflow's transformers layout where MLflow can write it (``mlflow_flavor.py``), else in our
+    own (MLmodel + ``hf/`` with model and tokenizer). Returns the ``km.mlflow_transformers``
+    tag: "yes", or "no: " and why MLflow's flavor cannot load this version."""
     import transformers
 
+    conf = {
+        "data": HF_DIR,
+        "architecture": type(model).__name__,
+        "transformers_version": transformers.__version__,
+    }
+    try:
+        write_mlflow_layout(model, tokenizer, dest, hf_dir=HF_DIR, flavor=FLAVOR, conf=conf)
+    except Exception as err:
+        why = f"no: {first_line(err)}"
+    else:
+        _check_safetensors(dest / HF_DIR)
+        return "yes"
     hf = dest / HF_DIR
     model.save_pretrained(str(hf), safe_serialization=True)
     tokenizer.save_pretrained(str(hf))
+    _check_safetensors(hf)
+    mlmodel = {"artifact_path": "model", "flavors": {FLAVOR: conf}}
+    (dest / "MLmodel").write_text(yaml.safe_dump(mlmodel, sort_keys=False))
+    return why
+
+
+def _check_safetensors(hf: Path) -> None:
     if not any(hf.glob("*.safetensors")):
         raise InvalidInput("the model did not save safetensors weights")
-    mlmodel = {
-        "artifact_path": "model",
-        "flavors": {
-            FLAVOR: {
-                "data": HF_DIR,
-                "architecture": type(model).__name__,
-                "transformers_version": transformers.__version__,
-            }
-        },
-    }
-    (dest / "MLmodel").write_text(yaml.safe_dump(mlmodel, sort_keys=False))
 
 
 def register_generative(
@@ -132,6 +149,7 @@ def register_generative(
         raise InvalidInput("a language model needs its tokenizer (tokenizer=..., --tokenizer)")
     check_pair(model, tokenizer)
     tags = {TAG_TASK: TASK, TAG_FORMAT: FORMAT}
+    notes: list[str] = []
     with store.tracking(), mlflow_run(store, f"{name}-register") as run:
         started = time.perf_counter()
         with store.write_lock(), store_errors("could not save the model to the store"):
@@ -142,12 +160,19 @@ def register_generative(
             mlflow.set_tags({"km.model": name})
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp) / "model"
-                write_folder(model, tokenizer, folder)
+                mlflow_flavor = write_folder(model, tokenizer, folder)
                 mlflow.log_artifacts(str(folder), artifact_path="model")
             uri = f"runs:/{run.info.run_id}/model"
             local = mlflow.artifacts.download_artifacts(uri)
             sha256 = hash_model_dir(local)
             tags[TAG_SHA256] = sha256
+            tags[TAG_MLFLOW_TRANSFORMERS] = mlflow_flavor
+            if mlflow_flavor != "yes":  # said, never silent: the tag keeps it on the version
+                notes.append(
+                    "MLflow's transformers flavor cannot load this version ("
+                    + mlflow_flavor.removeprefix("no: ")
+                    + "); the inference process serves it"
+                )
             if recipe:
                 tags["km.recipe"] = recipe
             info = _Logged(f"{run.info.artifact_uri}/model")
@@ -157,6 +182,7 @@ def register_generative(
         version=version,
         run_id=run.info.run_id,
         format=FORMAT,
+        notes=notes,
         recipe=recipe or None,
         sha256=sha256,
         seconds=time.perf_counter() - started,

@@ -10,11 +10,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import openai
 import pytest
 import requests
 
 from kernel_magics import api
+from kernel_magics.config import load_settings
+from kernel_magics.generative.mlflow_flavor import TAG_MLFLOW_TRANSFORMERS
+from kernel_magics.store import Store
 from kernel_magics.targets.local import LocalTarget
 
 PROMPT = "The for statement is used to iterate over"
@@ -257,3 +261,47 @@ def _metrics(client: LocalTarget) -> str:
     answer = requests.get(f"{client.url}/metrics", headers=headers, timeout=10)
     answer.raise_for_status()
     return answer.text
+
+
+def test_mlflow_transformers_flavor_loads_the_version(oai: openai.OpenAI, served: str) -> None:
+    """The version's folder is also MLflow's transformers layout (one copy of the weights):
+    MLflow's pyfunc and transformers pipeline generate from it the same greedy text as
+    /v1/completions (greedy decoding of the same weights, the new tokens decoded by the same
+    tokenizer)."""
+    with Store(load_settings()).tracking():
+        version = mlflow.MlflowClient().get_model_version("tiny", "1")
+        assert version.tags[TAG_MLFLOW_TRANSFORMERS] == "yes"
+        folder = Path(mlflow.artifacts.download_artifacts("models:/tiny/1"))
+        loaded = mlflow.pyfunc.load_model("models:/tiny/1")
+        pipeline = mlflow.transformers.load_model("models:/tiny/1")
+    assert [p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors")] == [
+        "hf/model.safetensors"
+    ]
+    theirs = loaded.predict([PROMPT], params={"max_new_tokens": 12, "do_sample": False})
+    ours = oai.completions.create(model="tiny@1", prompt=PROMPT, max_tokens=12, temperature=0)
+    assert theirs == [PROMPT + ours.choices[0].text]
+    again = pipeline(PROMPT, max_new_tokens=12, do_sample=False)
+    assert again == [{"generated_text": PROMPT + ours.choices[0].text}]
+
+
+def test_a_tokenizer_mlflow_cannot_rebuild_is_said_and_tagged(
+    oai: openai.OpenAI, lm: Any, tokenizer: Any
+) -> None:
+    class NotebookTokenizer(type(tokenizer)):  # type: ignore[misc]
+        """A tokenizer class of the notebook's own: MLflow rebuilds only transformers'."""
+
+    custom = NotebookTokenizer(
+        tokenizer_object=tokenizer.backend_tokenizer, bos_token="<s>", eos_token="</s>"
+    )
+    result = api.register(lm, tokenizer=custom, name="tiny-own-tokenizer")
+    assert result.notes == [
+        "MLflow's transformers flavor cannot load this version (MLflow cannot rebuild a "
+        "NotebookTokenizer tokenizer (not a transformers class)); the inference process serves it"
+    ]
+    with Store(load_settings()).tracking():
+        tags = mlflow.MlflowClient().get_model_version("tiny-own-tokenizer", "1").tags
+    assert tags[TAG_MLFLOW_TRANSFORMERS].startswith("no: MLflow cannot rebuild a NotebookTokenizer")
+    # our own layout (the tokenizer beside the weights in hf/) still deploys and generates
+    api.deploy("tiny-own-tokenizer")
+    out = oai.completions.create(model="tiny-own-tokenizer", prompt=PROMPT, max_tokens=3)
+    assert (out.model, out.usage.completion_tokens) == ("tiny-own-tokenizer@1", 3)
