@@ -23,6 +23,7 @@ from kernel_magics.magics import (
     optimize,
     pipelines,
     quality,
+    registration,
     training,
 )
 from kernel_magics.magics._args import (
@@ -38,7 +39,17 @@ from kernel_magics.magics.lifecycle import KernelMagics
 __all__ = ["KernelMagics", "split_args", "usage_errors", "load_ipython_extension"]
 
 # Magics classes besides KernelMagics (which is also a Configurable, registered first).
-_FEATURES = (training, pipelines, optimize, dashboards, explain, generative, quality, drift)
+_FEATURES = (
+    training,
+    registration,
+    pipelines,
+    optimize,
+    dashboards,
+    explain,
+    generative,
+    quality,
+    drift,
+)
 
 
 def load_ipython_extension(ipython: Any) -> None:
