@@ -9,13 +9,15 @@ import datetime as _dt
 import re
 import time
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import orjson
-import pandas as pd
 
 from kernel_magics.errors import InvalidInput, clip
 from kernel_magics.quality.log_store import connect
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLUMNS = ("time", "version", "request_id", "row", "input", "output", "latency_ms")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*")
@@ -44,6 +46,8 @@ def since_epoch(since: Since, now: float | None = None) -> float | None:
             )
         return now - float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if isinstance(since, _dt.datetime):  # pandas.Timestamp is one too
+        import pandas as pd  # only for a time given as text; the kernel's commands stay light
+
         stamp = pd.Timestamp(since)
         if stamp.tzinfo is None:
             stamp = stamp.tz_localize("UTC")
@@ -99,6 +103,8 @@ def _filter(name: str, since: Since, version: int | None) -> tuple[str, list[Any
 
 
 def _frame(rows: list[tuple]) -> pd.DataFrame:
+    import pandas as pd  # lazily: `kernel-magics predict` and the workers import this module
+
     loads = orjson.loads
     frame = pd.DataFrame(
         {
