@@ -55,6 +55,12 @@ def _float_or_none(value: Any, what: str) -> float | None:
         raise InvalidInput(f"{what} must be a number, got {value!r}") from None
 
 
+def _classes(value: Any) -> tuple | None:
+    """A classifier's labels: a JSON list, or the tuple ``to_wire`` keeps where the record
+    travels pickled, not as JSON (Ray hands a replica its ``user_config`` that way)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else None
+
+
 def _mapping(doc: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(doc, Mapping):
         raise InvalidInput(f"{what} must be a JSON object, got {type(doc).__name__}")
@@ -62,7 +68,8 @@ def _mapping(doc: Any, what: str) -> Mapping[str, Any]:
 
 
 class _Wire:
-    """``to_wire``: the record as plain JSON values (nested records too)."""
+    """``to_wire``: the record as JSON-encodable values (nested records too; tuples stay
+    tuples, so a ``from_wire`` takes a list or a tuple where a record holds a sequence)."""
 
     def to_wire(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
@@ -104,7 +111,7 @@ class ModelSpec(_Wire):
             format=doc.get("format"),
             max_batch_size=batch or None,
             max_wait_ms=_float_or_none(doc.get("max_wait_ms"), "max_wait_ms"),
-            classes=tuple(doc["classes"]) if isinstance(doc.get("classes"), list) else None,
+            classes=_classes(doc.get("classes")),
             log_sample=_float_or_none(doc.get("log_sample"), "log_sample"),
         )
 
@@ -299,7 +306,7 @@ class ModelState(_Wire):
             state=str(doc.get("state") or "live"),
             format=doc.get("format"),
             task=doc.get("task"),
-            classes=tuple(doc["classes"]) if isinstance(doc.get("classes"), list) else None,
+            classes=_classes(doc.get("classes")),
             loaded_at=doc.get("loaded_at"),
             max_batch_size=_int_or_none(doc.get("max_batch_size"), "max_batch_size"),
             max_wait_ms=_float_or_none(doc.get("max_wait_ms"), "max_wait_ms"),
