@@ -44,7 +44,9 @@ def test_a_scikit_learn_version_deploys_swaps_and_rolls_back_on_ray(
         r = requests.post(url(settings, "sk", ":predict?labels=true"), json=body, timeout=30)
         assert r.status_code == 200, r.text
         assert r.json()["labels"] == labels
-        r = requests.post(url(settings, "sk", "/invocations"), json={"inputs": rows.tolist()}, timeout=30)
+        r = requests.post(
+            url(settings, "sk", "/invocations"), json={"inputs": rows.tolist()}, timeout=30
+        )
         assert r.status_code == 200, r.text
         assert r.json()["predictions"] == labels  # the sklearn flavor's predict
 
