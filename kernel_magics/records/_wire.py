@@ -34,6 +34,12 @@ def _float_or_none(value: Any, what: str) -> float | None:
         raise InvalidInput(f"{what} must be a number, got {value!r}") from None
 
 
+def _classes(value: Any) -> tuple | None:
+    """A classifier's labels: a JSON list, or the tuple ``to_wire`` keeps where the record
+    travels pickled, not as JSON (Ray hands a replica its ``user_config`` that way)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else None
+
+
 def _mapping(doc: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(doc, Mapping):
         raise InvalidInput(f"{what} must be a JSON object, got {type(doc).__name__}")
@@ -41,7 +47,8 @@ def _mapping(doc: Any, what: str) -> Mapping[str, Any]:
 
 
 class _Wire:
-    """``to_wire``: the record as plain JSON values (nested records too)."""
+    """``to_wire``: the record as JSON-encodable values (nested records too; tuples stay
+    tuples, so a ``from_wire`` takes a list or a tuple where a record holds a sequence)."""
 
     def to_wire(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel_magics.errors import InvalidInput
-from kernel_magics.records._wire import _float_or_none, _int_or_none, _mapping, _Wire
+from kernel_magics.records._wire import _classes, _float_or_none, _int_or_none, _mapping, _Wire
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class ModelSpec(_Wire):
             format=doc.get("format"),
             max_batch_size=batch or None,
             max_wait_ms=_float_or_none(doc.get("max_wait_ms"), "max_wait_ms"),
-            classes=tuple(doc["classes"]) if isinstance(doc.get("classes"), list) else None,
+            classes=_classes(doc.get("classes")),
             log_sample=_float_or_none(doc.get("log_sample"), "log_sample"),
         )
 

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernel_magics.errors import InvalidInput
-from kernel_magics.records._wire import _count, _float_or_none, _int_or_none, _mapping, _Wire
+from kernel_magics.records._wire import (
+    _classes,
+    _count,
+    _float_or_none,
+    _int_or_none,
+    _mapping,
+    _Wire,
+)
 from kernel_magics.records.lifecycle import (
     HistoryEvent,
     _history,
@@ -84,7 +91,7 @@ class ModelState(_Wire):
             state=str(doc.get("state") or "live"),
             format=doc.get("format"),
             task=doc.get("task"),
-            classes=tuple(doc["classes"]) if isinstance(doc.get("classes"), list) else None,
+            classes=_classes(doc.get("classes")),
             loaded_at=doc.get("loaded_at"),
             max_batch_size=_int_or_none(doc.get("max_batch_size"), "max_batch_size"),
             max_wait_ms=_float_or_none(doc.get("max_wait_ms"), "max_wait_ms"),

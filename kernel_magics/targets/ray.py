@@ -410,7 +410,7 @@ def _pinned(num_cpus: float) -> dict[str, Any]:
     the running replicas (``reconfigure``) instead of replacing them, which is what a version
     swap needs. ``serve.run`` otherwise stamps every call with a random version; ``_internal``
     is how Ray's own declarative deploys pass one. The version changes with this package's
-    version and the replica code, so new code does replace the replicas."""
+    version and its code, so new code does replace the replicas."""
     return {
         "_internal": True,
         "version": _CODE_VERSION,
@@ -419,8 +419,16 @@ def _pinned(num_cpus: float) -> dict[str, Any]:
 
 
 def _code_version() -> str:
-    source = Path(__file__).parent.parent / "serving" / "ray_app.py"
-    return f"{__version__}-{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
+    """This package's version and a hash of all its sources: a replica runs far more than
+    ``serving/ray_app.py`` (the ``formats`` registry and its loaders, the request codecs, the
+    records its configuration is read with), and a change to any of it must reach the replicas
+    (reading the package's ~200 files takes milliseconds)."""
+    package = Path(__file__).parent.parent
+    digest = hashlib.sha256()
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode())
+        digest.update(source.read_bytes())
+    return f"{__version__}-{digest.hexdigest()[:12]}"
 
 
 _CODE_VERSION = _code_version()
