@@ -38,8 +38,18 @@ class Collector:
 
 
 @pytest.fixture(scope="module")
-def engine(lm: Any, tokenizer: Any) -> Any:
-    e = Engine(lm, tokenizer, max_running=4, kv_cache_tokens=4096, max_queued=8, name="t")
+def served_lm() -> Any:
+    """The tiny Llama's own copy for these engines: an engine prepares the model it serves (its
+    weights become views of transposed matrices, decode.py), which the session's ``lm``, saved
+    to the store by other modules, must not see."""
+    from generative.conftest import tiny_llama
+
+    return tiny_llama()
+
+
+@pytest.fixture(scope="module")
+def engine(served_lm: Any, tokenizer: Any) -> Any:
+    e = Engine(served_lm, tokenizer, max_running=4, kv_cache_tokens=4096, max_queued=8, name="t")
     yield e
     e.stop()
 
@@ -59,12 +69,12 @@ def reference(lm: Any, tokenizer: Any, prompt: str, n: int) -> list[int]:
     return out[0, ids.shape[1] :].tolist()
 
 
-def test_batched_greedy_matches_generate(engine: Engine, lm: Any, tokenizer: Any) -> None:
+def test_batched_greedy_matches_generate(engine: Engine, served_lm: Any, tokenizer: Any) -> None:
     # 8 prompts of different lengths through 4 slots: sequences join and leave mid-batch
     params = SamplingParams(max_tokens=24, temperature=0.0)
     seqs, texts = run(engine, tokenizer, PROMPTS * 2, params)
     with torch.inference_mode():
-        expected = {p: reference(lm, tokenizer, p, 24) for p in PROMPTS}
+        expected = {p: reference(served_lm, tokenizer, p, 24) for p in PROMPTS}
     for prompt, seq, text in zip(PROMPTS * 2, seqs, texts, strict=True):
         assert seq.tokens == expected[prompt]
         assert seq.finish_reason == "length"
@@ -78,6 +88,8 @@ SHAPES = {
     "llama-gqa": ("LlamaConfig", {"num_key_value_heads": 2}, "direct"),
     # biases on the query/key/value projections, grouped-query attention
     "qwen2": ("Qwen2Config", {"num_key_value_heads": 2, "use_sliding_window": False}, "direct"),
+    # the output layer tied to the embedding: the direct step reads it untransposed
+    "llama-tied": ("LlamaConfig", {"tie_word_embeddings": True}, "direct"),
     # an activation the direct step does not reproduce: the model's own forward decodes
     "llama-gelu": ("LlamaConfig", {"hidden_act": "gelu"}, "model"),
 }
@@ -136,8 +148,10 @@ def test_too_long_names_prompt_and_max_tokens(engine: Engine, tokenizer: Any) ->
         engine.submit(Sequence(ids, SamplingParams(max_tokens=600), lambda *a: None))
 
 
-def test_queue_is_bounded_and_cancel_frees_the_slot(lm: Any, tokenizer: Any) -> None:
-    e = Engine(lm, tokenizer, max_running=1, kv_cache_tokens=4096, max_queued=1, name="small")
+def test_queue_is_bounded_and_cancel_frees_the_slot(served_lm: Any, tokenizer: Any) -> None:
+    e = Engine(
+        served_lm, tokenizer, max_running=1, kv_cache_tokens=4096, max_queued=1, name="small"
+    )
     try:
         first_text = threading.Event()
         ids = tokenizer(PROMPTS[0])["input_ids"]
