@@ -30,7 +30,11 @@ demo: setup
 	@echo "executed notebook : $(abspath $(DEMO_OUT))/quickstart.out.ipynb"
 	@KERNEL_MAGICS_HOME=$(DEMO_HOME) $(BIN)/kernel-magics serve status
 
-test: setup setup-system test-py test-ray test-notebooks
+# The Ray tests (in a network namespace of their own) and the notebooks (nbval, on loopback in
+# this one) share nothing, and both spend much of their time waiting on processes they start:
+# they run side by side, each one's output printed whole when it ends.
+test: setup setup-system test-py
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-ray test-notebooks
 
 # What the tests need from Debian, installed once: Chromium for tests/browser (Playwright
 # downloads no browser) and PostgreSQL for the store on an MLflow tracking server. Nothing to
