@@ -52,3 +52,15 @@ def build_model(folder: Path, size: str = "4m") -> int:
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))  # type: ignore[attr-defined]
     return sum(p.numel() for p in model.parameters())
+
+
+def kv_bytes_per_token(folder: Path, dtype: str) -> int:
+    """KV-cache bytes one token takes in the model of ``folder`` served in ``dtype``."""
+    import torch
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(str(folder))
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    size = torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+    return int(c.num_hidden_layers * 2 * kv_heads * head_dim * size)

@@ -25,7 +25,8 @@ def _size_table(size: str, part: dict, streams: int) -> list[str]:
     ours, peer = part.get("ours", {}), part.get("peer", {})
     generate = part["in_process_generate_tok_s"]
     rows = [
-        f"### {size}: {part['parameters'] / 1e6:.1f} M parameters (random weights)",
+        f"### {size}: {part['parameters'] / 1e6:.1f} M parameters (random weights), "
+        f"served in {part.get('dtype', 'float32')} by both",
         "",
         "| | ours | transformers serve --continuous-batching | in-process `model.generate` |",
         "|---|---:|---:|---:|",
@@ -71,6 +72,51 @@ def _goals(size: str, part: dict, streams: int) -> list[list[Any]]:
     ]  # fmt: skip
 
 
+def _versions(tally: dict) -> str:
+    return ", ".join(f"{n} on {v}" for v, n in sorted(tally["versions"].items())) or "—"
+
+
+def _ops_tables(ops: dict[str, dict], streams: int) -> list[str]:
+    """Swap and rollback under load, and memory by concurrent streams (ours only)."""
+    lines = [
+        f"## Ours under {streams} streams: a deploy and a rollback",
+        "",
+        "Each action starts 0.3 s after S streams begin; S more streams begin once it ended.",
+        "",
+        "| case | action | took s | streams in flight: failed / cut short | their versions "
+        "| begun after: failed | their versions |",
+        "|---|---|---:|---:|---|---:|---|",
+    ]
+    for case, op in ops.items():
+        for action, rec in op["swap"].items():
+            during, after = rec["in_flight"], rec["begun_after"]
+            lines.append(
+                f"| {case} | {action} | {rec['action_s']:.2f} | {during['failed']} / "
+                f"{during['short']} | {_versions(during)} | {after['failed']} | "
+                f"{_versions(after)} |"
+            )
+    lines += [
+        "",
+        "## Ours: resident memory by concurrent streams",
+        "",
+        "Peak RSS of the inference process (supervisor and worker) while the streams run; "
+        "streams past `gen_max_running` wait in the queue.",
+        "",
+        "| case | RSS by streams, MB | growth, MB | KV-cache budget, MB | failed |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for case, op in ops.items():
+        mem = op["memory"]
+        rss = mem["rss_mb"]
+        shown = ", ".join(f"{n}: {v:,.0f}" for n, v in rss.items())
+        growth = max(rss.values()) - rss["0"]
+        lines.append(
+            f"| {case} | {shown} | {growth:,.0f} | {mem['kv_cache_budget_mb']:,.0f} | "
+            f"{sum(mem['failed'].values())} |"
+        )
+    return lines
+
+
 def write_report(r: dict, path: Path) -> str:
     streams = r["streams"]
     lines = [
@@ -80,7 +126,9 @@ def write_report(r: dict, path: Path) -> str:
         f"({r['tokens']} new tokens per stream, greedy; {r['rounds']} rounds of each case; "
         f"{r['cpus']} CPUs, load average {r['load_before']:.1f} before and "
         f"{r['load_after']:.1f} after; {platform.python_version()}). Ours at its defaults (one "
-        "torch thread), the peer at torch's default threads. TTFT is measured by the client "
+        "torch thread) but for `gen_dtype`, the peer at torch's default threads (two here); "
+        "both serve the weights in the case's precision (ours: `gen_dtype`, the peer: "
+        "`--dtype`; `model.generate` too). TTFT is measured by the client "
         "from its request to the first streamed text; p99 is the nearest rank over all rounds' "
         "streams. Tokens/s count the completion tokens each server reports in its last chunk "
         "(`usage`) over the round's wall time; both servers also stream one text chunk per "
@@ -101,6 +149,9 @@ def write_report(r: dict, path: Path) -> str:
             lines.append(f"| {size_} | {label} | {goal} | {shown} | {'yes' if met else 'no'} |")
     for size, part in r["sizes"].items():
         lines += ["", *_size_table(size, part, streams)]
+    ops = {case: part["ops"] for case, part in r["sizes"].items() if "ops" in part}
+    if ops:
+        lines += ["", *_ops_tables(ops, streams)]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text

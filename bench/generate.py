@@ -2,21 +2,26 @@
 --continuous-batching`` (the peer), with in-process ``model.generate`` as the single-stream
 reference, on two model sizes.
 
-    .venv/bin/python bench/generate.py [--sizes 4m,30m] [--tokens N] [--streams S]
-                                       [--rounds R] [--only ours|peer] [--quick]
+    .venv/bin/python bench/generate.py [--sizes 4m,30m] [--dtypes float32,bfloat16]
+                                       [--tokens N] [--streams S] [--rounds R]
+                                       [--only ours|peer] [--no-ops] [--quick]
 
 For each size (``_gen_model.SIZES``: the notebook's 4.2 M-parameter Llama and a ≈ 30 M one,
-random weights, the notebook's BPE tokenizer) it builds one model folder, starts ours (the folder
-registered in a throwaway KERNEL_MAGICS_HOME and deployed) and the peer on the same folder, both
-loaded and idle but for the server measured, and measures round by round, the servers taking
-turns: in-process ``model.generate`` at one torch thread, batch 1; each server's one stream (R
-rounds; the median), then S concurrent streams (R rounds)
-with the official ``openai`` async client (one client per server, its S connections opened by a
+random weights, the notebook's BPE tokenizer) it builds one model folder; for each precision of
+``--dtypes`` it starts ours (the folder registered in a throwaway KERNEL_MAGICS_HOME and
+deployed, setting ``gen_dtype``) and the peer on the same folder (``--dtype``), both loaded and
+idle but for the server measured, and measures round by round, the servers taking turns:
+in-process ``model.generate`` at one torch thread, batch 1, in the same precision; each
+server's one stream (R rounds; the median), then S concurrent streams (R rounds) with the
+official ``openai`` async client (one client per server, its S connections opened by a
 warm-up), greedy, ``max_tokens`` N, the same prompts. Per
 stream: time to first text (TTFT) and text chunks; aggregate chunks/s over each round's wall
 time (the median round); TTFT percentiles over all rounds' streams. A chunk is one streamed
 piece of text: one token on both servers, except where a token completes no character.
-Everything started here is stopped by PID. Writes ``bench/generate_results.json`` and
+Then, on ours (``--no-ops`` skips it): a deploy of a new version and a rollback, each while S
+streams run (failed streams; the version each stream got), and the inference process's peak
+resident memory at 0, S and 4·S concurrent streams beside the KV-cache budget. Everything started
+here is stopped by PID. Writes ``bench/generate_results.json`` and
 ``bench/results-generate.md`` (the ratio table and the command that made it).
 """
 
@@ -36,7 +41,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from _gen_model import SIZES, build_model
+from _gen_model import SIZES, build_model, kv_bytes_per_token
+from _gen_ops import rss_by_streams, swap_and_rollback
 from _gen_report import write_report
 from _generate_mlflow import mlflow_serve_info
 from _log import log
@@ -53,12 +59,13 @@ PROMPTS = [
 class InProcess:
     """``model.generate`` at one torch thread, batch 1, in this process."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, dtype: str) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.set_num_threads(1)
-        self.model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+        model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+        self.model = model.to(getattr(torch, dtype))
         tok = AutoTokenizer.from_pretrained(str(folder))
         self.ids = tok(PROMPTS[0], return_tensors="pt")["input_ids"]
         self.rate(4)
@@ -184,16 +191,16 @@ def wait_health(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def start_ours(folder: Path, size: str) -> tuple[str, str, str]:
+def start_ours(folder: Path, name: str, dtype: str) -> tuple[str, str, str]:
     from kernel_magics import api
 
-    name = f"lm-{size}"
+    os.environ["KERNEL_MAGICS_GEN_DTYPE"] = dtype  # read by the inference process it starts
     api.register(str(folder), name=name)
     api.deploy(name)
     return f"{api.server_status().url}/v1", api.server_token(), name
 
 
-def start_peer(folder: Path, size: str, tmp: Path) -> tuple[str, str, str]:
+def start_peer(folder: Path, case: str, dtype: str, tmp: Path) -> tuple[str, str, str]:
     from _http import free_port
 
     port = free_port()
@@ -209,24 +216,40 @@ def start_peer(folder: Path, size: str, tmp: Path) -> tuple[str, str, str]:
             "--device",
             "cpu",
             "--continuous-batching",
+            "--dtype",
+            dtype,
         ],
-        stdout=open(tmp / f"peer-{size}.log", "wb"),  # noqa: SIM115
-        stderr=open(tmp / f"peer-{size}.err", "wb"),  # noqa: SIM115
+        stdout=open(tmp / f"peer-{case}.log", "wb"),  # noqa: SIM115
+        stderr=open(tmp / f"peer-{case}.err", "wb"),  # noqa: SIM115
     )
     wait_health(f"http://127.0.0.1:{port}/health", 120)
     return f"http://127.0.0.1:{port}/v1", "none", str(folder)
 
 
-def measure_size(folder: Path, size: str, tmp: Path, args: argparse.Namespace) -> dict:
+def measure_case(folder: Path, name: str, dtype: str, tmp: Path, args: argparse.Namespace) -> dict:
     from kernel_magics import api
 
     servers = {}
     try:
         if args.only != "peer":
-            servers["ours"] = start_ours(folder, size)
+            servers["ours"] = start_ours(folder, name, dtype)
         if args.only != "ours":
-            servers["peer"] = start_peer(folder, size, tmp)
-        return asyncio.run(measure(servers, InProcess(folder), args))
+            servers["peer"] = start_peer(folder, name, dtype, tmp)
+        part = asyncio.run(measure(servers, InProcess(folder, dtype), args))
+        if "ours" in servers and not args.no_ops:
+            base, key, _ = servers["ours"]
+            part["ops"] = {
+                "swap": swap_and_rollback(base, key, name, folder, args.streams, args.tokens),
+                "memory": rss_by_streams(
+                    base,
+                    key,
+                    name,
+                    [0, args.streams, 4 * args.streams],
+                    args.tokens,
+                    kv_bytes_per_token(folder, dtype),
+                ),
+            }
+        return part
     finally:
         if "ours" in servers:
             api.server_stop()
@@ -236,10 +259,12 @@ def measure_size(folder: Path, size: str, tmp: Path, args: argparse.Namespace) -
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="4m,30m", help=f"among {', '.join(SIZES)}")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="served precisions")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=("ours", "peer"), help="one server (no report file)")
+    parser.add_argument("--no-ops", action="store_true", help="no swap or memory checks")
     parser.add_argument("--quick", action="store_true", help="4m, 16 tokens, 4 streams, 1 round")
     args = parser.parse_args()
     if args.quick:
@@ -259,12 +284,16 @@ def main() -> None:
         for size in sizes:
             folder = tmp / f"model-{size}"
             params = build_model(folder, size)
-            part = {"parameters": params, **measure_size(folder, size, tmp, args)}
-            results["sizes"][size] = part
-            log(f"{size} ({params / 1e6:.1f} M): {part}")
-            if args.only != "peer":  # info, not a peer: MLflow's own server of the version
-                part["mlflow_serve"] = mlflow_serve_info(f"lm-{size}", 1, tmp, args.tokens)
-                log(f"{size} mlflow models serve: {part['mlflow_serve']}")
+            for dtype in args.dtypes.split(","):
+                case, name = f"{size} {dtype}", f"lm-{size}-{dtype}"
+                part = {"parameters": params, "dtype": dtype}
+                part.update(measure_case(folder, name, dtype, tmp, args))
+                results["sizes"][case] = part
+                log(f"{case} ({params / 1e6:.1f} M): {part}")
+                # info, not a peer: MLflow's own server of the version (its checkpoint's dtype)
+                if args.only != "peer" and dtype == "float32":
+                    part["mlflow_serve"] = mlflow_serve_info(name, 1, tmp, args.tokens)
+                    log(f"{case} mlflow models serve: {part['mlflow_serve']}")
     finally:
         stop_children()
         stop_leftover_server(home)

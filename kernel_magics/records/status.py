@@ -35,6 +35,7 @@ class GenerationState(_Wire):
     kv_cache_reserved: int = 0
     generated_tokens: int = 0  # since the version was loaded
     cancelled: int = 0  # sequences dropped because their client went away
+    dtype: str = ""  # the precision the weights are served in (setting gen_dtype)
 
     @property
     def kv_cache_use(self) -> float | None:
@@ -44,7 +45,8 @@ class GenerationState(_Wire):
     @classmethod
     def from_wire(cls, doc: Any) -> GenerationState:
         doc = _mapping(doc, "a generation state")
-        return cls(**{f.name: _count(doc.get(f.name), f.name) for f in dataclasses.fields(cls)})
+        counts = {f.name: _count(doc.get(f.name), f.name) for f in dataclasses.fields(cls)[:-1]}
+        return cls(**counts, dtype=str(doc.get("dtype") or ""))
 
     def to_wire(self) -> dict[str, Any]:
         return super().to_wire() | {"kv_cache_use": self.kv_cache_use}

@@ -4,6 +4,7 @@ stop strings, the bounded queue, cancellation."""
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 
 from kernel_magics.errors import InvalidInput, Overloaded
 from kernel_magics.generative.engine import Engine, Sequence
+from kernel_magics.generative.linear import packs
 from kernel_magics.generative.sampling import SamplingParams
 
 PROMPTS = [
@@ -83,23 +85,34 @@ def test_batched_greedy_matches_generate(engine: Engine, served_lm: Any, tokeniz
     assert not engine.running
 
 
+# bfloat16 weights are packed for oneDNN where this CPU multiplies bfloat16 natively
+BF16_PATH = "direct, packed weights" if packs(torch.bfloat16) else "direct"
 SHAPES = {
     # grouped-query attention: 4 query heads share 2 key/value heads
-    "llama-gqa": ("LlamaConfig", {"num_key_value_heads": 2}, "direct"),
+    "llama-gqa": ("LlamaConfig", {"num_key_value_heads": 2}, "direct", torch.float32),
     # biases on the query/key/value projections, grouped-query attention
-    "qwen2": ("Qwen2Config", {"num_key_value_heads": 2, "use_sliding_window": False}, "direct"),
+    "qwen2": (
+        "Qwen2Config", {"num_key_value_heads": 2, "use_sliding_window": False}, "direct",
+        torch.float32,
+    ),
     # the output layer tied to the embedding: the direct step reads it untransposed
-    "llama-tied": ("LlamaConfig", {"tie_word_embeddings": True}, "direct"),
+    "llama-tied": ("LlamaConfig", {"tie_word_embeddings": True}, "direct", torch.float32),
     # an activation the direct step does not reproduce: the model's own forward decodes
-    "llama-gelu": ("LlamaConfig", {"hidden_act": "gelu"}, "model"),
-}
+    "llama-gelu": ("LlamaConfig", {"hidden_act": "gelu"}, "model", torch.float32),
+    # served in bfloat16 (setting gen_dtype): the same tokens as generate in bfloat16
+    "llama-bf16": ("LlamaConfig", {}, BF16_PATH, torch.bfloat16),
+    "qwen2-bf16": (
+        "Qwen2Config", {"num_key_value_heads": 2, "use_sliding_window": False}, BF16_PATH,
+        torch.bfloat16,
+    ),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_other_shapes_decode_as_generate(shape: str, tokenizer: Any) -> None:
     import transformers
 
-    config_class, extra, path = SHAPES[shape]
+    config_class, extra, path, dtype = SHAPES[shape]
     torch.manual_seed(1)
     config = getattr(transformers, config_class)(
         vocab_size=1024, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
@@ -111,6 +124,10 @@ def test_other_shapes_decode_as_generate(shape: str, tokenizer: Any) -> None:
         for module in model.modules():
             if isinstance(module, torch.nn.Linear) and module.bias is not None:
                 module.bias.normal_(0.0, 0.5)
+    model = model.to(dtype)
+    # the engine prepares the model it serves (packed weights empty its linears): the
+    # reference decodes with an untouched copy
+    untouched = copy.deepcopy(model)
     e = Engine(model, tokenizer, max_running=4, kv_cache_tokens=4096, max_queued=8, name=shape)
     try:
         assert e.describe()["decode_path"] == path
@@ -119,7 +136,7 @@ def test_other_shapes_decode_as_generate(shape: str, tokenizer: Any) -> None:
         e.stop()
     with torch.inference_mode():
         for prompt, seq in zip(PROMPTS, seqs, strict=True):
-            assert seq.tokens == reference(model, tokenizer, prompt, 16)
+            assert seq.tokens == reference(untouched, tokenizer, prompt, 16)
 
 
 def test_seed_gives_the_same_tokens(engine: Engine, tokenizer: Any) -> None:
@@ -172,3 +189,30 @@ def test_queue_is_bounded_and_cancel_frees_the_slot(served_lm: Any, tokenizer: A
         assert queued.finish_reason == "length"
     finally:
         e.stop()
+
+
+def test_gen_dtype_setting_serves_bfloat16(
+    lm_folder: Any, tokenizer: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loader the inference process runs: ``gen_dtype`` sets the served precision, a value
+    it does not know is refused by name, and prompts encode as the tokenizer's own call does."""
+    import shutil
+
+    from kernel_magics.generative.loader import load_transformers
+    from kernel_magics.generative.register import HF_DIR
+
+    config = tmp_path / "tiny" / HF_DIR / "config.json"
+    shutil.copytree(lm_folder, config.parent)
+    monkeypatch.setenv("KERNEL_MAGICS_GEN_DTYPE", "bfloat16")
+    generator = load_transformers(config).generator
+    try:
+        state = generator.describe()["generation"]
+        assert (state["dtype"], state["decode_path"]) == ("bfloat16", BF16_PATH)
+        for prompt in [*PROMPTS, "naïve café — ünïcode", ""]:
+            assert generator.encode(prompt) == tokenizer(prompt)["input_ids"]
+        assert generator.warm() > 0  # a generation through the bfloat16 engine ends
+    finally:
+        generator.close()
+    monkeypatch.setenv("KERNEL_MAGICS_GEN_DTYPE", "float16")
+    with pytest.raises(InvalidInput, match="gen_dtype must be one of auto, bfloat16, float32"):
+        load_transformers(config)
