@@ -255,6 +255,21 @@ def test_canary_splits_generations(oai: openai.OpenAI, served: str) -> None:
     assert oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=1).model == "tiny@1"
 
 
+def test_promote_makes_the_generative_canary_live(ip: Any, oai: openai.OpenAI, served: str) -> None:
+    api.deploy("tiny@2", canary=50)
+    try:
+        ip.run_line_magic("promote", "tiny")
+        answered = {
+            oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=1).model
+            for _ in range(4)
+        }
+        assert answered == {"tiny@2"}
+        assert api.server_status().models["tiny"].canary is None  # type: ignore[union-attr]
+    finally:
+        api.rollback("tiny", 1)
+    assert oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=1).model == "tiny@1"
+
+
 def _metrics(client: LocalTarget) -> str:
     """The Prometheus text (``/metrics`` needs a token: its series name tokens and models)."""
     headers = {"authorization": f"Bearer {client.token()}"}
