@@ -333,6 +333,8 @@ def test_train_fits_an_estimator_and_registers_it(shell: Any, run_cell: Any, dat
     assert run.data.params["model_class"] == "MLPClassifier"
     assert run.data.metrics["accuracy"] == pytest.approx(r.metrics["accuracy"])
     assert run.data.params["hidden_layer_sizes"] == "[32]"
+    assert run.data.params["seed"] == "0"
+    assert "epochs" not in run.data.params  # its own fit has no epochs to count
 
 
 def test_register_an_onnx_file_without_a_warning(
