@@ -22,8 +22,7 @@ from sklearn.datasets import load_breast_cancer
 
 from kernel_magics import api
 from kernel_magics.config import load_settings
-from kernel_magics.frameworks import TAG_CONVERSION
-from kernel_magics.frameworks.keras_models import TOLERANCE
+from kernel_magics.frameworks import TAG_CONVERSION, TOLERANCE
 from kernel_magics.store import Store
 
 DESIGN_CELL = """

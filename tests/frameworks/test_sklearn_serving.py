@@ -31,9 +31,9 @@ from sklearn.preprocessing import StandardScaler
 
 from kernel_magics import api
 from kernel_magics.config import load_settings
-from kernel_magics.frameworks import TAG_CONVERSION
+from kernel_magics.frameworks import TAG_CONVERSION, TOLERANCE
 from kernel_magics.frameworks.files import UnpicklingWarning
-from kernel_magics.frameworks.sklearn_models import TOLERANCE, run_graph, to_onnx_graph
+from kernel_magics.frameworks.sklearn_models import run_graph, to_onnx_graph
 from kernel_magics.store import Store
 
 
