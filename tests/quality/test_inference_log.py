@@ -351,10 +351,30 @@ def test_magics_show_the_log_live_metrics_and_the_monitor_line(ip, client, setti
     history = _store(settings).client.get_metric_history(run_id, "live_accuracy")
     assert history[-1].value == pytest.approx(live.versions[1]["accuracy"])
 
-    from kernel_magics.widgets.monitor import snapshot_views
+    from kernel_magics.widgets.monitor import LIVE_EVERY_S, ServiceMonitor, snapshot_views
 
     text, _ = snapshot_views(settings, "pick")
     assert "pick v1 live accuracy" in text
+
+    # %monitor reads live metrics every LIVE_EVERY_S, not every tick, and they still update
+    now = [0.0]
+    monitor = ServiceMonitor(settings, "pick", interval_s=60, clock=lambda: now[0])
+    monitor.tick()
+    labelled = monitor.live["pick"][1][1]["labelled"]
+    assert f"({labelled:,} labelled)" in monitor.static_text()
+    answered = predict(requests_session(client), client, "pick", [[0, 9, 0, 0]], rid="magic-2")
+    assert answered.status_code == 200
+    while "magic-2" not in set(api.inference_log("pick", settings=settings).request_id):
+        assert time.monotonic() < deadline + 10
+        time.sleep(0.05)
+    fed = api.feedback("pick", [{"request_id": "magic-2", "label": 1}], settings=settings)
+    assert fed["accepted"] == 1
+    now[0] = LIVE_EVERY_S / 2
+    monitor.tick()  # read half the interval ago: the same figures
+    assert f"({labelled:,} labelled)" in monitor.static_text()
+    now[0] = LIVE_EVERY_S
+    monitor.tick()
+    assert f"({labelled + 1:,} labelled)" in monitor.static_text()
 
     from IPython.core.error import UsageError
 
