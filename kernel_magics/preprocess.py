@@ -246,7 +246,10 @@ def rows_to_frame(rows: Any, columns: Sequence[str], wording: RowWording = RowWo
     if isinstance(rows, pd.DataFrame):
         frame = rows.rename(columns=str)  # a copy: the caller's frame stays as it was
     else:
-        records = rows.tolist() if isinstance(rows, np.ndarray) else list(rows)
+        if isinstance(rows, list):
+            records = rows  # a request's rows: no copy on the request path
+        else:
+            records = rows.tolist() if isinstance(rows, np.ndarray) else list(rows)
         if records and all(isinstance(r, dict) for r in records):
             frame = pd.DataFrame.from_records(records)
         elif all(isinstance(r, list | tuple) and len(r) == len(columns) for r in records):
