@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,27 +183,10 @@ class TableEncoder:
     def _frame(self, rows: Any) -> Any:
         import pandas as pd
 
-        names = [c.name for c in self.columns]
-        if isinstance(rows, pd.DataFrame):
-            frame = rows.rename(columns=str)  # a copy: the caller's frame stays as it was
-        else:
-            if isinstance(rows, np.ndarray):
-                rows = rows.tolist()
-            if not isinstance(rows, list):
-                raise InvalidInput("rows must be a list of records or of lists of values")
-            if rows and all(isinstance(r, dict) for r in rows):
-                frame = pd.DataFrame.from_records(rows)
-            elif all(isinstance(r, list | tuple) and len(r) == len(names) for r in rows):
-                frame = pd.DataFrame.from_records(rows, columns=names)
-            else:
-                raise InvalidInput(
-                    f"each row must be a record with the columns {_shown(names)} or a list "
-                    f"of {len(names)} values in that order"
-                )
-        missing = [n for n in names if n not in frame.columns]
-        if missing:
-            raise InvalidInput(f"rows miss the column(s) {_shown(missing)}")
-        return frame
+        # a request's rows come as JSON: a list (or the frame or array a kernel caller passes)
+        if not isinstance(rows, pd.DataFrame | np.ndarray | list):
+            raise InvalidInput("rows must be a list of records or of lists of values")
+        return rows_to_frame(rows, [c.name for c in self.columns])
 
     # -- the file in the model folder ----------------------------------------------------------
     def to_json(self) -> str:
@@ -233,6 +217,51 @@ class TableEncoder:
         path = folder / PREPROCESS_FILE
         path.write_text(self.to_json())
         return path
+
+
+@dataclass(frozen=True)
+class RowWording:
+    """How a caller's messages speak of rows that are not a table of its columns: the rule
+    (``rows_to_frame``) is one, the words fit where the rows came from."""
+
+    shape: str = (
+        "each row must be a record with the columns {columns} or a list of {count} values "
+        "in that order"
+    )
+    missing: str = "rows miss the column(s) {missing}"
+    names: Callable[[Sequence[str]], str] = lambda names: _shown(names)
+
+
+def rows_to_frame(rows: Any, columns: Sequence[str], wording: RowWording = RowWording()) -> Any:
+    """What a table row is, for every reader of table rows (the encoding step, the reference
+    profile and drift): ``rows`` as a DataFrame with at least ``columns`` (str names).
+
+    ``rows`` is a DataFrame (copied, its column names as str; extra columns are kept and the
+    caller ignores them, as MLflow's schema enforcement does), or rows that are all records
+    ``{column: value}`` or all lists of ``len(columns)`` values in that order (an array's rows
+    count as lists). Anything else, or records without one of ``columns``, is an
+    ``InvalidInput`` in the caller's ``wording``."""
+    import pandas as pd
+
+    if isinstance(rows, pd.DataFrame):
+        frame = rows.rename(columns=str)  # a copy: the caller's frame stays as it was
+    else:
+        if isinstance(rows, list):
+            records = rows  # a request's rows: no copy on the request path
+        else:
+            records = rows.tolist() if isinstance(rows, np.ndarray) else list(rows)
+        if records and all(isinstance(r, dict) for r in records):
+            frame = pd.DataFrame.from_records(records)
+        elif all(isinstance(r, list | tuple) and len(r) == len(columns) for r in records):
+            frame = pd.DataFrame.from_records(records, columns=list(columns))
+        else:
+            raise InvalidInput(
+                wording.shape.format(columns=wording.names(columns), count=len(columns))
+            )
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InvalidInput(wording.missing.format(missing=wording.names(missing)))
+    return frame
 
 
 def read_encoder(model_folder: Path) -> TableEncoder | None:

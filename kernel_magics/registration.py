@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.errors import InvalidInput, first_line
+from kernel_magics.frameworks import EXAMPLE_ROWS
 from kernel_magics.runs import (
     FORMATS,
     create_version,
@@ -231,9 +232,6 @@ def check_model(model: Any) -> torch.nn.Module:
     if not isinstance(model, torch.nn.Module):
         raise InvalidInput(f"the model must be a torch.nn.Module, got {type(model).__name__}")
     return model
-
-
-EXAMPLE_ROWS = 5  # rows kept as the input example: enough for the signature, small on disk
 
 
 def example_rows(example: Any) -> tuple[np.ndarray, list[str]]:

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from kernel_magics.errors import InvalidInput, first_line
+
 # The version tag recording how a model of another framework is served: the converter, the
 # input dtype, the largest difference found against the model's own answers and the tolerance
 # it was held to, or why it was not converted (JSON).
@@ -27,6 +29,11 @@ TAG_CONVERSION = "km.conversion"
 
 # ``log(example, extra_files) -> (model_info, km.format, notes)``, as registration.LogFn.
 LogFn = Callable[[Any, list[str]], tuple[Any, str, list[str]]]
+
+# A converted or exported model's outputs may differ from the model's own answers by at most
+# this much, relative to the outputs' scale: ``allowed_difference``.
+TOLERANCE = 1e-5
+EXAMPLE_ROWS = 5  # rows kept as the input example: enough for the signature, small on disk
 
 
 @dataclass
@@ -72,6 +79,34 @@ def prepare(
 
         return prepare_onnx(model, example, task=task, classes=classes)
     return None
+
+
+# -- what every framework's prepare checks the same way --------------------------------------
+def require_example(example: Any) -> None:
+    """A model that cannot say its input shape needs example rows."""
+    if example is None:
+        raise InvalidInput("give an example: a few input rows of the model (--example X[:2])")
+
+
+def check_rows(
+    rows: np.ndarray, sample: Any, rows_of: Callable[[Any, str], np.ndarray]
+) -> np.ndarray:
+    """The rows a converted model's answers are checked on: the example's, then the sample's
+    (read as the framework reads rows)."""
+    return rows if sample is None else np.concatenate([rows, rows_of(sample, "the sample")])
+
+
+def allowed_difference(own: np.ndarray) -> float:
+    """The largest difference from the model's own answers ``own`` a served version may have:
+    ``TOLERANCE`` × max(1, largest |output|)."""
+    return TOLERANCE * max(1.0, float(np.abs(own).max()))
+
+
+def failed_on_example(model: Any, err: Exception) -> InvalidInput:
+    """The one line for a model that cannot answer its example (or sample) rows."""
+    return InvalidInput(
+        f"the {type(model).__name__} failed on the example: {type(err).__name__}: {first_line(err)}"
+    )
 
 
 def is_sklearn(obj: Any) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from kernel_magics.errors import InvalidInput, first_line
-from kernel_magics.frameworks import LogFn, Prepared
+from kernel_magics.frameworks import LogFn, Prepared, require_example
 
 ONNX_SUFFIXES = (".onnx",)
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -45,8 +45,7 @@ def prepare_file(
 
     if not is_sklearn(model):
         raise InvalidInput(f"{path} holds a {type(model).__name__}, not a scikit-learn model")
-    if example is None:
-        raise InvalidInput("give an example: a few input rows of the model (--example X[:2])")
+    require_example(example)
     from kernel_magics.frameworks.sklearn_models import prepare_estimator
 
     prepared = prepare_estimator(model, example, sample=sample, task=task, classes=classes)

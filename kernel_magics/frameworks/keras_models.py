@@ -4,10 +4,10 @@ Under ``KERAS_BACKEND=torch`` a ``keras.Model`` is a ``torch.nn.Module`` whose l
 operations, so ``torch.export`` traces it into the same ``pt2`` program a torch model becomes,
 and the inference process serves it without Keras. The exported program's answers are checked
 against ``model.predict`` on the example and the sample before anything is written, within
-``TOLERANCE`` (stated at registration, recorded as ``km.conversion``). The version's folder is
-also MLflow's keras flavor (``data/model.keras``), so ``mlflow.pyfunc.load_model`` and ``mlflow
-models serve`` load the model itself; the ``pytorch`` flavor beside it names the exported
-program the worker loads.
+``frameworks.TOLERANCE`` (stated at registration, recorded as ``km.conversion``). The version's
+folder is also MLflow's keras flavor (``data/model.keras``), so ``mlflow.pyfunc.load_model`` and
+``mlflow models serve`` load the model itself; the ``pytorch`` flavor beside it names the
+exported program the worker loads.
 
 Keras picks its backend once, when it is first imported: under another backend the model is
 not a torch module and the error says to set ``KERAS_BACKEND=torch`` before importing keras.
@@ -25,12 +25,17 @@ from typing import Any
 import numpy as np
 
 from kernel_magics.errors import InvalidInput, first_line
-from kernel_magics.frameworks import TAG_CONVERSION, LogFn, Prepared
+from kernel_magics.frameworks import (
+    EXAMPLE_ROWS,
+    TAG_CONVERSION,
+    LogFn,
+    Prepared,
+    allowed_difference,
+    check_rows,
+    failed_on_example,
+    require_example,
+)
 
-# The exported program's outputs may differ from ``model.predict``'s by at most this much,
-# relative to the outputs' scale (max(1, max |output|)).
-TOLERANCE = 1e-5
-EXAMPLE_ROWS = 5
 PT2_FILE = "data/model.pt2"  # where the pt2 format reads the program (formats/pt2.py)
 
 
@@ -64,15 +69,14 @@ def prepare_keras(
     classes: list | None = None,
 ) -> Prepared:
     check_backend()
-    if example is None:
-        raise InvalidInput("give an example: a few input rows of the model (--example X[:2])")
+    require_example(example)
     rows = _rows(example, "the example")[:EXAMPLE_ROWS]
     if len(rows) == 1:  # torch.export would freeze a batch of 1 into the graph
         rows = rows.repeat(2, axis=0)
-    check = rows if sample is None else np.concatenate([rows, _rows(sample, "the sample")])
+    check = check_rows(rows, sample, _rows)
     own = _predict(model, check)
     program, diff = export_checked(model, rows, check, own)
-    tolerance = TOLERANCE * max(1.0, float(np.abs(own).max()))
+    tolerance = allowed_difference(own)
     if not diff <= tolerance:
         raise InvalidInput(
             f"the exported graph answers differently from model.predict (max |diff| {diff:.1e} "
@@ -167,10 +171,7 @@ def _predict(model: Any, rows: np.ndarray) -> np.ndarray:
     try:
         out = model.predict(rows, verbose=0)
     except Exception as err:
-        raise InvalidInput(
-            f"the {type(model).__name__} failed on the example: "
-            f"{type(err).__name__}: {first_line(err)}"
-        ) from err
+        raise failed_on_example(model, err) from err
     if not isinstance(out, np.ndarray):
         raise InvalidInput(f"the Keras model answers a {type(out).__name__}; one array is served")
     return out.astype(np.float64)

@@ -3,21 +3,20 @@ result record as a torch training, the fit being Keras's own ``model.fit`` on th
 (its optimizer, loss and metrics as compiled; ``--epochs`` and ``--batch-size`` apply). Keras's
 per-epoch logs become the run's per-epoch metrics; the validation metrics are the project's
 own (``training.metrics``) on the model's outputs, a sigmoid or softmax read as probabilities.
-Then the model is registered as ``%register`` registers one (``keras_models``).
+Then the model is registered as ``%register`` registers one (``keras_models``); the run and the
+registration are ``own_fit``'s, shared with scikit-learn's training.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kernel_magics.errors import InvalidInput, first_line
-from kernel_magics.registration import register_version
-from kernel_magics.runs import mlflow_run, store_errors
-from kernel_magics.store import Store, retry_locked, validate_name
+from kernel_magics.errors import InvalidInput
+from kernel_magics.frameworks.own_fit import Evaluation, Split, train_with_own_fit
+from kernel_magics.store import Store, validate_name
 from kernel_magics.tracking import TrainResult
 
 if TYPE_CHECKING:
@@ -34,8 +33,6 @@ def train_keras(
     config: TrainConfig,
     reference: Any = None,
 ) -> TrainResult:
-    import mlflow
-
     from kernel_magics.frameworks.keras_models import answers_probabilities, check_backend
     from kernel_magics.training.data import prepare_data
     from kernel_magics.training.metrics import task_metrics
@@ -49,74 +46,42 @@ def train_keras(
     if config.encode:
         raise InvalidInput("--encode is for torch models: encode the columns before Keras")
     data = prepare_data(X, y, task=config.target_task, val_split=config.val_split, seed=config.seed)
-    X_train, y_train = data.X_train.numpy(), data.y_train.numpy()
-    X_val, y_val = data.X_val.numpy(), data.y_val.numpy()
-    with store.tracking(), mlflow_run(store, f"{name}-train") as run:
-        with store.write_lock(), store_errors("could not log to the store"):
-            mlflow.log_params(
-                {
-                    "model_class": type(model).__name__,
-                    "task": data.task,
-                    "epochs": config.epochs,
-                    "batch_size": config.batch_size,
-                    "val_split": config.val_split,
-                    "seed": config.seed,
-                    "loss": str(model.loss),
-                }
-            )
-            mlflow.set_tags({"km.model": name})
-        started = time.perf_counter()
-        try:
-            fitted = model.fit(
-                X_train,
-                y_train,
-                epochs=config.epochs,
-                batch_size=config.batch_size,
-                validation_data=(X_val, y_val) if len(X_val) else None,
-                verbose=0,
-            )
-        except Exception as err:
-            raise InvalidInput(
-                f"{type(model).__name__}.fit failed: {type(err).__name__}: {first_line(err)}"
-            ) from err
-        train_seconds = time.perf_counter() - started
-        history = _history(fitted.history)
-        rows = X_val if len(X_val) else X_train
-        truth = y_val if len(X_val) else y_train
+
+    def fit(split: Split) -> Any:
+        return model.fit(
+            split.X_train,
+            split.y_train,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            validation_data=(split.X_val, split.y_val) if len(split.X_val) else None,
+            verbose=0,
+        )
+
+    def evaluate(split: Split, fitted: Any) -> Evaluation:
+        # no validation split: the training rows (Keras's own fit has no other to show)
+        validated = len(split.X_val) > 0
+        rows = split.X_val if validated else split.X_train
+        truth = split.y_val if validated else split.y_train
         outputs = np.asarray(model.predict(rows, verbose=0), dtype=np.float64)
         if data.task == "classification" and answers_probabilities(model):
             outputs = _as_class_scores(outputs)
-        metrics = task_metrics(data.task, truth, outputs)
-        with store.write_lock(), store_errors("could not log metrics to the store"):
-            for step, logs in enumerate(history, start=1):
-                retry_locked(mlflow.log_metrics, logs, step=step)
-            if metrics:
-                retry_locked(mlflow.log_metrics, metrics, step=len(history))
-        started = time.perf_counter()
-        registered = register_version(
-            store,
-            model,
-            data.input_example,
-            name=name,
-            task=data.task,
-            classes=data.classes,
-            sample=rows[:200],  # the exported program is checked on these rows too
-            reference=data.training_rows() if reference is None else reference,
+        return Evaluation(
+            metrics=task_metrics(data.task, truth, outputs),
+            sample=rows,  # the exported program is checked on these rows too
+            history=_history(fitted.history),
         )
-        bookkeeping = time.perf_counter() - started
-    history[-1].update(metrics)
-    return TrainResult(
+
+    params = {"epochs": config.epochs, "batch_size": config.batch_size, "loss": str(model.loss)}
+    return train_with_own_fit(
+        store,
+        model,
+        data,
         name=name,
-        version=registered.version,
-        run_id=run.info.run_id,
-        metrics=metrics,
-        history=[{"epoch": i, **logs} for i, logs in enumerate(history, start=1)],
-        model=model,
-        format=registered.format,
-        train_seconds=train_seconds,
-        bookkeeping_seconds=bookkeeping,
-        notes=registered.notes,
-        net=model,
+        config=config,
+        params=params,
+        fit=fit,
+        evaluate=evaluate,
+        reference=reference,
     )
 
 

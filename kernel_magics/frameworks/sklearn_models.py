@@ -19,14 +19,18 @@ from typing import Any
 import numpy as np
 
 from kernel_magics.errors import InvalidInput, first_line
-from kernel_magics.frameworks import TAG_CONVERSION, LogFn, Prepared
+from kernel_magics.frameworks import (
+    EXAMPLE_ROWS,
+    TAG_CONVERSION,
+    LogFn,
+    Prepared,
+    allowed_difference,
+    check_rows,
+    failed_on_example,
+)
 
 log = logging.getLogger(__name__)
 
-# The converted graph's outputs may differ from the estimator's by at most this much, relative
-# to the outputs' scale (max(1, max |output|)); classifiers must also pick the same class.
-TOLERANCE = 1e-5
-EXAMPLE_ROWS = 5
 # Fewer check rows than this: the note asks for a sample (a tree's float32 thresholds change
 # the answer only for rows near them, which two example rows rarely are).
 FEW_ROWS = 100
@@ -60,12 +64,8 @@ def prepare_estimator(
     else:
         served, encoder = model, None
         rows = feature_rows(example, "the example")[:EXAMPLE_ROWS]
-        check = (
-            rows if sample is None else np.concatenate([rows, feature_rows(sample, "the sample")])
-        )
-        own = estimator_outputs(
-            model, check
-        )  # also fails here, in one line, if it cannot take them
+        check = check_rows(rows, sample, feature_rows)
+        own = estimator_outputs(model, check)  # also fails here, in one line, if it cannot
 
     onx, dtype, conversion, notes = convert_checked(served, check, own, classifier)
     if classifier:  # what %evaluate reads: no softmax over these
@@ -118,10 +118,7 @@ def estimator_outputs(model: Any, rows: Any) -> np.ndarray:
     try:
         out = model.predict_proba(rows) if is_classifier(model) else model.predict(rows)
     except Exception as err:
-        raise InvalidInput(
-            f"the {type(model).__name__} failed on the example: "
-            f"{type(err).__name__}: {first_line(err)}"
-        ) from err
+        raise failed_on_example(model, err) from err
     out = np.asarray(out, dtype=np.float64)
     return out.reshape(len(rows), -1)
 
@@ -149,7 +146,7 @@ def convert_checked(
 ) -> tuple[Any, type, dict, list[str]]:
     """(ONNX graph or None, input dtype, the conversion record, notes). The first input dtype
     whose graph answers like the estimator on ``rows`` wins; None: serve the estimator."""
-    tolerance = TOLERANCE * max(1.0, float(np.abs(own).max()))
+    tolerance = allowed_difference(own)  # and a classifier's graph must pick the same class
     tried = []
     for dtype in INPUT_DTYPES:
         name = np.dtype(dtype).name

@@ -3,21 +3,20 @@ result record as a torch training (``tracking.run_training``), the fit being the
 own ``fit`` on the training split. The estimator takes the features as they are (no
 ``--scale``: a ``Pipeline`` with a scaler carries its own scaling), so the registered version
 takes raw rows; classification targets become class indices, named by the version's classes.
+The run and the registration are ``own_fit``'s, shared with Keras's training.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kernel_magics.errors import InvalidInput, first_line
+from kernel_magics.errors import InvalidInput
+from kernel_magics.frameworks.own_fit import Evaluation, Split, train_with_own_fit
 from kernel_magics.naming import validate_name
-from kernel_magics.registration import register_version
-from kernel_magics.runs import mlflow_run, store_errors
-from kernel_magics.store import Store, retry_locked
+from kernel_magics.store import Store
 from kernel_magics.tracking import TrainResult
 
 if TYPE_CHECKING:
@@ -38,7 +37,6 @@ def train_estimator(
     config: TrainConfig,
     reference: Any = None,
 ) -> TrainResult:
-    import mlflow
     from sklearn.base import is_classifier
 
     from kernel_magics.training.data import prepare_data
@@ -51,51 +49,30 @@ def train_estimator(
     if config.encode:
         raise InvalidInput("--encode is for torch models: put a OneHotEncoder in a Pipeline")
     data = prepare_data(X, y, task=task, val_split=config.val_split, seed=config.seed)
-    X_train, y_train = data.X_train.numpy(), data.y_train.numpy()
-    X_val, y_val = data.X_val.numpy(), data.y_val.numpy()
-    if X_train.ndim != 2:
-        raise InvalidInput(f"a scikit-learn model takes rows of features, got {X_train.shape}")
-    with store.tracking(), mlflow_run(store, f"{name}-train") as run:
-        with store.write_lock(), store_errors("could not log to the store"):
-            mlflow.log_params(_params(model, data, config))
-            mlflow.set_tags({"km.model": name})
-        started = time.perf_counter()
-        try:
-            model.fit(X_train, y_train)
-        except Exception as err:
-            raise InvalidInput(
-                f"{type(model).__name__}.fit failed: {type(err).__name__}: {first_line(err)}"
-            ) from err
-        train_seconds = time.perf_counter() - started
-        outputs = _outputs(model, X_val, task)
-        metrics = task_metrics(task, y_val, outputs) if len(X_val) else {}
-        with store.write_lock(), store_errors("could not log metrics to the store"):
-            if metrics:
-                retry_locked(mlflow.log_metrics, metrics, step=1)
-        started = time.perf_counter()
-        registered = register_version(
-            store,
-            model,
-            data.input_example,
-            name=name,
-            task=task,
-            classes=data.classes,
-            sample=X_val[:200],  # the converted graph is checked on these rows too
-            reference=data.training_rows() if reference is None else reference,
-        )
-        bookkeeping = time.perf_counter() - started
-    return TrainResult(
+    if data.X_train.ndim != 2:
+        shape = tuple(data.X_train.shape)
+        raise InvalidInput(f"a scikit-learn model takes rows of features, got {shape}")
+
+    def fit(split: Split) -> Any:
+        return model.fit(split.X_train, split.y_train)
+
+    def evaluate(split: Split, fitted: Any) -> Evaluation:
+        outputs = _outputs(model, split.X_val, task)
+        metrics = task_metrics(task, split.y_val, outputs) if len(split.X_val) else {}
+        # the converted graph is checked on the validation rows too
+        return Evaluation(metrics=metrics, sample=split.X_val)
+
+    return train_with_own_fit(
+        store,
+        model,
+        data,
         name=name,
-        version=registered.version,
-        run_id=run.info.run_id,
-        metrics=metrics,
-        history=[{"epoch": 1, **metrics}],
-        model=EstimatorOutputs(model, task),
-        format=registered.format,
-        train_seconds=train_seconds,
-        bookkeeping_seconds=bookkeeping,
-        notes=registered.notes,
-        net=model,
+        config=config,
+        params=_params(model, data),
+        fit=fit,
+        evaluate=evaluate,
+        reference=reference,
+        answers=EstimatorOutputs(model, task),
     )
 
 
@@ -117,14 +94,9 @@ def _outputs(model: Any, rows: np.ndarray, task: str) -> np.ndarray:
     return np.asarray(out).reshape(len(rows), -1)
 
 
-def _params(model: Any, data: Any, config: TrainConfig) -> dict[str, str]:
-    params: dict[str, Any] = {
-        "model_class": type(model).__name__,
-        "task": data.task,
-        "n_features": data.n_features,
-        "val_split": config.val_split,
-        "seed": config.seed,
-    }
+def _params(model: Any, data: Any) -> dict[str, str]:
+    """The estimator's own parameters (``own_fit`` adds the class, task, split and seed)."""
+    params: dict[str, Any] = {"n_features": data.n_features}
     for key, value in model.get_params(deep=False).items():
         text = value if isinstance(value, str) else json.dumps(value, default=repr)
         params[key] = text[:MAX_PARAM_CHARS]

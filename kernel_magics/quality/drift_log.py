@@ -3,23 +3,20 @@ one version, over a window of time or the newest N rows.
 
 ``log_reader.read_log`` builds a DataFrame with timestamps and one JSON parse per cell (1.5 s
 for 100,000 rows); drift needs only the inputs and the predicted labels or values, so this reads
-those two columns, joined by SQLite into one JSON array each and parsed once, which keeps
-``%drift`` over 100,000 logged rows within a second. Standard library, orjson and numpy: the
+those two columns with ``log_reader.read_json_columns`` (one JSON array each, parsed once), which
+keeps ``%drift`` over 100,000 logged rows within a second. Standard library and orjson: the
 inference process imports it.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from kernel_magics.errors import InvalidInput, clip
-from kernel_magics.quality.log_reader import Since, since_epoch
-from kernel_magics.quality.log_store import connect
+from kernel_magics.quality.log_reader import Since, read_json_columns, since_epoch
 
 _ROWS = re.compile(r"\s*(\d+)\s*rows?\s*")
 Window = str | int | None
@@ -52,40 +49,11 @@ def logged_rows(
     ``window``: inputs as clients sent them, predictions the label (classifiers) or value the
     answer stands for, or the answer itself where it stands for neither (several outputs)."""
     since, limit = parse_window(window)
-    where, args = "model = ? AND version = ?", [name, int(version)]
-    start = since_epoch(since)
-    if start is not None:
-        where += " AND time >= ?"
-        args.append(start)
-    order = " ORDER BY id DESC" + (" LIMIT ?" if limit is not None else "")
-    if limit is not None:
-        args.append(limit)
-    con = connect(home, create=False)
-    if con is None:
-        return [], []
-    try:
-        inputs = _column(con, "input", where + order, args)
-        if con.execute(  # a row answered with several outputs has no predicted label or value
-            f"SELECT count(*) FROM (SELECT predicted FROM log WHERE {where}{order})"
-            " WHERE predicted IS NULL OR predicted = 'null'",
-            args,
-        ).fetchone()[0]:
-            return inputs, _column(con, "output", where + order, args)
-        return inputs, _column(con, "predicted", where + order, args)
-    except sqlite3.OperationalError as err:  # no table yet: nothing was logged
-        if "no such table" in str(err):
-            return [], []
-        raise
-    finally:
-        con.close()
-
-
-def _column(con: sqlite3.Connection, column: str, selection: str, args: list[Any]) -> list[Any]:
-    """One column's JSON values as a list: SQLite joins them into one JSON array (no Python
-    object per row before orjson parses it once)."""
-    text = con.execute(
-        f"SELECT '[' || coalesce(group_concat({column}, ','), '') || ']' FROM "
-        f"(SELECT {column} FROM log WHERE {selection})",
-        args,
-    ).fetchone()[0]
-    return orjson.loads(text)
+    read = functools.partial(
+        read_json_columns, home, name, since=since, version=int(version), limit=limit
+    )
+    logged = read(("input", "predicted"))
+    # a row answered with several outputs has no predicted label or value: the answers then
+    if any(value is None for value in logged["predicted"]):
+        return logged["input"], read(("output",))["output"]
+    return logged["input"], logged["predicted"]

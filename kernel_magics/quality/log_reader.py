@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -19,7 +20,9 @@ from kernel_magics.quality.log_store import connect
 if TYPE_CHECKING:
     import pandas as pd
 
+# what read_log returns, in order (the log's schema is log_store's)
 COLUMNS = ("time", "version", "request_id", "row", "input", "output", "latency_ms")
+JSON_COLUMNS = ("input", "output", "predicted")  # logged as JSON text
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 Since: TypeAlias = str | float | int | _dt.datetime | None  # a pandas Timestamp is a datetime
@@ -67,29 +70,46 @@ def read_log(
     the columns of ``COLUMNS``."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InvalidInput("limit must be a whole number of rows, 1 or more")
-    where, args = _filter(name, since, version)
-    query = (
-        "SELECT time, version, request_id, row, input, output, latency_ms FROM log"
-        f" WHERE {where} ORDER BY id DESC" + (" LIMIT ?" if limit is not None else "")
-    )
-    if limit is not None:
-        args.append(limit)
-    con = connect(home, create=False)
-    if con is None:
-        return _frame([])
-    try:
-        rows = con.execute(query, args).fetchall()
-    except Exception as err:  # a log written by a newer schema, or not a database
-        if "no such table" in str(err):
-            return _frame([])
-        raise
-    finally:
-        con.close()
+    selection, args = _selection(name, since, version, limit)
+    rows = _fetch(home, f"SELECT {', '.join(COLUMNS)}{selection}", args)
     rows.reverse()
     return _frame(rows)
 
 
-def _filter(name: str, since: Since, version: int | None) -> tuple[str, list[Any]]:
+def read_json_columns(
+    home: Path | str,
+    name: str,
+    columns: Sequence[str],
+    *,
+    since: Since = None,
+    version: int | None = None,
+    limit: int | None = None,
+) -> dict[str, list[Any]]:
+    """Each of ``columns`` (JSON ones: ``JSON_COLUMNS``) over the logged rows of ``name`` that
+    ``read_log`` would return, newest first, as one parsed list per column, the lists aligned
+    (a NULL is None).
+
+    For readers that need only values, fast (drift over 100,000 rows within a second): no
+    pandas, no timestamps and no Python object per row before orjson parses; SQLite joins each
+    column into one JSON array, parsed once. ``read_log`` parses each cell on its own."""
+    unknown = [c for c in columns if c not in JSON_COLUMNS]
+    if unknown or not columns:
+        raise ValueError(f"columns must be some of {', '.join(JSON_COLUMNS)}, got {columns!r}")
+    selection, args = _selection(name, since, version, limit)
+    arrays = ", ".join(
+        f"'[' || coalesce(group_concat(coalesce({c}, 'null'), ','), '') || ']'" for c in columns
+    )
+    rows = _fetch(home, f"SELECT {arrays} FROM (SELECT {', '.join(columns)}{selection})", args)
+    if not rows:
+        return {c: [] for c in columns}
+    return {c: orjson.loads(text) for c, text in zip(columns, rows[0], strict=True)}
+
+
+def _selection(
+    name: str, since: Since, version: int | None, limit: int | None
+) -> tuple[str, list[Any]]:
+    """`` FROM log WHERE … ORDER BY id DESC [LIMIT ?]`` and its arguments: the rows of every
+    reader, newest first."""
     where: list[str] = ["model = ?"]
     args: list[Any] = [name]
     start = since_epoch(since)
@@ -99,7 +119,26 @@ def _filter(name: str, since: Since, version: int | None) -> tuple[str, list[Any
     if version is not None:
         where.append("version = ?")
         args.append(int(version))
-    return " AND ".join(where), args
+    selection = f" FROM log WHERE {' AND '.join(where)} ORDER BY id DESC"
+    if limit is not None:
+        selection += " LIMIT ?"
+        args.append(limit)
+    return selection, args
+
+
+def _fetch(home: Path | str, query: str, args: list[Any]) -> list[tuple]:
+    """``query``'s rows; none where nothing was logged yet (no file, or no table in it)."""
+    con = connect(home, create=False)
+    if con is None:
+        return []
+    try:
+        return con.execute(query, args).fetchall()
+    except Exception as err:  # a log written by a newer schema, or not a database
+        if "no such table" in str(err):
+            return []
+        raise
+    finally:
+        con.close()
 
 
 def _frame(rows: list[tuple]) -> pd.DataFrame:

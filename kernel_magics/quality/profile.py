@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from kernel_magics.errors import InvalidInput
+from kernel_magics.preprocess import RowWording, rows_to_frame
 
 PROFILE_FILE = "km_profile.json"
 FOLDER_PATH = Path("extra_files") / PROFILE_FILE  # where MLflow's extra_files puts it
@@ -248,25 +249,20 @@ def _labels(outputs: Any, classes: list[str] | None) -> np.ndarray:
     return np.asarray([str(v) for v in flat.tolist()], dtype=object)
 
 
+# the profile's words for rows that are no table of the reference's columns (``%drift``,
+# ``%register --reference``); what a table row is, is ``preprocess.rows_to_frame``'s rule
+_REFERENCE_ROWS = RowWording(
+    shape="rows must be records with the columns {columns} or lists of {count} values in that "
+    "order",
+    missing="rows miss the reference column(s) {missing}",
+    names=", ".join,
+)
+
+
 def _table_values(columns: list[str], rows: Any) -> dict[str, np.ndarray]:
     import pandas as pd
 
-    if _is_frame(rows):
-        frame = rows.rename(columns=str)
-    else:
-        records = rows.tolist() if isinstance(rows, np.ndarray) else list(rows)
-        if records and all(isinstance(r, dict) for r in records):
-            frame = pd.DataFrame.from_records(records)
-        elif all(isinstance(r, list | tuple) and len(r) == len(columns) for r in records):
-            frame = pd.DataFrame.from_records(records, columns=columns)
-        else:
-            raise InvalidInput(
-                f"rows must be records with the columns {', '.join(columns)} or lists of "
-                f"{len(columns)} values in that order"
-            )
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise InvalidInput(f"rows miss the reference column(s) {', '.join(missing)}")
+    frame = rows_to_frame(rows, columns, _REFERENCE_ROWS)
     out = {}
     for name in columns:
         series = frame[name]

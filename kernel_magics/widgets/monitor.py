@@ -8,7 +8,8 @@ log's last lines, and plots of the last minutes (tokens/s too where a language m
 with a strip of drift flags per feature, one mark per tick, so it shows since when a feature
 drifts. One
 ``api.server_status()`` per tick (``GET /v1/status``: a millisecond for the process) on a
-daemon thread, so the kernel keeps running cells.
+daemon thread, so the kernel keeps running cells; the live metrics (a read of the inference log
+joined with feedback) at most every ``LIVE_EVERY_S`` per model.
 
 The timer stops with the Stop button, when the front end closes the widget, when a new
 ``%monitor`` for the same model starts (re-running the cell), after ``minutes``, or with
@@ -35,6 +36,10 @@ from kernel_magics.records import DriftSummary, ServerStatus
 from kernel_magics.widgets.front_end import Snapshot, show_with_snapshot
 
 RATE_WINDOW_S = 5.0  # the table's rates: over the last seconds, steadier than one tick
+# A model's live metrics (the inference log joined with feedback: a SQLite read of up to
+# log_max_rows rows) are read at most this often; the rest of a tick is one status request.
+LIVE_EVERY_S = 5.0
+LiveFigures = dict[int, dict[str, float]]  # per version: labelled, accuracy, f1_macro / mse, mae
 
 
 class ServiceMonitor:
@@ -49,6 +54,8 @@ class ServiceMonitor:
         window_s: float = 300.0,
         minutes: float = 60.0,
         status: Callable[..., ServerStatus | None] = api.server_status,
+        live_every_s: float = LIVE_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         import ipywidgets as widgets
 
@@ -56,6 +63,9 @@ class ServiceMonitor:
         self.interval_s, self.window_s = interval_s, window_s
         self.deadline = time.monotonic() + minutes * 60
         self._status = status
+        self.live_every_s, self._clock = live_every_s, clock
+        # per model: (when its live metrics were read, what they were)
+        self.live: dict[str, tuple[float, LiveFigures]] = {}
         self.title = widgets.HTML()
         self.stop_button = widgets.Button(description="Stop", icon="stop", tooltip="stop polling")
         self.stop_button.layout.width = "auto"
@@ -187,13 +197,29 @@ class ServiceMonitor:
         generation = generation_rates(earlier, status, self.name) if status is not None else []
         self.title.value = f"<b>{html.escape(views.monitor_title(status, self.name))}</b>"
         self.plots.value = self.plot_svg()
-        live = api.served_live_metrics(status, self.name, settings=self.settings)
+        live = self._live_metrics(status)
         self._text = views.monitor_text(status, rates, tokens, self.name, generation, live)
         self.body.value = views.monitor_html(
             status, rates, tokens, self.name, title=False, generation=generation, live=live
         )
         if self._snapshot is not None and self.ticks % 10 == 0:  # the saved copy, now and then
             self._snapshot.update(self.static_html(), self.static_text())
+
+    def _live_metrics(self, status: ServerStatus | None) -> dict[str, LiveFigures]:
+        """Each served model's live metrics, read again once ``live_every_s`` has passed since
+        the last read (not on every tick: feedback arrives far slower than ticks)."""
+        if status is None:
+            return {}
+        now = self._clock()
+        out = {}
+        for model in [self.name] if self.name else sorted(status.models):
+            cached = self.live.get(model)
+            if cached is None or now - cached[0] >= self.live_every_s:
+                read = api.served_live_metrics(status, model, settings=self.settings)
+                cached = self.live[model] = (now, read.get(model, {}))
+            if cached[1]:
+                out[model] = cached[1]
+        return out
 
     def plot_svg(self) -> str:
         """Requests/s and p99 latency per model over the last ``window_s`` seconds."""

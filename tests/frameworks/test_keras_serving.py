@@ -22,8 +22,7 @@ from sklearn.datasets import load_breast_cancer
 
 from kernel_magics import api
 from kernel_magics.config import load_settings
-from kernel_magics.frameworks import TAG_CONVERSION
-from kernel_magics.frameworks.keras_models import TOLERANCE
+from kernel_magics.frameworks import TAG_CONVERSION, TOLERANCE
 from kernel_magics.store import Store
 
 DESIGN_CELL = """
@@ -131,7 +130,11 @@ def test_train_fits_a_compiled_model_with_its_own_fit(shell: Any, run_cell: Any)
     assert r.metrics["accuracy"] > 0.8  # the project's metrics on the validation split
     with Store(load_settings()).tracking():
         run = mlflow.get_run(r.run_id)
+        val_loss = mlflow.MlflowClient().get_metric_history(r.run_id, "val_loss")
     assert run.data.params["epochs"] == "3"
+    assert run.data.params["model_class"] == "Sequential"
+    assert run.data.params["seed"] == "0"
+    assert [m.step for m in val_loss] == [1, 2, 3]  # Keras's epoch logs, one step each
     assert run.data.metrics["accuracy"] == pytest.approx(r.metrics["accuracy"])
     info = Store(load_settings()).resolve("keras-trained", 1)
     assert info.task == "classification"

@@ -31,9 +31,9 @@ from sklearn.preprocessing import StandardScaler
 
 from kernel_magics import api
 from kernel_magics.config import load_settings
-from kernel_magics.frameworks import TAG_CONVERSION
+from kernel_magics.frameworks import TAG_CONVERSION, TOLERANCE
 from kernel_magics.frameworks.files import UnpicklingWarning
-from kernel_magics.frameworks.sklearn_models import TOLERANCE, run_graph, to_onnx_graph
+from kernel_magics.frameworks.sklearn_models import run_graph, to_onnx_graph
 from kernel_magics.store import Store
 
 
@@ -333,6 +333,8 @@ def test_train_fits_an_estimator_and_registers_it(shell: Any, run_cell: Any, dat
     assert run.data.params["model_class"] == "MLPClassifier"
     assert run.data.metrics["accuracy"] == pytest.approx(r.metrics["accuracy"])
     assert run.data.params["hidden_layer_sizes"] == "[32]"
+    assert run.data.params["seed"] == "0"
+    assert "epochs" not in run.data.params  # its own fit has no epochs to count
 
 
 def test_register_an_onnx_file_without_a_warning(

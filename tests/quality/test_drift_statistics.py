@@ -121,5 +121,9 @@ def test_psi_and_bad_rows() -> None:
     with pytest.raises(InvalidInput, match="no current rows"):
         drift_report(profile, np.zeros((0, 5)))
     table = ReferenceProfile.capture(pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"]}))
-    with pytest.raises(InvalidInput, match="miss the reference column"):
+    with pytest.raises(InvalidInput, match="miss the reference column\\(s\\) b$"):
         drift_report(table, [{"a": 1.0}])
+    with pytest.raises(InvalidInput, match="records with the columns a, b or lists of 2 values"):
+        drift_report(table, [[1.0]])
+    # a tuple of rows is rows here (a request's rows must be a JSON list)
+    assert drift_report(table, ([1.0, "x"], [2.0, "y"])).flagged == []

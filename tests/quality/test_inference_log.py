@@ -328,7 +328,9 @@ def test_log_sample_share_per_deploy(http, client, settings):
 
 def test_magics_show_the_log_live_metrics_and_the_monitor_line(ip, client, settings, capsys):
     client.deploy("pick", log_sample=1.0)  # the test before logged a quarter
-    answered = predict(requests_session(client), client, "pick", [[0, 0, 9, 0]], rid="magic-1")
+    # two rows: the second gets its feedback later, for the monitor below
+    rows = [[0, 0, 9, 0], [0, 0, 9, 0]]
+    answered = predict(requests_session(client), client, "pick", rows, rid="magic-1")
     assert answered.status_code == 200
     deadline = time.monotonic() + 10
     while "magic-1" not in set(api.inference_log("pick", settings=settings).request_id):
@@ -351,10 +353,26 @@ def test_magics_show_the_log_live_metrics_and_the_monitor_line(ip, client, setti
     history = _store(settings).client.get_metric_history(run_id, "live_accuracy")
     assert history[-1].value == pytest.approx(live.versions[1]["accuracy"])
 
-    from kernel_magics.widgets.monitor import snapshot_views
+    from kernel_magics.widgets.monitor import LIVE_EVERY_S, ServiceMonitor, snapshot_views
 
     text, _ = snapshot_views(settings, "pick")
     assert "pick v1 live accuracy" in text
+
+    # %monitor reads live metrics every LIVE_EVERY_S, not every tick, and they still update
+    now = [0.0]
+    monitor = ServiceMonitor(settings, "pick", interval_s=60, clock=lambda: now[0])
+    monitor.tick()
+    labelled = monitor.live["pick"][1][1]["labelled"]
+    assert f"({labelled:,} labelled)" in monitor.static_text()
+    second = [{"request_id": "magic-1", "row": 1, "label": 2}]
+    fed = api.feedback("pick", second, settings=settings)
+    assert fed["accepted"] == 1
+    now[0] = LIVE_EVERY_S / 2
+    monitor.tick()  # read half the interval ago: the same figures
+    assert f"({labelled:,} labelled)" in monitor.static_text()
+    now[0] = LIVE_EVERY_S
+    monitor.tick()
+    assert f"({labelled + 1:,} labelled)" in monitor.static_text()
 
     from IPython.core.error import UsageError
 

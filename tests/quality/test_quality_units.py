@@ -10,8 +10,9 @@ import pytest
 from sklearn.metrics import f1_score
 
 from kernel_magics.errors import InvalidInput
+from kernel_magics.quality.drift_log import logged_rows
 from kernel_magics.quality.live import classification, regression
-from kernel_magics.quality.log_reader import read_log, since_epoch
+from kernel_magics.quality.log_reader import read_json_columns, read_log, since_epoch
 from kernel_magics.quality.log_writer import InferenceLog, RowShape, Sample, Sampler
 
 
@@ -47,6 +48,15 @@ def test_the_writer_drops_beyond_its_queue_and_evicts_the_oldest(tmp_path):
     frame = read_log(tmp_path, "m")
     assert frame.request_id.tolist() == ["r3", "r4", "r5", "r6", "r7"]  # the newest 5 of 8
     assert frame.output.iloc[0] == [0.2, 0.8]
+    several = RowShape(None, None, classifier=False)  # two output values: no predicted value
+    log.add(Sample("m2", 1, "s", np.eye(2, 3), np.array([[1.0, 2.0], [3.0, 4.0]]), 1.0, several))
+    assert log.flush(10)
+    # drift's reader without pandas: read_log's rows, newest first, the columns aligned
+    newest = read_json_columns(tmp_path, "m", ("input", "predicted"), limit=2)
+    assert newest == {"input": frame.input.tolist()[:-3:-1], "predicted": ["b", "b"]}
+    assert read_json_columns(tmp_path, "m2", ("predicted",)) == {"predicted": [None, None]}
+    assert logged_rows(tmp_path, "m2", 1) == ([[0, 1, 0], [1, 0, 0]], [[3, 4], [1, 2]])
+    assert read_json_columns(tmp_path, "none", ("input",)) == {"input": []}
     log.close()
 
 
