@@ -43,6 +43,7 @@ def _size_table(size: str, part: dict, streams: int) -> list[str]:
         ("aggregate text chunks/s", "chunks_per_s"),
         ("TTFT p50 ms", "ttft_p50_ms"),
         ("TTFT p99 ms", "ttft_p99_ms"),
+        ("last request sent by the client after ms", "last_sent_ms"),
         ("failed streams", "failed"),
     ):
         rows.append(

@@ -79,6 +79,24 @@ class InProcess:
         return tokens / (time.perf_counter() - started)
 
 
+# perf_counter of each request the clients put on the wire (their httpx "request" hook): how
+# long the client itself takes to send a burst of S requests, a floor under any server's TTFT
+SENT: list[float] = []
+
+
+async def _on_request(_: object) -> None:
+    SENT.append(time.perf_counter())
+
+
+def _client(base: str, key: str) -> object:
+    import openai
+
+    http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [_on_request]})
+    return openai.AsyncOpenAI(
+        base_url=base, api_key=key, max_retries=0, timeout=600, http_client=http
+    )
+
+
 async def streams(client: object, model: str, count: int, tokens: int) -> dict:
     async def one(i: int) -> tuple[float, int, int]:
         started = time.perf_counter()
@@ -99,9 +117,11 @@ async def streams(client: object, model: str, count: int, tokens: int) -> dict:
                 tokens_said = chunk.usage.completion_tokens
         return first, chunks, tokens_said
 
+    SENT.clear()
     started = time.perf_counter()
     results = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
     wall = time.perf_counter() - started
+    last_sent = max(SENT, default=started) - started
     ok = [r for r in results if not isinstance(r, BaseException)]
     said = [r[2] for r in ok]
     return {
@@ -110,6 +130,7 @@ async def streams(client: object, model: str, count: int, tokens: int) -> dict:
         # the tokens the server says it generated (usage), where every stream said it
         "tokens_per_s": sum(said) / wall if all(said) else None,
         "ttfts_ms": [1000 * r[0] for r in ok],
+        "last_sent_ms": 1000 * last_sent,
     }
 
 
@@ -133,6 +154,8 @@ def summary(runs: list[dict]) -> dict:
         "chunks_per_s_runs": [round(r["chunks_per_s"], 1) for r in runs],
         "ttft_p50_ms": percentile(ttfts, 50),
         "ttft_p99_ms": percentile(ttfts, 99),
+        # the latest any round's last request left the client
+        "last_sent_ms": max(r["last_sent_ms"] for r in runs),
     }
 
 
@@ -143,12 +166,7 @@ async def measure(
     first): a change of the machine's load during the run falls on all of them alike. One
     client per server for the whole run, as an application keeps one: its connection pool is
     opened by the warm-up (S streams), so no round pays TCP connects, on either server."""
-    import openai
-
-    clients = {
-        name: (openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0, timeout=600), model)
-        for name, (base, key, model) in servers.items()
-    }
+    clients = {name: (_client(base, key), model) for name, (base, key, model) in servers.items()}
     one: dict[str, list] = {name: [] for name in servers}
     many: dict[str, list] = {name: [] for name in servers}
     rates = []
