@@ -19,6 +19,7 @@ import orjson
 
 from kernel_magics.config import Settings
 from kernel_magics.errors import DeployFailed, InvalidInput, KernelMagicsError
+from kernel_magics.exiting import settle_heap
 from kernel_magics.quality.log_writer import Sampler
 from kernel_magics.records import HistoryEvent, ModelSpec
 from kernel_magics.serving.request import metrics
@@ -260,3 +261,4 @@ def _history(doc: dict) -> History | None:
 def _load_and_warm(model: LoadedModel) -> None:
     model.load()
     model.warm()
+    settle_heap()
