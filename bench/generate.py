@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import os
@@ -173,6 +174,11 @@ async def measure(
     try:
         for client, model in clients.values():
             await streams(client, model, args.streams, 8)  # warm both paths, open S connections
+        # This process holds torch, transformers and the in-process model: a full collection
+        # of its heap paused the client for up to 375 ms in the middle of sending a burst
+        # (a request's head sent, its body not), which then counted as either server's TTFT.
+        gc.collect()
+        gc.freeze()
         for round_ in range(args.rounds):
             rates.append(generate.rate(args.tokens))
             for name in _order(servers, round_):
