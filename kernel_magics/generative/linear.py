@@ -6,7 +6,8 @@ them fastest, with one copy in memory.
   its columns. With a few rows per product (the running batch) MKL multiplies a row-major
   activation by a contiguous ``[in, out]`` matrix in about two thirds of the time of
   ``F.linear``'s product by the transpose of ``[out, in]`` (16 rows, 512 x 3,072: 300 vs
-  460 µs), and the model's own forward reads the same numbers.
+  460 µs with the weights in cache; level where they are not, as for the 29 M model), and the
+  model's own forward reads the same numbers.
 - bfloat16 on a CPU whose oneDNN has native bfloat16 (AVX-512 BF16 / AMX): the weights
   reordered once into oneDNN's blocked layout (``mkldnn._reorder_linear_weight``, the layout
   PyTorch's own compiler packs linears into) and multiplied by ``mkldnn._linear_pointwise``.
