@@ -92,6 +92,7 @@ async def test_status_carries_a_language_models_figures(
                 "max_running": 16,
                 "kv_cache_tokens": 32768,
                 "kv_cache_reserved": 8192,
+                "dtype": "bfloat16",
             },
         }
     )
@@ -110,6 +111,7 @@ async def test_status_carries_a_language_models_figures(
         "kv_cache_reserved": 8192,
         "generated_tokens": 0,
         "cancelled": 0,
+        "dtype": "bfloat16",
         "kv_cache_use": 0.25,
     }
     assert doc["stats"]["tokens"] == 480
