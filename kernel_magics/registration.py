@@ -237,13 +237,9 @@ def check_model(model: Any) -> torch.nn.Module:
 def example_rows(example: Any) -> tuple[np.ndarray, list[str]]:
     """The input example as the model takes it (dtype rule of ``training.inputs``), at least
     two rows: torch.export freezes a batch dimension of size 1 into the graph."""
-    from kernel_magics.training.inputs import model_input_array
+    from kernel_magics.training.inputs import input_rows
 
-    array = model_input_array(example, "the example")
-    if array.ndim == 1:  # one row, as %predict takes one row
-        array = array.reshape(1, -1)
-    if len(array) == 0:
-        raise InvalidInput("the example has no rows: pass a few input rows of the model")
+    array = input_rows(example, "the example")
     notes = []
     if len(array) == 1:
         array = array.repeat(2, axis=0)

@@ -156,15 +156,10 @@ def answers_probabilities(model: Any) -> bool:
 
 
 def _rows(value: Any, what: str) -> np.ndarray:
-    from kernel_magics.training.inputs import model_input_array
+    from kernel_magics.training.inputs import input_rows
 
-    array = model_input_array(value, what)
-    if array.ndim == 1:
-        array = array.reshape(1, -1)
-    if len(array) == 0:
-        raise InvalidInput(f"{what} has no rows: pass a few input rows of the model")
     # Keras computes in its float type: the served version takes that dtype
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return np.ascontiguousarray(input_rows(value, what), dtype=np.float32)
 
 
 def _predict(model: Any, rows: np.ndarray) -> np.ndarray:

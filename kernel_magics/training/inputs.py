@@ -35,6 +35,17 @@ def model_input_array(value: Any, what: str) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=dtype)
 
 
+def input_rows(value: Any, what: str) -> np.ndarray:
+    """``value`` as rows the model takes (``model_input_array``): one row given as a vector
+    becomes a batch of one; no rows at all is refused."""
+    array = model_input_array(value, what)
+    if array.ndim == 1:  # one row, as %predict takes one row
+        array = array.reshape(1, -1)
+    if len(array) == 0:
+        raise InvalidInput(f"{what} has no rows: pass a few input rows of the model")
+    return array
+
+
 def frame_features(frame: pd.DataFrame | pd.Series, what: str) -> tuple[np.ndarray, list[str]]:
     """A DataFrame's values as float32 (rows, columns) and its column names."""
     if isinstance(frame, pd.Series):
