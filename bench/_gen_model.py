@@ -7,6 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# the prompts every generation benchmark sends (greedy: the same text each time)
+PROMPTS = [
+    "The for statement is used to iterate over",
+    "Objects are Python's abstraction for data",
+    "A class definition defines a class object",
+    "Exceptions are raised when",
+]
+
 # name -> LlamaConfig arguments beside the shared ones (vocab 2048, context 512)
 SIZES: dict[str, dict[str, int]] = {
     "4m": {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,

@@ -10,9 +10,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from _gen_model import PROMPTS
 from _log import log
 
-PROMPT = "The for statement is used to iterate over"
+PROMPT = PROMPTS[0]
 
 
 async def _stream(client: Any, model: str, tokens: int) -> tuple[str, int]:

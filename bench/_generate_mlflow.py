@@ -19,11 +19,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from _gen_model import PROMPTS
 from _http import free_port, post
 from _log import log
 from _procs import spawn, stop_pid
 
-PROMPT = "The for statement is used to iterate over"
+PROMPT = PROMPTS[0]
 
 
 def mlflow_serve_info(name: str, version: int, tmp: Path, tokens: int, count: int = 8) -> dict:

@@ -42,19 +42,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from _gen_model import SIZES, build_model, kv_bytes_per_token
+from _gen_model import PROMPTS, SIZES, build_model, kv_bytes_per_token
 from _gen_ops import rss_by_streams, swap_and_rollback
 from _gen_report import write_report
 from _generate_mlflow import mlflow_serve_info
 from _log import log
 from _procs import private_home, spawn, stop_children, stop_leftover_server
-
-PROMPTS = [
-    "The for statement is used to iterate over",
-    "Objects are Python's abstraction for data",
-    "A class definition defines a class object",
-    "Exceptions are raised when",
-]
 
 
 class InProcess:

@@ -26,14 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from _gen_model import build_model
+from _gen_model import PROMPTS, build_model
 
-PROMPTS = [
-    "The for statement is used to iterate over",
-    "Objects are Python's abstraction for data",
-    "A class definition defines a class object",
-    "Exceptions are raised when",
-]
 Run = Callable[[list[list[int]], int], float]  # (prompts, tokens) -> seconds to the first output
 
 

@@ -9,7 +9,6 @@ MLflow UI shows it next to the training runs. Nothing here talks to the inferenc
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
 import json
 import logging
@@ -26,6 +25,7 @@ from kernel_magics.config import (
     LIVE_ALIAS,
     Settings,
 )
+from kernel_magics.deploy_events import event_from_tags, event_run_name, event_tags
 from kernel_magics.errors import InvalidInput, NotFound, StoreError, clip
 from kernel_magics.naming import is_version_text, not_found, parse_version, validate_name
 from kernel_magics.serving.deploy_options import DEPLOY_OPTIONS
@@ -42,11 +42,6 @@ TAG_CLASSES = "km.classes"
 TAG_FORMAT = "km.format"
 TAG_PARENT = "km.parent"  # "NAME@VERSION" the version was derived from (fine-tuned, distilled)
 TAG_RECIPE = "km.recipe"  # how it was made, in the author's words
-# A deployment event the inference process made by itself (a judged canary): its one-line reason
-# and its evidence (JSON) on the event's run; MLflow keeps tag values up to 8,000 characters.
-TAG_EVENT_REASON = "km.reason"
-TAG_EVENT_EVIDENCE = "km.evidence"
-EVENT_TAG_MAX = 8000
 # ... and that event's reason on the version it promoted or rolled back, for listings of versions.
 TAG_CANARY_VERDICT = "km.canary.verdict"
 # Serving options a deploy asked for, kept on the version so that a rollback to it and a
@@ -345,24 +340,9 @@ class Store:
         """Append one deployment event (as ``transition_event`` builds it) to the history: a
         finished run in the deployments experiment, so the MLflow UI lists it too."""
         exp_id = self.experiment_id(DEPLOYMENTS_EXPERIMENT_NAME)
-        before, after = event["from_version"], event["to_version"]
-        arrow = f"v{before or '-'} → v{after or '-'}"
-        tags = {
-            "km.model": name,
-            "km.action": event["action"],
-            "km.from_version": str(before or ""),
-            "km.to_version": str(after or ""),
-            "km.time": event["time"],
-        }
-        if event.get("reason"):
-            tags[TAG_EVENT_REASON] = str(event["reason"])[:EVENT_TAG_MAX]
-        if event.get("evidence"):
-            text = json.dumps(event["evidence"], allow_nan=False)
-            if len(text) <= EVENT_TAG_MAX:  # figures too long for a tag stay in the log only
-                tags[TAG_EVENT_EVIDENCE] = text
         with self.write_lock():
             run = self.client.create_run(
-                exp_id, run_name=f"{name}: {event['action']} {arrow}", tags=tags
+                exp_id, run_name=event_run_name(name, event), tags=event_tags(name, event)
             )
             self.client.set_terminated(run.info.run_id, "FINISHED")
 
@@ -372,22 +352,7 @@ class Store:
         runs = self.client.search_runs(
             [exp_id], filter_string=f"tags.`km.model` = '{name}'", max_results=5000
         )
-        events = []
-        for run in runs:
-            tags = run.data.tags
-            events.append(
-                {
-                    "time": tags.get("km.time", ""),
-                    "action": tags.get("km.action", ""),
-                    "from_version": int(tags["km.from_version"])
-                    if tags.get("km.from_version")
-                    else None,
-                    "to_version": int(tags["km.to_version"]) if tags.get("km.to_version") else None,
-                    "reason": tags.get(TAG_EVENT_REASON),
-                    "evidence": _evidence(tags.get(TAG_EVENT_EVIDENCE)),
-                }
-            )
-        return sorted(events, key=lambda e: e["time"])
+        return sorted((event_from_tags(run.data.tags) for run in runs), key=lambda e: e["time"])
 
     def run_metrics(self, run_ids: list[str]) -> dict[str, dict[str, float]]:
         """Latest metrics of each run: only those runs are read (``run_id IN (...)``, a batch of
@@ -425,36 +390,6 @@ class Store:
 
         found = self.client.search_experiments(view_type=ViewType.ALL, max_results=1000)
         return [e.experiment_id for e in found]
-
-
-def _evidence(text: str | None) -> dict | None:
-    """A history event's evidence tag, read back (None when absent or not a JSON object)."""
-    if not text:
-        return None
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def transition_event(
-    action: str,
-    from_version: int | None,
-    to_version: int | None,
-    reason: str | None = None,
-    evidence: dict | None = None,
-) -> dict:
-    """One deployment event as ``Store.history`` lists it, stamped now (UTC); ``reason`` and
-    ``evidence`` only for a transition the inference process made by itself."""
-    return {
-        "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
-        "action": action,
-        "from_version": from_version,
-        "to_version": to_version,
-        "reason": reason,
-        "evidence": evidence,
-    }
 
 
 def retry_locked(fn: Any, *args: Any, attempts: int = 8, **kwargs: Any) -> Any:

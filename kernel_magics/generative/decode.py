@@ -70,8 +70,7 @@ class DirectDecoder:
 
     def __init__(self, model: Any) -> None:
         inner, config = model.model, model.config
-        self.dtype = inner.embed_tokens.weight.dtype
-        self.packed = packs(self.dtype)
+        self.packed = packs(inner.embed_tokens.weight.dtype)
         self.embed = inner.embed_tokens.weight
         self.rotary = inner.rotary_emb
         self.final_norm, self.final_eps = inner.norm.weight, inner.norm.variance_epsilon

@@ -377,12 +377,17 @@ def _deliver(events: list[tuple[Sequence, str, str | None]]) -> None:
             log.exception("delivering generated text failed")
 
 
-def _stream_backend(tokenizer: Any) -> Any:
-    """The ``tokenizers.Tokenizer`` behind a fast tokenizer whose decoded text is the sum of its
-    streamed pieces (no clean-up pass over the whole text), else None."""
+def fast_backend(tokenizer: Any) -> Tokenizer | None:
+    """The ``tokenizers.Tokenizer`` behind a fast transformers tokenizer, else None."""
     backend = getattr(tokenizer, "_tokenizer", None)
+    return backend if isinstance(backend, Tokenizer) else None
+
+
+def _stream_backend(tokenizer: Any) -> Tokenizer | None:
+    """The backend of a fast tokenizer whose decoded text is the sum of its streamed pieces (no
+    clean-up pass over the whole text), else None."""
     cleans_up = getattr(tokenizer, "clean_up_tokenization_spaces", False)
-    return backend if isinstance(backend, Tokenizer) and not cleans_up else None
+    return None if cleans_up else fast_backend(tokenizer)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -9,12 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer
-
 from kernel_magics.config import GEN_DTYPES, Settings, load_settings
 from kernel_magics.errors import InvalidInput
 from kernel_magics.formats.loaders import Graph, loader
-from kernel_magics.generative.engine import Engine, Sequence
+from kernel_magics.generative.engine import Engine, Sequence, fast_backend
 from kernel_magics.generative.mlflow_flavor import tokenizer_dir
 from kernel_magics.generative.register import FLAVOR, FORMAT, HF_DIR, load_folder
 from kernel_magics.generative.sampling import SamplingParams
@@ -32,8 +30,7 @@ class Generator:
 
     def __init__(self, model: Any, tokenizer: Any, settings: Settings, name: str) -> None:
         self.model, self.tokenizer = model, tokenizer
-        backend = getattr(tokenizer, "_tokenizer", None)
-        self._backend = backend if isinstance(backend, Tokenizer) else None
+        self._backend = fast_backend(tokenizer)
         self.engine = Engine(
             model,
             tokenizer,

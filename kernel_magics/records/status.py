@@ -45,7 +45,11 @@ class GenerationState(_Wire):
     @classmethod
     def from_wire(cls, doc: Any) -> GenerationState:
         doc = _mapping(doc, "a generation state")
-        counts = {f.name: _count(doc.get(f.name), f.name) for f in dataclasses.fields(cls)[:-1]}
+        counts = {
+            f.name: _count(doc.get(f.name), f.name)
+            for f in dataclasses.fields(cls)
+            if f.name != "dtype"
+        }
         return cls(**counts, dtype=str(doc.get("dtype") or ""))
 
     def to_wire(self) -> dict[str, Any]:

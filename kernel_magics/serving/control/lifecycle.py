@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel_magics.config import Settings
+from kernel_magics.deploy_events import transition_event
 from kernel_magics.errors import InvalidInput, KernelMagicsError, NotFound
 from kernel_magics.formats.verified import verified_folder
 from kernel_magics.quality.canary_judge import check_rule, filled, reference_profile
@@ -30,7 +31,6 @@ from kernel_magics.store import (
     Store,
     VersionInfo,
     not_found,
-    transition_event,
     validate_name,
 )
 
