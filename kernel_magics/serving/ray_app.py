@@ -36,6 +36,7 @@ from kernel_magics.errors import InvalidInput, KernelMagicsError
 from kernel_magics.naming import not_found, unknown_verb
 from kernel_magics.records import ModelSpec
 from kernel_magics.serving.request import invocations
+from kernel_magics.serving.request.bodies import describe_error, dumps, error_body
 from kernel_magics.serving.request.canary import REQUEST_ID, Split
 from kernel_magics.serving.request.codecs import (
     NPY,
@@ -47,7 +48,7 @@ from kernel_magics.serving.request.codecs import (
 from kernel_magics.serving.request.model import LoadedModel
 from kernel_magics.serving.request.model_table import model_from_spec
 from kernel_magics.serving.request.predict_request import decode_invocations, decode_predict
-from kernel_magics.serving.request.protocol import Request, describe_error, dumps, error_body
+from kernel_magics.serving.request.protocol import Request
 from kernel_magics.serving.tokens import MANAGE_ACTIONS
 
 log = logging.getLogger(__name__)

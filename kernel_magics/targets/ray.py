@@ -18,25 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kernel_magics import __version__
 from kernel_magics.config import Settings
 from kernel_magics.errors import DeployFailed, InvalidInput, ServiceUnavailable, first_line
 from kernel_magics.records import HistoryEvent, ModelState, ServerStatus, TransitionResult
 from kernel_magics.targets.http import HttpClient
+from kernel_magics.targets.ray_config import config_after, config_from_store, pinned_options
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from kernel_magics.serving.control.lifecycle import Lifecycle, Plan
+    from kernel_magics.serving.control.lifecycle import Lifecycle
     from kernel_magics.store import Store
 
 log = logging.getLogger(__name__)
@@ -149,7 +147,7 @@ class RayTarget:
             http_options={"host": self.settings.host, "port": self.settings.port or DEFAULT_PORT}
         )
         if GATEWAY_APP not in serve.status().applications:
-            gateway = _deployment(gateway_class).options(**_pinned(num_cpus=GATEWAY_CPUS))
+            gateway = _deployment(gateway_class).options(**pinned_options(num_cpus=GATEWAY_CPUS))
             serve.run(gateway.bind(), name=GATEWAY_APP, route_prefix="/")
         self._connected = True
 
@@ -164,7 +162,7 @@ class RayTarget:
             if app_name(name) in running:
                 continue
             try:
-                config = _config_from_store(lifecycle, name)
+                config = config_from_store(lifecycle, name)
                 if config is not None:
                     self._apply(name, config)
             except Exception as err:  # one broken version must not keep the others down
@@ -259,8 +257,8 @@ class RayTarget:
                     history=plan.history,
                     unchanged=True,
                 )
-            before = _config_from_store(lifecycle, name)
-            after = _config_after(lifecycle, plan)
+            before = config_from_store(lifecycle, name)
+            after = config_after(lifecycle, plan)
             started = time.perf_counter()
             reused = False
             if after is None:
@@ -304,7 +302,7 @@ class RayTarget:
         handle = serve.get_app_handle(app) if running else None
         loaded = set(handle.state.remote().result()["loaded"]) if handle else set()
         deployment = _deployment(ModelServer).options(
-            **_pinned(num_cpus=MODEL_CPUS),
+            **pinned_options(num_cpus=MODEL_CPUS),
             user_config=config,
             num_replicas=self._replicas,
         )
@@ -403,63 +401,3 @@ class RayTarget:
 def _deployment(cls: Any) -> Any:
     """A ``@serve.deployment`` class as Ray's ``Deployment`` (typed as the class it wraps)."""
     return cls
-
-
-def _pinned(num_cpus: float) -> dict[str, Any]:
-    """Deployment options with a fixed code version: Ray then applies a new ``user_config`` to
-    the running replicas (``reconfigure``) instead of replacing them, which is what a version
-    swap needs. ``serve.run`` otherwise stamps every call with a random version; ``_internal``
-    is how Ray's own declarative deploys pass one. The version changes with this package's
-    version and its code, so new code does replace the replicas."""
-    return {
-        "_internal": True,
-        "version": _CODE_VERSION,
-        "ray_actor_options": {"num_cpus": num_cpus},
-    }
-
-
-def _code_version() -> str:
-    """This package's version and a hash of all its sources: a replica runs far more than
-    ``serving/ray_app.py`` (the ``formats`` registry and its loaders, the request codecs, the
-    records its configuration is read with), and a change to any of it must reach the replicas
-    (reading the package's ~200 files takes milliseconds)."""
-    package = Path(__file__).parent.parent
-    digest = hashlib.sha256()
-    for source in sorted(package.rglob("*.py")):
-        digest.update(source.relative_to(package).as_posix().encode())
-        digest.update(source.read_bytes())
-    return f"{__version__}-{digest.hexdigest()[:12]}"
-
-
-_CODE_VERSION = _code_version()
-
-
-def _config_from_store(lifecycle: Lifecycle, name: str) -> dict[str, Any] | None:
-    """The replicas' configuration for what the store says ``name`` serves now (None: nothing)."""
-    store = lifecycle.store
-    live = store.live_version(name) if store.model_exists(name) else None
-    if live is None:
-        return None
-    canary = lifecycle.canary_spec(name)
-    return {
-        "live": lifecycle.spec_for(store.resolve(name, live)).to_wire(),
-        "canary": canary[0].to_wire() if canary else None,
-        "percent": canary[1] if canary else 0,
-    }
-
-
-def _config_after(lifecycle: Lifecycle, plan: Plan) -> dict[str, Any] | None:
-    """What the replicas serve once ``plan`` is done (None: the model is undeployed)."""
-    if plan.action == "undeploy":
-        return None
-    if plan.action == "canary":  # beside the live version, which stays
-        assert plan.spec is not None
-        assert plan.from_version is not None
-        live = lifecycle.spec_for(lifecycle.store.resolve(plan.name, plan.from_version))
-        return {"live": live.to_wire(), "canary": plan.spec.to_wire(), "percent": plan.canary}
-    if plan.action == "canary-drop":
-        assert plan.to_version is not None
-        live = lifecycle.spec_for(lifecycle.store.resolve(plan.name, plan.to_version))
-        return {"live": live.to_wire(), "canary": None, "percent": 0}
-    assert plan.spec is not None
-    return {"live": plan.spec.to_wire(), "canary": None, "percent": 0}

@@ -24,15 +24,10 @@ from kernel_magics.quality.log_writer import Sampler
 from kernel_magics.records import HistoryEvent, ModelSpec
 from kernel_magics.serving.request import metrics
 from kernel_magics.serving.request.batcher import Batcher
+from kernel_magics.serving.request.bodies import describe_error, dumps, error_body
 from kernel_magics.serving.request.model import LoadedModel
 from kernel_magics.serving.request.model_table import History, ModelTable, model_from_spec
-from kernel_magics.serving.request.protocol import (
-    Connection,
-    Request,
-    describe_error,
-    dumps,
-    error_body,
-)
+from kernel_magics.serving.request.protocol import Connection, Request
 
 log = logging.getLogger(__name__)
 

@@ -35,13 +35,9 @@ from kernel_magics.serving.control.transitions import LiveModel, run_transition
 from kernel_magics.serving.files import PRIVATE_UMASK, private_home, write_atomic
 from kernel_magics.serving.process import ipc
 from kernel_magics.serving.process.pool import WorkerProcesses
+from kernel_magics.serving.request.bodies import describe_error, error_body
 from kernel_magics.serving.request.connections import raise_open_files_limit
-from kernel_magics.serving.request.protocol import (
-    Connection,
-    Request,
-    describe_error,
-    error_body,
-)
+from kernel_magics.serving.request.protocol import Connection, Request
 from kernel_magics.serving.tokens import ensure_home_token
 
 if TYPE_CHECKING:

@@ -25,6 +25,7 @@ from kernel_magics.serving.process import ipc
 from kernel_magics.serving.request import feedback_route, invocations, metrics, v2
 from kernel_magics.serving.request import status as status_snapshot
 from kernel_magics.serving.request.batcher import InferenceThread, Item
+from kernel_magics.serving.request.bodies import JSON, describe_error, dumps, error_body
 from kernel_magics.serving.request.codecs import (
     NPY,
     labelled_json,
@@ -36,15 +37,8 @@ from kernel_magics.serving.request.drift_monitor import DriftMonitor
 from kernel_magics.serving.request.model import LoadedModel
 from kernel_magics.serving.request.model_table import ModelTable
 from kernel_magics.serving.request.predict_request import decode_invocations, decode_predict
-from kernel_magics.serving.request.protocol import (
-    JSON,
-    Connection,
-    Request,
-    describe_error,
-    dumps,
-    error_body,
-    request_id,
-)
+from kernel_magics.serving.request.protocol import Connection, Request
+from kernel_magics.serving.request.request_ids import request_id
 from kernel_magics.serving.tokens import ANONYMOUS, MANAGE, MANAGE_ACTIONS, TokenTable, refusal
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from copy import copy as shallow_copy
 from typing import Any
 
 from kernel_magics.serving.request.model import LoadedModel
-from kernel_magics.serving.request.protocol import REQUEST_ID, Request
+from kernel_magics.serving.request.protocol import Request
+from kernel_magics.serving.request.request_ids import REQUEST_ID
 
 # Answers one arm keeps between two collections by the supervisor (every few seconds); past it
 # the oldest are dropped, which bounds a worker's memory whatever the traffic.

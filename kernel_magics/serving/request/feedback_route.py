@@ -17,13 +17,8 @@ import orjson
 
 from kernel_magics.errors import InvalidInput
 from kernel_magics.quality.feedback import parse_feedback, record_feedback
-from kernel_magics.serving.request.protocol import (
-    Connection,
-    Request,
-    describe_error,
-    dumps,
-    error_body,
-)
+from kernel_magics.serving.request.bodies import describe_error, dumps, error_body
+from kernel_magics.serving.request.protocol import Connection, Request
 from kernel_magics.serving.tokens import MANAGE, refusal
 
 if TYPE_CHECKING:

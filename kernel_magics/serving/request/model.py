@@ -26,9 +26,9 @@ from kernel_magics.formats.model_files import (
 )
 from kernel_magics.preprocess import TableEncoder, read_encoder
 from kernel_magics.quality.log_writer import RowShape, Sampler
+from kernel_magics.serving.request.bodies import describe_error
 from kernel_magics.serving.request.inflight import InFlight
 from kernel_magics.serving.request.inputs import check_rows
-from kernel_magics.serving.request.protocol import describe_error
 
 log = logging.getLogger(__name__)
 

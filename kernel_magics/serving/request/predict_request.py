@@ -15,6 +15,7 @@ import numpy as np
 
 from kernel_magics.errors import InvalidInput
 from kernel_magics.serving.request import invocations
+from kernel_magics.serving.request.bodies import describe_error
 from kernel_magics.serving.request.codecs import (
     NPY,
     UnsupportedMediaType,
@@ -24,7 +25,6 @@ from kernel_magics.serving.request.codecs import (
     wants_npy,
 )
 from kernel_magics.serving.request.inputs import check_row_count
-from kernel_magics.serving.request.protocol import describe_error
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,7 @@ times out stalled and idle ones.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
-import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,17 +22,16 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import httptools
-import orjson
 
-from kernel_magics.errors import clip, first_line
-from kernel_magics.quality.log_store import MAX_REQUEST_ID
+from kernel_magics.errors import clip
+from kernel_magics.serving.request.bodies import JSON, error_body
+from kernel_magics.serving.request.request_ids import new_request_id, request_id
 
 if TYPE_CHECKING:
     from kernel_magics.serving.request.connections import Connections
 
 log = logging.getLogger(__name__)
 
-JSON = b"application/json"
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 _KEEP = b"connection: keep-alive\r\n"
 _CLOSE = b"connection: close\r\n"
@@ -46,14 +42,6 @@ _DRAIN_FACTOR = 4  # a declared body this many times over the limit is refused w
 # common servers refuse past 8-64 KiB and ~100 header fields.
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
-MAX_ERROR_CHARS = 2000  # an error body never grows with the input it complains about
-# X-Request-ID: a client's id is echoed (and logged) when it is 1-128 printable ASCII characters
-# without spaces; any other request gets a generated one. The canary split reads the header
-# itself (request/canary.py), so an id generated here never moves a request between arms.
-REQUEST_ID = b"x-request-id"
-_SANE_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_REQUEST_ID)
-_ids = itertools.count(1)
-_id_prefix: tuple[int, bytes] = (0, b"")
 
 
 class Request:
@@ -81,27 +69,6 @@ class Request:
         self.rid = b""  # the X-Request-ID answered (request_id())
 
 
-def request_id(req: Request) -> bytes:
-    """The id this request is answered and logged with: the client's ``X-Request-ID`` when it
-    is sane, else a generated one (the same for every call on one request)."""
-    rid = req.rid
-    if not rid:
-        sent = req.headers.get(REQUEST_ID)
-        rid = sent if sent is not None and _SANE_REQUEST_ID.fullmatch(sent) else new_request_id()
-        req.rid = rid
-    return rid
-
-
-def new_request_id() -> bytes:
-    """A fresh id: random per process (two workers, or a restarted process, never collide),
-    then a counter."""
-    global _id_prefix
-    pid = os.getpid()
-    if _id_prefix[0] != pid:  # first use, or a forked child
-        _id_prefix = (pid, os.urandom(6).hex().encode())
-    return b"%s-%x" % (_id_prefix[1], next(_ids))
-
-
 class HeadTooLarge(Exception):
     """Raised from a parser callback: the request head is over a limit (answered 431)."""
 
@@ -115,26 +82,6 @@ class _Discard:
 
 
 _DISCARD = _Discard()
-
-
-def error_body(message: str) -> bytes:
-    """``{"error": message}``; a message that quotes a client's input unclipped is cut here."""
-    if len(message) > MAX_ERROR_CHARS:
-        message = clip(message, MAX_ERROR_CHARS)
-    return orjson.dumps({"error": message})
-
-
-def describe_error(err: BaseException, limit: int = 300) -> str:
-    """``Type: first line of the message`` (just ``Type`` when it has none), for error answers
-    that quote a library's exception."""
-    name = type(err).__name__
-    text = first_line(err, limit)
-    return name if text == name else f"{name}: {text}"
-
-
-def dumps(obj: Any) -> bytes:
-    """A JSON answer body (integer keys allowed)."""
-    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
 
 
 class Connection(asyncio.Protocol):

@@ -234,7 +234,7 @@ def snapshot(app: WorkerApp) -> dict[str, Any]:
 
 def answer(app: WorkerApp, req: Request, conn: Connection) -> None:
     """The route handler: the token is required (the snapshot names models, tokens, errors)."""
-    from kernel_magics.serving.request.protocol import dumps
+    from kernel_magics.serving.request.bodies import dumps
 
     if not app._authorized(req):
         app._unauthorized(req, conn)

@@ -8,12 +8,8 @@ connection stays busy, so pipelined requests wait behind it in order.
 
 from __future__ import annotations
 
-from kernel_magics.serving.request.protocol import (
-    _STATUS_LINES,
-    Connection,
-    Request,
-    request_id,
-)
+from kernel_magics.serving.request.protocol import _STATUS_LINES, Connection, Request
+from kernel_magics.serving.request.request_ids import request_id
 
 SSE = b"text/event-stream"
 

@@ -27,8 +27,9 @@ import orjson
 from kernel_magics import __version__
 from kernel_magics.errors import InvalidInput, clip
 from kernel_magics.naming import parse_version
+from kernel_magics.serving.request.bodies import JSON, dumps, error_body
 from kernel_magics.serving.request.codecs import UnsupportedMediaType, check_shape, media_type
-from kernel_magics.serving.request.protocol import JSON, Connection, Request, dumps, error_body
+from kernel_magics.serving.request.protocol import Connection, Request
 
 if TYPE_CHECKING:
     from kernel_magics.serving.request.app import WorkerApp

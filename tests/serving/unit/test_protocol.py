@@ -11,7 +11,8 @@ import orjson
 import pytest
 from kit.model_dirs import run_loop
 
-from kernel_magics.serving.request.protocol import Connection, Request, describe_error
+from kernel_magics.serving.request.bodies import describe_error
+from kernel_magics.serving.request.protocol import Connection, Request
 
 MAX_BODY = 1024
 
