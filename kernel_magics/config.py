@@ -21,6 +21,8 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 PREFERRED_PORT_ENV = "KERNEL_MAGICS_PREFERRED_PORT"
 # The values of ``gen_dtype``: the precision a language model is served in.
 GEN_DTYPES = ("auto", "bfloat16", "float32")
+# gen_threads = 0: served weights from this size on decode on every usable core.
+GEN_THREADS_FROM_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,12 @@ class Settings:
     # "bfloat16" halves their memory and, on a CPU with native bfloat16 (AVX-512 BF16 / AMX),
     # multiplies them through oneDNN's packed layout (generative/linear.py); "float32".
     gen_dtype: str = "auto"
+    # Intra-op threads of a language model's engine thread. 0 (auto): every core the process
+    # may use when the served weights take GEN_THREADS_FROM_BYTES or more (a decode step then
+    # waits on reading them, and two cores read them about twice as fast), else torch_threads
+    # (a small model's step is short ops, and a second thread only contends with the event
+    # loop). Measured in docs/generative.md.
+    gen_threads: int = 0
     # Canaries that judge themselves (``%deploy NAME@V --canary P --analyze``): the window and
     # the requests each arm needs when the deploy does not say; how much worse than the live
     # version a canary may be before it is rolled back (error rate: absolute margin; p99: a

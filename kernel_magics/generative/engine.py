@@ -1,9 +1,10 @@
 """Continuous batching for one loaded causal language model.
 
-One engine thread per served version. Between two decode steps it admits waiting requests
-(FIFO) while a slot is free and the KV-cache budget holds their reservation (prompt +
-``max_tokens``); the prompts admitted together are prefilled by one forward into their slots.
-Then one forward decodes one token for every running sequence at once (``cache.SlotCache``);
+One engine thread per served version, with its own intra-op thread count (``threads``). Between
+two decode steps it admits waiting requests (FIFO) while a slot is free and the KV-cache budget
+holds their reservation (prompt + ``max_tokens``); the prompts waiting together are prefilled
+by one forward into their slots, and those that arrived meanwhile by the next, before any
+decode step. Then one forward decodes one token for every running sequence (``cache.SlotCache``);
 a sequence leaves the batch as soon as it ends (EOS, a stop string, ``max_tokens``, or its
 client gone) and its slot is reused at the next step. The waiting queue is bounded: past it
 ``submit`` raises ``Overloaded`` (429 with Retry-After).
@@ -84,9 +85,11 @@ class Engine:
         kv_cache_tokens: int,
         max_queued: int,
         name: str = "",
+        threads: int = 1,
     ) -> None:
         config = model.config
         self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.threads = max(1, threads)
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
@@ -112,7 +115,13 @@ class Engine:
         self._stopped = False
         self._events: list[tuple[Sequence, str, str | None]] = []
         self._thread = threading.Thread(target=self._run, name=f"generate-{name}", daemon=True)
+        own_threads = torch.get_num_threads()
+        self._threads_set = threading.Event()
         self._thread.start()
+        self._threads_set.wait()
+        # torch.set_num_threads also sets the count threads not yet using torch start with:
+        # put back this thread's, so that the engine's stays the engine's own
+        torch.set_num_threads(own_threads)
 
     # -- the owner's side (any thread) -------------------------------------------------------
     def check_length(self, prompt_tokens: int, max_tokens: int) -> None:
@@ -162,6 +171,7 @@ class Engine:
             "cancelled": self.cancelled,
             "decode_path": self._decode_path(),
             "dtype": str(self.cache.dtype).removeprefix("torch."),
+            "threads": self.threads,
         }
 
     def _decode_path(self) -> str:
@@ -171,6 +181,11 @@ class Engine:
 
     # -- the engine thread -------------------------------------------------------------------
     def _run(self) -> None:
+        # Torch's thread count is per thread (its OpenMP and MKL settings), set up on a thread's
+        # first use from the process-wide count: set up first, then set the engine's own.
+        torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        self._threads_set.set()
         while True:
             with self._wake:
                 while not self.waiting and not self.running and not self._stopped:
@@ -204,24 +219,33 @@ class Engine:
         self._retire()
 
     def _admit(self) -> None:
-        admitted: list[Sequence] = []
-        while len(self.running) < self.max_running:
-            with self._wake:
-                if not self.waiting:
-                    break
+        """Prefill what waits before the next decode step: each group is every request waiting
+        now (FIFO, while a slot is free and the KV-cache budget holds its reservation), and the
+        requests that arrive during a group's forward make the next group. A burst that
+        arrives over some milliseconds is so prefilled as it comes, each group's first tokens
+        going out before the next forward, and no decode step sits between two groups."""
+        while True:
+            group = self._take_group()
+            if not group:
+                return
+            self.cache.reserve(max(s.reservation for s in self.running))
+            self._prefill(group)
+            self._flush()  # first tokens go out before the next forward
+            self._retire()
+
+    def _take_group(self) -> list[Sequence]:
+        group: list[Sequence] = []
+        with self._wake:
+            while self.waiting and len(self.running) < self.max_running:
                 seq = self.waiting[0]
                 if self.reserved + seq.reservation > self.kv_cache_tokens:
                     break  # FIFO: it waits for cache room rather than being overtaken
                 self.waiting.popleft()
-            self.reserved += seq.reservation
-            seq.slot = len(self.running)
-            self.running.append(seq)
-            admitted.append(seq)
-        if admitted:
-            self.cache.reserve(max(s.reservation for s in self.running))
-            self._prefill(admitted)
-            self._flush()  # first tokens go out before the next decode step
-            self._retire()
+                self.reserved += seq.reservation
+                seq.slot = len(self.running)
+                self.running.append(seq)
+                group.append(seq)
+        return group
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         """One forward over the new prompts, right-padded to the longest, written into their

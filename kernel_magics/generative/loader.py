@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kernel_magics.config import GEN_DTYPES, Settings, load_settings
+from kernel_magics.config import GEN_DTYPES, GEN_THREADS_FROM_BYTES, Settings, load_settings
 from kernel_magics.errors import InvalidInput
 from kernel_magics.formats.loaders import Graph, loader
 from kernel_magics.generative.engine import Engine, Sequence, fast_backend
@@ -34,6 +34,7 @@ class Generator:
         self.engine = Engine(
             model,
             tokenizer,
+            threads=engine_threads(settings, model),
             max_running=settings.gen_max_running,
             kv_cache_tokens=settings.gen_kv_cache_tokens,
             max_queued=settings.gen_max_queued,
@@ -88,6 +89,20 @@ class Generator:
 
     def describe(self) -> dict:
         return {"generation": self.engine.describe()}
+
+
+def engine_threads(settings: Settings, model: Any) -> int:
+    """The intra-op threads of ``model``'s engine: ``gen_threads``, or where it is 0, every
+    usable core for weights of ``GEN_THREADS_FROM_BYTES`` or more, else ``torch_threads``."""
+    import os
+
+    if settings.gen_threads > 0:
+        return settings.gen_threads
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if weights < GEN_THREADS_FROM_BYTES:
+        return max(1, settings.torch_threads)
+    return max(1, cores or 1)
 
 
 def served_dtype(setting: str) -> Any:

@@ -81,6 +81,9 @@ class KernelMagics(Magics, Configurable):
         default_value="auto",
         help="Precision language models are served in: auto (the checkpoint's), bfloat16, float32.",
     ).tag(config=True)
+    gen_threads = _setting(
+        Int, "gen_threads", "torch threads of a language model's engine (0: by model size)"
+    )
     canary_window_s = _setting(Float, "canary_window_s", "seconds a judged canary is compared over")
     canary_min_requests = _setting(
         Int, "canary_min_requests", "requests each arm needs before a canary is judged"

@@ -36,6 +36,7 @@ class GenerationState(_Wire):
     generated_tokens: int = 0  # since the version was loaded
     cancelled: int = 0  # sequences dropped because their client went away
     dtype: str = ""  # the precision the weights are served in (setting gen_dtype)
+    threads: int = 0  # intra-op threads of its engine thread (setting gen_threads)
 
     @property
     def kv_cache_use(self) -> float | None:

@@ -216,3 +216,80 @@ def test_gen_dtype_setting_serves_bfloat16(
     monkeypatch.setenv("KERNEL_MAGICS_GEN_DTYPE", "float16")
     with pytest.raises(InvalidInput, match="gen_dtype must be one of auto, bfloat16, float32"):
         load_transformers(config)
+
+
+def test_engine_threads_follow_the_setting_and_the_model_size(
+    served_lm: Any, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gen_threads`` names the engine's intra-op threads; at 0 the weights' size decides
+    (small: ``torch_threads``; from ``GEN_THREADS_FROM_BYTES`` on: every usable core). The
+    engine thread itself runs with that count: torch's is per thread."""
+    import os
+
+    from kernel_magics.config import Settings
+    from kernel_magics.generative import loader
+
+    cores = len(os.sched_getaffinity(0))
+    assert loader.engine_threads(Settings(gen_threads=3), served_lm) == 3
+    assert loader.engine_threads(Settings(gen_threads=0, torch_threads=1), served_lm) == 1
+    monkeypatch.setattr(loader, "GEN_THREADS_FROM_BYTES", 1024)  # the tiny model is "large"
+    assert loader.engine_threads(Settings(gen_threads=0, torch_threads=1), served_lm) == cores
+
+    e = Engine(
+        served_lm, tokenizer, max_running=2, kv_cache_tokens=512, max_queued=2, name="t", threads=2
+    )
+    seen: list[int] = []
+    done = threading.Event()
+
+    def on_event(seq: Sequence, delta: str, finish: str | None) -> None:
+        seen.append(torch.get_num_threads())  # delivered on the engine thread (no post given)
+        if finish is not None:
+            done.set()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the submitting thread's count is not the engine's
+    try:
+        e.submit(
+            Sequence(tokenizer("Objects")["input_ids"], SamplingParams(max_tokens=3), on_event)
+        )
+        assert done.wait(30)
+        assert set(seen) == {2}
+        assert e.describe()["threads"] == 2
+    finally:
+        e.stop()
+        torch.set_num_threads(before)
+
+
+def test_requests_arriving_during_a_prefill_are_prefilled_before_the_next_decode_step(
+    served_lm: Any, tokenizer: Any
+) -> None:
+    """A burst that arrives while a prompt is being prefilled is prefilled next, in one forward,
+    before any decode step: their first tokens do not wait for the running sequence's step."""
+
+    class Recording(Engine):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.order: list[tuple[str, int]] = []
+            self.burst: list[Sequence] = []
+            super().__init__(*args, **kwargs)
+
+        def _prefill(self, seqs: list[Sequence]) -> None:
+            self.order.append(("prefill", len(seqs)))
+            burst, self.burst = self.burst, []
+            for seq in burst:  # they arrive while this forward runs
+                self.submit(seq)
+            super()._prefill(seqs)
+
+        def _decode(self) -> None:
+            self.order.append(("decode", len(self.running)))
+            super()._decode()
+
+    e = Recording(served_lm, tokenizer, max_running=4, kv_cache_tokens=4096, max_queued=8)
+    collect = Collector(4)
+    try:
+        ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
+        e.burst = [Sequence(i, SamplingParams(max_tokens=4), collect) for i in ids[1:]]
+        e.submit(Sequence(ids[0], SamplingParams(max_tokens=4), collect))
+        assert collect.done.wait(30)
+        assert e.order[:3] == [("prefill", 1), ("prefill", 3), ("decode", 4)]
+    finally:
+        e.stop()

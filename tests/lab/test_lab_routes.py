@@ -93,6 +93,7 @@ async def test_status_carries_a_language_models_figures(
                 "kv_cache_tokens": 32768,
                 "kv_cache_reserved": 8192,
                 "dtype": "bfloat16",
+                "threads": 2,
             },
         }
     )
@@ -112,6 +113,7 @@ async def test_status_carries_a_language_models_figures(
         "generated_tokens": 0,
         "cancelled": 0,
         "dtype": "bfloat16",
+        "threads": 2,
         "kv_cache_use": 0.25,
     }
     assert doc["stats"]["tokens"] == 480
