@@ -126,8 +126,9 @@ def write_report(r: dict, path: Path) -> str:
         f"Made by `.venv/bin/python {r['command'].strip()}` "
         f"({r['tokens']} new tokens per stream, greedy; {r['rounds']} rounds of each case; "
         f"{r['cpus']} CPUs, load average {r['load_before']:.1f} before and "
-        f"{r['load_after']:.1f} after; {platform.python_version()}). Ours at its defaults (one "
-        "torch thread) but for `gen_dtype`, the peer at torch's default threads (two here); "
+        f"{r['load_after']:.1f} after; {platform.python_version()}). Ours at its defaults (its "
+        "engine's torch threads by the weights' size, `gen_threads` = 0: one for 4m, every "
+        "core for 30m) but for `gen_dtype`, the peer at torch's default threads (two here); "
         "both serve the weights in the case's precision (ours: `gen_dtype`, the peer: "
         "`--dtype`; `model.generate` too). TTFT is measured by the client "
         "from its request to the first streamed text; p99 is the nearest rank over all rounds' "
@@ -136,7 +137,10 @@ def write_report(r: dict, path: Path) -> str:
         "token. Models with random weights: the work per token does not depend on them. "
         "Both servers are loaded for the whole run and take turns round by round (idle but "
         "for the one measured); in-process `model.generate` runs in the client's process "
-        "between rounds, at one torch thread.",
+        "between rounds, at one torch thread. Each measured round follows an unmeasured one "
+        "of 2-token streams on the same server: on this VM memory left idle for half a "
+        "second is slow to read again (120 MB: 8 ms warm, 65-220 ms after 1-2 s), and a "
+        "server under traffic keeps its weights warm.",
         "",
         "## Goals (issue 25)",
         "",
