@@ -18,6 +18,7 @@ inference process loads a version from the store and never saves it back).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,27 +120,79 @@ class DirectDecoder:
             hidden = self._rest_of_layer(layer, hidden, out.reshape(rows, self.q_size))
         return self._logits(hidden)
 
-    def prefill(self, ids: torch.Tensor, last: torch.Tensor, cache: SlotCache) -> torch.Tensor:
+    def prefill(
+        self,
+        ids: torch.Tensor,
+        last: torch.Tensor,
+        cache: SlotCache,
+        joining: Joining | None = None,
+    ) -> torch.Tensor:
         """``ids`` [prompts, longest] right-padded, ``last`` [prompts] each prompt's last
         position; the cache's ``prefill_slot`` is set. Padding only ever sits after a prompt's
         last token: causality hides it from the real positions, and decoding overwrites its
-        keys before unmasking them. Returns the logits at ``last`` [prompts, vocab]."""
-        prompts, length = ids.shape
+        keys before unmasking them. Returns the logits at ``last`` [prompts, vocab].
+
+        ``joining`` is asked between two layers for prompts that arrived meanwhile (ids and
+        last positions, for the slots right after these): they are brought through the layers
+        done so far on their own, then go on in this forward, so that a prompt arriving during
+        another's prefill does not wait for it to end. Their logits follow, in order."""
+        first_slot = cache.prefill_slot
+        hidden, length = self._embed(ids), ids.shape[1]
+        rope = self._rope(hidden, length)
+        lasts = [last]
+        for index in range(len(self.layers)):
+            more = joining() if index and joining is not None else None
+            if more is not None:
+                new_ids, new_last = more
+                cache.prefill_slot = first_slot + hidden.shape[0]
+                new_length = new_ids.shape[1]
+                caught_up = self._embed(new_ids)
+                caught_up = self._layers(
+                    caught_up, cache, range(index), self._rope(caught_up, new_length)
+                )
+                cache.prefill_slot = first_slot
+                hidden, longest = _joined(hidden, caught_up, length, new_length)
+                if longest != length:
+                    length, rope = longest, self._rope(hidden, longest)
+                lasts.append(new_last)
+            hidden = self._layers(hidden, cache, range(index, index + 1), rope)
+        prompts = hidden.shape[0]
+        flat = hidden.reshape(prompts * length, -1)
+        return self._logits(flat[torch.arange(prompts) * length + torch.cat(lasts)])
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.embed)  # [prompts, length, hidden]
+
+    def _rope(self, hidden: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary cos and sin for positions 0..length-1 as [1, 1, length, head_dim]."""
+        cos, sin = self.rotary(hidden, torch.arange(length)[None])
+        return cos[:, None], sin[:, None]
+
+    def _layers(
+        self,
+        hidden: torch.Tensor,
+        cache: SlotCache,
+        layers: range,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """``layers`` over [prompts, length, hidden], keys and values written from the cache's
+        ``prefill_slot`` on."""
+        prompts, length, _ = hidden.shape
         rows = prompts * length
-        hidden = F.embedding(ids.reshape(rows), self.embed)  # [rows, hidden]
-        cos, sin = self.rotary(hidden[None], torch.arange(length)[None])
-        cos, sin = cos[:, None], sin[:, None]  # [1, 1, length, head_dim]
+        cos, sin = rope
+        x_all = hidden.reshape(rows, -1)
         gqa = self.heads != self.kv_heads
-        for index, layer in enumerate(self.layers):
-            x = _rms_norm(hidden, layer.norm1, layer.eps1)
+        for index in layers:
+            layer = self.layers[index]
+            x = _rms_norm(x_all, layer.norm1, layer.eps1)
             q, k, v = self._split(layer.qkv(x), prompts, length)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             keys, values = cache.update(k, v, index)
             out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=gqa)
             out = out.transpose(1, 2).reshape(rows, self.q_size)
-            hidden = self._rest_of_layer(layer, hidden, out)
-        return self._logits(hidden[torch.arange(prompts) * length + last])
+            x_all = self._rest_of_layer(layer, x_all, out)
+        return x_all.reshape(prompts, length, -1)
 
     def _split(
         self, qkv: torch.Tensor, prompts: int, length: int
@@ -165,6 +218,23 @@ class DirectDecoder:
         hidden = _rms_norm(hidden, self.final_norm, self.final_eps)
         head = self.lm_head
         return head(hidden) if isinstance(head, Linear) else torch.mm(hidden, head)
+
+
+# asked between two prefill layers: (ids, last positions) of prompts that join, or None
+Joining = Callable[[], "tuple[torch.Tensor, torch.Tensor] | None"]
+
+
+def _joined(
+    hidden: torch.Tensor, more: torch.Tensor, length: int, more_length: int
+) -> tuple[torch.Tensor, int]:
+    """Two groups' hidden states [prompts, length, hidden] as one, right-padded to the longer
+    length (padding sits after every prompt's last token, as in ``prefill``)."""
+    longest = max(length, more_length)
+    if length < longest:
+        hidden = F.pad(hidden, (0, 0, 0, longest - length))
+    if more_length < longest:
+        more = F.pad(more, (0, 0, 0, longest - more_length))
+    return torch.cat((hidden, more)), longest
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -250,22 +250,31 @@ class Engine:
     def _prefill(self, seqs: list[Sequence]) -> None:
         """One forward over the new prompts, right-padded to the longest, written into their
         (consecutive) slots. Padding only ever sits after a prompt's last token: causality
-        hides it from the real positions, and decoding overwrites it before unmasking it."""
+        hides it from the real positions, and decoding overwrites it before unmasking it.
+        Where the direct forward runs, requests that arrive during it join it between two
+        layers (``decode.DirectDecoder.prefill``) and get their first token with these."""
         cache = self.cache
-        length = max(len(s.prompt_ids) for s in seqs)
-        ids = torch.zeros((len(seqs), length), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq.prompt_ids)] = torch.tensor(seq.prompt_ids)
-        last = [len(s.prompt_ids) - 1 for s in seqs]
+        ids, last = _prompt_batch(seqs)
+        joined: list[Sequence] = []
+
+        def joining() -> tuple[torch.Tensor, torch.Tensor] | None:
+            group = self._take_group()
+            if not group:
+                return None
+            self.cache.reserve(max(s.reservation for s in self.running))
+            joined.extend(group)
+            return _prompt_batch(group)
+
         cache.prefill_slot = seqs[0].slot
         try:
             if self.direct is not None:
-                logits = self.direct.prefill(ids, torch.tensor(last), cache)
+                logits = self.direct.prefill(ids, last, cache, joining)
             else:
-                logits = self._model_prefill(ids, last)
+                logits = self._model_prefill(ids, last.tolist())
         finally:
             cache.prefill_slot = -1
         now = time.perf_counter()
+        seqs = seqs + joined
         tokens = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
         for seq, token in zip(seqs, tokens, strict=True):
             seq.first_token_at = now
@@ -391,6 +400,16 @@ class Engine:
             by_sink.setdefault(event[0].post, []).append(event)
         for post, batch in by_sink.items():
             post(_deliver, batch)
+
+
+def _prompt_batch(seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts' ids right-padded to the longest [prompts, longest], and each one's last
+    position [prompts]."""
+    length = max(len(s.prompt_ids) for s in seqs)
+    ids = torch.zeros((len(seqs), length), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq.prompt_ids)] = torch.tensor(seq.prompt_ids)
+    return ids, torch.tensor([len(s.prompt_ids) - 1 for s in seqs])
 
 
 def _deliver(events: list[tuple[Sequence, str, str | None]]) -> None:

@@ -260,11 +260,12 @@ def test_engine_threads_follow_the_setting_and_the_model_size(
         torch.set_num_threads(before)
 
 
-def test_requests_arriving_during_a_prefill_are_prefilled_before_the_next_decode_step(
+def test_requests_arriving_during_a_prefill_join_it_with_generates_tokens(
     served_lm: Any, tokenizer: Any
 ) -> None:
-    """A burst that arrives while a prompt is being prefilled is prefilled next, in one forward,
-    before any decode step: their first tokens do not wait for the running sequence's step."""
+    """A burst that arrives while a prompt is being prefilled joins that forward between two
+    layers (caught up through the layers done), before any decode step; prompts longer and
+    shorter than the first still give ``generate``'s greedy tokens."""
 
     class Recording(Engine):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -285,11 +286,15 @@ def test_requests_arriving_during_a_prefill_are_prefilled_before_the_next_decode
 
     e = Recording(served_lm, tokenizer, max_running=4, kv_cache_tokens=4096, max_queued=8)
     collect = Collector(4)
+    params = SamplingParams(max_tokens=12, temperature=0.0)
     try:
-        ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
-        e.burst = [Sequence(i, SamplingParams(max_tokens=4), collect) for i in ids[1:]]
-        e.submit(Sequence(ids[0], SamplingParams(max_tokens=4), collect))
+        seqs = [Sequence(tokenizer(p)["input_ids"], params, collect) for p in PROMPTS]
+        e.burst = seqs[1:]
+        e.submit(seqs[0])
         assert collect.done.wait(30)
-        assert e.order[:3] == [("prefill", 1), ("prefill", 3), ("decode", 4)]
+        assert e.order[:2] == [("prefill", 1), ("decode", 4)]
+        with torch.inference_mode():
+            for prompt, seq in zip(PROMPTS, seqs, strict=True):
+                assert seq.tokens == reference(served_lm, tokenizer, prompt, 12), prompt
     finally:
         e.stop()
