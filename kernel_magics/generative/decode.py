@@ -1,6 +1,7 @@
 """A direct forward for Llama-shaped models (Llama, Mistral, Qwen2): the prefill of new prompts
-and the decode step (one new token per running sequence), the same arithmetic as transformers'
-modules without their per-layer Python.
+(which prompts arriving meanwhile can join between two layers) and the decode step (one new
+token per running sequence), the same arithmetic as transformers' modules without their
+per-layer Python.
 
 At the sizes served on a CPU here the model's own forward spends most of a decode step in
 Python (module calls, keyword plumbing, mask and output bookkeeping), not in arithmetic. This

@@ -3,10 +3,11 @@
 One engine thread per served version, with its own intra-op thread count (``threads``). Between
 two decode steps it admits waiting requests (FIFO) while a slot is free and the KV-cache budget
 holds their reservation (prompt + ``max_tokens``); the prompts waiting together are prefilled
-by one forward into their slots, and those that arrived meanwhile by the next, before any
-decode step. Then one forward decodes one token for every running sequence (``cache.SlotCache``);
-a sequence leaves the batch as soon as it ends (EOS, a stop string, ``max_tokens``, or its
-client gone) and its slot is reused at the next step. The waiting queue is bounded: past it
+by one forward into their slots, and those that arrive during it join it between two layers
+(the direct forward) or make the next one, before any decode step. Then one forward decodes
+one token for every running sequence (``cache.SlotCache``); a sequence leaves the batch as soon
+as it ends (EOS, a stop string, ``max_tokens``, or its client gone) and its slot is reused at
+the next step. The waiting queue is bounded: past it
 ``submit`` raises ``Overloaded`` (429 with Retry-After).
 
 Events (text deltas, the finish reason) are handed to each sequence's ``post`` callable once per
@@ -26,13 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
 from kernel_magics.errors import InvalidInput, Overloaded
 from kernel_magics.generative import decode
 from kernel_magics.generative.cache import SlotCache
 from kernel_magics.generative.sampling import SamplingParams, choose, generator_for
+from kernel_magics.generative.tokens import eos_ids, stream_backend
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,8 @@ class Engine:
             max_queued,
         )
         self.cache = SlotCache(config.num_hidden_layers, max_running, kv_heads, head_dim, dtype)
-        self.eos = _eos_ids(model, tokenizer)
-        self._backend = _stream_backend(tokenizer)
+        self.eos = eos_ids(model, tokenizer)
+        self._backend = stream_backend(tokenizer)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         # decode steps skip the model's module stack where its architecture is known
         self.direct = decode.DirectDecoder(model) if decode.supports(model) else None
@@ -418,27 +419,3 @@ def _deliver(events: list[tuple[Sequence, str, str | None]]) -> None:
             seq.on_event(seq, delta, finish)
         except Exception:  # one broken consumer must not stop the others' events
             log.exception("delivering generated text failed")
-
-
-def fast_backend(tokenizer: Any) -> Tokenizer | None:
-    """The ``tokenizers.Tokenizer`` behind a fast transformers tokenizer, else None."""
-    backend = getattr(tokenizer, "_tokenizer", None)
-    return backend if isinstance(backend, Tokenizer) else None
-
-
-def _stream_backend(tokenizer: Any) -> Tokenizer | None:
-    """The backend of a fast tokenizer whose decoded text is the sum of its streamed pieces (no
-    clean-up pass over the whole text), else None."""
-    cleans_up = getattr(tokenizer, "clean_up_tokenization_spaces", False)
-    return None if cleans_up else fast_backend(tokenizer)
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return frozenset(ids)
