@@ -84,6 +84,7 @@ GENERATION_HEADERS = (
     "queued",
     "KV cache",
     "tokens",
+    "served as",
 )
 
 
@@ -100,9 +101,17 @@ def _generation_rows(rows: Sequence[GenerationRates]) -> list[list[str]]:
             str(g.queued),
             f"{_percent(g.kv_cache_use)} of {g.kv_cache_tokens:,}",
             f"{g.tokens:,}",
+            _served_as(g),
         ]
         for g in rows
     ]
+
+
+def _served_as(g: GenerationRates) -> str:
+    """ "bfloat16, 2 threads": the precision and the engine's threads ("–" where unknown)."""
+    if not g.dtype:
+        return "–"
+    return f"{g.dtype}, {g.threads} thread{'s' if g.threads != 1 else ''}"
 
 
 def _table_html(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -54,6 +54,8 @@ class GenerationRates:
     kv_cache_reserved: int
     kv_cache_tokens: int
     kv_cache_use: float | None
+    dtype: str  # the precision its weights are served in (gen_dtype)
+    threads: int  # its engine's torch threads (gen_threads)
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,8 @@ def generation_rates(
                 kv_cache_reserved=engine.kv_cache_reserved,
                 kv_cache_tokens=engine.kv_cache_tokens,
                 kv_cache_use=engine.kv_cache_use,
+                dtype=engine.dtype,
+                threads=engine.threads,
             )
         )
     return rows

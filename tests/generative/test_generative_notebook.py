@@ -234,8 +234,10 @@ def test_monitor_shows_generation_figures(client: LocalTarget, served: str, sett
     assert row.kv_cache_reserved > 0
     assert row.kv_cache_use is not None
     assert row.kv_cache_use > 0
+    assert (row.dtype, row.threads) == ("float32", 1)  # the tiny model: torch_threads
     # the widget's table and plot, and the text view of one snapshot
     assert "TTFT p50 ms" in monitor.body.value
+    assert "float32, 1 thread" in monitor.body.value
     assert "tokens/s" in monitor.plot_svg()
     text, page = snapshot_views(settings, "tiny")
     assert "language model" in text
