@@ -221,10 +221,10 @@ class Engine:
 
     def _admit(self) -> None:
         """Prefill what waits before the next decode step: each group is every request waiting
-        now (FIFO, while a slot is free and the KV-cache budget holds its reservation), and the
-        requests that arrive during a group's forward make the next group. A burst that
-        arrives over some milliseconds is so prefilled as it comes, each group's first tokens
-        going out before the next forward, and no decode step sits between two groups."""
+        now (FIFO, while a slot is free and the KV-cache budget holds its reservation); the
+        requests that arrive during a group's forward join it (``_prefill``) or, through the
+        model's own forward, make the next group. Each group's first tokens go out before the
+        next forward, and no decode step sits between two groups."""
         while True:
             group = self._take_group()
             if not group:
