@@ -108,7 +108,7 @@ def _generation_rows(rows: Sequence[GenerationRates]) -> list[list[str]]:
 
 
 def _served_as(g: GenerationRates) -> str:
-    """ "bfloat16, 2 threads": the precision and the engine's threads ("–" where unknown)."""
+    """The precision and the engine's threads, as "bfloat16, 2 threads" ("–" where unknown)."""
     if not g.dtype:
         return "–"
     return f"{g.dtype}, {g.threads} thread{'s' if g.threads != 1 else ''}"

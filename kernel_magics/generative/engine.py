@@ -7,8 +7,8 @@ by one forward into their slots, and those that arrive during it join it between
 (the direct forward) or make the next one, before any decode step. Then one forward decodes
 one token for every running sequence (``cache.SlotCache``); a sequence leaves the batch as soon
 as it ends (EOS, a stop string, ``max_tokens``, or its client gone) and its slot is reused at
-the next step. The waiting queue is bounded: past it
-``submit`` raises ``Overloaded`` (429 with Retry-After).
+the next step. The waiting queue is bounded: past it ``submit`` raises ``Overloaded`` (429
+with Retry-After).
 
 Events (text deltas, the finish reason) are handed to each sequence's ``post`` callable once per
 step, in one call per sink (``loop.call_soon_threadsafe`` for HTTP requests), so a step wakes
@@ -229,12 +229,13 @@ class Engine:
             group = self._take_group()
             if not group:
                 return
-            self.cache.reserve(max(s.reservation for s in self.running))
             self._prefill(group)
             self._flush()  # first tokens go out before the next forward
             self._retire()
 
     def _take_group(self) -> list[Sequence]:
+        """The requests waiting now that fit (FIFO), moved into the running batch, with cache
+        room made for their reservations."""
         group: list[Sequence] = []
         with self._wake:
             while self.waiting and len(self.running) < self.max_running:
@@ -246,6 +247,8 @@ class Engine:
                 seq.slot = len(self.running)
                 self.running.append(seq)
                 group.append(seq)
+        if group:
+            self.cache.reserve(max(s.reservation for s in self.running))
         return group
 
     def _prefill(self, seqs: list[Sequence]) -> None:
@@ -262,7 +265,6 @@ class Engine:
             group = self._take_group()
             if not group:
                 return None
-            self.cache.reserve(max(s.reservation for s in self.running))
             joined.extend(group)
             return _prompt_batch(group)
 

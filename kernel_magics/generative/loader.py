@@ -5,6 +5,7 @@ continuous-batching engine sized by the settings."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -95,14 +96,12 @@ class Generator:
 def engine_threads(settings: Settings, model: Any) -> int:
     """The intra-op threads of ``model``'s engine: ``gen_threads``, or where it is 0, every
     usable core for weights of ``GEN_THREADS_FROM_BYTES`` or more, else ``torch_threads``."""
-    import os
-
     if settings.gen_threads > 0:
         return settings.gen_threads
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if weights < GEN_THREADS_FROM_BYTES:
         return max(1, settings.torch_threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, cores or 1)
 
 
