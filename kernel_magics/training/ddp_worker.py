@@ -4,13 +4,15 @@
 Each rank trains its shard (``DistributedSampler``) of the training rows under DDP; rank 0
 evaluates on the validation rows exactly as ``fit`` does, appends one JSON line per batch group
 and per epoch to ``distributed.EVENTS`` (the kernel tails it). Local rank 0 of every node saves
-the final weights to ``distributed.WEIGHTS`` and which node it was to ``distributed.NODE``.
+the final weights to ``distributed.WEIGHTS`` and which node it was to ``distributed.NODE``,
+then, once every rank has passed the final barrier, touches ``distributed.FINISHED``.
 A rank that fails writes ``error-<rank>.json`` (its error, one line) and exits non-zero, which
 makes torchrun stop the others.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -21,6 +23,7 @@ from typing import Any
 from kernel_magics.errors import first_line
 from kernel_magics.training.distributed import (
     EVENTS,
+    FINISHED,
     NODE,
     PAYLOAD,
     WEIGHTS,
@@ -105,8 +108,14 @@ def main(workdir: Path) -> None:
             # Renamed into place: the kernel reads the weights only once they are complete.
             (workdir / (WEIGHTS + ".tmp")).replace(workdir / WEIGHTS)
         dist.barrier()
+        if local_rank == 0:
+            (workdir / FINISHED).touch()  # every rank of the world is past its last step
     finally:
-        dist.destroy_process_group()
+        # A teardown error must neither hide the error that got us here nor fail a rank
+        # whose work is done (its agent would then skip torchrun's exit barrier and leave
+        # the other nodes' agents waiting in it).
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
 
 def _emit(events: Any, event: dict[str, Any]) -> None:

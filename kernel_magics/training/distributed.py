@@ -50,7 +50,14 @@ if TYPE_CHECKING:
 
 NETNS_ENV = "KERNEL_MAGICS_DISTRIBUTED_NETNS"
 PAYLOAD, EVENTS, WEIGHTS, NODE = "payload.pkl", "events.jsonl", "weights.pt", "node.json"
+# Written by a node's local rank 0 once every rank of the world has passed the final barrier:
+# the training is over everywhere and this node's weights are on disk.
+FINISHED = "finished"
 POLL_S = 0.1
+# How long torchrun may stay up once FINISHED is written. What it does then is its exit
+# barrier, waiting for the other nodes' agents; an agent whose worker failed in teardown after
+# the final barrier never joins it, and the others would wait out torchrun's fixed 300 s.
+AGENT_EXIT_GRACE_S = 15.0
 
 
 class DistributedTrainingFailed(KernelMagicsError):
@@ -238,10 +245,19 @@ def _follow(
 
     history: list[EpochResult] = []
     should_stop = stop_check(reporter)
+    finished_at: float | None = None
     with (workdir / EVENTS).open() as events:
         pending = ""
         while True:
             finished = proc.poll() is not None
+            if finished_at is None and (workdir / FINISHED).exists():
+                finished_at = time.monotonic()
+            lingering = finished_at is not None and (
+                time.monotonic() - finished_at > AGENT_EXIT_GRACE_S
+            )
+            if lingering and not finished:
+                stop_group(proc)  # the training is over; only the exit barrier is left
+                finished = True
             pending += events.read()
             *lines, pending = pending.split("\n")
             for line in lines:
@@ -262,7 +278,8 @@ def _follow(
                     f"training stopped at epoch {min(len(history) + 1, epochs)}/{epochs}"
                 )
             time.sleep(POLL_S)
-    if proc.returncode != 0 or not (workdir / WEIGHTS).exists():
+    # A node that finished counts as trained even if a rank's teardown failed afterwards.
+    if not (workdir / FINISHED).exists() or not (workdir / WEIGHTS).exists():
         raise DistributedTrainingFailed(_failure(workdir, proc.returncode))
     return history
 

@@ -214,6 +214,7 @@ def test_two_nodes_register_once(km_home: Path, tmp_path: Path) -> None:
     call on each with --nnodes 2 and one rendezvous endpoint."""
     import json
     import os
+    import signal
     import subprocess
     import sys
 
@@ -224,16 +225,29 @@ def test_two_nodes_register_once(km_home: Path, tmp_path: Path) -> None:
     # Any fixed port is free in a fresh namespace: nothing else lives there.
     py = f"{sys.executable} {script} 127.0.0.1:29511"
     both = f"ip link set lo up && ({py} > {tmp_path}/a.json & {py} > {tmp_path}/b.json & wait)"
-    done = subprocess.run(
-        ["unshare", "-n", "sh", "-c", both], env=env, capture_output=True, text=True, timeout=300
+    # Its own process group, so that a run that overstays is stopped whole (both kernels and
+    # their torchruns) and says what it printed, before the test's own timeout.
+    nodes = subprocess.Popen(
+        ["unshare", "-n", "sh", "-c", both],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    try:
+        _, stderr = nodes.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(nodes.pid, signal.SIGKILL)
+        _, stderr = nodes.communicate()
+        pytest.fail(f"the two nodes did not finish in 180 s: {stderr[-3000:]}")
+    assert nodes.returncode == 0, stderr[-2000:]
     answers = []
     for name in ("a.json", "b.json"):
         lines = [
             line for line in (tmp_path / name).read_text().splitlines() if line.startswith("{")
         ]
-        assert lines, done.stderr[-2000:]
+        assert lines, stderr[-2000:]
         answers.append(json.loads(lines[-1]))
     primary = [a for a in answers if "version" in a]
     secondary = [a for a in answers if "secondary" in a]
@@ -244,3 +258,72 @@ def test_two_nodes_register_once(km_home: Path, tmp_path: Path) -> None:
     assert "node 1 of 2" in secondary[0]["secondary"]
     assert primary[0]["weight"] == pytest.approx(secondary[0]["weight"], abs=1e-5)
     assert [v.version for v in Store(load_settings()).versions("ddp-nodes")] == [1]
+
+
+# -- torchrun lingering after the training ended -------------------------------------------------
+LINGERING_AGENT = """
+import sys, time
+from pathlib import Path
+from kernel_magics.training import distributed as d
+workdir = Path(sys.argv[1])
+epoch = {"epoch": 1, "epochs": 1, "train_loss": 0.5, "val_loss": 0.6, "metrics": {},
+         "seconds": 0.1, "metrics_on": "validation"}
+with (workdir / d.EVENTS).open("a") as events:
+    events.write('{"type": "epoch", "result": %s}\\n' % __import__("json").dumps(epoch))
+(workdir / d.WEIGHTS).write_bytes(b"w")
+if sys.argv[2] == "finished":
+    (workdir / d.FINISHED).touch()
+if sys.argv[3] == "linger":
+    time.sleep(600)  # torchrun in its exit barrier, waiting for an agent that never comes
+sys.exit(int(sys.argv[4]))
+"""
+
+
+def _agent(tmp_path: Path, *args: str) -> tuple[Any, Path]:
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    from kernel_magics.training.distributed import EVENTS
+
+    (workdir / EVENTS).touch()
+    (workdir / "torchrun.log").touch()
+    script = tmp_path / "agent.py"
+    script.write_text(LINGERING_AGENT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(workdir), *args], text=True, start_new_session=True
+    )
+    return proc, workdir
+
+
+def test_a_finished_node_is_not_held_by_torchruns_exit_barrier(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every rank passed the final barrier, then torchrun stays up (another node's agent never
+    joins its exit barrier): the kernel stops it after the grace and has its result."""
+    from kernel_magics.training import distributed
+    from kernel_magics.training.progress import NullProgress
+
+    monkeypatch.setattr(distributed, "AGENT_EXIT_GRACE_S", 1.0)
+    proc, workdir = _agent(tmp_path, "finished", "linger", "0")
+    history = distributed._follow(proc, workdir, NullProgress(), None, 1)
+    assert [e.epoch for e in history] == [1]
+    assert proc.poll() is not None  # stopped, not left waiting out its 600 s
+
+
+def test_a_teardown_failure_after_the_final_barrier_keeps_the_training(tmp_path: Path) -> None:
+    from kernel_magics.training import distributed
+    from kernel_magics.training.progress import NullProgress
+
+    proc, workdir = _agent(tmp_path, "finished", "exit", "1")
+    assert [e.epoch for e in distributed._follow(proc, workdir, NullProgress(), None, 1)] == [1]
+
+
+def test_an_exit_before_the_final_barrier_is_a_failure(tmp_path: Path) -> None:
+    from kernel_magics.training import distributed
+    from kernel_magics.training.progress import NullProgress
+
+    proc, workdir = _agent(tmp_path, "unfinished", "exit", "0")
+    with pytest.raises(DistributedTrainingFailed, match="torchrun exit code 0"):
+        distributed._follow(proc, workdir, NullProgress(), None, 1)
