@@ -32,7 +32,7 @@ class SlotCache:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         # set by the engine before each forward
-        self.prefill_slot = -1  # >= 0: new prompts being written from that slot on
+        self.prefill_slots: torch.Tensor | None = None  # prefill: the slot of each new prompt
         self.rows = 0  # decode: slots 0..rows-1 take one token each
         self.positions: torch.Tensor | None = None  # decode: where each row writes
         self.kv_len = 0  # decode: keys attended (the longest running sequence + 1)
@@ -63,16 +63,23 @@ class SlotCache:
         for tensor in self.keys + self.values:
             tensor[dest, :, :length].copy_(tensor[source, :, :length])
 
+    def copy_prompts(self, sources: list[int], dests: list[int], length: int) -> None:
+        """The first ``length`` positions of each source slot into its dest slot (prompts
+        shared within a prefill: ``prompts.SharedPrefill``)."""
+        src, dst = torch.tensor(sources), torch.tensor(dests)
+        for tensor in self.keys + self.values:
+            tensor[dst, :, :length] = tensor[src, :, :length]
+
     # -- transformers' Cache protocol (what the attention layers call) -----------------------
     def update(
         self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        if self.prefill_slot >= 0:  # key: [new prompts, heads, longest prompt, dim]
-            first, last, length = self.prefill_slot, self.prefill_slot + key.shape[0], key.shape[2]
-            keys[first:last, :, :length] = key
-            values[first:last, :, :length] = value
-            return keys[first:last, :, :length], values[first:last, :, :length]
+        if self.prefill_slots is not None:  # key: [new prompts, heads, longest prompt, dim]
+            slots, length = self.prefill_slots, key.shape[2]
+            keys[slots, :, :length] = key
+            values[slots, :, :length] = value
+            return key, value  # a prompt attends to itself only
         rows, positions = self._arange[: self.rows], self.positions
         keys[rows, :, positions] = key[:, :, 0]
         values[rows, :, positions] = value[:, :, 0]

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from kernel_magics.generative.cache import SlotCache
 from kernel_magics.generative.linear import Linear, output_layer, packs
+from kernel_magics.generative.prompts import PromptBatch
 
 _TYPES = ("llama", "mistral", "qwen2")
 
@@ -122,78 +123,61 @@ class DirectDecoder:
         return self._logits(hidden)
 
     def prefill(
-        self,
-        ids: torch.Tensor,
-        last: torch.Tensor,
-        cache: SlotCache,
-        joining: Joining | None = None,
+        self, batch: PromptBatch, cache: SlotCache, joining: Joining | None = None
     ) -> torch.Tensor:
-        """``ids`` [prompts, longest] right-padded, ``last`` [prompts] each prompt's last
-        position; the cache's ``prefill_slot`` is set. Padding only ever sits after a prompt's
-        last token: causality hides it from the real positions, and decoding overwrites its
-        keys before unmasking them. Returns the logits at ``last`` [prompts, vocab].
+        """The prompts of ``batch`` through every layer, each one's keys and values written
+        into its slot; returns the logits of each prompt's last token [prompts, vocab]. The
+        matrix products take the prompts end to end; attention takes them right-padded to the
+        longest, where padding sits after a prompt's last token: causality hides it from the
+        real positions, and decoding overwrites its keys before unmasking them.
 
-        ``joining`` is asked between two layers for prompts that arrived meanwhile (ids and
-        last positions, for the slots right after these): they are brought through the layers
-        done so far on their own, then go on in this forward, so that a prompt arriving during
-        another's prefill does not wait for it to end. Their logits follow, in order."""
-        first_slot = cache.prefill_slot
-        hidden, length = self._embed(ids), ids.shape[1]
-        rope = self._rope(hidden, length)
-        lasts = [last]
+        ``joining`` is asked between two layers for prompts that arrived meanwhile: they are
+        brought through the layers done so far on their own, then go on in this forward, so
+        that a prompt arriving during another's prefill does not wait for it to end. Their
+        logits follow, in order."""
+        hidden = F.embedding(batch.tokens, self.embed)  # [total, hidden]
         for index in range(len(self.layers)):
             more = joining() if index and joining is not None else None
             if more is not None:
-                new_ids, new_last = more
-                cache.prefill_slot = first_slot + hidden.shape[0]
-                new_length = new_ids.shape[1]
-                caught_up = self._embed(new_ids)
-                caught_up = self._layers(
-                    caught_up, cache, range(index), self._rope(caught_up, new_length)
-                )
-                cache.prefill_slot = first_slot
-                hidden, longest = _joined(hidden, caught_up, length, new_length)
-                if longest != length:
-                    length, rope = longest, self._rope(hidden, longest)
-                lasts.append(new_last)
-            hidden = self._layers(hidden, cache, range(index, index + 1), rope)
-        prompts = hidden.shape[0]
-        flat = hidden.reshape(prompts * length, -1)
-        return self._logits(flat[torch.arange(prompts) * length + torch.cat(lasts)])
-
-    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.embed)  # [prompts, length, hidden]
-
-    def _rope(self, hidden: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotary cos and sin for positions 0..length-1 as [1, 1, length, head_dim]."""
-        cos, sin = self.rotary(hidden, torch.arange(length)[None])
-        return cos[:, None], sin[:, None]
+                caught_up = F.embedding(more.tokens, self.embed)
+                caught_up = self._layers(caught_up, more, cache, range(index))
+                hidden, batch = torch.cat((hidden, caught_up)), PromptBatch.join(batch, more)
+            hidden = self._layers(hidden, batch, cache, range(index, index + 1))
+        return self._logits(hidden[batch.last])
 
     def _layers(
-        self,
-        hidden: torch.Tensor,
-        cache: SlotCache,
-        layers: range,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        self, hidden: torch.Tensor, batch: PromptBatch, cache: SlotCache, layers: range
     ) -> torch.Tensor:
-        """``layers`` over [prompts, length, hidden], keys and values written from the cache's
-        ``prefill_slot`` on."""
-        prompts, length, _ = hidden.shape
-        rows = prompts * length
-        cos, sin = rope
-        x_all = hidden.reshape(rows, -1)
+        """``layers`` over the prompts of ``batch`` end to end [total, hidden], keys and
+        values written to their slots."""
+        total, prompts, longest = hidden.shape[0], len(batch.lengths), batch.longest
+        index = batch.padded_index
+        cos, sin = self.rotary(hidden[None], batch.positions[None])
+        cos, sin = cos[0, :, None], sin[0, :, None]  # [total, 1, head_dim]
         gqa = self.heads != self.kv_heads
-        for index in layers:
-            layer = self.layers[index]
-            x = _rms_norm(x_all, layer.norm1, layer.eps1)
-            q, k, v = self._split(layer.qkv(x), prompts, length)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            keys, values = cache.update(k, v, index)
-            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=gqa)
-            out = out.transpose(1, 2).reshape(rows, self.q_size)
-            x_all = self._rest_of_layer(layer, x_all, out)
-        return x_all.reshape(prompts, length, -1)
+        cache.prefill_slots = batch.slots
+
+        def padded(t: torch.Tensor) -> torch.Tensor:  # [total, heads, dim] -> [p, heads, l, dim]
+            out = t.new_zeros((prompts * longest, *t.shape[1:])).index_copy_(0, index, t)
+            return out.view(prompts, longest, *t.shape[1:]).transpose(1, 2)
+
+        try:
+            for number in layers:
+                layer = self.layers[number]
+                x = _rms_norm(hidden, layer.norm1, layer.eps1)
+                q, k, v = self._split(layer.qkv(x), total, 1)  # [total, heads, 1, dim]
+                q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
+                q = q * cos + _rotate_half(q) * sin
+                k = k * cos + _rotate_half(k) * sin
+                keys, values = cache.update(padded(k), padded(v), number)
+                out = F.scaled_dot_product_attention(
+                    padded(q), keys, values, is_causal=True, enable_gqa=gqa
+                )
+                out = out.transpose(1, 2).reshape(prompts * longest, self.q_size)[index]
+                hidden = self._rest_of_layer(layer, hidden, out)
+        finally:
+            cache.prefill_slots = None
+        return hidden
 
     def _split(
         self, qkv: torch.Tensor, prompts: int, length: int
@@ -221,21 +205,8 @@ class DirectDecoder:
         return head(hidden) if isinstance(head, Linear) else torch.mm(hidden, head)
 
 
-# asked between two prefill layers: (ids, last positions) of prompts that join, or None
-Joining = Callable[[], "tuple[torch.Tensor, torch.Tensor] | None"]
-
-
-def _joined(
-    hidden: torch.Tensor, more: torch.Tensor, length: int, more_length: int
-) -> tuple[torch.Tensor, int]:
-    """Two groups' hidden states [prompts, length, hidden] as one, right-padded to the longer
-    length (padding sits after every prompt's last token, as in ``prefill``)."""
-    longest = max(length, more_length)
-    if length < longest:
-        hidden = F.pad(hidden, (0, 0, 0, longest - length))
-    if more_length < longest:
-        more = F.pad(more, (0, 0, 0, longest - more_length))
-    return torch.cat((hidden, more)), longest
+# asked between two prefill layers: the prompts that join, or None
+Joining = Callable[[], "PromptBatch | None"]
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

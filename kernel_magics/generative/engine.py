@@ -32,6 +32,7 @@ from tokenizers.decoders import DecodeStream
 from kernel_magics.errors import InvalidInput, Overloaded
 from kernel_magics.generative import decode
 from kernel_magics.generative.cache import SlotCache
+from kernel_magics.generative.prompts import PromptBatch, SharedPrefill, prompt_batch
 from kernel_magics.generative.sampling import SamplingParams, choose, generator_for
 from kernel_magics.generative.tokens import eos_ids, stream_backend
 
@@ -112,6 +113,7 @@ class Engine:
         self.reserved = 0  # cache tokens reserved by the running sequences
         self.generated = 0  # tokens produced since load (status)
         self.cancelled = 0  # running sequences dropped because their client went away
+        self.shared_prompts = 0  # prompts prefilled by another request's identical prompt
         self._wake = threading.Condition()
         self._stopped = False
         self._events: list[tuple[Sequence, str, str | None]] = []
@@ -170,6 +172,7 @@ class Engine:
             "context_length": self.context_length,
             "generated_tokens": self.generated,
             "cancelled": self.cancelled,
+            "shared_prompts": self.shared_prompts,
             "decode_path": self._decode_path(),
             "dtype": str(self.cache.dtype).removeprefix("torch."),
             "threads": self.threads,
@@ -251,41 +254,39 @@ class Engine:
             self.cache.reserve(max(s.reservation for s in self.running))
         return group
 
-    def _prefill(self, seqs: list[Sequence]) -> None:
-        """One forward over the new prompts, right-padded to the longest, written into their
-        (consecutive) slots. Padding only ever sits after a prompt's last token: causality
-        hides it from the real positions, and decoding overwrites it before unmasking it.
-        Where the direct forward runs, requests that arrive during it join it between two
-        layers (``decode.DirectDecoder.prefill``) and get their first token with these."""
+    def _prefill(self, group: list[Sequence]) -> None:
+        """One forward over the new prompts, each written into its slot; a prompt sent by
+        several requests is computed once (``prompts.SharedPrefill``). Where the direct forward
+        runs, requests that arrive during it join it between two layers
+        (``decode.DirectDecoder.prefill``) and get their first token with these."""
         cache = self.cache
-        ids, last = _prompt_batch(seqs)
-        joined: list[Sequence] = []
+        shared = SharedPrefill()
+        batch = prompt_batch(shared.add(group))
 
-        def joining() -> tuple[torch.Tensor, torch.Tensor] | None:
-            group = self._take_group()
-            if not group:
-                return None
-            joined.extend(group)
-            return _prompt_batch(group)
+        def joining() -> PromptBatch | None:
+            while arrivals := self._take_group():
+                fresh = shared.add(arrivals)
+                if fresh:
+                    return prompt_batch(fresh)
+            return None
 
-        cache.prefill_slot = seqs[0].slot
-        try:
-            if self.direct is not None:
-                logits = self.direct.prefill(ids, last, cache, joining)
-            else:
-                logits = self._model_prefill(ids, last.tolist())
-        finally:
-            cache.prefill_slot = -1
+        if self.direct is not None:
+            logits = self.direct.prefill(batch, cache, joining)
+        else:
+            logits = self._model_prefill(batch)
+        seqs, logits = shared.finish(logits, cache)
+        self.shared_prompts += len(shared.copies)
         now = time.perf_counter()
-        seqs = seqs + joined
         tokens = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
         for seq, token in zip(seqs, tokens, strict=True):
             seq.first_token_at = now
             self._append(seq, token)
 
-    def _model_prefill(self, ids: torch.Tensor, last: list[int]) -> torch.Tensor:
+    def _model_prefill(self, batch: PromptBatch) -> torch.Tensor:
         """The prefill through the model's own forward (architectures the direct forward does
-        not know): the logits at each prompt's last position."""
+        not know), right-padded: the logits at each prompt's last position."""
+        ids, last_positions = batch.padded()
+        last = last_positions.tolist()
         prompts, length = ids.shape
         dtype = self.cache.dtype
         mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype)
@@ -294,14 +295,18 @@ class Engine:
         # takes ``logits_to_keep``): the rest of a prompt's logits are never read
         keep = sorted(set(last)) if self._keeps_logits else list(range(length))
         extra = {"logits_to_keep": torch.tensor(keep)} if self._keeps_logits else {}
-        out = self.model(
-            input_ids=ids,
-            position_ids=torch.arange(length)[None].expand(prompts, length),
-            attention_mask=mask,
-            cache=self.cache,
-            use_cache=True,
-            **extra,
-        )
+        self.cache.prefill_slots = batch.slots
+        try:
+            out = self.model(
+                input_ids=ids,
+                position_ids=torch.arange(length)[None].expand(prompts, length),
+                attention_mask=mask,
+                cache=self.cache,
+                use_cache=True,
+                **extra,
+            )
+        finally:
+            self.cache.prefill_slots = None
         columns = torch.tensor([keep.index(i) for i in last])
         return out.logits[torch.arange(prompts), columns]
 
@@ -403,16 +408,6 @@ class Engine:
             by_sink.setdefault(event[0].post, []).append(event)
         for post, batch in by_sink.items():
             post(_deliver, batch)
-
-
-def _prompt_batch(seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The prompts' ids right-padded to the longest [prompts, longest], and each one's last
-    position [prompts]."""
-    length = max(len(s.prompt_ids) for s in seqs)
-    ids = torch.zeros((len(seqs), length), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, : len(seq.prompt_ids)] = torch.tensor(seq.prompt_ids)
-    return ids, torch.tensor([len(s.prompt_ids) - 1 for s in seqs])
 
 
 def _deliver(events: list[tuple[Sequence, str, str | None]]) -> None:

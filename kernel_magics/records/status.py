@@ -35,6 +35,7 @@ class GenerationState(_Wire):
     kv_cache_reserved: int = 0
     generated_tokens: int = 0  # since the version was loaded
     cancelled: int = 0  # sequences dropped because their client went away
+    shared_prompts: int = 0  # prompts prefilled by another request's identical prompt
     dtype: str = ""  # the precision the weights are served in (setting gen_dtype)
     threads: int = 0  # intra-op threads of its engine thread (setting gen_threads)
 

@@ -298,3 +298,44 @@ def test_requests_arriving_during_a_prefill_join_it_with_generates_tokens(
                 assert seq.tokens == reference(served_lm, tokenizer, prompt, 12), prompt
     finally:
         e.stop()
+
+
+def test_identical_prompts_in_one_prefill_are_computed_once(
+    served_lm: Any, tokenizer: Any
+) -> None:
+    """A group and the burst joining its forward send the same prompts more than once: each
+    distinct prompt is computed once and copied into the others' slots; every request still
+    decodes ``generate``'s greedy tokens from its own slot, and a seeded sampler sharing a
+    greedy request's prompt samples what it samples alone."""
+
+    class Joined(Engine):
+        burst: list[Sequence] = []  # noqa: RUF012 - set once per test, read by the engine
+
+        def _prefill(self, seqs: list[Sequence]) -> None:
+            burst, self.burst = self.burst, []
+            for seq in burst:  # they arrive while this forward runs
+                self.submit(seq)
+            super()._prefill(seqs)
+
+    e = Joined(served_lm, tokenizer, max_running=8, kv_cache_tokens=4096, max_queued=8)
+    greedy = SamplingParams(max_tokens=12, temperature=0.0)
+    seeded = SamplingParams(max_tokens=12, temperature=0.9, seed=11)
+    asks = [(0, greedy), (0, greedy), (0, greedy), (2, greedy), (2, greedy), (0, seeded)]
+    collect = Collector(len(asks))
+    try:
+        seqs = [Sequence(tokenizer(PROMPTS[i])["input_ids"], p, collect) for i, p in asks]
+        e.burst = seqs[2:]
+        with e._wake:  # the first two make one group
+            e.submit(seqs[0])
+            e.submit(seqs[1])
+        assert collect.done.wait(30)
+        assert e.describe()["shared_prompts"] == 4  # three of prompt 0, one of prompt 2
+        with torch.inference_mode():
+            for (index, params), seq in zip(asks, seqs, strict=True):
+                if params is greedy:
+                    assert seq.tokens == reference(served_lm, tokenizer, PROMPTS[index], 12)
+        alone, _ = run(e, tokenizer, [PROMPTS[0]], seeded)
+        assert seqs[-1].tokens == alone[0].tokens
+        assert e.describe()["shared_prompts"] == 4
+    finally:
+        e.stop()

@@ -1,0 +1,109 @@
+"""The prompts of one prefill forward, each distinct prompt computed once.
+
+Requests often send the same prompt at the same time: several samples of one prompt (each with
+its own seed or temperature), a client's retry, an evaluation's fixed prompts, a chat front
+end's opening message. A prompt's keys, values and last-position logits depend on its tokens
+only, so the prefill computes a prompt once, in the slot of the first request that sent it; the
+others get a copy of its cache rows in their own slots and its logits, and sample their first
+token from them with their own parameters. Only whole prompts are matched, and only within one
+forward (the group it started with and the requests that join it): a prompt is not kept once
+its forward is over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from kernel_magics.generative.cache import SlotCache
+    from kernel_magics.generative.engine import Sequence
+
+
+class SharedPrefill:
+    """Built per prefill forward: ``add`` each group that enters it, ``finish`` with its logits."""
+
+    def __init__(self) -> None:
+        self.computed: list[Sequence] = []  # in the forward's row order
+        self.copies: list[tuple[Sequence, Sequence]] = []  # (computed source, sharing sequence)
+        self._by_prompt: dict[tuple[int, ...], Sequence] = {}
+
+    def add(self, group: list[Sequence]) -> list[Sequence]:
+        """The sequences of ``group`` whose prompt the forward does not have yet: to compute."""
+        fresh = []
+        for seq in group:
+            source = self._by_prompt.setdefault(tuple(seq.prompt_ids), seq)
+            if source is seq:
+                fresh.append(seq)
+            else:
+                self.copies.append((source, seq))
+        self.computed.extend(fresh)
+        return fresh
+
+    def finish(self, logits: torch.Tensor, cache: SlotCache) -> tuple[list[Sequence], torch.Tensor]:
+        """Every sequence of the forward and its logits row (``logits``: the computed ones', in
+        order); the sharing sequences' cache rows are copied from their sources' slots."""
+        if not self.copies:
+            return self.computed, logits
+        row = {id(seq): index for index, seq in enumerate(self.computed)}
+        sources = [source for source, _ in self.copies]
+        sharing = [seq for _, seq in self.copies]
+        longest = max(s.prompt_tokens for s in sharing)
+        cache.copy_prompts([s.slot for s in sources], [s.slot for s in sharing], longest)
+        shared_logits = logits[torch.tensor([row[id(s)] for s in sources])]
+        return self.computed + sharing, torch.cat((logits, shared_logits))
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Prompts laid end to end (``tokens`` [total]), as the prefill's matrix products take them:
+    no row is spent on padding. Attention reads them right-padded to the longest prompt
+    (``padded_index``), where causality keeps each prompt to its own earlier tokens."""
+
+    tokens: torch.Tensor  # [total]
+    lengths: list[int]
+    slots: torch.Tensor  # [prompts] the cache slot each prompt is written to
+
+    @property
+    def longest(self) -> int:
+        return max(self.lengths)
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """Each token's position in its prompt [total]."""
+        return torch.cat([torch.arange(n) for n in self.lengths])
+
+    @property
+    def padded_index(self) -> torch.Tensor:
+        """Each token's row in the prompts right-padded to the longest, flattened [total]."""
+        longest = self.longest
+        return torch.cat([torch.arange(n) + row * longest for row, n in enumerate(self.lengths)])
+
+    @property
+    def last(self) -> torch.Tensor:
+        """Each prompt's last token's row in ``tokens`` [prompts]."""
+        return torch.tensor(self.lengths).cumsum(0) - 1
+
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ids right-padded [prompts, longest] and each prompt's last position [prompts]
+        (for the model's own forward)."""
+        ids = torch.zeros(len(self.lengths) * self.longest, dtype=torch.long)
+        ids[self.padded_index] = self.tokens
+        return ids.view(len(self.lengths), -1), torch.tensor(self.lengths) - 1
+
+    @staticmethod
+    def join(first: PromptBatch, then: PromptBatch) -> PromptBatch:
+        return PromptBatch(
+            torch.cat((first.tokens, then.tokens)),
+            first.lengths + then.lengths,
+            torch.cat((first.slots, then.slots)),
+        )
+
+
+def prompt_batch(seqs: list[Sequence]) -> PromptBatch:
+    """The prompts of ``seqs``, each to be written into its sequence's slot."""
+    tokens = torch.tensor([t for s in seqs for t in s.prompt_ids], dtype=torch.long)
+    slots = torch.tensor([s.slot for s in seqs])
+    return PromptBatch(tokens, [s.prompt_tokens for s in seqs], slots)
