@@ -22,7 +22,9 @@ PREFERRED_PORT_ENV = "KERNEL_MAGICS_PREFERRED_PORT"
 # The values of ``gen_dtype``: the precision a language model is served in.
 GEN_DTYPES = ("auto", "bfloat16", "float32")
 # gen_threads = 0: served weights from this size on decode on every usable core.
-GEN_THREADS_FROM_BYTES = 32 * 2**20
+# Served weights from this size on make a "large" language model: its engine gets every core
+# (gen_threads) and, in float32, a blocked copy of its weights (gen_blocked_weights).
+GEN_LARGE_WEIGHTS_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,16 @@ class Settings:
     # multiplies them through oneDNN's packed layout (generative/linear.py); "float32".
     gen_dtype: str = "auto"
     # Intra-op threads of a language model's engine thread. 0 (auto): every core the process
-    # may use when the served weights take GEN_THREADS_FROM_BYTES or more (a decode step then
+    # may use when the served weights take GEN_LARGE_WEIGHTS_BYTES or more (a decode step then
     # waits on reading them, and two cores read them about twice as fast), else torch_threads
     # (a small model's step is short ops, and a second thread only contends with the event
     # loop). Measured in docs/generative.md.
     gen_threads: int = 0
+    # float32 weights of GEN_LARGE_WEIGHTS_BYTES or more also kept in oneDNN's blocked layout,
+    # which multiplies 4 rows or more faster than the plain copy (fewer, slower): the running
+    # batch's steps and the prefills use it, one stream the plain copy. Twice the weights'
+    # memory; False keeps one copy. Measured in docs/generative.md.
+    gen_blocked_weights: bool = True
     # Canaries that judge themselves (``%deploy NAME@V --canary P --analyze``): the window and
     # the requests each arm needs when the deploy does not say; how much worse than the live
     # version a canary may be before it is rolled back (error rate: absolute margin; p99: a

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from kernel_magics.generative.cache import SlotCache
-from kernel_magics.generative.linear import Linear, output_layer, packs
+from kernel_magics.generative.linear import Linear, blocks, output_layer, packs
 from kernel_magics.generative.prompts import PromptBatch
 
 _TYPES = ("llama", "mistral", "qwen2")
@@ -71,13 +71,15 @@ class DirectDecoder:
     """Built once per loaded model: ``prefill`` writes new prompts into the cache, ``step``
     decodes one token per running sequence; both return the logits of each row's last token."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, blocked: bool = False) -> None:
         inner, config = model.model, model.config
         self.packed = packs(inner.embed_tokens.weight.dtype)
+        # a blocked copy beside the plain one (``linear.py``), where packing is not the layout
+        self.blocked = blocked and not self.packed and blocks()
         self.embed = inner.embed_tokens.weight
         self.rotary = inner.rotary_emb
         self.final_norm, self.final_eps = inner.norm.weight, inner.norm.variance_epsilon
-        self.lm_head = output_layer(model, self.packed)
+        self.lm_head = output_layer(model, self.packed, self.blocked)
         attn0 = inner.layers[0].self_attn
         self.head_dim = attn0.head_dim
         self.heads = config.num_attention_heads
@@ -86,21 +88,30 @@ class DirectDecoder:
         self.kv_size = self.kv_heads * self.head_dim
         self.intermediate = inner.layers[0].mlp.gate_proj.weight.shape[0]
         self.layers: list[_Layer] = []
-        pack = self.packed
+        pack, copy = self.packed, self.blocked
         for block in inner.layers:
             attn, mlp = block.self_attn, block.mlp
             self.layers.append(
                 _Layer(
-                    qkv=Linear(attn.q_proj, attn.k_proj, attn.v_proj, pack=pack),
-                    o=Linear(attn.o_proj, pack=pack),
-                    gate_up=Linear(mlp.gate_proj, mlp.up_proj, pack=pack),
-                    down=Linear(mlp.down_proj, pack=pack),
+                    qkv=Linear(attn.q_proj, attn.k_proj, attn.v_proj, pack=pack, blocked=copy),
+                    o=Linear(attn.o_proj, pack=pack, blocked=copy),
+                    gate_up=Linear(mlp.gate_proj, mlp.up_proj, pack=pack, blocked=copy),
+                    down=Linear(mlp.down_proj, pack=pack, blocked=copy),
                     norm1=block.input_layernorm.weight,
                     eps1=block.input_layernorm.variance_epsilon,
                     norm2=block.post_attention_layernorm.weight,
                     eps2=block.post_attention_layernorm.variance_epsilon,
                 )
             )
+
+    def set_up_steps(self, max_rows: int) -> None:
+        """oneDNN's products for every decode step's row count, at load (``linear.py``)."""
+        with torch.inference_mode():
+            for layer in self.layers:
+                for linear in (layer.qkv, layer.o, layer.gate_up, layer.down):
+                    linear.set_up_steps(max_rows)
+            if isinstance(self.lm_head, Linear):
+                self.lm_head.set_up_steps(max_rows)
 
     def step(
         self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: SlotCache
@@ -114,13 +125,13 @@ class DirectDecoder:
         gqa = self.heads != self.kv_heads
         for index, layer in enumerate(self.layers):
             x = _rms_norm(hidden, layer.norm1, layer.eps1)
-            q, k, v = self._split(layer.qkv(x), rows, 1)
+            q, k, v = self._split(layer.qkv(x, step=True), rows, 1)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             keys, values = cache.update(k, v, index)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
-            hidden = self._rest_of_layer(layer, hidden, out.reshape(rows, self.q_size))
-        return self._logits(hidden)
+            hidden = self._rest_of_layer(layer, hidden, out.reshape(rows, self.q_size), step=True)
+        return self._logits(hidden, step=True)
 
     def prefill(
         self, batch: PromptBatch, cache: SlotCache, joining: Joining | None = None
@@ -191,18 +202,18 @@ class DirectDecoder:
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def _rest_of_layer(
-        self, layer: _Layer, hidden: torch.Tensor, attended: torch.Tensor
+        self, layer: _Layer, hidden: torch.Tensor, attended: torch.Tensor, step: bool = False
     ) -> torch.Tensor:
         """The attention's output projection and the MLP, each added to the residual."""
-        hidden = hidden + layer.o(attended)
+        hidden = hidden + layer.o(attended, step)
         x = _rms_norm(hidden, layer.norm2, layer.eps2)
-        gate, up = layer.gate_up(x).split(self.intermediate, dim=-1)
-        return hidden + layer.down(F.silu(gate) * up)
+        gate, up = layer.gate_up(x, step).split(self.intermediate, dim=-1)
+        return hidden + layer.down(F.silu(gate) * up, step)
 
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _logits(self, hidden: torch.Tensor, step: bool = False) -> torch.Tensor:
         hidden = _rms_norm(hidden, self.final_norm, self.final_eps)
         head = self.lm_head
-        return head(hidden) if isinstance(head, Linear) else torch.mm(hidden, head)
+        return head(hidden, step) if isinstance(head, Linear) else torch.mm(hidden, head)
 
 
 # asked between two prefill layers: the prompts that join, or None

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kernel_magics.config import GEN_DTYPES, GEN_THREADS_FROM_BYTES, Settings, load_settings
+from kernel_magics.config import GEN_DTYPES, GEN_LARGE_WEIGHTS_BYTES, Settings, load_settings
 from kernel_magics.errors import InvalidInput
 from kernel_magics.formats.loaders import Graph, loader
 from kernel_magics.generative.engine import Engine, Sequence
@@ -37,6 +37,7 @@ class Generator:
             model,
             tokenizer,
             threads=engine_threads(settings, model),
+            blocked=blocked_copy(settings, model),
             max_running=settings.gen_max_running,
             kv_cache_tokens=settings.gen_kv_cache_tokens,
             max_queued=settings.gen_max_queued,
@@ -93,16 +94,30 @@ class Generator:
         return {"generation": self.engine.describe()}
 
 
+def _large(model: Any) -> bool:
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights >= GEN_LARGE_WEIGHTS_BYTES
+
+
 def engine_threads(settings: Settings, model: Any) -> int:
     """The intra-op threads of ``model``'s engine: ``gen_threads``, or where it is 0, every
-    usable core for weights of ``GEN_THREADS_FROM_BYTES`` or more, else ``torch_threads``."""
+    usable core for weights of ``GEN_LARGE_WEIGHTS_BYTES`` or more, else ``torch_threads``."""
     if settings.gen_threads > 0:
         return settings.gen_threads
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    if weights < GEN_THREADS_FROM_BYTES:
+    if not _large(model):
         return max(1, settings.torch_threads)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, cores or 1)
+
+
+def blocked_copy(settings: Settings, model: Any) -> bool:
+    """Whether ``model``'s engine keeps a blocked copy of its weights (``gen_blocked_weights``:
+    float32 weights of ``GEN_LARGE_WEIGHTS_BYTES`` or more)."""
+    import torch
+
+    if not settings.gen_blocked_weights:
+        return False
+    return next(model.parameters()).dtype == torch.float32 and _large(model)
 
 
 def served_dtype(setting: str) -> Any:

@@ -84,6 +84,9 @@ class KernelMagics(Magics, Configurable):
     gen_threads = _setting(
         Int, "gen_threads", "torch threads of a language model's engine (0: by model size)"
     )
+    gen_blocked_weights = _setting(
+        Bool, "gen_blocked_weights", "large float32 language models: a blocked weight copy"
+    )
     canary_window_s = _setting(Float, "canary_window_s", "seconds a judged canary is compared over")
     canary_min_requests = _setting(
         Int, "canary_min_requests", "requests each arm needs before a canary is judged"

@@ -222,7 +222,7 @@ def test_engine_threads_follow_the_setting_and_the_model_size(
     served_lm: Any, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``gen_threads`` names the engine's intra-op threads; at 0 the weights' size decides
-    (small: ``torch_threads``; from ``GEN_THREADS_FROM_BYTES`` on: every usable core). The
+    (small: ``torch_threads``; from ``GEN_LARGE_WEIGHTS_BYTES`` on: every usable core). The
     engine thread itself runs with that count: torch's is per thread."""
     import os
 
@@ -232,7 +232,7 @@ def test_engine_threads_follow_the_setting_and_the_model_size(
     cores = len(os.sched_getaffinity(0))
     assert loader.engine_threads(Settings(gen_threads=3), served_lm) == 3
     assert loader.engine_threads(Settings(gen_threads=0, torch_threads=1), served_lm) == 1
-    monkeypatch.setattr(loader, "GEN_THREADS_FROM_BYTES", 1024)  # the tiny model is "large"
+    monkeypatch.setattr(loader, "GEN_LARGE_WEIGHTS_BYTES", 1024)  # the tiny model is "large"
     assert loader.engine_threads(Settings(gen_threads=0, torch_threads=1), served_lm) == cores
 
     e = Engine(
@@ -300,9 +300,7 @@ def test_requests_arriving_during_a_prefill_join_it_with_generates_tokens(
         e.stop()
 
 
-def test_identical_prompts_in_one_prefill_are_computed_once(
-    served_lm: Any, tokenizer: Any
-) -> None:
+def test_identical_prompts_in_one_prefill_are_computed_once(served_lm: Any, tokenizer: Any) -> None:
     """A group and the burst joining its forward send the same prompts more than once: each
     distinct prompt is computed once and copied into the others' slots; every request still
     decodes ``generate``'s greedy tokens from its own slot, and a seeded sampler sharing a
@@ -337,5 +335,37 @@ def test_identical_prompts_in_one_prefill_are_computed_once(
         alone, _ = run(e, tokenizer, [PROMPTS[0]], seeded)
         assert seqs[-1].tokens == alone[0].tokens
         assert e.describe()["shared_prompts"] == 4
+    finally:
+        e.stop()
+
+
+def test_a_blocked_weight_copy_decodes_as_generate(
+    served_lm: Any, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large float32 model keeps a blocked copy of its weights beside the plain one
+    (``gen_blocked_weights``): prefills and steps of 4 rows or more read it, fewer rows the
+    plain copy, and either way the tokens are ``generate``'s greedy ones."""
+    from kernel_magics.config import Settings
+    from kernel_magics.generative import loader
+
+    on, off = Settings(gen_blocked_weights=True), Settings(gen_blocked_weights=False)
+    assert not loader.blocked_copy(on, served_lm)  # the tiny model is small
+    monkeypatch.setattr(loader, "GEN_LARGE_WEIGHTS_BYTES", 1024)  # now it is "large"
+    assert loader.blocked_copy(on, served_lm)
+    assert not loader.blocked_copy(off, served_lm)
+    assert not loader.blocked_copy(on, copy.deepcopy(served_lm).to(torch.bfloat16))
+
+    e = Engine(
+        served_lm, tokenizer, max_running=4, kv_cache_tokens=4096, max_queued=8, blocked=True
+    )
+    try:
+        assert e.describe()["decode_path"] == "direct, plain and blocked weights"
+        # 8 prompts through 4 slots: steps of 4 rows down to 1 as sequences end
+        params = SamplingParams(max_tokens=24, temperature=0.0)
+        seqs, _ = run(e, tokenizer, PROMPTS * 2, params)
+        with torch.inference_mode():
+            expected = {p: reference(served_lm, tokenizer, p, 24) for p in PROMPTS}
+        for prompt, seq in zip(PROMPTS * 2, seqs, strict=True):
+            assert seq.tokens == expected[prompt], prompt
     finally:
         e.stop()
