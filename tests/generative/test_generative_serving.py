@@ -84,6 +84,30 @@ def test_stream_ends_with_done(client: LocalTarget, served: str) -> None:
     assert events[-1] == "data: [DONE]"
 
 
+def test_a_streams_head_comes_with_its_first_event(client: LocalTarget, served: str) -> None:
+    """One write: the client's first read of a stream has the head and the first token's event
+    (a client reading many streams on one core pays per read)."""
+    import json
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(client.url)
+    body = json.dumps({"model": "tiny", "prompt": PROMPT, "max_tokens": 4, "stream": True})
+    request = (
+        f"POST /v1/completions HTTP/1.1\r\nhost: {url.netloc}\r\n"
+        f"authorization: Bearer {client.token()}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}"
+    ).encode()
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(request)
+        first = sock.recv(65536)
+        rest = b"".join(iter(lambda: sock.recv(65536), b""))
+    assert first.startswith(b"HTTP/1.1 200"), first[:80]
+    assert b"\r\n\r\n" in first
+    assert b"data: {" in first.split(b"\r\n\r\n", 1)[1]  # the first token's event
+    assert (first + rest).endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+
+
 def test_seed_and_stop(oai: openai.OpenAI) -> None:
     def sample(seed: int, **kw: Any) -> str:
         out = oai.completions.create(
