@@ -104,14 +104,15 @@ class DirectDecoder:
                 )
             )
 
-    def set_up_steps(self, max_rows: int) -> None:
-        """oneDNN's products for every decode step's row count, at load (``linear.py``)."""
+    def set_up(self, max_step_rows: int) -> None:
+        """oneDNN's products for the row counts a step or a prefill can have, at load
+        (``linear.py``)."""
         with torch.inference_mode():
             for layer in self.layers:
                 for linear in (layer.qkv, layer.o, layer.gate_up, layer.down):
-                    linear.set_up_steps(max_rows)
+                    linear.set_up(max_step_rows)
             if isinstance(self.lm_head, Linear):
-                self.lm_head.set_up_steps(max_rows)
+                self.lm_head.set_up(max_step_rows)
 
     def step(
         self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: SlotCache

@@ -116,7 +116,7 @@ class Engine:
         supported = decode.supports(model)
         self.direct = decode.DirectDecoder(model, blocked=blocked) if supported else None
         if self.direct is not None:
-            self.direct.set_up_steps(min(max_running, _SET_UP_ROWS))
+            self.direct.set_up(min(max_running, _SET_UP_ROWS))
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.reserved = 0  # cache tokens reserved by the running sequences
