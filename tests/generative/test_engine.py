@@ -307,7 +307,7 @@ def test_identical_prompts_in_one_prefill_are_computed_once(served_lm: Any, toke
     greedy request's prompt samples what it samples alone."""
 
     class Joined(Engine):
-        burst: list[Sequence] = []  # noqa: RUF012 - set once per test, read by the engine
+        burst: list[Sequence] = []  # set by the test, emptied by the engine
 
         def _prefill(self, seqs: list[Sequence]) -> None:
             burst, self.burst = self.burst, []
