@@ -32,8 +32,9 @@ Run = Callable[[list[list[int]], int], float]  # (prompts, tokens) -> seconds to
 
 
 def ours(model: object, tok: object) -> tuple[Run, Callable[[], None]]:
-    from kernel_magics.generative.engine import Engine, Sequence
+    from kernel_magics.generative.engine import Engine
     from kernel_magics.generative.sampling import SamplingParams
+    from kernel_magics.generative.sequence import Sequence
 
     engine = Engine(model, tok, max_running=16, kv_cache_tokens=32768, max_queued=64, name="b")
 

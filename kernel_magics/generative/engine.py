@@ -22,8 +22,6 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,53 +31,15 @@ from kernel_magics.errors import InvalidInput, Overloaded
 from kernel_magics.generative import decode
 from kernel_magics.generative.cache import SlotCache
 from kernel_magics.generative.prompts import PromptBatch, SharedPrefill, prompt_batch
-from kernel_magics.generative.sampling import SamplingParams, choose, generator_for
+from kernel_magics.generative.sampling import choose, generator_for
+from kernel_magics.generative.sequence import Sequence, releasable
 from kernel_magics.generative.tokens import eos_ids, stream_backend
 
 log = logging.getLogger(__name__)
 
-Post = Callable[..., Any]  # post(fn, *args): run fn(*args) where the sequence's owner lives
-# on_event(seq, text_delta, finish_reason or None), run through ``post``
-OnEvent = Callable[["Sequence", str, "str | None"], None]
-
-
 # decode steps of up to this many rows have oneDNN's products set up at load (≈ 0.5 ms a matrix
 # and row count here); beyond, a step sets up its own the first time
 _SET_UP_ROWS = 64
-
-
-def _direct(fn: Callable[..., Any], *args: Any) -> None:
-    fn(*args)
-
-
-@dataclass(eq=False)
-class Sequence:
-    prompt_ids: list[int]
-    params: SamplingParams
-    on_event: OnEvent
-    post: Post = _direct
-    tokens: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
-    cancelled: bool = False  # set by the owner (a client gone); the engine drops it next step
-    slot: int = -1
-    text: str = ""  # the completion's text so far
-    sent: int = 0  # characters of the text already delivered
-    detokenizer: Any = None  # the tokenizers library's DecodeStream, where the engine uses one
-    generator: torch.Generator | None = None
-    submitted: float = 0.0
-    first_token_at: float = 0.0
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.prompt_ids)
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def reservation(self) -> int:
-        return len(self.prompt_ids) + self.params.max_tokens
 
 
 class Engine:
@@ -361,22 +321,7 @@ class Engine:
                 finish = "length"
         if finish is None and not seq.tokens:
             return
-        text = seq.text
-        stops = seq.params.stop
-        if stops:
-            cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-            if cut >= 0:
-                text, finish = text[:cut], "stop"
-        if finish is None:
-            # hold back what could still become a stop string or an incomplete character
-            hold = max((len(s) - 1 for s in stops), default=0)
-            end = len(text) - hold
-            if text.endswith("\ufffd"):
-                end = min(end, len(text) - 1)
-            end = max(end, seq.sent)
-        else:
-            end = len(text)
-        delta, seq.sent = text[seq.sent : end], end
+        delta, seq.sent, finish = releasable(seq.text, seq.params.stop, seq.sent, finish)
         if finish is not None:
             seq.finish_reason = finish
         if delta or finish is not None:

@@ -13,10 +13,11 @@ from typing import Any
 from kernel_magics.config import GEN_DTYPES, GEN_LARGE_WEIGHTS_BYTES, Settings, load_settings
 from kernel_magics.errors import InvalidInput
 from kernel_magics.formats.loaders import Graph, loader
-from kernel_magics.generative.engine import Engine, Sequence
+from kernel_magics.generative.engine import Engine
 from kernel_magics.generative.mlflow_flavor import tokenizer_dir
 from kernel_magics.generative.register import FLAVOR, FORMAT, HF_DIR, load_folder
 from kernel_magics.generative.sampling import SamplingParams
+from kernel_magics.generative.sequence import Sequence
 from kernel_magics.generative.tokens import fast_backend
 
 # Used when the tokenizer has no chat template (documented in docs/generative.md).

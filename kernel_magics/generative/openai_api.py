@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from kernel_magics.errors import InvalidInput, KernelMagicsError, NotFound, Overloaded
-from kernel_magics.generative.engine import Sequence
 from kernel_magics.generative.sampling import SamplingParams
+from kernel_magics.generative.sequence import Sequence
 from kernel_magics.serving.request.protocol import Connection, Request
 from kernel_magics.serving.request.streaming import ChunkedResponse
 from kernel_magics.serving.tokens import ANONYMOUS

@@ -19,7 +19,7 @@ import torch
 
 if TYPE_CHECKING:
     from kernel_magics.generative.cache import SlotCache
-    from kernel_magics.generative.engine import Sequence
+    from kernel_magics.generative.sequence import Sequence
 
 
 class SharedPrefill:

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from kernel_magics.errors import InvalidInput, Overloaded
-from kernel_magics.generative.engine import Engine, Sequence
+from kernel_magics.generative.engine import Engine
 from kernel_magics.generative.linear import packs
 from kernel_magics.generative.sampling import SamplingParams
+from kernel_magics.generative.sequence import Sequence
 
 PROMPTS = [
     "The for statement is used to iterate",
