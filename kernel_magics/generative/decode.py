@@ -148,24 +148,36 @@ class DirectDecoder:
         that a prompt arriving during another's prefill does not wait for it to end. Their
         logits follow, in order."""
         hidden = F.embedding(batch.tokens, self.embed)  # [total, hidden]
+        rope = self._rope(hidden, batch)
         for index in range(len(self.layers)):
             more = joining() if index and joining is not None else None
             if more is not None:
                 caught_up = F.embedding(more.tokens, self.embed)
-                caught_up = self._layers(caught_up, more, cache, range(index))
+                more_rope = self._rope(caught_up, more)
+                caught_up = self._layers(caught_up, more, cache, range(index), more_rope)
                 hidden, batch = torch.cat((hidden, caught_up)), PromptBatch.join(batch, more)
-            hidden = self._layers(hidden, batch, cache, range(index, index + 1))
+                rope = (torch.cat((rope[0], more_rope[0])), torch.cat((rope[1], more_rope[1])))
+            hidden = self._layers(hidden, batch, cache, range(index, index + 1), rope)
         return self._logits(hidden[batch.last])
 
+    def _rope(self, hidden: torch.Tensor, batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary cos and sin at each token's position in its prompt, [total, 1, head_dim]."""
+        cos, sin = self.rotary(hidden[None], batch.positions[None])
+        return cos[0, :, None], sin[0, :, None]
+
     def _layers(
-        self, hidden: torch.Tensor, batch: PromptBatch, cache: SlotCache, layers: range
+        self,
+        hidden: torch.Tensor,
+        batch: PromptBatch,
+        cache: SlotCache,
+        layers: range,
+        rope: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
         """``layers`` over the prompts of ``batch`` end to end [total, hidden], keys and
         values written to their slots."""
         total, prompts, longest = hidden.shape[0], len(batch.lengths), batch.longest
         index = batch.padded_index
-        cos, sin = self.rotary(hidden[None], batch.positions[None])
-        cos, sin = cos[0, :, None], sin[0, :, None]  # [total, 1, head_dim]
+        cos, sin = rope
         gqa = self.heads != self.kv_heads
         cache.prefill_slots = batch.slots
 

@@ -13,6 +13,7 @@ its forward is over.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
@@ -60,28 +61,29 @@ class SharedPrefill:
 class PromptBatch:
     """Prompts laid end to end (``tokens`` [total]), as the prefill's matrix products take them:
     no row is spent on padding. Attention reads them right-padded to the longest prompt
-    (``padded_index``), where causality keeps each prompt to its own earlier tokens."""
+    (``padded_index``), where causality keeps each prompt to its own earlier tokens. What is
+    derived from the lengths is computed once (the prefill reads it at every layer)."""
 
     tokens: torch.Tensor  # [total]
     lengths: list[int]
     slots: torch.Tensor  # [prompts] the cache slot each prompt is written to
 
-    @property
+    @cached_property
     def longest(self) -> int:
         return max(self.lengths)
 
-    @property
+    @cached_property
     def positions(self) -> torch.Tensor:
         """Each token's position in its prompt [total]."""
         return torch.cat([torch.arange(n) for n in self.lengths])
 
-    @property
+    @cached_property
     def padded_index(self) -> torch.Tensor:
         """Each token's row in the prompts right-padded to the longest, flattened [total]."""
         longest = self.longest
         return torch.cat([torch.arange(n) + row * longest for row, n in enumerate(self.lengths)])
 
-    @property
+    @cached_property
     def last(self) -> torch.Tensor:
         """Each prompt's last token's row in ``tokens`` [prompts]."""
         return torch.tensor(self.lengths).cumsum(0) - 1
