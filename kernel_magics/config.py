@@ -86,9 +86,9 @@ class Settings:
     # loop). Measured in docs/generative.md.
     gen_threads: int = 0
     # float32 weights of GEN_LARGE_WEIGHTS_BYTES or more also kept in oneDNN's blocked layout,
-    # which multiplies 4 rows or more faster than the plain copy (fewer, slower): the running
-    # batch's steps and the prefills use it, one stream the plain copy. Twice the weights'
-    # memory; False keeps one copy. Measured in docs/generative.md.
+    # which multiplies 4 rows or more faster than the plain copy (fewer, slower): decode steps
+    # of the running batch read it; one stream and prefills read the plain copy. Twice the
+    # weights' memory; False keeps one copy. Measured in docs/generative.md.
     gen_blocked_weights: bool = True
     # Canaries that judge themselves (``%deploy NAME@V --canary P --analyze``): the window and
     # the requests each arm needs when the deploy does not say; how much worse than the live

@@ -256,8 +256,7 @@ class Engine:
     def _model_prefill(self, batch: PromptBatch) -> torch.Tensor:
         """The prefill through the model's own forward (architectures the direct forward does
         not know), right-padded: the logits at each prompt's last position."""
-        ids, last_positions = batch.padded()
-        last = last_positions.tolist()
+        ids, last = batch.padded(), [n - 1 for n in batch.lengths]
         prompts, length = ids.shape
         dtype = self.cache.dtype
         mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype)

@@ -88,12 +88,12 @@ class PromptBatch:
         """Each prompt's last token's row in ``tokens`` [prompts]."""
         return torch.tensor(self.lengths).cumsum(0) - 1
 
-    def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ids right-padded [prompts, longest] and each prompt's last position [prompts]
-        (for the model's own forward)."""
+    def padded(self) -> torch.Tensor:
+        """The ids right-padded to the longest [prompts, longest] (for the model's own
+        forward)."""
         ids = torch.zeros(len(self.lengths) * self.longest, dtype=torch.long)
         ids[self.padded_index] = self.tokens
-        return ids.view(len(self.lengths), -1), torch.tensor(self.lengths) - 1
+        return ids.view(len(self.lengths), -1)
 
     @staticmethod
     def join(first: PromptBatch, then: PromptBatch) -> PromptBatch:
