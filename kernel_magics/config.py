@@ -90,6 +90,11 @@ class Settings:
     # of the running batch read it; one stream and prefills read the plain copy. Twice the
     # weights' memory; False keeps one copy. Measured in docs/generative.md.
     gen_blocked_weights: bool = True
+    # Prompt tokens a language model's engine keeps the keys and values of after their prefill,
+    # so that a later prompt starting the same way (a system prompt, a conversation's earlier
+    # turns, a repeated prompt) computes only the rest: generative/prefix_cache.py. Each costs
+    # the model's KV bytes per token (32 KiB for the 29 M benchmark model in float32); 0: off.
+    gen_prefix_cache_tokens: int = 4096
     # Canaries that judge themselves (``%deploy NAME@V --canary P --analyze``): the window and
     # the requests each arm needs when the deploy does not say; how much worse than the live
     # version a canary may be before it is rolled back (error rate: absolute margin; p99: a

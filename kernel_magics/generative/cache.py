@@ -70,6 +70,36 @@ class SlotCache:
         for tensor in self.keys + self.values:
             tensor[dst, :, :length] = tensor[src, :, :length]
 
+    def read_prompt(self, slot: int, length: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """A copy of slot ``slot``'s first ``length`` positions, per layer [kv_heads, length,
+        head_dim] (``prefix_cache.PrefixCache.store``)."""
+        keys = [t[slot, :, :length].clone() for t in self.keys]
+        return keys, [t[slot, :, :length].clone() for t in self.values]
+
+    def load_prompt(
+        self, slot: int, keys: list[torch.Tensor], values: list[torch.Tensor], length: int
+    ) -> None:
+        """The first ``length`` positions of per-layer ``keys`` and ``values`` into slot
+        ``slot`` (``prefix_cache.PrefixCache.load``)."""
+        for tensor, stored in zip(self.keys + self.values, keys + values, strict=True):
+            tensor[slot, :, :length].copy_(stored[:, :length])
+
+    def write_prompts(
+        self, layer: int, slots: torch.Tensor, positions: torch.Tensor, key: torch.Tensor,
+        value: torch.Tensor,
+    ) -> None:  # fmt: skip
+        """Prompt tokens' keys and values [tokens, kv_heads, head_dim], token ``i`` into slot
+        ``slots[i]`` at ``positions[i]`` (a prefill after a cached start)."""
+        self.keys[layer][slots, :, positions] = key
+        self.values[layer][slots, :, positions] = value
+
+    def prompt_view(
+        self, layer: int, slots: torch.Tensor, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``slots``' first ``length`` positions [prompts, kv_heads,
+        length, head_dim] (gathered, a copy)."""
+        return self.keys[layer][slots, :, :length], self.values[layer][slots, :, :length]
+
     # -- transformers' Cache protocol (what the attention layers call) -----------------------
     def update(
         self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any

@@ -4,11 +4,12 @@ One engine thread per served version, with its own intra-op thread count (``thre
 two decode steps it admits waiting requests (FIFO) while a slot is free and the KV-cache budget
 holds their reservation (prompt + ``max_tokens``); the prompts waiting together are prefilled
 by one forward into their slots, and those that arrive during it join it between two layers
-(the direct forward) or make the next one, before any decode step. Then one forward decodes
-one token for every running sequence (``cache.SlotCache``); a sequence leaves the batch as soon
-as it ends (EOS, a stop string, ``max_tokens``, or its client gone) and its slot is reused at
-the next step. The waiting queue is bounded: past it ``submit`` raises ``Overloaded`` (429
-with Retry-After).
+(the direct forward) or make the next one, before any decode step; a prompt that starts as a
+recent one did computes only the rest (``prefix_cache``, the direct forward). Then one forward
+decodes one token for every running sequence (``cache.SlotCache``); a sequence leaves the
+batch as soon as it ends (EOS, a stop string, ``max_tokens``, or its client gone) and its slot
+is reused at the next step. The waiting queue is bounded: past it ``submit`` raises
+``Overloaded`` (429 with Retry-After).
 
 Events (text deltas, the finish reason) are handed to each sequence's ``post`` callable once per
 step, in one call per sink (``loop.call_soon_threadsafe`` for HTTP requests), so a step wakes
@@ -30,6 +31,7 @@ from tokenizers.decoders import DecodeStream
 from kernel_magics.errors import InvalidInput, Overloaded
 from kernel_magics.generative import decode
 from kernel_magics.generative.cache import SlotCache
+from kernel_magics.generative.prefix_cache import PrefixCache
 from kernel_magics.generative.prompts import PromptBatch, SharedPrefill, prompt_batch
 from kernel_magics.generative.sampling import choose, generator_for
 from kernel_magics.generative.sequence import Sequence, releasable
@@ -40,6 +42,12 @@ log = logging.getLogger(__name__)
 # decode steps of up to this many rows have oneDNN's products set up at load (≈ 0.5 ms a matrix
 # and row count here); beyond, a step sets up its own the first time
 _SET_UP_ROWS = 64
+# After a prefill the engine waits (at most this long) for the event loop to write the first
+# tokens before its next forward. The loop needs the GIL to write them, and a forward holds it
+# between its ops while its threads keep the cores busy: without the wait the loop got it up to
+# 5 ms later (CPython's switch interval). 29 M model, 16 streams: a prefill's end to the
+# client's first read 7.4 ms before, 1.6-2.2 ms with the wait (docs/generative.md).
+_DELIVERY_WAIT_S = 0.005
 
 
 class Engine:
@@ -54,6 +62,7 @@ class Engine:
         name: str = "",
         threads: int = 1,
         blocked: bool = False,
+        prefix_cache_tokens: int = 0,
     ) -> None:
         config = model.config
         self.model, self.tokenizer, self.name = model, tokenizer, name
@@ -77,6 +86,14 @@ class Engine:
         self.direct = decode.DirectDecoder(model, blocked=blocked) if supported else None
         if self.direct is not None:
             self.direct.set_up(min(max_running, _SET_UP_ROWS))
+        # prompts kept for later ones that start the same way; the direct forward computes the
+        # rest of a prompt after a cached start, the model's own forward does not
+        self.prefixes = (
+            PrefixCache(prefix_cache_tokens)
+            if self.direct is not None and prefix_cache_tokens > 0
+            else None
+        )
+        self._to_store: list[Sequence] = []  # computed by the last prefill, to keep
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.reserved = 0  # cache tokens reserved by the running sequences
@@ -142,6 +159,7 @@ class Engine:
             "generated_tokens": self.generated,
             "cancelled": self.cancelled,
             "shared_prompts": self.shared_prompts,
+            **(self.prefixes.describe() if self.prefixes is not None else {}),
             "decode_path": self._decode_path(),
             "dtype": str(self.cache.dtype).removeprefix("torch."),
             "threads": self.threads,
@@ -177,6 +195,7 @@ class Engine:
                 log.exception("%s: generation step failed", self.name)
                 for seq in self.running:
                     self._finish(seq, f"error: {type(err).__name__}")
+                self._to_store = []
                 self._retire()
             self._flush()
         for seq in list(self.waiting) + self.running:
@@ -204,7 +223,8 @@ class Engine:
             if not group:
                 return
             self._prefill(group)
-            self._flush()  # first tokens go out before the next forward
+            self._flush(wait=True)  # first tokens written before the next forward starts
+            self._keep_prompts()
             self._retire()
 
     def _take_group(self) -> list[Sequence]:
@@ -232,13 +252,13 @@ class Engine:
         (``decode.DirectDecoder.prefill``) and get their first token with these."""
         cache = self.cache
         shared = SharedPrefill()
-        batch = prompt_batch(shared.add(group))
+        batch = prompt_batch(self._cached_starts(shared.add(group)))
 
         def joining() -> PromptBatch | None:
             while arrivals := self._take_group():
                 fresh = shared.add(arrivals)
                 if fresh:
-                    return prompt_batch(fresh)
+                    return prompt_batch(self._cached_starts(fresh))
             return None
 
         if self.direct is not None:
@@ -247,11 +267,27 @@ class Engine:
             logits = self._model_prefill(batch)
         seqs, logits = shared.finish(logits, cache)
         self.shared_prompts += len(shared.copies)
+        self._to_store = shared.computed
         now = time.perf_counter()
         tokens = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
         for seq, token in zip(seqs, tokens, strict=True):
             seq.first_token_at = now
             self._append(seq, token)
+
+    def _cached_starts(self, seqs: list[Sequence]) -> list[Sequence]:
+        """Each prompt's longest start kept by the prefix cache, copied into its slot."""
+        if self.prefixes is not None:
+            for seq in seqs:
+                seq.cached = self.prefixes.load(seq.prompt_ids, self.cache, seq.slot)
+        return seqs
+
+    def _keep_prompts(self) -> None:
+        """The last prefill's prompts into the prefix cache, read from their slots (after
+        their first tokens went out, before a slot can be reused)."""
+        seqs, self._to_store = self._to_store, []
+        if self.prefixes is not None:
+            for seq in seqs:
+                self.prefixes.store(seq.prompt_ids, self.cache, seq.slot)
 
     def _model_prefill(self, batch: PromptBatch) -> torch.Tensor:
         """The prefill through the model's own forward (architectures the direct forward does
@@ -356,13 +392,20 @@ class Engine:
             kept.append(seq)
         self.running = kept
 
-    def _flush(self) -> None:
+    def _flush(self, wait: bool = False) -> None:
+        """Hand the events out, one call per sink; with ``wait``, until each sink has run
+        them (at most ``_DELIVERY_WAIT_S``)."""
         events, self._events = self._events, []
         by_sink: dict[Any, list] = {}
         for event in events:
             by_sink.setdefault(event[0].post, []).append(event)
         for post, batch in by_sink.items():
             post(_deliver, batch)
+        if wait:
+            for post in by_sink:
+                delivered = threading.Event()
+                post(delivered.set)  # a sink runs what it is handed in order
+                delivered.wait(_DELIVERY_WAIT_S)
 
 
 def _deliver(events: list[tuple[Sequence, str, str | None]]) -> None:

@@ -39,6 +39,7 @@ class Generator:
             tokenizer,
             threads=engine_threads(settings, model),
             blocked=blocked_copy(settings, model),
+            prefix_cache_tokens=settings.gen_prefix_cache_tokens,
             max_running=settings.gen_max_running,
             kv_cache_tokens=settings.gen_kv_cache_tokens,
             max_queued=settings.gen_max_queued,

@@ -61,12 +61,20 @@ class SharedPrefill:
 class PromptBatch:
     """Prompts laid end to end (``tokens`` [total]), as the prefill's matrix products take them:
     no row is spent on padding. Attention reads them right-padded to the longest prompt
-    (``padded_index``), where causality keeps each prompt to its own earlier tokens. What is
-    derived from the lengths is computed once (the prefill reads it at every layer)."""
+    (``padded_index``), where causality keeps each prompt to its own earlier tokens. A prompt
+    whose start came from the prefix cache (``starts``) holds only its remaining tokens, which
+    sit after that start and attend to it too. What is derived from the lengths is computed
+    once (the prefill reads it at every layer)."""
 
     tokens: torch.Tensor  # [total]
-    lengths: list[int]
+    lengths: list[int]  # tokens to compute, per prompt
     slots: torch.Tensor  # [prompts] the cache slot each prompt is written to
+    starts: list[int]  # per prompt, the tokens already in its slot (prefix cache)
+
+    @cached_property
+    def cached(self) -> bool:
+        """Some prompt starts after tokens already in its slot."""
+        return any(self.starts)
 
     @cached_property
     def longest(self) -> int:
@@ -75,7 +83,28 @@ class PromptBatch:
     @cached_property
     def positions(self) -> torch.Tensor:
         """Each token's position in its prompt [total]."""
-        return torch.cat([torch.arange(n) for n in self.lengths])
+        return torch.cat(
+            [torch.arange(n) + start for n, start in zip(self.lengths, self.starts, strict=True)]
+        )
+
+    @cached_property
+    def token_slots(self) -> torch.Tensor:
+        """Each token's cache slot [total]."""
+        return self.slots.repeat_interleave(torch.tensor(self.lengths))
+
+    @cached_property
+    def kv_length(self) -> int:
+        """Positions attended by the longest prompt, its cached start included."""
+        return max(n + start for n, start in zip(self.lengths, self.starts, strict=True))
+
+    @cached_property
+    def attend_mask(self) -> torch.Tensor:
+        """Which cache positions each padded query row attends [prompts, 1, longest,
+        kv_length]: its prompt's cached start and its own tokens up to itself (padding rows
+        attend as the last real one would, and are dropped)."""
+        starts = torch.tensor(self.starts)[:, None, None, None]
+        rows = torch.arange(self.longest)[None, None, :, None]
+        return torch.arange(self.kv_length)[None, None, None, :] <= starts + rows
 
     @cached_property
     def padded_index(self) -> torch.Tensor:
@@ -101,11 +130,14 @@ class PromptBatch:
             torch.cat((first.tokens, then.tokens)),
             first.lengths + then.lengths,
             torch.cat((first.slots, then.slots)),
+            first.starts + then.starts,
         )
 
 
 def prompt_batch(seqs: list[Sequence]) -> PromptBatch:
-    """The prompts of ``seqs``, each to be written into its sequence's slot."""
-    tokens = torch.tensor([t for s in seqs for t in s.prompt_ids], dtype=torch.long)
+    """The prompts of ``seqs``, each to be written into its sequence's slot after the start
+    already there (``Sequence.cached``)."""
+    tokens = torch.tensor([t for s in seqs for t in s.prompt_ids[s.cached :]], dtype=torch.long)
     slots = torch.tensor([s.slot for s in seqs])
-    return PromptBatch(tokens, [s.prompt_tokens for s in seqs], slots)
+    lengths = [s.prompt_tokens - s.cached for s in seqs]
+    return PromptBatch(tokens, lengths, slots, [s.cached for s in seqs])

@@ -87,6 +87,9 @@ class KernelMagics(Magics, Configurable):
     gen_blocked_weights = _setting(
         Bool, "gen_blocked_weights", "large float32 language models: a blocked weight copy"
     )
+    gen_prefix_cache_tokens = _setting(
+        Int, "gen_prefix_cache_tokens", "prompt tokens a language model keeps for reuse (0: off)"
+    )
     canary_window_s = _setting(Float, "canary_window_s", "seconds a judged canary is compared over")
     canary_min_requests = _setting(
         Int, "canary_min_requests", "requests each arm needs before a canary is judged"

@@ -36,6 +36,9 @@ class GenerationState(_Wire):
     generated_tokens: int = 0  # since the version was loaded
     cancelled: int = 0  # sequences dropped because their client went away
     shared_prompts: int = 0  # prompts prefilled by another request's identical prompt
+    prefix_hits: int = 0  # prompts that took their start from the prefix cache
+    prefix_tokens_reused: int = 0  # prompt tokens taken from it instead of computed
+    prefix_cache_tokens: int = 0  # prompt tokens it holds now
     dtype: str = ""  # the precision the weights are served in (setting gen_dtype)
     threads: int = 0  # intra-op threads of its engine thread (setting gen_threads)
 

@@ -1,0 +1,149 @@
+"""The prefix cache on the tiny Llama: a prompt that starts as an earlier one did computes only
+the rest, from keys and values copied into its slot, and still decodes transformers' greedy
+``generate`` tokens; alone, beside prompts without a cached start, joining a running prefill;
+the budget evicts the least recently used prompt."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from generative.conftest import tiny_llama
+from generative.test_engine import PROMPTS, Collector, reference, run
+from kernel_magics.generative.cache import SlotCache
+from kernel_magics.generative.engine import Engine
+from kernel_magics.generative.prefix_cache import BLOCK, PrefixCache
+from kernel_magics.generative.sampling import SamplingParams
+from kernel_magics.generative.sequence import Sequence
+
+GREEDY = SamplingParams(max_tokens=10, temperature=0.0)
+# a system prompt of several whole blocks, then each request's own question
+SYSTEM = (
+    "You answer questions about the Python language. The for statement is used to iterate "
+    "over the elements of a sequence. A class definition defines a class object and "
+    "exceptions are raised when an error is detected. "
+)
+QUESTIONS = ["What is a generator?", "How do I open a file?", "Objects", "Why use with?"]
+
+
+@pytest.fixture(scope="module")
+def served_lm() -> Any:
+    return tiny_llama()
+
+
+def engine(served_lm: Any, tokenizer: Any, cache_tokens: int = 4096) -> Engine:
+    return Engine(
+        served_lm,
+        tokenizer,
+        max_running=8,
+        kv_cache_tokens=4096,
+        max_queued=8,
+        prefix_cache_tokens=cache_tokens,
+    )
+
+
+def check(served_lm: Any, tokenizer: Any, prompts: list[str], seqs: list[Sequence]) -> None:
+    with torch.inference_mode():
+        for prompt, seq in zip(prompts, seqs, strict=True):
+            assert seq.tokens == reference(served_lm, tokenizer, prompt, GREEDY.max_tokens), prompt
+
+
+def test_a_repeated_prompt_computes_only_its_last_token(served_lm: Any, tokenizer: Any) -> None:
+    e = engine(served_lm, tokenizer)
+    try:
+        run(e, tokenizer, PROMPTS, GREEDY)
+        assert e.describe()["prefix_hits"] == 0
+        lengths = [len(tokenizer(p)["input_ids"]) for p in PROMPTS]
+        assert e.describe()["prefix_cache_tokens"] == sum(lengths)
+        again, _ = run(e, tokenizer, PROMPTS[::-1], GREEDY)
+        described = e.describe()
+        assert described["prefix_hits"] == len(PROMPTS)
+        assert described["prefix_tokens_reused"] == sum(n - 1 for n in lengths)
+        assert [s.cached for s in again] == [n - 1 for n in lengths[::-1]]
+        check(served_lm, tokenizer, PROMPTS[::-1], again)
+    finally:
+        e.stop()
+
+
+def test_a_shared_system_prompt_is_reused_by_whole_blocks(served_lm: Any, tokenizer: Any) -> None:
+    """One request with the system prompt, then a group where three share its blocks and one
+    shares nothing: one forward computes prompts with and without a cached start."""
+    e = engine(served_lm, tokenizer)
+    prompts = [SYSTEM + q for q in QUESTIONS]
+    system_tokens = len(tokenizer(SYSTEM)["input_ids"])
+    assert system_tokens >= 3 * BLOCK
+    try:
+        run(e, tokenizer, prompts[:1], GREEDY)
+        group = prompts[1:3] + [PROMPTS[2]]
+        seqs, _ = run(e, tokenizer, group, GREEDY)
+        for seq in seqs[:2]:
+            assert seq.cached % BLOCK == 0
+            assert system_tokens - BLOCK < seq.cached <= system_tokens
+        assert seqs[2].cached == 0
+        check(served_lm, tokenizer, group, seqs)
+    finally:
+        e.stop()
+
+
+def test_a_request_with_a_cached_start_joins_a_running_prefill(
+    served_lm: Any, tokenizer: Any
+) -> None:
+    class Joined(Engine):
+        burst: list[Sequence] = []
+
+        def _prefill(self, seqs: list[Sequence]) -> None:
+            burst, self.burst = self.burst, []
+            for seq in burst:  # they arrive while this forward runs
+                self.submit(seq)
+            super()._prefill(seqs)
+
+    e = Joined(
+        served_lm, tokenizer, max_running=8, kv_cache_tokens=4096, max_queued=8,
+        prefix_cache_tokens=4096,
+    )  # fmt: skip
+    prompts = [SYSTEM + QUESTIONS[0], PROMPTS[0], SYSTEM + QUESTIONS[3]]
+    try:
+        run(e, tokenizer, prompts[:1], GREEDY)
+        collect = Collector(2)
+        seqs = [Sequence(tokenizer(p)["input_ids"], GREEDY, collect) for p in prompts[1:]]
+        e.burst = seqs[1:]
+        e.submit(seqs[0])
+        assert collect.done.wait(30)
+        assert seqs[0].cached == 0
+        assert seqs[1].cached >= 3 * BLOCK
+        check(served_lm, tokenizer, prompts[1:], seqs)
+    finally:
+        e.stop()
+
+
+def test_the_budget_evicts_the_least_recently_used_prompt() -> None:
+    cache = SlotCache(layers=2, slots=2, kv_heads=1, head_dim=4, dtype=torch.float32)
+    cache.reserve(64)
+    for tensor in cache.keys + cache.values:
+        tensor.normal_()
+    prefixes = PrefixCache(budget=30)
+    first, second, third = list(range(10)), list(range(100, 110)), list(range(200, 215))
+    prefixes.store(first, cache, 0)
+    prefixes.store(second, cache, 1)
+    assert prefixes.load(first, cache, 1) == 9  # first is now the most recent
+    prefixes.store(third, cache, 0)  # 35 tokens > 30: second goes
+    assert prefixes.tokens == 25
+    assert prefixes.load(second, cache, 1) == 0
+    assert prefixes.load(third, cache, 1) == 14
+    assert torch.equal(cache.keys[1][1, :, :14], cache.keys[1][0, :, :14])
+    prefixes.store(list(range(40)), cache, 0)  # over the whole budget: not kept
+    assert prefixes.tokens == 25
+
+
+def test_no_prefix_cache_when_the_setting_is_zero(served_lm: Any, tokenizer: Any) -> None:
+    e = engine(served_lm, tokenizer, cache_tokens=0)
+    try:
+        run(e, tokenizer, PROMPTS[:1], GREEDY)
+        seqs, _ = run(e, tokenizer, PROMPTS[:1], GREEDY)
+        assert e.prefixes is None
+        assert seqs[0].cached == 0
+        assert "prefix_hits" not in e.describe()
+    finally:
+        e.stop()
