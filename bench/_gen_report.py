@@ -118,6 +118,16 @@ def _ops_tables(ops: dict[str, dict], streams: int) -> list[str]:
     return lines
 
 
+def _prefix_note(r: dict) -> str:
+    if not r.get("prefix_cache", True):
+        return "Ours without its prefix cache (`--no-prefix-cache`): every prompt computed whole."
+    return (
+        "Ours keeps prompts in its prefix cache (`gen_prefix_cache_tokens`, on by default), so "
+        "from the warm-up on a measured round's prompts compute only their last token; "
+        "`--no-prefix-cache` turns it off."
+    )
+
+
 def write_report(r: dict, path: Path) -> str:
     streams = r["streams"]
     lines = [
@@ -139,6 +149,7 @@ def write_report(r: dict, path: Path) -> str:
         "token. The streams take 4 prompts of 5-13 tokens in turn, each sent by a quarter of "
         "them (ours prefills a prompt once per forward, the peer shares only complete cache "
         "blocks, which none of them fills; `--distinct-prompts` gives each stream its own). "
+        f"{_prefix_note(r)} "
         "Models with random weights: the work per token does not depend on them. "
         "Both servers are loaded for the whole run and take turns round by round (idle but "
         "for the one measured); in-process `model.generate` runs in the client's process "

@@ -5,6 +5,7 @@ reference, on two model sizes.
     .venv/bin/python bench/generate.py [--sizes 4m,30m] [--dtypes float32,bfloat16]
                                        [--tokens N] [--streams S] [--rounds R]
                                        [--only ours|peer] [--no-ops] [--quick]
+                                       [--distinct-prompts] [--no-prefix-cache]
 
 For each size (``_gen_model.SIZES``: the notebook's 4.2 M-parameter Llama and a ≈ 30 M one,
 random weights, the notebook's BPE tokenizer) it builds one model folder; for each precision of
@@ -303,12 +304,19 @@ def main() -> None:
     parser.add_argument("--no-ops", action="store_true", help="no swap or memory checks")
     parser.add_argument("--quick", action="store_true", help="4m, 16 tokens, 4 streams, 1 round")
     parser.add_argument(
+        "--no-prefix-cache",
+        action="store_true",
+        help="ours without its prefix cache (report printed, not written)",
+    )
+    parser.add_argument(
         "--distinct-prompts",
         action="store_true",
         help="no two streams share a prompt (report printed, not written)",
     )
     args = parser.parse_args()
     DISTINCT[0] = args.distinct_prompts
+    if args.no_prefix_cache:  # read by the inference process ours starts
+        os.environ["KERNEL_MAGICS_GEN_PREFIX_CACHE_TOKENS"] = "0"
     if args.quick:
         args.sizes, args.tokens, args.streams, args.rounds = "4m", 16, 4, 1
     sizes = args.sizes.split(",")
@@ -320,6 +328,7 @@ def main() -> None:
         "rounds": args.rounds,
         "cpus": os.cpu_count(),
         "load_before": os.getloadavg()[0],
+        "prefix_cache": not args.no_prefix_cache,
         "sizes": {},
     }
     try:
@@ -343,8 +352,9 @@ def main() -> None:
     if args.only:  # a partial run: printed, the committed figures stay those of a full run
         print(json.dumps(results, indent=2))
         return
-    if args.distinct_prompts:  # printed: the committed report is the default workload's
-        print(write_report(results, Path(tempfile.mkdtemp()) / "results-generate-distinct.md"))
+    if args.distinct_prompts or args.no_prefix_cache:  # printed: the committed report is the
+        # default workload's
+        print(write_report(results, Path(tempfile.mkdtemp()) / "results-generate-variant.md"))
         return
     here = Path(__file__).parent
     (here / "generate_results.json").write_text(json.dumps(results, indent=2))

@@ -29,7 +29,7 @@ import torch
 from tokenizers.decoders import DecodeStream
 
 from kernel_magics.errors import InvalidInput, Overloaded
-from kernel_magics.generative import decode
+from kernel_magics.generative import decode, model_forward
 from kernel_magics.generative.cache import SlotCache
 from kernel_magics.generative.prefix_cache import PrefixCache
 from kernel_magics.generative.prompts import PromptBatch, SharedPrefill, prompt_batch
@@ -42,12 +42,6 @@ log = logging.getLogger(__name__)
 # decode steps of up to this many rows have oneDNN's products set up at load (≈ 0.5 ms a matrix
 # and row count here); beyond, a step sets up its own the first time
 _SET_UP_ROWS = 64
-# After a prefill the engine waits (at most this long) for the event loop to write the first
-# tokens before its next forward. The loop needs the GIL to write them, and a forward holds it
-# between its ops while its threads keep the cores busy: without the wait the loop got it up to
-# 5 ms later (CPython's switch interval). 29 M model, 16 streams: a prefill's end to the
-# client's first read 7.4 ms before, 1.6-2.2 ms with the wait (docs/generative.md).
-_DELIVERY_WAIT_S = 0.005
 
 
 class Engine:
@@ -223,7 +217,7 @@ class Engine:
             if not group:
                 return
             self._prefill(group)
-            self._flush(wait=True)  # first tokens written before the next forward starts
+            self._flush()  # first tokens go out before the next forward
             self._keep_prompts()
             self._retire()
 
@@ -264,7 +258,7 @@ class Engine:
         if self.direct is not None:
             logits = self.direct.prefill(batch, cache, joining)
         else:
-            logits = self._model_prefill(batch)
+            logits = model_forward.prefill(self.model, batch, cache, self._keeps_logits)
         seqs, logits = shared.finish(logits, cache)
         self.shared_prompts += len(shared.copies)
         self._to_store = shared.computed
@@ -289,33 +283,6 @@ class Engine:
             for seq in seqs:
                 self.prefixes.store(seq.prompt_ids, self.cache, seq.slot)
 
-    def _model_prefill(self, batch: PromptBatch) -> torch.Tensor:
-        """The prefill through the model's own forward (architectures the direct forward does
-        not know), right-padded: the logits at each prompt's last position."""
-        ids, last = batch.padded(), [n - 1 for n in batch.lengths]
-        prompts, length = ids.shape
-        dtype = self.cache.dtype
-        mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype)
-        mask = mask.triu(1)[None, None].expand(prompts, 1, length, length)
-        # only the positions that end a prompt go through the output layer (where the model
-        # takes ``logits_to_keep``): the rest of a prompt's logits are never read
-        keep = sorted(set(last)) if self._keeps_logits else list(range(length))
-        extra = {"logits_to_keep": torch.tensor(keep)} if self._keeps_logits else {}
-        self.cache.prefill_slots = batch.slots
-        try:
-            out = self.model(
-                input_ids=ids,
-                position_ids=torch.arange(length)[None].expand(prompts, length),
-                attention_mask=mask,
-                cache=self.cache,
-                use_cache=True,
-                **extra,
-            )
-        finally:
-            self.cache.prefill_slots = None
-        columns = torch.tensor([keep.index(i) for i in last])
-        return out.logits[torch.arange(prompts), columns]
-
     def _decode(self) -> None:
         running, cache = self.running, self.cache
         positions = [len(s.prompt_ids) + len(s.tokens) - 1 for s in running]
@@ -330,14 +297,7 @@ class Engine:
         if self.direct is not None:
             logits = self.direct.step(last, pos, mask, cache)
         else:
-            out = self.model(
-                input_ids=last[:, None],
-                position_ids=pos[:, None],
-                attention_mask=mask,
-                cache=cache,
-                use_cache=True,
-            )
-            logits = out.logits[:, -1]
+            logits = model_forward.step(self.model, last, pos, mask, cache)
         tokens = choose(logits, [s.params for s in running], [s.generator for s in running])
         for seq, token in zip(running, tokens, strict=True):
             self._append(seq, token)
@@ -392,20 +352,13 @@ class Engine:
             kept.append(seq)
         self.running = kept
 
-    def _flush(self, wait: bool = False) -> None:
-        """Hand the events out, one call per sink; with ``wait``, until each sink has run
-        them (at most ``_DELIVERY_WAIT_S``)."""
+    def _flush(self) -> None:
         events, self._events = self._events, []
         by_sink: dict[Any, list] = {}
         for event in events:
             by_sink.setdefault(event[0].post, []).append(event)
         for post, batch in by_sink.items():
             post(_deliver, batch)
-        if wait:
-            for post in by_sink:
-                delivered = threading.Event()
-                post(delivered.set)  # a sink runs what it is handed in order
-                delivered.wait(_DELIVERY_WAIT_S)
 
 
 def _deliver(events: list[tuple[Sequence, str, str | None]]) -> None:

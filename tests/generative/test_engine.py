@@ -4,10 +4,8 @@ stop strings, the bounded queue, cancellation."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -372,46 +370,3 @@ def test_a_blocked_weight_copy_decodes_as_generate(
             assert seq.tokens == expected[prompt], prompt
     finally:
         e.stop()
-
-
-def test_first_tokens_are_written_before_the_next_forward(served_lm: Any, tokenizer: Any) -> None:
-    """Events go to an event loop on its own thread, as in the inference process, which takes
-    2 ms to write a batch: the first decode step starts only once the loop has written the
-    prefill's first tokens."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    written: list[float] = []
-
-    def write(fn: Any, *args: Any) -> None:
-        time.sleep(0.002)
-        fn(*args)
-        written.append(time.perf_counter())
-
-    def post(fn: Any, *args: Any) -> None:
-        loop.call_soon_threadsafe(write, fn, *args)
-
-    class Recording(Engine):
-        decode_started: list[float] = []
-
-        def _decode(self) -> None:
-            self.decode_started.append(time.perf_counter())
-            super()._decode()
-
-    e = Recording(served_lm, tokenizer, max_running=4, kv_cache_tokens=4096, max_queued=8)
-    collect = Collector(len(PROMPTS))
-    params = SamplingParams(max_tokens=3, temperature=0.0)
-    try:
-        seqs = [Sequence(tokenizer(p)["input_ids"], params, collect, post=post) for p in PROMPTS]
-        with e._wake:  # one group, one prefill
-            for seq in seqs:
-                e.submit(seq)
-        assert collect.done.wait(30)
-        assert written
-        assert e.decode_started
-        assert written[0] < e.decode_started[0]
-    finally:
-        e.stop()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
