@@ -283,6 +283,16 @@ class Engine:
             for seq in seqs:
                 self.prefixes.store(seq.prompt_ids, self.cache, seq.slot)
 
+    def _keep_conversations(self) -> None:
+        """Ended turns of a conversation (``Sequence.keep``) into the prefix cache, prompt and
+        completion, before their slots are reused: the next turn's prompt starts with them. The
+        last token is left out: it was sampled, never fed, so its keys are not in the slot."""
+        if self.prefixes is None:
+            return
+        for seq in self.running:
+            if seq.keep and seq.finish_reason in ("stop", "length"):
+                self.prefixes.store(seq.prompt_ids + seq.tokens[:-1], self.cache, seq.slot)
+
     def _decode(self) -> None:
         running, cache = self.running, self.cache
         positions = [len(s.prompt_ids) + len(s.tokens) - 1 for s in running]
@@ -341,6 +351,7 @@ class Engine:
         """Take ended sequences out of the batch; the others move down to fill their slots."""
         if not any(s.finish_reason for s in self.running):
             return
+        self._keep_conversations()
         kept: list[Sequence] = []
         for seq in self.running:
             if seq.finish_reason:

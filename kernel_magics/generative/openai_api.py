@@ -73,7 +73,8 @@ def _answer(app: WorkerApp, req: Request, conn: Connection, chat: bool) -> None:
     who = who or ANONYMOUS
     app.usage.request(who)
     reply = _Reply(app, model, req, conn, chat, bool(body.get("stream")), who)
-    seq = Sequence(ids, params, reply.on_event, post=app.loop.call_soon_threadsafe)
+    # a chat's next turn starts with this one: its completion is kept for it (prefix cache)
+    seq = Sequence(ids, params, reply.on_event, post=app.loop.call_soon_threadsafe, keep=chat)
     reply.seq = seq
     model.inflight.enter()
     try:

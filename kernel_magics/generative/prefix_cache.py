@@ -6,7 +6,8 @@ every user message, a conversation's earlier turns before its newest message, an
 fixed prompts, a client's retry. A token's keys and values depend only on the tokens before it,
 so they can be copied from an earlier prompt that starts with the same tokens instead of being
 computed again. After each prefill forward the engine stores the prompts it computed
-(``store``); before the next, each new prompt takes the longest usable start from here
+(``store``), and when a chat turn ends, its prompt and completion (the next turn's prompt starts
+with both); before the next forward, each new prompt takes the longest usable start from here
 (``load``), copied into its own cache slot, and the forward computes its remaining tokens
 (``prompts.PromptBatch.starts``).
 
@@ -118,6 +119,10 @@ class PrefixCache:
         for digest in entry.blocks:
             if self._by_block.get(digest) is entry:
                 del self._by_block[digest]
+
+    def __contains__(self, prompt: object) -> bool:
+        """Whether exactly these tokens (a tuple) are kept."""
+        return prompt in self._whole
 
     def describe(self) -> dict[str, int]:
         return {

@@ -31,6 +31,7 @@ class Sequence:
     cancelled: bool = False  # set by the owner (a client gone); the engine drops it next step
     slot: int = -1
     cached: int = 0  # prompt tokens whose keys and values came from the prefix cache
+    keep: bool = False  # a conversation's turn: kept in the prefix cache, completion included
     text: str = ""  # the completion's text so far
     sent: int = 0  # characters of the text already delivered
     detokenizer: Any = None  # the tokenizers library's DecodeStream, where the engine uses one

@@ -147,3 +147,42 @@ def test_no_prefix_cache_when_the_setting_is_zero(served_lm: Any, tokenizer: Any
         assert "prefix_hits" not in e.describe()
     finally:
         e.stop()
+
+
+def test_a_conversations_next_turn_starts_after_the_last_answer(
+    served_lm: Any, tokenizer: Any
+) -> None:
+    """A chat turn (``Sequence.keep``) is kept with its completion when it ends: the next
+    turn, whose prompt is the last one, its answer and a new message, reuses the answer's
+    whole blocks too, and decodes ``generate``'s tokens; a completion request keeps its
+    prompt only."""
+    e = engine(served_lm, tokenizer)
+    params = SamplingParams(max_tokens=40, temperature=0.0)
+    first = tokenizer(SYSTEM + QUESTIONS[0])["input_ids"]
+    try:
+        collect = Collector(1)
+        turn = Sequence(first, params, collect, keep=True)
+        e.submit(turn)
+        assert collect.done.wait(30)
+        assert turn.finish_reason == "length"  # the tiny model never says EOS here
+        answered = first + turn.tokens
+        follow_up = answered + tokenizer(" " + QUESTIONS[1])["input_ids"]
+        collect = Collector(1)
+        nxt = Sequence(follow_up, GREEDY, collect)
+        e.submit(nxt)
+        assert collect.done.wait(30)
+        assert nxt.cached == (len(answered) - 1) // BLOCK * BLOCK
+        assert nxt.cached > len(first)
+        with torch.inference_mode():
+            ids = torch.tensor([follow_up])
+            out = served_lm.generate(
+                ids, max_new_tokens=GREEDY.max_tokens, do_sample=False, eos_token_id=None,
+                pad_token_id=1,
+            )  # fmt: skip
+        assert nxt.tokens == out[0, len(follow_up) :].tolist()
+        # the follow-up was a completion request: its prompt is kept, not its answer
+        assert e.prefixes is not None
+        assert tuple(follow_up) in e.prefixes
+        assert tuple(follow_up + nxt.tokens[:-1]) not in e.prefixes
+    finally:
+        e.stop()
