@@ -196,14 +196,13 @@ class DirectDecoder:
                 if batch.cached:  # after a cached start: attend to it in the slot as well
                     cache.write_prompts(number, batch.token_slots, batch.positions, k, v)
                     keys, values = cache.prompt_view(number, batch.slots, batch.kv_length)
-                    out = F.scaled_dot_product_attention(
-                        padded(q), keys, values, attn_mask=batch.attend_mask, enable_gqa=gqa
-                    )
+                    causal: dict[str, Any] = {"attn_mask": batch.attend_mask}
                 else:
                     keys, values = cache.update(padded(k), padded(v), number)
-                    out = F.scaled_dot_product_attention(
-                        padded(q), keys, values, is_causal=True, enable_gqa=gqa
-                    )
+                    causal = {"is_causal": True}
+                out = F.scaled_dot_product_attention(
+                    padded(q), keys, values, enable_gqa=gqa, **causal
+                )
                 out = out.transpose(1, 2).reshape(prompts * longest, self.q_size)[index]
                 hidden = self._rest_of_layer(layer, hidden, out)
         finally:

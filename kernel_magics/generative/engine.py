@@ -87,7 +87,6 @@ class Engine:
             if self.direct is not None and prefix_cache_tokens > 0
             else None
         )
-        self._to_store: list[Sequence] = []  # computed by the last prefill, to keep
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.reserved = 0  # cache tokens reserved by the running sequences
@@ -189,7 +188,6 @@ class Engine:
                 log.exception("%s: generation step failed", self.name)
                 for seq in self.running:
                     self._finish(seq, f"error: {type(err).__name__}")
-                self._to_store = []
                 self._retire()
             self._flush()
         for seq in list(self.waiting) + self.running:
@@ -216,9 +214,9 @@ class Engine:
             group = self._take_group()
             if not group:
                 return
-            self._prefill(group)
+            computed = self._prefill(group)
             self._flush()  # first tokens go out before the next forward
-            self._keep_prompts()
+            self._keep_prompts(computed)
             self._retire()
 
     def _take_group(self) -> list[Sequence]:
@@ -239,11 +237,12 @@ class Engine:
             self.cache.reserve(max(s.reservation for s in self.running))
         return group
 
-    def _prefill(self, group: list[Sequence]) -> None:
+    def _prefill(self, group: list[Sequence]) -> list[Sequence]:
         """One forward over the new prompts, each written into its slot; a prompt sent by
         several requests is computed once (``prompts.SharedPrefill``). Where the direct forward
         runs, requests that arrive during it join it between two layers
-        (``decode.DirectDecoder.prefill``) and get their first token with these."""
+        (``decode.DirectDecoder.prefill``) and get their first token with these. Returns the
+        sequences whose prompts it computed (not those sharing one)."""
         cache = self.cache
         shared = SharedPrefill()
         batch = prompt_batch(self._cached_starts(shared.add(group)))
@@ -261,12 +260,12 @@ class Engine:
             logits = model_forward.prefill(self.model, batch, cache, self._keeps_logits)
         seqs, logits = shared.finish(logits, cache)
         self.shared_prompts += len(shared.copies)
-        self._to_store = shared.computed
         now = time.perf_counter()
         tokens = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
         for seq, token in zip(seqs, tokens, strict=True):
             seq.first_token_at = now
             self._append(seq, token)
+        return shared.computed
 
     def _cached_starts(self, seqs: list[Sequence]) -> list[Sequence]:
         """Each prompt's longest start kept by the prefix cache, copied into its slot."""
@@ -275,10 +274,9 @@ class Engine:
                 seq.cached = self.prefixes.load(seq.prompt_ids, self.cache, seq.slot)
         return seqs
 
-    def _keep_prompts(self) -> None:
-        """The last prefill's prompts into the prefix cache, read from their slots (after
+    def _keep_prompts(self, seqs: list[Sequence]) -> None:
+        """The prompts a prefill computed into the prefix cache, read from their slots (after
         their first tokens went out, before a slot can be reused)."""
-        seqs, self._to_store = self._to_store, []
         if self.prefixes is not None:
             for seq in seqs:
                 self.prefixes.store(seq.prompt_ids, self.cache, seq.slot)

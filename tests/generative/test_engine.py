@@ -274,12 +274,12 @@ def test_requests_arriving_during_a_prefill_join_it_with_generates_tokens(
             self.burst: list[Sequence] = []
             super().__init__(*args, **kwargs)
 
-        def _prefill(self, seqs: list[Sequence]) -> None:
+        def _prefill(self, seqs: list[Sequence]) -> list[Sequence]:
             self.order.append(("prefill", len(seqs)))
             burst, self.burst = self.burst, []
             for seq in burst:  # they arrive while this forward runs
                 self.submit(seq)
-            super()._prefill(seqs)
+            return super()._prefill(seqs)
 
         def _decode(self) -> None:
             self.order.append(("decode", len(self.running)))
@@ -310,11 +310,11 @@ def test_identical_prompts_in_one_prefill_are_computed_once(served_lm: Any, toke
     class Joined(Engine):
         burst: list[Sequence] = []  # set by the test, emptied by the engine
 
-        def _prefill(self, seqs: list[Sequence]) -> None:
+        def _prefill(self, seqs: list[Sequence]) -> list[Sequence]:
             burst, self.burst = self.burst, []
             for seq in burst:  # they arrive while this forward runs
                 self.submit(seq)
-            super()._prefill(seqs)
+            return super()._prefill(seqs)
 
     e = Joined(served_lm, tokenizer, max_running=8, kv_cache_tokens=4096, max_queued=8)
     greedy = SamplingParams(max_tokens=12, temperature=0.0)

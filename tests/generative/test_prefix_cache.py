@@ -93,11 +93,11 @@ def test_a_request_with_a_cached_start_joins_a_running_prefill(
     class Joined(Engine):
         burst: list[Sequence] = []
 
-        def _prefill(self, seqs: list[Sequence]) -> None:
+        def _prefill(self, seqs: list[Sequence]) -> list[Sequence]:
             burst, self.burst = self.burst, []
             for seq in burst:  # they arrive while this forward runs
                 self.submit(seq)
-            super()._prefill(seqs)
+            return super()._prefill(seqs)
 
     e = Joined(
         served_lm, tokenizer, max_running=8, kv_cache_tokens=4096, max_queued=8,
