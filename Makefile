@@ -54,10 +54,13 @@ setup-system:
 test-unit: setup
 	$(BIN)/pytest tests -m unit -q -p no:cacheprovider -p no:nbval -p no:schemathesis
 
-# Everything but the Ray tests (their own target) and tests/optional (make test-mlserver).
+# Everything but the Ray tests (their own target) and tests/optional (make test-mlserver), on
+# two workers (pytest-xdist): much of a test's time is waiting on a process it started. A
+# module's tests stay on one worker (--dist loadfile), so its fixtures are set up once.
+PYTEST_WORKERS ?= 2
 test-py: setup lint
 	$(BIN)/pytest tests -q -p no:cacheprovider --ignore=tests/ray --ignore=tests/optional \
-		--durations=15
+		-n $(PYTEST_WORKERS) --dist loadfile --durations=15
 
 # The ray target against a real local Ray head. Ray binds every interface it finds, so the head
 # and its clients run in a network namespace of their own holding only loopback.

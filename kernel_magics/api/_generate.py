@@ -65,7 +65,7 @@ def generate(
     settings: Settings | None = None,
 ) -> Generation:
     """Stream a completion of ``prompt`` from ``model`` (``NAME`` or ``NAME@VERSION``, deployed
-    on the local serving target); ``on_text(piece)`` is called as each piece arrives. Setting
+    on the serving target); ``on_text(piece)`` is called as each piece arrives. Setting
     ``cancel`` closes the stream at the next piece (the server frees the sequence's slot) and
     returns what came so far, with ``finish_reason`` "cancelled"."""
     body = {"prompt": prompt} | _sampling(max_tokens, temperature, top_p, top_k, seed, stop)
@@ -130,13 +130,17 @@ def _stream(
     settings: Settings | None,
 ) -> Generation:
     serving = _target(_settings(settings))
-    url, token = getattr(serving, "url", None), getattr(serving, "token", None)
-    if url is None or token is None:
+    url = serving.url
+    if url is None:
         raise ServiceUnavailable("the inference process is not running: %deploy a model first")
     request = urllib.request.Request(
         f"{url}{path}",
         data=json.dumps({"model": model} | body).encode(),
-        headers={"content-type": "application/json", "authorization": f"Bearer {token()}"},
+        # the target's own token: the built-in process's, none on Ray
+        headers={
+            "content-type": "application/json",
+            "authorization": f"Bearer {serving.http.token()}",
+        },
     )
     started = time.perf_counter()
     first = 0.0

@@ -22,7 +22,7 @@ from kernel_magics.generative.tokens import fast_backend
 
 # Used when the tokenizer has no chat template (documented in docs/generative.md).
 PLAIN_CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] | trim }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
 _ROLES = ("system", "user", "assistant", "developer", "tool")

@@ -15,8 +15,10 @@ What matches:
 
 - a prompt seen whole before: all but its last token (the forward computes the last one for
   the logits its first token is sampled from);
-- a prompt that shares whole blocks of ``BLOCK`` tokens with a stored one: those blocks (a
-  chained hash per block boundary; the tokens themselves are compared before a match is used).
+- a prompt that shares at least one whole block of ``BLOCK`` tokens with a stored one: those
+  blocks (found by a hash chained over the block boundaries; the tokens themselves are
+  compared before a match is used), then token by token as far as the stored prompt that holds
+  the last of them goes on the same way. A shared start shorter than one block is computed.
 
 Stored prompts are kept up to ``budget`` tokens in all (setting ``gen_prefix_cache_tokens``),
 the least recently used going first. Each token costs the model's KV bytes per token (keys and
@@ -73,14 +75,20 @@ class PrefixCache:
         whole = self._whole.get(prompt)
         if whole is not None:
             return whole, usable
-        best: tuple[_Entry | None, int] = (None, 0)
+        best, matched = None, 0
         for count, digest in enumerate(_block_hashes(prompt[:usable]), start=1):
             entry = self._by_block.get(digest)
             length = count * BLOCK
             if entry is None or entry.tokens[:length] != prompt[:length]:
                 break
-            best = (entry, length)
-        return best
+            best, matched = entry, length
+        if best is None:
+            return None, 0
+        # past the last whole block: the tokens the holder of that block shares with the prompt
+        end = min(len(best.tokens), usable)
+        while matched < end and best.tokens[matched] == prompt[matched]:
+            matched += 1
+        return best, matched
 
     def load(self, prompt: list[int], cache: SlotCache, slot: int) -> int:
         """Copy the longest stored start of ``prompt`` into ``slot``; its length (0: none)."""

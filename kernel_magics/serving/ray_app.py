@@ -1,4 +1,5 @@
-"""Ray Serve replicas of the ``ray`` serving target: one application per model and a gateway.
+"""Ray Serve replicas of the ``ray`` serving target: one application per model, behind the
+gateway (``ray_gateway.py``).
 
 The kernel side (``targets/ray.py``) plans every transition against the store (the same
 ``Lifecycle`` and hash check as the built-in process) and hands the result to Ray as the model
@@ -7,10 +8,9 @@ deployment's ``user_config``: ``{"live": spec, "canary": spec | None, "percent":
 warms a new version beside the live one and then swaps it in with one assignment, so requests
 keep being answered by the old version until the new one is ready.
 
-A model application has no HTTP route of its own: Ray's proxy matches route prefixes on whole
-path segments, so ``/v1/models/NAME:predict`` cannot reach an application mounted at
-``/v1/models/NAME``. One ``Gateway`` application at ``/`` parses the built-in process's routes
-and calls the model's application through its handle.
+A model application has no HTTP route of its own: the gateway parses the routes and calls it
+through its handle (``handle`` for predictions, ``complete`` for a language model's OpenAI
+routes, whose answer streams back piece by piece through ``generative/stream.py``).
 
 Canaries follow the worker's split rule (``request/canary.py``); Ray's proxy gives every request
 an ``X-Request-ID`` (the client's, else a random one), so here the split always goes by its hash:
@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from ray import serve
-from starlette.requests import Request as HttpRequest
-from starlette.responses import Response
 
-from kernel_magics.errors import InvalidInput, KernelMagicsError
-from kernel_magics.naming import not_found, unknown_verb
+from kernel_magics.errors import InvalidInput, KernelMagicsError, NotFound, ServiceUnavailable
+from kernel_magics.generative import stream
+from kernel_magics.generative.openai_protocol import generative, model_ref, read_body
 from kernel_magics.records import ModelSpec
 from kernel_magics.serving.request import invocations
 from kernel_magics.serving.request.bodies import describe_error, dumps, error_body
@@ -49,10 +49,8 @@ from kernel_magics.serving.request.model import LoadedModel
 from kernel_magics.serving.request.model_table import model_from_spec
 from kernel_magics.serving.request.predict_request import decode_invocations, decode_predict
 from kernel_magics.serving.request.protocol import Request
-from kernel_magics.serving.tokens import MANAGE_ACTIONS
 
 log = logging.getLogger(__name__)
-GATEWAY_APP = "kernel-magics"
 # ':' is not allowed in model names (naming.py), so no model's application can be the gateway's.
 MODEL_APP_PREFIX = "kernel-magics:"
 JSON = "application/json"
@@ -106,6 +104,7 @@ class ModelServer:
             log.error("configuration %s not loaded: %s", config, err)
             self.failed = {"config": config, "error": describe_error(err, 600)}
             return
+        before = self._models()
         if self.live is not None and self.live is not live:
             self.standby = self.live
         batch = live.max_batch_size
@@ -120,6 +119,10 @@ class ModelServer:
         if split is None or (split.model, split.percent) != (canary, percent):
             self.split = Split(canary, percent) if canary else None
         self.failed = None
+        kept = [id(m) for m in self._models()]
+        for model in before:
+            if model is not None and id(model) not in kept:
+                asyncio.get_running_loop().create_task(_release(model))
 
     async def _loaded(self, wire: dict[str, Any]) -> LoadedModel:
         spec = ModelSpec.from_wire(wire)
@@ -185,6 +188,33 @@ class ModelServer:
             return await self._predict(model, body, headers, tags, wants_labels(query))
         except KernelMagicsError as err:
             return _error(err, tags)
+
+    async def complete(
+        self, body: bytes, headers: dict[str, str], chat: bool
+    ) -> AsyncIterator[stream.Head | bytes]:
+        """``/v1/completions`` (``/v1/chat/completions`` when ``chat``) as ``stream`` answers
+        it: the head, then the body piece by piece (Ray streams them to the gateway)."""
+        try:
+            doc = read_body(body)
+            name, version = model_ref(doc.get("model"))
+            if self.live is None:
+                raise ServiceUnavailable("no version of this model is loaded yet")
+            model = generative(self._pick(headers) if version is None else self._pinned(version))
+        except KernelMagicsError as err:
+            pieces = stream.failure(err)
+        else:
+            pieces = stream.completion(model, doc, chat)
+        async for piece in pieces:
+            yield piece
+
+    def _pinned(self, version: int) -> LoadedModel:
+        """``NAME@V``: a version this replica serves (live, canary or the standby)."""
+        for model in self._models():
+            if model is not None and model.version == version:
+                return model
+        served = ", ".join(f"v{m.version}" for m in self._models() if m is not None)
+        name = self.live.name if self.live is not None else "this model"
+        raise NotFound(f"{name} v{version} is not served (served: {served})")
 
     async def _predict(
         self,
@@ -264,87 +294,8 @@ def _model_error(err: BaseException) -> str:
     return f"the model failed on this input: {describe_error(err)}"
 
 
-@serve.deployment(max_ongoing_requests=512)
-class Gateway:
-    """The built-in process's public routes in front of the model applications."""
-
-    def __init__(self) -> None:
-        self.handles: dict[str, Any] = {}
-
-    async def __call__(self, request: HttpRequest) -> Response:
-        path, method = request.url.path, request.method
-        if path in ("/v1/models", "/v1/models/"):
-            return await self._list()
-        if path in ("/ping", "/health"):
-            return Response(b"pong", media_type="text/plain")
-        if not path.startswith("/v1/models/"):
-            return _answer(404, error_body(f"no route {path[:200]}"))
-        rest = path[len("/v1/models/") :]
-        name, slash, action = rest.partition("/")
-        if slash and action == "invocations":
-            route, allowed = "invocations", "POST"
-        elif slash and action in MANAGE_ACTIONS:
-            message = (
-                f"{action} of a model served by Ray runs from the kernel side "
-                "(%deploy, kernel_magics.api, the kernel-magics CLI), not over this HTTP API"
-            )
-            return _answer(501, error_body(message))
-        elif slash:
-            return _answer(404, error_body(f"no route {path[:200]}"))
-        elif rest.endswith(":predict"):
-            name, route, allowed = rest[: -len(":predict")], "predict", "POST"
-        elif ":" in rest:
-            return _answer(404, error_body(unknown_verb(rest)))
-        else:
-            route, allowed = "describe", "GET"
-        if method != allowed:
-            message = f"method {method} is not allowed on {path[:200]}; use {allowed}"
-            return _answer(405, error_body(message), {"allow": allowed})
-        handle = await self._handle(name)
-        if handle is None:
-            deployed = await asyncio.to_thread(_deployed)
-            return _answer(404, error_body(not_found(name[:200], deployed, "deployed")))
-        headers = {k: v for k, v in request.headers.items() if k in _FORWARDED}
-        body = await request.body()
-        query = request.url.query.encode("latin-1")
-        status, data, ctype, extra = await handle.handle.remote(route, body, headers, query)
-        return _answer(status, data, extra, ctype)
-
-    async def _handle(self, name: str) -> Any:
-        handle = self.handles.get(name)
-        if handle is None:
-            try:
-                handle = await asyncio.to_thread(serve.get_app_handle, app_name(name))
-            except Exception:  # no such application: the model is not deployed here
-                return None
-            self.handles[name] = handle
-        return handle
-
-    def forget(self, name: str) -> None:
-        """Drop the cached handle of a model whose application was deleted (undeploy)."""
-        self.handles.pop(name, None)
-
-    async def _list(self) -> Response:
-        models = []
-        for name in await asyncio.to_thread(_deployed):
-            handle = await self._handle(name)
-            if handle is not None:
-                doc = await handle.describe.remote()
-                if doc:
-                    models.append(doc)
-        return _answer(200, dumps({"models": models}))
-
-
-_FORWARDED = ("content-type", "accept", REQUEST_ID.decode())
-
-
-def _answer(
-    status: int, body: bytes, headers: dict[str, str] | None = None, ctype: str = JSON
-) -> Response:
-    return Response(body, status_code=status, headers=headers, media_type=ctype)
-
-
-def _deployed() -> list[str]:
-    """Names of the models with a running application on this cluster."""
-    apps = serve.status().applications
-    return sorted(n[len(MODEL_APP_PREFIX) :] for n in apps if n.startswith(MODEL_APP_PREFIX))
+async def _release(model: LoadedModel, timeout: float = 600) -> None:
+    """A version no longer served: closed once its last answer is out (a language model's
+    engine thread and cache go with it)."""
+    await model.inflight.drained(timeout)
+    model.close()

@@ -21,11 +21,13 @@ if TYPE_CHECKING:
         ServerStatus,
         TransitionResult,
     )
+    from kernel_magics.targets.http import HttpClient
 
 
 @runtime_checkable
 class ServingTarget(Protocol):
     kind: str
+    http: HttpClient  # its HTTP API: the token it needs (none on Ray), the statuses mapped back
 
     @property
     def url(self) -> str | None:

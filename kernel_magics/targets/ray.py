@@ -1,8 +1,9 @@
 """Ray Serve as a serving target (``target = "ray"``, cluster at ``ray_address``).
 
 Each deployed model is a Ray Serve application (``serving/ray_app.py``) behind one gateway
-application that answers the built-in process's routes on Ray's HTTP proxy (``host``:``port``,
-8000 when ``port`` is 0). Transitions are planned here, in the kernel, with the same
+application (``serving/ray_gateway.py``) that answers the built-in process's routes, and
+OpenAI's completion routes for a language model, on Ray's HTTP proxy (``host``:``port``, 8000
+when ``port`` is 0). Transitions are planned here, in the kernel, with the same
 ``Lifecycle`` as the built-in process (store lookups, the SHA-256 check of the version's files,
 the live and canary aliases, the history); the replicas receive the result as the deployment's
 ``user_config``, which Ray applies in place (``reconfigure``, no replica restart). The store
@@ -125,8 +126,8 @@ class RayTarget:
         import ray
         from ray import serve
 
-        from kernel_magics.serving.ray_app import GATEWAY_APP
-        from kernel_magics.serving.ray_app import Gateway as gateway_class
+        from kernel_magics.serving.ray_gateway import GATEWAY_APP
+        from kernel_magics.serving.ray_gateway import Gateway as gateway_class
 
         self.settings.check_bind()
         if not ray.is_initialized():
@@ -179,7 +180,8 @@ class RayTarget:
         cluster and Serve keep running (this target started neither)."""
         from ray import serve
 
-        from kernel_magics.serving.ray_app import GATEWAY_APP, MODEL_APP_PREFIX
+        from kernel_magics.serving.ray_app import MODEL_APP_PREFIX
+        from kernel_magics.serving.ray_gateway import GATEWAY_APP
 
         with self._guard:  # connect, but do not redeploy what is about to be deleted
             self._restored = True
@@ -334,7 +336,8 @@ class RayTarget:
     def _delete(self, name: str) -> None:
         from ray import serve
 
-        from kernel_magics.serving.ray_app import GATEWAY_APP, app_name
+        from kernel_magics.serving.ray_app import app_name
+        from kernel_magics.serving.ray_gateway import GATEWAY_APP
 
         serve.delete(app_name(name))
         serve.get_app_handle(GATEWAY_APP).forget.remote(name).result()

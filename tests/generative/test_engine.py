@@ -45,7 +45,7 @@ def served_lm() -> Any:
     """The tiny Llama's own copy for these engines: an engine prepares the model it serves (its
     weights become views of transposed matrices, decode.py), which the session's ``lm``, saved
     to the store by other modules, must not see."""
-    from generative.conftest import tiny_llama
+    from kit.tiny_lm import tiny_llama
 
     return tiny_llama()
 

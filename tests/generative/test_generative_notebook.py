@@ -66,7 +66,9 @@ def test_session_keeps_turns_and_sends_the_whole_conversation(served: str, token
         {"role": "user", "content": "Third"},
     ]
     # the server saw exactly those messages through the plain template: as many prompt tokens
-    plain = "".join(f"{m['role']}: {m['content']}\n" for m in session.messages_for("Hi")[:-1])
+    plain = "".join(
+        f"{m['role']}: {m['content'].strip()}\n" for m in session.messages_for("Hi")[:-1]
+    )
     third = session.send("Hi")
     expected = len(tokenizer(plain + "user: Hi\nassistant:")["input_ids"])
     assert third.result.prompt_tokens == expected
@@ -151,7 +153,7 @@ def corpus() -> str:
 def test_train_text_lowers_the_loss_and_registers_a_served_version(
     ip: Any, client: LocalTarget, served: str, tokenizer: Any, corpus: str, capsys: Any
 ) -> None:
-    from generative.conftest import tiny_llama
+    from kit.tiny_lm import tiny_llama
 
     ip.user_ns.update(fresh=tiny_llama(seed=1), tok=tokenizer, corpus=corpus)
     result = ip.run_line_magic(
@@ -184,8 +186,7 @@ def test_train_text_lowers_the_loss_and_registers_a_served_version(
 
 def test_train_text_bad_input_is_one_line(ip: Any, tokenizer: Any) -> None:
     from IPython.core.error import UsageError
-
-    from generative.conftest import tiny_llama
+    from kit.tiny_lm import tiny_llama
 
     ip.user_ns.update(fresh=tiny_llama(seed=1), tok=tokenizer)
     with pytest.raises(UsageError, match="fewer than 2 blocks of 32"):

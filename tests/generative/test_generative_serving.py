@@ -6,7 +6,6 @@ deploy while streams run."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import mlflow
 import openai
 import pytest
 import requests
+from kit.streams import streams_through
 
 from kernel_magics import api
 from kernel_magics.config import load_settings
@@ -183,37 +183,19 @@ def test_sixteen_async_streams(client: LocalTarget, served: str) -> None:
 
 
 def test_deploy_while_streaming_fails_no_stream(client: LocalTarget, served: str) -> None:
-    results: list[tuple[str, str]] = []
-    failures: list[BaseException] = []
-    started = threading.Barrier(9)
+    oai = openai.OpenAI(base_url=f"{client.url}/v1", api_key=client.token())
 
-    def stream() -> None:
-        try:
-            oai = openai.OpenAI(base_url=f"{client.url}/v1", api_key=client.token())
-            chunks = oai.completions.create(
-                model="tiny", prompt=PROMPT, max_tokens=200, temperature=0, stream=True
-            )
-            started.wait(30)
-            pieces = list(chunks)
-            results.append((pieces[-1].model, pieces[-1].choices[0].finish_reason))
-        except BaseException as err:
-            failures.append(err)
+    def open_stream() -> Any:
+        return oai.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=200, temperature=0, stream=True
+        )
 
-    threads = [threading.Thread(target=stream) for _ in range(8)]
-    for t in threads:
-        t.start()
-    started.wait(30)
-    swap = api.deploy("tiny@2")
-    after = openai.OpenAI(base_url=f"{client.url}/v1", api_key=client.token())
-    answer = after.completions.create(model="tiny", prompt=PROMPT, max_tokens=2)
-    for t in threads:
-        t.join(60)
-    assert not failures
+    results, swap = streams_through(open_stream, 8, lambda: api.deploy("tiny@2"))
     assert results == [("tiny@1", "length")] * 8  # each finished on the version it started on
     assert swap.version == 2
-    assert answer.model == "tiny@2"
+    assert oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=2).model == "tiny@2"
     api.rollback("tiny")
-    assert after.completions.create(model="tiny", prompt=PROMPT, max_tokens=2).model == "tiny@1"
+    assert oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=2).model == "tiny@1"
 
 
 def test_tokens_are_metered_per_api_token(oai: openai.OpenAI, client: LocalTarget) -> None:

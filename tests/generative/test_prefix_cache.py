@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import torch
+from kit.tiny_lm import tiny_llama
 
-from generative.conftest import tiny_llama
 from generative.test_engine import PROMPTS, Collector, reference, run
 from kernel_magics.generative.cache import SlotCache
 from kernel_magics.generative.engine import Engine
@@ -67,20 +67,29 @@ def test_a_repeated_prompt_computes_only_its_last_token(served_lm: Any, tokenize
         e.stop()
 
 
-def test_a_shared_system_prompt_is_reused_by_whole_blocks(served_lm: Any, tokenizer: Any) -> None:
-    """One request with the system prompt, then a group where three share its blocks and one
-    shares nothing: one forward computes prompts with and without a cached start."""
+def shared(a: list[int], b: list[int]) -> int:
+    """How many tokens ``a`` and ``b`` start with alike."""
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+
+
+def test_a_shared_system_prompt_is_reused_to_its_last_shared_token(
+    served_lm: Any, tokenizer: Any
+) -> None:
+    """One request with the system prompt, then a group where two share its start and one
+    shares nothing: one forward computes prompts with and without a cached start. The shared
+    start is reused by whole blocks, then token by token past the last one."""
     e = engine(served_lm, tokenizer)
     prompts = [SYSTEM + q for q in QUESTIONS]
-    system_tokens = len(tokenizer(SYSTEM)["input_ids"])
-    assert system_tokens >= 3 * BLOCK
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
     try:
         run(e, tokenizer, prompts[:1], GREEDY)
         group = prompts[1:3] + [PROMPTS[2]]
         seqs, _ = run(e, tokenizer, group, GREEDY)
-        for seq in seqs[:2]:
-            assert seq.cached % BLOCK == 0
-            assert system_tokens - BLOCK < seq.cached <= system_tokens
+        for seq, own in zip(seqs[:2], ids[1:3], strict=True):
+            assert seq.cached == shared(ids[0], own) >= 3 * BLOCK
+        assert {seq.cached % BLOCK for seq in seqs[:2]} != {0}  # not only whole blocks
         assert seqs[2].cached == 0
         check(served_lm, tokenizer, group, seqs)
     finally:
@@ -118,11 +127,17 @@ def test_a_request_with_a_cached_start_joins_a_running_prefill(
         e.stop()
 
 
-def test_the_budget_evicts_the_least_recently_used_prompt() -> None:
-    cache = SlotCache(layers=2, slots=2, kv_heads=1, head_dim=4, dtype=torch.float32)
+def random_cache(layers: int) -> SlotCache:
+    """Two slots of 64 tokens holding random keys and values."""
+    cache = SlotCache(layers=layers, slots=2, kv_heads=1, head_dim=4, dtype=torch.float32)
     cache.reserve(64)
     for tensor in cache.keys + cache.values:
         tensor.normal_()
+    return cache
+
+
+def test_the_budget_evicts_the_least_recently_used_prompt() -> None:
+    cache = random_cache(layers=2)
     prefixes = PrefixCache(budget=30)
     first, second, third = list(range(10)), list(range(100, 110)), list(range(200, 215))
     prefixes.store(first, cache, 0)
@@ -135,6 +150,17 @@ def test_the_budget_evicts_the_least_recently_used_prompt() -> None:
     assert torch.equal(cache.keys[1][1, :, :14], cache.keys[1][0, :, :14])
     prefixes.store(list(range(40)), cache, 0)  # over the whole budget: not kept
     assert prefixes.tokens == 25
+
+
+def test_a_match_goes_on_past_the_last_whole_block() -> None:
+    cache = random_cache(layers=1)
+    prefixes = PrefixCache(budget=100)
+    prefixes.store(list(range(40)), cache, 0)
+    assert prefixes.load([*range(37), -1, -2], cache, 1) == 37  # 2 blocks, then 5 tokens
+    assert torch.equal(cache.keys[0][1, :, :37], cache.keys[0][0, :, :37])
+    assert prefixes.load([*range(44)], cache, 1) == 40  # the whole stored prompt, and more
+    assert prefixes.load([*range(10), -1], cache, 1) == 0  # under one block: computed
+    assert prefixes.load([-1, *range(1, 40)], cache, 1) == 0  # differs in the first block
 
 
 def test_no_prefix_cache_when_the_setting_is_zero(served_lm: Any, tokenizer: Any) -> None:
@@ -171,8 +197,8 @@ def test_a_conversations_next_turn_starts_after_the_last_answer(
         nxt = Sequence(follow_up, GREEDY, collect)
         e.submit(nxt)
         assert collect.done.wait(30)
-        assert nxt.cached == (len(answered) - 1) // BLOCK * BLOCK
-        assert nxt.cached > len(first)
+        # all of the kept turn: its prompt and its answer but the last token (never computed)
+        assert nxt.cached == len(answered) - 1
         with torch.inference_mode():
             ids = torch.tensor([follow_up])
             out = served_lm.generate(

@@ -18,6 +18,7 @@ from typing import Any
 from kernel_magics.config import Settings
 from kernel_magics.errors import InvalidInput, clip
 from kernel_magics.generative import openai_api
+from kernel_magics.generative.openai_protocol import model_list
 from kernel_magics.naming import not_found, unknown_verb
 from kernel_magics.quality.log_writer import InferenceLog, Sample
 from kernel_magics.serving.control.worker_routes import ControlRoutes
@@ -401,12 +402,7 @@ class WorkerApp(ControlRoutes):
 
     def list_models(self, req: Request, conn: Connection) -> None:
         models = [self.table.describe(name) for name in sorted(self.table.live)]
-        # "models" is this server's own listing; "object" + "data" is OpenAI's list shape
-        data = [
-            {"id": m["name"], "object": "model", "created": 0, "owned_by": "kernel-magics"}
-            for m in models
-        ]
-        conn.send(200, dumps({"models": models, "object": "list", "data": data}), req=req)
+        conn.send(200, dumps(model_list(models)), req=req)
 
     def model_info(self, req: Request, conn: Connection, raw: bytes) -> None:
         name = raw.decode("latin-1")
