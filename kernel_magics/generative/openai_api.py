@@ -121,12 +121,12 @@ class _Reply:
             else:
                 self.model.stats.ttft.observe(now - self.req.t0)
             self.last_text_at = now
-        usage = Completion.usage(seq.prompt_tokens, seq.completion_tokens)
         if self.out is not None:
             if delta or finish is None:
                 self.out.write(self.answer.chunk(delta, None, first=not self.text))
             self.text.append(delta)
             if finish is not None:
+                usage = Completion.usage(seq.prompt_tokens, seq.completion_tokens)
                 self.out.write(self.answer.chunk("", finish, usage=usage))
                 self.out.write(DONE)
                 self._close()
@@ -138,6 +138,7 @@ class _Reply:
         if failed is not None:
             self.conn.send(failed[0], failed[1], req=self.req)
         else:
+            usage = Completion.usage(seq.prompt_tokens, seq.completion_tokens)
             whole = self.answer.whole("".join(self.text), finish, usage)
             self.conn.send(200, whole, extra_headers=self.model.response_headers, req=self.req)
         self._close()

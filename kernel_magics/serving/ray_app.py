@@ -196,7 +196,7 @@ class ModelServer:
         it: the head, then the body piece by piece (Ray streams them to the gateway)."""
         try:
             doc = read_body(body)
-            name, version = model_ref(doc.get("model"))
+            _, version = model_ref(doc.get("model"))  # the gateway routed by the name
             if self.live is None:
                 raise ServiceUnavailable("no version of this model is loaded yet")
             model = generative(self._pick(headers) if version is None else self._pinned(version))

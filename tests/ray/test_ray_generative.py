@@ -75,6 +75,12 @@ def test_greedy_answers_are_generates_streamed_and_whole(
     )
     assert (gen.model, gen.text, gen.completion_tokens) == ("lm@1", expected, 24)
     assert len(pieces) > 1
+    # the replica's engine, as %serve status and the panel read it: the repeated prompt was
+    # taken from its prefix cache
+    engine = api.server_status(settings=settings).models["lm"].generation
+    assert engine is not None
+    assert engine.generated_tokens >= 3 * 24
+    assert engine.prefix_hits >= 2
 
     chat = oai.chat.completions.create(
         model="lm", messages=[{"role": "user", "content": "Hello"}], max_tokens=8, temperature=0
