@@ -299,7 +299,7 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16", help="served precisions")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--streams", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--only", choices=("ours", "peer"), help="one server (no report file)")
     parser.add_argument("--no-ops", action="store_true", help="no swap or memory checks")
     parser.add_argument("--quick", action="store_true", help="4m, 16 tokens, 4 streams, 1 round")
