@@ -2,11 +2,13 @@
 proxy: the gateway relays ``/v1/completions`` and ``/v1/chat/completions`` to the model's
 replica, which streams the server-sent events back as the engine makes them. The greedy answer
 is ``generate``'s, streamed and whole; 8 streams in flight through a deploy finish on the
-version that started them while the next request gets the new one; rollback; ``NAME@V``;
+version that started them while the next request gets the new one; rollback; ``NAME@V``; a
+client gone mid-stream frees its slot;
 ``api.generate``; and OpenAI's error shape for a bad request."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,30 @@ def test_a_deploy_under_streams_fails_none_and_rollback_returns(
     assert oai.completions.create(model="lm", prompt=PROMPT, max_tokens=2).model == "lm@1"
     # the version the rollback replaced stays loaded beside it: NAME@V reaches it
     assert oai.completions.create(model="lm@2", prompt=PROMPT, max_tokens=2).model == "lm@2"
+
+
+def test_a_client_gone_mid_stream_frees_its_slot(oai: openai.OpenAI, settings: Settings) -> None:
+    """Ray cancels the replica's stream when the proxy's client goes away: the sequence is
+    dropped at the engine's next step, not run to its end."""
+
+    def engine() -> Any:
+        state = api.server_status(settings=settings).models["lm"].generation
+        assert state is not None
+        return state
+
+    before = engine()
+    chunks = oai.completions.create(
+        model="lm", prompt=PROMPT, max_tokens=400, temperature=0, stream=True
+    )
+    next(iter(chunks))
+    chunks.close()
+    deadline = time.monotonic() + 30
+    while engine().cancelled == before.cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = engine()
+    assert after.cancelled == before.cancelled + 1
+    assert after.running == 0
+    assert after.generated_tokens - before.generated_tokens < 400
 
 
 def test_bad_requests_get_openais_error_shape(oai: openai.OpenAI, settings: Settings) -> None:
