@@ -3,8 +3,8 @@ proxy: the gateway relays ``/v1/completions`` and ``/v1/chat/completions`` to th
 replica, which streams the server-sent events back as the engine makes them. The greedy answer
 is ``generate``'s, streamed and whole; 8 streams in flight through a deploy finish on the
 version that started them while the next request gets the new one; rollback; ``NAME@V``; a
-client gone mid-stream frees its slot;
-``api.generate``; and OpenAI's error shape for a bad request."""
+client gone mid-stream frees its slot; ``api.generate``; and OpenAI's error shape for a bad
+request."""
 
 from __future__ import annotations
 
