@@ -100,6 +100,8 @@ SHAPES = {
     "llama-tied": ("LlamaConfig", {"tie_word_embeddings": True}, "direct", torch.float32),
     # an activation the direct step does not reproduce: the model's own forward decodes
     "llama-gelu": ("LlamaConfig", {"hidden_act": "gelu"}, "model", torch.float32),
+    # learned positions, a fused query/key/value projection, GELU: the model's own forward
+    "gpt2": ("GPT2Config", {}, "model", torch.float32),
     # served in bfloat16 (setting gen_dtype): the same tokens as generate in bfloat16
     "llama-bf16": ("LlamaConfig", {}, BF16_PATH, torch.bfloat16),
     "qwen2-bf16": (
