@@ -48,6 +48,24 @@ def model_list(models: list[dict]) -> dict:
     return {"models": models, "object": "list", "data": data}
 
 
+# Parameters of OpenAI's completion routes this server does not implement, each with the values
+# that ask for nothing (clients send their defaults): any other value is a 400 that names it,
+# rather than an answer that silently lacks what was asked for.
+NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
+    "logprobs": (None, False, 0),  # an int on /v1/completions, a bool on chat
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "best_of": (None, 1),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
+    "tools": (None, []),
+    "functions": (None, []),
+    "response_format": (None, {"type": "text"}),
+}
+
+
 # -- requests -------------------------------------------------------------------------------------
 def read_body(raw: bytes) -> dict:
     try:
@@ -58,6 +76,9 @@ def read_body(raw: bytes) -> dict:
         raise InvalidInput("the body must be a JSON object")
     if body.get("n", 1) != 1:
         raise InvalidInput("n must be 1: one completion per request")
+    for key, off in NOT_IMPLEMENTED.items():
+        if body.get(key) not in off:
+            raise InvalidInput(f"{key} is not supported by this server: leave it out")
     return body
 
 

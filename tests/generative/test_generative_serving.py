@@ -137,6 +137,21 @@ def test_bad_input_is_400_in_openai_shape(oai: openai.OpenAI, client: LocalTarge
         oai.completions.create(model="tiny", prompt=PROMPT, temperature=5)
     with pytest.raises(openai.NotFoundError, match="nope"):
         oai.completions.create(model="nope", prompt=PROMPT)
+    # what this server does not implement is refused by name, not answered without it
+    with pytest.raises(openai.BadRequestError, match="logprobs is not supported"):
+        oai.completions.create(model="tiny", prompt=PROMPT, logprobs=2)
+    with pytest.raises(openai.BadRequestError, match="frequency_penalty"):
+        oai.completions.create(model="tiny", prompt=PROMPT, frequency_penalty=0.5)
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        oai.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "Hi"}],
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )  # fmt: skip
+    # their defaults, as clients send them, are accepted
+    defaults = oai.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=2, logprobs=0, echo=False, presence_penalty=0.0
+    )
+    assert defaults.usage.completion_tokens == 2
     with pytest.raises(openai.NotFoundError, match="tiny v2 is not served"):
         oai.completions.create(model="tiny@2", prompt=PROMPT)
     # the process keeps serving
