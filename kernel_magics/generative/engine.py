@@ -120,19 +120,28 @@ class Engine:
                 f"KV-cache budget of {self.kv_cache_tokens} tokens (setting gen_kv_cache_tokens)"
             )
 
-    def submit(self, seq: Sequence) -> None:
-        self.check_length(seq.prompt_tokens, seq.params.max_tokens)
-        seq.generator = generator_for(seq.params)
-        seq.submitted = time.perf_counter()
+    def submit(self, *seqs: Sequence) -> None:
+        """Queue ``seqs`` (one request's choices): all of them, or none (Overloaded)."""
+        for seq in seqs:
+            self.check_length(seq.prompt_tokens, seq.params.max_tokens)
+        if len(seqs) > self.max_queued:
+            raise InvalidInput(
+                f"{len(seqs)} sequences in one request: over the {self.max_queued} the queue "
+                "holds (setting gen_max_queued)"
+            )
+        now = time.perf_counter()
+        for seq in seqs:
+            seq.generator = generator_for(seq.params)
+            seq.submitted = now
         with self._wake:
             if self._stopped:
                 raise Overloaded(f"{self.name} is being unloaded; retry")
-            if len(self.waiting) >= self.max_queued:
+            if len(self.waiting) + len(seqs) > self.max_queued:
                 raise Overloaded(
                     f"{self.name}: {len(self.running)} sequences running and {len(self.waiting)} "
                     "queued (the limit, setting gen_max_queued); retry later"
                 )
-            self.waiting.append(seq)
+            self.waiting.extend(seqs)
             self._wake.notify()
 
     def stop(self) -> None:

@@ -2,9 +2,11 @@
 tokens (the shapes themselves: ``openai_protocol.py``).
 
 ``model`` is a served model's name (its live version, or its canary's share) or ``NAME@V`` (a
-version this worker serves: live or canary). One prompt (text) per request and ``n`` = 1.
-``"stream": true`` answers server-sent events, one ``data:`` line per step that added text, the
-last chunk carrying ``finish_reason`` and ``usage``, then ``data: [DONE]``. Errors are OpenAI's
+version this worker serves: live or canary). A prompt or a list of them, ``n`` completions of
+each (``openai_protocol.MAX_CHOICES`` in all), decoded side by side in the running batch.
+``"stream": true`` answers server-sent events, one ``data:`` line per choice per step that added
+text, each choice's last chunk carrying its ``finish_reason`` and the request's last one
+``usage``, then ``data: [DONE]``. Errors are OpenAI's
 error object with the HTTP status of the core's error classes. A stream whose client went away
 is cancelled at the engine's next step, which frees its slot.
 """
@@ -16,15 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_magics.errors import KernelMagicsError, NotFound
 from kernel_magics.generative.openai_protocol import (
-    DONE,
-    Completion,
-    ended_badly,
+    Choices,
+    choices_of,
     error_answer,
     error_json,
     generative,
     model_ref,
-    params_of,
-    prompt_of,
     read_body,
 )
 from kernel_magics.generative.sequence import Sequence
@@ -60,21 +59,21 @@ def _answer(app: WorkerApp, req: Request, conn: Connection, chat: bool) -> None:
     try:
         body = read_body(req.body)
         model = _resolve(app, req, body.get("model"))
-        generator = model.generator
-        params = params_of(body)
-        ids = generator.encode(prompt_of(generator, body, chat))
-        generator.engine.check_length(len(ids), params.max_tokens)
+        plans, prompt_tokens = choices_of(model.generator, body, chat)
     except KernelMagicsError as err:
         return _fail(conn, req, err)
     who = who or ANONYMOUS
     app.usage.request(who)
-    reply = _Reply(app, model, req, conn, chat, bool(body.get("stream")), who)
+    reply = _Reply(app, model, req, conn, bool(body.get("stream")), who)
+    post = app.loop.call_soon_threadsafe
     # a chat's next turn starts with this one: its completion is kept for it (prefix cache)
-    seq = Sequence(ids, params, reply.on_event, post=app.loop.call_soon_threadsafe, keep=chat)
-    reply.seq = seq
+    seqs = [Sequence(ids, params, reply.on_event, post=post, keep=chat) for ids, params in plans]
+    reply.choices = Choices(
+        chat, f"{model.name}@{model.version}", seqs, prompt_tokens, reply.stream
+    )
     model.inflight.enter()
     try:
-        generator.engine.submit(seq)
+        model.generator.engine.submit(*seqs)
     except KernelMagicsError as err:
         model.inflight.leave()
         return _fail(conn, req, err)
@@ -87,67 +86,64 @@ class _Reply:
     """One request's answer, fed by the engine's events on the event loop."""
 
     def __init__(
-        self, app: WorkerApp, model: LoadedModel, req: Request, conn: Connection, chat: bool,
-        stream: bool, who: str,
+        self, app: WorkerApp, model: LoadedModel, req: Request, conn: Connection, stream: bool,
+        who: str,
     ) -> None:  # fmt: skip
         self.app, self.model, self.req, self.conn = app, model, req, conn
         self.stream, self.who = stream, who
-        self.answer = Completion(chat, f"{model.name}@{model.version}")
-        self.text: list[str] = []
-        self.seq: Sequence | None = None
+        self.choices: Choices | None = None
         self.out: ChunkedResponse | None = None
         self.done = False
-        self.last_text_at = 0.0  # when the previous piece of text arrived (metrics)
+        self.last_text_at: dict[int, float] = {}  # each choice's previous piece of text (metrics)
         self.counted = 0  # completion tokens already added to the version's token counter
 
     def start(self) -> None:
         self.out = ChunkedResponse(self.conn, self.req, extra_headers=self.model.response_headers)
 
     def on_event(self, seq: Sequence, delta: str, finish: str | None) -> None:
-        if self.done:
+        choices = self.choices
+        if self.done or choices is None:
             return
         if self.out.gone if self.out is not None else self.conn.closed:
-            seq.cancelled = True  # the client is gone: the engine frees the slot next step
+            for each in choices.seqs:  # the client is gone: the engine frees the slots next step
+                each.cancelled = True
             self._close()
             return
-        stats = self.model.stats
-        if stats is not None and seq.completion_tokens > self.counted:
-            stats.tokens.inc(seq.completion_tokens - self.counted)
-            self.counted = seq.completion_tokens
-        if delta and self.model.stats is not None:
-            now = time.perf_counter()
-            if self.last_text_at:
-                self.model.stats.inter_token.observe(now - self.last_text_at)
-            else:
-                self.model.stats.ttft.observe(now - self.req.t0)
-            self.last_text_at = now
+        self._observe(choices, seq, delta)
+        pieces = choices.event(seq, delta, finish)
         if self.out is not None:
-            if delta or finish is None:
-                self.out.write(self.answer.chunk(delta, None, first=not self.text))
-            self.text.append(delta)
-            if finish is not None:
-                usage = Completion.usage(seq.prompt_tokens, seq.completion_tokens)
-                self.out.write(self.answer.chunk("", finish, usage=usage))
-                self.out.write(DONE)
-                self._close()
+            for piece in pieces:
+                self.out.write(piece)
+        if not choices.done:
             return
-        self.text.append(delta)
-        if finish is None:
-            return
-        failed = ended_badly(finish)
-        if failed is not None:
-            self.conn.send(failed[0], failed[1], req=self.req)
-        else:
-            usage = Completion.usage(seq.prompt_tokens, seq.completion_tokens)
-            whole = self.answer.whole("".join(self.text), finish, usage)
-            self.conn.send(200, whole, extra_headers=self.model.response_headers, req=self.req)
+        if self.out is None:
+            status, body = choices.whole()
+            headers = self.model.response_headers if status == 200 else b""
+            self.conn.send(status, body, extra_headers=headers, req=self.req)
         self._close()
+
+    def _observe(self, choices: Choices, seq: Sequence, delta: str) -> None:
+        """Tokens, time to first token and inter-token gaps into the version's metrics."""
+        stats = self.model.stats
+        if stats is None:
+            return
+        completed = sum(s.completion_tokens for s in choices.seqs)
+        if completed > self.counted:
+            stats.tokens.inc(completed - self.counted)
+            self.counted = completed
+        if delta:
+            now, i = time.perf_counter(), choices.index(seq)
+            if i in self.last_text_at:
+                stats.inter_token.observe(now - self.last_text_at[i])
+            elif not self.last_text_at:
+                stats.ttft.observe(now - self.req.t0)
+            self.last_text_at[i] = now
 
     def _close(self) -> None:
         self.done = True
-        seq = self.seq
-        if seq is not None:
-            self.app.usage.tokens(self.who, seq.prompt_tokens, seq.completion_tokens)
+        if self.choices is not None:
+            usage = self.choices.usage()
+            self.app.usage.tokens(self.who, usage["prompt_tokens"], usage["completion_tokens"])
         if self.out is not None:
             self.out.end()
         stats = self.model.stats

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from kernel_magics.serving.request.model import LoadedModel
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+MAX_CHOICES = 16  # sequences one request may ask for: prompts x n
 DONE = b"data: [DONE]\n\n"
 EVENT_STREAM = "text/event-stream"
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
@@ -74,8 +76,9 @@ def read_body(raw: bytes) -> dict:
         raise InvalidInput(f"the body is not valid JSON: {err}") from None
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
-    if body.get("n", 1) != 1:
-        raise InvalidInput("n must be 1: one completion per request")
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise InvalidInput(f"n must be a positive integer, got {n!r}")
     for key, off in NOT_IMPLEMENTED.items():
         if body.get(key) not in off:
             raise InvalidInput(f"{key} is not supported by this server: leave it out")
@@ -104,16 +107,38 @@ def generative(model: LoadedModel) -> LoadedModel:
     return model
 
 
-def prompt_of(generator: Any, body: dict, chat: bool) -> str:
-    """The text to complete: the messages through the model's chat template, or ``prompt``."""
+def prompts_of(generator: Any, body: dict, chat: bool) -> list[str]:
+    """The texts to complete: the messages through the model's chat template, or ``prompt``
+    (one text, or a list of them)."""
     if chat:
-        return str(generator.chat_prompt(body.get("messages")))
+        return [str(generator.chat_prompt(body.get("messages")))]
     value = body.get("prompt")
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    if not isinstance(value, str):
-        raise InvalidInput("prompt must be text (one prompt per request)")
-    return value
+    prompts = value if isinstance(value, list) else [value]
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise InvalidInput("prompt must be text, or a list of texts")
+    return [str(p) for p in prompts]
+
+
+def choices_of(
+    generator: Any, body: dict, chat: bool
+) -> tuple[list[tuple[list[int], SamplingParams]], int]:
+    """Each choice's prompt token ids and sampling parameters, ``n`` per prompt (choice ``i``
+    is prompt ``i // n``'s), and the prompts' tokens (each prompt counted once, as OpenAI's
+    ``usage`` does). With a ``seed``, copy ``j`` of a prompt samples with ``seed + j``: the
+    copies differ, and the same request gives the same choices."""
+    params = params_of(body)
+    n = body.get("n") or 1
+    prompts = [generator.encode(text) for text in prompts_of(generator, body, chat)]
+    if len(prompts) * n > MAX_CHOICES:
+        raise InvalidInput(
+            f"{len(prompts)} prompt(s) x n={n} is over {MAX_CHOICES} choices per request"
+        )
+    for ids in prompts:
+        generator.engine.check_length(len(ids), params.max_tokens)
+    copies = [
+        params if params.seed is None else replace(params, seed=params.seed + j) for j in range(n)
+    ]
+    return [(ids, copy) for ids in prompts for copy in copies], sum(len(ids) for ids in prompts)
 
 
 def params_of(body: dict) -> SamplingParams:
@@ -158,36 +183,103 @@ class Completion:
     def _head(self, kind: str) -> dict:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.label}
 
-    def whole(self, text: str, finish: str, usage: dict) -> bytes:
+    def whole(self, choices: list[tuple[str, str]], usage: dict) -> bytes:
+        """The whole answer: each choice's ``(text, finish_reason)`` in index order."""
         if self.chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish,
-            }
             doc = self._head("chat.completion")
+            listed: list[dict[str, Any]] = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish,
+                }
+                for i, (text, finish) in enumerate(choices)
+            ]
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
             doc = self._head("text_completion")
-        return orjson.dumps(doc | {"choices": [choice], "usage": usage})
+            listed = [
+                {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
+                for i, (text, finish) in enumerate(choices)
+            ]
+        return orjson.dumps(doc | {"choices": listed, "usage": usage})
 
     def chunk(
-        self, delta: str, finish: str | None, first: bool = False, usage: dict | None = None
+        self,
+        delta: str,
+        finish: str | None,
+        index: int = 0,
+        first: bool = False,
+        usage: dict | None = None,
     ) -> bytes:
-        """One ``data:`` event; the last one carries ``finish_reason`` and ``usage``."""
+        """One ``data:`` event of choice ``index``; the last one carries ``usage``."""
         if self.chat:
             part: dict[str, Any] = {"content": delta}
             if first:
                 part["role"] = "assistant"
-            choice: dict[str, Any] = {"index": 0, "delta": part, "finish_reason": finish}
+            choice: dict[str, Any] = {"index": index, "delta": part, "finish_reason": finish}
             doc = self._head("chat.completion.chunk")
         else:
-            choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "text": delta, "logprobs": None, "finish_reason": finish}
             doc = self._head("text_completion")
         doc["choices"] = [choice]
         if usage is not None:
             doc["usage"] = usage
         return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+class Choices:
+    """One request's choices as the engine's events come in (``event``): the server-sent events
+    a stream writes now, and once every choice has ended the whole answer (``whole``)."""
+
+    def __init__(
+        self, chat: bool, label: str, seqs: list[Any], prompt_tokens: int, stream: bool
+    ) -> None:
+        self.answer = Completion(chat, label)
+        self.seqs, self.prompt_tokens, self.stream = seqs, prompt_tokens, stream
+        self._index = {id(seq): i for i, seq in enumerate(seqs)}
+        self.texts: list[list[str]] = [[] for _ in seqs]
+        self.finish: list[str | None] = [None] * len(seqs)
+        self.left = len(seqs)
+
+    def index(self, seq: Any) -> int:
+        return self._index[id(seq)]
+
+    @property
+    def done(self) -> bool:
+        return self.left == 0
+
+    def event(self, seq: Any, delta: str, finish: str | None) -> list[bytes]:
+        """Record one event of ``seq``; what a stream sends for it (nothing when not one)."""
+        i = self.index(seq)
+        out = []
+        if self.stream and (delta or finish is None):
+            out.append(self.answer.chunk(delta, None, index=i, first=not self.texts[i]))
+        self.texts[i].append(delta)
+        if finish is None:
+            return out
+        self.finish[i] = finish
+        self.left -= 1
+        if self.stream:
+            usage = self.usage() if self.done else None
+            out.append(self.answer.chunk("", finish, index=i, usage=usage))
+            if self.done:
+                out.append(DONE)
+        return out
+
+    def usage(self) -> dict:
+        return Completion.usage(self.prompt_tokens, sum(s.completion_tokens for s in self.seqs))
+
+    def whole(self) -> tuple[int, bytes]:
+        """The status and body of the answer (not streamed) once every choice has ended: an
+        error where one ended without its text."""
+        for finish in self.finish:
+            failed = ended_badly(str(finish))
+            if failed is not None:
+                return failed
+        texts = ["".join(t) for t in self.texts]
+        return 200, self.answer.whole(
+            list(zip(texts, map(str, self.finish), strict=True)), self.usage()
+        )
 
 
 def ended_badly(finish: str) -> tuple[int, bytes] | None:

@@ -15,13 +15,10 @@ from typing import TYPE_CHECKING
 
 from kernel_magics.errors import KernelMagicsError
 from kernel_magics.generative.openai_protocol import (
-    DONE,
     EVENT_STREAM,
-    Completion,
-    ended_badly,
+    Choices,
+    choices_of,
     error_answer,
-    params_of,
-    prompt_of,
 )
 from kernel_magics.generative.sequence import Sequence
 
@@ -41,51 +38,36 @@ async def failure(err: KernelMagicsError) -> AsyncIterator[Head | bytes]:
 async def completion(model: LoadedModel, body: dict, chat: bool) -> AsyncIterator[Head | bytes]:
     """``model``'s answer to one decoded request ``body`` (``/v1/completions``, or
     ``/v1/chat/completions`` when ``chat``)."""
-    generator = model.generator
-    events: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue()
+    events: asyncio.Queue[tuple[Sequence, str, str | None]] = asyncio.Queue()
     try:
-        params = params_of(body)
-        ids = generator.encode(prompt_of(generator, body, chat))
-        generator.engine.check_length(len(ids), params.max_tokens)
-        seq = Sequence(
-            ids,
-            params,
-            lambda _seq, delta, finish: events.put_nowait((delta, finish)),
-            post=asyncio.get_running_loop().call_soon_threadsafe,
-            keep=chat,  # a chat's next turn starts with this one (prefix cache)
-        )
-        generator.engine.submit(seq)
+        plans, prompt_tokens = choices_of(model.generator, body, chat)
+        post = asyncio.get_running_loop().call_soon_threadsafe
+        seqs = [
+            # a chat's next turn starts with this one (prefix cache)
+            Sequence(ids, params, lambda *event: events.put_nowait(event), post=post, keep=chat)
+            for ids, params in plans
+        ]
+        model.generator.engine.submit(*seqs)
     except KernelMagicsError as err:
         async for item in failure(err):
             yield item
         return
     model.inflight.enter()
     tags = {"x-model-name": model.name, "x-model-version": str(model.version)}
-    answer = Completion(chat, f"{model.name}@{model.version}")
     stream = bool(body.get("stream"))
-    finish: str | None = None
+    choices = Choices(chat, f"{model.name}@{model.version}", seqs, prompt_tokens, stream)
     try:
         if stream:
             yield 200, EVENT_STREAM, tags
-        text: list[str] = []
-        while finish is None:
-            delta, finish = await events.get()
-            if stream and (delta or finish is None):
-                yield answer.chunk(delta, None, first=not text)
-            text.append(delta)
-        usage = Completion.usage(seq.prompt_tokens, seq.completion_tokens)
-        if stream:
-            yield answer.chunk("", finish, usage=usage)
-            yield DONE
-            return
-        failed = ended_badly(finish)
-        if failed is not None:
-            yield failed[0], JSON, tags
-            yield failed[1]
-        else:
-            yield 200, JSON, tags
-            yield answer.whole("".join(text), finish, usage)
+        while not choices.done:
+            for piece in choices.event(*await events.get()):
+                yield piece
+        if not stream:
+            status, whole = choices.whole()
+            yield status, JSON, tags if status == 200 else {}
+            yield whole
     finally:
-        if finish is None:
-            seq.cancelled = True  # closed before the end: the client is gone
+        if not choices.done:  # closed before the end: the client is gone
+            for seq in seqs:
+                seq.cancelled = True
         model.inflight.leave()

@@ -75,6 +75,54 @@ def test_stream_matches_the_whole_answer(oai: openai.OpenAI) -> None:
     assert chat[-1].usage.completion_tokens == 8
 
 
+def test_several_prompts_and_n_choices_each(oai: openai.OpenAI, tokenizer: Any) -> None:
+    prompts = [PROMPT, "A class definition"]
+    whole = oai.completions.create(model="tiny", prompt=prompts, max_tokens=12, temperature=0, n=2)
+    assert [c.index for c in whole.choices] == [0, 1, 2, 3]  # prompt i // n's copies
+    # greedy, side by side in the batch: each choice says what its prompt says alone
+    alone = [
+        oai.completions.create(model="tiny", prompt=p, max_tokens=12, temperature=0).choices[0].text
+        for p in prompts
+    ]
+    assert [c.text for c in whole.choices] == [alone[0], alone[0], alone[1], alone[1]]
+    assert whole.usage.prompt_tokens == sum(len(tokenizer(p)["input_ids"]) for p in prompts)
+    assert whole.usage.completion_tokens == 4 * 12
+
+    chunks = list(
+        oai.completions.create(
+            model="tiny", prompt=prompts, max_tokens=12, temperature=0, n=2, stream=True
+        )
+    )
+    texts: dict[int, str] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+    assert [texts[i] for i in range(4)] == [c.text for c in whole.choices]
+    ends = [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason]
+    assert ends == ["length"] * 4
+    assert chunks[-1].usage.completion_tokens == 4 * 12
+
+    def sampled() -> list[str]:
+        answer = oai.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=12, temperature=1.0, seed=7, n=3
+        )
+        return [c.text for c in answer.choices]
+
+    first = sampled()
+    assert len(set(first)) > 1  # copy j samples with seed + j
+    assert sampled() == first
+
+    chat = oai.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=6,
+        temperature=0, n=2,
+    )  # fmt: skip
+    assert [c.message.content for c in chat.choices] == [chat.choices[0].message.content] * 2
+    with pytest.raises(openai.BadRequestError, match="over 16 choices"):
+        oai.completions.create(model="tiny", prompt=prompts, n=9)
+    with pytest.raises(openai.BadRequestError, match="n must be a positive integer"):
+        oai.completions.create(model="tiny", prompt=PROMPT, n=0)
+
+
 def test_stream_ends_with_done(client: LocalTarget, served: str) -> None:
     body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 4, "stream": True}
     headers = {"authorization": f"Bearer {client.token()}"}

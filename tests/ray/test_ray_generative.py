@@ -70,6 +70,15 @@ def test_greedy_answers_are_generates_streamed_and_whole(
     assert chunks[-1].choices[0].finish_reason == "length"
     assert chunks[-1].usage.total_tokens == len(ids) + 24
 
+    # two prompts, two completions of each, streamed: each choice's pieces by its index
+    texts: dict[int, str] = {}
+    for chunk in oai.completions.create(
+        model="lm", prompt=[PROMPT, PROMPT], max_tokens=24, temperature=0, n=2, stream=True
+    ):
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+    assert texts == dict.fromkeys(range(4), expected)
+
     # api.generate (and so %generate) streams from the same route, with no token on Ray
     pieces: list[str] = []
     gen = api.generate(
@@ -143,8 +152,8 @@ def test_bad_requests_get_openais_error_shape(oai: openai.OpenAI, settings: Sett
         oai.completions.create(model="lm@9", prompt=PROMPT, max_tokens=2)
     with pytest.raises(openai.BadRequestError, match="context"):
         oai.completions.create(model="lm", prompt=PROMPT, max_tokens=100_000)
-    with pytest.raises(openai.BadRequestError, match="n must be 1"):
-        oai.completions.create(model="lm", prompt=PROMPT, max_tokens=2, n=2)
+    with pytest.raises(openai.BadRequestError, match="logprobs is not supported"):
+        oai.completions.create(model="lm", prompt=PROMPT, max_tokens=2, logprobs=1)
     # the replica serves on after them
     assert oai.completions.create(model="lm", prompt=PROMPT, max_tokens=2).usage is not None
     listing = requests.get(f"http://127.0.0.1:{settings.port}/v1/models", timeout=30).json()
