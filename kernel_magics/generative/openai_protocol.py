@@ -107,16 +107,39 @@ def generative(model: LoadedModel) -> LoadedModel:
     return model
 
 
-def prompts_of(generator: Any, body: dict, chat: bool) -> list[str]:
-    """The texts to complete: the messages through the model's chat template, or ``prompt``
-    (one text, or a list of them)."""
+def prompts_of(generator: Any, body: dict, chat: bool) -> list[list[int]]:
+    """The token ids to complete: the messages through the model's chat template, or
+    ``prompt`` as OpenAI takes it (a text, a list of texts, a list of token ids, or a list of
+    such lists; evaluation harnesses send token ids)."""
     if chat:
-        return [str(generator.chat_prompt(body.get("messages")))]
+        return [generator.encode(str(generator.chat_prompt(body.get("messages"))))]
     value = body.get("prompt")
-    prompts = value if isinstance(value, list) else [value]
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise InvalidInput("prompt must be text, or a list of texts")
-    return [str(p) for p in prompts]
+    if isinstance(value, str):
+        return [generator.encode(value)]
+    if isinstance(value, list) and value and all(_is_id(t) for t in value):
+        prompts = [value]
+    elif isinstance(value, list) and value:
+        prompts = value
+    else:
+        raise InvalidInput("prompt must be text, token ids, or a list of either")
+    vocabulary = int(generator.model.config.vocab_size)
+    out = []
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            out.append(generator.encode(prompt))
+        elif isinstance(prompt, list) and prompt and all(_is_id(t) for t in prompt):
+            if any(not 0 <= t < vocabulary for t in prompt):
+                raise InvalidInput(
+                    f"a token id in prompt is outside the vocabulary (0-{vocabulary - 1})"
+                )
+            out.append(list(prompt))
+        else:
+            raise InvalidInput("prompt must be text, token ids, or a list of either")
+    return out
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def choices_of(
@@ -128,7 +151,7 @@ def choices_of(
     copies differ, and the same request gives the same choices."""
     params = params_of(body)
     n = body.get("n") or 1
-    prompts = [generator.encode(text) for text in prompts_of(generator, body, chat)]
+    prompts = prompts_of(generator, body, chat)
     if len(prompts) * n > MAX_CHOICES:
         raise InvalidInput(
             f"{len(prompts)} prompt(s) x n={n} is over {MAX_CHOICES} choices per request"

@@ -87,6 +87,14 @@ def test_several_prompts_and_n_choices_each(oai: openai.OpenAI, tokenizer: Any) 
     assert [c.text for c in whole.choices] == [alone[0], alone[0], alone[1], alone[1]]
     assert whole.usage.prompt_tokens == sum(len(tokenizer(p)["input_ids"]) for p in prompts)
     assert whole.usage.completion_tokens == 4 * 12
+    # token ids, as evaluation harnesses send them: the same answer as the text
+    ids = tokenizer(PROMPT)["input_ids"]
+    by_ids = oai.completions.create(model="tiny", prompt=ids, max_tokens=12, temperature=0)
+    assert (by_ids.choices[0].text, by_ids.usage.prompt_tokens) == (alone[0], len(ids))
+    both = oai.completions.create(model="tiny", prompt=[ids, ids], max_tokens=12, temperature=0)
+    assert [c.text for c in both.choices] == [alone[0]] * 2
+    with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
+        oai.completions.create(model="tiny", prompt=[5, 10_000_000], max_tokens=2)
 
     chunks = list(
         oai.completions.create(
