@@ -315,7 +315,12 @@ class Engine:
             logits = self.direct.step(last, pos, mask, cache)
         else:
             logits = model_forward.step(self.model, last, pos, mask, cache)
-        tokens = choose(logits, [s.params for s in running], [s.generator for s in running])
+        tokens = choose(
+            logits,
+            [s.params for s in running],
+            [s.generator for s in running],
+            [s.tokens for s in running],
+        )
         for seq, token in zip(running, tokens, strict=True):
             self._append(seq, token)
         self._retire()

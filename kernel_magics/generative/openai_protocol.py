@@ -60,8 +60,6 @@ NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
     "suffix": (None, ""),
     "best_of": (None, 1),
     "logit_bias": (None, {}),
-    "presence_penalty": (None, 0),
-    "frequency_penalty": (None, 0),
     "tools": (None, []),
     "functions": (None, []),
     "response_format": (None, {"type": "text"}),
@@ -183,6 +181,8 @@ def params_of(body: dict) -> SamplingParams:
         top_k=pick("top_k", 0),
         seed=body.get("seed"),
         stop=tuple(stop or ()),
+        presence_penalty=pick("presence_penalty", 0.0),
+        frequency_penalty=pick("frequency_penalty", 0.0),
     ).check()
 
 

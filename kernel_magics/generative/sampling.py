@@ -25,10 +25,18 @@ class SamplingParams:
     top_k: int = 0  # 0: no top-k
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # OpenAI's: subtracted from a token's logit once it is in the completion (presence), and
+    # per time it is there (frequency); the prompt's tokens are not counted (as vLLM)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty)
 
     def check(self) -> SamplingParams:
         """Raise InvalidInput naming the first field out of range."""
@@ -38,6 +46,8 @@ class SamplingParams:
             raise InvalidInput(f"max_tokens must be at least 1, got {self.max_tokens}")
         _number("temperature", self.temperature, 0.0, 2.0)
         _number("top_p", self.top_p, 0.0, 1.0)
+        _number("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        _number("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
         if self.top_p == 0.0:
             raise InvalidInput("top_p must be above 0")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
@@ -76,13 +86,23 @@ def choose(
     logits: torch.Tensor,
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
+    completions: list[list[int]] | None = None,
 ) -> list[int]:
-    """One next token per row of ``logits`` ([rows, vocab])."""
+    """One next token per row of ``logits`` ([rows, vocab]); ``completions``: each row's
+    tokens so far, for the rows with a presence or frequency penalty."""
     chosen = logits.argmax(dim=-1).tolist()
     for row, (p, gen) in enumerate(zip(params, generators, strict=True)):
-        if p.greedy:
+        if p.greedy and not p.penalized:
             continue
-        scores = logits[row].float() / p.temperature
+        scores = logits[row].float()
+        if p.penalized and completions is not None and completions[row]:
+            counts = torch.bincount(torch.tensor(completions[row]), minlength=scores.shape[-1])
+            counts = counts[: scores.shape[-1]].to(scores.dtype)
+            scores = scores - p.frequency_penalty * counts - p.presence_penalty * (counts > 0)
+        if p.greedy:
+            chosen[row] = int(scores.argmax())
+            continue
+        scores = scores / p.temperature
         if p.top_k:
             kth = torch.topk(scores, min(p.top_k, scores.shape[-1])).values[-1]
             scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -72,6 +72,34 @@ def reference(lm: Any, tokenizer: Any, prompt: str, n: int) -> list[int]:
     return out[0, ids.shape[1] :].tolist()
 
 
+def penalized_reference(
+    lm: Any, tokenizer: Any, prompt: str, n: int, presence: float, frequency: float
+) -> list[int]:
+    """Greedy tokens one full forward at a time, OpenAI's penalties on the completion's."""
+    ids = tokenizer(prompt)["input_ids"]
+    out: list[int] = []
+    for _ in range(n):
+        logits = lm(torch.tensor([ids + out])).logits[0, -1].float()
+        counts = torch.bincount(torch.tensor(out, dtype=torch.long), minlength=logits.shape[0])
+        logits = logits - frequency * counts - presence * (counts > 0)
+        out.append(int(logits.argmax()))
+    return out
+
+
+def test_presence_and_frequency_penalties(engine: Engine, served_lm: Any, tokenizer: Any) -> None:
+    params = SamplingParams(
+        max_tokens=24, temperature=0.0, presence_penalty=1.5, frequency_penalty=1.0
+    )
+    seqs, _ = run(engine, tokenizer, PROMPTS, params)
+    with torch.inference_mode():
+        for prompt, seq in zip(PROMPTS, seqs, strict=True):
+            assert seq.tokens == penalized_reference(served_lm, tokenizer, prompt, 24, 1.5, 1.0)
+        plain = [reference(served_lm, tokenizer, p, 24) for p in PROMPTS]
+    # the tiny model repeats itself; the penalties make it repeat less
+    repeats = sum(len(t) - len(set(t)) for t in plain)
+    assert sum(len(s.tokens) - len(set(s.tokens)) for s in seqs) < repeats
+
+
 def test_batched_greedy_matches_generate(engine: Engine, served_lm: Any, tokenizer: Any) -> None:
     # 8 prompts of different lengths through 4 slots: sequences join and leave mid-batch
     params = SamplingParams(max_tokens=24, temperature=0.0)

@@ -196,8 +196,10 @@ def test_bad_input_is_400_in_openai_shape(oai: openai.OpenAI, client: LocalTarge
     # what this server does not implement is refused by name, not answered without it
     with pytest.raises(openai.BadRequestError, match="logprobs is not supported"):
         oai.completions.create(model="tiny", prompt=PROMPT, logprobs=2)
-    with pytest.raises(openai.BadRequestError, match="frequency_penalty"):
-        oai.completions.create(model="tiny", prompt=PROMPT, frequency_penalty=0.5)
+    with pytest.raises(openai.BadRequestError, match="frequency_penalty must be between -2"):
+        oai.completions.create(model="tiny", prompt=PROMPT, frequency_penalty=3)
+    with pytest.raises(openai.BadRequestError, match="logit_bias is not supported"):
+        oai.completions.create(model="tiny", prompt=PROMPT, logit_bias={"5": 10})
     with pytest.raises(openai.BadRequestError, match="tools"):
         oai.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "Hi"}],
