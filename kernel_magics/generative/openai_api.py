@@ -64,20 +64,19 @@ def _answer(app: WorkerApp, req: Request, conn: Connection, chat: bool) -> None:
         return _fail(conn, req, err)
     who = who or ANONYMOUS
     app.usage.request(who)
-    reply = _Reply(app, model, req, conn, bool(body.get("stream")), who)
+    stream = bool(body.get("stream"))
+    reply = _Reply(app, model, req, conn, who)
     post = app.loop.call_soon_threadsafe
     # a chat's next turn starts with this one: its completion is kept for it (prefix cache)
     seqs = [Sequence(ids, params, reply.on_event, post=post, keep=chat) for ids, params in plans]
-    reply.choices = Choices(
-        chat, f"{model.name}@{model.version}", seqs, prompt_tokens, reply.stream
-    )
+    reply.choices = Choices(chat, f"{model.name}@{model.version}", seqs, prompt_tokens, stream)
     model.inflight.enter()
     try:
         model.generator.engine.submit(*seqs)
     except KernelMagicsError as err:
         model.inflight.leave()
         return _fail(conn, req, err)
-    if reply.stream:
+    if stream:
         reply.start()
     return None
 
@@ -86,11 +85,9 @@ class _Reply:
     """One request's answer, fed by the engine's events on the event loop."""
 
     def __init__(
-        self, app: WorkerApp, model: LoadedModel, req: Request, conn: Connection, stream: bool,
-        who: str,
-    ) -> None:  # fmt: skip
-        self.app, self.model, self.req, self.conn = app, model, req, conn
-        self.stream, self.who = stream, who
+        self, app: WorkerApp, model: LoadedModel, req: Request, conn: Connection, who: str
+    ) -> None:
+        self.app, self.model, self.req, self.conn, self.who = app, model, req, conn, who
         self.choices: Choices | None = None
         self.out: ChunkedResponse | None = None
         self.done = False
@@ -127,7 +124,7 @@ class _Reply:
         stats = self.model.stats
         if stats is None:
             return
-        completed = sum(s.completion_tokens for s in choices.seqs)
+        completed = choices.completion_tokens
         if completed > self.counted:
             stats.tokens.inc(completed - self.counted)
             self.counted = completed

@@ -2,8 +2,8 @@
 
 The built-in worker (``openai_api.py``, on its own HTTP protocol) and the Ray target's model
 replicas (``serving/ray_app.py`` through ``stream.py``) both read a request with ``read_body``,
-``model_ref``, ``prompt_of`` and ``params_of`` and write its answer with ``Completion``; only
-how bytes reach the client differs. Knows no HTTP server.
+``model_ref`` and ``choices_of`` and turn the engine's events into its answer with ``Choices``
+(errors: ``error_answer``); only how bytes reach the client differs. Knows no HTTP server.
 """
 
 from __future__ import annotations
@@ -112,32 +112,32 @@ def prompts_of(generator: Any, body: dict, chat: bool) -> list[list[int]]:
     if chat:
         return [generator.encode(str(generator.chat_prompt(body.get("messages"))))]
     value = body.get("prompt")
-    if isinstance(value, str):
-        return [generator.encode(value)]
-    if isinstance(value, list) and value and all(_is_id(t) for t in value):
-        prompts = [value]
-    elif isinstance(value, list) and value:
-        prompts = value
-    else:
+    prompts = [value] if isinstance(value, str) or _token_ids(value) else value
+    if not isinstance(prompts, list) or not prompts:
         raise InvalidInput("prompt must be text, token ids, or a list of either")
     vocabulary = int(generator.model.config.vocab_size)
     out = []
     for prompt in prompts:
         if isinstance(prompt, str):
             out.append(generator.encode(prompt))
-        elif isinstance(prompt, list) and prompt and all(_is_id(t) for t in prompt):
-            if any(not 0 <= t < vocabulary for t in prompt):
-                raise InvalidInput(
-                    f"a token id in prompt is outside the vocabulary (0-{vocabulary - 1})"
-                )
-            out.append(list(prompt))
-        else:
+        elif not _token_ids(prompt):
             raise InvalidInput("prompt must be text, token ids, or a list of either")
+        elif any(not 0 <= t < vocabulary for t in prompt):
+            raise InvalidInput(
+                f"a token id in prompt is outside the vocabulary (0-{vocabulary - 1})"
+            )
+        else:
+            out.append(list(prompt))
     return out
 
 
-def _is_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _token_ids(value: Any) -> bool:
+    """A non-empty list of integers (not booleans)."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    )
 
 
 def choices_of(
@@ -262,14 +262,17 @@ class Choices:
         self._index = {id(seq): i for i, seq in enumerate(seqs)}
         self.texts: list[list[str]] = [[] for _ in seqs]
         self.finish: list[str | None] = [None] * len(seqs)
-        self.left = len(seqs)
 
     def index(self, seq: Any) -> int:
         return self._index[id(seq)]
 
     @property
     def done(self) -> bool:
-        return self.left == 0
+        return None not in self.finish
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(s.completion_tokens for s in self.seqs)
 
     def event(self, seq: Any, delta: str, finish: str | None) -> list[bytes]:
         """Record one event of ``seq``; what a stream sends for it (nothing when not one)."""
@@ -281,7 +284,6 @@ class Choices:
         if finish is None:
             return out
         self.finish[i] = finish
-        self.left -= 1
         if self.stream:
             usage = self.usage() if self.done else None
             out.append(self.answer.chunk("", finish, index=i, usage=usage))
@@ -290,7 +292,7 @@ class Choices:
         return out
 
     def usage(self) -> dict:
-        return Completion.usage(self.prompt_tokens, sum(s.completion_tokens for s in self.seqs))
+        return Completion.usage(self.prompt_tokens, self.completion_tokens)
 
     def whole(self) -> tuple[int, bytes]:
         """The status and body of the answer (not streamed) once every choice has ended: an

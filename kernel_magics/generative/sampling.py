@@ -97,7 +97,6 @@ def choose(
         scores = logits[row].float()
         if p.penalized and completions is not None and completions[row]:
             counts = torch.bincount(torch.tensor(completions[row]), minlength=scores.shape[-1])
-            counts = counts[: scores.shape[-1]].to(scores.dtype)
             scores = scores - p.frequency_penalty * counts - p.presence_penalty * (counts > 0)
         if p.greedy:
             chosen[row] = int(scores.argmax())

@@ -33,7 +33,7 @@ from ray import serve
 
 from kernel_magics.errors import InvalidInput, KernelMagicsError, NotFound, ServiceUnavailable
 from kernel_magics.generative import stream
-from kernel_magics.generative.openai_protocol import generative, model_ref, read_body
+from kernel_magics.generative.openai_protocol import generative
 from kernel_magics.records import ModelSpec
 from kernel_magics.serving.request import invocations
 from kernel_magics.serving.request.bodies import describe_error, dumps, error_body
@@ -190,13 +190,12 @@ class ModelServer:
             return _error(err, tags)
 
     async def complete(
-        self, body: bytes, headers: dict[str, str], chat: bool
+        self, doc: dict, version: int | None, headers: dict[str, str], chat: bool
     ) -> AsyncIterator[stream.Head | bytes]:
         """``/v1/completions`` (``/v1/chat/completions`` when ``chat``) as ``stream`` answers
-        it: the head, then the body piece by piece (Ray streams them to the gateway)."""
+        it: the head, then the body piece by piece (Ray streams them to the gateway). ``doc``
+        is the body the gateway decoded, ``version`` the one ``NAME@V`` pins (else None)."""
         try:
-            doc = read_body(body)
-            _, version = model_ref(doc.get("model"))  # the gateway routed by the name
             if self.live is None:
                 raise ServiceUnavailable("no version of this model is loaded yet")
             model = generative(self._pick(headers) if version is None else self._pinned(version))

@@ -89,9 +89,9 @@ class Gateway:
         if request.method != "POST":
             message = f"method {request.method} is not allowed on {request.url.path}; use POST"
             return _answer(405, error_json(405, message), {"allow": "POST"})
-        body = await request.body()
         try:
-            name, _ = model_ref(read_body(body).get("model"))
+            doc = read_body(await request.body())
+            name, version = model_ref(doc.get("model"))
             handle = await self._handle(name)
             if handle is None:
                 deployed = await asyncio.to_thread(_deployed)
@@ -100,7 +100,8 @@ class Gateway:
             status, extra, data = error_answer(err)
             return _answer(status, data, extra)
         headers = {k: v for k, v in request.headers.items() if k in _FORWARDED}
-        pieces = handle.options(stream=True).complete.remote(body, headers, chat)
+        # decoded once, here: the replica takes the body and the pinned version as they are
+        pieces = handle.options(stream=True).complete.remote(doc, version, headers, chat)
         status, ctype, extra = await pieces.__anext__()
         return StreamingResponse(pieces, status_code=status, headers=extra, media_type=ctype)
 
