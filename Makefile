@@ -11,7 +11,7 @@ DEMO_OUT    ?= .demo
 DEMO_HOME   ?= $(or $(KERNEL_MAGICS_HOME),$(HOME)/.kernel-magics)
 
 .PHONY: setup setup-system demo test test-unit test-py test-ray test-notebooks test-mlserver lint bench \
-	clean
+	bench-generate clean
 
 setup: $(STAMP)
 
@@ -121,6 +121,12 @@ bench: setup
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 || \
 		echo "wrk not installed: the benchmark falls back to its Python load client"
 	$(BIN)/python bench/serving.py
+
+# Language models beside their peer, `transformers serve --continuous-batching` (its extra is
+# installed here, not by setup: the tests do not need it); ≈ 7 min, bench/results-generate.md.
+bench-generate: setup
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench-generative]'
+	$(BIN)/python bench/generate.py
 
 clean:
 	rm -rf $(VENV) $(MLSERVER_VENV) $(DEMO_OUT) build *.egg-info kernel_magics/lab/labextension \

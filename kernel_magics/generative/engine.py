@@ -33,8 +33,8 @@ from kernel_magics.generative import decode, model_forward
 from kernel_magics.generative.cache import SlotCache
 from kernel_magics.generative.prefix_cache import PrefixCache
 from kernel_magics.generative.prompts import PromptBatch, SharedPrefill, prompt_batch
-from kernel_magics.generative.sampling import choose, generator_for
-from kernel_magics.generative.sequence import Sequence, releasable
+from kernel_magics.generative.sampling import TokenLogprob, choose, generator_for, logprobs_of
+from kernel_magics.generative.sequence import Event, Sequence, releasable
 from kernel_magics.generative.tokens import eos_ids, stream_backend
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class Engine:
         self.shared_prompts = 0  # prompts prefilled by another request's identical prompt
         self._wake = threading.Condition()
         self._stopped = False
-        self._events: list[tuple[Sequence, str, str | None]] = []
+        self._events: list[Event] = []
         self._thread = threading.Thread(target=self._run, name=f"generate-{name}", daemon=True)
         own_threads = torch.get_num_threads()
         self._threads_set = threading.Event()
@@ -270,10 +270,12 @@ class Engine:
         seqs, logits = shared.finish(logits, cache)
         self.shared_prompts += len(shared.copies)
         now = time.perf_counter()
-        tokens = choose(logits, [s.params for s in seqs], [s.generator for s in seqs])
-        for seq, token in zip(seqs, tokens, strict=True):
+        params = [s.params for s in seqs]
+        tokens = choose(logits, params, [s.generator for s in seqs])
+        logprobs = logprobs_of(logits, params, tokens)
+        for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True):
             seq.first_token_at = now
-            self._append(seq, token)
+            self._append(seq, token, logprob)
         return shared.computed
 
     def _cached_starts(self, seqs: list[Sequence]) -> list[Sequence]:
@@ -315,17 +317,14 @@ class Engine:
             logits = self.direct.step(last, pos, mask, cache)
         else:
             logits = model_forward.step(self.model, last, pos, mask, cache)
-        tokens = choose(
-            logits,
-            [s.params for s in running],
-            [s.generator for s in running],
-            [s.tokens for s in running],
-        )
-        for seq, token in zip(running, tokens, strict=True):
-            self._append(seq, token)
+        params = [s.params for s in running]
+        tokens = choose(logits, params, [s.generator for s in running], [s.tokens for s in running])
+        logprobs = logprobs_of(logits, params, tokens)
+        for seq, token, logprob in zip(running, tokens, logprobs, strict=True):
+            self._append(seq, token, logprob)
         self._retire()
 
-    def _append(self, seq: Sequence, token: int) -> None:
+    def _append(self, seq: Sequence, token: int, logprob: TokenLogprob | None = None) -> None:
         """Record a sampled token; queue the text it adds and whether the sequence ended."""
         self.generated += 1
         finish = None
@@ -333,6 +332,8 @@ class Engine:
             finish = "stop"
         else:
             seq.tokens.append(token)
+            if logprob is not None:
+                seq.logprobs.append(logprob)
             seq.text = self._detokenize(seq, token)
             if len(seq.tokens) >= seq.params.max_tokens:
                 finish = "length"
@@ -342,7 +343,7 @@ class Engine:
         if finish is not None:
             seq.finish_reason = finish
         if delta or finish is not None:
-            self._events.append((seq, delta, finish))
+            self._event(seq, delta, finish)
 
     def _detokenize(self, seq: Sequence, token: int) -> str:
         """The completion's text with ``token``: the new token's text appended where the
@@ -357,7 +358,15 @@ class Engine:
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
-        self._events.append((seq, "", reason))
+        self._event(seq, "", reason)
+
+    def _event(self, seq: Sequence, delta: str, finish: str | None) -> None:
+        """Queue an event of ``seq``, with the log-probabilities of its tokens since the last
+        one where it asked for them."""
+        logprobs = None
+        if seq.params.logprobs is not None:
+            logprobs, seq.logprobs = seq.logprobs, []
+        self._events.append((seq, delta, finish, logprobs))
 
     def _retire(self) -> None:
         """Take ended sequences out of the batch; the others move down to fill their slots."""
@@ -384,9 +393,9 @@ class Engine:
             post(_deliver, batch)
 
 
-def _deliver(events: list[tuple[Sequence, str, str | None]]) -> None:
-    for seq, delta, finish in events:
+def _deliver(events: list[Event]) -> None:
+    for event in events:
         try:
-            seq.on_event(seq, delta, finish)
+            event[0].on_event(*event)
         except Exception:  # one broken consumer must not stop the others' events
             log.exception("delivering generated text failed")

@@ -34,6 +34,7 @@ class Generator:
     def __init__(self, model: Any, tokenizer: Any, settings: Settings, name: str) -> None:
         self.model, self.tokenizer = model, tokenizer
         self._backend = fast_backend(tokenizer)
+        self._token_texts: dict[int, str] = {}
         self.engine = Engine(
             model,
             tokenizer,
@@ -52,6 +53,14 @@ class Generator:
         if self._backend is not None:
             return list(self._backend.encode(prompt).ids)
         return list(self.tokenizer(prompt)["input_ids"])
+
+    def token_text(self, token: int) -> str:
+        """One token's text, decoded alone (the log-probabilities' ``token``); kept once
+        decoded."""
+        text = self._token_texts.get(token)
+        if text is None:
+            text = self._token_texts[token] = str(self.tokenizer.decode([token]))
+        return text
 
     def chat_prompt(self, messages: Any) -> str:
         """The chat as one prompt: the tokenizer's chat template, else ``PLAIN_CHAT_TEMPLATE``."""
@@ -77,7 +86,7 @@ class Generator:
         done = threading.Event()
         failed: list[str] = []
 
-        def on_event(seq: Sequence, delta: str, finish: str | None) -> None:
+        def on_event(seq: Sequence, delta: str, finish: str | None, *_: Any) -> None:
             if finish is not None:
                 if finish.startswith("error"):
                     failed.append(finish)

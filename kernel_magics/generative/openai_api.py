@@ -26,6 +26,7 @@ from kernel_magics.generative.openai_protocol import (
     model_ref,
     read_body,
 )
+from kernel_magics.generative.sampling import TokenLogprob
 from kernel_magics.generative.sequence import Sequence
 from kernel_magics.serving.request.protocol import Connection, Request
 from kernel_magics.serving.request.streaming import ChunkedResponse
@@ -69,7 +70,14 @@ def _answer(app: WorkerApp, req: Request, conn: Connection, chat: bool) -> None:
     post = app.loop.call_soon_threadsafe
     # a chat's next turn starts with this one: its completion is kept for it (prefix cache)
     seqs = [Sequence(ids, params, reply.on_event, post=post, keep=chat) for ids, params in plans]
-    reply.choices = Choices(chat, f"{model.name}@{model.version}", seqs, prompt_tokens, stream)
+    reply.choices = Choices(
+        chat,
+        f"{model.name}@{model.version}",
+        seqs,
+        prompt_tokens,
+        stream,
+        model.generator.token_text,
+    )
     model.inflight.enter()
     try:
         model.generator.engine.submit(*seqs)
@@ -97,7 +105,13 @@ class _Reply:
     def start(self) -> None:
         self.out = ChunkedResponse(self.conn, self.req, extra_headers=self.model.response_headers)
 
-    def on_event(self, seq: Sequence, delta: str, finish: str | None) -> None:
+    def on_event(
+        self,
+        seq: Sequence,
+        delta: str,
+        finish: str | None,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> None:
         choices = self.choices
         if self.done or choices is None:
             return
@@ -107,7 +121,7 @@ class _Reply:
             self._close()
             return
         self._observe(choices, seq, delta)
-        pieces = choices.event(seq, delta, finish)
+        pieces = choices.event(seq, delta, finish, logprobs)
         if self.out is not None:
             for piece in pieces:
                 self.out.write(piece)

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from kernel_magics.errors import InvalidInput, KernelMagicsError, Overloaded
-from kernel_magics.generative.sampling import SamplingParams
+from kernel_magics.generative.logprobs import ChoiceLogprobs, TokenText
+from kernel_magics.generative.sampling import SamplingParams, TokenLogprob
 
 if TYPE_CHECKING:
     from kernel_magics.serving.request.model import LoadedModel
@@ -54,12 +55,9 @@ def model_list(models: list[dict]) -> dict:
 # that ask for nothing (clients send their defaults): any other value is a 400 that names it,
 # rather than an answer that silently lacks what was asked for.
 NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, False, 0),  # an int on /v1/completions, a bool on chat
-    "top_logprobs": (None, 0),
     "echo": (None, False),
     "suffix": (None, ""),
     "best_of": (None, 1),
-    "logit_bias": (None, {}),
     "tools": (None, []),
     "functions": (None, []),
     "response_format": (None, {"type": "text"}),
@@ -147,7 +145,7 @@ def choices_of(
     is prompt ``i // n``'s), and the prompts' tokens (each prompt counted once, as OpenAI's
     ``usage`` does). With a ``seed``, copy ``j`` of a prompt samples with ``seed + j``: the
     copies differ, and the same request gives the same choices."""
-    params = params_of(body)
+    params = params_of(body, chat, int(generator.model.config.vocab_size))
     n = body.get("n") or 1
     prompts = prompts_of(generator, body, chat)
     if len(prompts) * n > MAX_CHOICES:
@@ -162,7 +160,9 @@ def choices_of(
     return [(ids, copy) for ids in prompts for copy in copies], sum(len(ids) for ids in prompts)
 
 
-def params_of(body: dict) -> SamplingParams:
+def params_of(body: dict, chat: bool = False, vocabulary: int | None = None) -> SamplingParams:
+    """A request's sampling parameters (``vocabulary``: the model's, which ``logit_bias``'s
+    token ids must be in)."""
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     stop = body.get("stop")
     if isinstance(stop, str):
@@ -183,7 +183,42 @@ def params_of(body: dict) -> SamplingParams:
         stop=tuple(stop or ()),
         presence_penalty=pick("presence_penalty", 0.0),
         frequency_penalty=pick("frequency_penalty", 0.0),
+        logit_bias=_logit_bias(body.get("logit_bias"), vocabulary),
+        logprobs=_logprobs(body, chat),
     ).check()
+
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """The alternatives per token a request asks for; None where it asks no log-probabilities.
+    Chat: ``logprobs: true`` and ``top_logprobs: N``; completions: ``logprobs: N``."""
+    value, top = body.get("logprobs"), body.get("top_logprobs")
+    if not chat:
+        if top is not None:
+            raise InvalidInput("top_logprobs is for /v1/chat/completions: here send logprobs: N")
+        return None if value is None or value is False else value
+    if value is None or value is False:
+        if top not in (None, 0):
+            raise InvalidInput("top_logprobs needs logprobs: true")
+        return None
+    if value is not True:
+        raise InvalidInput(f"logprobs must be true or false, got {value!r}")
+    return 0 if top is None else top
+
+
+def _logit_bias(value: Any, vocabulary: int | None) -> tuple[tuple[int, float], ...]:
+    """``{"token id": bias}`` as ``(id, bias)`` pairs, each id in the vocabulary."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise InvalidInput("logit_bias must be an object of token id: bias")
+    pairs = []
+    for key, bias in value.items():
+        token = int(key) if isinstance(key, str) and key.isdigit() else -1
+        if token < 0 or (vocabulary is not None and token >= vocabulary):
+            span = f" (0-{vocabulary - 1})" if vocabulary is not None else ""
+            raise InvalidInput(f"logit_bias: {key!r} is not a token id of this model{span}")
+        pairs.append((token, bias))
+    return tuple(pairs)
 
 
 # -- answers --------------------------------------------------------------------------------------
@@ -206,23 +241,25 @@ class Completion:
     def _head(self, kind: str) -> dict:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.label}
 
-    def whole(self, choices: list[tuple[str, str]], usage: dict) -> bytes:
-        """The whole answer: each choice's ``(text, finish_reason)`` in index order."""
+    def whole(self, choices: list[tuple[str, str, dict | None]], usage: dict) -> bytes:
+        """The whole answer: each choice's ``(text, finish_reason, logprobs)`` in index
+        order."""
         if self.chat:
             doc = self._head("chat.completion")
             listed: list[dict[str, Any]] = [
                 {
                     "index": i,
                     "message": {"role": "assistant", "content": text},
+                    "logprobs": logprobs,
                     "finish_reason": finish,
                 }
-                for i, (text, finish) in enumerate(choices)
+                for i, (text, finish, logprobs) in enumerate(choices)
             ]
         else:
             doc = self._head("text_completion")
             listed = [
-                {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
-                for i, (text, finish) in enumerate(choices)
+                {"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish}
+                for i, (text, finish, logprobs) in enumerate(choices)
             ]
         return orjson.dumps(doc | {"choices": listed, "usage": usage})
 
@@ -233,16 +270,18 @@ class Completion:
         index: int = 0,
         first: bool = False,
         usage: dict | None = None,
+        logprobs: dict | None = None,
     ) -> bytes:
         """One ``data:`` event of choice ``index``; the last one carries ``usage``."""
         if self.chat:
             part: dict[str, Any] = {"content": delta}
             if first:
                 part["role"] = "assistant"
-            choice: dict[str, Any] = {"index": index, "delta": part, "finish_reason": finish}
+            choice: dict[str, Any] = {"index": index, "delta": part}
+            choice |= {"logprobs": logprobs, "finish_reason": finish}
             doc = self._head("chat.completion.chunk")
         else:
-            choice = {"index": index, "text": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "text": delta, "logprobs": logprobs, "finish_reason": finish}
             doc = self._head("text_completion")
         doc["choices"] = [choice]
         if usage is not None:
@@ -255,13 +294,26 @@ class Choices:
     a stream writes now, and once every choice has ended the whole answer (``whole``)."""
 
     def __init__(
-        self, chat: bool, label: str, seqs: list[Any], prompt_tokens: int, stream: bool
+        self,
+        chat: bool,
+        label: str,
+        seqs: list[Any],
+        prompt_tokens: int,
+        stream: bool,
+        token_text: TokenText,
     ) -> None:
+        """``token_text``: a token's text, for the log-probabilities a request asks for."""
         self.answer = Completion(chat, label)
         self.seqs, self.prompt_tokens, self.stream = seqs, prompt_tokens, stream
         self._index = {id(seq): i for i, seq in enumerate(seqs)}
         self.texts: list[list[str]] = [[] for _ in seqs]
         self.finish: list[str | None] = [None] * len(seqs)
+        self.logprobs = [
+            None
+            if s.params.logprobs is None
+            else ChoiceLogprobs(chat, token_text, s.params.logprobs)
+            for s in seqs
+        ]
 
     def index(self, seq: Any) -> int:
         return self._index[id(seq)]
@@ -274,19 +326,31 @@ class Choices:
     def completion_tokens(self) -> int:
         return sum(s.completion_tokens for s in self.seqs)
 
-    def event(self, seq: Any, delta: str, finish: str | None) -> list[bytes]:
-        """Record one event of ``seq``; what a stream sends for it (nothing when not one)."""
+    def event(
+        self,
+        seq: Any,
+        delta: str,
+        finish: str | None,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> list[bytes]:
+        """Record one event of ``seq``; what a stream sends for it (nothing when not one). A
+        chunk carries the log-probabilities of the tokens it brings (the last chunk those of
+        tokens whose text a stop string cut)."""
         i = self.index(seq)
+        tracked = self.logprobs[i]
+        part = tracked.add(logprobs) if tracked is not None and logprobs else None
         out = []
         if self.stream and (delta or finish is None):
-            out.append(self.answer.chunk(delta, None, index=i, first=not self.texts[i]))
+            first = not self.texts[i]
+            out.append(self.answer.chunk(delta, None, index=i, first=first, logprobs=part))
+            part = None
         self.texts[i].append(delta)
         if finish is None:
             return out
         self.finish[i] = finish
         if self.stream:
             usage = self.usage() if self.done else None
-            out.append(self.answer.chunk("", finish, index=i, usage=usage))
+            out.append(self.answer.chunk("", finish, index=i, usage=usage, logprobs=part))
             if self.done:
                 out.append(DONE)
         return out
@@ -301,10 +365,11 @@ class Choices:
             failed = ended_badly(str(finish))
             if failed is not None:
                 return failed
-        texts = ["".join(t) for t in self.texts]
-        return 200, self.answer.whole(
-            list(zip(texts, map(str, self.finish), strict=True)), self.usage()
-        )
+        choices = [
+            ("".join(texts), str(finish), None if logprobs is None else logprobs.whole())
+            for texts, finish, logprobs in zip(self.texts, self.finish, self.logprobs, strict=True)
+        ]
+        return 200, self.answer.whole(choices, self.usage())
 
 
 def ended_badly(finish: str) -> tuple[int, bytes] | None:

@@ -2,7 +2,9 @@
 
 Greedy (``temperature`` 0) is an argmax over the batch; sampled rows go through temperature,
 top-k and top-p and draw with the sequence's own ``torch.Generator``: with a ``seed`` the same
-request gives the same tokens whatever else runs beside it.
+request gives the same tokens whatever else runs beside it. ``logit_bias`` and the two
+penalties change a row's logits before either choice. The log-probabilities a request asks
+for (``logprobs_of``) are the model's own, before any of these (as vLLM reports by default).
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from kernel_magics.errors import InvalidInput
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
 MAX_STOP_CHARS = 200
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI's top_logprobs; vLLM's default limit)
+MAX_LOGIT_BIAS = 300  # tokens one request may bias (as OpenAI's API)
+# a sampled token's log-probability and the most likely tokens' (id, log-probability)
+TokenLogprob = tuple[int, float, tuple[tuple[int, float], ...]]
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,8 @@ class SamplingParams:
     # per time it is there (frequency); the prompt's tokens are not counted (as vLLM)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    logprobs: int | None = None  # alternatives reported per token; None: no log-probabilities
 
     @property
     def greedy(self) -> bool:
@@ -37,6 +45,11 @@ class SamplingParams:
     @property
     def penalized(self) -> bool:
         return bool(self.presence_penalty or self.frequency_penalty)
+
+    @property
+    def adjusted(self) -> bool:
+        """Whether the row's logits change before the choice (a bias or a penalty)."""
+        return self.penalized or bool(self.logit_bias)
 
     def check(self) -> SamplingParams:
         """Raise InvalidInput naming the first field out of range."""
@@ -52,6 +65,19 @@ class SamplingParams:
             raise InvalidInput("top_p must be above 0")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise InvalidInput(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        if self.logprobs is not None and (
+            isinstance(self.logprobs, bool)
+            or not isinstance(self.logprobs, int)
+            or not 0 <= self.logprobs <= MAX_LOGPROBS
+        ):
+            raise InvalidInput(
+                f"the number of log-probabilities per token must be an integer from 0 to "
+                f"{MAX_LOGPROBS}, got {self.logprobs!r}"
+            )
+        if len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise InvalidInput(f"logit_bias takes at most {MAX_LOGIT_BIAS} tokens")
+        for _, bias in self.logit_bias:
+            _number("a logit_bias value", bias, -100.0, 100.0)
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):
@@ -92,9 +118,14 @@ def choose(
     tokens so far, for the rows with a presence or frequency penalty."""
     chosen = logits.argmax(dim=-1).tolist()
     for row, (p, gen) in enumerate(zip(params, generators, strict=True)):
-        if p.greedy and not p.penalized:
+        if p.greedy and not p.adjusted:
             continue
         scores = logits[row].float()
+        if p.logit_bias:
+            ids, biases = zip(*p.logit_bias, strict=True)
+            scores = scores.index_add(
+                0, torch.tensor(ids), torch.tensor(biases, dtype=scores.dtype)
+            )
         if p.penalized and completions is not None and completions[row]:
             counts = torch.bincount(torch.tensor(completions[row]), minlength=scores.shape[-1])
             scores = scores - p.frequency_penalty * counts - p.presence_penalty * (counts > 0)
@@ -114,3 +145,23 @@ def choose(
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
         chosen[row] = int(torch.multinomial(probs, 1, generator=gen))
     return chosen
+
+
+def logprobs_of(
+    logits: torch.Tensor, params: list[SamplingParams], chosen: list[int]
+) -> list[TokenLogprob | None]:
+    """Each row's chosen token's log-probability and its ``logprobs`` most likely tokens', from
+    the model's own logits (None for the rows that did not ask)."""
+    out: list[TokenLogprob | None] = [None] * len(params)
+    rows = [row for row, p in enumerate(params) if p.logprobs is not None]
+    if not rows:
+        return out
+    table = torch.log_softmax(logits[rows].float(), dim=-1)
+    for i, row in enumerate(rows):
+        k = params[row].logprobs or 0
+        top: tuple[tuple[int, float], ...] = ()
+        if k:
+            values, ids = torch.topk(table[i], min(k, table.shape[-1]))
+            top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+        out[row] = (chosen[row], float(table[i, chosen[row]]), top)
+    return out

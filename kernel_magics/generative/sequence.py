@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from kernel_magics.generative.sampling import SamplingParams
+from kernel_magics.generative.sampling import SamplingParams, TokenLogprob
 
 Post = Callable[..., Any]  # post(fn, *args): run fn(*args) where the sequence's owner lives
-# on_event(seq, text_delta, finish_reason or None), run through ``post``
-OnEvent = Callable[["Sequence", str, "str | None"], None]
+# on_event(seq, text_delta, finish_reason or None, log-probabilities of the tokens since the
+# previous event where the request asked for them, else None), run through ``post``
+OnEvent = Callable[["Sequence", str, "str | None", "list[TokenLogprob] | None"], None]
 
 
 def _direct(fn: Callable[..., Any], *args: Any) -> None:
@@ -36,6 +37,9 @@ class Sequence:
     sent: int = 0  # characters of the text already delivered
     detokenizer: Any = None  # the tokenizers library's DecodeStream, where the engine uses one
     generator: torch.Generator | None = None
+    # the log-probabilities of tokens not yet handed to an event (``params.logprobs`` set): a
+    # token whose text is held back goes out with the next event that has text
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     submitted: float = 0.0
     first_token_at: float = 0.0
 
@@ -50,6 +54,11 @@ class Sequence:
     @property
     def reservation(self) -> int:
         return len(self.prompt_ids) + self.params.max_tokens
+
+
+# what the engine hands ``on_event``: (sequence, text delta, finish reason or None,
+# log-probabilities of its tokens since the last event where it asked for them, else None)
+Event = tuple[Sequence, str, str | None, list[TokenLogprob] | None]
 
 
 def releasable(

@@ -20,7 +20,7 @@ from kernel_magics.generative.openai_protocol import (
     choices_of,
     error_answer,
 )
-from kernel_magics.generative.sequence import Sequence
+from kernel_magics.generative.sequence import Event, Sequence
 
 if TYPE_CHECKING:
     from kernel_magics.serving.request.model import LoadedModel
@@ -38,7 +38,7 @@ async def failure(err: KernelMagicsError) -> AsyncIterator[Head | bytes]:
 async def completion(model: LoadedModel, body: dict, chat: bool) -> AsyncIterator[Head | bytes]:
     """``model``'s answer to one decoded request ``body`` (``/v1/completions``, or
     ``/v1/chat/completions`` when ``chat``)."""
-    events: asyncio.Queue[tuple[Sequence, str, str | None]] = asyncio.Queue()
+    events: asyncio.Queue[Event] = asyncio.Queue()
     try:
         plans, prompt_tokens = choices_of(model.generator, body, chat)
         post = asyncio.get_running_loop().call_soon_threadsafe
@@ -55,7 +55,14 @@ async def completion(model: LoadedModel, body: dict, chat: bool) -> AsyncIterato
     model.inflight.enter()
     tags = {"x-model-name": model.name, "x-model-version": str(model.version)}
     stream = bool(body.get("stream"))
-    choices = Choices(chat, f"{model.name}@{model.version}", seqs, prompt_tokens, stream)
+    choices = Choices(
+        chat,
+        f"{model.name}@{model.version}",
+        seqs,
+        prompt_tokens,
+        stream,
+        model.generator.token_text,
+    )
     try:
         if stream:
             yield 200, EVENT_STREAM, tags

@@ -14,7 +14,7 @@ import torch
 from kernel_magics.errors import InvalidInput, Overloaded
 from kernel_magics.generative.engine import Engine
 from kernel_magics.generative.linear import packs
-from kernel_magics.generative.sampling import SamplingParams
+from kernel_magics.generative.sampling import SamplingParams, TokenLogprob
 from kernel_magics.generative.sequence import Sequence
 
 PROMPTS = [
@@ -29,11 +29,13 @@ class Collector:
     def __init__(self, expected: int) -> None:
         self.left, self.done = expected, threading.Event()
         self.text: dict[int, str] = {}
+        self.logprobs: dict[int, list[TokenLogprob]] = {}
         self.lock = threading.Lock()
 
-    def __call__(self, seq: Sequence, delta: str, finish: str | None) -> None:
+    def __call__(self, seq: Sequence, delta: str, finish: str | None, logprobs: Any = None) -> None:
         with self.lock:
             self.text[id(seq)] = self.text.get(id(seq), "") + delta
+            self.logprobs.setdefault(id(seq), []).extend(logprobs or [])
             if finish is not None:
                 self.left -= 1
                 if self.left == 0:
@@ -98,6 +100,51 @@ def test_presence_and_frequency_penalties(engine: Engine, served_lm: Any, tokeni
     # the tiny model repeats itself; the penalties make it repeat less
     repeats = sum(len(t) - len(set(t)) for t in plain)
     assert sum(len(s.tokens) - len(set(s.tokens)) for s in seqs) < repeats
+
+
+def biased_reference(
+    lm: Any, tokenizer: Any, prompt: str, n: int, bias: dict[int, float], eos: set[int]
+) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy tokens one full forward at a time with ``bias`` added to the logits, and each
+    step's log-probabilities of the model's own (unbiased) logits."""
+    ids = tokenizer(prompt)["input_ids"]
+    out: list[int] = []
+    tables = []
+    for _ in range(n):
+        logits = lm(torch.tensor([ids + out])).logits[0, -1].float()
+        tables.append(torch.log_softmax(logits, -1))
+        for token, value in bias.items():
+            logits[token] += value
+        token = int(logits.argmax())
+        if token in eos:
+            break
+        out.append(token)
+    return out, tables
+
+
+def test_logprobs_and_logit_bias(engine: Engine, served_lm: Any, tokenizer: Any) -> None:
+    with torch.inference_mode():
+        first = reference(served_lm, tokenizer, PROMPTS[0], 1)[0]
+    bias = {first: -100, 7: 3}  # the greedy first token out, another favoured (ints, as JSON)
+    params = SamplingParams(
+        max_tokens=12, temperature=0.0, logit_bias=tuple(bias.items()), logprobs=3
+    )
+    collect = Collector(len(PROMPTS))
+    seqs = [Sequence(tokenizer(p)["input_ids"], params, collect) for p in PROMPTS]
+    engine.submit(*seqs)
+    assert collect.done.wait(60)
+    with torch.inference_mode():
+        for prompt, seq in zip(PROMPTS, seqs, strict=True):
+            tokens, tables = biased_reference(served_lm, tokenizer, prompt, 12, bias, engine.eos)
+            assert seq.tokens == tokens
+            entries = collect.logprobs[id(seq)]
+            assert [token for token, _, _ in entries] == tokens  # one entry a kept token
+            for (token, logprob, top), table in zip(entries, tables, strict=False):
+                assert logprob == pytest.approx(float(table[token]), abs=1e-3)
+                values, ids = torch.topk(table, 3)
+                assert [t for t, _ in top] == ids.tolist()
+                assert [lp for _, lp in top] == pytest.approx(values.tolist(), abs=1e-3)
+    assert first not in seqs[0].tokens[:1]
 
 
 def test_batched_greedy_matches_generate(engine: Engine, served_lm: Any, tokenizer: Any) -> None:
@@ -272,7 +319,7 @@ def test_engine_threads_follow_the_setting_and_the_model_size(
     seen: list[int] = []
     done = threading.Event()
 
-    def on_event(seq: Sequence, delta: str, finish: str | None) -> None:
+    def on_event(seq: Sequence, delta: str, finish: str | None, logprobs: Any) -> None:
         seen.append(torch.get_num_threads())  # delivered on the engine thread (no post given)
         if finish is not None:
             done.set()

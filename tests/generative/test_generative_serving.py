@@ -182,6 +182,67 @@ def test_seed_and_stop(oai: openai.OpenAI) -> None:
     assert cut.choices[0].finish_reason == "stop"
 
 
+def test_logprobs_in_openai_shapes(oai: openai.OpenAI) -> None:
+    ask = {"model": "tiny", "prompt": PROMPT, "max_tokens": 10, "temperature": 0}
+    whole = oai.completions.create(**ask, logprobs=3)
+    choice = whole.choices[0]
+    lp = choice.logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 10
+    assert "".join(lp.tokens) == choice.text  # the tiny tokenizer's tokens decode alone
+    assert lp.text_offset == [sum(map(len, lp.tokens[:i])) for i in range(10)]
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert 1 <= len(top) <= 3  # fewer where two tokens decode to the same text
+        assert logprob <= 0
+        # greedy: the chosen token is the most likely one
+        assert top[token] == pytest.approx(max(top.values())) == pytest.approx(logprob)
+    # streamed: each chunk carries its tokens; together they are the whole answer's
+    chunks = list(oai.completions.create(**ask, logprobs=3, stream=True))
+    parts = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    assert [t for p in parts for t in p.tokens] == lp.tokens
+    assert [x for p in parts for x in p.token_logprobs] == pytest.approx(lp.token_logprobs)
+    assert [x for p in parts for x in p.text_offset] == lp.text_offset
+    # logprobs=0: the chosen tokens' only
+    bare = oai.completions.create(**ask, logprobs=0).choices[0].logprobs
+    assert bare.top_logprobs is None
+    assert bare.token_logprobs == pytest.approx(lp.token_logprobs)
+    # chat: logprobs true and top_logprobs
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 6}
+    answer = oai.chat.completions.create(**chat, temperature=0, logprobs=True, top_logprobs=2)
+    content = answer.choices[0].logprobs.content
+    assert len(content) == 6
+    assert "".join(e.token for e in content) == answer.choices[0].message.content
+    for entry in content:
+        assert entry.bytes == list(entry.token.encode())
+        assert [t.logprob for t in entry.top_logprobs] == sorted(
+            (t.logprob for t in entry.top_logprobs), reverse=True
+        )
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)
+    streamed = oai.chat.completions.create(
+        **chat, temperature=0, logprobs=True, top_logprobs=2, stream=True
+    )
+    tokens = [e.token for c in streamed if c.choices and c.choices[0].logprobs
+              for e in c.choices[0].logprobs.content]  # fmt: skip
+    assert tokens == [e.token for e in content]
+    assert oai.chat.completions.create(**chat).choices[0].logprobs is None  # not asked: none
+
+
+def test_logit_bias_steers_the_tokens(oai: openai.OpenAI, lm: Any, tokenizer: Any) -> None:
+    import torch
+
+    ids = tokenizer(PROMPT)["input_ids"]
+    with torch.inference_mode():
+        ranked = lm(torch.tensor([ids])).logits[0, -1].argsort(descending=True).tolist()
+    ask = {"model": "tiny", "prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": 0}
+    assert oai.completions.create(**ask).choices[0].logprobs.tokens == [
+        tokenizer.decode([ranked[0]])
+    ]
+    # the most likely token pushed out: the next most likely is chosen; pulled up: any token
+    out = oai.completions.create(**ask, logit_bias={str(ranked[0]): -100})
+    assert out.choices[0].logprobs.tokens == [tokenizer.decode([ranked[1]])]
+    out = oai.completions.create(**ask, logit_bias={str(ranked[-1]): 100})
+    assert out.choices[0].logprobs.tokens == [tokenizer.decode([ranked[-1]])]
+
+
 def test_bad_input_is_400_in_openai_shape(oai: openai.OpenAI, client: LocalTarget) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=600)
@@ -194,12 +255,20 @@ def test_bad_input_is_400_in_openai_shape(oai: openai.OpenAI, client: LocalTarge
     with pytest.raises(openai.NotFoundError, match="nope"):
         oai.completions.create(model="nope", prompt=PROMPT)
     # what this server does not implement is refused by name, not answered without it
-    with pytest.raises(openai.BadRequestError, match="logprobs is not supported"):
-        oai.completions.create(model="tiny", prompt=PROMPT, logprobs=2)
+    with pytest.raises(openai.BadRequestError, match="echo is not supported"):
+        oai.completions.create(model="tiny", prompt=PROMPT, echo=True)
     with pytest.raises(openai.BadRequestError, match="frequency_penalty must be between -2"):
         oai.completions.create(model="tiny", prompt=PROMPT, frequency_penalty=3)
-    with pytest.raises(openai.BadRequestError, match="logit_bias is not supported"):
-        oai.completions.create(model="tiny", prompt=PROMPT, logit_bias={"5": 10})
+    with pytest.raises(openai.BadRequestError, match="from 0 to 20"):
+        oai.completions.create(model="tiny", prompt=PROMPT, logprobs=21)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs: true"):
+        oai.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "Hi"}], top_logprobs=2
+        )
+    with pytest.raises(openai.BadRequestError, match="not a token id of this model"):
+        oai.completions.create(model="tiny", prompt=PROMPT, logit_bias={"99999999": 5})
+    with pytest.raises(openai.BadRequestError, match="logit_bias value must be between -100"):
+        oai.completions.create(model="tiny", prompt=PROMPT, logit_bias={"5": 101})
     with pytest.raises(openai.BadRequestError, match="tools"):
         oai.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "Hi"}],
@@ -207,7 +276,7 @@ def test_bad_input_is_400_in_openai_shape(oai: openai.OpenAI, client: LocalTarge
         )  # fmt: skip
     # their defaults, as clients send them, are accepted
     defaults = oai.completions.create(
-        model="tiny", prompt=PROMPT, max_tokens=2, logprobs=0, echo=False, presence_penalty=0.0
+        model="tiny", prompt=PROMPT, max_tokens=2, echo=False, presence_penalty=0.0, best_of=1
     )
     assert defaults.usage.completion_tokens == 2
     with pytest.raises(openai.NotFoundError, match="tiny v2 is not served"):
