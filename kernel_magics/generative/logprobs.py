@@ -2,11 +2,13 @@
 
 ``/v1/completions`` (``logprobs: N``) answers the legacy object: ``tokens``,
 ``token_logprobs``, ``top_logprobs`` (one ``{token: logprob}`` per token, the ``N`` most
-likely, fewer where two decode to the same text; null for ``N`` = 0) and ``text_offset`` (where each token's text starts in the
-completion). ``/v1/chat/completions`` (``logprobs: true``, ``top_logprobs: N``) answers
-``{"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}``. A
-token's text is the tokenizer's decoding of that token alone, as vLLM reports it; the numbers
-are the model's own distribution (``sampling.logprobs_of``).
+likely, fewer where two decode to the same text; null for ``N`` = 0, and for an echoed
+prompt's first token, which has no log-probability) and ``text_offset`` (where each token's
+text starts in the answer's text). ``/v1/chat/completions`` (``logprobs: true``,
+``top_logprobs: N``) answers ``{"content": [{token, logprob, bytes, top_logprobs}]}``, each
+alternative a ``{token, logprob, bytes}``. A token's text is the tokenizer's decoding of that
+token alone, as vLLM reports it; the numbers are the model's own distribution
+(``sampling.logprobs_of``, ``sampling.prompt_logprobs``).
 """
 
 from __future__ import annotations
