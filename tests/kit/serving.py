@@ -47,6 +47,14 @@ class Logged:
             return self.model(torch.from_numpy(X)).numpy()
 
 
+def assert_served(out: np.ndarray, expected: np.ndarray) -> None:
+    """The served answer is the version's: equal to this process's up to float32 rounding. A
+    product's rows split another way (the inference process batches and threads its own
+    way, and MKL's dynamic threads follow the machine's load) can differ in the last bit;
+    two versions differ by far more."""
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
 def log_model(
     settings: Settings,
     name: str,

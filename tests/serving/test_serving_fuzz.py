@@ -22,7 +22,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from kit.serving import MLP, Logged, auth, log_model, rows
+from kit.serving import MLP, Logged, assert_served, auth, log_model, rows
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.targets.local import LocalTarget
@@ -85,7 +85,7 @@ def _valid_predict(client: LocalTarget, mlp: Logged) -> None:
     )
     assert r.status_code == 200, r.text
     got = np.asarray(r.json()["predictions"], dtype=np.float32)
-    np.testing.assert_array_equal(got, mlp.expected(X))
+    assert_served(got, mlp.expected(X))
 
 
 def _error_body_problem(status: int, content: bytes) -> str | None:

@@ -22,6 +22,7 @@ from kit.serving import (
     FailsOnBigBatches,
     Logged,
     Slow,
+    assert_served,
     auth,
     log_model,
     log_pickled,
@@ -51,19 +52,19 @@ def test_deploy_rollback_undeploy(client, versions, settings):
     assert (r.version, r.previous_version, r.action) == (1, None, "deploy")
     out, version = served(client, "swap", X)
     assert version == 1
-    np.testing.assert_array_equal(out, v1.expected(X))
+    assert_served(out, v1.expected(X))
     r = client.deploy("swap")  # newest
     assert (r.version, r.previous_version) == (3, 1)
-    np.testing.assert_array_equal(served(client, "swap", X)[0], v3.expected(X))
+    assert_served(served(client, "swap", X)[0], v3.expected(X))
     r = client.rollback("swap")
     assert (r.version, r.previous_version, r.action) == (1, 3, "rollback")
     assert r.load_ms == 0.0, "v1 was kept loaded beside v3: rolling back to it loads nothing"
     out, version = served(client, "swap", X)
     assert version == 1
-    np.testing.assert_array_equal(out, v1.expected(X))
+    assert_served(out, v1.expected(X))
     r = client.rollback("swap", to=2)
     assert r.version == 2
-    np.testing.assert_array_equal(served(client, "swap", X)[0], v2.expected(X))
+    assert_served(served(client, "swap", X)[0], v2.expected(X))
     info = client.model("swap")
     assert [e.to_version for e in info.history] == [1, 3, 1, 2]
     assert Store(settings).live_version("swap") == 2

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import requests
 import torch
-from kit.serving import MLP, Logged, auth, log_model, raw_http, rows
+from kit.serving import MLP, Logged, assert_served, auth, log_model, raw_http, rows
 from prometheus_client.parser import text_string_to_metric_families
 
 from kernel_magics.config import Settings, load_settings
@@ -56,7 +56,7 @@ def test_predict_json_equals_in_process(client, mlp, http_):
         assert r.headers["X-Model-Version"] == str(mlp.version)
         assert r.headers["X-Model-Name"] == "mlp"
         got = np.asarray(r.json()["predictions"], dtype=np.float32)
-        np.testing.assert_array_equal(got, mlp.expected(X))
+        assert_served(got, mlp.expected(X))
         with torch.no_grad():
             eager = mlp.model(torch.from_numpy(X)).numpy()
         np.testing.assert_allclose(got, eager, rtol=1e-5, atol=1e-6)
@@ -66,7 +66,7 @@ def test_predict_npy_is_exact(client, mlp, http_):
     X = rows(300, seed=12)
     out, version = client.predict("mlp", X)
     assert version == mlp.version
-    np.testing.assert_array_equal(out, mlp.expected(X))
+    assert_served(out, mlp.expected(X))
     # JSON in, .npy out on request
     r = http_.post(
         predict_url(client),
@@ -79,7 +79,7 @@ def test_predict_npy_is_exact(client, mlp, http_):
     )
     # float64 and Fortran-ordered arrays are cast, not refused
     out64, _ = client.predict("mlp", np.asfortranarray(X[:7].astype(np.float64)))
-    np.testing.assert_array_equal(out64, mlp.expected(X[:7]))
+    assert_served(out64, mlp.expected(X[:7]))
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_rows(settings, client, mlp):

@@ -11,10 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
-from kit.serving import MLP, auth, log_model, rows
+from kit.serving import MLP, assert_served, auth, log_model, rows
 from prometheus_client.parser import text_string_to_metric_families
 
 from kernel_magics.config import Settings, load_settings
@@ -72,7 +71,7 @@ def test_two_workers_swap_together_and_metrics_aggregate(client, deployed, setti
     assert [_fresh_predict(client) for _ in range(30)] == [(200, 2)] * 30
     out, version = client.predict("two", rows(5, seed=40))
     assert version == 2
-    np.testing.assert_array_equal(out, deployed[1].expected(rows(5, seed=40)))
+    assert_served(out, deployed[1].expected(rows(5, seed=40)))
 
 
 def test_one_worker_killed_the_other_keeps_serving(client, deployed, settings):
