@@ -2,21 +2,31 @@
 
 ``/v1/completions`` (``logprobs: N``) answers the legacy object: ``tokens``,
 ``token_logprobs``, ``top_logprobs`` (one ``{token: logprob}`` per token, the ``N`` most
-likely, fewer where two decode to the same text; null for ``N`` = 0) and ``text_offset`` (where each token's text starts in the
-completion). ``/v1/chat/completions`` (``logprobs: true``, ``top_logprobs: N``) answers
-``{"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}``. A
-token's text is the tokenizer's decoding of that token alone, as vLLM reports it; the numbers
-are the model's own distribution (``sampling.logprobs_of``).
+likely, fewer where two decode to the same text; null for ``N`` = 0, and for an echoed
+prompt's first token, which has no log-probability) and ``text_offset`` (where each token's
+text starts in the answer's text). ``/v1/chat/completions`` (``logprobs: true``,
+``top_logprobs: N``) answers ``{"content": [{token, logprob, bytes, top_logprobs}]}``, each
+alternative a ``{token, logprob, bytes}``. A token's text is the tokenizer's decoding of that
+token alone, as vLLM reports it; the numbers are the model's own distribution
+(``sampling.logprobs_of``, ``sampling.prompt_logprobs``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from kernel_magics.generative.sampling import TokenLogprob
 
 TokenText = Callable[[int], str]
+
+
+class Vocabulary(Protocol):
+    """The texts of a model's tokens (``loader.Generator``)."""
+
+    def token_text(self, token: int) -> str: ...
+
+    def text(self, tokens: list[int]) -> str: ...
 
 
 class ChoiceLogprobs:
@@ -52,7 +62,7 @@ class ChoiceLogprobs:
             tokens.append(text(token))
             offsets.append(offset)
             offset += len(tokens[-1])
-        tops = [_by_text(text, top) for _, _, top in entries]
+        tops = [None if lp is None else _by_text(text, top) for _, lp, top in entries]
         return {
             "tokens": tokens,
             "token_logprobs": [logprob for _, logprob, _ in entries],
@@ -70,5 +80,5 @@ def _by_text(text: TokenText, top: tuple[tuple[int, float], ...]) -> dict[str, f
     return out
 
 
-def _chat_entry(token: str, logprob: float) -> dict[str, Any]:
+def _chat_entry(token: str, logprob: float | None) -> dict[str, Any]:
     return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
