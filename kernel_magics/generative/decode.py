@@ -138,7 +138,8 @@ class DirectDecoder:
         self, batch: PromptBatch, cache: SlotCache, joining: Joining | None = None
     ) -> torch.Tensor:
         """The prompts of ``batch`` through every layer, each one's keys and values written
-        into its slot; returns the logits of each prompt's last token [prompts, vocab]. The
+        into its slot; returns the logits of each prompt's last token [prompts, vocab], then
+        those of every position of the prompts ``batch.scored`` names (``echo``). The
         matrix products take the prompts end to end; attention takes them right-padded to the
         longest, where padding sits after a prompt's last token: causality hides it from the
         real positions, and decoding overwrites its keys before unmasking them.
@@ -158,7 +159,10 @@ class DirectDecoder:
                 hidden, batch = torch.cat((hidden, caught_up)), PromptBatch.join(batch, more)
                 rope = (torch.cat((rope[0], more_rope[0])), torch.cat((rope[1], more_rope[1])))
             hidden = self._layers(hidden, batch, cache, range(index, index + 1), rope)
-        return self._logits(hidden[batch.last])
+        logits = self._logits(hidden[batch.last])
+        if any(batch.scored):
+            logits = torch.cat((logits, self._logits(hidden[batch.scored_rows])))
+        return logits
 
     def _rope(self, hidden: torch.Tensor, batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotary cos and sin at each token's position in its prompt, [total, 1, head_dim]."""

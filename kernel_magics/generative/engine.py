@@ -33,7 +33,13 @@ from kernel_magics.generative import decode, model_forward
 from kernel_magics.generative.cache import SlotCache
 from kernel_magics.generative.prefix_cache import PrefixCache
 from kernel_magics.generative.prompts import PromptBatch, SharedPrefill, prompt_batch
-from kernel_magics.generative.sampling import TokenLogprob, choose, generator_for, logprobs_of
+from kernel_magics.generative.sampling import (
+    TokenLogprob,
+    choose,
+    generator_for,
+    logprobs_of,
+    prompt_logprobs,
+)
 from kernel_magics.generative.sequence import Event, Sequence, releasable
 from kernel_magics.generative.tokens import eos_ids, stream_backend
 
@@ -267,7 +273,9 @@ class Engine:
             logits = self.direct.prefill(batch, cache, joining)
         else:
             logits = model_forward.prefill(self.model, batch, cache, self._keeps_logits)
-        seqs, logits = shared.finish(logits, cache)
+        computed = shared.computed
+        self._score_prompts(shared, logits[len(computed) :])
+        seqs, logits = shared.finish(logits[: len(computed)], cache)
         self.shared_prompts += len(shared.copies)
         now = time.perf_counter()
         params = [s.params for s in seqs]
@@ -278,11 +286,28 @@ class Engine:
             self._append(seq, token, logprob)
         return shared.computed
 
+    @staticmethod
+    def _score_prompts(shared: SharedPrefill, logits: torch.Tensor) -> None:
+        """The prompts' own log-probabilities where a request wants them (``echo``), from
+        the prefill's logits of their every position, in order; they go out with the first
+        token's."""
+        offset = 0
+        for seq in shared.computed:
+            if seq.params.scores_prompt:
+                rows = logits[offset : offset + seq.prompt_tokens]
+                seq.logprobs[:0] = prompt_logprobs(rows, seq.prompt_ids, seq.params.logprobs or 0)
+                offset += seq.prompt_tokens
+        for source, copy in shared.copies:
+            if copy.params.scores_prompt:
+                copy.logprobs[:0] = source.logprobs
+
     def _cached_starts(self, seqs: list[Sequence]) -> list[Sequence]:
-        """Each prompt's longest start kept by the prefix cache, copied into its slot."""
+        """Each prompt's longest start kept by the prefix cache, copied into its slot; a
+        prompt whose own log-probabilities are wanted is computed whole."""
         if self.prefixes is not None:
             for seq in seqs:
-                seq.cached = self.prefixes.load(seq.prompt_ids, self.cache, seq.slot)
+                if not seq.params.scores_prompt:
+                    seq.cached = self.prefixes.load(seq.prompt_ids, self.cache, seq.slot)
         return seqs
 
     def _keep_prompts(self, seqs: list[Sequence]) -> None:

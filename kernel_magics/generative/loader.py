@@ -62,6 +62,10 @@ class Generator:
             text = self._token_texts[token] = str(self.tokenizer.decode([token]))
         return text
 
+    def text(self, tokens: list[int]) -> str:
+        """Token ids as text (an echoed prompt), special tokens left out."""
+        return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
     def chat_prompt(self, messages: Any) -> str:
         """The chat as one prompt: the tokenizer's chat template, else ``PLAIN_CHAT_TEMPLATE``."""
         if not isinstance(messages, list) or not messages:

@@ -14,11 +14,19 @@ token alone, as vLLM reports it; the numbers are the model's own distribution
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from kernel_magics.generative.sampling import TokenLogprob
 
 TokenText = Callable[[int], str]
+
+
+class Vocabulary(Protocol):
+    """The texts of a model's tokens (``loader.Generator``)."""
+
+    def token_text(self, token: int) -> str: ...
+
+    def text(self, tokens: list[int]) -> str: ...
 
 
 class ChoiceLogprobs:
@@ -54,7 +62,7 @@ class ChoiceLogprobs:
             tokens.append(text(token))
             offsets.append(offset)
             offset += len(tokens[-1])
-        tops = [_by_text(text, top) for _, _, top in entries]
+        tops = [None if lp is None else _by_text(text, top) for _, lp, top in entries]
         return {
             "tokens": tokens,
             "token_logprobs": [logprob for _, logprob, _ in entries],
@@ -72,5 +80,5 @@ def _by_text(text: TokenText, top: tuple[tuple[int, float], ...]) -> dict[str, f
     return out
 
 
-def _chat_entry(token: str, logprob: float) -> dict[str, Any]:
+def _chat_entry(token: str, logprob: float | None) -> dict[str, Any]:
     return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}

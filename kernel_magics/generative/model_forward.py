@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 def prefill(model: Any, batch: PromptBatch, cache: SlotCache, keeps_logits: bool) -> torch.Tensor:
     """The prompts of ``batch`` right-padded through ``model``, each one's keys and values
-    written into its slot; the logits at each prompt's last position [prompts, vocab].
+    written into its slot; the logits at each prompt's last position [prompts, vocab], then
+    those of every position of the prompts ``batch.scored`` names (``echo``).
     ``keeps_logits``: the model's forward takes ``logits_to_keep``."""
     ids, last = batch.padded(), [n - 1 for n in batch.lengths]
     prompts, length = ids.shape
@@ -25,8 +26,9 @@ def prefill(model: Any, batch: PromptBatch, cache: SlotCache, keeps_logits: bool
     mask = mask.triu(1)[None, None].expand(prompts, 1, length, length)
     # only the positions that end a prompt go through the output layer (where the model takes
     # ``logits_to_keep``): the rest of a prompt's logits are never read
-    keep = sorted(set(last)) if keeps_logits else list(range(length))
-    extra = {"logits_to_keep": torch.tensor(keep)} if keeps_logits else {}
+    scored = any(batch.scored)
+    keep = sorted(set(last)) if keeps_logits and not scored else list(range(length))
+    extra = {"logits_to_keep": torch.tensor(keep)} if keeps_logits and not scored else {}
     cache.prefill_slots = batch.slots
     try:
         out = model(
@@ -40,7 +42,11 @@ def prefill(model: Any, batch: PromptBatch, cache: SlotCache, keeps_logits: bool
     finally:
         cache.prefill_slots = None
     columns = torch.tensor([keep.index(i) for i in last])
-    return out.logits[torch.arange(prompts), columns]
+    logits = out.logits[torch.arange(prompts), columns]
+    if not scored:
+        return logits
+    every = [out.logits[p, :n] for p, n in enumerate(batch.lengths) if batch.scored[p]]
+    return torch.cat((logits, *every))
 
 
 def step(

@@ -76,7 +76,7 @@ def _answer(app: WorkerApp, req: Request, conn: Connection, chat: bool) -> None:
         seqs,
         prompt_tokens,
         stream,
-        model.generator.token_text,
+        model.generator,
     )
     model.inflight.enter()
     try:

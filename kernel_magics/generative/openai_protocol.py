@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from kernel_magics.errors import InvalidInput, KernelMagicsError, Overloaded
-from kernel_magics.generative.logprobs import ChoiceLogprobs, TokenText
+from kernel_magics.generative.logprobs import ChoiceLogprobs, Vocabulary
 from kernel_magics.generative.sampling import SamplingParams, TokenLogprob
 
 if TYPE_CHECKING:
@@ -55,7 +55,6 @@ def model_list(models: list[dict]) -> dict:
 # that ask for nothing (clients send their defaults): any other value is a 400 that names it,
 # rather than an answer that silently lacks what was asked for.
 NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
-    "echo": (None, False),
     "suffix": (None, ""),
     "best_of": (None, 1),
     "tools": (None, []),
@@ -185,7 +184,18 @@ def params_of(body: dict, chat: bool = False, vocabulary: int | None = None) -> 
         frequency_penalty=pick("frequency_penalty", 0.0),
         logit_bias=_logit_bias(body.get("logit_bias"), vocabulary),
         logprobs=_logprobs(body, chat),
+        echo=_echo(body.get("echo"), chat),
     ).check()
+
+
+def _echo(value: Any, chat: bool) -> Any:
+    """``echo`` (``/v1/completions``): the answer's text starts with the prompt, and with
+    ``logprobs`` its log-probabilities start with the prompt's own."""
+    if value is None:
+        return False
+    if chat and value is not False:
+        raise InvalidInput("echo is for /v1/completions")
+    return value
 
 
 def _logprobs(body: dict, chat: bool) -> int | None:
@@ -300,9 +310,9 @@ class Choices:
         seqs: list[Any],
         prompt_tokens: int,
         stream: bool,
-        token_text: TokenText,
+        vocabulary: Vocabulary,
     ) -> None:
-        """``token_text``: a token's text, for the log-probabilities a request asks for."""
+        """``vocabulary``: the texts of tokens, for log-probabilities and ``echo``."""
         self.answer = Completion(chat, label)
         self.seqs, self.prompt_tokens, self.stream = seqs, prompt_tokens, stream
         self._index = {id(seq): i for i, seq in enumerate(seqs)}
@@ -311,9 +321,11 @@ class Choices:
         self.logprobs = [
             None
             if s.params.logprobs is None
-            else ChoiceLogprobs(chat, token_text, s.params.logprobs)
+            else ChoiceLogprobs(chat, vocabulary.token_text, s.params.logprobs)
             for s in seqs
         ]
+        # the prompt's text, to go out first where the request asks for it (``echo``)
+        self.echoes = [vocabulary.text(s.prompt_ids) if s.params.echo else "" for s in seqs]
 
     def index(self, seq: Any) -> int:
         return self._index[id(seq)]
@@ -337,6 +349,8 @@ class Choices:
         chunk carries the log-probabilities of the tokens it brings (the last chunk those of
         tokens whose text a stop string cut)."""
         i = self.index(seq)
+        if self.echoes[i]:
+            delta, self.echoes[i] = self.echoes[i] + delta, ""
         tracked = self.logprobs[i]
         part = tracked.add(logprobs) if tracked is not None and logprobs else None
         out = []

@@ -29,13 +29,17 @@ class SharedPrefill:
     def __init__(self) -> None:
         self.computed: list[Sequence] = []  # in the forward's row order
         self.copies: list[tuple[Sequence, Sequence]] = []  # (computed source, sharing sequence)
-        self._by_prompt: dict[tuple[int, ...], Sequence] = {}
+        self._by_prompt: dict[tuple[tuple[int, ...], int | None], Sequence] = {}
 
     def add(self, group: list[Sequence]) -> list[Sequence]:
-        """The sequences of ``group`` whose prompt the forward does not have yet: to compute."""
+        """The sequences of ``group`` whose prompt the forward does not have yet: to compute. A
+        prompt whose own log-probabilities a request wants (``echo``) is shared only with one
+        that wants the same."""
         fresh = []
         for seq in group:
-            source = self._by_prompt.setdefault(tuple(seq.prompt_ids), seq)
+            params = seq.params
+            scored = params.logprobs if params.scores_prompt else -1
+            source = self._by_prompt.setdefault((tuple(seq.prompt_ids), scored), seq)
             if source is seq:
                 fresh.append(seq)
             else:
@@ -70,6 +74,7 @@ class PromptBatch:
     lengths: list[int]  # tokens to compute, per prompt
     slots: torch.Tensor  # [prompts] the cache slot each prompt is written to
     starts: list[int]  # per prompt, the tokens already in its slot (prefix cache)
+    scored: list[bool]  # per prompt, whether every position's logits are wanted (``echo``)
 
     @cached_property
     def cached(self) -> bool:
@@ -113,6 +118,19 @@ class PromptBatch:
         return torch.cat([torch.arange(n) + row * longest for row, n in enumerate(self.lengths)])
 
     @cached_property
+    def scored_rows(self) -> torch.Tensor:
+        """The rows in ``tokens`` of the prompts whose every position's logits are wanted."""
+        ends = torch.tensor(self.lengths).cumsum(0).tolist()
+        return torch.cat(
+            [
+                torch.arange(end - n, end)
+                for n, end, scored in zip(self.lengths, ends, self.scored, strict=True)
+                if scored
+            ]
+            or [torch.zeros(0, dtype=torch.long)]
+        )
+
+    @cached_property
     def last(self) -> torch.Tensor:
         """Each prompt's last token's row in ``tokens`` [prompts]."""
         return torch.tensor(self.lengths).cumsum(0) - 1
@@ -131,6 +149,7 @@ class PromptBatch:
             first.lengths + then.lengths,
             torch.cat((first.slots, then.slots)),
             first.starts + then.starts,
+            first.scored + then.scored,
         )
 
 
@@ -140,4 +159,5 @@ def prompt_batch(seqs: list[Sequence]) -> PromptBatch:
     tokens = torch.tensor([t for s in seqs for t in s.prompt_ids[s.cached :]], dtype=torch.long)
     slots = torch.tensor([s.slot for s in seqs])
     lengths = [s.prompt_tokens - s.cached for s in seqs]
-    return PromptBatch(tokens, lengths, slots, [s.cached for s in seqs])
+    scored = [s.params.scores_prompt for s in seqs]
+    return PromptBatch(tokens, lengths, slots, [s.cached for s in seqs], scored)

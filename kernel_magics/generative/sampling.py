@@ -19,8 +19,9 @@ MAX_STOP_STRINGS = 4  # as OpenAI's API
 MAX_STOP_CHARS = 200
 MAX_LOGPROBS = 20  # alternatives per token (OpenAI's top_logprobs; vLLM's default limit)
 MAX_LOGIT_BIAS = 300  # tokens one request may bias (as OpenAI's API)
-# a sampled token's log-probability and the most likely tokens' (id, log-probability)
-TokenLogprob = tuple[int, float, tuple[tuple[int, float], ...]]
+# a token, its log-probability and the most likely tokens' (id, log-probability) at its place;
+# a prompt's first token has neither (nothing comes before it)
+TokenLogprob = tuple[int, float | None, tuple[tuple[int, float], ...]]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     logprobs: int | None = None  # alternatives reported per token; None: no log-probabilities
+    echo: bool = False  # the answer starts with the prompt (and its log-probabilities, asked)
 
     @property
     def greedy(self) -> bool:
@@ -45,6 +47,11 @@ class SamplingParams:
     @property
     def penalized(self) -> bool:
         return bool(self.presence_penalty or self.frequency_penalty)
+
+    @property
+    def scores_prompt(self) -> bool:
+        """Whether the prompt's own tokens' log-probabilities are wanted (``echo``)."""
+        return self.echo and self.logprobs is not None
 
     @property
     def adjusted(self) -> bool:
@@ -74,6 +81,8 @@ class SamplingParams:
                 f"the number of log-probabilities per token must be an integer from 0 to "
                 f"{MAX_LOGPROBS}, got {self.logprobs!r}"
             )
+        if not isinstance(self.echo, bool):
+            raise InvalidInput(f"echo must be true or false, got {self.echo!r}")
         if len(self.logit_bias) > MAX_LOGIT_BIAS:
             raise InvalidInput(f"logit_bias takes at most {MAX_LOGIT_BIAS} tokens")
         for _, bias in self.logit_bias:
@@ -164,4 +173,26 @@ def logprobs_of(
             values, ids = torch.topk(table[i], min(k, table.shape[-1]))
             top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
         out[row] = (chosen[row], float(table[i, chosen[row]]), top)
+    return out
+
+
+def prompt_logprobs(
+    logits: torch.Tensor, prompt: list[int], alternatives: int
+) -> list[TokenLogprob]:
+    """Each of a prompt's tokens' log-probability given the tokens before it, and the
+    ``alternatives`` most likely tokens at its place (``logits``: the prompt's positions'
+    [length, vocab]); the first token has none."""
+    table = torch.log_softmax(logits[:-1].float(), dim=-1)
+    following = torch.tensor(prompt[1:])
+    chosen = table.gather(1, following[:, None])[:, 0].tolist()
+    top_ids: list[list[int]] = [[] for _ in chosen]
+    top_values: list[list[float]] = [[] for _ in chosen]
+    if alternatives and chosen:
+        values, ids = torch.topk(table, min(alternatives, table.shape[-1]))
+        top_ids, top_values = ids.tolist(), values.tolist()
+    out: list[TokenLogprob] = [(prompt[0], None, ())]
+    for token, logprob, ids_at, values_at in zip(
+        prompt[1:], chosen, top_ids, top_values, strict=True
+    ):
+        out.append((token, logprob, tuple(zip(ids_at, values_at, strict=True))))
     return out

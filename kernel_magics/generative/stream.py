@@ -61,7 +61,7 @@ async def completion(model: LoadedModel, body: dict, chat: bool) -> AsyncIterato
         seqs,
         prompt_tokens,
         stream,
-        model.generator.token_text,
+        model.generator,
     )
     try:
         if stream:

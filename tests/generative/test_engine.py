@@ -59,6 +59,35 @@ def engine(served_lm: Any, tokenizer: Any) -> Any:
     e.stop()
 
 
+def prompt_reference(lm: Any, tokenizer: Any, prompt: str) -> torch.Tensor:
+    """Each of a prompt's tokens' log-probability given those before it, by one full forward."""
+    ids = tokenizer(prompt)["input_ids"]
+    table = torch.log_softmax(lm(torch.tensor([ids])).logits[0, :-1].float(), -1)
+    return table.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+
+def echoed(
+    engine: Engine, tokenizer: Any, prompts: list[str], params: SamplingParams
+) -> list[list[TokenLogprob]]:
+    """Each prompt's log-probabilities as the engine hands them (``echo``), all submitted at
+    once."""
+    collect = Collector(len(prompts))
+    seqs = [Sequence(tokenizer(p)["input_ids"], params, collect) for p in prompts]
+    engine.submit(*seqs)
+    assert collect.done.wait(60)
+    return [collect.logprobs[id(seq)][: seq.prompt_tokens] for seq in seqs]
+
+
+def check_echo(
+    entries: list[TokenLogprob], lm: Any, tokenizer: Any, prompt: str, tolerance: float
+) -> None:
+    ids = tokenizer(prompt)["input_ids"]
+    assert [token for token, _, _ in entries] == ids
+    assert entries[0][1:] == (None, ())  # nothing before the first token
+    expected = prompt_reference(lm, tokenizer, prompt).tolist()
+    assert [lp for _, lp, _ in entries[1:]] == pytest.approx(expected, abs=tolerance)
+
+
 def run(engine: Engine, tokenizer: Any, prompts: list[str], params: SamplingParams) -> tuple:
     collect = Collector(len(prompts))
     seqs = [Sequence(tokenizer(p)["input_ids"], params, collect) for p in prompts]
@@ -147,6 +176,38 @@ def test_logprobs_and_logit_bias(engine: Engine, served_lm: Any, tokenizer: Any)
     assert first not in seqs[0].tokens[:1]
 
 
+def test_echo_shares_a_prefill_only_with_the_same_ask(
+    engine: Engine, served_lm: Any, tokenizer: Any
+) -> None:
+    """One prefill: a prompt sent with echo, the same prompt plain, and again with echo and
+    other alternatives: each gets what it asked for, and the tokens of a plain run."""
+    prompt = PROMPTS[2]
+    plain = SamplingParams(max_tokens=6, temperature=0.0)
+    asks = [
+        SamplingParams(max_tokens=6, temperature=0.0, logprobs=1, echo=True),
+        plain,
+        SamplingParams(max_tokens=6, temperature=0.0, logprobs=3, echo=True),
+        SamplingParams(max_tokens=6, temperature=0.0, logprobs=1, echo=True),
+    ]
+    collect = Collector(len(asks))
+    seqs = [Sequence(tokenizer(prompt)["input_ids"], p, collect) for p in asks]
+    before = engine.shared_prompts
+    engine.submit(*seqs)
+    assert collect.done.wait(60)
+    assert engine.shared_prompts - before == 1  # the fourth shares the first's prefill
+    with torch.inference_mode():
+        expected = reference(served_lm, tokenizer, prompt, 6)
+        for seq, ask in zip(seqs, asks, strict=True):
+            assert seq.tokens == expected
+            entries = collect.logprobs.get(id(seq), [])
+            if not ask.echo:
+                assert entries == []
+                continue
+            check_echo(entries[: seq.prompt_tokens], served_lm, tokenizer, prompt, 1e-3)
+            assert [len(top) for _, _, top in entries[1:]] == [ask.logprobs] * (len(entries) - 1)
+            assert [token for token, _, _ in entries[seq.prompt_tokens :]] == expected
+
+
 def test_batched_greedy_matches_generate(engine: Engine, served_lm: Any, tokenizer: Any) -> None:
     # 8 prompts of different lengths through 4 slots: sequences join and leave mid-batch
     params = SamplingParams(max_tokens=24, temperature=0.0)
@@ -210,11 +271,17 @@ def test_other_shapes_decode_as_generate(shape: str, tokenizer: Any) -> None:
     try:
         assert e.describe()["decode_path"] == path
         seqs, _ = run(e, tokenizer, PROMPTS, SamplingParams(max_tokens=16, temperature=0.0))
+        echo = SamplingParams(max_tokens=2, temperature=0.0, logprobs=2, echo=True)
+        prompts = echoed(e, tokenizer, PROMPTS, echo)
     finally:
         e.stop()
     with torch.inference_mode():
         for prompt, seq in zip(PROMPTS, seqs, strict=True):
             assert seq.tokens == reference(untouched, tokenizer, prompt, 16)
+        # echo: the prompts' own log-probabilities, by this path's prefill
+        tolerance = 1e-3 if dtype == torch.float32 else 0.1
+        for prompt, entries in zip(PROMPTS, prompts, strict=True):
+            check_echo(entries, untouched, tokenizer, prompt, tolerance)
 
 
 def test_seed_gives_the_same_tokens(engine: Engine, tokenizer: Any) -> None:

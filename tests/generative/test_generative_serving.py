@@ -226,6 +226,38 @@ def test_logprobs_in_openai_shapes(oai: openai.OpenAI) -> None:
     assert oai.chat.completions.create(**chat).choices[0].logprobs is None  # not asked: none
 
 
+def test_echo_scores_a_prompt_as_evaluation_harnesses_ask(
+    oai: openai.OpenAI, lm: Any, tokenizer: Any
+) -> None:
+    """lm-eval's log-likelihood request: token ids, echo, logprobs=1, one new token."""
+    import torch
+
+    ids = tokenizer(PROMPT)["input_ids"]
+    with torch.inference_mode():
+        table = torch.log_softmax(lm(torch.tensor([ids])).logits[0, :-1].float(), -1)
+    expected = table.gather(1, torch.tensor(ids[1:])[:, None])[:, 0].tolist()
+    ask = {"model": "tiny", "prompt": ids, "max_tokens": 1, "temperature": 0}
+    out = oai.completions.create(**ask, echo=True, logprobs=1)
+    lp = out.choices[0].logprobs
+    assert len(lp.tokens) == len(ids) + 1
+    assert lp.token_logprobs[0] is None
+    assert lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1 : len(ids)] == pytest.approx(expected, abs=1e-3)
+    assert out.choices[0].text.startswith(tokenizer.decode(ids, skip_special_tokens=True))
+    assert out.usage.prompt_tokens == len(ids)
+    assert out.usage.completion_tokens == 1
+    # echo alone: the prompt's text, then the completion's; streamed, the same text
+    plain = oai.completions.create(**ask | {"max_tokens": 5}).choices[0].text
+    echoed = oai.completions.create(**ask | {"max_tokens": 5}, echo=True).choices[0].text
+    assert echoed == tokenizer.decode(ids, skip_special_tokens=True) + plain
+    chunks = oai.completions.create(**ask | {"max_tokens": 5}, echo=True, stream=True)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == echoed
+    with pytest.raises(openai.BadRequestError, match="echo is for /v1/completions"):
+        oai.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "Hi"}], extra_body={"echo": True}
+        )
+
+
 def test_logit_bias_steers_the_tokens(oai: openai.OpenAI, lm: Any, tokenizer: Any) -> None:
     import torch
 
@@ -255,8 +287,8 @@ def test_bad_input_is_400_in_openai_shape(oai: openai.OpenAI, client: LocalTarge
     with pytest.raises(openai.NotFoundError, match="nope"):
         oai.completions.create(model="nope", prompt=PROMPT)
     # what this server does not implement is refused by name, not answered without it
-    with pytest.raises(openai.BadRequestError, match="echo is not supported"):
-        oai.completions.create(model="tiny", prompt=PROMPT, echo=True)
+    with pytest.raises(openai.BadRequestError, match="suffix is not supported"):
+        oai.completions.create(model="tiny", prompt=PROMPT, suffix="end")
     with pytest.raises(openai.BadRequestError, match="frequency_penalty must be between -2"):
         oai.completions.create(model="tiny", prompt=PROMPT, frequency_penalty=3)
     with pytest.raises(openai.BadRequestError, match="from 0 to 20"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from kit.tiny_lm import tiny_llama
 
-from generative.test_engine import PROMPTS, Collector, reference, run
+from generative.test_engine import PROMPTS, Collector, check_echo, echoed, reference, run
 from kernel_magics.generative.cache import SlotCache
 from kernel_magics.generative.engine import Engine
 from kernel_magics.generative.prefix_cache import BLOCK, PrefixCache
@@ -134,6 +134,26 @@ def random_cache(layers: int) -> SlotCache:
     for tensor in cache.keys + cache.values:
         tensor.normal_()
     return cache
+
+
+def test_an_echoed_prompt_is_computed_whole(served_lm: Any, tokenizer: Any) -> None:
+    """A kept prompt has no logits for its positions: a request that wants the prompt's own
+    log-probabilities (echo) computes it whole, and takes nothing from the cache."""
+    e = engine(served_lm, tokenizer)
+    try:
+        run(e, tokenizer, PROMPTS, GREEDY)
+        hits = e.describe()["prefix_hits"]
+        echo = SamplingParams(max_tokens=4, temperature=0.0, logprobs=0, echo=True)
+        prompts = echoed(e, tokenizer, PROMPTS, echo)
+        assert e.describe()["prefix_hits"] == hits
+        with torch.inference_mode():
+            for prompt, entries in zip(PROMPTS, prompts, strict=True):
+                check_echo(entries, served_lm, tokenizer, prompt, 1e-3)
+        # echo without logprobs: the prompt's text only, the cache is used
+        run(e, tokenizer, PROMPTS, SamplingParams(max_tokens=4, temperature=0.0, echo=True))
+        assert e.describe()["prefix_hits"] == hits + len(PROMPTS)
+    finally:
+        e.stop()
 
 
 def test_the_budget_evicts_the_least_recently_used_prompt() -> None:

@@ -152,16 +152,18 @@ def test_bad_requests_get_openais_error_shape(oai: openai.OpenAI, settings: Sett
         oai.completions.create(model="lm@9", prompt=PROMPT, max_tokens=2)
     with pytest.raises(openai.BadRequestError, match="context"):
         oai.completions.create(model="lm", prompt=PROMPT, max_tokens=100_000)
-    with pytest.raises(openai.BadRequestError, match="echo is not supported"):
-        oai.completions.create(model="lm", prompt=PROMPT, max_tokens=2, echo=True)
+    with pytest.raises(openai.BadRequestError, match="suffix is not supported"):
+        oai.completions.create(model="lm", prompt=PROMPT, max_tokens=2, suffix="end")
     with pytest.raises(openai.BadRequestError, match="top_logprobs is for /v1/chat"):
         oai.completions.create(
             model="lm", prompt=PROMPT, max_tokens=2, extra_body={"top_logprobs": 2}
         )
     # the replica serves on after them, log-probabilities too (the same shapes as the worker's)
-    served = oai.completions.create(model="lm", prompt=PROMPT, max_tokens=3, logprobs=2)
-    assert served.usage is not None
-    assert len(served.choices[0].logprobs.top_logprobs) == 3
+    served = oai.completions.create(model="lm", prompt=PROMPT, max_tokens=3, logprobs=2, echo=True)
+    assert served.choices[0].text.startswith(PROMPT)
+    prompt_tokens = served.usage.prompt_tokens
+    assert len(served.choices[0].logprobs.top_logprobs) == prompt_tokens + 3
+    assert served.choices[0].logprobs.token_logprobs[0] is None
     listing = requests.get(f"http://127.0.0.1:{settings.port}/v1/models", timeout=30).json()
     assert "lm" in [m["id"] for m in listing["data"]]
     assert "lm" in [m["name"] for m in listing["models"]]
