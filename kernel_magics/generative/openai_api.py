@@ -1,9 +1,9 @@
 """``POST /v1/completions`` and ``POST /v1/chat/completions`` on the worker's port with its
-tokens (the shapes themselves: ``openai_protocol.py``).
+tokens (the shapes themselves: ``openai_requests.py`` and ``openai_protocol.py``).
 
 ``model`` is a served model's name (its live version, or its canary's share) or ``NAME@V`` (a
 version this worker serves: live or canary). A prompt or a list of them, ``n`` completions of
-each (``openai_protocol.MAX_CHOICES`` in all), decoded side by side in the running batch.
+each (``openai_requests.MAX_CHOICES`` in all), decoded side by side in the running batch.
 ``"stream": true`` answers server-sent events, one ``data:`` line per choice per step that added
 text, each choice's last chunk carrying its ``finish_reason`` and the request's last one
 ``usage``, then ``data: [DONE]``. Errors are OpenAI's
@@ -17,15 +17,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.errors import KernelMagicsError, NotFound
-from kernel_magics.generative.openai_protocol import (
-    Choices,
-    choices_of,
-    error_answer,
-    error_json,
-    generative,
-    model_ref,
-    read_body,
-)
+from kernel_magics.generative.openai_protocol import Choices, error_answer, error_json
+from kernel_magics.generative.openai_requests import choices_of, generative, model_ref, read_body
 from kernel_magics.generative.sampling import TokenLogprob
 from kernel_magics.generative.sequence import Sequence
 from kernel_magics.serving.request.protocol import Connection, Request

@@ -14,12 +14,8 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from kernel_magics.errors import KernelMagicsError
-from kernel_magics.generative.openai_protocol import (
-    EVENT_STREAM,
-    Choices,
-    choices_of,
-    error_answer,
-)
+from kernel_magics.generative.openai_protocol import EVENT_STREAM, Choices, error_answer
+from kernel_magics.generative.openai_requests import choices_of
 from kernel_magics.generative.sequence import Event, Sequence
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ from ray import serve
 
 from kernel_magics.errors import InvalidInput, KernelMagicsError, NotFound, ServiceUnavailable
 from kernel_magics.generative import stream
-from kernel_magics.generative.openai_protocol import generative
+from kernel_magics.generative.openai_requests import generative
 from kernel_magics.records import ModelSpec
 from kernel_magics.serving.request import invocations
 from kernel_magics.serving.request.bodies import describe_error, dumps, error_body

@@ -19,13 +19,8 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response, StreamingResponse
 
 from kernel_magics.errors import KernelMagicsError, NotFound
-from kernel_magics.generative.openai_protocol import (
-    error_answer,
-    error_json,
-    model_list,
-    model_ref,
-    read_body,
-)
+from kernel_magics.generative.openai_protocol import error_answer, error_json, model_list
+from kernel_magics.generative.openai_requests import model_ref, read_body
 from kernel_magics.naming import not_found, unknown_verb
 from kernel_magics.serving.ray_app import JSON, MODEL_APP_PREFIX, app_name
 from kernel_magics.serving.request.bodies import dumps, error_body
