@@ -11,9 +11,8 @@ batch as soon as it ends (EOS, a stop string, ``max_tokens``, or its client gone
 is reused at the next step. The waiting queue is bounded: past it ``submit`` raises
 ``Overloaded`` (429 with Retry-After).
 
-Events (text deltas, the finish reason) are handed to each sequence's ``post`` callable once per
-step, in one call per sink (``loop.call_soon_threadsafe`` for HTTP requests), so a step wakes
-the event loop once, not once per stream.
+What a sampled token becomes for its request (text, the end, events handed over once per step)
+is ``outputs.Outputs``'.
 """
 
 from __future__ import annotations
@@ -26,22 +25,20 @@ from collections import deque
 from typing import Any
 
 import torch
-from tokenizers.decoders import DecodeStream
 
 from kernel_magics.errors import InvalidInput, Overloaded
 from kernel_magics.generative import decode, model_forward
 from kernel_magics.generative.cache import SlotCache
+from kernel_magics.generative.outputs import Outputs
 from kernel_magics.generative.prefix_cache import PrefixCache
 from kernel_magics.generative.prompts import PromptBatch, SharedPrefill, prompt_batch
 from kernel_magics.generative.sampling import (
-    TokenLogprob,
     choose,
     generator_for,
     logprobs_of,
     prompt_logprobs,
 )
-from kernel_magics.generative.sequence import Event, Sequence, releasable
-from kernel_magics.generative.tokens import eos_ids, stream_backend
+from kernel_magics.generative.sequence import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +75,7 @@ class Engine:
             max_queued,
         )
         self.cache = SlotCache(config.num_hidden_layers, max_running, kv_heads, head_dim, dtype)
-        self.eos = eos_ids(model, tokenizer)
-        self._backend = stream_backend(tokenizer)
+        self.outputs = Outputs(model, tokenizer)  # tokens into text and events for requests
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         # decode steps skip the model's module stack where its architecture is known
         supported = decode.supports(model)
@@ -96,12 +92,10 @@ class Engine:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.reserved = 0  # cache tokens reserved by the running sequences
-        self.generated = 0  # tokens produced since load (status)
         self.cancelled = 0  # running sequences dropped because their client went away
         self.shared_prompts = 0  # prompts prefilled by another request's identical prompt
         self._wake = threading.Condition()
         self._stopped = False
-        self._events: list[Event] = []
         self._thread = threading.Thread(target=self._run, name=f"generate-{name}", daemon=True)
         own_threads = torch.get_num_threads()
         self._threads_set = threading.Event()
@@ -164,7 +158,7 @@ class Engine:
             "kv_cache_reserved": self.reserved,
             "kv_cache_bytes": self.cache.bytes,
             "context_length": self.context_length,
-            "generated_tokens": self.generated,
+            "generated_tokens": self.outputs.generated,
             "cancelled": self.cancelled,
             "shared_prompts": self.shared_prompts,
             **(self.prefixes.describe() if self.prefixes is not None else {}),
@@ -202,12 +196,12 @@ class Engine:
             except Exception as err:  # a bug or the model failing: end every sequence, go on
                 log.exception("%s: generation step failed", self.name)
                 for seq in self.running:
-                    self._finish(seq, f"error: {type(err).__name__}")
+                    self.outputs.finish(seq, f"error: {type(err).__name__}")
                 self._retire()
-            self._flush()
+            self.outputs.flush()
         for seq in list(self.waiting) + self.running:
-            self._finish(seq, "abort")
-        self._flush()
+            self.outputs.finish(seq, "abort")
+        self.outputs.flush()
 
     def _drop_cancelled(self) -> None:
         if any(s.cancelled for s in self.waiting):
@@ -230,7 +224,7 @@ class Engine:
             if not group:
                 return
             computed = self._prefill(group)
-            self._flush()  # first tokens go out before the next forward
+            self.outputs.flush()  # first tokens go out before the next forward
             self._keep_prompts(computed)
             self._retire()
 
@@ -283,7 +277,7 @@ class Engine:
         logprobs = logprobs_of(logits, params, tokens)
         for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True):
             seq.first_token_at = now
-            self._append(seq, token, logprob)
+            self.outputs.append(seq, token, logprob)
         return shared.computed
 
     @staticmethod
@@ -346,52 +340,8 @@ class Engine:
         tokens = choose(logits, params, [s.generator for s in running], [s.tokens for s in running])
         logprobs = logprobs_of(logits, params, tokens)
         for seq, token, logprob in zip(running, tokens, logprobs, strict=True):
-            self._append(seq, token, logprob)
+            self.outputs.append(seq, token, logprob)
         self._retire()
-
-    def _append(self, seq: Sequence, token: int, logprob: TokenLogprob | None = None) -> None:
-        """Record a sampled token; queue the text it adds and whether the sequence ended."""
-        self.generated += 1
-        finish = None
-        if token in self.eos:
-            finish = "stop"
-        else:
-            seq.tokens.append(token)
-            if logprob is not None:
-                seq.logprobs.append(logprob)
-            seq.text = self._detokenize(seq, token)
-            if len(seq.tokens) >= seq.params.max_tokens:
-                finish = "length"
-        if finish is None and not seq.tokens:
-            return
-        delta, seq.sent, finish = releasable(seq.text, seq.params.stop, seq.sent, finish)
-        if finish is not None:
-            seq.finish_reason = finish
-        if delta or finish is not None:
-            self._event(seq, delta, finish)
-
-    def _detokenize(self, seq: Sequence, token: int) -> str:
-        """The completion's text with ``token``: the new token's text appended where the
-        tokenizer's decoder can stream (a character split over tokens comes out whole with the
-        token that completes it), else the whole completion decoded again."""
-        if self._backend is None:
-            return str(self.tokenizer.decode(seq.tokens, skip_special_tokens=True))
-        if seq.detokenizer is None:
-            seq.detokenizer = DecodeStream(skip_special_tokens=True)
-        piece = seq.detokenizer.step(self._backend, token)
-        return seq.text + piece if piece else seq.text
-
-    def _finish(self, seq: Sequence, reason: str) -> None:
-        seq.finish_reason = reason
-        self._event(seq, "", reason)
-
-    def _event(self, seq: Sequence, delta: str, finish: str | None) -> None:
-        """Queue an event of ``seq``, with the log-probabilities of its tokens since the last
-        one where it asked for them."""
-        logprobs = None
-        if seq.params.logprobs is not None:
-            logprobs, seq.logprobs = seq.logprobs, []
-        self._events.append((seq, delta, finish, logprobs))
 
     def _retire(self) -> None:
         """Take ended sequences out of the batch; the others move down to fill their slots."""
@@ -408,19 +358,3 @@ class Engine:
                 seq.slot = len(kept)
             kept.append(seq)
         self.running = kept
-
-    def _flush(self) -> None:
-        events, self._events = self._events, []
-        by_sink: dict[Any, list] = {}
-        for event in events:
-            by_sink.setdefault(event[0].post, []).append(event)
-        for post, batch in by_sink.items():
-            post(_deliver, batch)
-
-
-def _deliver(events: list[Event]) -> None:
-    for event in events:
-        try:
-            event[0].on_event(*event)
-        except Exception:  # one broken consumer must not stop the others' events
-            log.exception("delivering generated text failed")

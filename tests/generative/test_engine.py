@@ -164,7 +164,9 @@ def test_logprobs_and_logit_bias(engine: Engine, served_lm: Any, tokenizer: Any)
     assert collect.done.wait(60)
     with torch.inference_mode():
         for prompt, seq in zip(PROMPTS, seqs, strict=True):
-            tokens, tables = biased_reference(served_lm, tokenizer, prompt, 12, bias, engine.eos)
+            tokens, tables = biased_reference(
+                served_lm, tokenizer, prompt, 12, bias, engine.outputs.eos
+            )
             assert seq.tokens == tokens
             entries = collect.logprobs[id(seq)]
             assert [token for token, _, _ in entries] == tokens  # one entry a kept token
