@@ -120,6 +120,11 @@ class Engine:
                 f"KV-cache budget of {self.kv_cache_tokens} tokens (setting gen_kv_cache_tokens)"
             )
 
+    def room(self, prompt_tokens: int) -> int:
+        """The most tokens a prompt of this length can be completed with: the rest of the
+        context, within the KV-cache budget (a sequence reserves prompt + ``max_tokens``)."""
+        return min(self.context_length, self.kv_cache_tokens) - prompt_tokens
+
     def submit(self, *seqs: Sequence) -> None:
         """Queue ``seqs`` (one request's choices): all of them, or none (Overloaded)."""
         for seq in seqs:

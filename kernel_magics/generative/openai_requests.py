@@ -112,10 +112,14 @@ def choices_of(
     """Each choice's prompt token ids and sampling parameters, ``n`` per prompt (choice ``i``
     is prompt ``i // n``'s), and the prompts' tokens (each prompt counted once, as OpenAI's
     ``usage`` does). With a ``seed``, copy ``j`` of a prompt samples with ``seed + j``: the
-    copies differ, and the same request gives the same choices."""
+    copies differ, and the same request gives the same choices. A chat that sets no
+    ``max_tokens`` may answer up to the rest of the model's room (``Engine.room``), as OpenAI's
+    chat does, rather than ``DEFAULT_MAX_TOKENS``, the completions route's default."""
     params = params_of(body, chat, int(generator.model.config.vocab_size))
     n = body.get("n") or 1
     prompts = prompts_of(generator, body, chat)
+    if chat and body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        params = replace(params, max_tokens=max(1, generator.engine.room(len(prompts[0]))))
     if len(prompts) * n > MAX_CHOICES:
         raise InvalidInput(
             f"{len(prompts)} prompt(s) x n={n} is over {MAX_CHOICES} choices per request"

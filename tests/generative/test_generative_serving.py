@@ -55,6 +55,21 @@ def test_completion_and_chat(oai: openai.OpenAI) -> None:
     assert chat.usage.completion_tokens == 5
 
 
+def test_a_chat_without_max_tokens_may_use_the_rest_of_the_context(
+    oai: openai.OpenAI, tokenizer: Any
+) -> None:
+    """OpenAI's chat has no 16-token default: an answer runs to its end (here, with the end
+    of text banned, to the context's 512 tokens); completions keep their default of 16."""
+    no_end = {str(tokenizer.eos_token_id): -100}
+    chat = oai.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hello"}], logit_bias=no_end
+    )
+    assert chat.choices[0].finish_reason == "length"
+    assert chat.usage.total_tokens == 512
+    out = oai.completions.create(model="tiny", prompt=PROMPT, logit_bias=no_end)
+    assert out.usage.completion_tokens == 16
+
+
 def test_stream_matches_the_whole_answer(oai: openai.OpenAI) -> None:
     whole = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=30, temperature=0)
     chunks = list(
