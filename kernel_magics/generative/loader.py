@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tokenizers.decoders import DecodeStream
 
 from kernel_magics.config import GEN_DTYPES, GEN_LARGE_WEIGHTS_BYTES, Settings, load_settings
 from kernel_magics.errors import InvalidInput
@@ -18,7 +21,7 @@ from kernel_magics.generative.mlflow_flavor import tokenizer_dir
 from kernel_magics.generative.register import FLAVOR, FORMAT, HF_DIR, load_folder
 from kernel_magics.generative.sampling import SamplingParams
 from kernel_magics.generative.sequence import Sequence
-from kernel_magics.generative.tokens import fast_backend
+from kernel_magics.generative.tokens import fast_backend, stream_backend
 
 # Used when the tokenizer has no chat template (documented in docs/generative.md).
 PLAIN_CHAT_TEMPLATE = (
@@ -61,6 +64,27 @@ class Generator:
         if text is None:
             text = self._token_texts[token] = str(self.tokenizer.decode([token]))
         return text
+
+    def pieces(self) -> Callable[[int], str]:
+        """A fresh incremental decoder (``logprobs.Vocabulary.pieces``): the streaming decoder
+        where the tokenizer has one (as the engine decodes completions), else a decode of all
+        tokens so far, less what was already returned."""
+        backend = stream_backend(self.tokenizer)
+        if backend is not None:
+            stream = DecodeStream(skip_special_tokens=True)
+            return lambda token: stream.step(backend, token) or ""
+        tokens: list[int] = []
+        done = [""]
+
+        def piece(token: int) -> str:
+            tokens.append(token)
+            text = self.text(tokens)
+            if text.endswith("\ufffd") or not text.startswith(done[0]):
+                return ""  # an incomplete character, or a decode that rewrote the text so far
+            new, done[0] = text[len(done[0]) :], text
+            return new
+
+        return piece
 
     def text(self, tokens: list[int]) -> str:
         """Token ids as text (an echoed prompt), special tokens left out."""

@@ -2,7 +2,7 @@
 
 ``/v1/completions`` (``logprobs: N``) answers the legacy object: ``tokens``,
 ``token_logprobs``, ``top_logprobs`` (one ``{token: logprob}`` per token, the ``N`` most
-likely, fewer where two decode to the same text; null for ``N`` = 0, and for an echoed
+likely and the chosen one, fewer where two decode to the same text; null for an echoed
 prompt's first token, which has no log-probability) and ``text_offset`` (where each token's
 text starts in the answer's text). ``/v1/chat/completions`` (``logprobs: true``,
 ``top_logprobs: N``) answers ``{"content": [{token, logprob, bytes, top_logprobs}]}``, each
@@ -13,7 +13,7 @@ token alone, as vLLM reports it; the numbers are the model's own distribution
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from kernel_magics.generative.sampling import TokenLogprob
@@ -24,49 +24,67 @@ TokenText = Callable[[int], str]
 class Vocabulary(Protocol):
     """The texts of a model's tokens (``loader.Generator``)."""
 
-    def token_text(self, token: int) -> str: ...
+    def token_text(self, token: int) -> str:
+        """One token decoded alone (an alternative, which has no text around it)."""
+        ...
 
     def text(self, tokens: list[int]) -> str: ...
+
+    def pieces(self) -> TokenText:
+        """A fresh incremental decoder: each call takes the next token and returns the text it
+        adds to those before it ("" while a character is incomplete)."""
+        ...
 
 
 class ChoiceLogprobs:
     """One choice's log-probabilities as its events bring them: the part each streamed chunk
-    carries (``add``), and the whole (``whole``)."""
+    carries (``add``), and the whole (``whole``). A chosen token's text is what it adds to the
+    choice's text (an incremental decode of the tokens in order: a word's leading space, a
+    character split over tokens, come out as in the text); ``text_offset`` adds them up."""
 
-    def __init__(self, chat: bool, token_text: TokenText, alternatives: int) -> None:
-        self.chat, self.token_text, self.alternatives = chat, token_text, alternatives
+    def __init__(self, chat: bool, vocabulary: Vocabulary, alternatives: int) -> None:
+        self.chat, self.alternatives = chat, alternatives
+        self.token_text = vocabulary.token_text
+        self._piece = vocabulary.pieces()
         self.entries: list[TokenLogprob] = []
+        self.texts: list[str] = []  # each entry's chosen token's text, decoded once, in order
         self._offset = 0  # characters of the tokens already sent (a stream's text_offset)
 
     def add(self, entries: list[TokenLogprob]) -> dict[str, Any]:
         """Keep ``entries`` (the tokens of one event) and return their part of a chunk."""
+        texts = [self._piece(token) for token, _, _ in entries]
         self.entries.extend(entries)
-        part, self._offset = self._render(entries, self._offset)
+        self.texts.extend(texts)
+        part, self._offset = self._render(entries, texts, self._offset)
         return part
 
     def whole(self) -> dict[str, Any]:
-        return self._render(self.entries, 0)[0]
+        return self._render(self.entries, self.texts, 0)[0]
 
-    def _render(self, entries: Iterable[TokenLogprob], offset: int) -> tuple[dict[str, Any], int]:
-        text = self.token_text
+    def _render(
+        self, entries: list[TokenLogprob], texts: list[str], offset: int
+    ) -> tuple[dict[str, Any], int]:
+        alone = self.token_text
         if self.chat:
             content = [
-                _chat_entry(text(token), logprob)
-                | {"top_logprobs": [_chat_entry(text(t), lp) for t, lp in top]}
-                for token, logprob, top in entries
+                _chat_entry(piece, logprob)
+                | {"top_logprobs": [_chat_entry(alone(t), lp) for t, lp in top]}
+                for piece, (_, logprob, top) in zip(texts, entries, strict=True)
             ]
-            return {"content": content}, offset
-        tokens: list[str] = []
+            return {"content": content, "refusal": None}, offset
         offsets: list[int] = []
-        for token, _, _ in entries:
-            tokens.append(text(token))
+        for piece in texts:
             offsets.append(offset)
-            offset += len(tokens[-1])
-        tops = [None if lp is None else _by_text(text, top) for _, lp, top in entries]
+            offset += len(piece)
+        # OpenAI's legacy top_logprobs hold the chosen token too (up to N + 1 entries)
+        tops = [
+            None if lp is None else _by_text(alone, (*top, (token, lp)))
+            for token, lp, top in entries
+        ]
         return {
-            "tokens": tokens,
+            "tokens": texts,
             "token_logprobs": [logprob for _, logprob, _ in entries],
-            "top_logprobs": tops if self.alternatives else None,
+            "top_logprobs": tops,
             "text_offset": offsets,
         }, offset
 

@@ -135,7 +135,7 @@ class Choices:
         self.logprobs = [
             None
             if s.params.logprobs is None
-            else ChoiceLogprobs(chat, vocabulary.token_text, s.params.logprobs)
+            else ChoiceLogprobs(chat, vocabulary, s.params.logprobs)
             for s in seqs
         ]
         # the prompt's text, to go out first where the request asks for it (``echo``)

@@ -56,9 +56,14 @@ def model_ref(ref: Any) -> tuple[str, int | None]:
     name, at, version = ref.partition("@")
     if not at:
         return name, None
-    if not version.isdigit():
+    if not _decimal(version):
         raise InvalidInput(f"model {ref!r}: the version after @ must be a number")
     return name, int(version)
+
+
+def _decimal(text: str) -> bool:
+    """ASCII digits only ("²".isdigit() is true, and int() refuses it)."""
+    return text.isascii() and text.isdigit()
 
 
 def generative(model: LoadedModel) -> LoadedModel:
@@ -196,7 +201,7 @@ def _logit_bias(value: Any, vocabulary: int | None) -> tuple[tuple[int, float], 
         raise InvalidInput("logit_bias must be an object of token id: bias")
     pairs = []
     for key, bias in value.items():
-        token = int(key) if isinstance(key, str) and key.isdigit() else -1
+        token = int(key) if isinstance(key, str) and _decimal(key) else -1
         if token < 0 or (vocabulary is not None and token >= vocabulary):
             span = f" (0-{vocabulary - 1})" if vocabulary is not None else ""
             raise InvalidInput(f"logit_bias: {key!r} is not a token id of this model{span}")

@@ -20,6 +20,7 @@ from kernel_magics.generative.sequence import Event, Sequence, releasable
 from kernel_magics.generative.tokens import eos_ids, stream_backend
 
 log = logging.getLogger(__name__)
+_ECHO_CONTEXT = 8  # prompt tokens a completion's decoder starts after (enough for a character)
 
 
 class Outputs:
@@ -74,7 +75,10 @@ class Outputs:
         if self._backend is None:
             return str(self.tokenizer.decode(seq.tokens, skip_special_tokens=True))
         if seq.detokenizer is None:
-            seq.detokenizer = DecodeStream(skip_special_tokens=True)
+            # an echoed prompt's text comes first: decode on from its last tokens, so that the
+            # first piece has the space a word-start token brings (SentencePiece's "▁")
+            context = seq.prompt_ids[-_ECHO_CONTEXT:] if seq.params.echo else None
+            seq.detokenizer = DecodeStream(ids=context, skip_special_tokens=True)
         piece = seq.detokenizer.step(self._backend, token)
         return seq.text + piece if piece else seq.text
 

@@ -19,6 +19,7 @@ MAX_STOP_STRINGS = 4  # as OpenAI's API
 MAX_STOP_CHARS = 200
 MAX_LOGPROBS = 20  # alternatives per token (OpenAI's top_logprobs; vLLM's default limit)
 MAX_LOGIT_BIAS = 300  # tokens one request may bias (as OpenAI's API)
+_SCORE_ROWS = 256  # prompt positions scored at a time (``prompt_logprobs``)
 # a token, its log-probability and the most likely tokens' (id, log-probability) at its place;
 # a prompt's first token has neither (nothing comes before it)
 TokenLogprob = tuple[int, float | None, tuple[tuple[int, float], ...]]
@@ -88,9 +89,12 @@ class SamplingParams:
         for _, bias in self.logit_bias:
             _number("a logit_bias value", bias, -100.0, 100.0)
         if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not -(2**63) <= self.seed < 2**63
         ):
-            raise InvalidInput(f"seed must be an integer, got {self.seed!r}")
+            # (torch's generators take 64 bits; a request's copies add up to MAX_CHOICES)
+            raise InvalidInput(f"seed must be a 64-bit signed integer, got {self.seed!r}")
         if len(self.stop) > MAX_STOP_STRINGS:
             raise InvalidInput(f"stop takes at most {MAX_STOP_STRINGS} strings")
         for s in self.stop:
@@ -182,14 +186,18 @@ def prompt_logprobs(
     """Each of a prompt's tokens' log-probability given the tokens before it, and the
     ``alternatives`` most likely tokens at its place (``logits``: the prompt's positions'
     [length, vocab]); the first token has none."""
-    table = torch.log_softmax(logits[:-1].float(), dim=-1)
     following = torch.tensor(prompt[1:])
-    chosen = table.gather(1, following[:, None])[:, 0].tolist()
-    top_ids: list[list[int]] = [[] for _ in chosen]
-    top_values: list[list[float]] = [[] for _ in chosen]
-    if alternatives and chosen:
-        values, ids = torch.topk(table, min(alternatives, table.shape[-1]))
-        top_ids, top_values = ids.tolist(), values.tolist()
+    chosen: list[float] = []
+    top_ids: list[list[int]] = [[] for _ in following]
+    top_values: list[list[float]] = [[] for _ in following]
+    # in blocks of rows: a float32 copy of [prompt, vocabulary] at once would be large
+    for start in range(0, len(following), _SCORE_ROWS):
+        end = min(start + _SCORE_ROWS, len(following))
+        table = torch.log_softmax(logits[start:end].float(), dim=-1)
+        chosen += table.gather(1, following[start:end, None])[:, 0].tolist()
+        if alternatives:
+            values, ids = torch.topk(table, min(alternatives, table.shape[-1]))
+            top_ids[start:end], top_values[start:end] = ids.tolist(), values.tolist()
     out: list[TokenLogprob] = [(prompt[0], None, ())]
     for token, logprob, ids_at, values_at in zip(
         prompt[1:], chosen, top_ids, top_values, strict=True

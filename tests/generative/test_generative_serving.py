@@ -203,13 +203,15 @@ def test_logprobs_in_openai_shapes(oai: openai.OpenAI) -> None:
     choice = whole.choices[0]
     lp = choice.logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 10
-    assert "".join(lp.tokens) == choice.text  # the tiny tokenizer's tokens decode alone
-    assert lp.text_offset == [sum(map(len, lp.tokens[:i])) for i in range(10)]
-    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+    assert "".join(lp.tokens) == choice.text
+    assert all(
+        choice.text[o : o + len(t)] == t for o, t in zip(lp.text_offset, lp.tokens, strict=True)
+    )
+    for logprob, top in zip(lp.token_logprobs, lp.top_logprobs, strict=True):
         assert 1 <= len(top) <= 3  # fewer where two tokens decode to the same text
         assert logprob <= 0
         # greedy: the chosen token is the most likely one
-        assert top[token] == pytest.approx(max(top.values())) == pytest.approx(logprob)
+        assert logprob == pytest.approx(max(top.values()))
     # streamed: each chunk carries its tokens; together they are the whole answer's
     chunks = list(oai.completions.create(**ask, logprobs=3, stream=True))
     parts = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
@@ -218,7 +220,9 @@ def test_logprobs_in_openai_shapes(oai: openai.OpenAI) -> None:
     assert [x for p in parts for x in p.text_offset] == lp.text_offset
     # logprobs=0: the chosen tokens' only
     bare = oai.completions.create(**ask, logprobs=0).choices[0].logprobs
-    assert bare.top_logprobs is None
+    assert [list(top.values()) for top in bare.top_logprobs] == [
+        [pytest.approx(x)] for x in lp.token_logprobs
+    ]
     assert bare.token_logprobs == pytest.approx(lp.token_logprobs)
     # chat: logprobs true and top_logprobs
     chat = {"model": "tiny", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 6}
@@ -273,21 +277,47 @@ def test_echo_scores_a_prompt_as_evaluation_harnesses_ask(
         )
 
 
+def test_logprobs_tokens_are_the_texts_pieces(oai: openai.OpenAI) -> None:
+    """Characters of several bytes split over tokens: each token's text is what it adds to the
+    answer (a split character comes out whole with its last token), so the tokens put together
+    are the text and each offset points at its token."""
+    prompt = "Les cafés naïfs: 日本語 über alles"
+    out = oai.completions.create(
+        model="tiny", prompt=prompt, max_tokens=12, temperature=0, echo=True, logprobs=1
+    )
+    text, lp = out.choices[0].text, out.choices[0].logprobs
+    assert text.startswith(prompt)
+    assert "".join(lp.tokens) == text
+    assert all(text[o : o + len(t)] == t for o, t in zip(lp.text_offset, lp.tokens, strict=True))
+    assert "" in lp.tokens  # a token that only starts a character adds no text yet
+
+
 def test_logit_bias_steers_the_tokens(oai: openai.OpenAI, lm: Any, tokenizer: Any) -> None:
+    """Which token was chosen, told by its log-probability (the model's own, bias or not)
+    against one forward of the same weights here."""
     import torch
 
     ids = tokenizer(PROMPT)["input_ids"]
     with torch.inference_mode():
-        ranked = lm(torch.tensor([ids])).logits[0, -1].argsort(descending=True).tolist()
-    ask = {"model": "tiny", "prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": 0}
-    assert oai.completions.create(**ask).choices[0].logprobs.tokens == [
-        tokenizer.decode([ranked[0]])
-    ]
-    # the most likely token pushed out: the next most likely is chosen; pulled up: any token
-    out = oai.completions.create(**ask, logit_bias={str(ranked[0]): -100})
-    assert out.choices[0].logprobs.tokens == [tokenizer.decode([ranked[1]])]
-    out = oai.completions.create(**ask, logit_bias={str(ranked[-1]): 100})
-    assert out.choices[0].logprobs.tokens == [tokenizer.decode([ranked[-1]])]
+        table = torch.log_softmax(lm(torch.tensor([ids])).logits[0, -1].float(), -1)
+    ranked = table.argsort(descending=True).tolist()
+    ask = {"model": "tiny", "prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": 1}
+
+    def chosen(**bias: Any) -> tuple[float, dict[str, float]]:
+        lp = oai.completions.create(**ask, **bias).choices[0].logprobs
+        return lp.token_logprobs[0], lp.top_logprobs[0]
+
+    assert chosen()[0] == pytest.approx(float(table[ranked[0]]), abs=1e-4)
+    # the most likely token pushed out: the next most likely is chosen
+    out, _ = chosen(logit_bias={str(ranked[0]): -100})
+    assert out == pytest.approx(float(table[ranked[1]]), abs=1e-4)
+    # the least likely pulled up: chosen, and in top_logprobs beside the most likely (OpenAI's
+    # legacy top_logprobs hold the chosen token too)
+    out, top = chosen(logit_bias={str(ranked[-1]): 100})
+    assert out == pytest.approx(float(table[ranked[-1]]), abs=1e-4)
+    assert sorted(top.values()) == pytest.approx(
+        sorted([float(table[ranked[-1]]), float(table[ranked[0]])]), abs=1e-4
+    )
 
 
 def test_bad_input_is_400_in_openai_shape(oai: openai.OpenAI, client: LocalTarget) -> None:
@@ -314,6 +344,12 @@ def test_bad_input_is_400_in_openai_shape(oai: openai.OpenAI, client: LocalTarge
         )
     with pytest.raises(openai.BadRequestError, match="not a token id of this model"):
         oai.completions.create(model="tiny", prompt=PROMPT, logit_bias={"99999999": 5})
+    with pytest.raises(openai.BadRequestError, match="not a token id of this model"):
+        oai.completions.create(model="tiny", prompt=PROMPT, logit_bias={"²": 5})  # isdigit()
+    with pytest.raises(openai.BadRequestError, match="the version after @ must be a number"):
+        oai.completions.create(model="tiny@²", prompt=PROMPT)
+    with pytest.raises(openai.BadRequestError, match="seed must be a 64-bit signed integer"):
+        oai.completions.create(model="tiny", prompt=PROMPT, seed=2**64 - 1, n=2)
     with pytest.raises(openai.BadRequestError, match="logit_bias value must be between -100"):
         oai.completions.create(model="tiny", prompt=PROMPT, logit_bias={"5": 101})
     with pytest.raises(openai.BadRequestError, match="tools"):

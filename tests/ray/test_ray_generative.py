@@ -159,7 +159,9 @@ def test_bad_requests_get_openais_error_shape(oai: openai.OpenAI, settings: Sett
             model="lm", prompt=PROMPT, max_tokens=2, extra_body={"top_logprobs": 2}
         )
     # the replica serves on after them, log-probabilities too (the same shapes as the worker's)
-    served = oai.completions.create(model="lm", prompt=PROMPT, max_tokens=3, logprobs=2, echo=True)
+    served = oai.completions.create(
+        model="lm", prompt=PROMPT, max_tokens=3, temperature=0, logprobs=2, echo=True
+    )
     assert served.choices[0].text.startswith(PROMPT)
     prompt_tokens = served.usage.prompt_tokens
     assert len(served.choices[0].logprobs.top_logprobs) == prompt_tokens + 3
