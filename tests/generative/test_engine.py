@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -406,29 +407,32 @@ def test_engine_threads_follow_the_setting_and_the_model_size(
         torch.set_num_threads(before)
 
 
+class Recording(Engine):
+    """An engine that records its forwards, and submits ``burst`` during its next prefill."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.order: list[tuple[str, int]] = []
+        self.burst: list[Sequence] = []
+        super().__init__(*args, **kwargs)
+
+    def _prefill(self, seqs: list[Sequence]) -> list[Sequence]:
+        self.order.append(("prefill", len(seqs)))
+        burst, self.burst = self.burst, []
+        for seq in burst:  # they arrive while this forward runs
+            self.submit(seq)
+        return super()._prefill(seqs)
+
+    def _decode(self) -> None:
+        self.order.append(("decode", len(self.running)))
+        super()._decode()
+
+
 def test_requests_arriving_during_a_prefill_join_it_with_generates_tokens(
     served_lm: Any, tokenizer: Any
 ) -> None:
     """A burst that arrives while a prompt is being prefilled joins that forward between two
     layers (caught up through the layers done), before any decode step; prompts longer and
     shorter than the first still give ``generate``'s greedy tokens."""
-
-    class Recording(Engine):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self.order: list[tuple[str, int]] = []
-            self.burst: list[Sequence] = []
-            super().__init__(*args, **kwargs)
-
-        def _prefill(self, seqs: list[Sequence]) -> list[Sequence]:
-            self.order.append(("prefill", len(seqs)))
-            burst, self.burst = self.burst, []
-            for seq in burst:  # they arrive while this forward runs
-                self.submit(seq)
-            return super()._prefill(seqs)
-
-        def _decode(self) -> None:
-            self.order.append(("decode", len(self.running)))
-            super()._decode()
 
     e = Recording(served_lm, tokenizer, max_running=4, kv_cache_tokens=4096, max_queued=8)
     collect = Collector(4)
@@ -442,6 +446,36 @@ def test_requests_arriving_during_a_prefill_join_it_with_generates_tokens(
         with torch.inference_mode():
             for prompt, seq in zip(PROMPTS, seqs, strict=True):
                 assert seq.tokens == reference(served_lm, tokenizer, prompt, 12), prompt
+    finally:
+        e.stop()
+
+
+def test_echoed_prompts_joining_a_prefill_get_their_own_log_probabilities(
+    served_lm: Any, tokenizer: Any
+) -> None:
+    """Prompts to score (echo) arrive during a plain prompt's prefill and join it, one of them
+    twice: each gets its own prompt's log-probabilities and generate's tokens."""
+    plain = SamplingParams(max_tokens=8, temperature=0.0)
+    scored = SamplingParams(max_tokens=8, temperature=0.0, logprobs=2, echo=True)
+    asks = [(PROMPTS[0], plain), (PROMPTS[1], scored), (PROMPTS[2], plain)]
+    asks += [(PROMPTS[1], scored), (PROMPTS[3], replace(scored, logprobs=0))]
+    e = Recording(served_lm, tokenizer, max_running=8, kv_cache_tokens=4096, max_queued=8)
+    collect = Collector(len(asks))
+    try:
+        seqs = [Sequence(tokenizer(p)["input_ids"], params, collect) for p, params in asks]
+        e.burst = seqs[1:]
+        e.submit(seqs[0])
+        assert collect.done.wait(30)
+        assert e.order[:2] == [("prefill", 1), ("decode", len(asks))]  # they joined it
+        assert e.shared_prompts == 1  # the second ask of PROMPTS[1] copies the first
+        with torch.inference_mode():
+            for (prompt, params), seq in zip(asks, seqs, strict=True):
+                assert seq.tokens == reference(served_lm, tokenizer, prompt, 8), prompt
+                entries = collect.logprobs.get(id(seq), [])
+                if params.echo:
+                    check_echo(entries[: seq.prompt_tokens], served_lm, tokenizer, prompt, 1e-3)
+                else:
+                    assert entries == []
     finally:
         e.stop()
 
