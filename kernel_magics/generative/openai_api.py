@@ -63,14 +63,7 @@ def _answer(app: WorkerApp, req: Request, conn: Connection, chat: bool) -> None:
     post = app.loop.call_soon_threadsafe
     # a chat's next turn starts with this one: its completion is kept for it (prefix cache)
     seqs = [Sequence(ids, params, reply.on_event, post=post, keep=chat) for ids, params in plans]
-    reply.choices = Choices(
-        chat,
-        f"{model.name}@{model.version}",
-        seqs,
-        prompt_tokens,
-        stream,
-        model.generator,
-    )
+    reply.choices = Choices(chat, model, seqs, prompt_tokens, stream)
     model.inflight.enter()
     try:
         model.generator.engine.submit(*seqs)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from kernel_magics.errors import KernelMagicsError, Overloaded
 from kernel_magics.generative.logprobs import ChoiceLogprobs, Vocabulary
 from kernel_magics.generative.sampling import TokenLogprob
+
+if TYPE_CHECKING:
+    from kernel_magics.serving.request.model import LoadedModel
 
 DONE = b"data: [DONE]\n\n"
 EVENT_STREAM = "text/event-stream"
@@ -118,15 +121,12 @@ class Choices:
     a stream writes now, and once every choice has ended the whole answer (``whole``)."""
 
     def __init__(
-        self,
-        chat: bool,
-        label: str,
-        seqs: list[Any],
-        prompt_tokens: int,
-        stream: bool,
-        vocabulary: Vocabulary,
+        self, chat: bool, model: LoadedModel, seqs: list[Any], prompt_tokens: int, stream: bool
     ) -> None:
-        """``vocabulary``: the texts of tokens, for log-probabilities and ``echo``."""
+        """``model``: the version answering (its ``NAME@V`` labels the answer; its tokenizer
+        gives the texts of tokens, for log-probabilities and ``echo``)."""
+        vocabulary: Vocabulary = model.generator
+        label = f"{model.name}@{model.version}"
         self.answer = Completion(chat, label)
         self.seqs, self.prompt_tokens, self.stream = seqs, prompt_tokens, stream
         self._index = {id(seq): i for i, seq in enumerate(seqs)}

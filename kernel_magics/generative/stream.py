@@ -51,14 +51,7 @@ async def completion(model: LoadedModel, body: dict, chat: bool) -> AsyncIterato
     model.inflight.enter()
     tags = {"x-model-name": model.name, "x-model-version": str(model.version)}
     stream = bool(body.get("stream"))
-    choices = Choices(
-        chat,
-        f"{model.name}@{model.version}",
-        seqs,
-        prompt_tokens,
-        stream,
-        model.generator,
-    )
+    choices = Choices(chat, model, seqs, prompt_tokens, stream)
     try:
         if stream:
             yield 200, EVENT_STREAM, tags
