@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from kernel_magics.errors import InvalidInput, Overloaded
+from kernel_magics.generative.decode import _attend_step
 from kernel_magics.generative.engine import Engine
 from kernel_magics.generative.linear import packs
 from kernel_magics.generative.sampling import SamplingParams, TokenLogprob
@@ -284,6 +285,36 @@ def test_other_shapes_decode_as_generate(shape: str, tokenizer: Any) -> None:
         tolerance = 1e-3 if dtype == torch.float32 else 0.1
         for prompt, entries in zip(PROMPTS, prompts, strict=True):
             check_echo(entries, untouched, tokenizer, prompt, tolerance)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_bfloat16_step_attention_is_attention(kv_heads: int) -> None:
+    """The decode step's own bfloat16 attention against float64 attention over the same
+    numbers: grouped-query heads read their own key/value head, masked positions (filled with
+    huge values) change nothing, and the result is within bfloat16's rounding."""
+    torch.manual_seed(3)
+    rows, heads, dim, capacity, kv_len = 5, 4, 16, 32, 12
+    keys = torch.randn(rows, kv_heads, capacity, dim).to(torch.bfloat16)[:, :, :kv_len]
+    values = torch.randn(rows, kv_heads, capacity, dim).to(torch.bfloat16)[:, :, :kv_len]
+    q = torch.randn(rows, heads, 1, dim).to(torch.bfloat16)
+    lengths = torch.tensor([12, 3, 7, 1, 10])  # each row's cached tokens
+    hidden = torch.arange(kv_len)[None, :] >= lengths[:, None]
+    values = values.masked_fill(hidden[:, None, :, None], 1e4)
+    mask = torch.zeros(hidden.shape, dtype=torch.bfloat16).masked_fill_(
+        hidden, torch.finfo(torch.bfloat16).min
+    )[:, None, None, :]
+    out = _attend_step(q, keys, values, mask)
+    group = heads // kv_heads
+    expected = torch.empty(rows, heads, 1, dim, dtype=torch.float64)
+    for row in range(rows):
+        n = int(lengths[row])
+        for head in range(heads):
+            k = keys[row, head // group, :n].double()
+            v = values[row, head // group, :n].double()
+            weights = torch.softmax(k @ q[row, head, 0].double() / dim**0.5, dim=0)
+            expected[row, head, 0] = weights @ v
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), expected, atol=2e-2, rtol=2e-2)
 
 
 def test_seed_gives_the_same_tokens(engine: Engine, tokenizer: Any) -> None:
