@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from kernel_magics.generative.cache import SlotCache
 from kernel_magics.generative.linear import Linear, blocks, output_layer, packs
-from kernel_magics.generative.prompts import PromptBatch
+from kernel_magics.generative.prompts import Prefilled, PromptBatch
 
 _TYPES = ("llama", "mistral", "qwen2")
 
@@ -142,10 +142,11 @@ class DirectDecoder:
 
     def prefill(
         self, batch: PromptBatch, cache: SlotCache, joining: Joining | None = None
-    ) -> torch.Tensor:
+    ) -> Prefilled:
         """The prompts of ``batch`` through every layer, each one's keys and values written
-        into its slot; returns the logits of each prompt's last token [prompts, vocab], then
-        those of every position of the prompts ``batch.scored`` names (``echo``). The
+        into its slot; returns the logits of each prompt's last token, and those of every
+        position of the prompts ``batch.scored`` names (``echo``) through the output layer a
+        block at a time, when asked (``prompts.Prefilled``). The
         matrix products take the prompts end to end; attention takes them right-padded to the
         longest, where padding sits after a prompt's last token: causality hides it from the
         real positions, and decoding overwrites its keys before unmasking them.
@@ -165,10 +166,10 @@ class DirectDecoder:
                 hidden, batch = torch.cat((hidden, caught_up)), PromptBatch.join(batch, more)
                 rope = (torch.cat((rope[0], more_rope[0])), torch.cat((rope[1], more_rope[1])))
             hidden = self._layers(hidden, batch, cache, range(index, index + 1), rope)
-        logits = self._logits(hidden[batch.last])
-        if any(batch.scored):
-            logits = torch.cat((logits, self._logits(hidden[batch.scored_rows])))
-        return logits
+        scored = hidden[batch.scored_rows]  # [scored positions, hidden]: small
+        return Prefilled(
+            self._logits(hidden[batch.last]), lambda start, end: self._logits(scored[start:end])
+        )
 
     def _rope(self, hidden: torch.Tensor, batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotary cos and sin at each token's position in its prompt, [total, 1, head_dim]."""

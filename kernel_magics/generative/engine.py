@@ -31,7 +31,12 @@ from kernel_magics.generative import decode, model_forward
 from kernel_magics.generative.cache import SlotCache
 from kernel_magics.generative.outputs import Outputs
 from kernel_magics.generative.prefix_cache import PrefixCache
-from kernel_magics.generative.prompts import PromptBatch, SharedPrefill, prompt_batch
+from kernel_magics.generative.prompts import (
+    PositionLogits,
+    PromptBatch,
+    SharedPrefill,
+    prompt_batch,
+)
 from kernel_magics.generative.sampling import (
     choose,
     generator_for,
@@ -269,12 +274,11 @@ class Engine:
             return None
 
         if self.direct is not None:
-            logits = self.direct.prefill(batch, cache, joining)
+            prefilled = self.direct.prefill(batch, cache, joining)
         else:
-            logits = model_forward.prefill(self.model, batch, cache, self._keeps_logits)
-        computed = shared.computed
-        self._score_prompts(shared, logits[len(computed) :])
-        seqs, logits = shared.finish(logits[: len(computed)], cache)
+            prefilled = model_forward.prefill(self.model, batch, cache, self._keeps_logits)
+        self._score_prompts(shared, prefilled.positions)
+        seqs, logits = shared.finish(prefilled.last, cache)
         self.shared_prompts += len(shared.copies)
         now = time.perf_counter()
         params = [s.params for s in seqs]
@@ -286,14 +290,18 @@ class Engine:
         return shared.computed
 
     @staticmethod
-    def _score_prompts(shared: SharedPrefill, logits: torch.Tensor) -> None:
+    def _score_prompts(shared: SharedPrefill, positions: PositionLogits) -> None:
         """The prompts' own log-probabilities where a request wants them (``echo``), from
         the prefill's logits of their every position, in order; they go out with the first
         token's."""
         offset = 0
         for seq in shared.computed:
             if seq.params.scores_prompt:
-                rows = logits[offset : offset + seq.prompt_tokens]
+                at = offset  # this prompt's first row among the scored positions
+
+                def rows(start: int, end: int, at: int = at) -> torch.Tensor:
+                    return positions(at + start, at + end)
+
                 seq.logprobs[:0] = prompt_logprobs(rows, seq.prompt_ids, seq.params.logprobs or 0)
                 offset += seq.prompt_tokens
         for source, copy in shared.copies:

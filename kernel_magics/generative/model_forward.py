@@ -9,16 +9,20 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from kernel_magics.generative.prompts import Prefilled
+
 if TYPE_CHECKING:
     from kernel_magics.generative.cache import SlotCache
     from kernel_magics.generative.prompts import PromptBatch
 
 
-def prefill(model: Any, batch: PromptBatch, cache: SlotCache, keeps_logits: bool) -> torch.Tensor:
+def prefill(model: Any, batch: PromptBatch, cache: SlotCache, keeps_logits: bool) -> Prefilled:
     """The prompts of ``batch`` right-padded through ``model``, each one's keys and values
-    written into its slot; the logits at each prompt's last position [prompts, vocab], then
-    those of every position of the prompts ``batch.scored`` names (``echo``).
-    ``keeps_logits``: the model's forward takes ``logits_to_keep``."""
+    written into its slot; the logits at each prompt's last position [prompts, vocab], and
+    those of every position of the prompts ``batch.scored`` names (``echo``). The model's
+    forward makes the latter whole, ``[prompts, longest, vocab]`` (its output layer may do
+    more than a product, so it is not called a block at a time here as the direct forward
+    does). ``keeps_logits``: the model's forward takes ``logits_to_keep``."""
     ids, last = batch.padded(), [n - 1 for n in batch.lengths]
     prompts, length = ids.shape
     dtype = cache.dtype
@@ -43,10 +47,9 @@ def prefill(model: Any, batch: PromptBatch, cache: SlotCache, keeps_logits: bool
         cache.prefill_slots = None
     columns = torch.tensor([keep.index(i) for i in last])
     logits = out.logits[torch.arange(prompts), columns]
-    if not scored:
-        return logits
     every = [out.logits[p, :n] for p, n in enumerate(batch.lengths) if batch.scored[p]]
-    return torch.cat((logits, *every))
+    positions = torch.cat(every) if every else logits[:0]
+    return Prefilled(logits, lambda start, end: positions[start:end])
 
 
 def step(

@@ -12,6 +12,7 @@ its forward is over.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -59,6 +60,22 @@ class SharedPrefill:
         cache.copy_prompts([s.slot for s in sources], [s.slot for s in sharing], longest)
         shared_logits = logits[torch.tensor([row[id(s)] for s in sources])]
         return self.computed + sharing, torch.cat((logits, shared_logits))
+
+
+# logits [end - start, vocab] of rows ``start..end`` of the scored prompts' positions, in order
+PositionLogits = Callable[[int, int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Prefilled:
+    """What a prefill hands back: the logits of each prompt's last token [prompts, vocab]
+    (those of prompts that joined it follow, in order), and those of every position of the
+    prompts ``PromptBatch.scored`` names (``echo``), a block of rows when asked: a long prompt's
+    ``[length, vocabulary]`` at once would be large (4,096 tokens of a 152 k vocabulary in
+    bfloat16 ≈ 1.2 GB)."""
+
+    last: torch.Tensor
+    positions: PositionLogits
 
 
 @dataclass(frozen=True)

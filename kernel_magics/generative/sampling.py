@@ -10,10 +10,14 @@ for (``logprobs_of``) are the model's own, before any of these (as vLLM reports 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from kernel_magics.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from kernel_magics.generative.prompts import PositionLogits
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
 MAX_STOP_CHARS = 200
@@ -181,11 +185,11 @@ def logprobs_of(
 
 
 def prompt_logprobs(
-    logits: torch.Tensor, prompt: list[int], alternatives: int
+    logits: PositionLogits, prompt: list[int], alternatives: int
 ) -> list[TokenLogprob]:
     """Each of a prompt's tokens' log-probability given the tokens before it, and the
-    ``alternatives`` most likely tokens at its place (``logits``: the prompt's positions'
-    [length, vocab]); the first token has none."""
+    ``alternatives`` most likely tokens at its place (``logits(start, end)``: the logits of
+    the prompt's positions ``start..end`` [end - start, vocab]); the first token has none."""
     following = torch.tensor(prompt[1:])
     chosen: list[float] = []
     top_ids: list[list[int]] = [[] for _ in following]
@@ -193,7 +197,7 @@ def prompt_logprobs(
     # in blocks of rows: a float32 copy of [prompt, vocabulary] at once would be large
     for start in range(0, len(following), _SCORE_ROWS):
         end = min(start + _SCORE_ROWS, len(following))
-        table = torch.log_softmax(logits[start:end].float(), dim=-1)
+        table = torch.log_softmax(logits(start, end).float(), dim=-1)
         chosen += table.gather(1, following[start:end, None])[:, 0].tolist()
         if alternatives:
             values, ids = torch.topk(table, min(alternatives, table.shape[-1]))

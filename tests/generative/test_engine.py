@@ -16,7 +16,7 @@ from kernel_magics.errors import InvalidInput, Overloaded
 from kernel_magics.generative.decode import _attend_step
 from kernel_magics.generative.engine import Engine
 from kernel_magics.generative.linear import packs
-from kernel_magics.generative.sampling import SamplingParams, TokenLogprob
+from kernel_magics.generative.sampling import _SCORE_ROWS, SamplingParams, TokenLogprob
 from kernel_magics.generative.sequence import Sequence
 
 PROMPTS = [
@@ -209,6 +209,35 @@ def test_echo_shares_a_prefill_only_with_the_same_ask(
             check_echo(entries[: seq.prompt_tokens], served_lm, tokenizer, prompt, 1e-3)
             assert [len(top) for _, _, top in entries[1:]] == [ask.logprobs] * (len(entries) - 1)
             assert [token for token, _, _ in entries[seq.prompt_tokens :]] == expected
+
+
+def test_a_long_echoed_prompt_goes_through_the_output_layer_a_block_at_a_time(
+    served_lm: Any, tokenizer: Any
+) -> None:
+    """A prompt longer than one block of scored rows, beside a short one: the output layer
+    never takes more than a block's rows (no ``[prompt, vocabulary]`` logits at once), and
+    both prompts' log-probabilities are those of one full forward (the blocks' offsets)."""
+    e = Engine(served_lm, tokenizer, max_running=4, kv_cache_tokens=4096, max_queued=8)
+    assert e.direct is not None
+    asked: list[int] = []
+    output_layer = e.direct._logits
+
+    def recording(hidden: torch.Tensor, step: bool = False) -> torch.Tensor:
+        asked.append(hidden.shape[0])
+        return output_layer(hidden, step)
+
+    e.direct._logits = recording  # type: ignore[method-assign]
+    long = " ".join(PROMPTS * 12)
+    assert len(tokenizer(long)["input_ids"]) > _SCORE_ROWS + 10
+    prompts = [PROMPTS[1], long]
+    try:
+        entries = echoed(e, tokenizer, prompts, SamplingParams(max_tokens=1, logprobs=1, echo=True))
+    finally:
+        e.stop()
+    assert max(asked) <= _SCORE_ROWS
+    with torch.inference_mode():
+        for prompt, got in zip(prompts, entries, strict=True):
+            check_echo(got, served_lm, tokenizer, prompt, 1e-3)
 
 
 def test_batched_greedy_matches_generate(engine: Engine, served_lm: Any, tokenizer: Any) -> None:
