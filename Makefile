@@ -10,7 +10,7 @@ DEMO_OUT    ?= .demo
 # The demo uses the embedded default store (KERNEL_MAGICS_HOME, default ~/.kernel-magics).
 DEMO_HOME   ?= $(or $(KERNEL_MAGICS_HOME),$(HOME)/.kernel-magics)
 
-.PHONY: setup setup-system demo test test-unit test-py test-ray test-notebooks test-mlserver lint bench \
+.PHONY: setup setup-system demo test test-unit test-py test-pytest test-ray test-notebooks test-mlserver lint bench \
 	bench-generate clean
 
 setup: $(STAMP)
@@ -30,11 +30,14 @@ demo: setup
 	@echo "executed notebook : $(abspath $(DEMO_OUT))/quickstart.out.ipynb"
 	@KERNEL_MAGICS_HOME=$(DEMO_HOME) $(BIN)/kernel-magics serve status
 
-# The Ray tests (in a network namespace of their own) and the notebooks (nbval, on loopback in
-# this one) share nothing, and both spend much of their time waiting on processes they start:
-# they run side by side, each one's output printed whole when it ends.
-test: setup setup-system test-py
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-ray test-notebooks
+# The pytest tiers first, on two workers; then the Ray tests (in a network namespace of their
+# own), the notebooks (nbval, on loopback in this one) and lint side by side: they share
+# nothing, the first two spend much of their time waiting on processes they start, and lint
+# (about a minute from a clean checkout) is then off the critical path. Each one's output is
+# printed whole when it ends.
+test: setup setup-system
+	$(MAKE) --no-print-directory test-pytest
+	$(MAKE) --no-print-directory -j3 --output-sync=target test-ray test-notebooks lint
 
 # What the tests need from Debian, installed once: Chromium for tests/browser (Playwright
 # downloads no browser) and PostgreSQL for the store on an MLflow tracking server. Nothing to
@@ -58,9 +61,12 @@ test-unit: setup
 # two workers (pytest-xdist): much of a test's time is waiting on a process it started. A
 # module's tests stay on one worker (--dist loadfile), so its fixtures are set up once.
 PYTEST_WORKERS ?= 2
-test-py: setup lint
+test-pytest: setup
 	$(BIN)/pytest tests -q -p no:cacheprovider --ignore=tests/ray --ignore=tests/optional \
 		-n $(PYTEST_WORKERS) --dist loadfile --durations=15
+
+# lint, then the pytest tiers
+test-py: lint test-pytest
 
 # The ray target against a real local Ray head. Ray binds every interface it finds, so the head
 # and its clients run in a network namespace of their own holding only loopback.
