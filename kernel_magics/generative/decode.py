@@ -166,7 +166,8 @@ class DirectDecoder:
                 hidden, batch = torch.cat((hidden, caught_up)), PromptBatch.join(batch, more)
                 rope = (torch.cat((rope[0], more_rope[0])), torch.cat((rope[1], more_rope[1])))
             hidden = self._layers(hidden, batch, cache, range(index, index + 1), rope)
-        scored = hidden[batch.scored_rows]  # [scored positions, hidden]: small
+        # [scored positions, hidden]: small; none but where a prompt is scored (``echo``)
+        scored = hidden[batch.scored_rows] if any(batch.scored) else hidden[:0]
         return Prefilled(
             self._logits(hidden[batch.last]), lambda start, end: self._logits(scored[start:end])
         )

@@ -23,7 +23,7 @@ MAX_STOP_STRINGS = 4  # as OpenAI's API
 MAX_STOP_CHARS = 200
 MAX_LOGPROBS = 20  # alternatives per token (OpenAI's top_logprobs; vLLM's default limit)
 MAX_LOGIT_BIAS = 300  # tokens one request may bias (as OpenAI's API)
-_SCORE_ROWS = 256  # prompt positions scored at a time (``prompt_logprobs``)
+SCORE_ROWS = 256  # prompt positions scored at a time (``prompt_logprobs``)
 # a token, its log-probability and the most likely tokens' (id, log-probability) at its place;
 # a prompt's first token has neither (nothing comes before it)
 TokenLogprob = tuple[int, float | None, tuple[tuple[int, float], ...]]
@@ -195,8 +195,8 @@ def prompt_logprobs(
     top_ids: list[list[int]] = [[] for _ in following]
     top_values: list[list[float]] = [[] for _ in following]
     # in blocks of rows: a float32 copy of [prompt, vocabulary] at once would be large
-    for start in range(0, len(following), _SCORE_ROWS):
-        end = min(start + _SCORE_ROWS, len(following))
+    for start in range(0, len(following), SCORE_ROWS):
+        end = min(start + SCORE_ROWS, len(following))
         table = torch.log_softmax(logits(start, end).float(), dim=-1)
         chosen += table.gather(1, following[start:end, None])[:, 0].tolist()
         if alternatives:

@@ -16,7 +16,7 @@ from kernel_magics.errors import InvalidInput, Overloaded
 from kernel_magics.generative.decode import _attend_step
 from kernel_magics.generative.engine import Engine
 from kernel_magics.generative.linear import packs
-from kernel_magics.generative.sampling import _SCORE_ROWS, SamplingParams, TokenLogprob
+from kernel_magics.generative.sampling import SCORE_ROWS, SamplingParams, TokenLogprob
 from kernel_magics.generative.sequence import Sequence
 
 PROMPTS = [
@@ -228,13 +228,13 @@ def test_a_long_echoed_prompt_goes_through_the_output_layer_a_block_at_a_time(
 
     e.direct._logits = recording  # type: ignore[method-assign]
     long = " ".join(PROMPTS * 12)
-    assert len(tokenizer(long)["input_ids"]) > _SCORE_ROWS + 10
+    assert len(tokenizer(long)["input_ids"]) > SCORE_ROWS + 10
     prompts = [PROMPTS[1], long]
     try:
         entries = echoed(e, tokenizer, prompts, SamplingParams(max_tokens=1, logprobs=1, echo=True))
     finally:
         e.stop()
-    assert max(asked) <= _SCORE_ROWS
+    assert max(asked) <= SCORE_ROWS
     with torch.inference_mode():
         for prompt, got in zip(prompts, entries, strict=True):
             check_echo(got, served_lm, tokenizer, prompt, 1e-3)
