@@ -191,13 +191,18 @@ def test_metrics_need_a_token_unless_opened_on_loopback(deployed, client, settin
 
 
 def _open_to_others(home: Path) -> list[str]:
-    """Entries under ``home`` (itself included) that group or other users may use."""
-    paths = [home, *home.rglob("*")]
-    return sorted(
-        f"{p.relative_to(home)} {stat.S_IMODE(p.lstat().st_mode):o}"
-        for p in paths
-        if not p.is_symlink() and stat.S_IMODE(p.lstat().st_mode) & 0o077
-    )
+    """Entries under ``home`` (itself included) that group or other users may use. An entry
+    gone between the listing and its ``lstat`` is left out: SQLite's ``mlflow.db-journal``
+    lives only while a write to the store is under way."""
+    found = []
+    for path in [home, *home.rglob("*")]:
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & 0o077:
+            found.append(f"{path.relative_to(home)} {stat.S_IMODE(mode):o}")
+    return sorted(found)
 
 
 def test_the_home_is_private_and_old_homes_are_tightened(settings, tmp_path):
