@@ -13,10 +13,10 @@ is cancelled at the engine's next step, which frees its slot.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from kernel_magics.errors import KernelMagicsError, NotFound
+from kernel_magics.generative.meter import Meter
 from kernel_magics.generative.openai_protocol import Choices, error_answer, error_json
 from kernel_magics.generative.openai_requests import choices_of, generative, model_ref, read_body
 from kernel_magics.generative.sampling import TokenLogprob
@@ -85,8 +85,7 @@ class _Reply:
         self.choices: Choices | None = None
         self.out: ChunkedResponse | None = None
         self.done = False
-        self.last_text_at: dict[int, float] = {}  # each choice's previous piece of text (metrics)
-        self.counted = 0  # completion tokens already added to the version's token counter
+        self.meter = Meter(model.stats, req.t0)
 
     def start(self) -> None:
         self.out = ChunkedResponse(self.conn, self.req, extra_headers=self.model.response_headers)
@@ -106,7 +105,7 @@ class _Reply:
                 each.cancelled = True
             self._close()
             return
-        self._observe(choices, seq, delta)
+        self.meter.event(choices, seq, delta)
         pieces = choices.event(seq, delta, finish, logprobs)
         if self.out is not None:
             for piece in pieces:
@@ -119,23 +118,6 @@ class _Reply:
             self.conn.send(status, body, extra_headers=headers, req=self.req)
         self._close()
 
-    def _observe(self, choices: Choices, seq: Sequence, delta: str) -> None:
-        """Tokens, time to first token and inter-token gaps into the version's metrics."""
-        stats = self.model.stats
-        if stats is None:
-            return
-        completed = choices.completion_tokens
-        if completed > self.counted:
-            stats.tokens.inc(completed - self.counted)
-            self.counted = completed
-        if delta:
-            now, i = time.perf_counter(), choices.index(seq)
-            if i in self.last_text_at:
-                stats.inter_token.observe(now - self.last_text_at[i])
-            elif not self.last_text_at:
-                stats.ttft.observe(now - self.req.t0)
-            self.last_text_at[i] = now
-
     def _close(self) -> None:
         self.done = True
         if self.choices is not None:
@@ -143,10 +125,7 @@ class _Reply:
             self.app.usage.tokens(self.who, usage["prompt_tokens"], usage["completion_tokens"])
         if self.out is not None:
             self.out.end()
-        stats = self.model.stats
-        if stats is not None:
-            stats.requests.inc()
-            stats.latency.observe(time.perf_counter() - self.req.t0)
+        self.meter.end()
         self.model.inflight.leave()
 
 

@@ -5,15 +5,18 @@ The iterator yields the answer's head first, ``(status, content type, headers)``
 body's pieces: each server-sent event of a stream as it comes, or the whole answer. Shapes and
 errors are ``openai_protocol``'s, as on the built-in worker's routes. Closing the iterator early
 (the client went away) cancels the sequence, which frees its slot at the engine's next step.
+The request is metered as on the built-in worker (``meter.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from kernel_magics.errors import KernelMagicsError
+from kernel_magics.generative.meter import Meter
 from kernel_magics.generative.openai_protocol import EVENT_STREAM, Choices, error_answer
 from kernel_magics.generative.openai_requests import choices_of
 from kernel_magics.generative.sequence import Event, Sequence
@@ -31,9 +34,13 @@ async def failure(err: KernelMagicsError) -> AsyncIterator[Head | bytes]:
     yield body
 
 
-async def completion(model: LoadedModel, body: dict, chat: bool) -> AsyncIterator[Head | bytes]:
+async def completion(
+    model: LoadedModel, body: dict, chat: bool, t0: float | None = None
+) -> AsyncIterator[Head | bytes]:
     """``model``'s answer to one decoded request ``body`` (``/v1/completions``, or
-    ``/v1/chat/completions`` when ``chat``)."""
+    ``/v1/chat/completions`` when ``chat``), metered into ``model.stats`` from ``t0`` (when the
+    request arrived; now if None)."""
+    meter = Meter(model.stats, time.perf_counter() if t0 is None else t0)
     events: asyncio.Queue[Event] = asyncio.Queue()
     try:
         plans, prompt_tokens = choices_of(model.generator, body, chat)
@@ -56,7 +63,9 @@ async def completion(model: LoadedModel, body: dict, chat: bool) -> AsyncIterato
         if stream:
             yield 200, EVENT_STREAM, tags
         while not choices.done:
-            for piece in choices.event(*await events.get()):
+            event = await events.get()
+            meter.event(choices, event[0], event[1])
+            for piece in choices.event(*event):
                 yield piece
         if not stream:
             status, whole = choices.whole()
@@ -66,4 +75,5 @@ async def completion(model: LoadedModel, body: dict, chat: bool) -> AsyncIterato
         if not choices.done:  # closed before the end: the client is gone
             for seq in seqs:
                 seq.cancelled = True
+        meter.end()
         model.inflight.leave()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -35,7 +36,7 @@ from kernel_magics.errors import InvalidInput, KernelMagicsError, NotFound, Serv
 from kernel_magics.generative import stream
 from kernel_magics.generative.openai_requests import generative
 from kernel_magics.records import ModelSpec
-from kernel_magics.serving.request import invocations
+from kernel_magics.serving.request import invocations, metrics
 from kernel_magics.serving.request.bodies import describe_error, dumps, error_body
 from kernel_magics.serving.request.canary import REQUEST_ID, Split
 from kernel_magics.serving.request.codecs import (
@@ -49,6 +50,7 @@ from kernel_magics.serving.request.model import LoadedModel
 from kernel_magics.serving.request.model_table import model_from_spec
 from kernel_magics.serving.request.predict_request import decode_invocations, decode_predict
 from kernel_magics.serving.request.protocol import Request
+from kernel_magics.serving.request.status import collect
 
 log = logging.getLogger(__name__)
 # ':' is not allowed in model names (naming.py), so no model's application can be the gateway's.
@@ -131,6 +133,7 @@ class ModelServer:
                 return model
         batch, wait = self.defaults
         model = model_from_spec(spec, batch, wait)
+        model.stats = metrics.ModelStats(model.name, model.version)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, model.load)
         await loop.run_in_executor(self.engine, model.warm)
@@ -155,7 +158,22 @@ class ModelServer:
         doc = self.live.describe()
         if self.split is not None:
             doc["canary"] = self.split.describe()
+        self._refresh_gauges()
+        stats, *_ = collect()
+        live = (self.live.name, self.live.version)
+        doc["stats"] = next((v.to_wire() for v in stats if (v.model, v.version) == live), None)
         return doc
+
+    def metric_families(self) -> list[Any]:
+        """This replica's Prometheus families (the gateway's ``/metrics`` merges them)."""
+        self._refresh_gauges()
+        return metrics.families()
+
+    def _refresh_gauges(self) -> None:
+        """A language model's running/queued/KV-cache gauges, read from its engine now."""
+        for model in self._models():
+            if model is not None and model.generator is not None and model.stats is not None:
+                model.stats.set_generation(model.generator.engine.describe())
 
     # -- requests ---------------------------------------------------------------------------
     def _pick(self, headers: dict[str, str]) -> LoadedModel:
@@ -182,12 +200,17 @@ class ModelServer:
         except InvalidInput as err:
             return 503, error_body(str(err)), JSON, {}
         tags = {"x-model-name": model.name, "x-model-version": str(model.version)}
+        t0 = time.perf_counter()
         try:
             if route == "invocations":
-                return await self._invocations(model, body, headers, tags)
-            return await self._predict(model, body, headers, tags, wants_labels(query))
-        except KernelMagicsError as err:
+                answer = await self._invocations(model, body, headers, tags)
+            else:
+                answer = await self._predict(model, body, headers, tags, wants_labels(query))
+        except KernelMagicsError as err:  # refused before a forward, as a worker counts it
+            model.stats.errors.inc()
             return _error(err, tags)
+        _count(model, answer[0], t0)
+        return answer
 
     async def complete(
         self, doc: dict, version: int | None, headers: dict[str, str], chat: bool
@@ -195,6 +218,7 @@ class ModelServer:
         """``/v1/completions`` (``/v1/chat/completions`` when ``chat``) as ``stream`` answers
         it: the head, then the body piece by piece (Ray streams them to the gateway). ``doc``
         is the body the gateway decoded, ``version`` the one ``NAME@V`` pins (else None)."""
+        t0 = time.perf_counter()
         try:
             if self.live is None:
                 raise ServiceUnavailable("no version of this model is loaded yet")
@@ -202,7 +226,7 @@ class ModelServer:
         except KernelMagicsError as err:
             pieces = stream.failure(err)
         else:
-            pieces = stream.completion(model, doc, chat)
+            pieces = stream.completion(model, doc, chat, t0)
         async for piece in pieces:
             yield piece
 
@@ -258,6 +282,7 @@ class ModelServer:
         return 200, invocations.answer(out, parsed), JSON, tags
 
     async def _forward(self, model: LoadedModel, array: np.ndarray) -> np.ndarray | BaseException:
+        model.stats.batch.observe(array.shape[0])
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 self.engine, model.forward, array
@@ -287,6 +312,17 @@ class ModelServer:
                 results[i] = out if isinstance(out, BaseException) else out[start : start + rows]
                 start += rows
         return results
+
+
+def _count(model: LoadedModel, status: int, t0: float) -> None:
+    """A prediction answered, into its version's metrics as a worker counts it."""
+    stats = model.stats
+    if status >= 400:
+        stats.model_errors.inc()
+        if status >= 500:
+            stats.server_errors.inc()
+    stats.requests.inc()
+    stats.latency.observe(time.perf_counter() - t0)
 
 
 def _model_error(err: BaseException) -> str:

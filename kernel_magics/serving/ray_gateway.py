@@ -5,8 +5,9 @@ application (``ray_app.py``) through a handle.
 Ray's proxy matches route prefixes on whole path segments, so ``/v1/models/NAME:predict`` cannot
 reach an application mounted at ``/v1/models/NAME``: the routes are parsed here. OpenAI's
 completion routes name their model in the body; the replica's answer comes back as a stream of
-pieces (its head first) and goes out to the client as it comes. Imports Ray, never mlflow or
-IPython.
+pieces (its head first) and goes out to the client as it comes. ``/metrics`` merges the
+replicas' Prometheus families (each replica meters its versions as a worker does). Imports Ray,
+never mlflow or IPython.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from kernel_magics.generative.openai_protocol import error_answer, error_json, m
 from kernel_magics.generative.openai_requests import model_ref, read_body
 from kernel_magics.naming import not_found, unknown_verb
 from kernel_magics.serving.ray_app import JSON, MODEL_APP_PREFIX, app_name
+from kernel_magics.serving.request import metrics
 from kernel_magics.serving.request.bodies import dumps, error_body
 from kernel_magics.serving.request.canary import REQUEST_ID
 from kernel_magics.serving.tokens import MANAGE_ACTIONS
@@ -43,6 +45,8 @@ class Gateway:
             return await self._list()
         if path in ("/ping", "/health"):
             return Response(b"pong", media_type="text/plain")
+        if path == "/metrics":
+            return await self._metrics()
         if path in COMPLETION_ROUTES:
             return await self._complete(request, chat=path == "/v1/chat/completions")
         if not path.startswith("/v1/models/"):
@@ -115,14 +119,19 @@ class Gateway:
         self.handles.pop(name, None)
 
     async def _list(self) -> Response:
-        models = []
-        for name in await asyncio.to_thread(_deployed):
-            handle = await self._handle(name)
-            if handle is not None:
-                doc = await handle.describe.remote()
-                if doc:
-                    models.append(doc)
+        described = [await handle.describe.remote() for handle in await self._handles()]
+        models = [doc for doc in described if doc]
         return _answer(200, dumps(model_list(models)))
+
+    async def _metrics(self) -> Response:
+        """The built-in process's Prometheus series, from every model's replica."""
+        groups = [await handle.metric_families.remote() for handle in await self._handles()]
+        return Response(metrics.merged(groups), media_type=metrics.CONTENT_TYPE.decode())
+
+    async def _handles(self) -> list[Any]:
+        """Every deployed model's handle, by name."""
+        names = await asyncio.to_thread(_deployed)
+        return [h for h in [await self._handle(name) for name in names] if h is not None]
 
 
 _FORWARDED = ("content-type", "accept", REQUEST_ID.decode())

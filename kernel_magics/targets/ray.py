@@ -381,8 +381,8 @@ class RayTarget:
         )
 
     def status(self) -> ServerStatus | None:
-        """None while the proxy does not answer; else what the gateway lists. Per-version
-        counters are Ray's (its metrics), not part of this snapshot."""
+        """None while the proxy does not answer; else what the gateway lists, each live
+        version with its replica's counters (``%monitor`` takes rates between two)."""
         try:
             models = self.models()
         except ServiceUnavailable:
@@ -394,6 +394,8 @@ class RayTarget:
             target=self.kind,
             port=self.settings.port or DEFAULT_PORT,
             models={m.name: m for m in models},
+            snapshot_at=time.time(),
+            versions=tuple(m.stats for m in models if m.stats is not None),
         )
 
     def history(self, name: str) -> list[HistoryEvent]:

@@ -3,8 +3,8 @@ proxy: the gateway relays ``/v1/completions`` and ``/v1/chat/completions`` to th
 replica, which streams the server-sent events back as the engine makes them. The greedy answer
 is ``generate``'s, streamed and whole; 8 streams in flight through a deploy finish on the
 version that started them while the next request gets the new one; rollback; ``NAME@V``; a
-client gone mid-stream frees its slot; ``api.generate``; and OpenAI's error shape for a bad
-request."""
+client gone mid-stream frees its slot; ``api.generate``; each request metered (``%monitor``'s
+figures, Prometheus's series); and OpenAI's error shape for a bad request."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ import openai
 import pytest
 import requests
 import torch
+from kit.prometheus import series
 from kit.ray_head import RayHead, ray_settings
 from kit.streams import streams_through
 from kit.tiny_lm import tiny_llama, train_tokenizer
 
 from kernel_magics import api
 from kernel_magics.config import Settings
+from kernel_magics.display.rates import generation_rates
 
 PROMPT = "The for statement is used to iterate over"
 
@@ -88,7 +90,9 @@ def test_greedy_answers_are_generates_streamed_and_whole(
     assert len(pieces) > 1
     # the replica's engine, as %serve status and the panel read it: the repeated prompt was
     # taken from its prefix cache
-    engine = api.server_status(settings=settings).models["lm"].generation
+    before = api.server_status(settings=settings)
+    assert before is not None
+    engine = before.models["lm"].generation
     assert engine is not None
     assert engine.generated_tokens >= 3 * 24
     assert engine.prefix_hits >= 2
@@ -98,6 +102,22 @@ def test_greedy_answers_are_generates_streamed_and_whole(
     )
     assert chat.choices[0].message.role == "assistant"
     assert chat.usage.completion_tokens == 8
+
+    # each request metered as the built-in process meters it: %monitor's tokens/s and TTFT,
+    # and the same series on the proxy's /metrics
+    after = api.server_status(settings=settings)
+    assert after is not None
+    stats = after.models["lm"].stats
+    assert stats is not None
+    assert (stats.requests, stats.tokens) == (5, 7 * 24 + 8)
+    assert stats.ttft_buckets[-1][1] == 5  # one first piece of text per request
+    assert stats.inter_token_buckets[-1][1] > 0
+    (rates,) = generation_rates(before, after)
+    assert rates.tokens_s  # the chat's 8 tokens over the window
+    assert rates.ttft_p50_ms is not None
+    scraped = requests.get(f"http://127.0.0.1:{settings.port}/metrics", timeout=30).text
+    assert series(scraped, "km_generation_tokens_total", model="lm", version="1") == stats.tokens
+    assert series(scraped, "km_generation_kv_cache_budget_tokens", model="lm", version="1") > 0
 
 
 def test_a_deploy_under_streams_fails_none_and_rollback_returns(

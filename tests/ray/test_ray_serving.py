@@ -1,7 +1,8 @@
 """The ray target end to end on a real local Ray head: deploy → predict (core API and plain HTTP
 to Ray's proxy, :predict and /invocations) → a version swap under load with no failed request →
-rollback → history, bad input answered 4xx with a JSON error, a tampered version refused while
-the live one keeps serving, and what Ray has no equivalent for refused by name."""
+rollback → history, bad input answered 4xx with a JSON error, each request metered (the
+status snapshot's counters, Prometheus's series on the proxy's ``/metrics``), a tampered version
+refused while the live one keeps serving, and what Ray has no equivalent for refused by name."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import numpy as np
 import pytest
 import requests
 from kit.load import Load
+from kit.prometheus import series
 from kit.ray_head import RayHead, ray_settings, url
 from kit.serving import MLP, Logged, log_model, rows
 
 from kernel_magics import api
 from kernel_magics.api._context import _target  # the target the api predicts through
 from kernel_magics.config import Settings
+from kernel_magics.display.rates import model_rates
 from kernel_magics.errors import IntegrityError, InvalidInput, NotFound
+from kernel_magics.records import VersionStats
 
 X = rows(6, seed=7)
 
@@ -67,8 +71,25 @@ def test_deploy_then_predict_over_the_api_and_plain_http(settings: Settings, mlp
     assert summary.name == "mlp"
     assert summary.served_version == 1
 
+    # the replica meters each request as a worker does: %monitor's rates, Prometheus's series
+    stats = status.models["mlp"].stats
+    assert stats is not None
+    assert (stats.requests, stats.rows, stats.errors, stats.latency_count) == (4, 24, 0, 4)
+    requests.post(url(settings, "mlp"), json={"instances": X.tolist()}, timeout=30)
+    later = api.server_status(settings=settings)
+    assert later is not None
+    (rates,) = model_rates(status, later)
+    assert rates.requests == 5
+    assert rates.rows_s
+    assert rates.p50_ms is not None
+    scraped = requests.get(f"http://127.0.0.1:{settings.port}/metrics", timeout=30)
+    assert scraped.status_code == 200
+    assert series(scraped.text, "km_requests_total", model="mlp", version="1") == 5
+    assert series(scraped.text, "km_batch_size_sum", model="mlp", version="1") == 30
+
 
 def test_bad_input_is_a_4xx_json_error(settings: Settings, mlp: list[Logged]):
+    before = _stats(settings)
     cases = [
         (url(settings, "mlp"), {"json": {"instances": rows(2, features=5).tolist()}}, 400),
         (
@@ -97,6 +118,20 @@ def test_bad_input_is_a_4xx_json_error(settings: Settings, mlp: list[Logged]):
         api.predict("mlp", rows(2, features=5), settings=settings)
     with pytest.raises(NotFound):
         api.predict("nobody", X, settings=settings)
+    after = _stats(settings)  # five bad requests to mlp, then api.predict's: its errors
+    assert (after.errors - before.errors, after.server_errors, after.requests) == (
+        6,
+        0,
+        before.requests,
+    )
+
+
+def _stats(settings: Settings) -> VersionStats:
+    status = api.server_status(settings=settings)
+    assert status is not None
+    stats = status.models["mlp"].stats
+    assert stats is not None
+    return stats
 
 
 def test_version_swap_under_load_fails_no_request(settings: Settings, mlp: list[Logged]):

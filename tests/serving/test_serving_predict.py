@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import requests
 import torch
+from kit.prometheus import series
 from kit.serving import MLP, Logged, assert_served, auth, log_model, raw_http, rows
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -119,16 +120,9 @@ def test_concurrent_requests_are_batched_and_each_gets_its_rows(settings, client
     for i, got in results.items():
         np.testing.assert_allclose(got, batched.expected(X[i : i + 1])[0], rtol=1e-5, atol=1e-6)
     text = requests.get(f"{client.url}/metrics", headers=auth(client)).text
-    counts = {}
-    for fam in text_string_to_metric_families(text):
-        if fam.name == "km_batch_size":
-            for sample in fam.samples:
-                if sample.labels.get("model") == "batched" and sample.name.endswith(
-                    ("_sum", "_count")
-                ):
-                    counts[sample.name.rsplit("_", 1)[1]] = sample.value
-    assert counts["sum"] == len(X)
-    assert counts["count"] < counts["sum"], "no batch held more than one row"
+    forwarded = series(text, "km_batch_size_sum", model="batched")
+    assert forwarded == len(X)
+    assert series(text, "km_batch_size_count", model="batched") < forwarded, "no batch of 2 rows"
 
 
 BAD_INPUTS = [

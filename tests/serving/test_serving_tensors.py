@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import requests
 import torch
+from kit.prometheus import series
 from kit.serving import Logged, auth, log_model
 from kit.tensors import MODELS, TOKENS, TinyEncoder, TinyGRU, inputs, token_rows
-from prometheus_client.parser import text_string_to_metric_families
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.registration import register_version
@@ -169,13 +169,10 @@ def test_npy_of_the_wrong_dtype_or_shape_is_refused(client, deployed, http_):
 def _batch_sizes(client: LocalTarget, model: str) -> tuple[float, float]:
     """(forwards, rows) the batcher ran for ``model`` so far."""
     text = requests.get(f"{client.url}/metrics", headers=auth(client)).text
-    sums = {"count": 0.0, "sum": 0.0}
-    for fam in text_string_to_metric_families(text):
-        if fam.name == "km_batch_size":
-            for sample in fam.samples:
-                if sample.labels.get("model") == model and sample.name.endswith(("_sum", "_count")):
-                    sums[sample.name.rsplit("_", 1)[1]] += sample.value
-    return sums["count"], sums["sum"]
+    return (
+        series(text, "km_batch_size_count", model=model),
+        series(text, "km_batch_size_sum", model=model),
+    )
 
 
 def test_bad_requests_in_a_batch_window_leave_their_neighbours_alone(client, deployed):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from kit.prometheus import series
 from kit.serving import MLP, assert_served, auth, log_model, rows
-from prometheus_client.parser import text_string_to_metric_families
 
 from kernel_magics.config import Settings, load_settings
 from kernel_magics.serving.process.pids import pid_alive
@@ -50,12 +50,7 @@ def _fresh_predict(client: LocalTarget) -> tuple[int, int]:
 
 def _requests_total(client: LocalTarget) -> float:
     text = requests.get(f"{client.url}/metrics", headers=auth(client), timeout=10).text
-    total = 0.0
-    for fam in text_string_to_metric_families(text):
-        if fam.name == "km_requests":
-            total += sum(s.value for s in fam.samples if s.labels.get("model") == "two"
-                         and s.name == "km_requests_total")  # fmt: skip
-    return total
+    return series(text, "km_requests_total", model="two")
 
 
 def test_two_workers_swap_together_and_metrics_aggregate(client, deployed, settings):

@@ -10,6 +10,7 @@ version (``ModelStats``) so the hot path only calls ``inc``/``observe``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -20,6 +21,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
@@ -210,6 +214,80 @@ class ModelStats:
 def unknown_model_errors() -> Counter:
     """Errors for names that are not deployed go to one series, not one per attacker string."""
     return ERRORS.labels("", "")
+
+
+# Every family of ours: what ``/v1/status`` sums per version (``status.collect``) and what a
+# Ray replica hands its gateway's ``/metrics``.
+_OURS = (
+    REQUESTS,
+    ERRORS,
+    SERVER_ERRORS,
+    LATENCY,
+    BATCH,
+    QUEUE,
+    TTFT,
+    INTER_TOKEN,
+    GEN_TOKENS,
+    GEN_RUNNING,
+    GEN_QUEUED,
+    GEN_KV_USED,
+    GEN_KV_BUDGET,
+    LOADS,
+    TOKEN_REQUESTS,
+    TOKEN_ROWS,
+    TOKEN_PROMPT,
+    TOKEN_COMPLETION,
+    LOG_WRITTEN,
+    LOG_DROPPED,
+)
+
+
+def families() -> list[Metric]:
+    """Our metric families: summed over every worker's files in multiprocess mode, else this
+    process's own collectors (not the whole default registry: no process or GC collectors)."""
+    folder = os.environ.get(MULTIPROC_ENV)
+    if folder:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        return list(multiprocess.MultiProcessCollector(registry, path=folder).collect())
+    return [family for metric in _OURS for family in metric.collect()]
+
+
+def merged(groups: Iterable[Iterable[Metric]]) -> bytes:
+    """The exposition of several processes' families (the Ray target's replicas) as one:
+    a family once, a sample of the same name and labels summed over the processes (a
+    ``_created`` time: the earliest), as Prometheus reads one series once."""
+    by_name: dict[str, Metric] = {}
+    samples: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Sample]] = {}
+    for group in groups:
+        for family in group:
+            if family.name not in by_name:
+                by_name[family.name] = Metric(family.name, family.documentation, family.type)
+                samples[family.name] = {}
+            into = samples[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                seen = into.get(key)
+                if seen is None:
+                    into[key] = sample
+                elif sample.name.endswith("_created"):  # a creation time: the earliest
+                    into[key] = seen._replace(value=min(seen.value, sample.value))
+                else:
+                    into[key] = seen._replace(value=seen.value + sample.value)
+    for name, family in by_name.items():
+        family.samples = list(samples[name].values())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(by_name.values())))
+    return generate_latest(registry)
+
+
+class _Families(Collector):
+    def __init__(self, items: list[Metric]) -> None:
+        self.items = items
+
+    def collect(self) -> Iterable[Metric]:
+        return self.items
 
 
 def render() -> bytes:

@@ -19,7 +19,6 @@ import collections
 import json
 import os
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,34 +77,6 @@ _LOG_FIELDS = {
     "km_inference_log_written_total": "written",
     "km_inference_log_dropped_total": "dropped",
 }
-_OURS = (
-    metrics.REQUESTS,
-    metrics.ERRORS,
-    metrics.LATENCY,
-    metrics.BATCH,
-    metrics.QUEUE,
-    metrics.TTFT,
-    metrics.INTER_TOKEN,
-    metrics.GEN_TOKENS,
-    metrics.TOKEN_REQUESTS,
-    metrics.TOKEN_ROWS,
-    metrics.TOKEN_PROMPT,
-    metrics.TOKEN_COMPLETION,
-    metrics.LOG_WRITTEN,
-    metrics.LOG_DROPPED,
-)
-
-
-def _families() -> Iterable[Any]:
-    """Our metric families: summed over every worker's files in multiprocess mode, else this
-    process's own collectors (not the whole default registry: no process or GC collectors)."""
-    folder = os.environ.get(metrics.MULTIPROC_ENV)
-    if folder:
-        from prometheus_client import CollectorRegistry, multiprocess
-
-        registry = CollectorRegistry()
-        return multiprocess.MultiProcessCollector(registry, path=folder).collect()
-    return (family for metric in _OURS for family in metric.collect())
 
 
 def collect() -> tuple[list[VersionStats], dict[str, dict[str, int]], int, dict[str, int]]:
@@ -116,7 +87,7 @@ def collect() -> tuple[list[VersionStats], dict[str, dict[str, int]], int, dict[
     usage: dict[str, dict[str, int]] = {}
     unknown = 0
     inference_log = dict.fromkeys(_LOG_FIELDS.values(), 0)
-    for family in _families():
+    for family in metrics.families():
         for sample in family.samples:
             name, labels, value = sample.name, sample.labels, sample.value
             log_field = _LOG_FIELDS.get(name)
