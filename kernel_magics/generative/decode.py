@@ -132,7 +132,8 @@ class DirectDecoder:
             k = k * cos + _rotate_half(k) * sin
             keys, values = cache.update(k, v, index)
             if reduced:
-                out = _attend_step(q, keys, values, mask)
+                assert cache.scratch is not None
+                out = _attend_step(q, keys, values, mask, cache.scratch)
             else:
                 out = F.scaled_dot_product_attention(
                     q, keys, values, attn_mask=mask, enable_gqa=gqa
@@ -259,11 +260,16 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
 
 
 def _attend_step(
-    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    scratch: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
     """A decode step's attention in bfloat16 (or float16): each row's one query [rows, heads, 1,
     dim] over its cached keys and values [rows, kv_heads, kv_len, dim], ``mask`` [rows, 1, 1,
-    kv_len] additive.
+    kv_len] additive. ``scratch``: float32 room for one layer's keys and values, each at
+    least as many elements as they have (``SlotCache.scratch``).
 
     Two batched products in float32 rather than ``F.scaled_dot_product_attention``, whose CPU
     kernel in bfloat16 spends most of its time on blocks set up for a long query. Measured
@@ -276,12 +282,15 @@ def _attend_step(
     ``generate`` in that precision. The queries of a key/value head's group go side by side
     where one query would be, so grouped-query attention reads each cached head once."""
     rows, heads, _, dim = q.shape
-    kv_heads = keys.shape[1]
+    kv_heads, length = keys.shape[1], keys.shape[2]
+    shape = (rows, kv_heads, length, dim)  # contiguous, as a fresh tensor would be
+    keys32 = scratch[0].view(-1)[: keys.numel()].view(shape).copy_(keys)
+    values32 = scratch[1].view(-1)[: values.numel()].view(shape).copy_(values)
     grouped = q.reshape(rows, kv_heads, heads // kv_heads, dim)
-    scores = torch.matmul(grouped.float(), keys.float().transpose(-1, -2)) * dim**-0.5 + mask
+    scores = torch.matmul(grouped.float(), keys32.transpose(-1, -2)) * dim**-0.5 + mask
     weights = (scores - scores.amax(-1, keepdim=True)).exp()
     total = weights.sum(-1, keepdim=True)
-    out = torch.matmul(weights.to(q.dtype).float(), values.float()) / total
+    out = torch.matmul(weights.to(q.dtype).float(), values32) / total
     return out.to(q.dtype).reshape(rows, heads, 1, dim)
 
 

@@ -320,7 +320,8 @@ def test_other_shapes_decode_as_generate(shape: str, tokenizer: Any) -> None:
 def test_bfloat16_step_attention_is_attention(kv_heads: int) -> None:
     """The decode step's own bfloat16 attention against float64 attention over the same
     numbers: grouped-query heads read their own key/value head, masked positions (filled with
-    huge values) change nothing, and the result is within bfloat16's rounding."""
+    huge values) and what the float32 scratch held before (NaN) change nothing, and the result
+    is within bfloat16's rounding."""
     torch.manual_seed(3)
     rows, heads, dim, capacity, kv_len = 5, 4, 16, 32, 12
     keys = torch.randn(rows, kv_heads, capacity, dim).to(torch.bfloat16)[:, :, :kv_len]
@@ -332,7 +333,9 @@ def test_bfloat16_step_attention_is_attention(kv_heads: int) -> None:
     mask = torch.zeros(hidden.shape, dtype=torch.bfloat16).masked_fill_(
         hidden, torch.finfo(torch.bfloat16).min
     )[:, None, None, :]
-    out = _attend_step(q, keys, values, mask)
+    # float32 room as the cache keeps it: bigger than this step needs, left over from others
+    scratch = torch.full((rows + 2, kv_heads, capacity, dim), float("nan"))
+    out = _attend_step(q, keys, values, mask, (scratch, scratch.clone()))
     group = heads // kv_heads
     expected = torch.empty(rows, heads, 1, dim, dtype=torch.float64)
     for row in range(rows):
