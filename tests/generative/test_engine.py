@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from kernel_magics.errors import InvalidInput, Overloaded
+from kernel_magics.generative import engine as engine_module
 from kernel_magics.generative.decode import _attend_step
 from kernel_magics.generative.engine import Engine
 from kernel_magics.generative.linear import packs
@@ -355,6 +357,41 @@ def test_seed_gives_the_same_tokens(engine: Engine, tokenizer: Any) -> None:
     assert seqs[0].tokens == seqs[2].tokens
     other, _ = run(engine, tokenizer, [PROMPTS[0]], SamplingParams(max_tokens=20, seed=8))
     assert other[0].tokens != seqs[0].tokens
+
+
+def test_an_idle_engine_thread_ends_and_the_next_request_starts_another(
+    served_lm: Any, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine's thread (and its OpenMP team) ends after ``IDLE_EXIT_S`` without work; the
+    next request starts another with the engine's thread count, and gets the same tokens.
+    The caller's own torch thread count is left as it was."""
+    monkeypatch.setattr(engine_module, "IDLE_EXIT_S", 0.05)
+    own = torch.get_num_threads()
+    idle = Engine(
+        served_lm, tokenizer, max_running=2, kv_cache_tokens=1024, max_queued=4, threads=2
+    )
+    try:
+        greedy = SamplingParams(max_tokens=12, temperature=0)
+        first, _ = run(idle, tokenizer, [PROMPTS[0]], greedy)
+        deadline = time.monotonic() + 10
+        while idle._thread is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert idle._thread is None  # ended, idle
+        counts: list[int] = []  # the thread count where the events are posted: its thread
+        finished = threading.Event()
+        seq = Sequence(
+            tokenizer(PROMPTS[0])["input_ids"],
+            greedy,
+            lambda _seq, _delta, finish, *_: finish is None or finished.set(),
+            post=lambda fn, *args: (counts.append(torch.get_num_threads()), fn(*args)),
+        )
+        idle.submit(seq)
+        assert finished.wait(60)
+        assert seq.tokens == first[0].tokens
+        assert set(counts) == {2}
+        assert torch.get_num_threads() == own
+    finally:
+        idle.stop()
 
 
 def test_stop_string_ends_before_it(engine: Engine, tokenizer: Any) -> None:
