@@ -289,7 +289,10 @@ def measure_case(folder: Path, name: str, dtype: str, tmp: Path, args: argparse.
         return part
     finally:
         if "ours" in servers:
-            api.server_stop()
+            try:  # the next case's server then serves its model alone, as the peer does
+                api.undeploy(name)
+            finally:
+                api.server_stop()
         stop_children()
 
 
