@@ -112,7 +112,7 @@ def test_greedy_answers_are_generates_streamed_and_whole(
     assert (stats.requests, stats.tokens) == (5, 7 * 24 + 8)
     assert stats.ttft_buckets[-1][1] == 5  # one first piece of text per request
     assert stats.inter_token_buckets[-1][1] > 0
-    (rates,) = generation_rates(before, after)
+    (rates,) = generation_rates(before, after, only="lm")
     assert rates.tokens_s  # the chat's 8 tokens over the window
     assert rates.ttft_p50_ms is not None
     scraped = requests.get(f"http://127.0.0.1:{settings.port}/metrics", timeout=30).text
