@@ -11,7 +11,6 @@ The request is metered as on the built-in worker (``meter.py``).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -35,12 +34,12 @@ async def failure(err: KernelMagicsError) -> AsyncIterator[Head | bytes]:
 
 
 async def completion(
-    model: LoadedModel, body: dict, chat: bool, t0: float | None = None
+    model: LoadedModel, body: dict, chat: bool, t0: float
 ) -> AsyncIterator[Head | bytes]:
     """``model``'s answer to one decoded request ``body`` (``/v1/completions``, or
     ``/v1/chat/completions`` when ``chat``), metered into ``model.stats`` from ``t0`` (when the
-    request arrived; now if None)."""
-    meter = Meter(model.stats, time.perf_counter() if t0 is None else t0)
+    request arrived, ``time.perf_counter``)."""
+    meter = Meter(model.stats, t0)
     events: asyncio.Queue[Event] = asyncio.Queue()
     try:
         plans, prompt_tokens = choices_of(model.generator, body, chat)

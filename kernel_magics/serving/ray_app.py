@@ -170,10 +170,9 @@ class ModelServer:
         return metrics.families()
 
     def _refresh_gauges(self) -> None:
-        """A language model's running/queued/KV-cache gauges, read from its engine now."""
         for model in self._models():
-            if model is not None and model.generator is not None and model.stats is not None:
-                model.stats.set_generation(model.generator.engine.describe())
+            if model is not None:
+                model.refresh_gauges()
 
     # -- requests ---------------------------------------------------------------------------
     def _pick(self, headers: dict[str, str]) -> LoadedModel:

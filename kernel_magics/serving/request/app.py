@@ -384,13 +384,10 @@ class WorkerApp(ControlRoutes):
         return None
 
     def refresh_generation_gauges(self) -> None:
-        """The language models' running/queued/KV-cache gauges, read from their engines now
-        (the engines keep plain counters; a gauge per step would cost the decode loop)."""
+        """The served language models' gauges, read from their engines now."""
         table = self.table
-        served = [*table.live.values(), *(split.model for split in table.canary.values())]
-        for model in served:
-            if model.generator is not None and model.stats is not None:
-                model.stats.set_generation(model.generator.engine.describe())
+        for model in [*table.live.values(), *(split.model for split in table.canary.values())]:
+            model.refresh_gauges()
 
     def openapi(self, req: Request, conn: Connection) -> None:
         if self._openapi is None:

@@ -242,6 +242,12 @@ class LoadedModel:
             | (self.generator.describe() if self.generator is not None else {})
         )
 
+    def refresh_gauges(self) -> None:
+        """A language model's running/queued/KV-cache gauges, read from its engine now (the
+        engine keeps plain counters; a gauge per step would cost the decode loop)."""
+        if self.generator is not None and self.stats is not None:
+            self.stats.set_generation(self.generator.engine.describe())
+
     def close(self) -> None:
         """Release what outlives the last reference (a generative model's engine thread)."""
         if self.generator is not None:
